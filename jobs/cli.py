@@ -1,0 +1,72 @@
+"""The `plankton` console script: one subcommand per stage, each a thin wrapper over plankton_core."""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from plankton_core.errors import PlanktonError
+from plankton_core.progress import setup_logging
+
+# subcommand -> module in jobs/ that defines `command`; added as stages land
+COMMANDS = {
+    "synth": "jobs.synth",
+    "crop": "jobs.crop",
+    "stats": "jobs.stats",
+    "supcon": "jobs.supcon",
+    "linear-sweep": "jobs.linear_sweep",
+    "evaluate": "jobs.evaluate",
+    "lut": "jobs.lut",
+    "query": "jobs.query",
+    "sql": "jobs.sql",
+    "k8s": "jobs.k8s",
+    "submit": "jobs.submit",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a stage's module only when that stage runs (torch is slow to import)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self._module(name) is not None]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        module = self._module(name)
+        return getattr(module, "command", None) if module else None
+
+    @staticmethod
+    def _module(name: str):
+        path = COMMANDS.get(name)
+        if not path:
+            return None
+        try:
+            return importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            if exc.name == path:
+                return None
+            raise
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PlanktonError as exc:
+            stage = ctx.invoked_subcommand or "plankton"
+            click.echo(f"plankton {stage}: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """plankton: crop → stats → supcon → linear-sweep → evaluate → lut, each a restartable batch stage."""
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
+
+
+def main() -> None:
+    cli(prog_name="plankton")
+
+
+if __name__ == "__main__":
+    main()

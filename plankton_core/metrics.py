@@ -1,0 +1,66 @@
+"""Prometheus metrics for a stage run. Only this module imports prometheus_client.
+
+With `PUSHGATEWAY_URL` set, metrics are pushed (POST semantics, so a failed run
+never erases the last success timestamp of an earlier one); without it they are
+written to `<stage>/metrics.prom` in the text exposition format.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, pushadd_to_gateway
+
+log = logging.getLogger("plankton.metrics")
+PREFIX = "plankton"
+
+
+class StageMetrics:
+    """The metrics one stage run counts; stages add their own gauges with `gauge()`."""
+
+    def __init__(self, stage: str, run_id: str = ""):
+        self.stage = stage
+        self.run_id = run_id
+        self.registry = CollectorRegistry()
+        labels = ["stage"]
+        self.duration = Gauge(f"{PREFIX}_stage_duration_seconds", "Wall time of the last run of the stage.", labels, registry=self.registry)
+        self.items = Counter(f"{PREFIX}_stage_items", "Items a stage processed, by kind.", labels + ["kind"], registry=self.registry)
+        self.failures = Counter(f"{PREFIX}_stage_failures", "Runs of the stage that failed.", labels, registry=self.registry)
+        self.last_success = Gauge(f"{PREFIX}_stage_last_success_timestamp_seconds", "Unix time the stage last succeeded.", labels, registry=self.registry)
+        self.last_progress = Gauge(f"{PREFIX}_stage_last_progress_timestamp_seconds", "Unix time the stage last reported progress.", labels, registry=self.registry)
+        self._gauges: dict[str, Gauge] = {}
+        self.failures.labels(stage).inc(0)
+
+    def count(self, kind: str, n: float = 1) -> None:
+        self.items.labels(self.stage, kind).inc(n)
+        self.last_progress.labels(self.stage).set(time.time())
+
+    def gauge(self, name: str, value: float, doc: str = "") -> None:
+        """Set a stage-specific gauge, e.g. `supcon_loss`; named `plankton_<name>{stage=…}`."""
+        if name not in self._gauges:
+            self._gauges[name] = Gauge(f"{PREFIX}_{name}", doc or name.replace("_", " "), ["stage"], registry=self.registry)
+        self._gauges[name].labels(self.stage).set(value)
+        self.last_progress.labels(self.stage).set(time.time())
+
+    def finish(self, ok: bool, seconds: float) -> None:
+        self.duration.labels(self.stage).set(seconds)
+        if ok:
+            self.last_success.labels(self.stage).set(time.time())
+        else:
+            self.failures.labels(self.stage).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def push(self) -> bool:
+        """Push to `PUSHGATEWAY_URL` if set; returns whether it pushed. A push failure is logged, never fatal."""
+        url = os.environ.get("PUSHGATEWAY_URL")
+        if not url:
+            return False
+        try:
+            pushadd_to_gateway(url, job=f"{PREFIX}_{self.stage}", registry=self.registry, timeout=10)
+            return True
+        except Exception as exc:  # a monitoring outage must not fail a training run
+            log.warning("could not push metrics to %s: %s", url, exc)
+            return False

@@ -1,0 +1,297 @@
+"""One small interface over a local folder and S3-compatible object storage.
+
+Only this module imports boto3. Keys are always '/'-separated and relative to
+the store's root, so stages never care which backend they run on.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator, Protocol
+from urllib.parse import urlparse
+
+from .errors import StoreError
+
+DEFAULT_ROOT = "./artifacts"
+
+
+class Store(Protocol):
+    """The verbs every stage uses; `uri` names the root for messages and run.json."""
+
+    uri: str
+
+    def exists(self, key: str) -> bool: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def open_read(self, key: str) -> BinaryIO: ...
+    def list(self, prefix: str = "") -> Iterator[str]: ...
+    def put_file(self, local_path: str | os.PathLike, key: str) -> None: ...
+    def get_file(self, key: str, local_path: str | os.PathLike) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def size(self, key: str) -> int: ...
+    def child(self, prefix: str) -> "Store": ...
+
+
+def join(*parts: str) -> str:
+    """Join key parts with '/', ignoring empty ones."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class LocalStore:
+    """A folder on disk; writes go to a temporary file then `os.replace`, so readers never see half a file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser().resolve()
+        self.uri = self.path.as_uri()
+
+    def _p(self, key: str) -> Path:
+        p = (self.path / key).resolve() if key else self.path
+        if p != self.path and self.path not in p.parents:
+            raise StoreError(f"key escapes the store root: {key!r}")
+        return p
+
+    def exists(self, key: str) -> bool:
+        return self._p(key).is_file()
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._p(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"not found in store: {self.uri}/{key}") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self.open_write(key) as fh:
+            fh.write(data)
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        target = self._p(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                yield fh
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return open(self._p(key), "rb")
+        except FileNotFoundError:
+            raise StoreError(f"not found in store: {self.uri}/{key}") from None
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self._p(prefix)
+        if base.is_file():
+            yield prefix
+            return
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    continue
+                yield Path(dirpath, name).relative_to(self.path).as_posix()
+
+    def put_file(self, local_path: str | os.PathLike, key: str) -> None:
+        with open(local_path, "rb") as src, self.open_write(key) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+    def get_file(self, key: str, local_path: str | os.PathLike) -> None:
+        with self.open_read(key) as src, open(local_path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+    def delete(self, key: str) -> None:
+        p = self._p(key)
+        if p.is_file():
+            p.unlink()
+
+    def size(self, key: str) -> int:
+        try:
+            return self._p(key).stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"not found in store: {self.uri}/{key}") from None
+
+    def local_path(self, key: str) -> Path:
+        """The file itself, for tools (FAISS, DuckDB) that want a path."""
+        return self._p(key)
+
+    def child(self, prefix: str) -> "LocalStore":
+        return LocalStore(self._p(prefix))
+
+
+class S3Store:
+    """`s3://bucket/prefix` through boto3 with standard retries, multipart uploads and streaming reads."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self._client = client or _make_client(self.endpoint_url)
+        self._check_bucket()
+
+    def _check_bucket(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            raise StoreError(f"no S3 credentials for {self.uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket"):
+                raise StoreError(f"bucket does not exist: s3://{self.bucket}") from None
+            if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+                raise StoreError(f"access denied to s3://{self.bucket}: check the S3 credentials") from None
+            raise StoreError(f"cannot use s3://{self.bucket}: {code or exc}") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot reach S3 endpoint {self.endpoint_url or 'default'}: {exc}") from None
+
+    def _k(self, key: str) -> str:
+        return join(self.prefix, key)
+
+    def _errors(self, key: str):
+        return _S3ErrorContext(self, key)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=self._k(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as fh:
+            return fh.read()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self._errors(key):
+            self._client.upload_fileobj(io.BytesIO(data), self.bucket, self._k(key), Config=_transfer_config())
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        """Spool to a local temporary file and upload on close: S3 objects appear whole or not at all."""
+        with tempfile.TemporaryFile() as tmp:
+            yield tmp
+            tmp.seek(0)
+            with self._errors(key):
+                self._client.upload_fileobj(tmp, self.bucket, self._k(key), Config=_transfer_config())
+
+    def open_read(self, key: str) -> BinaryIO:
+        with self._errors(key):
+            obj = self._client.get_object(Bucket=self.bucket, Key=self._k(key))
+        return obj["Body"]
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        full = self._k(prefix)
+        if full and not full.endswith("/") and not self.exists(prefix):
+            full += "/"
+        paginator = self._client.get_paginator("list_objects_v2")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        with self._errors(prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][strip:]
+
+    def put_file(self, local_path: str | os.PathLike, key: str) -> None:
+        with self._errors(key):
+            self._client.upload_file(str(local_path), self.bucket, self._k(key), Config=_transfer_config())
+
+    def get_file(self, key: str, local_path: str | os.PathLike) -> None:
+        with self._errors(key):
+            self._client.download_file(self.bucket, self._k(key), str(local_path), Config=_transfer_config())
+
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self._k(key))
+
+    def size(self, key: str) -> int:
+        with self._errors(key):
+            return int(self._client.head_object(Bucket=self.bucket, Key=self._k(key))["ContentLength"])
+
+    def child(self, prefix: str) -> "S3Store":
+        return S3Store(self.bucket, join(self.prefix, prefix), self.endpoint_url, client=self._client)
+
+
+class _S3ErrorContext:
+    """Turns botocore errors into one-line StoreErrors naming the object."""
+
+    def __init__(self, store: S3Store, key: str):
+        self.store, self.key = store, key
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if exc is None:
+            return False
+        where = f"{self.store.uri}/{self.key}"
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise StoreError(f"not found in store: {where}") from None
+            raise StoreError(f"S3 error on {where}: {code or exc}") from None
+        if isinstance(exc, BotoCoreError):
+            raise StoreError(f"S3 error on {where}: {exc}") from None
+        return False
+
+
+def _make_client(endpoint_url: str | None):
+    import boto3
+    from botocore.config import Config
+
+    cfg = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=10, read_timeout=120)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=cfg)
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=4)
+
+
+def open_store(uri: str | None = None, s3_endpoint: str | None = None) -> LocalStore | S3Store:
+    """A store for `uri`: `s3://bucket/prefix`, `file:///path`, or a plain path (default `./artifacts`)."""
+    uri = uri or os.environ.get("PLANKTON_ROOT") or DEFAULT_ROOT
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StoreError(f"S3 URI needs a bucket: {uri}")
+        return S3Store(parsed.netloc, parsed.path, endpoint_url=s3_endpoint)
+    if parsed.scheme == "file":
+        return LocalStore(parsed.path)
+    if parsed.scheme and len(parsed.scheme) > 1:
+        raise StoreError(f"unsupported store URI scheme {parsed.scheme!r} in {uri}: use a path, file:// or s3://")
+    return LocalStore(uri)
+
+
+@contextmanager
+def local_copy(store, key: str, suffix: str = "") -> Iterator[Path]:
+    """A local file holding `key`: the file itself for a local store, a temporary download for S3."""
+    if isinstance(store, LocalStore):
+        path = store.local_path(key)
+        if not path.is_file():
+            raise StoreError(f"not found in store: {store.uri}/{key}")
+        yield path
+        return
+    fd, tmp = tempfile.mkstemp(suffix=suffix or Path(key).suffix)
+    os.close(fd)
+    try:
+        store.get_file(key, tmp)
+        yield Path(tmp)
+    finally:
+        os.unlink(tmp)
