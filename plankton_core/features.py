@@ -24,7 +24,8 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 def to_model_input(batch_u8: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device) -> torch.Tensor:
     """uint8 (N, H, W, 3) → normalised float (N, 3, H, W) on `device`, channels_last."""
-    x = torch.as_tensor(np.asarray(batch_u8)).to(device, non_blocking=True)
+    x = batch_u8 if isinstance(batch_u8, torch.Tensor) else torch.from_numpy(np.array(batch_u8, copy=True))
+    x = x.to(device, non_blocking=True)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean, device=device, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=device, dtype=x.dtype).view(1, -1, 1, 1)

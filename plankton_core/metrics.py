@@ -10,7 +10,9 @@ import logging
 import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, pushadd_to_gateway
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest, pushadd_to_gateway
+
+disable_created_metrics()
 
 log = logging.getLogger("plankton.metrics")
 PREFIX = "plankton"
