@@ -101,6 +101,11 @@ class LocalStore:
                     continue
                 yield Path(dirpath, name).relative_to(self.path).as_posix()
 
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size in bytes) of every object under `prefix`, in `list` order."""
+        for key in self.list(prefix):
+            yield key, self._p(key).stat().st_size
+
     def put_file(self, local_path: str | os.PathLike, key: str) -> None:
         with open(local_path, "rb") as src, self.open_write(key) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
@@ -205,6 +210,18 @@ class S3Store:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 for obj in page.get("Contents", []):
                     yield obj["Key"][strip:]
+
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size in bytes) of every object under `prefix`, from the listing itself (no HEAD per object)."""
+        full = self._k(prefix)
+        if full and not full.endswith("/") and not self.exists(prefix):
+            full += "/"
+        paginator = self._client.get_paginator("list_objects_v2")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        with self._errors(prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][strip:], int(obj["Size"])
 
     def put_file(self, local_path: str | os.PathLike, key: str) -> None:
         with self._errors(key):
