@@ -1,0 +1,164 @@
+"""The stats stage: split the kept crops, then measure the train split as training will see it.
+
+Reads `crop/manifest.parquet` (rows with status "kept"); writes
+`stats/splits.parquet` (crop_key, class, label, split, source_key; sorted by
+crop_key), `stats/classes.json` and `stats/stats.json`. Later stages read
+their normalisation from stats.json only.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..data import CLASSES_KEY, SPLITS_KEY, STATS_KEY, ImageCache, load_crop
+from ..errors import BadInputError
+from ..progress import progress
+from ..stage import StageContext, StageResult, run_stage
+from ..store import Store
+from ..tables import read_parquet, write_json, write_parquet
+from .config import StatsConfig
+from .moments import ChannelHistogram
+from .split import SPLITS, assign_splits, min_frames_to_split
+
+MANIFEST_KEY = "crop/manifest.parquet"
+MANIFEST_COLUMNS = ("crop_key", "class", "source_key", "status")
+CHUNK = 64  # crops summed per task: bounds memory to CHUNK letterboxed crops per thread
+
+
+def run_stats(cfg: StatsConfig, root: Store, force: bool = False) -> StageResult:
+    """Run the stats stage under the stage contract (needs crop's `_SUCCESS`)."""
+    return run_stage("stats", cfg, root, _body, upstream=["crop"], force=force)
+
+
+def read_kept_crops(root: Store) -> pa.Table:
+    """The kept rows of the crop manifest (crop_key, class, source_key), sorted by crop_key."""
+    table = read_parquet(root, MANIFEST_KEY)
+    missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
+    if missing:
+        raise BadInputError(f"{root.uri}/{MANIFEST_KEY} lacks column(s) {', '.join(missing)}; rerun `plankton crop --force`")
+    kept = table.filter(pc.equal(table.column("status"), "kept")).select(["crop_key", "class", "source_key"])
+    if kept.num_rows == 0:
+        raise BadInputError(f"no kept crops in {root.uri}/{MANIFEST_KEY} ({table.num_rows} rows, none with status 'kept'): nothing to split")
+    for name in kept.column_names:
+        col = kept.column(name)
+        if col.null_count or pc.any(pc.equal(pc.utf8_length(pc.cast(col, pa.string())), 0)).as_py():
+            raise BadInputError(f"{root.uri}/{MANIFEST_KEY} has kept rows with an empty {name}; rerun `plankton crop --force`")
+    kept = kept.sort_by("crop_key")
+    keys = kept.column("crop_key")
+    if pc.count_distinct(keys).as_py() != kept.num_rows:
+        raise BadInputError(f"{root.uri}/{MANIFEST_KEY} lists the same crop_key more than once; rerun `plankton crop --force`")
+    return kept
+
+
+def train_histogram(root: Store, keys: Sequence[str], size: int, cache: bool = True, workers: int = 0) -> ChannelHistogram:
+    """Pixel histogram of the letterboxed crops `keys` at `size`, decoded in parallel.
+
+    With `cache`, the crops go through `ImageCache.build` (the same file supcon
+    opens for these keys and size, so it decodes nothing again); without, each
+    thread decodes and counts CHUNK crops at a time and nothing is kept.
+    """
+    keys = list(keys)
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    hist = ChannelHistogram()
+    if cache:
+        images = ImageCache.build(root, keys, size, workers=workers).array
+        for start in range(0, len(keys), CHUNK):
+            hist.add(np.asarray(images[start : start + CHUNK]))
+        return hist
+
+    def count(chunk: Sequence[str]) -> ChannelHistogram:
+        part = ChannelHistogram()
+        for key in chunk:
+            part.add(load_crop(root, key, size))
+        return part
+
+    chunks = [keys[i : i + CHUNK] for i in range(0, len(keys), CHUNK)]
+    with ThreadPoolExecutor(workers) as pool:
+        for part in progress(pool.map(count, chunks), total=len(chunks), desc=f"stats {size}px ({CHUNK} crops each)"):
+            hist.merge(part)
+    return hist
+
+
+def _body(cfg: StatsConfig, ctx: StageContext) -> dict:
+    root = ctx.root
+    kept = read_kept_crops(root)
+    keys = kept.column("crop_key").to_numpy(zero_copy_only=False)
+    classes = kept.column("class").to_numpy(zero_copy_only=False)
+    sources = kept.column("source_key").to_numpy(zero_copy_only=False)
+    ctx.metrics.count("kept_crops", len(keys))
+
+    assignment = assign_splits(classes, sources, cfg.split, cfg.seed)
+    if assignment.unsplit_classes:
+        listed = ", ".join(f"{c} ({n})" for c, n in sorted(assignment.unsplit_classes.items())[:10])
+        more = len(assignment.unsplit_classes) - 10
+        note = (
+            f"{len(assignment.unsplit_classes)} class(es) have fewer than {min_frames_to_split(cfg.split)} source images, "
+            f"too few to split {','.join(f'{f:g}' for f in cfg.split)}, and stay whole in train: {listed}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+        ctx.notes.append(note)
+        ctx.log.warning(note)
+
+    class_names = sorted(set(classes.tolist()))
+    label_of = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([label_of[c] for c in classes], dtype=np.int64)
+    split_names = assignment.names()
+    write_parquet(
+        root,
+        SPLITS_KEY,
+        pa.table(
+            {
+                "crop_key": kept.column("crop_key"),
+                "class": kept.column("class"),
+                "label": pa.array(labels, pa.int64()),
+                "split": pa.array(split_names.tolist(), pa.string()),
+                "source_key": kept.column("source_key"),
+            }
+        ),
+    )
+    write_json(root, CLASSES_KEY, {"classes": class_names})
+
+    counts = _counts(class_names, classes, sources, assignment.split)
+    train_keys = keys[assignment.split == 0].tolist()
+    ctx.log.info("splits: %s; measuring %d train crops at %dpx", {s: counts[s] for s in SPLITS}, len(train_keys), cfg.size)
+    hist = train_histogram(root, train_keys, cfg.size, cache=cfg.cache, workers=cfg.workers)
+    ctx.metrics.count("train_crops_measured", len(train_keys))
+    mean, std = hist.mean_std()
+    for c, (m, s) in enumerate(zip(mean, std)):
+        ctx.metrics.gauge(f"stats_mean_channel_{c}", m, "Per-channel mean of the train split (0–1).")
+        ctx.metrics.gauge(f"stats_std_channel_{c}", s, "Per-channel std of the train split (0–1).")
+    write_json(
+        root,
+        STATS_KEY,
+        {
+            "mean": mean,
+            "std": std,
+            "size": cfg.size,
+            "scale": "0-1",
+            "pixels_per_channel": hist.pixels,
+            "split_fractions": list(cfg.split),
+            "seed": cfg.seed,
+            "counts": counts,
+        },
+    )
+    summary = {s: counts[s] for s in SPLITS}
+    summary.update(crops=len(keys), classes=len(class_names), sources=counts["sources"]["total"], unsplit_classes=len(assignment.unsplit_classes))
+    return summary
+
+
+def _counts(class_names: list[str], classes: np.ndarray, sources: np.ndarray, split: np.ndarray) -> dict:
+    """Crops per split, per class and split, and source images per split."""
+    out: dict = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
+    out["total"] = int(len(split))
+    by_class = {c: {s: 0 for s in SPLITS} for c in class_names}
+    for c, s in zip(classes.tolist(), split.tolist()):
+        by_class[c][SPLITS[s]] += 1
+    out["by_class"] = by_class
+    out["sources"] = {name: len(set(sources[split == i].tolist())) for i, name in enumerate(SPLITS)}
+    out["sources"]["total"] = len(set(sources.tolist()))
+    return out
