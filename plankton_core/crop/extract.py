@@ -31,14 +31,14 @@ class CropResult:
     crop: np.ndarray | None = None  # uint8, (h, w) or (h, w, 3); set when kept
 
 
-def make_segmenter(cfg: CropConfig) -> Segmenter:
+def make_segmenter(cfg: CropConfig, s3_endpoint: str | None = None) -> Segmenter:
     """The segmenter `cfg.segmenter` names; sam2 loads its checkpoint here, so build it once and reuse it."""
     if cfg.segmenter == "threshold":
         return ThresholdSegmenter.from_config(cfg)
     if cfg.segmenter == "sam2":
         from .sam2 import Sam2Segmenter
 
-        return Sam2Segmenter.from_config(cfg)
+        return Sam2Segmenter.from_config(cfg, s3_endpoint)
     from ..errors import BadInputError
 
     raise BadInputError(f"unknown segmenter {cfg.segmenter!r}: use threshold or sam2")

@@ -1,0 +1,283 @@
+"""Generated plankton-like microscope frames with ground truth, for the demo, tests and benchmarks.
+
+Each frame holds one to three objects of one shape class (the class folder is
+the label), in dark-field (bright objects on black) or bright-field (dark
+objects on a light background), blurred and noisy; some objects are cut by
+the frame border. Classes are imbalanced. Rendering is vectorised numpy per
+object (a small coordinate grid around it), so thousands of frames take seconds.
+Everything is drawn from `numpy.random.default_rng([seed, class, frame])`, so a
+frame depends only on the seed and its place, never on what was drawn before.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+from scipy import ndimage
+
+from .errors import BadInputError
+from .store import Store
+from .tables import write_parquet
+
+GROUND_TRUTH_KEY = "ground_truth.parquet"
+MODES = ("dark", "bright", "both")
+# how a frame is written: (file suffix, encoder); "png" is the default, the others give format coverage
+FORMATS = ("png", "png16", "tiff", "tiff16", "jpeg", "rgb", "rgba", "la", "1bit")
+INSIDE_GAP = 4  # whole objects keep at least this many background pixels to the frame border
+
+
+@dataclass
+class SynthConfig:
+    classes: int = 5
+    per_class: int = 40  # frames of the most frequent class; later classes get fewer (imbalance)
+    mode: str = "both"  # dark | bright | both (half of the frames each, at random)
+    seed: int = 0
+    size: int = 128  # frame side in pixels
+    imbalance: float = 0.4  # the rarest class has this fraction of per_class frames
+    multi_fraction: float = 0.25  # frames with two or three objects
+    edge_fraction: float = 0.15  # objects placed cut by the frame border
+    noise: float = 6.0  # mean Gaussian noise sigma, grey levels
+    formats: tuple[str, ...] = ("png",)  # frames cycle through these encodings
+
+    def validate(self) -> None:
+        if not 1 <= self.classes <= len(SHAPES):
+            raise BadInputError(f"synth makes 1 to {len(SHAPES)} classes ({', '.join(SHAPES)}), not {self.classes}")
+        if self.per_class < 1:
+            raise BadInputError("per_class must be >= 1")
+        if self.mode not in MODES:
+            raise BadInputError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.size < 32:
+            raise BadInputError(f"size must be >= 32 pixels, not {self.size}")
+        if not 0 < self.imbalance <= 1:
+            raise BadInputError("imbalance must lie in (0, 1]")
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise BadInputError(f"unknown format(s) {', '.join(bad) or '(none)'}: use {', '.join(FORMATS)}")
+
+
+# --- shapes: each maps local coordinates (u along the long axis, v across; radius r) to a mask ---------------
+
+def _ellipse(u, v, r, rng):
+    return (u / r) ** 2 + (v / (r * rng.uniform(0.8, 1.0))) ** 2 <= 1.0
+
+
+def _chain(u, v, r, rng):
+    n = int(rng.integers(3, 6))
+    rc = r / (0.85 * (n - 1) + 1)
+    centres = np.linspace(-r + rc, r - rc, n)
+    d2 = (u[..., None] - centres) ** 2 + v[..., None] ** 2
+    return (d2 <= rc * rc).any(axis=-1)
+
+
+def _segment(u, v, a, b, width):
+    """Pixels within width/2 of the segment a→b."""
+    (ax, ay), (bx, by) = a, b
+    dx, dy = bx - ax, by - ay
+    t = np.clip(((u - ax) * dx + (v - ay) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+    return (u - ax - t * dx) ** 2 + (v - ay - t * dy) ** 2 <= (width / 2) ** 2
+
+
+def _copepod(u, v, r, rng):
+    body = ((u + 0.15 * r) / (0.6 * r)) ** 2 + (v / (0.3 * r)) ** 2 <= 1.0
+    head = 0.4 * r
+    spread = rng.uniform(0.5, 0.9)
+    width = max(1.6, 0.08 * r)
+    antennae = _segment(u, v, (head, 0.0), (r, spread * r), width) | _segment(u, v, (head, 0.0), (r, -spread * r), width)
+    tail = _segment(u, v, (-0.7 * r, 0.0), (-r, 0.25 * r * rng.choice([-1, 1])), width)
+    return body | antennae | tail
+
+
+def _ring(u, v, r, rng):
+    d2 = u * u + v * v
+    return (d2 <= r * r) & (d2 >= (r * rng.uniform(0.5, 0.65)) ** 2)
+
+
+def _triangle(u, v, r, rng):
+    inside = np.ones(u.shape, dtype=bool)
+    for k in range(3):  # half-planes of an equilateral triangle with circumradius r
+        angle = np.pi / 2 + 2 * np.pi * k / 3
+        inside &= u * np.cos(angle) + v * np.sin(angle) <= r / 2
+    return inside
+
+
+def _rod(u, v, r, rng):
+    return (np.abs(u) <= r) & (np.abs(v) <= max(1.5, r * rng.uniform(0.12, 0.2)))
+
+
+def _star(u, v, r, rng):
+    rho, theta = np.hypot(u, v), np.arctan2(v, u)
+    return rho <= r * (0.55 + 0.45 * np.cos(5 * theta))
+
+
+def _cross(u, v, r, rng):
+    w = r * rng.uniform(0.2, 0.3)
+    return ((np.abs(u) <= r) & (np.abs(v) <= w)) | ((np.abs(v) <= r) & (np.abs(u) <= w))
+
+
+SHAPES: dict[str, Callable] = {
+    "diatom": _ellipse,
+    "chain": _chain,
+    "copepod": _copepod,
+    "ring": _ring,
+    "triangle": _triangle,
+    "rod": _rod,
+    "star": _star,
+    "cross": _cross,
+}
+
+
+def object_mask(shape: str, radius: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask of one object, randomly rotated, on a square grid just large enough to hold it."""
+    half = int(np.ceil(radius)) + 1
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+    angle = rng.uniform(0, 2 * np.pi)
+    c, s = np.cos(angle), np.sin(angle)
+    u, v = xx * c + yy * s, -xx * s + yy * c
+    mask = SHAPES[shape](u, v, radius, rng)
+    ys, xs = np.nonzero(mask)
+    return mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def _place(mask: np.ndarray, size: int, cut: bool, taken: list[tuple[int, int, int, int]], rng) -> tuple[int, int] | None:
+    """Top-left corner for `mask`: whole and apart from `taken` boxes, or overhanging one border when `cut`."""
+    h, w = mask.shape
+    for _ in range(20):
+        if cut:
+            side = rng.integers(4)
+            over_y, over_x = int(h * rng.uniform(0.25, 0.6)), int(w * rng.uniform(0.25, 0.6))
+            top = int(rng.integers(0, max(1, size - h)))
+            left = int(rng.integers(0, max(1, size - w)))
+            if side == 0:
+                top = -over_y
+            elif side == 1:
+                top = size - h + over_y
+            elif side == 2:
+                left = -over_x
+            else:
+                left = size - w + over_x
+        else:
+            if h + 2 * INSIDE_GAP > size or w + 2 * INSIDE_GAP > size:
+                return None
+            top = int(rng.integers(INSIDE_GAP, size - h - INSIDE_GAP + 1))
+            left = int(rng.integers(INSIDE_GAP, size - w - INSIDE_GAP + 1))
+        box = (left, top, left + w, top + h)
+        gap = INSIDE_GAP + 2
+        if all(box[2] + gap <= t[0] or t[2] + gap <= box[0] or box[3] + gap <= t[1] or t[3] + gap <= box[1] for t in taken):
+            return top, left
+    return None
+
+
+def render_frame(shape: str, rng: np.random.Generator, size: int, dark: bool, n_objects: int,
+                 edge_fraction: float, noise: float) -> tuple[np.ndarray, list[dict]]:
+    """One uint8 (size, size) frame and its objects' ground truth (box clipped to the frame, touches_border)."""
+    coverage = np.zeros((size, size), dtype=np.float32)
+    texture = np.zeros((size, size), dtype=np.float32)
+    objects: list[dict] = []
+    taken: list[tuple[int, int, int, int]] = []
+    for _ in range(n_objects):
+        radius = size * rng.uniform(0.09, 0.2)
+        mask = object_mask(shape, radius, rng)
+        cut = rng.random() < edge_fraction
+        where = _place(mask, size, cut, taken, rng)
+        if where is None:
+            continue
+        top, left = where
+        h, w = mask.shape
+        y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + h, size), min(left + w, size)
+        part = mask[y0 - top : y1 - top, x0 - left : x1 - left]
+        ys, xs = np.nonzero(part)
+        if ys.size < 4:
+            continue
+        coverage[y0:y1, x0:x1] = np.maximum(coverage[y0:y1, x0:x1], part)
+        brightness = rng.uniform(0.75, 1.0)
+        texture[y0:y1, x0:x1] = np.where(part, brightness, texture[y0:y1, x0:x1])
+        box = (x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
+        touches = top <= 0 or left <= 0 or top + h >= size or left + w >= size
+        taken.append((left, top, left + w, top + h))
+        objects.append({"x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3], "touches_border": bool(touches)})
+    if dark:
+        background, contrast = rng.uniform(4, 30), rng.uniform(70, 220)
+    else:
+        background, contrast = rng.uniform(180, 235), -rng.uniform(60, 160)
+    # fine internal structure (like frustule striae) so crops are not flat discs
+    yy, xx = np.mgrid[0:size, 0:size]
+    pattern = 0.85 + 0.15 * np.sin(xx * rng.uniform(0.3, 0.9) + yy * rng.uniform(0.3, 0.9))
+    image = background + contrast * ndimage.gaussian_filter(texture * pattern, 0.7)
+    image += rng.normal(0.0, noise * rng.uniform(0.5, 1.5), image.shape)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), objects
+
+
+def encode_frame(frame: np.ndarray, fmt: str) -> tuple[bytes, str]:
+    """Encode a uint8 grey frame as `fmt`; returns (bytes, file suffix)."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        Image.fromarray(frame).save(buf, format="PNG", compress_level=1)
+        return buf.getvalue(), ".png"
+    if fmt in ("png16", "tiff16"):
+        wide = frame.astype(np.uint16) * 257  # full-range 16-bit, so value/257 gives the 8-bit frame back
+        img = Image.fromarray(wide)
+        if fmt == "png16":
+            img.save(buf, format="PNG")
+            return buf.getvalue(), ".png"
+        img.save(buf, format="TIFF")
+        return buf.getvalue(), ".tif"
+    if fmt == "tiff":
+        Image.fromarray(frame).save(buf, format="TIFF", compression="tiff_deflate")
+        return buf.getvalue(), ".tif"
+    if fmt == "jpeg":
+        Image.fromarray(frame).save(buf, format="JPEG", quality=92)
+        return buf.getvalue(), ".jpg"
+    if fmt == "rgb":
+        Image.fromarray(np.stack([frame] * 3, axis=-1)).save(buf, format="PNG", compress_level=1)
+        return buf.getvalue(), ".png"
+    if fmt == "rgba":
+        rgba = np.dstack([frame, frame, frame, np.full_like(frame, 255)])
+        Image.fromarray(rgba).save(buf, format="PNG", compress_level=1)
+        return buf.getvalue(), ".png"
+    if fmt == "la":
+        Image.fromarray(np.dstack([frame, np.full_like(frame, 255)]), mode="LA").save(buf, format="PNG")
+        return buf.getvalue(), ".png"
+    if fmt == "1bit":
+        level = (int(frame.min()) + int(frame.max())) / 2
+        Image.fromarray(frame > level).convert("1").save(buf, format="PNG")
+        return buf.getvalue(), ".png"
+    raise BadInputError(f"unknown format {fmt!r}")
+
+
+def class_counts(cfg: SynthConfig) -> dict[str, int]:
+    """Frames per class: per_class for the first, falling geometrically to imbalance × per_class for the last."""
+    names = list(SHAPES)[: cfg.classes]
+    steps = max(1, cfg.classes - 1)
+    return {name: max(1, int(round(cfg.per_class * cfg.imbalance ** (c / steps)))) for c, name in enumerate(names)}
+
+
+def generate(out: Store, cfg: SynthConfig) -> dict[str, int]:
+    """Write `<class>/<class>_<i>.<ext>` frames and `ground_truth.parquet` to `out`; returns counts."""
+    cfg.validate()
+    rows: dict[str, list] = {k: [] for k in ("image_key", "class", "x0", "y0", "x1", "y1", "touches_border", "dark_field")}
+    frames = 0
+    for c, (name, count) in enumerate(class_counts(cfg).items()):
+        for i in range(count):
+            rng = np.random.default_rng([cfg.seed, c, i])
+            dark = cfg.mode == "dark" or (cfg.mode == "both" and rng.random() < 0.5)
+            n_objects = int(rng.choice([2, 3])) if rng.random() < cfg.multi_fraction else 1
+            frame, objects = render_frame(name, rng, cfg.size, dark, n_objects, cfg.edge_fraction, cfg.noise)
+            data, suffix = encode_frame(frame, cfg.formats[frames % len(cfg.formats)])
+            key = f"{name}/{name}_{i:05d}{suffix}"
+            out.write_bytes(key, data)
+            frames += 1
+            for obj in objects:
+                rows["image_key"].append(key)
+                rows["class"].append(name)
+                for col in ("x0", "y0", "x1", "y1", "touches_border"):
+                    rows[col].append(obj[col])
+                rows["dark_field"].append(dark)
+    schema = pa.schema([("image_key", pa.string()), ("class", pa.string()), ("x0", pa.int32()), ("y0", pa.int32()),
+                        ("x1", pa.int32()), ("y1", pa.int32()), ("touches_border", pa.bool_()), ("dark_field", pa.bool_())])
+    write_parquet(out, GROUND_TRUTH_KEY, pa.table(rows, schema=schema))
+    cut = sum(rows["touches_border"])
+    return {"frames": frames, "objects": len(rows["image_key"]), "cut_by_border": cut, "classes": cfg.classes}
