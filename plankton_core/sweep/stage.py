@@ -173,7 +173,7 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
         ccfg = dict(ckpt.get("config", {}))
         epoch = int(ckpt.get("epoch") if ckpt.get("epoch") is not None else name.rsplit("_", 1)[-1] if name != "last" else -1)
         del ckpt  # optimizer state can be as large as the weights
-        mean, std, size = _normalisation(store, ccfg)
+        mean, std, size = checkpoint_normalisation(store, ccfg)
         if size not in caches:
             caches[size] = {s: ImageCache.build(store, keys[s], size, workers=cfg.workers) for s in SPLITS}
         cache = caches[size]
@@ -246,7 +246,7 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
     return rows
 
 
-def _normalisation(store: Store, ccfg: dict[str, Any]) -> tuple[list[float], list[float], int]:
+def checkpoint_normalisation(store: Store, ccfg: dict[str, Any]) -> tuple[list[float], list[float], int]:
     """Size, mean and std the checkpoint was trained with; stats/stats.json fills any gap."""
     if all(k in ccfg for k in ("mean", "std", "size")):
         return [float(x) for x in ccfg["mean"]], [float(x) for x in ccfg["std"]], int(ccfg["size"])
