@@ -64,6 +64,12 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             if value.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
+        if hint is bool and not isinstance(value, bool):
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError(value)
+        if (hint in (int, float) and isinstance(value, bool)) or (hint is str and not isinstance(value, (str, int, float))):
+            raise ValueError(value)  # `size: true` or `name: [a, b]` in YAML is a mistake, not a value
         if hint in (int, float, str) and not isinstance(value, hint):
             if hint is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)

@@ -94,12 +94,17 @@ class LocalStore:
             return
         if not base.is_dir():
             return
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if name.startswith(".") and name.endswith(".tmp"):
-                    continue
-                yield Path(dirpath, name).relative_to(self.path).as_posix()
+        yield from self._walk(base)
+
+    def _walk(self, folder: Path) -> Iterator[str]:
+        """Keys under `folder` sorted by the whole key, as S3 lists them, so both backends give the same order."""
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path))
+            elif entry.is_file() and not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                yield Path(entry.path).relative_to(self.path).as_posix()
 
     def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         """(key, size in bytes) of every object under `prefix`, in `list` order."""
@@ -170,13 +175,14 @@ class S3Store:
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=self._k(key))
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        with self._errors(key):  # other errors (403, endpoint gone) become one-line StoreErrors
+            try:
+                self._client.head_object(Bucket=self.bucket, Key=self._k(key))
+                return True
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
 
     def read_bytes(self, key: str) -> bytes:
         with self.open_read(key) as fh:
@@ -232,7 +238,8 @@ class S3Store:
             self._client.download_file(self.bucket, self._k(key), str(local_path), Config=_transfer_config())
 
     def delete(self, key: str) -> None:
-        self._client.delete_object(Bucket=self.bucket, Key=self._k(key))
+        with self._errors(key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._k(key))
 
     def size(self, key: str) -> int:
         with self._errors(key):
@@ -261,6 +268,8 @@ class _S3ErrorContext:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise StoreError(f"not found in store: {where}") from None
+            if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken"):
+                raise StoreError(f"access denied to {where} ({code}): check the S3 credentials") from None
             raise StoreError(f"S3 error on {where}: {code or exc}") from None
         if isinstance(exc, BotoCoreError):
             raise StoreError(f"S3 error on {where}: {exc}") from None

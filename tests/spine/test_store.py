@@ -1,0 +1,229 @@
+"""The artifact store: the same tests on a local folder and on a real S3 HTTP server (moto server mode)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import boto3
+import pytest
+from boto3.s3.transfer import TransferConfig
+
+import plankton_core.store as store_module
+from plankton_core.errors import StoreError
+from plankton_core.store import LocalStore, S3Store, join, local_copy, open_store
+
+
+def test_write_read_exists_size_overwrite(store):
+    assert not store.exists("a/b.bin")
+    store.write_bytes("a/b.bin", b"hello")
+    assert store.exists("a/b.bin") and store.read_bytes("a/b.bin") == b"hello" and store.size("a/b.bin") == 5
+    store.write_bytes("a/b.bin", b"")
+    assert store.exists("a/b.bin") and store.read_bytes("a/b.bin") == b"" and store.size("a/b.bin") == 0
+    assert not store.exists("a")  # a folder is not an object
+
+
+def test_missing_objects_are_one_line_store_errors(store):
+    for verb in (store.read_bytes, store.size, store.open_read):
+        with pytest.raises(StoreError, match=r"not found in store: .*nope/x\.bin$"):
+            verb("nope/x.bin")
+    with pytest.raises(StoreError, match="not found in store"):
+        store.get_file("nope/x.bin", os.devnull)
+
+
+def test_list_gives_keys_under_a_prefix_sorted_like_s3(store):
+    keys = ["a/z.txt", "a/c/d.txt", "a/b.txt", "a/c.txt", "ab/x.txt", "a-b/y.txt", "top.txt"]
+    for k in keys:
+        store.write_bytes(k, k.encode())
+    assert list(store.list("")) == sorted(keys)
+    assert list(store.list("a")) == ["a/b.txt", "a/c.txt", "a/c/d.txt", "a/z.txt"]  # not ab/ nor a-b/
+    assert list(store.list("a/")) == list(store.list("a"))
+    assert list(store.list("a/c.txt")) == ["a/c.txt"]  # a key lists itself
+    assert list(store.list("nothing/here")) == []
+
+
+def test_child_is_a_store_rooted_at_a_prefix(store):
+    child = store.child("stage/sub")
+    child.write_bytes("x.json", b"{}")
+    assert store.read_bytes("stage/sub/x.json") == b"{}"
+    assert list(child.list("")) == ["x.json"]
+    assert child.uri.endswith("/stage/sub") and child.uri.startswith(store.uri)
+    grandchild = child.child("deeper")
+    grandchild.write_bytes("y", b"1")
+    assert store.exists("stage/sub/deeper/y")
+
+
+def test_delete_is_idempotent(store):
+    store.write_bytes("d/x", b"1")
+    store.delete("d/x")
+    assert not store.exists("d/x")
+    store.delete("d/x")  # deleting what is gone is fine
+    assert list(store.list("d")) == []
+
+
+def test_put_file_get_file_and_local_copy(store, tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3000))
+    store.put_file(src, "files/src.bin")
+    out = tmp_path / "out.bin"
+    store.get_file("files/src.bin", out)
+    assert out.read_bytes() == src.read_bytes()
+    with local_copy(store, "files/src.bin") as path:
+        assert path.read_bytes() == src.read_bytes()
+    with pytest.raises(StoreError, match="not found"):
+        with local_copy(store, "files/missing.bin"):
+            pass
+
+
+def test_open_write_is_atomic_and_a_failed_write_leaves_the_old_object(store):
+    store.write_bytes("atomic.bin", b"old")
+    with store.open_write("atomic.bin") as fh:
+        fh.write(b"new but")
+        assert store.read_bytes("atomic.bin") == b"old"  # readers see the old object until close
+        assert list(store.list("")) == ["atomic.bin"]  # no temporary file is listed
+        fh.write(b" whole")
+    assert store.read_bytes("atomic.bin") == b"new but whole"
+
+    with pytest.raises(RuntimeError):
+        with store.open_write("atomic.bin") as fh:
+            fh.write(b"half")
+            raise RuntimeError("writer died")
+    assert store.read_bytes("atomic.bin") == b"new but whole"
+    with pytest.raises(RuntimeError):
+        with store.open_write("never.bin") as fh:
+            fh.write(b"half")
+            raise RuntimeError("writer died")
+    assert not store.exists("never.bin")
+    assert list(store.list("")) == ["atomic.bin"]
+
+
+def test_concurrent_writers_leave_one_whole_object(store):
+    blobs = [bytes([i]) * 200_000 for i in range(4)]
+
+    def write(blob):
+        store.write_bytes("race.bin", blob)
+
+    threads = [threading.Thread(target=write, args=(b,)) for b in blobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.read_bytes("race.bin") in blobs
+
+
+@pytest.fixture
+def small_multipart(monkeypatch):
+    """Multipart from 5 MiB (the S3 minimum part size) instead of 64 MiB, so a test object of a few MiB uses it."""
+    monkeypatch.setattr(store_module, "_transfer_config", lambda: TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20, max_concurrency=2))
+
+
+def test_large_objects_go_multipart_and_stream_back(store, tmp_path, small_multipart):
+    data = os.urandom(12 << 20)
+    store.write_bytes("big/blob.bin", data)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    store.put_file(src, "big/file.bin")
+    for key in ("big/blob.bin", "big/file.bin"):
+        assert store.size(key) == len(data)
+        digest, read = hashlib.sha256(), 0
+        with store.open_read(key) as fh:  # streaming: 1 MiB at a time
+            while chunk := fh.read(1 << 20):
+                assert len(chunk) <= 1 << 20
+                digest.update(chunk)
+                read += len(chunk)
+        assert read == len(data) and digest.digest() == hashlib.sha256(data).digest()
+    out = tmp_path / "back.bin"
+    store.get_file("big/file.bin", out)
+    assert out.read_bytes() == data
+    if isinstance(store, S3Store):
+        client = boto3.client("s3", endpoint_url=store.endpoint_url)
+        for key in ("big/blob.bin", "big/file.bin"):
+            etag = client.head_object(Bucket=store.bucket, Key=join(store.prefix, key))["ETag"]
+            assert etag.strip('"').endswith("-3"), etag  # three parts of 5, 5 and 2 MiB
+
+
+def test_local_keys_cannot_escape_the_root(tmp_path):
+    store = LocalStore(tmp_path / "root")
+    with pytest.raises(StoreError, match="escapes the store root"):
+        store.write_bytes("../outside.txt", b"x")
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_open_store_chooses_the_backend_by_uri(tmp_path, s3_bucket, monkeypatch):
+    assert isinstance(open_store(str(tmp_path / "p")), LocalStore)
+    assert open_store(f"file://{tmp_path}/q").path == (tmp_path / "q").resolve()
+    s3 = open_store(f"s3://{s3_bucket}/pre/fix/")
+    assert isinstance(s3, S3Store) and s3.uri == f"s3://{s3_bucket}/pre/fix"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PLANKTON_ROOT", raising=False)
+    assert open_store(None).path == (tmp_path / "artifacts").resolve()
+    monkeypatch.setenv("PLANKTON_ROOT", str(tmp_path / "env"))
+    assert open_store(None).path == (tmp_path / "env").resolve()
+    with pytest.raises(StoreError, match="unsupported store URI scheme 'gs'"):
+        open_store("gs://bucket/x")
+    with pytest.raises(StoreError, match="S3 URI needs a bucket"):
+        open_store("s3:///x")
+
+
+# --- S3 failures: one line, never a traceback -----------------------------------------------
+
+
+def test_missing_bucket(s3_env):
+    with pytest.raises(StoreError) as err:
+        open_store("s3://no-such-bucket-plankton/x")
+    assert str(err.value) == "bucket does not exist: s3://no-such-bucket-plankton"
+
+
+@pytest.fixture
+def s3_auth_on(s3_env, monkeypatch):
+    """Make the moto server check credentials (it accepts any by default); 'testing' keys then match no user."""
+    from moto import settings
+
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+
+
+def test_bad_credentials(s3_bucket, s3_auth_on):
+    with pytest.raises(StoreError) as err:
+        open_store(f"s3://{s3_bucket}/x")
+    assert str(err.value) == f"access denied to s3://{s3_bucket}: check the S3 credentials"
+
+
+def test_credentials_failing_mid_run_are_store_errors_too(s3_bucket, monkeypatch):
+    from moto import settings
+
+    store = open_store(f"s3://{s3_bucket}/x")
+    store.write_bytes("k", b"1")
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    for verb in (lambda: store.exists("k"), lambda: store.read_bytes("k"), lambda: store.write_bytes("k", b"2"), lambda: store.delete("k"), lambda: list(store.list(""))):
+        with pytest.raises(StoreError, match=r"access denied to s3://.*check the S3 credentials"):
+            verb()
+
+
+def test_no_credentials(s3_bucket, monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(StoreError, match=r"^no S3 credentials for s3://.*: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY$"):
+        open_store(f"s3://{s3_bucket}/x")
+
+
+def test_unreachable_endpoint(monkeypatch):
+    """With the store's real retry policy: a refused connection fails in seconds, in one line."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    port = _closed_port()
+    with pytest.raises(StoreError) as err:
+        open_store("s3://bucket/x", s3_endpoint=f"http://127.0.0.1:{port}")
+    assert str(err.value).startswith(f"cannot reach S3 endpoint http://127.0.0.1:{port}: Could not connect")
+    assert "\n" not in str(err.value)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
