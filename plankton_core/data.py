@@ -118,12 +118,15 @@ class ImageCache:
             def fill(i: int) -> None:
                 out[i] = load_crop(root, keys[i], size)
 
-            with ThreadPoolExecutor(workers) as pool:
-                for _ in progress(pool.map(fill, range(len(keys))), total=len(keys), desc=f"decode cache {size}px"):
-                    pass
-            out.flush()
-            del out
-            os.replace(tmp, path)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    for _ in progress(pool.map(fill, range(len(keys))), total=len(keys), desc=f"decode cache {size}px"):
+                        pass
+                out.flush()
+                del out
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)  # a failed build must not leave an N×S×S×3 file behind
             done.write_text(json.dumps({"root": root.uri, "size": size, "count": len(keys)}))
         array = np.memmap(path, mode="r", dtype=np.uint8, shape=shape) if keys else np.zeros(shape, np.uint8)
         return cls(keys=keys, size=size, array=array, path=path)

@@ -1,0 +1,195 @@
+"""The stage contract every stage runs under (plankton_core.stage.run_stage), on both stores."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from plankton_core.errors import EXIT_INTERRUPTED, EXIT_UPSTREAM, InterruptedRun, UpstreamNotReadyError
+from plankton_core.stage import run_stage
+from plankton_core.tables import read_json
+
+
+@dataclass
+class ToyConfig:
+    n: int = 3
+    workers: int = field(default=1, metadata={"digest": False})
+
+
+class RecordingStore:
+    """Delegates to a real store and records the order of writes and deletes."""
+
+    def __init__(self, inner):
+        self.inner, self.events = inner, []
+        self.uri = inner.uri
+
+    def write_bytes(self, key, data):
+        self.events.append(("write", key))
+        self.inner.write_bytes(key, data)
+
+    def delete(self, key):
+        self.events.append(("delete", key))
+        self.inner.delete(key)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def toy_body(calls):
+    def body(cfg, ctx):
+        calls.append(cfg)
+        for i in range(cfg.n):
+            ctx.root.write_bytes(ctx.key(f"part-{i}.txt"), str(i).encode())
+            ctx.metrics.count("parts")
+        ctx.notes.append("a note")
+        return {"parts": cfg.n}
+
+    return body
+
+
+def finish_upstream(store, name="crop"):
+    run_stage(name, {"fake": True}, store, lambda cfg, ctx: {"done": 1}, force=True)
+
+
+def test_refuses_to_start_without_upstream_success_and_names_it(store):
+    calls = []
+    with pytest.raises(UpstreamNotReadyError) as err:
+        run_stage("stats", ToyConfig(), store, toy_body(calls), upstream=["crop"])
+    assert err.value.exit_code == EXIT_UPSTREAM == 3
+    assert f"upstream stage 'crop' has not finished: no {store.uri}/crop/_SUCCESS; run `plankton crop` first" == str(err.value)
+    assert calls == [] and list(store.list("stats")) == []
+
+
+def test_outputs_then_run_json_then_success_last(store):
+    finish_upstream(store)
+    rec = RecordingStore(store)
+    result = run_stage("stats", ToyConfig(n=2), rec, toy_body([]), upstream=["crop"])
+    writes = [key for verb, key in rec.events if verb == "write"]
+    assert writes == ["stats/part-0.txt", "stats/part-1.txt", "stats/run.json", "stats/metrics.prom", "stats/_SUCCESS"]
+    assert rec.events[0] == ("delete", "stats/_SUCCESS")  # an old marker goes before any output is touched
+    assert not result.up_to_date and result.counts == {"parts": 2} and result.notes == ["a note"]
+    run = read_json(store, "stats/run.json")
+    assert {"stage", "run_id", "config", "version", "git_commit", "inputs", "digest", "counts", "timings", "host", "notes"} <= set(run)
+    assert run["config"] == {"n": 2, "workers": 1} and run["counts"] == {"parts": 2}
+    assert run["inputs"] == {"crop": read_json(store, "crop/run.json")["digest"]}
+    assert run["timings"]["seconds"] >= 0 and run["git_commit"]
+
+
+def test_a_failing_body_leaves_no_success_and_keeps_what_it_wrote(store):
+    finish_upstream(store)
+    run_stage("stats", ToyConfig(n=1), store, toy_body([]), upstream=["crop"])
+    assert store.exists("stats/_SUCCESS")
+
+    def failing(cfg, ctx):
+        ctx.root.write_bytes(ctx.key("half.txt"), b"half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_stage("stats", ToyConfig(n=2), store, failing, upstream=["crop"])
+    assert not store.exists("stats/_SUCCESS")  # the earlier success no longer vouches for these outputs
+    assert store.read_bytes("stats/half.txt") == b"half" and store.exists("stats/part-0.txt")
+    assert read_json(store, "stats/run.json")["config"]["n"] == 1  # run.json is still the last finished run's
+    prom = store.read_bytes("stats/metrics.prom").decode()
+    assert 'plankton_stage_failures_total{stage="stats"} 1.0' in prom
+    assert "plankton_stage_last_success_timestamp_seconds{" not in prom
+
+
+def test_interrupted_run_exits_75_without_success(store):
+    def interrupted(cfg, ctx):
+        raise InterruptedRun("stopped by SIGTERM after saving state")
+
+    with pytest.raises(InterruptedRun) as err:
+        run_stage("crop", ToyConfig(), store, interrupted)
+    assert err.value.exit_code == EXIT_INTERRUPTED == 75
+    assert not store.exists("crop/_SUCCESS")
+
+
+def test_rerun_is_up_to_date_force_config_and_upstream_changes_redo(store):
+    finish_upstream(store)
+    calls = []
+    body = toy_body(calls)
+    run_stage("stats", ToyConfig(), store, body, upstream=["crop"])
+    again = run_stage("stats", ToyConfig(workers=8), store, body, upstream=["crop"])  # workers are not in the digest
+    assert again.up_to_date and again.counts == {"parts": 3} and len(calls) == 1
+    assert run_stage("stats", ToyConfig(), store, body, upstream=["crop"], force=True).up_to_date is False
+    assert len(calls) == 2
+    assert not run_stage("stats", ToyConfig(n=4), store, body, upstream=["crop"]).up_to_date
+    assert len(calls) == 3
+    finish_upstream(store)  # a new upstream run (new run_id, same digest) does not invalidate…
+    assert run_stage("stats", ToyConfig(n=4), store, body, upstream=["crop"]).up_to_date
+    run_stage("crop", {"fake": "changed"}, store, lambda cfg, ctx: {}, force=True)  # …new upstream outputs do
+    assert not run_stage("stats", ToyConfig(n=4), store, body, upstream=["crop"]).up_to_date
+    assert len(calls) == 4
+    assert not run_stage("stats", ToyConfig(n=4), store, body, upstream=["crop"], fingerprint={"input": "other"}).up_to_date
+
+
+def test_metrics_prom_is_written_without_pushgateway(store, monkeypatch):
+    monkeypatch.delenv("PUSHGATEWAY_URL", raising=False)
+    run_stage("crop", ToyConfig(n=2), store, toy_body([]))
+    prom = store.read_bytes("crop/metrics.prom").decode()
+    assert 'plankton_stage_items_total{kind="parts",stage="crop"} 2.0' in prom
+    assert 'plankton_stage_failures_total{stage="crop"} 0.0' in prom
+    assert 'plankton_stage_duration_seconds{stage="crop"}' in prom
+    assert 'plankton_stage_last_success_timestamp_seconds{stage="crop"}' in prom
+
+
+class _Gateway(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # pushadd_to_gateway uses POST
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        _Gateway.received.append((self.path, body))
+        self.send_response(200)
+        self.end_headers()
+
+    do_PUT = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def pushgateway(monkeypatch):
+    _Gateway.received = []
+    server = HTTPServer(("127.0.0.1", 0), _Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("PUSHGATEWAY_URL", f"http://127.0.0.1:{server.server_port}")
+    yield _Gateway.received
+    server.shutdown()
+
+
+def test_with_pushgateway_metrics_are_pushed_and_success_time_only_on_success(tmp_path, pushgateway):
+    from plankton_core.store import open_store
+
+    store = open_store(str(tmp_path / "root"))
+    run_stage("crop", ToyConfig(n=1), store, toy_body([]))
+    assert not store.exists("crop/metrics.prom")
+    path, body = pushgateway[-1]
+    assert path == "/metrics/job/plankton_crop"
+    assert "plankton_stage_last_success_timestamp_seconds" in body and 'kind="parts"' in body
+
+    def failing(cfg, ctx):
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError):
+        run_stage("crop", ToyConfig(n=2), store, failing)
+    _, body = pushgateway[-1]
+    assert 'plankton_stage_failures_total{stage="crop"} 1.0' in body
+    assert "plankton_stage_last_success_timestamp_seconds{" not in body  # POST keeps the last success's value
+
+
+def test_an_unreachable_pushgateway_falls_back_to_metrics_prom(tmp_path, monkeypatch):
+    from plankton_core.store import open_store
+
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("PUSHGATEWAY_URL", f"http://127.0.0.1:{port}")
+    store = open_store(str(tmp_path / "root"))
+    result = run_stage("crop", ToyConfig(n=1), store, toy_body([]))
+    assert store.exists("crop/_SUCCESS") and store.exists("crop/metrics.prom") and not result.up_to_date
