@@ -67,3 +67,79 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> SupConModel:
     except RuntimeError as exc:
         raise BadInputError(f"checkpoint weights do not fit {cfg['model']}: {str(exc).splitlines()[0]}") from None
     return model
+
+
+# --- weights from a file or URI the user names (--pretrained), loaded safely ---------------------------
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "encoder.", "backbone.", "model.")
+
+
+def split_uri(uri: str, s3_endpoint: str | None = None) -> tuple[Store, str]:
+    """(store of the parent folder, object name) for a path, file:// or s3:// URI of one file."""
+    import os
+
+    from .store import open_store
+
+    if "://" in uri:
+        parent, _, name = uri.rstrip("/").rpartition("/")
+    else:
+        parent, name = os.path.split(os.path.abspath(os.path.expanduser(uri)))
+    if not name or parent.endswith(":/"):
+        raise BadInputError(f"not a file URI: {uri}")
+    return open_store(parent, s3_endpoint), name
+
+
+def read_uri(uri: str, s3_endpoint: str | None = None, what: str = "file") -> bytes:
+    """Bytes of one object named by a path, file:// or s3:// URI (through the store, so S3 settings apply)."""
+    store, name = split_uri(uri, s3_endpoint)
+    if not store.exists(name):
+        raise BadInputError(f"{what} not found: {uri}")
+    return store.read_bytes(name)
+
+
+def safe_torch_load(data: bytes, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)`; argparse.Namespace (SupContrast's saved options) is allowed as plain data."""
+    import argparse
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise BadInputError(f"{what} is corrupt or unsafe to load: {str(exc).splitlines()[0]}") from None
+
+
+def state_dict_from_file(data: bytes, what: str) -> dict[str, torch.Tensor]:
+    """A backbone state dict from: safetensors, a plain state dict, {'state_dict'|'model': …}, or a plankton checkpoint.
+
+    Wrapper prefixes (`module.`, `encoder.`, `backbone.`, `_orig_mod.`, `model.`) are removed, so
+    SupContrast (`encoder.module.…`), DDP and torch.compile checkpoints load too.
+    """
+    if len(data) > 8 and data[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            obj: Any = load_safetensors(data)
+        except Exception as exc:
+            raise BadInputError(f"{what} is not a readable safetensors file: {str(exc).splitlines()[0]}") from None
+    else:
+        obj = safe_torch_load(data, what)
+    for container in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(container), dict):
+            obj = obj[container]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BadInputError(f"{what} holds no state dict of tensors")
+    state = dict(obj)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) or k.startswith("head.") for k in state) and any(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def load_pretrained_state(uri: str, s3_endpoint: str | None = None) -> dict[str, torch.Tensor]:
+    """Backbone weights from a file or URI the user gives; never from a hub, never by running code."""
+    return state_dict_from_file(read_uri(uri, s3_endpoint, "pretrained weights file"), f"pretrained weights {uri}")

@@ -34,7 +34,8 @@ class SupConModel(nn.Module):
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.encode(x)), dim=1)
+        # normalise in float32: under bf16 autocast the unit vectors would carry ~3 digits, too few at t=0.07
+        return F.normalize(self.head(self.encode(x)).float(), dim=1)
 
 
 def create_model(name: str = "resnet50", proj_dim: int = 128, pretrained_state: dict[str, Any] | None = None, **timm_kwargs: Any) -> SupConModel:
@@ -48,8 +49,22 @@ def create_model(name: str = "resnet50", proj_dim: int = 128, pretrained_state: 
     except RuntimeError as exc:
         raise BadInputError(f"unknown timm model {name!r}: {exc}") from None
     if pretrained_state is not None:
-        state = {k: v for k, v in pretrained_state.items() if not k.startswith(("fc.", "classifier.", "head.fc."))}
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-        if len(missing) > len(state) // 2 or unexpected:
-            raise BadInputError(f"pretrained weights do not fit {name}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+        load_backbone_weights(backbone, pretrained_state, name)
     return SupConModel(backbone, proj_dim)
+
+
+def load_backbone_weights(backbone: nn.Module, state: dict[str, Any], name: str = "backbone") -> int:
+    """Load the tensors of `state` that fit `backbone` (same key and shape); returns how many.
+
+    Classifier or projection heads in the file (keys the headless backbone lacks,
+    or of another shape) are skipped; if fewer than half of the backbone's
+    tensors are covered, the file is for another network and that is an error.
+    """
+    own = backbone.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if len(usable) < max(1, len(own) // 2):
+        raise BadInputError(
+            f"pretrained weights do not fit {name}: only {len(usable)} of its {len(own)} tensors found with matching names and shapes"
+        )
+    backbone.load_state_dict(usable, strict=False)
+    return len(usable)
