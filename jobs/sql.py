@@ -1,0 +1,45 @@
+"""`plankton sql`: read-only DuckDB SQL over the pipeline's Parquet files (gallery, predictions, sweep, manifest, …)."""
+from __future__ import annotations
+
+import click
+
+from plankton_core.lut.output import FORMATS, pick_format, render, text_table, write_output
+from plankton_core.lut.sql import VIEWS, run_sql
+from plankton_core.store import open_store
+
+VIEW_HELP = ", ".join(f"{name} ({key})" for name, key in VIEWS.items())
+
+
+@click.command(name="sql", help=f"""Run a read-only SQL QUERY (DuckDB dialect) over the pipeline's Parquet files, each a view:
+{VIEW_HELP}. Works for a local root and an S3 root.""")
+@click.argument("query")
+@click.option("--root", envvar="PLANKTON_ROOT", default="./artifacts", show_default=True, help="Pipeline root: a folder, file:// or s3://bucket/prefix.")
+@click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")
+@click.option("--out", default=None, help="Write the result to this path or URI instead of stdout.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="table (stdout default), csv, jsonl or parquet [from --out's suffix].")
+@click.option("--max-rows", type=int, default=100, show_default=True, help="Rows shown in table format (all rows go to csv/jsonl/parquet).")
+def command(query, root, s3_endpoint, out, fmt, max_rows) -> None:
+    fmt = pick_format(fmt, out)
+    result = run_sql(open_store(root, s3_endpoint), query)
+    if result is None:
+        return
+    if fmt == "table":
+        rows = result.slice(0, max(max_rows, 0)).to_pylist()
+        data = text_table(rows, result.column_names).encode()
+        if result.num_rows > len(rows):
+            data += f"… {result.num_rows - len(rows)} more row(s); use --format csv or --out for all\n".encode()
+    elif fmt == "parquet":
+        import io
+
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(result, buf, compression="zstd")
+        data = buf.getvalue()
+    else:
+        data = render(result.to_pylist(), fmt, result.column_names)
+    if out:
+        where = write_output(data, out, s3_endpoint)
+        click.echo(f"sql: {result.num_rows} row(s) → {where}", err=True)
+    else:
+        click.echo(data.decode(), nl=False)

@@ -1,0 +1,134 @@
+"""Classifying by nearest labelled neighbours: search, leave-source-out, votes.
+
+When the queries are themselves gallery items (val is in the gallery by
+default), a query would find itself, or a sibling crop of the same source
+image, at similarity ~1. Such neighbours are excluded: a query never sees
+gallery items of its own source image, so val and test figures measure
+generalisation, not memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+VOTES = ("top1", "weighted")
+
+
+@dataclass
+class Neighbours:
+    """k nearest gallery ids and similarities per query; id -1 / similarity -inf where fewer were found."""
+
+    ids: np.ndarray  # (Q, k) int64
+    sims: np.ndarray  # (Q, k) float32
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def group_codes(gallery_groups: np.ndarray, query_groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes for source keys shared by gallery and queries (strings → ints, same code = same source)."""
+    both = np.concatenate([np.asarray(gallery_groups, dtype=object), np.asarray(query_groups, dtype=object)]).astype(str)
+    _, inverse = np.unique(both, return_inverse=True)
+    return inverse[: len(gallery_groups)], inverse[len(gallery_groups) :]
+
+
+def search_excluding(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    gallery_group: np.ndarray | None = None,
+    query_group: np.ndarray | None = None,
+    gallery_id_map: np.ndarray | None = None,
+) -> Neighbours:
+    """The k nearest gallery items of each query, skipping items of the query's own group (source image).
+
+    `gallery_group` is indexed by the ids the index returns, or by
+    `gallery_id_map[id]` when the index holds a subset (a pruned gallery).
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    n_q = len(queries)
+    if n_q == 0 or index.ntotal == 0:
+        return Neighbours(np.full((n_q, k), -1, np.int64), np.full((n_q, k), -np.inf, np.float32))
+    extra = 0
+    if gallery_group is not None and query_group is not None:
+        groups = gallery_group if gallery_id_map is None else gallery_group[gallery_id_map]
+        sizes = np.bincount(groups, minlength=int(max(groups.max(initial=0), query_group.max(initial=0))) + 1)
+        extra = int(sizes[query_group].max(initial=0))
+    depth = min(k + extra, index.ntotal)
+    sims, ids = index.search(queries, depth)
+    if extra:
+        full_ids = ids if gallery_id_map is None else np.where(ids >= 0, gallery_id_map[np.maximum(ids, 0)], -1)
+        valid = (ids >= 0) & (gallery_group[np.maximum(full_ids, 0)] != query_group[:, None])
+        sims, ids = first_valid(sims, ids, valid, k)
+    return _pad(Neighbours(ids.astype(np.int64), sims.astype(np.float32)), k)
+
+
+def first_valid(sims: np.ndarray, ids: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the first k entries where `valid` holds (order kept); -1 / -inf after the last one."""
+    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+    rows = np.arange(len(ids))[:, None]
+    ok = valid[rows, order]
+    return np.where(ok, sims[rows, order], -np.inf).astype(np.float32), np.where(ok, ids[rows, order], -1)
+
+
+def _pad(nb: Neighbours, k: int) -> Neighbours:
+    missing = k - nb.ids.shape[1]
+    if missing <= 0:
+        return nb
+    q = len(nb.ids)
+    return Neighbours(
+        np.concatenate([nb.ids, np.full((q, missing), -1, np.int64)], axis=1),
+        np.concatenate([nb.sims, np.full((q, missing), -np.inf, np.float32)], axis=1),
+    )
+
+
+def vote(labels: np.ndarray, sims: np.ndarray, n_classes: int, method: str = "top1") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(predicted label, score, per-class scores) from neighbour labels (-1 = none) and similarities.
+
+    top1: the nearest neighbour's class; score its similarity; a class's score
+    is its best similarity among the neighbours. weighted: each neighbour votes
+    for its class with its similarity (negative ones count 0); score is the
+    winner's share of the votes. A query without neighbours gets label -1.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    sims = np.asarray(sims, dtype=np.float64)
+    q, k = labels.shape
+    valid = labels >= 0
+    flat = (np.arange(q)[:, None] * n_classes + np.maximum(labels, 0)).ravel()
+    if method == "top1":
+        class_scores = np.full(q * n_classes, -np.inf)
+        np.maximum.at(class_scores, flat[valid.ravel()], sims.ravel()[valid.ravel()])
+        class_scores = class_scores.reshape(q, n_classes)
+        pred = np.where(valid[:, 0], labels[:, 0], -1)
+        score = np.where(valid[:, 0], sims[:, 0], -np.inf)
+        return pred, score, class_scores
+    if method != "weighted":
+        raise ValueError(f"unknown vote {method!r}")
+    weights = np.where(valid, np.clip(sims, 0.0, None), 0.0)
+    class_scores = np.bincount(flat, weights=weights.ravel(), minlength=q * n_classes).reshape(q, n_classes)
+    total = weights.sum(axis=1)
+    # ties between classes go to the class of the nearest neighbour among them
+    nearest_bonus = np.zeros_like(class_scores)
+    rows = np.flatnonzero(valid[:, 0])
+    nearest_bonus[rows, labels[rows, 0]] = 1e-9
+    pred = np.argmax(class_scores + nearest_bonus, axis=1)
+    pred = np.where(valid.any(axis=1), pred, -1)
+    score = np.where(total > 0, class_scores[np.arange(q), np.maximum(pred, 0)] / np.where(total > 0, total, 1.0), 0.0)
+    return pred, score, class_scores
+
+
+def first_kept(candidates: Neighbours, kept: np.ndarray, k: int, need: int | None = None) -> tuple[Neighbours, np.ndarray]:
+    """Neighbours in a pruned gallery read off the full gallery's candidate lists.
+
+    The nearest kept items of a query are the first kept entries of its
+    nearest-in-full list. Returns them and a mask of queries whose list held
+    fewer than `need` (default k) kept items while the list was full-length
+    (those need a real search of the pruned index).
+    """
+    valid = (candidates.ids >= 0) & kept[np.maximum(candidates.ids, 0)]
+    sims, ids = first_valid(candidates.sims, candidates.ids, valid, k)
+    list_full = (candidates.ids >= 0).all(axis=1)  # a list with gaps already holds every neighbour there is
+    incomplete = (valid.sum(axis=1) < (k if need is None else need)) & list_full
+    return _pad(Neighbours(ids, sims), k), incomplete

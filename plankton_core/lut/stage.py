@@ -1,0 +1,249 @@
+"""The lut stage: embed the gallery, build the index, sweep the pruning threshold, evaluate on test.
+
+Outputs (under lut/): index.faiss, gallery.parquet (row-aligned with the
+index ids), embeddings.npy (row-aligned too), heldout.parquet/.npy (val/test
+crops outside the gallery), prune_sweep.parquet/.png, index_pruned.faiss +
+gallery_pruned.parquet, retrieval.json, and index.json describing them all.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..data import ImageCache, load_classes, load_splits
+from ..errors import BadInputError
+from ..features import extract_features, pick_device
+from ..stage import StageContext, StageResult, is_done, run_stage
+from ..store import Store
+from ..tables import read_parquet, write_json, write_npy, write_parquet
+from . import artifacts as A
+from .config import LutConfig
+from .embed import Embedder, load_embedder
+from .evaluation import QuerySet, evaluate_index
+from .index import build_index, l2_normalise, search_params, serialize_index, tune_recall
+from .prune import threshold_grid
+from .sweep import plot_sweep, sweep_thresholds
+
+STAGE = "lut"
+UPSTREAM = ["stats", "supcon", "linear-sweep"]
+MANIFEST_KEY = "crop/manifest.parquet"
+RECALL_QUERIES = 2000  # held-out queries (then gallery items, self excluded) for measuring recall
+
+
+def run_lut(cfg: LutConfig, store: Store, force: bool = False) -> StageResult:
+    return run_stage(STAGE, cfg, store, _body, upstream=UPSTREAM, force=force)
+
+
+def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
+    root = ctx.root
+    embedder = load_embedder(root, cfg.checkpoint or None)
+    classes = load_classes(root)
+    splits = load_splits(root)
+    split_col = np.asarray(splits.column("split").to_pylist(), dtype=object)
+    present = sorted(set(split_col.tolist()))
+    missing = [s for s in cfg.gallery_splits if s not in present]
+    if missing:
+        raise BadInputError(f"gallery split(s) {', '.join(missing)} have no rows in {root.uri}/stats/splits.parquet (splits there: {', '.join(present) or 'none'})")
+    in_gallery = np.isin(split_col, list(cfg.gallery_splits))
+    heldout = ~in_gallery & np.isin(split_col, ["val", "test"])
+    needed = np.flatnonzero(in_gallery | heldout)
+
+    # one pass of the backbone over every crop the stage needs
+    crop_keys = np.asarray(splits.column("crop_key").to_pylist(), dtype=object)
+    t0 = time.perf_counter()
+    cache = ImageCache.build(root, crop_keys[needed].tolist(), embedder.size, workers=cfg.workers or None)
+    device = pick_device(cfg.device)
+    feats = l2_normalise(extract_features(embedder.model, cache, embedder.mean, embedder.std, cfg.batch_size, device, desc="lut embeddings"))
+    ctx.metrics.count("embedded", len(needed))
+    embed_seconds = time.perf_counter() - t0
+    position = np.full(len(split_col), -1, np.int64)
+    position[needed] = np.arange(len(needed))
+
+    gallery_rows = np.flatnonzero(in_gallery)
+    heldout_rows = np.flatnonzero(heldout)
+    x = np.ascontiguousarray(feats[position[gallery_rows]])
+    gallery = gallery_table(splits.take(pa.array(gallery_rows)), read_parquet(root, MANIFEST_KEY) if root.exists(MANIFEST_KEY) else None)
+    labels_all = np.asarray(splits.column("label").to_numpy(zero_copy_only=False), dtype=np.int64)
+    groups_all = source_groups(splits)
+    g_labels, g_groups = labels_all[gallery_rows], groups_all[gallery_rows]
+
+    write_parquet(root, A.GALLERY["full"], gallery)
+    write_npy(root, A.EMBEDDINGS, x)
+    heldout_table = splits.select(["crop_key", "class", "label", "split", "source_key"]).take(pa.array(heldout_rows, pa.int64()))
+    write_parquet(root, A.HELDOUT, heldout_table)
+    write_npy(root, A.HELDOUT_EMBEDDINGS, np.ascontiguousarray(feats[position[heldout_rows]]))
+
+    def query_set(split: str) -> QuerySet:
+        rows = np.flatnonzero(split_col == split)
+        return QuerySet(split, feats[position[rows]] if len(rows) else np.zeros((0, x.shape[1]), np.float32), labels_all[rows], groups_all[rows])
+
+    val, test = query_set("val"), query_set("test")
+    recall_queries = _recall_queries(feats[position[heldout_rows]], x)
+
+    index, index_meta = _build(x, cfg, recall_queries)
+    root.write_bytes(A.INDEX["full"], serialize_index(index))
+    ctx.log.info("lut: %s index of %d × %d built in %.1fs", cfg.index, index.ntotal, index.d, index_meta["build_seconds"])
+
+    info: dict[str, Any] = {
+        **embedder.describe(),
+        "classes": classes,
+        "count": int(len(x)),
+        "index_type": cfg.index,
+        "metric": "inner_product (cosine; embeddings L2-normalised)",
+        "gallery_splits": list(cfg.gallery_splits),
+        **index_meta,
+        "embed_seconds": round(embed_seconds, 3),
+        "built_at": datetime.now(timezone.utc).isoformat(),
+        "files": {"index": A.INDEX["full"], "gallery": A.GALLERY["full"], "embeddings": A.EMBEDDINGS, "heldout": A.HELDOUT},
+        "k": cfg.k,
+        "vote": cfg.vote,
+        "pruned": None,
+        "calibration": {},
+    }
+    counts: dict[str, Any] = {"gallery": int(len(x)), "dimension": int(x.shape[1]), "val": len(val), "test": len(test)}
+
+    # pruning sweep on val, then the pruned index with the chosen T
+    pruned_index, pruned_ids, prune_summary = None, None, None
+    if cfg.prune and len(val) and len(x):
+        pruned_index, pruned_ids, prune_summary, pruned_meta = _prune(cfg, ctx, x, gallery, g_labels, g_groups, val, len(classes), recall_queries)
+        info["pruned"] = pruned_meta
+        info["files"].update(pruned_index=A.INDEX["pruned"], pruned_gallery=A.GALLERY["pruned"], prune_sweep=A.PRUNE_SWEEP)
+        counts.update(prune_threshold=prune_summary["threshold"], pruned_gallery=int(len(pruned_ids)))
+    elif cfg.prune:
+        ctx.notes.append("no val split (or an empty gallery): pruning skipped")
+
+    # the retrieval classifier on test, full and pruned
+    retrieval: dict[str, Any] = {"rows": [], "split": "test", "k": cfg.k, "index_type": cfg.index}
+    if len(test) and len(x):
+        variants = [("full index", index, None)]
+        if pruned_index is not None:
+            variants.append((f"pruned index (T={prune_summary['threshold']:.2f})", pruned_index, pruned_ids))
+        for label, idx, id_map in variants:
+            results = evaluate_index(idx, test, g_labels, g_groups, len(classes), cfg.k, id_map)
+            retrieval["rows"].append({"name": f"top-1, {label}", "metrics": results["top1"]})
+            retrieval["rows"].append({"name": f"{cfg.k}-NN weighted vote, {label}", "metrics": results["weighted"]})
+        counts["test_top1_accuracy"] = round(retrieval["rows"][0]["metrics"]["accuracy"], 6)
+        ctx.metrics.gauge("lut_test_top1_accuracy", retrieval["rows"][0]["metrics"]["accuracy"], "Test accuracy of the LUT's nearest neighbour.")
+    else:
+        ctx.notes.append("no test split (or an empty gallery): retrieval not evaluated")
+    if prune_summary:
+        retrieval["prune"] = prune_summary
+    write_json(root, A.RETRIEVAL, retrieval)
+    write_json(root, A.INDEX_JSON, info)
+    ctx.metrics.gauge("lut_gallery_items", len(x), "Items in the LUT gallery.")
+
+    if is_done(root, "evaluate"):
+        from ..evaluate.report import write_report
+
+        write_report(root)
+        ctx.notes.append(f"report updated with the retrieval section → {root.uri}/evaluate/report.html")
+    return counts
+
+
+def _build(x: np.ndarray, cfg: LutConfig, recall_queries: np.ndarray) -> tuple[Any, dict[str, Any]]:
+    """Build the configured index and measure (and tune) its recall against exact search."""
+    t0 = time.perf_counter()
+    index = build_index(x, cfg.index, nlist=cfg.ivf_nlist or None, hnsw_m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction)
+    build_seconds = time.perf_counter() - t0
+    meta: dict[str, Any] = {"build_seconds": round(build_seconds, 3)}
+    if cfg.index != "flat":
+        exact = build_index(x, "flat")
+        meta["recall"] = tune_recall(index, exact, recall_queries, k=cfg.recall_k, target=cfg.recall_target)
+        del exact
+    else:
+        meta["recall"] = {"exact": True, "recall_at_1": 1.0, f"recall_at_{cfg.recall_k}": 1.0}
+    meta["search_params"] = search_params(index)
+    return index, meta
+
+
+def _prune(cfg, ctx, x, gallery, g_labels, g_groups, val: QuerySet, n_classes: int, recall_queries):
+    grid = threshold_grid(cfg.prune_min, cfg.prune_max, cfg.prune_step)
+    keys = gallery.column("crop_key").to_pylist()
+    outcome = sweep_thresholds(
+        x, g_labels, keys, g_groups, val, n_classes, grid,
+        vote=cfg.vote, k=cfg.k, candidates=cfg.prune_candidates, tolerance=cfg.prune_tolerance, latency_queries=cfg.latency_queries,
+    )
+    root = ctx.root
+    write_parquet(root, A.PRUNE_SWEEP, outcome.table)
+    root.write_bytes(A.PRUNE_PLOT, plot_sweep(outcome.table, outcome.chosen, outcome.baseline["accuracy"], cfg.prune_tolerance))
+    pruned_ids = np.flatnonzero(outcome.keep)
+    pruned_gallery = gallery.take(pa.array(pruned_ids)).rename_columns(["full_id" if n == "id" else n for n in gallery.column_names])
+    pruned_gallery = pruned_gallery.add_column(0, "id", pa.array(np.arange(len(pruned_ids), dtype=np.int64)))
+    pruned_index, meta = _build(x[pruned_ids], cfg, recall_queries)
+    root.write_bytes(A.INDEX["pruned"], serialize_index(pruned_index))
+    write_parquet(root, A.GALLERY["pruned"], pruned_gallery)
+    row = outcome.table.slice(outcome.chosen, 1).to_pylist()[0]
+    summary = {
+        "threshold": outcome.threshold,
+        "gallery_full": int(len(x)),
+        "gallery_pruned": int(len(pruned_ids)),
+        "fraction_pruned": round(1 - len(pruned_ids) / len(x), 6),
+        "val_accuracy_full": outcome.baseline["accuracy"],
+        "val_accuracy_pruned": row["val_accuracy"],
+        "val_macro_f1_full": outcome.baseline["macro_f1"],
+        "val_macro_f1_pruned": row["val_macro_f1"],
+        "tolerance": cfg.prune_tolerance,
+        "vote": cfg.vote,
+        "sweep_seconds": round(sum(outcome.seconds.values()), 3),
+    }
+    ctx.notes.append(
+        f"pruning: T={outcome.threshold:.2f} keeps {len(pruned_ids)}/{len(x)} items "
+        f"(val accuracy {100 * row['val_accuracy']:.2f}% vs {100 * outcome.baseline['accuracy']:.2f}% unpruned) → {root.uri}/{A.PRUNE_SWEEP}"
+    )
+    ctx.metrics.gauge("lut_prune_threshold", outcome.threshold, "Chosen pruning threshold.")
+    ctx.metrics.gauge("lut_pruned_gallery_items", len(pruned_ids), "Items in the pruned gallery.")
+    pruned_meta = {
+        "threshold": outcome.threshold,
+        "count": int(len(pruned_ids)),
+        "fraction_kept": round(len(pruned_ids) / len(x), 6),
+        "neighbour_pairs": outcome.graph_pairs,
+        "sweep_seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
+        **meta,
+    }
+    return pruned_index, pruned_ids, summary, pruned_meta
+
+
+def _recall_queries(heldout: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """Queries for measuring recall: held-out crops, topped up with jittered gallery items when few."""
+    if len(heldout) >= RECALL_QUERIES or len(gallery) == 0:
+        return heldout[:RECALL_QUERIES]
+    rng = np.random.default_rng(0)
+    take = rng.choice(len(gallery), size=min(len(gallery), RECALL_QUERIES - len(heldout)), replace=False)
+    jitter = gallery[take] + rng.normal(0, 0.05 / np.sqrt(gallery.shape[1]), (len(take), gallery.shape[1])).astype(np.float32)
+    return np.concatenate([heldout, l2_normalise(jitter)]) if len(heldout) else l2_normalise(jitter)
+
+
+def source_groups(splits: pa.Table) -> np.ndarray:
+    """Integer code per row for its source image (crop_key when the source is unknown)."""
+    crop = splits.column("crop_key")
+    src = splits.column("source_key") if "source_key" in splits.column_names else crop
+    filled = pc.if_else(pc.is_null(src), crop, src).combine_chunks()
+    return np.asarray(pc.dictionary_encode(filled).indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def gallery_table(rows: pa.Table, manifest: pa.Table | None) -> pa.Table:
+    """id, crop_key, class, label, split, source_key and the crop's box in its source image (null when unknown)."""
+    n = rows.num_rows
+    cols: dict[str, Any] = {
+        "id": pa.array(np.arange(n, dtype=np.int64)),
+        "crop_key": rows.column("crop_key").cast(pa.string()),
+        "class": rows.column("class").cast(pa.string()),
+        "label": rows.column("label").cast(pa.int64()),
+        "split": rows.column("split").cast(pa.string()),
+        "source_key": (rows.column("source_key") if "source_key" in rows.column_names else pa.nulls(n)).cast(pa.string()),
+    }
+    boxes = ("x0", "y0", "x1", "y1")
+    if manifest is not None and "crop_key" in manifest.column_names and all(b in manifest.column_names for b in boxes):
+        manifest = manifest.filter(pc.is_valid(manifest.column("crop_key")))
+        where = pc.index_in(rows.column("crop_key"), value_set=manifest.column("crop_key"))
+        for b in boxes:
+            cols[b] = manifest.column(b).cast(pa.int64()).take(where)
+    else:
+        for b in boxes:
+            cols[b] = pa.nulls(n, pa.int64())
+    return pa.table(cols, schema=A.GALLERY_SCHEMA)

@@ -1,0 +1,81 @@
+"""Fabricated upstream for the lut tests: crops/splits/stats, a checkpoint, a selection, a crop manifest."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline_fixtures import draw_shape, make_stats_root
+from plankton_core.checkpoint import save_checkpoint
+from plankton_core.imageio import encode_png
+from plankton_core.models import create_model
+from plankton_core.stage import run_stage
+from plankton_core.tables import read_json, read_parquet, write_json, write_parquet
+
+CKPT_KEY = "supcon/ckpt/epoch_0003.pt"
+
+
+def fake_checkpoint(size: int, mean, std, seed: int = 0, model: str = "test_resnet") -> dict:
+    torch.manual_seed(seed)
+    net = create_model(model, proj_dim=16)
+    return {
+        "model": net.backbone.state_dict(),
+        "head": net.head.state_dict(),
+        "epoch": 3,
+        "step": 30,
+        "config": {"model": model, "proj_dim": 16, "size": size, "mean": mean, "std": std},
+        "feature_dim": net.feature_dim,
+    }
+
+
+def make_lut_upstream(root_uri: str, per_class: int = 24, size: int = 32, seed: int = 0):
+    """Everything `plankton lut` needs under root_uri; returns the store."""
+    store = make_stats_root(root_uri, n_classes=3, per_class=per_class, size=size, seed=seed)
+    splits = read_parquet(store, "stats/splits.parquet")
+    n = splits.num_rows
+    manifest = pa.table(
+        {
+            "source_key": splits.column("source_key"),
+            "class": splits.column("class"),
+            "status": ["kept"] * n,
+            "reason": [""] * n,
+            "crop_key": splits.column("crop_key"),
+            "x0": np.arange(n, dtype=np.int64),
+            "y0": np.full(n, 2, np.int64),
+            "x1": np.arange(n, dtype=np.int64) + size,
+            "y1": np.full(n, 2 + size, np.int64),
+            "area": np.full(n, 300, np.int64),
+        }
+    )
+    write_parquet(store, "crop/manifest.parquet", manifest)
+    stats = read_json(store, "stats/stats.json")
+    ckpt = fake_checkpoint(size, stats["mean"], stats["std"], seed)
+
+    def supcon(cfg, ctx):
+        save_checkpoint(store, CKPT_KEY, ckpt)
+        return {"epochs": 3}
+
+    def sweep(cfg, ctx):
+        write_json(store, "sweep/selection.json", {
+            "checkpoint": "epoch_0003", "checkpoint_key": CKPT_KEY, "epoch": 3, "head_key": "sweep/heads/epoch_0003.pt",
+            "feature_dim": ckpt["feature_dim"], "model": "test_resnet", "val_acc": 1.0,
+        })
+        return {"checkpoints": 1}
+
+    run_stage("supcon", {"fabricated": True, "seed": seed}, store, supcon, upstream=["stats"], force=True)
+    run_stage("linear-sweep", {"fabricated": True, "seed": seed}, store, sweep, upstream=["supcon"], force=True)
+    return store
+
+
+def frame_png(kind: str, seed: int = 0, frame: int = 64, size: int = 32) -> bytes:
+    """A dark-field frame with one whole `kind` object away from the border, as a camera would give."""
+    rng = np.random.default_rng(seed)
+    canvas = np.clip(10 + rng.normal(0, 3, (frame, frame)), 0, 255).astype(np.uint8)
+    obj = draw_shape(kind, size, rng, dark_field=True)
+    top = (frame - size) // 2
+    canvas[top : top + size, top : top + size] = np.maximum(canvas[top : top + size, top : top + size], np.where(obj > 100, obj, 0))
+    return encode_png(canvas)
+
+
+def blank_png(frame: int = 64) -> bytes:
+    return encode_png(np.full((frame, frame), 10, np.uint8))

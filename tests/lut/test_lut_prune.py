@@ -1,0 +1,92 @@
+"""Pruning against a naive pairwise reference: same kept set at every T of the sweep."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plankton_core.lut.prune import choose_threshold, greedy_keep, greedy_order, neighbour_graph, threshold_grid
+
+
+def clustered(n: int, d: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised vectors in tight sub-clusters of varying spread, so every T in 0.8–1.0 prunes differently."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, n)
+    centres = rng.standard_normal((n_classes * 4, d))
+    sub = labels * 4 + rng.integers(0, 4, n)
+    spread = rng.uniform(0.05, 0.7, n)
+    x = centres[sub] / np.sqrt(d) + spread[:, None] * rng.standard_normal((n, d)) / np.sqrt(d)
+    x[5] = x[4]  # exact duplicates must behave too
+    labels[5] = labels[4]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), labels
+
+
+def naive_keep(x: np.ndarray, labels: np.ndarray, rank: np.ndarray, t: float) -> np.ndarray:
+    """The straightforward loop: visit in order, compare with every kept item of the class, in float64."""
+    keep = np.zeros(len(x), dtype=bool)
+    kept_by_class: dict[int, list[int]] = {}
+    x64 = x.astype(np.float64)
+    for i in np.argsort(rank):
+        mine = kept_by_class.setdefault(int(labels[i]), [])
+        if all(min(float(x64[i] @ x64[j]), 1.0) <= t for j in mine):
+            keep[i] = True
+            mine.append(int(i))
+    return keep
+
+
+@pytest.mark.parametrize("row_block,col_block", [(16, 16), (7, 20), (1024, 8192)])
+def test_sweep_matches_naive_reference(row_block, col_block):
+    x, labels = clustered(180, 24, 3, seed=1)
+    rank = greedy_order([f"crop/{i}.png" for i in range(len(x))])
+    graph = neighbour_graph(x, labels, rank, 0.80, row_block=row_block, col_block=col_block)
+    fractions = []
+    for t in threshold_grid(0.80, 1.00, 0.01):
+        got = graph.keep_mask(t)
+        want = naive_keep(x, labels, rank, t)
+        assert np.array_equal(got, want), f"T={t}: {np.flatnonzero(got != want)}"
+        fractions.append(got.mean())
+    assert fractions[-1] == 1.0  # T = 1.00 prunes nothing, not even the exact duplicate
+    assert fractions[0] < 0.7  # the data really exercises pruning
+    assert len(set(np.round(fractions, 3))) > 8  # and differently across the grid
+
+
+def test_neighbour_graph_holds_every_earlier_same_class_pair():
+    x, labels = clustered(90, 16, 2, seed=2)
+    rank = greedy_order([str(i) for i in range(len(x))])
+    graph = neighbour_graph(x, labels, rank, 0.85, row_block=8, col_block=8)
+    sims = x.astype(np.float64) @ x.T.astype(np.float64)
+    want = {(i, j) for i in range(len(x)) for j in range(len(x))
+            if labels[i] == labels[j] and rank[j] < rank[i] and sims[i, j] >= 0.85 + 1e-5}
+    got = set(zip(graph.later.tolist(), graph.earlier.tolist()))
+    assert want <= got
+    assert all(labels[a] == labels[b] and rank[b] < rank[a] for a, b in got)
+    assert np.all(np.diff(graph.sim) <= 0)
+    np.testing.assert_allclose(graph.sim, np.minimum(sims[graph.later, graph.earlier], 1.0), atol=1e-5)
+
+
+def test_greedy_keep_on_a_hand_made_chain():
+    # 0-1, 1-2, 2-3 conflict (a path visited in id order): sequentially 0 kept, 1 dropped, 2 kept, 3 dropped
+    keep = greedy_keep(5, np.array([1, 2, 3]), np.array([0, 1, 2]))
+    assert keep.tolist() == [True, False, True, False, True]
+
+
+def test_greedy_order_is_deterministic_and_a_permutation():
+    keys = [f"k{i}" for i in range(50)]
+    a, b = greedy_order(keys), greedy_order(list(keys))
+    assert np.array_equal(a, b)
+    assert sorted(a.tolist()) == list(range(50))
+    assert not np.array_equal(a, np.arange(50))  # not the naming order
+
+
+def test_choose_threshold_most_pruning_within_tolerance():
+    t = np.array([0.8, 0.85, 0.9, 0.95, 1.0])
+    kept = np.array([10, 40, 60, 60, 100])
+    acc = np.array([0.70, 0.89, 0.90, 0.91, 0.91])
+    assert t[choose_threshold(t, kept, acc, baseline=0.91, tolerance=0.02)] == 0.85
+    assert t[choose_threshold(t, kept, acc, baseline=0.91, tolerance=0.01)] == 0.95  # tie in size → gentler T
+    assert t[choose_threshold(t, kept, acc, baseline=0.91, tolerance=0.0)] == 0.95
+
+
+def test_threshold_grid():
+    grid = threshold_grid(0.80, 1.00, 0.01)
+    assert len(grid) == 21 and grid[0] == 0.80 and grid[-1] == 1.00 and grid[3] == 0.83
