@@ -1,0 +1,207 @@
+"""The evaluate stage through the CLI, on a local folder and on the S3 server; the report; bad inputs."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from plankton_core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from plankton_core.data import ImageCache, load_splits
+from plankton_core.evaluate.report import write_report
+from plankton_core.features import extract_features
+from plankton_core.models import create_model
+from plankton_core.sweep.linear import save_head
+from plankton_core.tables import write_json, write_parquet
+from sweep.sweep_fixtures import checkpoint_dict, make_supcon_root
+
+torch.set_num_threads(2)
+
+
+def parquet(store, key):
+    return pq.read_table(io.BytesIO(store.read_bytes(key)))
+
+
+def swept(root_uri, run_cli, **kwargs):
+    store = make_supcon_root(root_uri, epochs=(2, 4), last=False, **kwargs)
+    result = run_cli("linear-sweep", "--root", root_uri, "--head-epochs", "10")
+    assert result.exit_code == 0, result.output
+    return store
+
+
+@pytest.mark.filterwarnings("ignore:'k' .* greater than or equal to 'n_classes'")
+def test_evaluate_writes_metrics_equal_to_sklearn_and_a_report(root_uri, run_cli):
+    store = swept(root_uri, run_cli)
+    result = run_cli("evaluate", "--root", root_uri)
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.stdout
+    for key in ("metrics.json", "per_class.parquet", "predictions.parquet", "confusion.png", "report.html", "report.md", "_SUCCESS"):
+        assert store.exists(f"evaluate/{key}"), key
+
+    # predictions: the chosen checkpoint + head, recomputed here directly
+    selection = json.loads(store.read_bytes("sweep/selection.json"))
+    test = load_splits(store, "test")
+    keys = test.column("crop_key").to_pylist()
+    ckpt = load_checkpoint(store, selection["checkpoint_key"])
+    feats = extract_features(model_from_checkpoint(ckpt), ImageCache.build(store, keys, 32), ckpt["config"]["mean"], ckpt["config"]["std"], device="cpu")
+    head = torch.load(io.BytesIO(store.read_bytes(selection["head_key"])), weights_only=True)["state_dict"]
+    probs = torch.softmax(torch.from_numpy(feats).double() @ head["weight"].double().T + head["bias"].double(), 1).numpy()
+    preds = parquet(store, "evaluate/predictions.parquet")
+    assert preds.column_names[:4] == ["crop_key", "label", "pred", "score"]
+    assert preds.column("crop_key").to_pylist() == keys
+    y, p = np.asarray(preds.column("label")), np.asarray(preds.column("pred"))
+    np.testing.assert_array_equal(y, np.asarray(test.column("label")))
+    np.testing.assert_array_equal(p, probs.argmax(1))
+    np.testing.assert_allclose(np.asarray(preds.column("score")), probs.max(1), rtol=1e-6)
+
+    # every metric equals scikit-learn's on these predictions
+    m = json.loads(store.read_bytes("evaluate/metrics.json"))
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, p))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, p))
+    for avg in ("macro", "weighted"):
+        pr, rc, f1, _ = skm.precision_recall_fscore_support(y, p, average=avg, zero_division=0)
+        assert (m[f"{avg}_precision"], m[f"{avg}_recall"], m[f"{avg}_f1"]) == pytest.approx((pr, rc, f1))
+    assert m["top5_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, probs, k=3, labels=np.arange(3)))
+    assert m["count"] == len(keys) and m["counts"]["test"] == len(keys)
+    assert sum(m["counts"]["per_class"].values()) == len(keys)
+    assert (m["checkpoint"], m["backbone_epoch"], m["head_epoch"]) == (selection["checkpoint"], selection["epoch"], selection["best_head_epoch"])
+
+    per_class = parquet(store, "evaluate/per_class.parquet")
+    pr, rc, f1, sup = skm.precision_recall_fscore_support(y, p, labels=np.arange(3), zero_division=0)
+    np.testing.assert_allclose(np.asarray(per_class.column("precision")), pr)
+    np.testing.assert_allclose(np.asarray(per_class.column("recall")), rc)
+    np.testing.assert_allclose(np.asarray(per_class.column("f1")), f1)
+    np.testing.assert_array_equal(np.asarray(per_class.column("support")), sup)
+
+    # the report: self-contained HTML (images inline), the user's headline table, sweep, per-class, confusions
+    html = store.read_bytes("evaluate/report.html").decode()
+    md = store.read_bytes("evaluate/report.md").decode()
+    assert html.count("data:image/png;base64,") == 2  # sweep plot + confusion matrix
+    assert 'src="http' not in html and ".png\"" not in html
+    headline = f"{100 * m['accuracy']:.2f}%"
+    for text in ("bs / backbone epoch / head epoch", "F1 Score", "Network", "Per-class results", "Checkpoint sweep", "Worst confusions", headline):
+        assert text in html and text in md, text
+    assert f"| 32 / {m['backbone_epoch']} / {m['head_epoch']} | {headline} |" in md
+    assert "](../sweep/sweep.png)" in md and "](confusion.png)" in md
+    assert "Retrieval (LUT)" not in html
+
+    again = run_cli("evaluate", "--root", root_uri)
+    assert again.exit_code == 0 and "up to date" in again.stdout
+
+
+def test_report_gains_a_retrieval_section_from_lut(tmp_path, run_cli):
+    root = str(tmp_path / "root")
+    store = swept(root, run_cli)
+    assert run_cli("evaluate", "--root", root).exit_code == 0
+    rows = [
+        {"name": "exact, top-1", "metrics": {"accuracy": 0.9, "macro_precision": 0.8, "macro_recall": 0.7, "macro_f1": 0.75, "balanced_accuracy": 0.7, "top5_accuracy": 0.99}},
+        {"name": "pruned T=0.93, kNN vote", "metrics": {"accuracy": 0.875, "macro_precision": 0.5, "macro_recall": 0.25, "macro_f1": 0.3}},
+    ]
+    write_json(store, "lut/retrieval.json", {"rows": rows, "prune": {"threshold": 0.93, "kept_fraction": 0.55}})
+    png = store.read_bytes("evaluate/confusion.png")
+    store.write_bytes("lut/prune_sweep.png", png)
+    write_report(root)  # as the lut stage calls it, with a URI
+    html = store.read_bytes("evaluate/report.html").decode()
+    md = store.read_bytes("evaluate/report.md").decode()
+    for text in ("Retrieval (LUT)", "exact, top-1", "90.00%", "pruned T=0.93, kNN vote", "87.50%", "threshold", "0.93"):
+        assert text in html and text in md, text
+    assert html.count("data:image/png;base64,") == 3
+    assert "](../lut/prune_sweep.png)" in md
+    assert "Test results" in html  # the rest is still there
+
+
+def test_evaluate_merges_finished_shards(tmp_path, run_cli):
+    root = str(tmp_path / "root")
+    store = make_supcon_root(root, epochs=(2, 4), last=False)
+    for i in (0, 1):
+        assert run_cli("linear-sweep", "--root", root, "--head-epochs", "5", "--shard-index", i, "--num-shards", "2").exit_code == 0
+    assert not store.exists("sweep/_SUCCESS")
+    result = run_cli("evaluate", "--root", root)
+    assert result.exit_code == 0, result.output
+    assert store.exists("sweep/_SUCCESS") and store.exists("sweep/selection.json") and store.exists("evaluate/_SUCCESS")
+
+
+def test_evaluate_waits_for_missing_shards(tmp_path, run_cli):
+    root = str(tmp_path / "root")
+    make_supcon_root(root, epochs=(2, 4), last=False)
+    assert run_cli("linear-sweep", "--root", root, "--head-epochs", "5", "--shard-index", "1", "--num-shards", "2").exit_code == 0
+    result = run_cli("evaluate", "--root", root)
+    assert result.exit_code == 3 and "missing shard index(es) 0" in result.stderr
+
+
+# --- bad inputs: a clear message, exit 2, and the previous results untouched -------------------------
+
+
+def corrupt_checkpoint(store, selection):
+    data = store.read_bytes(selection["checkpoint_key"])
+    store.write_bytes(selection["checkpoint_key"], data[: len(data) // 2])
+
+
+def delete_checkpoint(store, selection):
+    store.delete(selection["checkpoint_key"])
+
+
+def narrow_head(store, selection):
+    meta = {"classes": ["disc", "bar", "cross"], "train_counts": [1, 1, 1]}
+    save_head(store, selection["head_key"], {"weight": torch.zeros(3, 10), "bias": torch.zeros(3)}, meta)
+
+
+def wider_checkpoint(store, selection):
+    """A checkpoint of another architecture (wider features) under the chosen name, the head unchanged."""
+    model = create_model("test_vit")
+    ckpt = checkpoint_dict(model, 2, 32, [0.5] * 3, [0.25] * 3)
+    ckpt["config"]["model"] = "test_vit"
+    save_checkpoint(store, selection["checkpoint_key"], ckpt)
+
+
+def unseen_test_class(store, selection):
+    splits = parquet(store, "stats/splits.parquet").to_pylist()
+    splits.append({"crop_key": splits[0]["crop_key"], "class": "ring", "label": 3, "split": "test", "source_key": "images/ring/ring_0000.png"})
+    write_parquet(store, "stats/splits.parquet", pa.Table.from_pylist(splits))
+    write_json(store, "stats/classes.json", {"classes": ["disc", "bar", "cross", "ring"]})
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (delete_checkpoint, r"checkpoint .*supcon/ckpt/epoch_000\d\.pt chosen by the sweep is missing"),
+        (corrupt_checkpoint, r"checkpoint .*supcon/ckpt/epoch_000\d\.pt is corrupt or unsafe"),
+        (narrow_head, r"feature width mismatch: head sweep/heads/epoch_000\d\.pt takes 10 features but checkpoint .* gives 96"),
+        (unseen_test_class, r"the test split has 1 class\(es\) the model never saw in training: ring \(1 crops\)"),
+    ],
+    ids=["missing-checkpoint", "corrupt-checkpoint", "feature-width", "unseen-class"],
+)
+def test_bad_inputs_exit_2_and_keep_earlier_results(root_uri, run_cli, damage, message):
+    import re
+
+    store = swept(root_uri, run_cli)
+    assert run_cli("evaluate", "--root", root_uri).exit_code == 0
+    kept = {k: store.read_bytes(k) for k in ("evaluate/metrics.json", "evaluate/predictions.parquet", "evaluate/report.html", "evaluate/_SUCCESS")}
+    damage(store, json.loads(store.read_bytes("sweep/selection.json")))
+    result = run_cli("evaluate", "--root", root_uri, "--force")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("plankton evaluate: error: ")
+    assert re.search(message, result.stderr), result.stderr
+    for key, data in kept.items():
+        assert store.exists(key) and store.read_bytes(key) == data, key
+
+
+def test_head_that_does_not_fit_another_architecture(tmp_path, run_cli):
+    root = str(tmp_path / "root")
+    store = swept(root, run_cli)
+    wider_checkpoint(store, json.loads(store.read_bytes("sweep/selection.json")))
+    result = run_cli("evaluate", "--root", root)
+    assert result.exit_code == 2
+    assert "feature width mismatch" in result.stderr and "takes 96 features" in result.stderr
+
+
+def test_refuses_before_the_sweep(tmp_path, run_cli):
+    root = str(tmp_path / "root")
+    make_supcon_root(root, epochs=(2,), last=False)
+    result = run_cli("evaluate", "--root", root)
+    assert result.exit_code == 3 and "upstream stage 'linear-sweep' has not finished" in result.stderr
