@@ -26,3 +26,45 @@ bench: $(STAMP) ## speed figures, each a side-by-side ratio
 
 clean:
 	rm -rf $(ROOT) .pytest_cache
+
+# ---- containers, Kubernetes Jobs, local kind cluster (README "Run on a cluster") ----
+IMAGE        ?= plankton:dev
+KIND_CLUSTER ?= plankton
+K8S_VALUES   ?= k8s/local/values.yaml
+K8S_SET      ?=
+KUBECTL_KIND  = kubectl --context kind-$(KIND_CLUSTER)
+PKG_VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+GIT_COMMIT   := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+STAGES       := synth crop stats supcon linear-sweep evaluate lut
+SUBMIT        = $(BIN)/plankton submit --values $(K8S_VALUES) --set image=$(IMAGE) $(foreach s,$(K8S_SET),--set $(s))
+
+.PHONY: image push kind-up kind-load kind-down pipeline hadolint $(addprefix submit-,$(STAGES))
+
+image: ## build the one image of every stage as $(IMAGE), with version and git commit labels
+	docker build --build-arg VERSION=$(PKG_VERSION) --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE) .
+
+push: ## push $(IMAGE) to its registry (for a real cluster)
+	docker push $(IMAGE)
+
+kind-up: ## local cluster: kind, MinIO + bucket, Pushgateway, kube-state-metrics, Prometheus with the alerts
+	kind get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || kind create cluster --name $(KIND_CLUSTER) --config k8s/local/kind.yaml
+	$(KUBECTL_KIND) apply -f k8s/local/config.yaml
+	$(KUBECTL_KIND) apply -f k8s/local/minio.yaml -f k8s/local/pushgateway.yaml -f k8s/local/kube-state-metrics.yaml -f k8s/local/alerts.yaml -f k8s/local/prometheus.yaml
+	$(KUBECTL_KIND) -n plankton wait --for=condition=Available deployment --all --timeout=300s
+	$(KUBECTL_KIND) -n plankton wait --for=condition=Complete job/minio-bucket --timeout=300s
+	@echo "MinIO http://localhost:19000 (console :19001), Prometheus http://localhost:19090/alerts, Pushgateway http://localhost:19091"
+
+kind-load: ## copy $(IMAGE) into the kind nodes (nothing is pulled there)
+	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+
+$(addprefix submit-,$(STAGES)): submit-%: | $(STAMP) ## run one stage as a Job in the current kube context and follow it
+	$(SUBMIT) $*
+
+pipeline: | $(STAMP) ## every stage as Jobs in order in the current kube context; up-to-date stages end at once
+	$(SUBMIT) pipeline
+
+kind-down: ## delete the local cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
+hadolint: | $(STAMP) ## lint the Dockerfile
+	$(BIN)/hadolint Dockerfile

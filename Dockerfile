@@ -1,0 +1,46 @@
+# One image for every stage: ENTRYPOINT `plankton`, so `docker run IMAGE crop --root s3://…`
+# and a Kubernetes Job's args are the stage and its options.
+# Built by `make image` (tag, version and git commit filled in); linted by hadolint in the tests.
+#
+# CUDA-capable: the official PyTorch runtime image of the torch pinned in pyproject.toml
+# (torch 2.14.1 built for CUDA 13.0 with cuDNN 9); the build stops if the two disagree.
+# The GPU driver comes from the node (NVIDIA container toolkit).
+ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
+FROM ${BASE_IMAGE}
+
+ARG VERSION=0+unknown
+ARG GIT_COMMIT=unknown
+
+LABEL org.opencontainers.image.title="plankton" \
+      org.opencontainers.image.description="Plankton images to a SupCon feature extractor, a validated classifier and a FAISS look-up table" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
+
+# Only /tmp is written at run time (Jobs mount an emptyDir there, the root filesystem is
+# read-only): home, caches and the decode cache all live under it.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    TORCH_HOME=/tmp/torch \
+    PLANKTON_CACHE_DIR=/tmp/plankton-cache \
+    PLANKTON_GIT_COMMIT=${GIT_COMMIT}
+
+WORKDIR /opt/plankton
+COPY pyproject.toml README.md ./
+COPY plankton_core ./plankton_core
+COPY jobs ./jobs
+
+# torch stays the base image's (it satisfies the pin); the rest comes from pyproject.toml
+RUN python -m pip install --no-cache-dir . \
+ && python -c "import tomllib, torch; pin = next(d.split('==')[1] for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith('torch==')); have = torch.__version__.split('+')[0]; assert have == pin, f'base image torch {have} != pinned {pin}'" \
+ && plankton --help > /dev/null \
+ && useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin plankton
+
+USER 10001:10001
+WORKDIR /tmp
+ENTRYPOINT ["plankton"]
+CMD ["--help"]
