@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import BadInputError
 
@@ -65,8 +67,9 @@ def assign_splits(classes: Sequence[str], sources: Sequence[str], fractions: Seq
     if len(classes) == 0:
         return SplitAssignment(np.zeros(0, dtype=np.int8))
 
-    class_names, class_of_row = np.unique(classes, return_inverse=True)
-    _, group_of_row, group_size = np.unique(sources, return_inverse=True, return_counts=True)
+    class_names, class_of_row = _codes(classes)
+    _, group_of_row = _codes(sources)
+    group_size = np.bincount(group_of_row)
     group_class = np.empty(len(group_size), dtype=np.int64)
     group_class[group_of_row] = class_of_row
     mixed = np.flatnonzero(group_class[group_of_row] != class_of_row)
@@ -90,13 +93,24 @@ def assign_splits(classes: Sequence[str], sources: Sequence[str], fractions: Seq
     return SplitAssignment(group_split[group_of_row], unsplit)
 
 
+def _codes(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values and each row's index into them (hashing in Arrow: sorting a million strings in numpy is slow)."""
+    encoded = pa.array(values, pa.string()).dictionary_encode()
+    names = encoded.dictionary
+    order = pc.sort_indices(names).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return names.take(pa.array(order)).to_numpy(zero_copy_only=False), rank[encoded.indices.to_numpy()]
+
+
 def _greedy(sizes: np.ndarray, fractions: np.ndarray) -> np.ndarray:
     """Splits for frames of `sizes` (largest first): each to the split furthest below its target."""
-    target = fractions * float(sizes.sum())
-    filled = np.zeros(len(fractions))
+    target = (fractions * float(sizes.sum())).tolist()
+    filled = [0.0] * len(target)
     out = np.empty(len(sizes), dtype=np.int8)
-    for i, n in enumerate(sizes):
-        s = int(np.argmax(target - filled))  # ties go to the earlier split (train first)
+    for i, n in enumerate(sizes.tolist()):
+        deficits = [t - f for t, f in zip(target, filled)]
+        s = deficits.index(max(deficits))  # ties go to the earlier split (train first)
         out[i] = s
         filled[s] += n
     return out
