@@ -41,12 +41,16 @@ def read_kept_crops(root: Store) -> pa.Table:
     missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
     if missing:
         raise BadInputError(f"{root.uri}/{MANIFEST_KEY} lacks column(s) {', '.join(missing)}; rerun `plankton crop --force`")
+    try:  # dictionary or large strings (a manifest written by another tool) read the same
+        table = pa.table({c: pc.cast(table.column(c), pa.string()) for c in MANIFEST_COLUMNS})
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise BadInputError(f"{root.uri}/{MANIFEST_KEY}: columns {', '.join(MANIFEST_COLUMNS)} must be strings ({exc})") from None
     kept = table.filter(pc.equal(table.column("status"), "kept")).select(["crop_key", "class", "source_key"])
     if kept.num_rows == 0:
         raise BadInputError(f"no kept crops in {root.uri}/{MANIFEST_KEY} ({table.num_rows} rows, none with status 'kept'): nothing to split")
     for name in kept.column_names:
         col = kept.column(name)
-        if col.null_count or pc.any(pc.equal(pc.utf8_length(pc.cast(col, pa.string())), 0)).as_py():
+        if col.null_count or pc.any(pc.equal(pc.utf8_length(col), 0)).as_py():
             raise BadInputError(f"{root.uri}/{MANIFEST_KEY} has kept rows with an empty {name}; rerun `plankton crop --force`")
     kept = kept.sort_by("crop_key")
     keys = kept.column("crop_key")

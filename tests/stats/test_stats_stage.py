@@ -11,7 +11,7 @@ import plankton_core.data as data
 from crop_fabricator import frames_spec, kept_rows, make_crop_root
 from plankton_core.data import ImageCache, load_classes, load_crop, load_normalisation, load_splits
 from plankton_core.stats import StatsConfig, run_stats
-from plankton_core.tables import read_json, write_parquet
+from plankton_core.tables import read_json, read_parquet, write_parquet
 
 SIZE = 32
 SPEC = {
@@ -203,3 +203,48 @@ def test_cli_missing_bucket_exit_2(s3_env, run_cli):
     result = run_cli("stats", "--root", "s3://no-such-bucket-plankton/x")
     assert result.exit_code == 2
     assert result.stderr.strip() == "plankton stats: error: bucket does not exist: s3://no-such-bucket-plankton"
+
+
+def _with_column(table, name, values):
+    return table.set_column(table.column_names.index(name), name, values)
+
+
+@pytest.mark.parametrize(
+    "defect, message",
+    [
+        ("null crop_key", "kept rows with an empty crop_key"),
+        ("empty class", "kept rows with an empty class"),
+        ("duplicate crop_key", "lists the same crop_key more than once"),
+        ("frame in two classes", "has crops of more than one class"),
+    ],
+)
+def test_cli_manifest_defects_exit_2(tmp_path, run_cli, defect, message):
+    root = str(tmp_path / "a")
+    store = make_crop_root(root, {"disc": [1] * 4, "bar": [1] * 4}, write_crops=False)
+    t = kept_rows(store)
+    keys, classes, sources = (t.column(c).to_pylist() for c in ("crop_key", "class", "source_key"))
+    if defect == "null crop_key":
+        t = _with_column(t, "crop_key", pa.array([None] + keys[1:], pa.string()))
+    elif defect == "empty class":
+        t = _with_column(t, "class", pa.array([""] + classes[1:]))
+    elif defect == "duplicate crop_key":
+        t = _with_column(t, "crop_key", pa.array([keys[1]] + keys[1:]))
+    else:
+        other = next(i for i, c in enumerate(classes) if c != classes[0])
+        t = _with_column(t, "source_key", pa.array([sources[other]] + sources[1:]))
+    write_parquet(store, "crop/manifest.parquet", t)
+    result = run_cli("stats", "--root", root)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_dictionary_encoded_manifest_columns_read_the_same(tmp_path):
+    store = make_crop_root(str(tmp_path / "a"), SPEC)
+    run_stats(StatsConfig(size=SIZE), store)
+    plain = load_splits(store).to_pylist()
+    t = read_parquet(store, "crop/manifest.parquet")
+    for name in ("class", "status", "source_key"):
+        t = _with_column(t, name, t.column(name).dictionary_encode())
+    write_parquet(store, "crop/manifest.parquet", t)
+    run_stats(StatsConfig(size=SIZE), store, force=True)
+    assert load_splits(store).to_pylist() == plain
