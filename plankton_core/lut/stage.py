@@ -138,11 +138,21 @@ def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     ctx.metrics.gauge("lut_gallery_items", len(x), "Items in the LUT gallery.")
 
     if is_done(root, "evaluate"):
-        from ..evaluate.report import write_report
-
-        write_report(root)
-        ctx.notes.append(f"report updated with the retrieval section → {root.uri}/evaluate/report.html")
+        _refresh_report(ctx)
     return counts
+
+
+def _refresh_report(ctx: StageContext) -> None:
+    """Re-render evaluate/report.html with the retrieval section; the LUT stands even if this fails."""
+    from ..evaluate.report import write_report
+
+    try:
+        write_report(ctx.root)
+    except Exception as exc:  # the report is a view of the results, not a result: never lose the LUT over it
+        ctx.log.warning("could not refresh the evaluate report: %s", exc)
+        ctx.notes.append(f"evaluate/report.html not refreshed ({type(exc).__name__}: {exc}); rerun `plankton evaluate --force`")
+        return
+    ctx.notes.append(f"report updated with the retrieval section → {ctx.root.uri}/evaluate/report.html")
 
 
 def _build(x: np.ndarray, cfg: LutConfig, recall_queries: np.ndarray) -> tuple[Any, dict[str, Any]]:

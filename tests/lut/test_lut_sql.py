@@ -1,0 +1,92 @@
+"""`plankton sql`: DuckDB over the pipeline's Parquet files on both stores, read-only, with clear errors."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from plankton_core.lut.sql import referenced_views, run_sql
+from plankton_core.store import open_store
+from plankton_core.tables import read_parquet
+
+
+def test_group_by_matches_the_gallery_table(lut_env, run_cli):
+    res = run_cli("sql", "--root", lut_env.uri, "--format", "csv", "SELECT class, count(*) AS n FROM gallery GROUP BY 1 ORDER BY 1")
+    assert res.exit_code == 0, res.output
+    store = open_store(lut_env.uri, lut_env.endpoint)
+    want = Counter(read_parquet(store, "lut/gallery.parquet").column("class").to_pylist())
+    lines = res.stdout.strip().splitlines()
+    assert lines[0] == "class,n"
+    assert dict((c, int(n)) for c, n in (line.split(",") for line in lines[1:])) == dict(want)
+
+
+def test_join_across_views_and_table_output(lut_env, run_cli):
+    query = ("SELECT s.split, count(*) AS n FROM splits s LEFT JOIN gallery g USING (crop_key) "
+             "WHERE g.id IS NULL GROUP BY 1 ORDER BY 1")
+    res = run_cli("sql", "--root", lut_env.uri, query)
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].split() == ["split", "n"] and lines[1].split() == ["test", "18"] and len(lines) == 2
+    res = run_cli("sql", "--root", lut_env.uri, "--format", "jsonl", "SELECT threshold, gallery_size FROM prune_sweep WHERE chosen")
+    [row] = [json.loads(line) for line in res.stdout.splitlines()]
+    assert 0.8 <= row["threshold"] <= 1.0
+    res = run_cli("sql", "--root", lut_env.uri, "--format", "jsonl", "SELECT count(*) AS n FROM manifest m JOIN gallery g USING (crop_key) WHERE m.x0 = g.x0")
+    assert json.loads(res.stdout)["n"] == 54
+
+
+def test_library_call_returns_arrow(lut_env):
+    store = open_store(lut_env.uri, lut_env.endpoint)
+    table = run_sql(store, "SELECT max(id) AS top, count(DISTINCT label) AS classes FROM gallery")
+    assert table.to_pylist() == [{"top": 53, "classes": 3}]
+    assert run_sql(store, "CREATE TEMP TABLE t AS SELECT 1 AS x").to_pylist() == [{"Count": 1}]  # in memory only
+
+
+def test_read_only(lut_env, run_cli, tmp_path):
+    target = tmp_path / "leak.csv"
+    res = run_cli("sql", "--root", lut_env.uri, f"COPY gallery TO '{target}'")
+    assert res.exit_code == 2 and "read-only" in res.stderr
+    assert not target.exists()
+    res = run_cli("sql", "--root", lut_env.uri, "SELECT * FROM read_parquet('/etc/hostname')")
+    assert res.exit_code == 2
+    res = run_cli("sql", "--root", lut_env.uri, "SET enable_external_access = true")
+    assert res.exit_code == 2
+
+
+def test_sql_errors_exit_2_with_a_clear_message(lut_env, run_cli):
+    res = run_cli("sql", "--root", lut_env.uri, "SELECT * FROM predictions")
+    assert res.exit_code == 2
+    assert "predictions (plankton evaluate)" in res.stderr and "plankton sql: error: SQL error" in res.stderr
+    res = run_cli("sql", "--root", lut_env.uri, "SELEC nonsense")
+    assert res.exit_code == 2 and "syntax error" in res.stderr.lower()
+    res = run_cli("sql", "--root", lut_env.uri, "  ")
+    assert res.exit_code == 2 and "empty SQL query" in res.stderr
+
+
+def test_results_to_a_file(lut_env, run_cli, tmp_path):
+    out = tmp_path / "by_split.parquet"
+    res = run_cli("sql", "--root", lut_env.uri, "--out", str(out), "SELECT split, count(*) AS n FROM gallery GROUP BY 1 ORDER BY 1")
+    assert res.exit_code == 0, res.output
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).to_pylist() == [{"split": "train", "n": 36}, {"split": "val", "n": 18}]
+
+
+def test_max_rows_cuts_the_text_table(lut_env, run_cli):
+    res = run_cli("sql", "--root", lut_env.uri, "--max-rows", "3", "SELECT id FROM gallery ORDER BY id")
+    assert res.exit_code == 0
+    lines = res.stdout.strip().splitlines()
+    assert [line.strip() for line in lines[1:4]] == ["0", "1", "2"] and "51 more row(s)" in lines[-1]
+
+
+@pytest.mark.parametrize("query,views", [
+    ("SELECT * FROM gallery", ["gallery"]),
+    ("select g.class from GALLERY g join Predictions p using (crop_key)", ["gallery", "predictions"]),
+    ("SHOW TABLES", None),
+])
+def test_referenced_views(query, views):
+    got = referenced_views(query)
+    if views is None:
+        assert "gallery" in got and "manifest" in got and "splits" in got
+    else:
+        assert got == views

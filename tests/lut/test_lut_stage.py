@@ -1,0 +1,231 @@
+"""The lut stage on the local store and the S3 server: outputs, alignment, references for every figure, bad inputs."""
+from __future__ import annotations
+
+import io
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from lut_fixtures import CKPT_KEY, fake_checkpoint, make_lut_upstream
+from plankton_core.checkpoint import save_checkpoint
+from plankton_core.data import load_crop
+from plankton_core.evaluate.metrics import classification_metrics
+from plankton_core.lut import LutConfig
+from plankton_core.lut.embed import load_embedder
+from plankton_core.lut.prune import greedy_order
+from plankton_core.stage import run_stage
+from plankton_core.store import open_store
+from plankton_core.tables import read_json, read_npy, read_parquet, write_json
+
+torch.set_num_threads(2)
+
+
+def naive_predict(q, q_src, g, g_labels, g_src, k, method, n_classes):
+    """Brute-force kNN in float64, leaving the query's own source out."""
+    preds = []
+    for i in range(len(q)):
+        sims = g.astype(np.float64) @ q[i].astype(np.float64)
+        order = [j for j in np.argsort(-sims, kind="stable") if g_src[j] != q_src[i]][:k]
+        if method == "top1":
+            preds.append(g_labels[order[0]])
+        else:
+            votes = np.zeros(n_classes)
+            for j in order:
+                votes[g_labels[j]] += max(sims[j], 0)
+            preds.append(int(np.argmax(votes)))
+    return np.array(preds)
+
+
+def test_build_outputs_are_aligned_and_figures_match_references(built_lut):
+    store = open_store(built_lut.uri, built_lut.endpoint)
+    assert built_lut.result.counts["gallery"] == 54  # train + val of 3 × 24 crops
+    gallery = read_parquet(store, "lut/gallery.parquet")
+    assert gallery.column_names == ["id", "crop_key", "class", "label", "split", "source_key", "x0", "y0", "x1", "y1"]
+    assert gallery.column("id").to_pylist() == list(range(54))
+    assert set(gallery.column("split").to_pylist()) == {"train", "val"}
+    splits = read_parquet(store, "stats/splits.parquet")
+    manifest = {r["crop_key"]: r for r in read_parquet(store, "crop/manifest.parquet").to_pylist()}
+    for row in gallery.to_pylist()[:5]:  # boxes come from the crop manifest
+        assert (row["x0"], row["y0"], row["x1"], row["y1"]) == tuple(manifest[row["crop_key"]][c] for c in ("x0", "y0", "x1", "y1"))
+
+    # row i of the index, of embeddings.npy and of gallery.parquet are the same crop: re-embed a few by hand
+    index = faiss.deserialize_index(np.frombuffer(store.read_bytes("lut/index.faiss"), dtype=np.uint8))
+    emb = read_npy(store, "lut/embeddings.npy")
+    assert index.ntotal == emb.shape[0] == 54 and index.d == emb.shape[1] == 96
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    embedder = load_embedder(store)
+    for i in (0, 17, 53):
+        crop = load_crop(store, gallery.column("crop_key")[i].as_py(), 32)
+        x = (torch.from_numpy(crop).permute(2, 0, 1).float()[None] / 255 - torch.tensor(embedder.mean).view(1, 3, 1, 1)) / torch.tensor(embedder.std).view(1, 3, 1, 1)
+        with torch.no_grad():
+            f = embedder.model.encode(x)[0].numpy()
+        np.testing.assert_allclose(emb[i], f / np.linalg.norm(f), atol=1e-4)
+        np.testing.assert_allclose(index.reconstruct(i), emb[i], atol=1e-6)
+
+    info = read_json(store, "lut/index.json")
+    for key in ("backbone", "checkpoint", "dimension", "count", "index_type", "build_seconds", "weights_sha256", "recall"):
+        assert key in info
+    assert (info["backbone"], info["checkpoint"], info["dimension"], info["count"], info["index_type"]) == ("test_resnet", CKPT_KEY, 96, 54, "flat")
+
+    # retrieval on test, against brute force with the same leave-source-out rule
+    heldout = read_parquet(store, "lut/heldout.parquet")
+    assert set(heldout.column("split").to_pylist()) == {"test"}
+    test_x = read_npy(store, "lut/heldout.npy")
+    y = np.array(heldout.column("label").to_pylist())
+    g_labels = np.array(gallery.column("label").to_pylist())
+    g_src, q_src = np.array(gallery.column("source_key").to_pylist()), np.array(heldout.column("source_key").to_pylist())
+    retrieval = read_json(store, "lut/retrieval.json")
+    names = [r["name"] for r in retrieval["rows"]]
+    assert names[:2] == ["top-1, full index", "5-NN weighted vote, full index"] and len(names) == 4
+    for row, method in zip(retrieval["rows"][:2], ("top1", "weighted")):
+        want = classification_metrics(y, naive_predict(test_x, q_src, emb, g_labels, g_src, 5, method, 3), 3)
+        assert row["metrics"]["accuracy"] == pytest.approx(want["accuracy"])
+        assert row["metrics"]["macro_f1"] == pytest.approx(want["macro_f1"])
+    assert retrieval["prune"]["threshold"] == info["pruned"]["threshold"]
+
+
+def naive_pruned(emb, labels, keys, t):
+    rank = greedy_order(keys)
+    kept, out = {}, np.zeros(len(emb), bool)
+    for i in np.argsort(rank):
+        mine = kept.setdefault(labels[i], [])
+        if all(min(float(emb[i].astype(np.float64) @ emb[j].astype(np.float64)), 1.0) <= t for j in mine):
+            mine.append(i)
+            out[i] = True
+    return out
+
+
+def test_prune_sweep_choice_and_pruned_index(built_lut):
+    store = open_store(built_lut.uri, built_lut.endpoint)
+    sweep = read_parquet(store, "lut/prune_sweep.parquet")
+    assert sweep.column_names == ["threshold", "gallery_size", "fraction_kept", "val_accuracy", "val_macro_f1", "query_latency_ms", "chosen"]
+    assert sweep.num_rows == 21 and sweep.column("threshold")[0].as_py() == 0.8 and sweep.column("threshold")[-1].as_py() == 1.0
+    rows = sweep.to_pylist()
+    assert rows[-1]["gallery_size"] == 54 and rows[-1]["fraction_kept"] == 1.0
+    assert all(r["query_latency_ms"] > 0 for r in rows)
+    gallery = read_parquet(store, "lut/gallery.parquet")
+    emb = read_npy(store, "lut/embeddings.npy")
+    labels = np.array(gallery.column("label").to_pylist())
+    keys = gallery.column("crop_key").to_pylist()
+    for r in rows[::4]:  # sizes agree with the naive pairwise pruning
+        assert r["gallery_size"] == naive_pruned(emb, labels, keys, r["threshold"]).sum()
+
+    # the unpruned val accuracy, by brute force over val (in the gallery, own source left out)
+    val = np.flatnonzero(np.array(gallery.column("split").to_pylist()) == "val")
+    src = np.array(gallery.column("source_key").to_pylist())
+    pred = naive_predict(emb[val], src[val], emb, labels, src, 5, "top1", 3)
+    baseline = float((pred == labels[val]).mean())
+    assert read_json(store, "lut/retrieval.json")["prune"]["val_accuracy_full"] == pytest.approx(baseline)
+    ok = [r for r in rows if r["val_accuracy"] >= baseline - 0.005 - 1e-12]
+    smallest = min(r["gallery_size"] for r in ok)
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["gallery_size"] == smallest
+    assert chosen[0]["threshold"] == max(r["threshold"] for r in ok if r["gallery_size"] == smallest)
+
+    pruned = read_parquet(store, "lut/gallery_pruned.parquet")
+    want = np.flatnonzero(naive_pruned(emb, labels, keys, chosen[0]["threshold"]))
+    assert pruned.column("full_id").to_pylist() == want.tolist()
+    assert pruned.column("id").to_pylist() == list(range(len(want)))
+    index = faiss.deserialize_index(np.frombuffer(store.read_bytes("lut/index_pruned.faiss"), dtype=np.uint8))
+    assert index.ntotal == len(want)
+    np.testing.assert_allclose(index.reconstruct(0), emb[want[0]], atol=1e-6)
+    assert store.read_bytes("lut/prune_sweep.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sql_friendly_parquet_and_run_record(built_lut):
+    store = open_store(built_lut.uri, built_lut.endpoint)
+    run = read_json(store, "lut/run.json")
+    assert run["counts"]["gallery"] == 54 and store.exists("lut/_SUCCESS")
+    assert pq.read_table(io.BytesIO(store.read_bytes("lut/gallery.parquet"))).schema.field("label").type == "int64"
+
+
+def test_rerun_is_up_to_date_and_report_gets_retrieval_section(root_uri, run_cli, monkeypatch, s3_server):
+    if root_uri.startswith("s3://"):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    store = make_lut_upstream(root_uri, per_class=12)
+    run_stage("evaluate", {"fabricated": True}, store, lambda cfg, ctx: write_json(store, "evaluate/metrics.json", classification_metrics([0, 1], [0, 0], 3)) or {}, upstream=["linear-sweep"], force=True)
+    res = run_cli("lut", "--root", root_uri, "--no-prune")
+    assert res.exit_code == 0, res.output
+    html = store.read_bytes("evaluate/report.html").decode()
+    assert "Retrieval (LUT)" in html and "top-1, full index" in html
+    assert not store.exists("lut/index_pruned.faiss")
+    again = run_cli("lut", "--root", root_uri, "--no-prune")
+    assert again.exit_code == 0 and "up to date" in again.output
+
+
+@pytest.mark.parametrize("kind,param", [("ivf", "nprobe"), ("hnsw", "efSearch")])
+def test_approximate_index_records_recall(tmp_path, run_cli, kind, param):
+    root = str(tmp_path / "artifacts")
+    make_lut_upstream(root, per_class=12)
+    res = run_cli("lut", "--root", root, "--index", kind, "--gallery-splits", "train")
+    assert res.exit_code == 0, res.output
+    store = open_store(root)
+    info = read_json(store, "lut/index.json")
+    assert info["index_type"] == kind and param in info["search_params"]
+    assert 0.0 <= info["recall"]["recall_at_1"] <= 1.0 and "recall_at_10" in info["recall"] and info["recall"]["queries"] > 0
+    assert info["gallery_splits"] == ["train"] and info["count"] == 18
+    assert set(read_parquet(store, "lut/heldout.parquet").column("split").to_pylist()) == {"val", "test"}
+    index = faiss.deserialize_index(np.frombuffer(store.read_bytes("lut/index.faiss"), dtype=np.uint8))
+    assert index.ntotal == 18
+
+
+def test_unknown_gallery_split_is_refused(tmp_path, run_cli):
+    root = str(tmp_path / "artifacts")
+    make_lut_upstream(root, per_class=8)
+    res = run_cli("lut", "--root", root, "--gallery-splits", "train,holdout")
+    assert res.exit_code == 2
+    assert "gallery split(s) holdout have no rows" in res.stderr and "(splits there: test, train, val)" in res.stderr
+
+
+def test_bad_options_exit_2(tmp_path, run_cli):
+    root = str(tmp_path / "artifacts")
+    make_lut_upstream(root, per_class=8)
+    res = run_cli("lut", "--root", root, "--prune-min", "0.95", "--prune-max", "0.9")
+    assert res.exit_code == 2 and "prune grid" in res.stderr
+    res = run_cli("lut", "--root", root, "--index", "lsh")
+    assert res.exit_code == 2
+
+
+def test_missing_upstream_exit_3(tmp_path, run_cli):
+    from pipeline_fixtures import make_stats_root
+
+    root = str(tmp_path / "artifacts")
+    make_stats_root(root, per_class=4)
+    res = run_cli("lut", "--root", root)
+    assert res.exit_code == 3 and "upstream stage 'supcon' has not finished" in res.stderr
+
+
+def test_corrupt_checkpoint_exit_2(tmp_path, run_cli):
+    root = str(tmp_path / "artifacts")
+    store = make_lut_upstream(root, per_class=8)
+    store.write_bytes(CKPT_KEY, b"not a checkpoint")
+    res = run_cli("lut", "--root", root)
+    assert res.exit_code == 2 and "corrupt or unsafe" in res.stderr
+
+
+def test_named_checkpoint_is_used(tmp_path, run_cli):
+    root = str(tmp_path / "artifacts")
+    store = make_lut_upstream(root, per_class=8)
+    stats = read_json(store, "stats/stats.json")
+    save_checkpoint(store, "supcon/ckpt/epoch_0001.pt", fake_checkpoint(32, stats["mean"], stats["std"], seed=5))
+    res = run_cli("lut", "--root", root, "--checkpoint", "supcon/ckpt/epoch_0001.pt", "--no-prune")
+    assert res.exit_code == 0, res.output
+    assert read_json(store, "lut/index.json")["checkpoint"] == "supcon/ckpt/epoch_0001.pt"
+    res = run_cli("lut", "--root", root, "--checkpoint", "supcon/ckpt/epoch_0042.pt")
+    assert res.exit_code == 2 and "checkpoint not found" in res.stderr
+
+
+def test_config_defaults_and_yaml(tmp_path):
+    from plankton_core.config import load_config
+    from plankton_core.errors import BadInputError
+
+    cfg = LutConfig()
+    assert cfg.gallery_splits == ("train", "val") and cfg.index == "flat" and (cfg.prune_min, cfg.prune_max, cfg.prune_step) == (0.8, 1.0, 0.01)
+    yaml_file = tmp_path / "lut.yaml"
+    yaml_file.write_text("gallery_splits: [train]\nindex: hnsw\n")
+    assert load_config(LutConfig, yaml_file, {"k": 3}).gallery_splits == ("train",)
+    with pytest.raises(BadInputError, match="unknown vote"):
+        load_config(LutConfig, None, {"vote": "majority"})
