@@ -28,6 +28,7 @@ class CropConfig:
     min_contrast: float = 12.0  # grey levels an object must stand above the background
     noise_k: float = 4.0  # the threshold is at least background + noise_k × noise sigma
     edge_fraction: float = 0.3  # an object's outline: pixels above this fraction of its peak contrast
+    binning: int = 0  # search objects on a frame shrunk this many times (boxes measured at full size); 0 = by frame size
     max_bad_fraction: float = 0.05  # stage fails when more of the input is unreadable
     sam2_checkpoint: str = ""  # URI of a SAM2 checkpoint (local path, file:// or s3://)
     sam2_config: str = "configs/sam2.1/sam2.1_hiera_t.yaml"
@@ -45,6 +46,8 @@ class CropConfig:
             raise BadInputError("min_area and speck_area must be >= 1 pixel")
         if not 0.0 < self.edge_fraction < 1.0:
             raise BadInputError(f"edge_fraction must lie in (0, 1), got {self.edge_fraction}")
+        if self.binning < 0:
+            raise BadInputError("binning must be >= 0 (0 = chosen from the frame size)")
         if self.pad < 0:
             raise BadInputError("pad must be >= 0")
         if not 0.0 <= self.max_bad_fraction <= 1.0:

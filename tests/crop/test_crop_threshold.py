@@ -133,3 +133,34 @@ def test_make_segmenter_and_injection():
 
     results = extract_crops(frame(), CropConfig(pad=0), segmenter=Fixed())
     assert [(r.status, r.box) for r in results] == [("kept", (10, 10, 20, 20))]
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4])
+def test_block_mean_matches_a_reshaped_numpy_mean(factor):
+    from plankton_core.crop.threshold import block_mean
+
+    g = np.random.default_rng(factor).integers(0, 256, (37, 50)).astype(np.uint8)
+    padded = np.pad(g, ((0, -37 % factor), (0, -50 % factor)), mode="edge").astype(np.float64)
+    ref = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).mean(axis=(1, 3))
+    np.testing.assert_allclose(block_mean(g, factor), ref, atol=1e-4)
+
+
+def test_auto_binning_by_frame_size():
+    from plankton_core.crop.threshold import auto_binning
+
+    assert [auto_binning(s, s) for s in (64, 127, 128, 256, 384, 512, 4096)] == [1, 1, 1, 2, 3, 4, 4]
+    assert auto_binning(300, 1000) == 2  # the shorter side decides
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_binned_search_gives_full_resolution_boxes(factor):
+    """Objects found on the shrunk frame get the same pixel-exact boxes and areas as a full-size search."""
+    img = np.full((200, 180), 20, dtype=np.uint8)
+    img[31:57, 17:40] = 200  # edges off the block grid on purpose
+    img[120:127, 101:150] = 160
+    yy, xx = np.mgrid[0:200, 0:180]
+    img[np.hypot(yy - 150, xx - 50) <= 13] = 230
+    exact = ThresholdSegmenter(smooth=0.0, edge_fraction=0.5, binning=1).find_objects(img)
+    binned = ThresholdSegmenter(smooth=0.0, edge_fraction=0.5, binning=factor).find_objects(img)
+    assert sorted(binned, key=lambda d: d.box) == sorted(exact, key=lambda d: d.box)
+    assert sorted(d.box for d in exact) == [(17, 31, 40, 57), (37, 137, 64, 164), (101, 120, 150, 127)]
