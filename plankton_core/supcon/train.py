@@ -224,7 +224,8 @@ def _main(cfg: SupConConfig, ctx: StageContext, dist: DistInfo, stop: StopReques
         if diff and cfg.resume == "auto":
             raise BadInputError(
                 f"{point.label} was trained with other settings: {', '.join(diff)}; "
-                "rerun with the same options to resume, or --resume never to start over (removes its checkpoints)"
+                "rerun with the same options to resume, --resume last to continue it with the new settings, "
+                "or --resume never to start over (removes its checkpoints)"
             )
         if diff:
             ctx.notes.append(f"continuing {point.label} with changed settings: {', '.join(diff)}")
@@ -366,6 +367,11 @@ def _train(cfg, ctx, dist, stop, on_step, device, size, mean, std, cache, labels
                     f"stopped by {stop.name() or 'request'} after epoch {epoch + 1}; saved {root.uri}/{last_key}; "
                     "rerun (the Job retries) to resume"
                 )
+        if start_epoch >= cfg.epochs and resumed_from != last_key:
+            # nothing left to train, but last.pt was unreadable or older: make it the finished state again
+            ckpt_now = snapshot(start_epoch, global_step, None)
+            if dist.is_main:
+                writer.submit([last_key], ckpt_now)
         writer.wait()
     except TrainingDiverged:
         if dist.is_main:
