@@ -1,0 +1,84 @@
+"""Crop stage throughput, serial and parallel, next to merely decoding the same files on the same cores.
+
+    .venv/bin/python bench/crop.py [--frames 2000] [--size 256] [--workers N]
+
+Generates synth frames into a temporary folder, then times, in one run:
+decode only (read + decode_image, the floor any crop stage pays) and the
+whole crop stage (listing, decode, segment, crop PNGs written, manifest), each
+with 1 process and with N. The stage's goal is at least half the decode-only rate.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from plankton_core.crop import CropConfig, run_crop
+from plankton_core.imageio import decode_image
+from plankton_core.store import open_store
+from plankton_core.synth import SynthConfig, generate
+
+
+def _decode_chunk(args: tuple[str, list[str]]) -> int:
+    uri, keys = args
+    store = open_store(uri)
+    for key in keys:
+        decode_image(store.read_bytes(key))
+    return len(keys)
+
+
+def decode_fps(uri: str, keys: list[str], workers: int, chunk: int = 256) -> float:
+    """Frames per second of read + decode alone, with the stage's pool set-up (spawned processes, chunks)."""
+    t0 = time.perf_counter()
+    if workers == 1:
+        _decode_chunk((uri, keys))
+    else:
+        chunks = [(uri, keys[i : i + chunk]) for i in range(0, len(keys), chunk)]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            sum(pool.map(_decode_chunk, chunks))
+    return len(keys) / (time.perf_counter() - t0)
+
+
+def crop_fps(uri: str, n: int, workers: int, root: str) -> float:
+    t0 = time.perf_counter()
+    run_crop(CropConfig(input=uri, workers=workers), open_store(root), force=True)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="bench-crop-") as tmp:
+        images = open_store(os.path.join(tmp, "images"))
+        classes = 8
+        t0 = time.perf_counter()
+        counts = generate(images, SynthConfig(classes=classes, per_class=args.frames // classes * 10 // 7 + 1,
+                                              size=args.size, seed=0))
+        synth_s = time.perf_counter() - t0
+        keys = sorted(k for k in images.list() if "/" in k)
+        n = len(keys)
+        print(f"synth: {n} frames of {args.size}x{args.size} ({counts['objects']} objects) in {synth_s:.1f}s = {n / synth_s:.0f} frames/s")
+        root = os.path.join(tmp, "art")
+        results = {}
+        for workers in sorted({1, args.workers}):
+            dec = decode_fps(images.uri, keys, workers)
+            crop = crop_fps(images.uri, n, workers, root)
+            results[workers] = (dec, crop)
+            print(f"workers={workers}: decode only {dec:7.0f} frames/s | crop stage {crop:7.0f} frames/s | "
+                  f"crop / decode = {crop / dec:.2f}")
+        if len(results) > 1:
+            (d1, c1), (dn, cn) = results[1], results[args.workers]
+            print(f"parallel speed-up with {args.workers} workers: decode x{dn / d1:.2f}, crop x{cn / c1:.2f}")
+        print(f"cores: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}); goal: crop / decode >= 0.5")
+
+
+if __name__ == "__main__":
+    main()
