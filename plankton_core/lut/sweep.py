@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import faiss
 import numpy as np
 import pyarrow as pa
 
@@ -78,6 +79,8 @@ def sweep_thresholds(
     baseline = evaluate_neighbours(cand, val, labels, n_classes, vote, k)
     seconds["val_candidates"] = time.perf_counter() - t1
 
+    # accuracy and F1 of a top-1 vote need only the nearest kept item; a weighted vote needs all k
+    need = 1 if vote == "top1" else k
     t2 = time.perf_counter()
     rows: dict[str, list] = {name: [] for name in SWEEP_SCHEMA.names}
     masks = []
@@ -85,7 +88,7 @@ def sweep_thresholds(
         kept = graph.keep_mask(float(t))
         kept_ids = np.flatnonzero(kept)
         pruned_x = x if len(kept_ids) == len(x) else x[kept_ids]
-        nb, incomplete = first_kept(cand, kept, k)
+        nb, incomplete = first_kept(cand, kept, k, need=need)
         if incomplete.any():
             nb = _research(nb, incomplete, pruned_x, kept_ids, val, gallery_groups, k)
         metrics = evaluate_neighbours(nb, val, labels, n_classes, vote, k)
@@ -113,7 +116,7 @@ def sweep_thresholds(
 
 def _research(nb: Neighbours, rows: np.ndarray, pruned_x: np.ndarray, kept_ids: np.ndarray, val: QuerySet, gallery_groups: np.ndarray, k: int) -> Neighbours:
     """Search the pruned gallery for the queries whose candidate lists ran out of kept items."""
-    redo = search_excluding(ArraySearcher(pruned_x), val.x[rows], k, gallery_groups, val.groups[rows], id_map=kept_ids)
+    redo = search_excluding(ArraySearcher(pruned_x), val.x[rows], k, gallery_groups, val.groups[rows], gallery_id_map=kept_ids)
     ids, sims = nb.ids.copy(), nb.sims.copy()
     ids[rows] = np.where(redo.ids >= 0, kept_ids[np.maximum(redo.ids, 0)], -1)
     sims[rows] = redo.sims
@@ -121,15 +124,24 @@ def _research(nb: Neighbours, rows: np.ndarray, pruned_x: np.ndarray, kept_ids: 
 
 
 def single_query_latency_ms(gallery: np.ndarray, queries: np.ndarray, k: int) -> float:
-    """Median wall time of one exact single-query search of `gallery` (ms); NaN when there is nothing to time."""
+    """Median wall time of one exact single-query search of `gallery` (ms); NaN when there is nothing to time.
+
+    Timed on one thread: a single query is bound by memory bandwidth, and
+    OpenMP threads only add wake-up jitter (several × on a busy machine).
+    """
     if len(queries) == 0 or len(gallery) == 0:
         return float("nan")
     searcher = ArraySearcher(gallery)
-    times = []
-    for q in queries:
-        t = time.perf_counter()
-        searcher.search(q[None, :], min(k, len(gallery)))
-        times.append(time.perf_counter() - t)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        times = []
+        for q in queries:
+            t = time.perf_counter()
+            searcher.search(q[None, :], min(k, len(gallery)))
+            times.append(time.perf_counter() - t)
+    finally:
+        faiss.omp_set_num_threads(threads)
     return float(np.median(times) * 1000.0)
 
 

@@ -90,3 +90,36 @@ def test_choose_threshold_most_pruning_within_tolerance():
 def test_threshold_grid():
     grid = threshold_grid(0.80, 1.00, 0.01)
     assert len(grid) == 21 and grid[0] == 0.80 and grid[-1] == 1.00 and grid[3] == 0.83
+
+
+@pytest.mark.parametrize("candidates", [5, 100])
+def test_sweep_rows_match_brute_force(candidates):
+    """Every row of the sweep against naive pruning + brute-force kNN; candidates=k forces the re-search path."""
+    from plankton_core.evaluate.metrics import classification_metrics
+    from plankton_core.lut.evaluation import QuerySet
+    from plankton_core.lut.sweep import sweep_thresholds
+
+    x, labels = clustered(240, 24, 3, seed=3)
+    keys = [f"crop/{i}.png" for i in range(len(x))]
+    groups = np.arange(len(x)) // 2  # two crops per source image
+    val_idx = np.arange(0, len(x), 5)
+    val = QuerySet("val", x[val_idx], labels[val_idx], groups[val_idx])
+    grid = threshold_grid(0.80, 1.00, 0.02)
+    out = sweep_thresholds(x, labels, keys, groups, val, 3, grid, vote="weighted", k=5, candidates=candidates, tolerance=0.01, latency_queries=2)
+    rank = greedy_order(keys)
+    x64 = x.astype(np.float64)
+    for row in out.table.to_pylist():
+        kept = naive_keep(x, labels, rank, row["threshold"])
+        assert row["gallery_size"] == kept.sum()
+        preds = []
+        for i in val_idx:
+            sims = x64 @ x64[i]
+            order = [j for j in np.argsort(-sims, kind="stable") if kept[j] and groups[j] != groups[i]][:5]
+            votes = np.bincount(labels[order], weights=np.clip(sims[order], 0, None), minlength=3)
+            preds.append(int(np.argmax(votes)))
+        want = classification_metrics(labels[val_idx], np.array(preds), 3)
+        assert row["val_accuracy"] == pytest.approx(want["accuracy"]), row
+        assert row["val_macro_f1"] == pytest.approx(want["macro_f1"]), row
+        assert row["query_latency_ms"] > 0
+    assert out.table.column("chosen").to_pylist().count(True) == 1
+    assert np.array_equal(out.keep, naive_keep(x, labels, rank, out.threshold))
