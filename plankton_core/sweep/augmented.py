@@ -59,8 +59,8 @@ def train_head_through_backbone(
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    ty = torch.as_tensor(np.asarray(train_y, dtype=np.int64), device=device)
-    vy = torch.as_tensor(np.asarray(val_y, dtype=np.int64), device=device)
+    ty = torch.as_tensor(np.array(train_y, dtype=np.int64), device=device)
+    vy = torch.as_tensor(np.array(val_y, dtype=np.int64), device=device)
     if params.standardize:  # the same z-scoring as cached mode, from one clean pass over train
         clean = torch.from_numpy(extract_features(model, train_cache, mean, std, batch_size, device, desc="train features (standardiser)")).to(device)
         f_mean, f_std = standardizer(clean, True)

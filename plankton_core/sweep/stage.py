@@ -174,8 +174,10 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
         epoch = int(ckpt.get("epoch") if ckpt.get("epoch") is not None else name.rsplit("_", 1)[-1] if name != "last" else -1)
         del ckpt  # optimizer state can be as large as the weights
         mean, std, size = checkpoint_normalisation(store, ccfg)
-        if size not in caches:
+        if size not in caches:  # decoding crops is a one-off for the whole sweep: not charged to this checkpoint
+            tc = time.monotonic()
             caches[size] = {s: ImageCache.build(store, keys[s], size, workers=cfg.workers) for s in SPLITS}
+            t0 += time.monotonic() - tc
         cache = caches[size]
         reused = False
         if cfg.head_mode == "cached":

@@ -20,7 +20,7 @@ from plankton_core.sweep.linear import save_head
 from plankton_core.tables import write_json, write_parquet
 from sweep.sweep_fixtures import checkpoint_dict, make_supcon_root
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 def parquet(store, key):

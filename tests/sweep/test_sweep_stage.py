@@ -16,7 +16,7 @@ from plankton_core.store import open_store
 from plankton_core.sweep.select import selection_key
 from sweep.sweep_fixtures import make_supcon_root
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 HEAD = ["--head-epochs", "12"]
 CHECKPOINTS = ["epoch_0002", "epoch_0004", "epoch_0006", "last"]
 
