@@ -56,3 +56,17 @@ class CropConfig:
             raise BadInputError("workers must be >= 0 (0 = all cores) and chunk_size >= 1")
         if self.segmenter == "sam2" and not self.sam2_checkpoint:
             raise BadInputError("the sam2 segmenter needs --sam2-checkpoint URI (a SAM2 .pt checkpoint)")
+
+
+def recorded_config(root) -> CropConfig:
+    """The CropConfig the finished crop stage under `root` ran with (from crop/run.json), so query images are
+    cropped exactly as the gallery was; defaults for anything it does not record."""
+    import dataclasses
+
+    from ..tables import read_json
+
+    key = "crop/run.json"
+    recorded = read_json(root, key).get("config", {}) if root.exists(key) else {}
+    names = {f.name for f in dataclasses.fields(CropConfig)}
+    values = {k: v for k, v in (recorded or {}).items() if k in names}
+    return CropConfig(**values)

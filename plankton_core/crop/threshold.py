@@ -105,7 +105,7 @@ class ThresholdSegmenter:
         return level, inside
 
     def find_objects(self, arr: np.ndarray) -> list[Detection]:
-        full = to_gray(arr)
+        full = arr if arr.ndim == 2 else to_gray(arr)  # uint8 grey stays uint8: no full-size float copy
         factor = self.binning or auto_binning(*full.shape)
         gray = self._smooth(block_mean(full, factor), factor)
         background, sigma = background_stats(gray)
@@ -147,7 +147,7 @@ class ThresholdSegmenter:
             y0, y1, x0, x1 = cy0 * factor, min(height, cy1 * factor), cx0 * factor, min(width, cx1 * factor)
             footprint = ndimage.binary_dilation(coarse[cy0:cy1, cx0:cx1] == index, EIGHT_CONNECTED)
             footprint = footprint.repeat(factor, axis=0).repeat(factor, axis=1)[: y1 - y0, : x1 - x0]
-            region = self._smooth(full[y0:y1, x0:x1])
+            region = self._smooth(full[y0:y1, x0:x1].astype(np.float32))
             if flip:
                 region = 255.0 - region
             peak = float(region[footprint].max())

@@ -224,3 +224,13 @@ def test_bad_config_values_exit_2(run_cli, tmp_path, synth_input):
     assert result.exit_code == 2 and "max_bad_fraction must lie in [0, 1]" in result.stderr
     result = run_cli("crop", "--root", tmp_path / "art")
     assert result.exit_code == 2 and "crop needs --input URI" in result.stderr
+
+
+def test_recorded_config_is_what_the_stage_ran_with(tmp_path, synth_input):
+    from plankton_core.crop import recorded_config
+
+    root = open_store(str(tmp_path / "art"))
+    assert recorded_config(root) == CropConfig()  # no crop run yet: defaults
+    run_crop(CropConfig(input=synth_input, workers=1, pad=6, edge_margin=3, min_area=12), root)
+    cfg = recorded_config(root)
+    assert (cfg.pad, cfg.edge_margin, cfg.min_area, cfg.input) == (6, 3, 12, synth_input)
