@@ -281,7 +281,7 @@ def run_crop(cfg: CropConfig, root: Store, *, force: bool = False, s3_endpoint: 
                     batch.extend(rows)
                     if len(batch) >= 4096:
                         _write(writer, batch, ctx)
-                    if tally.status[UNREADABLE] > limit:  # the final fraction can only be higher: stop now
+                    if tally.status[UNREADABLE] > limit:  # it can only stay above the limit: stop now
                         too_many_bad = True
                         break
                 _write(writer, batch, ctx)
@@ -294,11 +294,10 @@ def run_crop(cfg: CropConfig, root: Store, *, force: bool = False, s3_endpoint: 
                 f"too many unreadable input files: {tally.status[UNREADABLE]} of {total} already, more than "
                 f"--max-bad-fraction {cfg.max_bad_fraction} allows, e.g. {', '.join(tally.bad_examples)}; "
                 f"reasons in {manifest_uri}")
-        ctx.notes.extend(tally.notes(cfg, manifest_uri))
-        for note in ctx.notes:
-            log.warning(note)
+        ctx.notes.extend(tally.notes(cfg, manifest_uri))  # printed in the summary and kept in run.json
         counts = tally.counts()
-        ctx.metrics.gauge("crop_kept_fraction", counts["kept"] / max(1, sum(tally.status.values())), "Fraction of objects kept.")
+        objects = counts["kept"] + counts["edge"] + counts["too_small"]
+        ctx.metrics.gauge("crop_kept_fraction", counts["kept"] / max(1, objects), "Fraction of found objects kept as crops.")
         return counts
 
     return run_stage("crop", cfg, root, body, force=force, fingerprint=fingerprint)

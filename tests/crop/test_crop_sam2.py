@@ -117,6 +117,7 @@ def test_cli_sam2_bad_checkpoint(run_cli, tmp_path, synth_input):
     assert result.exit_code == 2 and "cannot load SAM2 checkpoint" in result.stderr
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # sam2 itself calls the deprecated torch.jit.script
 def test_cli_sam2_with_randomly_initialised_weights(run_cli, tmp_path, one_object_png):
     """Real SAM2 (hiera tiny, random weights saved as a checkpoint) through the CLI: the wiring, not the quality."""
     pytest.importorskip("sam2", reason="the optional extra plankton[sam2] is not installed")
