@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError as TransportError
 
 from plankton_core.errors import BadInputError, PlanktonError
 from plankton_core.jobspec.render import CONTAINER, JOB_NAME_LABEL
@@ -70,8 +71,8 @@ class Kube:
                 raise BadInputError(f"submit creates Jobs and Services, not {kind}")
         except ApiException as exc:
             raise KubeError(f"creating {kind} {ns}/{doc['metadata']['name']} failed: {_api_reason(exc)}") from None
-        except OSError as exc:  # urllib3 connection errors are OSErrors
-            raise KubeError(f"cannot reach the Kubernetes API server: {exc}") from None
+        except (OSError, TransportError) as exc:
+            raise KubeError(f"cannot reach the Kubernetes API server: {_transport_reason(exc)}") from None
         return json.loads(resp.data)
 
     def own(self, doc: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +82,12 @@ class Kube:
 
     # -- follow ------------------------------------------------------------------
     def read_job(self, name: str, ns: str) -> dict[str, Any]:
-        resp = self.batch.read_namespaced_job_status(name, ns, _preload_content=False)
+        try:
+            resp = self.batch.read_namespaced_job_status(name, ns, _preload_content=False)
+        except ApiException as exc:
+            raise KubeError(f"reading Job {ns}/{name} failed: {_api_reason(exc)}") from None
+        except (OSError, TransportError) as exc:
+            raise KubeError(f"lost the Kubernetes API server while following {ns}/{name}: {_transport_reason(exc)}") from None
         return json.loads(resp.data)
 
     def list_pods(self, name: str, ns: str) -> list[dict[str, Any]]:
@@ -118,8 +124,8 @@ class Kube:
                 if exc.status != 410:  # 410 Gone: the resourceVersion expired; list again
                     raise KubeError(f"watching Job {ns}/{name} failed: {_api_reason(exc)}") from None
                 rv = None
-            except OSError as exc:
-                raise KubeError(f"lost the Kubernetes API server while following {ns}/{name}: {exc}") from None
+            except (OSError, TransportError) as exc:
+                raise KubeError(f"lost the Kubernetes API server while following {ns}/{name}: {_transport_reason(exc)}") from None
             if not job or not job_outcome(job).done:
                 job = self.read_job(name, ns)
                 last_counts = self._report(name, job, last_counts)
@@ -151,8 +157,9 @@ class _PodTracker:
     def sync(self, job_name: str, final: bool = False) -> list[dict[str, Any]]:
         try:
             pods = self.kube.list_pods(job_name, self.ns)
-        except ApiException as exc:
-            self.kube.echo(f"job {job_name}: cannot list its pods: {_api_reason(exc)}")
+        except (ApiException, OSError, TransportError) as exc:
+            why = _api_reason(exc) if isinstance(exc, ApiException) else _transport_reason(exc)
+            self.kube.echo(f"job {job_name}: cannot list its pods: {why}")
             return []
         for pod in pods:
             pod_name = pod["metadata"]["name"]
@@ -183,6 +190,10 @@ class _PodTracker:
     def join(self, timeout: float | None = 30) -> None:
         for thread in self.threads.values():
             thread.join(timeout)
+
+
+def _transport_reason(exc: Exception) -> str:
+    return str(getattr(exc, "reason", None) or exc)
 
 
 def _api_reason(exc: ApiException) -> str:

@@ -18,6 +18,7 @@ from plankton_core.crop import CropConfig, run_crop
 @click.option("--smooth", type=float, default=None, help="Gaussian sigma before thresholding, 0 = none. [1.0]")
 @click.option("--noise-k", type=float, default=None, help="The threshold is at least background + k × noise sigma. [4]")
 @click.option("--edge-fraction", type=float, default=None, help="An object's outline: pixels above this fraction of its peak contrast. [0.3]")
+@click.option("--binning", type=int, default=None, help="Search objects on frames shrunk this many times (boxes measured at full size); 0 = by frame size. [0]")
 @click.option("--speck-area", type=int, default=None, help="Components smaller than this are noise, not objects. [4]")
 @click.option("--max-bad-fraction", type=float, default=None, help="Fail when more of the input is unreadable. [0.05]")
 @click.option("--sam2-checkpoint", default=None, help="SAM2 checkpoint URI (path, file:// or s3://), for --segmenter sam2.")

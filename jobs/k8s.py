@@ -35,11 +35,11 @@ def stage_list(settings: Settings, stage: str, from_stage: str | None, to_stage:
         settings.check_stage(stage)
         return [stage]
     order = settings.pipeline
-    start = order.index(from_stage) if from_stage else 0
-    end = order.index(to_stage) + 1 if to_stage else len(order)
     for name in (from_stage, to_stage):
         if name and name not in order:
             raise BadInputError(f"{name!r} is not in the pipeline ({', '.join(order)})")
+    start = order.index(from_stage) if from_stage else 0
+    end = order.index(to_stage) + 1 if to_stage else len(order)
     if start >= end:
         raise BadInputError(f"--from {from_stage} comes after --to {to_stage}")
     return order[start:end]

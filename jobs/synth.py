@@ -17,7 +17,7 @@ from plankton_core.synth import FORMATS, MODES, SynthConfig, generate
 @click.option("--size", type=int, default=None, help="Frame side in pixels. [128]")
 @click.option("--imbalance", type=float, default=None, help="The rarest class gets this fraction of --per-class. [0.4]")
 @click.option("--multi-fraction", type=float, default=None, help="Frames with two or three objects. [0.25]")
-@click.option("--edge-fraction", type=float, default=None, help="Objects placed cut by the frame border. [0.15]")
+@click.option("--cut-fraction", type=float, default=None, help="Objects placed cut by the frame border. [0.15]")
 @click.option("--noise", type=float, default=None, help="Gaussian noise sigma, grey levels. [6]")
 @click.option("--formats", default=None, help=f"Comma-separated encodings frames cycle through: {','.join(FORMATS)}. [png]")
 @click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -163,8 +164,21 @@ class LocalRunner:
         argv = self.argv(job, env)
         where = f"{job['metadata']['name']}" + (f" index {index}" if index is not None else "")
         self.echo(f"run-local: {where} (attempt {attempt}): {' '.join(_show(a) for a in argv)}")
-        proc = subprocess.run(argv, env=env, stdout=self.stdout, stderr=self.stderr)
-        return proc.returncode
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, env=env, stdout=self.stdout, stderr=self.stderr)
+        try:
+            code = proc.wait()
+            self.echo(f"run-local: {where} exited {code} after {time.monotonic() - t0:.1f}s")
+            return code
+        except KeyboardInterrupt:
+            # Ctrl-C reached the stage too: give it the pod's grace period to save, as SIGTERM would
+            grace = int(job["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30))
+            self.echo(f"run-local: interrupted; waiting up to {grace}s for {where} to save and stop")
+            try:
+                proc.wait(timeout=grace)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.kill()
+            raise
 
     # -- one Job -------------------------------------------------------------
     def run_job(self, job: dict[str, Any]) -> int:

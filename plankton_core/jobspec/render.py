@@ -188,9 +188,10 @@ def build_job(template: dict[str, Any], s: dict[str, Any], stage: str, run_id: s
     container["command"] = launcher(s, name, service_name)
     container["args"] = [stage] + cli_args(s["args"], {"root": str(s["root"]), "images": str(s.get("images") or "")})
     container["env"] = _env(container.get("env", []), s, run_id, pods if int(s["shards"]) > 1 else 0, multi_node=int(s["nodes"]) > 1)
-    resources = copy.deepcopy(s.get("resources") or {})
+    # quantities are strings in the API ("2", "4Gi"); YAML may have read 2 as a number
+    resources = {kind: {res: str(q) for res, q in (amounts or {}).items()} for kind, amounts in (s.get("resources") or {}).items()}
     if int(s["gpus"]) > 0:
-        resources.setdefault("limits", {})["nvidia.com/gpu"] = int(s["gpus"])
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = str(int(s["gpus"]))
     container["resources"] = resources
     if int(s["nodes"]) > 1:
         container["ports"] = [{"name": "rendezvous", "containerPort": int(s["torchrunPort"]), "protocol": "TCP"}]

@@ -55,6 +55,8 @@ KEYS: dict[str, str] = {
 
 LIST_KEYS = {"gpuTolerations"}
 MAP_KEYS = {"resources", "gpuNodeSelector", "env", "args", "merge"}
+# mappings a later layer replaces whole: a node selector is one set of labels, not a union
+REPLACED = {"gpuNodeSelector"}
 
 
 def default_k8s_dir() -> Path:
@@ -106,11 +108,11 @@ def _check_keys(section: Any, where: str) -> None:
             raise BadInputError(f"{where}: {key} must be a list")
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """A new dict: mappings merged key by key, anything else replaced."""
+def deep_merge(base: dict[str, Any], over: dict[str, Any], replaced: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """A new dict: mappings merged key by key (except the `replaced` keys), anything else replaced."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in replaced:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -181,9 +183,9 @@ class Settings:
         self.check_stage(stage)
         merged: dict[str, Any] = {}
         for f in self.files:
-            merged = deep_merge(merged, f.get("defaults") or {})
-            merged = deep_merge(merged, (f.get("stages") or {}).get(stage) or {})
-        merged = deep_merge(merged, self.overrides)
+            merged = deep_merge(merged, f.get("defaults") or {}, REPLACED)
+            merged = deep_merge(merged, (f.get("stages") or {}).get(stage) or {}, REPLACED)
+        merged = deep_merge(merged, self.overrides, REPLACED)
         merged["args"] = normalise_args(merged.get("args") or {})
         if isinstance(merged.get("merge"), dict) and "args" in merged["merge"]:
             merged["merge"]["args"] = normalise_args(merged["merge"]["args"] or {})

@@ -12,7 +12,7 @@ from ..errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_UPSTREAM
 from .render import CONTAINER
 
 # waiting reasons that will not go away by themselves: worth telling the user at once
-STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff"}
+STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff"}
 
 
 @dataclass

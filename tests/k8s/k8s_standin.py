@@ -130,7 +130,7 @@ class KubeStandIn:
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
+            protocol_version = "HTTP/1.1"  # the watch streams chunks, as the real API server does
 
             def log_message(self, *args):  # quiet
                 pass
@@ -140,6 +140,7 @@ class KubeStandIn:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
+                self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -197,9 +198,18 @@ class KubeStandIn:
                 played = standin.jobs.get(name)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")
                 self.end_headers()
-                if not played:
-                    return
+                if played:
+                    self._play(played)
+                self.wfile.write(b"0\r\n\r\n")
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def _play(self, played: Played) -> None:
                 while played.current + 1 < len(played.steps):
                     # next state only once the client has looked at the pods of this one
                     deadline = time.monotonic() + 10
@@ -208,7 +218,6 @@ class KubeStandIn:
                     played.current += 1
                     obj = standin._job_view(played)
                     obj["metadata"] = {**obj["metadata"], "resourceVersion": str(played.current + 2)}
-                    self.wfile.write((json.dumps({"type": "MODIFIED", "object": obj}) + "\n").encode())
-                    self.wfile.flush()
+                    self._chunk((json.dumps({"type": "MODIFIED", "object": obj}) + "\n").encode())
 
         return Handler

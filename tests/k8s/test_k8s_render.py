@@ -1,0 +1,220 @@
+"""`plankton k8s render`: one template + per-stage settings → Jobs with every field the contract needs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plankton_core.errors import BadInputError
+from plankton_core.jobspec import Settings, render_stage
+from plankton_core.jobspec.settings import deep_merge, parse_set
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL = REPO / "k8s/local/values.yaml"
+GPU = REPO / "k8s/gpu/values.yaml"
+STAGES = ["synth", "crop", "stats", "supcon", "linear-sweep", "evaluate", "lut"]
+
+
+def render(stage: str, values=(), sets=(), run_id: str = "t1") -> list[dict]:
+    return render_stage(Settings.load(None, values, sets), stage, run_id)
+
+
+def container(job: dict) -> dict:
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_of(job: dict) -> dict:
+    return {v["name"]: v for v in container(job)["env"]}
+
+
+def test_deep_merge_and_set_parsing():
+    assert deep_merge({"a": {"b": 1, "c": 2}, "l": [1]}, {"a": {"c": 3}, "l": [2]}) == {"a": {"b": 1, "c": 3}, "l": [2]}
+    assert parse_set(["gpus=4", "args.epochs=2", "args.device=cpu", "gpuNode=false", "args.resume=null"]) == {
+        "gpus": 4, "gpuNode": False, "args": {"epochs": 2, "device": "cpu", "resume": None}}
+
+
+def test_layers_later_wins_and_arg_names_follow_the_cli():
+    s = Settings.load(None, [LOCAL], ["args.batch_size=8", "image=reg/plankton:9"]).for_stage("supcon")
+    assert s["image"] == "reg/plankton:9"                    # --set over values over stages.yaml
+    assert s["args"]["model"] == "test_resnet"               # values file over stages.yaml
+    assert s["args"]["batch-size"] == 8 and "batch_size" not in s["args"]
+    assert s["gpus"] == 0 and s["gpuNode"] is True           # local defaults over stages.yaml's supcon, stage keeps gpuNode
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_job_has_the_contract_fields(stage):
+    job = render(stage, [LOCAL])[0]
+    spec = job["spec"]
+    assert job["metadata"]["name"].startswith(f"plankton-{stage}-") and job["metadata"]["namespace"] == "plankton"
+    for labels in (job["metadata"]["labels"], spec["template"]["metadata"]["labels"]):
+        assert labels["app"] == "plankton" and labels["plankton.io/stage"] == stage and labels["plankton.io/run-id"] == "t1"
+    assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 7200 and spec["ttlSecondsAfterFinished"] == 86400
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1] == {"action": "FailJob", "onExitCodes": {"containerName": "plankton", "operator": "In", "values": [2, 3]}}
+    assert rules[2] == {"action": "Ignore", "onExitCodes": {"containerName": "plankton", "operator": "In", "values": [75]}}
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    c = container(job)
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert mounts["/tmp"] == "tmp" and mounts["/cache"] == "cache"
+    env = env_of(job)
+    assert env["PLANKTON_CACHE_DIR"]["value"] == "/cache" and env["PLANKTON_ROOT"]["value"] == "s3://plankton/pipeline"
+    assert env["AWS_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["name"] == "plankton-config"
+    assert env["PUSHGATEWAY_URL"]["valueFrom"]["configMapKeyRef"]["name"] == "plankton-config"
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "plankton-s3", "key": "AWS_ACCESS_KEY_ID"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "plankton-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert c["command"] == ["plankton"] and c["args"][0] == stage
+
+
+@pytest.mark.parametrize("stage", ["supcon", "linear-sweep", "lut"])
+def test_gpu_stages_on_a_gpu_cluster(stage):
+    job = render(stage, [GPU])[0]
+    pod = job["spec"]["template"]["spec"]
+    c = container(job)
+    assert int(c["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+
+
+@pytest.mark.parametrize("stage", ["synth", "crop", "stats", "evaluate"])
+def test_cpu_stages_ask_for_no_gpu(stage):
+    job = render(stage, [GPU])[0]
+    assert "nvidia.com/gpu" not in container(job)["resources"].get("limits", {})
+    assert "nodeSelector" not in job["spec"]["template"]["spec"]
+
+
+def test_kind_values_schedule_gpu_stages_on_the_stand_in_node_without_gpus():
+    job = render("supcon", [LOCAL])[0]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"plankton.io/gpu-stand-in": "true"}
+    assert "nvidia.com/gpu" not in container(job)["resources"]["limits"]
+    kind = yaml.safe_load((REPO / "k8s/local/kind.yaml").read_text())
+    stand_in = [n for n in kind["nodes"] if n.get("labels", {}).get("plankton.io/gpu-stand-in") == "true"]
+    assert len(stand_in) == 1  # the node the selector points at exists, and is tainted like a GPU node
+    assert "key: nvidia.com/gpu" in stand_in[0]["kubeadmConfigPatches"][0] and "NoSchedule" in stand_in[0]["kubeadmConfigPatches"][0]
+
+
+def test_supcon_on_one_node_with_several_gpus_runs_under_torchrun():
+    (job,) = render("supcon", [GPU])
+    c = container(job)
+    assert c["command"] == ["plankton", "k8s", "torchrun", "--nproc-per-node=4", "--standalone", "--no-python", "plankton"]
+    assert c["args"][:3] == ["supcon", "--model", "resnet50"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert "completionMode" not in job["spec"]
+
+
+def test_supcon_on_several_nodes_is_an_indexed_job_with_a_headless_service():
+    service, job = render("supcon", [GPU], ["nodes=3"], run_id="mn")
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": "plankton-supcon-mn"}
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == 3 and spec["parallelism"] == 3
+    assert spec["template"]["spec"]["subdomain"] == "plankton-supcon-mn"
+    c = container(job)
+    assert c["command"] == ["plankton", "k8s", "torchrun", "--nproc-per-node=4", "--nnodes=3",
+                            "--master-addr=plankton-supcon-mn-0.plankton-supcon-mn", "--master-port=29500", "--no-python", "plankton"]
+    rank = env_of(job)["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert rank == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert c["ports"] == [{"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"}]
+
+
+def test_linear_sweep_is_an_indexed_job_of_shards_then_a_merge_job():
+    shards, merge = render("linear-sweep", [GPU], run_id="sw")
+    assert shards["spec"]["completionMode"] == "Indexed"
+    assert shards["spec"]["completions"] == 8 and shards["spec"]["parallelism"] == 4
+    assert env_of(shards)["NUM_SHARDS"]["value"] == "8"
+    assert container(shards)["args"] == ["linear-sweep"]
+    assert merge["metadata"]["name"] == "plankton-linear-sweep-merge-sw" and merge["metadata"]["labels"]["plankton.io/step"] == "merge"
+    assert "completionMode" not in merge["spec"] and "NUM_SHARDS" not in env_of(merge)
+    assert container(merge)["args"] == ["linear-sweep", "--merge"]
+    assert "nvidia.com/gpu" not in container(merge)["resources"]["limits"]  # merging needs no GPU
+
+
+def test_one_shard_renders_one_plain_job():
+    (job,) = render("linear-sweep", [GPU], ["shards=1"])
+    assert "completionMode" not in job["spec"]
+
+
+def test_args_render_as_cli_options():
+    (job,) = render("supcon", [LOCAL], ["args.amp=false", "args.compile=true", "args.resume=null", "args.epochs=3"])
+    args = container(job)["args"]
+    assert "--no-amp" in args and "--compile" in args and "--resume" not in args
+    assert args[args.index("--epochs") + 1] == "3"
+    (crop,) = render("crop", [LOCAL], ["images=s3://other/imgs"])
+    assert container(crop)["args"][:3] == ["crop", "--input", "s3://other/imgs"]  # {images} filled in
+
+
+def test_render_cli_prints_the_same_documents(run_cli, tmp_path):
+    result = run_cli("k8s", "render", "linear-sweep", "-f", str(GPU), "--run-id", "c1")
+    assert result.exit_code == 0, result.output
+    assert list(yaml.safe_load_all(result.stdout)) == render("linear-sweep", [GPU], run_id="c1")
+    out = tmp_path / "p.yaml"
+    result = run_cli("k8s", "render", "pipeline", "-f", str(LOCAL), "--run-id", "c1", "--from", "stats", "--to", "evaluate", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    names = [d["metadata"]["name"] for d in yaml.safe_load_all(out.read_text())]
+    assert names == ["plankton-stats-c1", "plankton-supcon-c1", "plankton-linear-sweep-c1", "plankton-linear-sweep-merge-c1", "plankton-evaluate-c1"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["render", "nosuch"], "unknown stage 'nosuch'; one of: synth, crop, stats, supcon, linear-sweep, evaluate, lut"),
+    (["render", "crop", "--set", "gpu=1"], "--set gpu: unknown setting 'gpu'; known: namespace"),
+    (["render", "crop", "--set", "noequals"], "--set wants key=value, got 'noequals'"),
+    (["render", "crop", "--set", "nodes=2"], "crop: only a torchrun stage (supcon) runs on several nodes; set nodes: 1"),
+    (["render", "lut", "--set", "gpus=2"], "lut: uses one GPU per pod; only supcon (torchrun) uses several"),
+    (["render", "supcon", "--set", "gpus=-1"], "supcon: setting gpus must be a whole number >= 0, got -1"),
+    (["render", "supcon", "--run-id", "Bad_Id"], "run id 'Bad_Id' makes the Job name 'plankton-supcon-Bad_Id', which is not a DNS label"),
+    (["render", "crop", "--from", "stats"], "--from/--to go with `pipeline`"),
+    (["render", "pipeline", "--from", "nosuch"], "'nosuch' is not in the pipeline"),
+    (["render", "crop", "-f", "/nonexistent/values.yaml"], "settings file not found: /nonexistent/values.yaml"),
+])
+def test_bad_render_input_is_exit_2_with_a_clear_message(run_cli, args, message):
+    result = run_cli("k8s", *args)
+    assert result.exit_code == 2
+    assert f"plankton k8s: error: {message}" in result.stderr
+
+
+def test_unknown_key_in_a_values_file_is_exit_2(run_cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  supcon:\n    gpu: 2\n")
+    result = run_cli("k8s", "render", "supcon", "-f", str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}: stages.supcon: unknown setting(s) gpu" in result.stderr
+
+
+def test_setup_renders_namespace_configmap_and_secret_from_the_environment(run_cli, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
+    result = run_cli("k8s", "setup", "-f", str(GPU), "--s3-endpoint", "https://s3.example.org", "--pushgateway", "http://pushgateway.monitoring:9091")
+    assert result.exit_code == 0, result.output
+    ns, cm, secret = yaml.safe_load_all(result.stdout)
+    assert ns["kind"] == "Namespace" and ns["metadata"]["name"] == "plankton"
+    assert cm["metadata"]["name"] == "plankton-config"
+    assert cm["data"] == {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": "https://s3.example.org", "PUSHGATEWAY_URL": "http://pushgateway.monitoring:9091"}
+    import base64
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    # the names the Jobs refer to are the names setup makes
+    env = env_of(render("crop", [GPU])[0])
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    assert env["AWS_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["name"] == cm["metadata"]["name"]
+
+
+def test_setup_without_keys_is_exit_2(run_cli, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    result = run_cli("k8s", "setup")
+    assert result.exit_code == 2
+    assert "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment" in result.stderr
+
+
+def test_bad_input_raises_bad_input_error():
+    with pytest.raises(BadInputError, match="nodes and shards must be >= 1"):
+        render("supcon", [], ["nodes=0"])
