@@ -39,7 +39,7 @@ class SynthConfig:
     size: int = 128  # frame side in pixels
     imbalance: float = 0.4  # the rarest class has this fraction of per_class frames
     multi_fraction: float = 0.25  # frames with two or three objects
-    edge_fraction: float = 0.15  # objects placed cut by the frame border
+    cut_fraction: float = 0.15  # objects placed cut by the frame border
     noise: float = 6.0  # mean Gaussian noise sigma, grey levels
     formats: tuple[str, ...] = ("png",)  # frames cycle through these encodings
 
@@ -54,6 +54,8 @@ class SynthConfig:
             raise BadInputError(f"size must be >= 32 pixels, not {self.size}")
         if not 0 < self.imbalance <= 1:
             raise BadInputError("imbalance must lie in (0, 1]")
+        if not (0 <= self.multi_fraction <= 1 and 0 <= self.cut_fraction <= 1):
+            raise BadInputError("multi_fraction and cut_fraction must lie in [0, 1]")
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise BadInputError(f"unknown format(s) {', '.join(bad) or '(none)'}: use {', '.join(FORMATS)}")
@@ -176,7 +178,7 @@ BLUR_PAD = 3  # pixels around an object's patch that its blur reaches
 
 
 def render_frame(shape: str, rng: np.random.Generator, size: int, dark: bool, n_objects: int,
-                 edge_fraction: float, noise: float) -> tuple[np.ndarray, list[dict]]:
+                 cut_fraction: float, noise: float) -> tuple[np.ndarray, list[dict]]:
     """One uint8 (size, size) frame and its objects' ground truth (box clipped to the frame, touches_border)."""
     if dark:
         background, contrast = rng.uniform(4, 30), rng.uniform(70, 220)
@@ -189,7 +191,7 @@ def render_frame(shape: str, rng: np.random.Generator, size: int, dark: bool, n_
     for _ in range(n_objects):
         radius = size * rng.uniform(0.09, 0.2)
         mask = object_mask(shape, radius, rng)
-        cut = rng.random() < edge_fraction
+        cut = rng.random() < cut_fraction
         where = _place(mask, size, cut, taken, rng)
         if where is None:
             continue
@@ -270,7 +272,7 @@ def generate(out: Store, cfg: SynthConfig) -> dict[str, int]:
             rng = np.random.default_rng([cfg.seed, c, i])
             dark = cfg.mode == "dark" or (cfg.mode == "both" and rng.random() < 0.5)
             n_objects = int(rng.choice([2, 3])) if rng.random() < cfg.multi_fraction else 1
-            frame, objects = render_frame(name, rng, cfg.size, dark, n_objects, cfg.edge_fraction, cfg.noise)
+            frame, objects = render_frame(name, rng, cfg.size, dark, n_objects, cfg.cut_fraction, cfg.noise)
             data, suffix = encode_frame(frame, cfg.formats[frames % len(cfg.formats)])
             key = f"{name}/{name}_{i:05d}{suffix}"
             out.write_bytes(key, data)

@@ -62,7 +62,7 @@ def test_ground_truth_boxes_are_where_the_objects_are(tmp_path):
     rng = np.random.default_rng(3)
     for shape in SHAPES:
         for dark in (True, False):
-            frame, objects = render_frame(shape, rng, 96, dark, 2, edge_fraction=0.3, noise=0.0)
+            frame, objects = render_frame(shape, rng, 96, dark, 2, cut_fraction=0.3, noise=0.0)
             assert objects
             f = frame.astype(float)
             background = np.median(f)
@@ -135,7 +135,8 @@ def test_formats_decode_to_the_frame(fmt):
 
 
 def test_bad_config():
-    for bad in (dict(classes=0), dict(classes=len(SHAPES) + 1), dict(mode="grey"), dict(size=8), dict(formats=("gif",))):
+    for bad in (dict(classes=0), dict(classes=len(SHAPES) + 1), dict(mode="grey"), dict(size=8), dict(formats=("gif",)),
+                dict(cut_fraction=1.5), dict(multi_fraction=-0.1), dict(imbalance=0)):
         with pytest.raises(BadInputError):
             SynthConfig(**bad).validate()
 
