@@ -62,6 +62,8 @@ def run_sweep(cfg: SweepConfig, store: Store, force: bool = False) -> StageResul
 
 
 def _full_body(cfg: SweepConfig, ctx: StageContext, names: Sequence[str]) -> dict[str, Any]:
+    for key in list_shards(ctx.root):  # an unsharded run supersedes earlier shards: never merge those later
+        ctx.root.delete(key)
     rows = sweep_checkpoints(cfg, ctx, names)
     selection = write_sweep_outputs(ctx.root, rows, head_settings(cfg), _selection_extras(ctx.root, rows))
     ctx.notes.append(f"chosen {selection['checkpoint']}: val accuracy {100 * selection['val_acc']:.2f}% at head epoch {selection['best_head_epoch']} → {ctx.root.uri}/sweep/sweep.md")

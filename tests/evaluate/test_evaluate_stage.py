@@ -16,6 +16,7 @@ from plankton_core.data import ImageCache, load_splits
 from plankton_core.evaluate.report import write_report
 from plankton_core.features import extract_features
 from plankton_core.models import create_model
+from plankton_core.store import open_store
 from plankton_core.sweep.linear import save_head
 from plankton_core.tables import write_json, write_parquet
 from sweep.sweep_fixtures import checkpoint_dict, make_supcon_root
@@ -132,6 +133,10 @@ def test_evaluate_waits_for_missing_shards(tmp_path, run_cli):
     assert run_cli("linear-sweep", "--root", root, "--head-epochs", "5", "--shard-index", "1", "--num-shards", "2").exit_code == 0
     result = run_cli("evaluate", "--root", root)
     assert result.exit_code == 3 and "missing shard index(es) 0" in result.stderr
+    # an unsharded run supersedes the partial shards
+    assert run_cli("linear-sweep", "--root", root, "--head-epochs", "5").exit_code == 0
+    assert not list(open_store(root).list("sweep/shards"))
+    assert run_cli("evaluate", "--root", root).exit_code == 0
 
 
 # --- bad inputs: a clear message, exit 2, and the previous results untouched -------------------------
