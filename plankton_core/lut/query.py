@@ -27,7 +27,7 @@ from ..tables import read_json, read_npy, read_parquet
 from .artifacts import EMBEDDINGS, GALLERY, LoadedLut, load_heldout, load_lut, save_calibration
 from .embed import Embedder, check_compatible, load_embedder
 from .output import render, text_table
-from .retrieval import VOTES, Neighbours, search_excluding, vote
+from .retrieval import VOTES, search_excluding, vote
 
 log = logging.getLogger("plankton.query")
 UNKNOWN = "unknown"
@@ -182,37 +182,46 @@ class Classifier:
         return out
 
 
+class Querier:
+    """The loaded LUT, checkpoint and segmenter, reusable across calls (loading is the slow part of one query)."""
+
+    def __init__(self, root: Store, cfg: QueryConfig):
+        self.cfg = cfg
+        self.classifier = Classifier(root, cfg)
+        self.cropper = Cropper(root, cfg.crop)
+
+    def run(self, inputs: Sequence[ImageRef]) -> list[dict[str, Any]]:
+        """One row per input image, in input order."""
+        clf, cfg = self.classifier, self.cfg
+        rows: list[dict[str, Any]] = []
+        for batch in _batches(inputs, cfg.batch_size):
+            pending, crops = [], []
+            for ref in batch:
+                row = _row(ref.name)
+                rows.append(row)
+                try:
+                    if ref.read is None:
+                        raise UnreadableImage("not_found", "no such file, folder, key or prefix")
+                    arr = decode_image(ref.read())
+                    crop, how = self.cropper(arr)
+                except (UnreadableImage, BadInputError) as exc:  # BadInputError: e.g. a store error reading this object
+                    row.update(status="error", error=str(exc))
+                    continue
+                row.update(how)
+                pending.append(row)
+                crops.append(letterbox(crop, clf.embedder.size))
+            if crops:
+                embeddings = clf.embedder.embed(np.stack(crops), cfg.device)
+                for row, result in zip(pending, clf.classify(embeddings)):
+                    row.update(result)
+        for row in rows:
+            row["threshold"] = clf.threshold
+        return rows
+
+
 def run_query(root: Store, inputs: Sequence[ImageRef], cfg: QueryConfig) -> list[dict[str, Any]]:
     """One row per input image, in input order."""
-    clf = Classifier(root, cfg)
-    cropper = Cropper(root, cfg.crop)
-    rows: list[dict[str, Any]] = []
-    for batch in _batches(inputs, cfg.batch_size):
-        pending, crops = [], []
-        for ref in batch:
-            row = _row(ref.name)
-            rows.append(row)
-            try:
-                if ref.read is None:
-                    raise UnreadableImage("not_found", "no such file, folder, key or prefix")
-                arr = decode_image(ref.read())
-                crop, how = cropper(arr)
-            except UnreadableImage as exc:
-                row.update(status="error", error=str(exc))
-                continue
-            except BadInputError as exc:  # e.g. a store error while reading this one object
-                row.update(status="error", error=str(exc))
-                continue
-            row.update(how)
-            pending.append(row)
-            crops.append(letterbox(crop, clf.embedder.size))
-        if crops:
-            embeddings = clf.embedder.embed(np.stack(crops), cfg.device)
-            for row, result in zip(pending, clf.classify(embeddings)):
-                row.update(result)
-    for row in rows:
-        row["threshold"] = clf.threshold
-    return rows
+    return Querier(root, cfg).run(inputs)
 
 
 def _row(name: str) -> dict[str, Any]:

@@ -15,16 +15,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..data import ImageCache, load_classes, load_splits
+from ..data import load_classes, load_splits
 from ..errors import BadInputError
-from ..features import extract_features, pick_device
+from ..features import pick_device
 from ..stage import StageContext, StageResult, is_done, run_stage
 from ..store import Store
-from ..tables import read_parquet, write_json, write_npy, write_parquet
+from ..tables import read_json, read_parquet, write_json, write_npy, write_parquet
 from . import artifacts as A
 from .config import LutConfig
-from .embed import Embedder, load_embedder
+from .embed import SELECTION_KEY, Embedder, load_embedder
 from .evaluation import QuerySet, evaluate_index
+from .gallery_features import embed_rows
 from .index import build_index, l2_normalise, search_params, serialize_index, tune_recall
 from .prune import threshold_grid
 from .sweep import plot_sweep, sweep_thresholds
@@ -56,10 +57,14 @@ def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     # one pass of the backbone over every crop the stage needs
     crop_keys = np.asarray(splits.column("crop_key").to_pylist(), dtype=object)
     t0 = time.perf_counter()
-    cache = ImageCache.build(root, crop_keys[needed].tolist(), embedder.size, workers=cfg.workers or None)
-    device = pick_device(cfg.device)
-    feats = l2_normalise(extract_features(embedder.model, cache, embedder.mean, embedder.std, cfg.batch_size, device, desc="lut embeddings"))
-    ctx.metrics.count("embedded", len(needed))
+    embedded = embed_rows(
+        root, embedder, crop_keys, split_col, needed,
+        sweep_checkpoint=_sweep_checkpoint(root, embedder), batch_size=cfg.batch_size, device=pick_device(cfg.device), workers=cfg.workers or None,
+    )
+    feats = embedded.x
+    if embedded.note:
+        ctx.notes.append(embedded.note)
+    ctx.metrics.count("embedded", embedded.computed)
     embed_seconds = time.perf_counter() - t0
     position = np.full(len(split_col), -1, np.int64)
     position[needed] = np.arange(len(needed))
@@ -153,6 +158,14 @@ def _refresh_report(ctx: StageContext) -> None:
         ctx.notes.append(f"evaluate/report.html not refreshed ({type(exc).__name__}: {exc}); rerun `plankton evaluate --force`")
         return
     ctx.notes.append(f"report updated with the retrieval section → {ctx.root.uri}/evaluate/report.html")
+
+
+def _sweep_checkpoint(root: Store, embedder: Embedder) -> str | None:
+    """linear-sweep's name for the checkpoint being embedded with, when it is the one it selected."""
+    if not root.exists(SELECTION_KEY):
+        return None
+    selection = read_json(root, SELECTION_KEY)
+    return selection.get("checkpoint") if selection.get("checkpoint_key") == embedder.checkpoint else None
 
 
 def _build(x: np.ndarray, cfg: LutConfig, recall_queries: np.ndarray) -> tuple[Any, dict[str, Any]]:

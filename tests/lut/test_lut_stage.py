@@ -18,7 +18,7 @@ from plankton_core.lut.embed import load_embedder
 from plankton_core.lut.prune import greedy_order
 from plankton_core.stage import run_stage
 from plankton_core.store import open_store
-from plankton_core.tables import read_json, read_npy, read_parquet, write_json
+from plankton_core.tables import read_json, read_npy, read_parquet, write_json, write_npy, write_parquet
 
 torch.set_num_threads(2)
 
@@ -46,7 +46,6 @@ def test_build_outputs_are_aligned_and_figures_match_references(built_lut):
     assert gallery.column_names == ["id", "crop_key", "class", "label", "split", "source_key", "x0", "y0", "x1", "y1"]
     assert gallery.column("id").to_pylist() == list(range(54))
     assert set(gallery.column("split").to_pylist()) == {"train", "val"}
-    splits = read_parquet(store, "stats/splits.parquet")
     manifest = {r["crop_key"]: r for r in read_parquet(store, "crop/manifest.parquet").to_pylist()}
     for row in gallery.to_pylist()[:5]:  # boxes come from the crop manifest
         assert (row["x0"], row["y0"], row["x1"], row["y1"]) == tuple(manifest[row["crop_key"]][c] for c in ("x0", "y0", "x1", "y1"))
@@ -229,3 +228,30 @@ def test_config_defaults_and_yaml(tmp_path):
     assert load_config(LutConfig, yaml_file, {"k": 3}).gallery_splits == ("train",)
     with pytest.raises(BadInputError, match="unknown vote"):
         load_config(LutConfig, None, {"vote": "majority"})
+
+
+def test_reuses_linear_sweep_features_only_when_they_match(tmp_path, run_cli):
+    root = str(tmp_path / "artifacts")
+    store = make_lut_upstream(root, per_class=8)
+    assert run_cli("lut", "--root", root, "--no-prune").exit_code == 0
+    truth = read_npy(store, "lut/embeddings.npy")
+    gallery = read_parquet(store, "lut/gallery.parquet")
+    split = np.array(gallery.column("split").to_pylist())
+
+    def fabricate(features_of):
+        for s in ("train", "val"):
+            rows = np.flatnonzero(split == s)
+            write_npy(store, f"sweep/features/epoch_0003/{s}.npy", features_of(rows))
+            write_parquet(store, f"sweep/features/epoch_0003/{s}.parquet", gallery.select(["crop_key", "class", "label"]).take(rows))
+        write_json(store, "sweep/features/epoch_0003/meta.json", {"fingerprint": {}})
+
+    fabricate(lambda rows: 3.0 * truth[rows])  # linear-sweep stores unnormalised features
+    res = run_cli("lut", "--root", root, "--no-prune", "--force")
+    assert res.exit_code == 0 and "reused linear-sweep's train, val features of epoch_0003 (18 crops" in res.output
+    np.testing.assert_allclose(read_npy(store, "lut/embeddings.npy"), truth, atol=1e-6)
+    assert read_json(store, "lut/run.json")["counts"]["gallery"] == 18
+
+    fabricate(lambda rows: np.random.default_rng(0).standard_normal((len(rows), truth.shape[1])).astype(np.float32))
+    res = run_cli("lut", "--root", root, "--no-prune", "--force")
+    assert res.exit_code == 0 and "disagree with the checkpoint" in res.output
+    np.testing.assert_allclose(read_npy(store, "lut/embeddings.npy"), truth, atol=1e-5)
