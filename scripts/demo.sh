@@ -25,7 +25,7 @@ step "evaluate"
 step "lut"
 "$P" lut --root "$ROOT"
 step "query: three generated frames against the LUT"
-mapfile -t SAMPLES < <(find "$IMAGES" -name '*.png' | sort | awk 'NR % 97 == 1' | head -n 3)
+mapfile -t SAMPLES < <(for d in "$IMAGES"/*/; do find "$d" -type f | sort | tail -n 1; done | head -n 3)
 "$P" query --root "$ROOT" --k 5 "${SAMPLES[@]}"
 step "sql"
 "$P" sql --root "$ROOT" "SELECT class, count(*) AS n FROM gallery GROUP BY 1 ORDER BY 1"
