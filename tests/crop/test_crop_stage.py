@@ -234,3 +234,19 @@ def test_recorded_config_is_what_the_stage_ran_with(tmp_path, synth_input):
     run_crop(CropConfig(input=synth_input, workers=1, pad=6, edge_margin=3, min_area=12), root)
     cfg = recorded_config(root)
     assert (cfg.pad, cfg.edge_margin, cfg.min_area, cfg.input) == (6, 3, 12, synth_input)
+
+
+def test_fingerprint_follows_keys_and_sizes(tmp_path):
+    import hashlib
+
+    from plankton_core.crop.stage import input_fingerprint
+
+    images = open_store(str(tmp_path / "images"))
+    images.write_bytes("a/1.png", b"x" * 10)
+    images.write_bytes("b/2.png", b"y" * 20)
+    images.write_bytes("top.txt", b"ignored")
+    fp = input_fingerprint(images)
+    by_hand = hashlib.sha256(b"a/1.png\t10\nb/2.png\t20\n").hexdigest()[:16]
+    assert fp == {"input": images.uri, "files": 2, "listing_sha256": by_hand}
+    images.write_bytes("b/2.png", b"y" * 21)  # same key, new size
+    assert input_fingerprint(images)["listing_sha256"] != by_hand
