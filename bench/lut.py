@@ -53,7 +53,7 @@ def end_to_end(gallery: np.ndarray, index, model: str, size: int, n_images: int)
     from plankton_core.imageio import encode_png
     from plankton_core.lut import artifacts as A
     from plankton_core.lut.embed import load_embedder
-    from plankton_core.lut.index import serialize_index
+    from plankton_core.lut.index import save_index
     from plankton_core.lut.query import Querier, QueryConfig, resolve_inputs
     from plankton_core.models import create_model
     from plankton_core.store import open_store
@@ -79,7 +79,7 @@ def end_to_end(gallery: np.ndarray, index, model: str, size: int, n_images: int)
             "label": labels, "split": ["train"] * n, "source_key": [f"images/{i}.png" for i in range(n)],
             "x0": pa.nulls(n, pa.int64()), "y0": pa.nulls(n, pa.int64()), "x1": pa.nulls(n, pa.int64()), "y1": pa.nulls(n, pa.int64()),
         }, schema=A.GALLERY_SCHEMA))
-        store.write_bytes(A.INDEX["full"], serialize_index(index))
+        save_index(store, A.INDEX["full"], index)
         write_json(store, A.INDEX_JSON, {**embedder.describe(), "classes": classes, "count": n, "index_type": "hnsw",
                                          "search_params": search_params(index), "pruned": None, "calibration": {}})
         write_json(store, "lut/run.json", {"stage": "lut", "digest": "bench"})

@@ -12,7 +12,7 @@ from ..errors import BadInputError
 from ..stage import require_upstream
 from ..store import Store
 from ..tables import read_json, read_npy, read_parquet, write_json
-from .index import deserialize_index, set_search_params
+from .index import load_index, set_search_params
 
 INDEX_JSON = "lut/index.json"
 INDEX = {"full": "lut/index.faiss", "pruned": "lut/index_pruned.faiss"}
@@ -65,7 +65,7 @@ def load_lut(root: Store, variant: str = "full") -> LoadedLut:
     info = read_index_info(root)
     if variant == "pruned" and not info.get("pruned"):
         raise BadInputError(f"{root.uri}/lut has no pruned index (pruning was off or there was no val split): drop --pruned")
-    index = deserialize_index(root.read_bytes(INDEX[variant]), f"{root.uri}/{INDEX[variant]}")
+    index = load_index(root, INDEX[variant])
     meta = info if variant == "full" else info["pruned"]
     set_search_params(index, meta.get("search_params"))
     gallery = read_parquet(root, GALLERY[variant])

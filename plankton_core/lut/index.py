@@ -8,6 +8,8 @@ recorded, as autofaiss does for its index infos.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from typing import Any
 
@@ -87,6 +89,34 @@ def index_kind(index: faiss.Index) -> str:
     if isinstance(index, faiss.IndexHNSW):
         return "hnsw"
     return "flat"
+
+
+def save_index(store, key: str, index: faiss.Index) -> None:
+    """Write through a local temporary file: no in-memory copy of a many-GB index."""
+    fd, tmp = tempfile.mkstemp(suffix=".faiss")
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        store.put_file(tmp, key)
+    finally:
+        os.unlink(tmp)
+
+
+def load_index(store, key: str) -> faiss.Index:
+    """Read from the file itself (local store) or a temporary download (S3)."""
+    from ..store import local_copy
+
+    with local_copy(store, key, suffix=".faiss") as path:
+        try:
+            return faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise BadInputError(f"cannot read FAISS index {store.uri}/{key}: {str(exc).splitlines()[0]}") from None
+
+
+def save_npy(store, key: str, array: np.ndarray) -> None:
+    """np.save straight into the store's atomic writer (no in-memory copy of a large array)."""
+    with store.open_write(key) as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def serialize_index(index: faiss.Index) -> bytes:

@@ -20,13 +20,13 @@ from ..errors import BadInputError
 from ..features import pick_device
 from ..stage import StageContext, StageResult, is_done, run_stage
 from ..store import Store
-from ..tables import read_json, read_parquet, write_json, write_npy, write_parquet
+from ..tables import read_json, read_parquet, write_json, write_parquet
 from . import artifacts as A
 from .config import LutConfig
 from .embed import SELECTION_KEY, Embedder, load_embedder
 from .evaluation import QuerySet, evaluate_index
 from .gallery_features import embed_rows
-from .index import build_index, l2_normalise, search_params, serialize_index, tune_recall
+from .index import build_index, l2_normalise, save_index, save_npy, search_params, tune_recall
 from .prune import threshold_grid
 from .sweep import plot_sweep, sweep_thresholds
 
@@ -52,7 +52,9 @@ def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
         raise BadInputError(f"gallery split(s) {', '.join(missing)} have no rows in {root.uri}/stats/splits.parquet (splits there: {', '.join(present) or 'none'})")
     in_gallery = np.isin(split_col, list(cfg.gallery_splits))
     heldout = ~in_gallery & np.isin(split_col, ["val", "test"])
-    needed = np.flatnonzero(in_gallery | heldout)
+    gallery_rows = np.flatnonzero(in_gallery)
+    heldout_rows = np.flatnonzero(heldout)
+    needed = np.concatenate([gallery_rows, heldout_rows])  # gallery first: its embeddings are a view, not a copy
 
     # one pass of the backbone over every crop the stage needs
     crop_keys = np.asarray(splits.column("crop_key").to_pylist(), dtype=object)
@@ -68,30 +70,28 @@ def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     embed_seconds = time.perf_counter() - t0
     position = np.full(len(split_col), -1, np.int64)
     position[needed] = np.arange(len(needed))
+    x, heldout_x = feats[: len(gallery_rows)], feats[len(gallery_rows) :]
 
-    gallery_rows = np.flatnonzero(in_gallery)
-    heldout_rows = np.flatnonzero(heldout)
-    x = np.ascontiguousarray(feats[position[gallery_rows]])
     gallery = gallery_table(splits.take(pa.array(gallery_rows)), read_parquet(root, MANIFEST_KEY) if root.exists(MANIFEST_KEY) else None)
     labels_all = np.asarray(splits.column("label").to_numpy(zero_copy_only=False), dtype=np.int64)
     groups_all = source_groups(splits)
     g_labels, g_groups = labels_all[gallery_rows], groups_all[gallery_rows]
 
     write_parquet(root, A.GALLERY["full"], gallery)
-    write_npy(root, A.EMBEDDINGS, x)
+    save_npy(root, A.EMBEDDINGS, x)
     heldout_table = splits.select(["crop_key", "class", "label", "split", "source_key"]).take(pa.array(heldout_rows, pa.int64()))
     write_parquet(root, A.HELDOUT, heldout_table)
-    write_npy(root, A.HELDOUT_EMBEDDINGS, np.ascontiguousarray(feats[position[heldout_rows]]))
+    save_npy(root, A.HELDOUT_EMBEDDINGS, heldout_x)
 
     def query_set(split: str) -> QuerySet:
         rows = np.flatnonzero(split_col == split)
         return QuerySet(split, feats[position[rows]] if len(rows) else np.zeros((0, x.shape[1]), np.float32), labels_all[rows], groups_all[rows])
 
     val, test = query_set("val"), query_set("test")
-    recall_queries = _recall_queries(feats[position[heldout_rows]], x)
+    recall_queries = _recall_queries(heldout_x, x)
 
     index, index_meta = _build(x, cfg, recall_queries)
-    root.write_bytes(A.INDEX["full"], serialize_index(index))
+    save_index(root, A.INDEX["full"], index)
     ctx.log.info("lut: %s index of %d × %d built in %.1fs", cfg.index, index.ntotal, index.d, index_meta["build_seconds"])
 
     info: dict[str, Any] = {
@@ -198,7 +198,7 @@ def _prune(cfg, ctx, x, gallery, g_labels, g_groups, val: QuerySet, n_classes: i
     pruned_gallery = gallery.take(pa.array(pruned_ids)).rename_columns(["full_id" if n == "id" else n for n in gallery.column_names])
     pruned_gallery = pruned_gallery.add_column(0, "id", pa.array(np.arange(len(pruned_ids), dtype=np.int64)))
     pruned_index, meta = _build(x[pruned_ids], cfg, recall_queries)
-    root.write_bytes(A.INDEX["pruned"], serialize_index(pruned_index))
+    save_index(root, A.INDEX["pruned"], pruned_index)
     write_parquet(root, A.GALLERY["pruned"], pruned_gallery)
     row = outcome.table.slice(outcome.chosen, 1).to_pylist()[0]
     summary = {
