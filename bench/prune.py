@@ -1,6 +1,6 @@
 """Pruning sweep speed: the blocked sweep on a 100,000 × 2048 gallery vs a straightforward one (subsample, extrapolated).
 
-    .venv/bin/python bench/prune.py [--n 100000] [--dim 2048] [--sub 2000,4000]
+    .venv/bin/python bench/prune.py [--n 100000] [--dim 2048] [--sub 3000,6000]
 
 Synthetic gallery: 20 classes with a Zipf-like mix (the largest ~28%), each
 made of "specimen" sub-clusters of geometric size whose spread varies, so
@@ -12,7 +12,8 @@ out). One run, side by side:
   blocked   plankton_core.lut: neighbour lists once for T_min, val candidates once, then 21 thresholds
             (greedy pass, val accuracy/F1, single-query latency)
   straight  per T: visit items in order, compare each with the kept items of its class (numpy per item),
-            then brute-force val search of the pruned gallery; run on subsamples, extrapolated as n²
+            then brute-force val search of the pruned gallery; run on two subsamples, extrapolated
+            with t(n) = a·n + b·n² fitted on them
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--val-fraction", type=float, default=0.15)
-    ap.add_argument("--sub", default="2000,4000", help="subsample sizes for the straightforward sweep")
+    ap.add_argument("--sub", default="3000,6000", help="two subsample sizes for the straightforward sweep")
     ap.add_argument("--sub-thresholds", default="0.80,0.90,0.99", help="thresholds timed for the straightforward sweep")
     args = ap.parse_args()
     threads = torch.get_num_threads()
@@ -127,17 +128,19 @@ def main() -> None:
     print(f"gallery {args.n:,} × {args.dim}, {len(sizes)} classes (largest {sizes.max():,} = {sizes.max() / args.n:.0%}, smallest {sizes.min():,}), "
           f"val {len(val_idx):,} (inside the gallery), {len(grid)} thresholds {grid[0]:.2f}–{grid[-1]:.2f}; generated in {time.perf_counter() - t0:.1f}s")
 
+    c0 = time.process_time()
     floor = floor_seconds(x, labels)
-    print(f"floor    every within-class similarity once (tiled GEMM)          {floor:7.1f} s")
+    c_floor = time.process_time() - c0
+    print(f"floor    every within-class similarity once (tiled GEMM)          {floor:7.1f} s   (CPU {c_floor:.0f} s over {threads} threads)")
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     graph = neighbour_graph(x, labels, greedy_order(keys), float(grid.min()))
-    t_graph = time.perf_counter() - t0
+    t_graph, c_graph = time.perf_counter() - t0, time.process_time() - c0
     outcome = sweep_thresholds(x, labels, keys, groups, val, len(sizes), grid, graph=graph, k=5, candidates=100, tolerance=0.005, latency_queries=5)
-    blocked = time.perf_counter() - t0
+    blocked, c_blocked = time.perf_counter() - t0, time.process_time() - c0
     s = outcome.seconds
-    print(f"blocked  full sweep                                               {blocked:7.1f} s   ({blocked / floor:.2f}× the floor)")
-    print(f"         neighbour lists {t_graph:.1f} s ({graph.pairs:,} same-class pairs ≥ {grid.min():.2f}), "
+    print(f"blocked  full sweep                                               {blocked:7.1f} s   ({blocked / floor:.2f}× the floor; CPU {c_blocked:.0f} s vs {c_floor:.0f} s)")
+    print(f"         neighbour lists {t_graph:.1f} s (CPU {c_graph:.0f} s; {graph.pairs:,} same-class pairs ≥ {grid.min():.2f}), "
           f"val top-100 candidates {s['val_candidates']:.1f} s, {len(grid)} thresholds {s['thresholds']:.1f} s")
     rows = outcome.table.to_pylist()
     for r in rows[::4] + ([rows[-1]] if (len(rows) - 1) % 4 else []):
@@ -159,11 +162,14 @@ def main() -> None:
         g = neighbour_graph(xs, ls, greedy_order(ks), 0.80)
         assert all(np.array_equal(m, g.keep_mask(t)) for m, t in zip(masks, sub_t)), "blocked and straightforward pruning disagree"
         print(f"straight {n_sub:,}-item subsample: {per_t[n_sub]:.2f} s per threshold (same kept sets as the blocked sweep: checked)")
-    big = max(subs)
-    exponent = np.log(per_t[big] / per_t[min(subs)]) / np.log(big / min(subs)) if len(subs) > 1 else 2.0
-    extrapolated = per_t[big] * (args.n / big) ** 2 * len(grid)
-    print(f"straight extrapolated to {args.n:,} items × {len(grid)} thresholds as n² (measured exponent {exponent:.2f}): "
-          f"{extrapolated:,.0f} s = {extrapolated / 3600:.1f} h")
+    # t(n) = a·n + b·n² (per-item Python work + pairwise/val products), fitted on the two subsamples
+    (n1, n2), (t1, t2) = sorted(subs)[:2], (per_t[sorted(subs)[0]], per_t[sorted(subs)[1]])
+    b = max((t2 - t1 * n2 / n1) / (n2 * n2 - n1 * n2), 0.0)
+    a = max((t1 - b * n1 * n1) / n1, 0.0)
+    per_t_full = a * args.n + b * args.n**2
+    extrapolated = per_t_full * len(grid)
+    print(f"straight extrapolated with t(n) = a·n + b·n² fitted on the subsamples: {per_t_full:,.0f} s per threshold, "
+          f"× {len(grid)} thresholds = {extrapolated:,.0f} s = {extrapolated / 3600:.1f} h")
     print(f"speed-up blocked vs straightforward: {extrapolated / blocked:,.0f}×")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; load average at end {os.getloadavg()[0]:.1f}")
 
