@@ -85,22 +85,50 @@ def affine_theta(p: ViewParams) -> torch.Tensor:
     return theta
 
 
+def sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """`F.affine_grid(theta, (n, C, size, size), align_corners=False)` by broadcasting (no base grid, no bmm)."""
+    coords = (torch.arange(size, device=theta.device, dtype=theta.dtype) * 2 + 1) / size - 1  # pixel centres in [-1, 1]
+    xs, ys = coords.view(1, 1, size), coords.view(1, size, 1)
+    t = theta.unsqueeze(-1).unsqueeze(-1)  # (n, 2, 3, 1, 1)
+    gx = t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]
+    gy = t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]
+    return torch.stack([gx, gy], dim=-1)
+
+
 def augment(images: torch.Tensor, params: ViewParams, out_size: int, mean: Sequence[float], std: Sequence[float],
             memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
-    """uint8 (n, H, W, 3) on any device → normalised float32 (n, 3, out_size, out_size), channels_last on GPU."""
+    """uint8 (n, H, W, 3) on any device → normalised float32 (n, 3, out_size, out_size)."""
+    return augment_views(images, [params], out_size, mean, std, memory_format)
+
+
+_GRAY = (0.299, 0.587, 0.114)
+
+
+def augment_views(images: torch.Tensor, views: Sequence[ViewParams], out_size: int, mean: Sequence[float], std: Sequence[float],
+                  memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+    """Several views of the same uint8 batch, concatenated view after view: (len(views)·n, 3, S, S).
+
+    The images are turned into floats once for all views; jitter and normalisation are
+    folded into two fused passes per view.
+    """
     device = images.device
-    p = params.to(device)
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    theta = affine_theta(p).to(x.dtype)
-    grid = F.affine_grid(theta, [x.shape[0], 3, out_size, out_size], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    gray_mean = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean(dim=(1, 2)).view(-1, 1, 1, 1)
-    contrast = p.contrast.to(x.dtype).view(-1, 1, 1, 1)
-    brightness = p.brightness.to(x.dtype).view(-1, 1, 1, 1)
-    x = (((x - gray_mean) * contrast + gray_mean) * brightness).clamp_(0.0, 1.0)
-    m = torch.tensor(mean, device=device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device, dtype=x.dtype).view(1, -1, 1, 1)
-    return ((x - m) / s).contiguous(memory_format=memory_format)
+    n = x.shape[0]
+    gray = torch.tensor(_GRAY, device=device, dtype=x.dtype).view(1, 3, 1, 1)
+    inv_std = 1.0 / torch.tensor(std, device=device, dtype=x.dtype).view(1, 3, 1, 1)
+    shift = -torch.tensor(mean, device=device, dtype=x.dtype).view(1, 3, 1, 1) * inv_std
+    out = []
+    for params in views:
+        p = params.to(device)
+        grid = sampling_grid(affine_theta(p).to(x.dtype), out_size)
+        v = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        # contrast around the image's mean grey, then brightness: ((v - g)·c + g)·b = v·cb + g(1 - c)b
+        g = (v.mean(dim=(2, 3), keepdim=True) * gray).sum(dim=1, keepdim=True)
+        c = p.contrast.to(x.dtype).view(-1, 1, 1, 1)
+        b = p.brightness.to(x.dtype).view(-1, 1, 1, 1)
+        v = torch.addcmul(g * (1 - c) * b, v, c * b).clamp_(0.0, 1.0)
+        out.append(torch.addcmul(shift, v, inv_std))
+    return torch.cat(out).contiguous(memory_format=memory_format)
 
 
 def two_view_params(global_batch: int, seed: int, epoch: int, step: int, scale_min: float, jitter: float) -> tuple[ViewParams, ViewParams]:

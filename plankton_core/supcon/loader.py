@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ class Batch:
     images: torch.Tensor         # (b, S, S, 3) uint8, this process's rows
     labels: torch.Tensor         # (b,) int64, this process's rows
     global_labels: torch.Tensor  # (B,) int64, the whole global batch (every process's rows, in rank order)
+    views: Optional[torch.Tensor] = None  # augmented model input, when the loader's `transform` made it
 
 
 class EpochPlan:
@@ -42,21 +43,25 @@ class EpochPlan:
 
 
 class CachedBatchLoader:
-    """Iterates this process's part of each global batch, `prefetch` batches ahead on threads."""
+    """Iterates this process's part of each global batch, `prefetch` batches ahead on threads.
+
+    `transform(batch, epoch)` runs on the loader thread too; training on the CPU uses it to
+    augment there, overlapping with the model step (on a GPU augmentation runs on the device).
+    """
 
     def __init__(self, array: np.ndarray, labels: np.ndarray, plan: EpochPlan, rank: int = 0, world: int = 1,
-                 prefetch: int = 4, pin_memory: bool = False):
+                 prefetch: int = 4, pin_memory: bool = False, transform: Callable[[Batch, int], Batch] | None = None):
         if plan.global_batch % world:
             raise ValueError(f"global batch {plan.global_batch} is not divisible by {world} processes")
         self.array, self.labels, self.plan = array, np.asarray(labels, dtype=np.int64), plan
         self.rank, self.world = rank, world
         self.local_batch = plan.global_batch // world
-        self.prefetch, self.pin_memory = prefetch, pin_memory
+        self.prefetch, self.pin_memory, self.transform = prefetch, pin_memory, transform
 
     def __len__(self) -> int:
         return self.plan.steps_per_epoch
 
-    def _load(self, order: np.ndarray, step: int) -> Batch:
+    def _load(self, order: np.ndarray, step: int, epoch: int) -> Batch:
         global_rows = self.plan.batch(order, step)
         rows = global_rows[self.rank * self.local_batch : (self.rank + 1) * self.local_batch]
         sort = np.argsort(rows, kind="stable")  # read the memmap in file order, then restore batch order
@@ -65,25 +70,26 @@ class CachedBatchLoader:
         tensor = torch.from_numpy(images)
         if self.pin_memory:
             tensor = tensor.pin_memory()
-        return Batch(step, tensor, torch.from_numpy(self.labels[rows]), torch.from_numpy(self.labels[global_rows]))
+        batch = Batch(step, tensor, torch.from_numpy(self.labels[rows]), torch.from_numpy(self.labels[global_rows]))
+        return self.transform(batch, epoch) if self.transform else batch
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         order = self.plan.order(epoch)
         steps = range(start_step, self.plan.steps_per_epoch)
         if self.prefetch <= 0:
             for step in steps:
-                yield self._load(order, step)
+                yield self._load(order, step, epoch)
             return
         with ThreadPoolExecutor(self.prefetch, thread_name_prefix="supcon-loader") as pool:
             pending: deque = deque()
             it = iter(steps)
             for step in it:
-                pending.append(pool.submit(self._load, order, step))
+                pending.append(pool.submit(self._load, order, step, epoch))
                 if len(pending) >= self.prefetch + 1:
                     break
             while pending:
                 batch = pending.popleft().result()
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.append(pool.submit(self._load, order, nxt))
+                    pending.append(pool.submit(self._load, order, nxt, epoch))
                 yield batch

@@ -30,10 +30,10 @@ from ..stage import RUN_JSON, StageContext, StageResult, run_stage, stage_prefix
 from ..tables import read_json
 from ..version import package_version
 from . import distributed
-from .augment import augment, two_view_params
+from .augment import augment_views, two_view_params
 from .config import SupConConfig
 from .distributed import DistInfo
-from .loader import CachedBatchLoader, EpochPlan
+from .loader import Batch, CachedBatchLoader, EpochPlan
 from .signals import StopRequest, stop_on_signals
 from .state import (
     CheckpointWriter,
@@ -136,11 +136,7 @@ def train_one_epoch(tr: Trainer, epoch: int, start_step: int = 0, stop: StopRequ
         wait += time.perf_counter() - tw
         if batch is None:
             break
-        images = batch.images.to(tr.device, non_blocking=True)
-        p0, p1 = two_view_params(cfg.batch_size, cfg.seed, epoch, batch.step, cfg.crop_scale_min, cfg.jitter)
-        with torch.no_grad():
-            fmt = torch.channels_last if tr.device.type == "cuda" else torch.contiguous_format
-            x = torch.cat([augment(images, p.rows(rows), tr.size, tr.mean, tr.std, fmt) for p in (p0, p1)])
+        x = batch.views if batch.views is not None else make_views(tr, batch, epoch)
         with autocast:
             z = tr.model(x)
         z = torch.stack(z.float().split(b), dim=1)  # (b, 2 views, dim)
@@ -164,6 +160,26 @@ def train_one_epoch(tr: Trainer, epoch: int, start_step: int = 0, stop: StopRequ
     _check_finite(loss_sum, dist, epoch, next_step)
     loss_total = float(loss_sum.item())
     return EpochResult(epoch, start_step, next_step, loss_total, steps, time.perf_counter() - t0, wait, lr, interrupted)
+
+
+def make_views(tr: Trainer, batch: Batch, epoch: int) -> torch.Tensor:
+    """Both augmented views of this process's images, on the training device: (2b, 3, S, S)."""
+    cfg, b = tr.cfg, tr.loader.local_batch
+    rows = slice(tr.dist.rank * b, (tr.dist.rank + 1) * b)
+    p0, p1 = two_view_params(cfg.batch_size, cfg.seed, epoch, batch.step, cfg.crop_scale_min, cfg.jitter)
+    fmt = torch.channels_last if tr.device.type == "cuda" else torch.contiguous_format
+    with torch.no_grad():
+        return augment_views(batch.images.to(tr.device, non_blocking=True), [p0.rows(rows), p1.rows(rows)], tr.size, tr.mean, tr.std, fmt)
+
+
+def augment_on_loader(tr: Trainer) -> Callable[[Batch, int], Batch]:
+    """Loader-thread transform for CPU training: the next batches are augmented while this one trains."""
+
+    def transform(batch: Batch, epoch: int) -> Batch:
+        batch.views = make_views(tr, batch, epoch)
+        return batch
+
+    return transform
 
 
 def _check_finite(loss_sum: torch.Tensor, dist: DistInfo, epoch: int, step: int) -> None:
@@ -304,6 +320,8 @@ def _train(cfg, ctx, dist, stop, on_step, device, size, mean, std, cache, labels
 
     loader = CachedBatchLoader(cache.array, labels, plan, dist.rank, dist.world, prefetch=cfg.workers, pin_memory=cuda)
     tr = Trainer(cfg, net, model, optimizer, scheduler, loader, device, size, list(mean), list(std), dist, amp=cfg.amp and cuda)
+    if not cuda and cfg.workers > 0:
+        loader.transform = augment_on_loader(tr)
     writer = CheckpointWriter(root, background=cuda)
     rows = read_metrics(root, start_epoch) if dist.is_main else []
     if dist.is_main:

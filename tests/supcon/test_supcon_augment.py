@@ -93,3 +93,13 @@ def test_random_views_differ_and_are_deterministic():
     v0, v1 = augment(x, p0, 12, MEAN, STD), augment(x, p1, 12, MEAN, STD)
     assert v0.shape == (4, 3, 12, 12) and not torch.allclose(v0, v1)
     assert torch.equal(v0, augment(x, p0, 12, MEAN, STD))
+
+
+def test_sampling_grid_equals_affine_grid():
+    import torch.nn.functional as F
+
+    from plankton_core.supcon.augment import affine_theta, sampling_grid
+
+    p = sample_params(5, torch.Generator().manual_seed(2))
+    theta = affine_theta(p).float()
+    assert torch.allclose(sampling_grid(theta, 7), F.affine_grid(theta, [5, 3, 7, 7], align_corners=False), atol=1e-6)
