@@ -1,6 +1,8 @@
 """`plankton submit STAGE|pipeline`: create the stage's Job(s) in the current kube context and follow them to the end."""
 from __future__ import annotations
 
+import sys
+
 import click
 
 from jobs.k8s import rendered, render_options
@@ -50,7 +52,11 @@ def command(dry_run: bool, kubeconfig: str | None, context: str | None, timeout:
                 click.echo(f"service {svc['metadata']['name']}: created (rendezvous of the Job's pods)", err=True)
             services = []
             multi = int(doc["spec"].get("completions") or 1) > 1
-            result = kube.follow(name, ns, timeout_s=timeout, sync_s=sync_s, multi=multi)
+            try:
+                result = kube.follow(name, ns, timeout_s=timeout, sync_s=sync_s, multi=multi)
+            except KeyboardInterrupt:
+                click.echo(f"stopped following; job {name} keeps running (kubectl -n {ns} delete job {name} stops it)", err=True)
+                sys.exit(130)
             if not result.outcome.succeeded:
                 raise JobFailed(f"job {name} failed: {failure_summary(result.job, result.pods)}", failure_exit_code(result.pods))
             click.echo(f"job {name}: succeeded", err=True)

@@ -201,8 +201,10 @@ class KubeStandIn:
                 self.send_header("Transfer-Encoding", "chunked")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                if played:
+                if played and played.current + 1 < len(played.steps):
                     self._play(played)
+                else:  # nothing new: hold the watch open until its timeout, as the API server does
+                    time.sleep(min(float(query.get("timeoutSeconds", "1")), 5))
                 self.wfile.write(b"0\r\n\r\n")
 
             def _chunk(self, data: bytes) -> None:

@@ -63,14 +63,15 @@ class PushgatewayStandIn:
 
 
 def tiny_values(tmp_path: Path, bucket: str) -> Path:
-    """The kind settings, shrunk to seconds: test_resnet, 32 px, 2 epochs, 2 sweep shards."""
+    """The kind settings, shrunk to seconds: test_resnet, 32 px, 2 epochs, 2 sweep shards; supcon as on a
+    2-GPU node, under `plankton k8s torchrun --nproc-per-node=2` (two processes, gloo on the CPU)."""
     values = {
         "defaults": {"root": f"s3://{bucket}/pipeline", "images": f"s3://{bucket}/images", "env": {"OMP_NUM_THREADS": "1"}},
         "stages": {
             "synth": {"args": {"classes": 3, "per-class": 10, "size": 64, "seed": 1, "mode": "dark"}},
             "crop": {"args": {"workers": 1}},
             "stats": {"args": {"size": 32, "workers": 1}},
-            "supcon": {"args": {"model": "test_resnet", "size": 32, "epochs": 2, "batch-size": 16, "save-every": 1, "device": "cpu", "workers": 0}},
+            "supcon": {"gpus": 2, "args": {"model": "test_resnet", "size": 32, "epochs": 2, "batch-size": 16, "save-every": 1, "device": "cpu", "workers": 0}},
             "linear-sweep": {"shards": 2, "args": {"device": "cpu", "head-epochs": 5, "batch-size": 64}},
             "evaluate": {"args": {"device": "cpu", "batch-size": 64}},
             "lut": {"args": {"device": "cpu", "batch-size": 64}},
@@ -103,7 +104,7 @@ def test_demo_pipeline_runs_from_the_rendered_jobs(run_cli, s3_env, s3_bucket, t
             assert f"run-local: plankton-{stage}-e2e" in result.stderr
         assert "run-local: plankton-linear-sweep-e2e index 1 (attempt 1)" in result.stderr
         assert "run-local: plankton-linear-sweep-merge-e2e (attempt 1)" in result.stderr
-        assert "run-local: plankton-supcon-e2e (attempt 1): " in result.stderr and " supcon --model test_resnet " in result.stderr
+        assert (" k8s torchrun --nproc-per-node=2 --standalone --no-python plankton supcon --model test_resnet ") in result.stderr
 
         # the stages' metrics reached the "Pushgateway", parseable, with the stage label
         for stage in ("crop", "stats", "supcon", "linear-sweep", "evaluate", "lut"):

@@ -93,6 +93,18 @@ def test_multi_node_supcon_creates_the_job_then_its_headless_service_owned_by_it
     assert api.created[1] == service
 
 
+def test_timeout_stops_following_a_job_that_does_not_end(run_cli, tmp_path):
+    def never_ends(job):
+        steps, logs = success_script(job)
+        return steps[:2], logs  # Pending, Running, and nothing more
+
+    with KubeStandIn(never_ends) as api:
+        result = run_cli("submit", "crop", "-f", LOCAL, "--run-id", "t1", "--kubeconfig", api.kubeconfig(tmp_path), "--sync", "1", "--timeout", "2")
+    assert result.exit_code == 1
+    assert "plankton submit: error: gave up following Job plankton/plankton-crop-t1 after 2s; it keeps running" in result.stderr
+    assert "pod plankton-crop-t1-a1: Running" in result.stderr
+
+
 def test_dry_run_prints_the_yaml_and_contacts_nothing(run_cli):
     result = run_cli("submit", "supcon", "-f", LOCAL, "--run-id", "d1", "--dry-run", "--kubeconfig", "/nonexistent/kubeconfig")
     assert result.exit_code == 0, result.output
