@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from ..data import letterbox
 from ..errors import BadInputError
-from ..imageio import UnreadableImage, decode_image, is_image_key
+from ..imageio import IMAGE_SUFFIXES, UnreadableImage, decode_image, is_image_key
 from ..store import Store, open_store
 from ..tables import read_json, read_npy, read_parquet
 from .artifacts import EMBEDDINGS, GALLERY, LoadedLut, load_heldout, load_lut, save_calibration
@@ -56,7 +56,8 @@ class QueryConfig:
 @dataclass
 class ImageRef:
     name: str  # as the user named it (path or URI)
-    read: Callable[[], bytes] | None  # None: it could not be found
+    read: Callable[[], bytes] | None  # None: nothing to read, see `missing`
+    missing: str = "no such file, folder, key or prefix"
 
 
 # ---------------------------------------------------------------- inputs
@@ -67,7 +68,9 @@ def resolve_inputs(args: Sequence[str], root: Store, s3_endpoint: str | None = N
     refs: list[ImageRef] = []
     for arg in args:
         found = list(_expand(arg, root, s3_endpoint))
-        refs.extend(found if found else [ImageRef(arg, None)])
+        if not found and Path(arg).expanduser().is_dir():
+            found = [ImageRef(arg, None, "a folder without images (" + ", ".join(IMAGE_SUFFIXES) + ")")]
+        refs.extend(found or [ImageRef(arg, None)])
     return refs
 
 
@@ -201,7 +204,7 @@ class Querier:
                 rows.append(row)
                 try:
                     if ref.read is None:
-                        raise UnreadableImage("not_found", "no such file, folder, key or prefix")
+                        raise UnreadableImage("not_found", ref.missing)
                     arr = decode_image(ref.read())
                     crop, how = self.cropper(arr)
                 except (UnreadableImage, BadInputError) as exc:  # BadInputError: e.g. a store error reading this object

@@ -67,18 +67,20 @@ def test_frames_are_cropped_and_bad_files_get_error_rows(lut_env, run_cli, tmp_p
     (folder / "b_blank.png").write_bytes(blank_png())
     (folder / "c_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (folder / "notes.txt").write_text("not an image, not listed")
-    res = run_cli("query", "--root", lut_env.uri, "--format", "jsonl", str(folder), str(tmp_path / "missing.png"))
+    (tmp_path / "empty").mkdir()
+    res = run_cli("query", "--root", lut_env.uri, "--format", "jsonl", str(folder), str(tmp_path / "missing.png"), str(tmp_path / "empty"))
     assert res.exit_code == 0, res.output
     rows = jsonl(res.stdout)
-    assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["a_cross.png", "b_blank.png", "c_broken.png", "missing.png"]
-    cross, blank, broken, missing = rows
+    assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["a_cross.png", "b_blank.png", "c_broken.png", "missing.png", "empty"]
+    cross, blank, broken, missing, empty = rows
+    assert empty["status"] == "error" and "a folder without images" in empty["error"]
     assert cross["crop"] == "largest_object" and cross["objects"] == 1 and cross["status"] == "ok"
     x0, y0, x1, y1 = cross["box"]
     assert 8 <= x0 < x1 <= 56 and 8 <= y0 < y1 <= 56  # the object, not the whole 64-px frame
     assert blank["crop"].startswith("whole_frame") and blank["box"] == [0, 0, 64, 64] and blank["status"] == "ok"
     assert broken["status"] == "error" and broken["error"].split(":")[0] in ("corrupt", "not_an_image") and broken["neighbours"] == []
     assert missing["status"] == "error" and missing["error"].startswith("not_found")
-    assert "2 of 4 image(s) could not be read" in res.stderr
+    assert "3 of 5 image(s) could not be read" in res.stderr
 
 
 def test_reject_below_gives_unknown(lut_env, run_cli):
@@ -217,3 +219,18 @@ def test_run_query_unit_matches_vote(lut_env):
     refs = resolve_inputs(["crop/crops/cross/cross_0003_0.png"], store)
     [row] = run_query(store, refs, QueryConfig(k=3, crop=False))
     assert row["predicted"] == row["neighbours"][0]["class"] and row["score"] == row["neighbours"][0]["similarity"] == row["best_similarity"]
+
+
+def test_s3_uri_inputs(lut_env, run_cli, s3_server):
+    bucket = f"incoming-{lut_env.backend}"
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket=bucket)
+    for i, kind in enumerate(("disc", "bar")):
+        s3.put_object(Bucket=bucket, Key=f"day1/{i}_{kind}.png", Body=frame_png(kind, seed=i))
+    s3.put_object(Bucket=bucket, Key="day1/readme.txt", Body=b"skipped: not an image")
+    s3.put_object(Bucket=bucket, Key="day2/x.png", Body=frame_png("cross", seed=5))
+    res = run_cli("query", "--root", lut_env.uri, "--s3-endpoint", s3_server, "--format", "jsonl", f"s3://{bucket}/day1", f"s3://{bucket}/day2/x.png")
+    assert res.exit_code == 0, res.output
+    rows = jsonl(res.stdout)
+    assert [r["image"] for r in rows] == [f"s3://{bucket}/day1/0_disc.png", f"s3://{bucket}/day1/1_bar.png", f"s3://{bucket}/day2/x.png"]
+    assert all(r["status"] == "ok" and r["crop"] == "largest_object" for r in rows)
