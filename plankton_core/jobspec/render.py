@@ -5,7 +5,9 @@ A stage renders to one Job, except:
   Indexed Job with one pod per node;
 - linear-sweep with `shards > 1`: an Indexed Job with one shard per pod, then the `merge`
   Job (the shards' results merged and the checkpoint chosen).
-Documents come back in the order they are to be created and waited on.
+Documents come back in the order `kubectl apply` takes them (a Service before its Job);
+`plankton submit` creates and waits on the Jobs in that order, each Service right after
+its Job and owned by it.
 """
 from __future__ import annotations
 

@@ -218,3 +218,24 @@ def test_setup_without_keys_is_exit_2(run_cli, monkeypatch):
 def test_bad_input_raises_bad_input_error():
     with pytest.raises(BadInputError, match="nodes and shards must be >= 1"):
         render("supcon", [], ["nodes=0"])
+
+
+@pytest.mark.parametrize("values", [[], [LOCAL], [GPU]], ids=["base", "local", "gpu"])
+def test_every_rendered_arg_is_an_option_the_stage_command_has(values):
+    """The settings' args parse with each stage's own click command (catches renamed or removed options)."""
+    import importlib
+
+    import click
+
+    from jobs.cli import COMMANDS
+
+    settings = Settings.load(None, values)
+    for stage in settings.stages:
+        command = importlib.import_module(COMMANDS[stage]).command
+        for job in render_stage(settings, stage, "opt"):
+            args = container(job)["args"]
+            assert args[0] == stage
+            try:
+                command.make_context(stage, list(args[1:]))
+            except click.UsageError as exc:
+                pytest.fail(f"{stage} {' '.join(args[1:])}: {exc.format_message()}")
