@@ -134,12 +134,13 @@ def test_make_kind_up_creates_the_cluster_and_applies_every_local_manifest(tmp_p
     assert "kubectl --context kind-plankton -n plankton wait --for=condition=Complete job/minio-bucket --timeout=300s" in calls
 
 
-def test_make_image_kind_load_and_kind_down(tmp_path):
-    calls = make(tmp_path, "image", "kind-load", "kind-down", "IMAGE=plankton:t1")
+def test_make_image_push_kind_load_and_kind_down(tmp_path):
+    calls = make(tmp_path, "image", "push", "kind-load", "kind-down", "IMAGE=plankton:t1")
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert calls == [
         f"docker build --build-arg VERSION={version} --build-arg GIT_COMMIT={commit} -t plankton:t1 .",
+        "docker push plankton:t1",
         "kind load docker-image plankton:t1 --name plankton",
         "kind delete cluster --name plankton",
     ]
