@@ -113,7 +113,6 @@ def augment_views(images: torch.Tensor, views: Sequence[ViewParams], out_size: i
     """
     device = images.device
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    n = x.shape[0]
     gray = torch.tensor(_GRAY, device=device, dtype=x.dtype).view(1, 3, 1, 1)
     inv_std = 1.0 / torch.tensor(std, device=device, dtype=x.dtype).view(1, 3, 1, 1)
     shift = -torch.tensor(mean, device=device, dtype=x.dtype).view(1, 3, 1, 1) * inv_std

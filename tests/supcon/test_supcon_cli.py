@@ -1,7 +1,6 @@
 """`plankton supcon` end to end on both stores: outputs, up-to-date, resume rules, metrics, bad input, SIGTERM."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -131,7 +130,7 @@ def stats_root(tmp_path) -> str:
 def test_bad_input_exits_2_with_a_clear_message(stats_root, run_cli, options, message):
     result = run_cli(*cli_args(stats_root, **options))
     assert result.exit_code == EXIT_BAD_INPUT
-    assert f"plankton supcon: error: " in result.stderr and message in result.stderr, result.stderr
+    assert "plankton supcon: error: " in result.stderr and message in result.stderr, result.stderr
 
 
 def test_unknown_method_is_a_usage_error(stats_root, run_cli):
