@@ -114,12 +114,18 @@ def _check(stage: str, s: dict[str, Any]) -> None:
         raise BadInputError(f"{stage}: nodes and shards cannot both be > 1")
 
 
+def label_value(text: str) -> str:
+    """A valid label value: `0.1.0+g1a2b` → `0.1.0_g1a2b` (letters, digits, - _ . only; 63 at most)."""
+    value = re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
 def labels(stage: str, run_id: str, step: str = "") -> dict[str, str]:
     out = {
         "app.kubernetes.io/name": "plankton",
         "app.kubernetes.io/part-of": "plankton",
         "app.kubernetes.io/component": stage,
-        "app.kubernetes.io/version": package_version(),
+        "app.kubernetes.io/version": label_value(package_version()),
         "app": "plankton",
         STAGE_LABEL: stage,
         RUN_LABEL: run_id,

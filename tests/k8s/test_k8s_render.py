@@ -239,3 +239,12 @@ def test_every_rendered_arg_is_an_option_the_stage_command_has(values):
                 command.make_context(stage, list(args[1:]))
             except click.UsageError as exc:
                 pytest.fail(f"{stage} {' '.join(args[1:])}: {exc.format_message()}")
+
+
+def test_label_values_stay_valid_for_any_version():
+    from plankton_core.jobspec.render import label_value
+
+    assert label_value("0.1.0") == "0.1.0"
+    assert label_value("0+unknown") == "0_unknown"
+    assert label_value("1.2.3.dev4+g1a2b.d20260101") == "1.2.3.dev4_g1a2b.d20260101"
+    assert label_value("+x+") == "x"
