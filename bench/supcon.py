@@ -151,24 +151,28 @@ def ours_loader_only(cache: ImageCache, labels: np.ndarray, cfg: SupConConfig, m
     return images / (time.perf_counter() - t0)
 
 
-def gpu_resnet50(workers: int, batch: int = 256, steps: int = 30, n_cached: int = 4096) -> None:
+def gpu_resnet50(workers: int, batch: int = 256, steps: int = 40, n_cached: int = 4096, model_name: str = "resnet50",
+                 size: int = 224, device: torch.device | None = None) -> None:
     """ResNet50 at 224 px, bf16 + channels_last, from a uint8 memmap through the stage's loader and step."""
-    device = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
-    cfg = SupConConfig(model="resnet50", batch_size=batch, size=224, epochs=1000, device="cuda")
+    device = device or torch.device("cuda")
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    cfg = SupConConfig(model=model_name, batch_size=batch, size=size, epochs=1000, device=device.type)
     with tempfile.TemporaryDirectory() as tmp:
-        arr = np.lib.format.open_memmap(os.path.join(tmp, "u8.npy"), mode="w+", dtype=np.uint8, shape=(n_cached, 224, 224, 3))
-        arr[:] = np.random.default_rng(0).integers(0, 256, size=(1, 224, 224, 3), dtype=np.uint8)
+        arr = np.lib.format.open_memmap(os.path.join(tmp, "u8.npy"), mode="w+", dtype=np.uint8, shape=(n_cached, size, size, 3))
+        arr[:] = np.random.default_rng(0).integers(0, 256, size=(1, size, size, 3), dtype=np.uint8)
         arr.flush()
         labels = np.arange(n_cached) % 50
         torch.manual_seed(0)
-        model = create_model("resnet50").to(device, memory_format=torch.channels_last)
+        model = create_model(model_name).to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
         plan = EpochPlan(n_cached, batch, 0)
-        loader = CachedBatchLoader(arr, labels, plan, prefetch=workers, pin_memory=True)
+        loader = CachedBatchLoader(arr, labels, plan, prefetch=workers, pin_memory=cuda)
         opt, sched = make_optimizer(model, cfg, len(loader))
-        tr = Trainer(cfg, model, model, opt, sched, loader, device, 224, [0.05] * 3, [0.1] * 3, DistInfo(), amp=True)
+        tr = Trainer(cfg, model, model, opt, sched, loader, device, size, [0.05] * 3, [0.1] * 3, DistInfo(), amp=cuda)
         train_one_epoch(tr, 0)  # warm-up: cudnn autotuning, allocator
-        torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         images, seconds, wait = 0, 0.0, 0.0
         epoch = 1
         while images < steps * batch:
@@ -179,8 +183,10 @@ def gpu_resnet50(workers: int, batch: int = 256, steps: int = 30, n_cached: int 
             epoch += 1
     ips = images / seconds
     hours = 1000 * 33_000 / ips / 3600
-    print(f"GPU {torch.cuda.get_device_name(0)}: ResNet50 224 px bf16 channels_last, batch {batch}: "
-          f"{ips:,.0f} images/s, data wait {100 * wait / seconds:.0f}%, peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    peak = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
+    print(f"GPU {name}: {model_name} {size} px bf16 channels_last, batch {batch}: "
+          f"{ips:,.0f} images/s, data wait {100 * wait / seconds:.0f}%{peak}")
     print(f"projected: 1000 epochs x 33,000 images = {hours:.1f} h on this GPU (the user's runs: 4-6 days)")
 
 

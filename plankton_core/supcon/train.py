@@ -301,6 +301,8 @@ def _train(cfg, ctx, dist, stop, on_step, device, size, mean, std, cache, labels
         else:
             torch.manual_seed(cfg.seed + 1000 * dist.rank + global_step)
         ctx.notes.append(f"resumed from {resumed_from} (epoch {start_epoch}, step {global_step})")
+        if start_epoch >= cfg.epochs:
+            ctx.notes.append(f"nothing left to train: already at epoch {start_epoch}; --resume never retrains from scratch")
         log.info("resuming from %s at epoch %d, step %d", resumed_from, start_epoch, global_step)
     else:
         torch.manual_seed(cfg.seed + 1000 * dist.rank)
