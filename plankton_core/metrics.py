@@ -16,6 +16,8 @@ disable_created_metrics()
 
 log = logging.getLogger("plankton.metrics")
 PREFIX = "plankton"
+PUSH_TIMEOUT_S = 5
+PUSH_BACKOFF_S = 300
 
 
 class StageMetrics:
@@ -32,6 +34,7 @@ class StageMetrics:
         self.last_success = Gauge(f"{PREFIX}_stage_last_success_timestamp_seconds", "Unix time the stage last succeeded.", labels, registry=self.registry)
         self.last_progress = Gauge(f"{PREFIX}_stage_last_progress_timestamp_seconds", "Unix time the stage last reported progress.", labels, registry=self.registry)
         self._gauges: dict[str, Gauge] = {}
+        self._push_retry_at = 0.0
         self.failures.labels(stage).inc(0)
 
     def count(self, kind: str, n: float = 1) -> None:
@@ -55,14 +58,20 @@ class StageMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def push(self) -> bool:
-        """Push to `PUSHGATEWAY_URL` if set; returns whether it pushed. A push failure is logged, never fatal."""
+    def push(self, final: bool = False) -> bool:
+        """Push to `PUSHGATEWAY_URL` if set; returns whether it pushed. A push failure is logged, never fatal.
+
+        After a failed push, progress pushes are skipped for `PUSH_BACKOFF_S`, so a
+        Pushgateway outage cannot slow every training epoch by the timeout; the
+        final push of a run is always tried.
+        """
         url = os.environ.get("PUSHGATEWAY_URL")
-        if not url:
+        if not url or (not final and time.monotonic() < self._push_retry_at):
             return False
         try:
-            pushadd_to_gateway(url, job=f"{PREFIX}_{self.stage}", registry=self.registry, timeout=10)
+            pushadd_to_gateway(url, job=f"{PREFIX}_{self.stage}", registry=self.registry, timeout=PUSH_TIMEOUT_S)
             return True
         except Exception as exc:  # a monitoring outage must not fail a training run
             log.warning("could not push metrics to %s: %s", url, exc)
+            self._push_retry_at = time.monotonic() + PUSH_BACKOFF_S
             return False

@@ -162,5 +162,5 @@ def run_stage(
 
 
 def _emit_metrics(root: Store, prefix: str, metrics: StageMetrics) -> None:
-    if not metrics.push():
+    if not metrics.push(final=True):
         root.write_bytes(join(prefix, "metrics.prom"), metrics.exposition())
