@@ -119,25 +119,15 @@ def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
         info["pruned"] = pruned_meta
         info["files"].update(pruned_index=A.INDEX["pruned"], pruned_gallery=A.GALLERY["pruned"], prune_sweep=A.PRUNE_SWEEP)
         counts.update(prune_threshold=prune_summary["threshold"], pruned_gallery=int(len(pruned_ids)))
-    elif cfg.prune:
-        ctx.notes.append("no val split (or an empty gallery): pruning skipped")
-
-    # the retrieval classifier on test, full and pruned
-    retrieval: dict[str, Any] = {"rows": [], "split": "test", "k": cfg.k, "index_type": cfg.index}
-    if len(test) and len(x):
-        variants = [("full index", index, None)]
-        if pruned_index is not None:
-            variants.append((f"pruned index (T={prune_summary['threshold']:.2f})", pruned_index, pruned_ids))
-        for label, idx, id_map in variants:
-            results = evaluate_index(idx, test, g_labels, g_groups, len(classes), cfg.k, id_map)
-            retrieval["rows"].append({"name": f"top-1, {label}", "metrics": results["top1"]})
-            retrieval["rows"].append({"name": f"{cfg.k}-NN weighted vote, {label}", "metrics": results["weighted"]})
-        counts["test_top1_accuracy"] = round(retrieval["rows"][0]["metrics"]["accuracy"], 6)
-        ctx.metrics.gauge("lut_test_top1_accuracy", retrieval["rows"][0]["metrics"]["accuracy"], "Test accuracy of the LUT's nearest neighbour.")
     else:
-        ctx.notes.append("no test split (or an empty gallery): retrieval not evaluated")
-    if prune_summary:
-        retrieval["prune"] = prune_summary
+        if cfg.prune:
+            ctx.notes.append("no val split (or an empty gallery): pruning skipped")
+        for key in (A.INDEX["pruned"], A.GALLERY["pruned"], A.PRUNE_SWEEP, A.PRUNE_PLOT):  # never leave a stale pruned LUT
+            root.delete(key)
+
+    retrieval = _evaluate_test(cfg, ctx, test, index, pruned_index, pruned_ids, prune_summary, g_labels, g_groups, len(classes), len(x))
+    if retrieval["rows"]:
+        counts["test_top1_accuracy"] = round(retrieval["rows"][0]["metrics"]["accuracy"], 6)
     write_json(root, A.RETRIEVAL, retrieval)
     write_json(root, A.INDEX_JSON, info)
     ctx.metrics.gauge("lut_gallery_items", len(x), "Items in the LUT gallery.")
@@ -145,6 +135,25 @@ def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     if is_done(root, "evaluate"):
         _refresh_report(ctx)
     return counts
+
+
+def _evaluate_test(cfg, ctx, test: QuerySet, index, pruned_index, pruned_ids, prune_summary, g_labels, g_groups, n_classes: int, n_gallery: int) -> dict[str, Any]:
+    """lut/retrieval.json's content: top-1 and weighted kNN metrics on test, full and pruned index."""
+    retrieval: dict[str, Any] = {"rows": [], "split": "test", "k": cfg.k, "index_type": cfg.index}
+    if not (len(test) and n_gallery):
+        ctx.notes.append("no test split (or an empty gallery): retrieval not evaluated")
+    else:
+        variants = [("full index", index, None)]
+        if pruned_index is not None:
+            variants.append((f"pruned index (T={prune_summary['threshold']:.2f})", pruned_index, pruned_ids))
+        for label, idx, id_map in variants:
+            results = evaluate_index(idx, test, g_labels, g_groups, n_classes, cfg.k, id_map)
+            retrieval["rows"].append({"name": f"top-1, {label}", "metrics": results["top1"]})
+            retrieval["rows"].append({"name": f"{cfg.k}-NN weighted vote, {label}", "metrics": results["weighted"]})
+        ctx.metrics.gauge("lut_test_top1_accuracy", retrieval["rows"][0]["metrics"]["accuracy"], "Test accuracy of the LUT's nearest neighbour.")
+    if prune_summary:
+        retrieval["prune"] = prune_summary
+    return retrieval
 
 
 def _refresh_report(ctx: StageContext) -> None:

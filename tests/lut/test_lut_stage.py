@@ -146,11 +146,16 @@ def test_rerun_is_up_to_date_and_report_gets_retrieval_section(root_uri, run_cli
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     store = make_lut_upstream(root_uri, per_class=12)
     run_stage("evaluate", {"fabricated": True}, store, lambda cfg, ctx: write_json(store, "evaluate/metrics.json", classification_metrics([0, 1], [0, 0], 3)) or {}, upstream=["linear-sweep"], force=True)
-    res = run_cli("lut", "--root", root_uri, "--no-prune")
+    res = run_cli("lut", "--root", root_uri)
     assert res.exit_code == 0, res.output
     html = store.read_bytes("evaluate/report.html").decode()
-    assert "Retrieval (LUT)" in html and "top-1, full index" in html
-    assert not store.exists("lut/index_pruned.faiss")
+    assert "Retrieval (LUT)" in html and "top-1, full index" in html and "top-1, pruned index (T=" in html
+    assert "LUT pruning sweep" in html  # the sweep plot, embedded
+    assert store.exists("lut/index_pruned.faiss") and store.exists("lut/prune_sweep.parquet")
+    res = run_cli("lut", "--root", root_uri, "--no-prune")  # config changed: rebuilt, and no stale pruned LUT is left
+    assert res.exit_code == 0 and "up to date" not in res.output
+    assert not store.exists("lut/index_pruned.faiss") and not store.exists("lut/gallery_pruned.parquet") and not store.exists("lut/prune_sweep.parquet")
+    assert "pruned index" not in store.read_bytes("evaluate/report.html").decode()
     again = run_cli("lut", "--root", root_uri, "--no-prune")
     assert again.exit_code == 0 and "up to date" in again.output
 
