@@ -234,3 +234,17 @@ def test_s3_uri_inputs(lut_env, run_cli, s3_server):
     rows = jsonl(res.stdout)
     assert [r["image"] for r in rows] == [f"s3://{bucket}/day1/0_disc.png", f"s3://{bucket}/day1/1_bar.png", f"s3://{bucket}/day2/x.png"]
     assert all(r["status"] == "ok" and r["crop"] == "largest_object" for r in rows)
+
+
+def test_check_compatible_names_what_differs():
+    from plankton_core.errors import BadInputError
+    from plankton_core.lut.embed import Embedder, check_compatible
+
+    emb = Embedder(model=None, checkpoint="supcon/ckpt/last.pt", backbone="resnet50", dimension=2048, fingerprint="abc", size=224, mean=[0] * 3, std=[1] * 3, epoch=1)
+    check_compatible({"backbone": "resnet50", "dimension": 2048, "weights_sha256": "abc"}, emb, "s3://b/lut")
+    with pytest.raises(BadInputError, match=r"LUT s3://b/lut holds 512-d embeddings but checkpoint supcon/ckpt/last.pt gives 2048-d"):
+        check_compatible({"backbone": "resnet50", "dimension": 512, "weights_sha256": "abc"}, emb, "s3://b/lut")
+    with pytest.raises(BadInputError, match=r"built with backbone 'seresnext50_32x4d' but checkpoint supcon/ckpt/last.pt is 'resnet50'"):
+        check_compatible({"backbone": "seresnext50_32x4d", "dimension": 2048}, emb, "s3://b/lut")
+    with pytest.raises(BadInputError, match="other weights"):
+        check_compatible({"backbone": "resnet50", "dimension": 2048, "weights_sha256": "def", "checkpoint": "x"}, emb, "s3://b/lut")
