@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 
 import click
 
-from plankton_core.errors import PlanktonError
+from plankton_core.errors import InterruptedRun, PlanktonError
 from plankton_core.progress import setup_logging
 
 # subcommand -> module in jobs/ that defines `command`; added as stages land
@@ -30,11 +31,11 @@ class LazyGroup(click.Group):
     """Imports a stage's module only when that stage runs (torch is slow to import)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in COMMANDS if self._module(name) is not None]
+        return [name for name in COMMANDS if self._module(name) is not None] + sorted(self.commands)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         module = self._module(name)
-        return getattr(module, "command", None) if module else None
+        return getattr(module, "command", None) if module else super().get_command(ctx, name)
 
     @staticmethod
     def _module(name: str):
@@ -64,7 +65,18 @@ def cli(verbose: bool) -> None:
     setup_logging(logging.DEBUG if verbose else logging.INFO)
 
 
+def _stop_on_sigterm(signum: int, frame) -> None:
+    """Default for stages without their own handler (supcon installs one that saves first).
+
+    In a pod the stage runs as PID 1, where an unhandled SIGTERM is ignored and the
+    pod would only die at the grace period's SIGKILL; raising here stops the stage at
+    once, leaves no `_SUCCESS`, and exits 75 so the Job retries without counting it.
+    """
+    raise InterruptedRun("stopped by SIGTERM before finishing; rerun the stage to redo it")
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     cli(prog_name="plankton")
 
 
