@@ -17,14 +17,7 @@ def load_config(cls: type[T], yaml_path: str | Path | None = None, overrides: di
     """Resolve a config: dataclass defaults < YAML file < overrides. Unknown keys are an error."""
     values: dict[str, Any] = {}
     if yaml_path:
-        try:
-            loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        except FileNotFoundError:
-            raise BadInputError(f"config file not found: {yaml_path}") from None
-        except yaml.YAMLError as exc:
-            raise BadInputError(f"cannot parse config file {yaml_path}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise BadInputError(f"config file {yaml_path} must hold a mapping of option: value")
+        loaded = read_yaml_mapping(yaml_path, "config file", "a mapping of option: value")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     names = {f.name for f in dataclasses.fields(cls)}
@@ -41,6 +34,19 @@ def load_config(cls: type[T], yaml_path: str | Path | None = None, overrides: di
     if validate:
         validate()
     return cfg
+
+
+def read_yaml_mapping(path: str | Path, what: str, shape: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; each failure is one BadInputError line naming `what`."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise BadInputError(f"{what} not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise BadInputError(f"cannot parse {what} {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadInputError(f"{what} {path} must hold {shape}")
+    return data
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

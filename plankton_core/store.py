@@ -209,15 +209,8 @@ class S3Store:
         return obj["Body"]
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        full = self._k(prefix)
-        if full and not full.endswith("/") and not self.exists(prefix):
-            full += "/"
-        paginator = self._client.get_paginator("list_objects_v2")
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        with self._errors(prefix):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-                for obj in page.get("Contents", []):
-                    yield obj["Key"][strip:]
+        for key, _ in self.list_sizes(prefix):
+            yield key
 
     def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         """(key, size in bytes) of every object under `prefix`, from the listing itself (no HEAD per object)."""

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..config import read_yaml_mapping
 from ..errors import BadInputError
 
 STAGES_FILE = "stages.yaml"
@@ -71,14 +72,7 @@ def default_k8s_dir() -> Path:
 def load_file(path: str | os.PathLike) -> dict[str, Any]:
     """One settings file, checked for its shape."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise BadInputError(f"settings file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise BadInputError(f"cannot parse settings file {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadInputError(f"settings file {path} must be a mapping with defaults/stages/pipeline")
+    data = read_yaml_mapping(path, "settings file", "a mapping with defaults/stages/pipeline")
     extra = sorted(set(data) - {"defaults", "stages", "pipeline"})
     if extra:
         raise BadInputError(f"settings file {path}: unknown top-level key(s) {', '.join(extra)} (allowed: defaults, stages, pipeline)")
