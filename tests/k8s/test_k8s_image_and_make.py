@@ -117,7 +117,7 @@ def shim_bin(tmp_path: Path) -> tuple[Path, Path]:
 def make(tmp_path: Path, *targets: str) -> list[str]:
     bin_dir, log = shim_bin(tmp_path)
     env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
-    proc = subprocess.run(["make", "-s", "-o", ".venv/.installed", *targets], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["make", "--no-print-directory", "-s", "-o", ".venv/.installed", *targets], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return log.read_text().splitlines()
 
@@ -147,7 +147,7 @@ def test_make_image_push_kind_load_and_kind_down(tmp_path):
 
 
 def test_make_has_a_submit_target_for_every_stage():
-    proc = subprocess.run(["make", "-n", "-o", ".venv/.installed", *[f"submit-{s}" for s in ("synth", "crop", "stats", "supcon", "linear-sweep", "evaluate", "lut")], "pipeline",
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", *[f"submit-{s}" for s in ("synth", "crop", "stats", "supcon", "linear-sweep", "evaluate", "lut")], "pipeline",
                            "K8S_VALUES=k8s/gpu/values.yaml", "IMAGE=reg.example/plankton:1", "K8S_SET=gpus=2 args.epochs=3"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -140,7 +140,7 @@ def test_make_submit_target_runs_plankton_submit_in_the_current_kube_context(tmp
     with KubeStandIn(success_script) as api:
         env = {"PATH": "/usr/bin:/bin", "KUBECONFIG": api.kubeconfig(tmp_path), "HOME": str(tmp_path)}
         proc = subprocess.run(
-            ["make", "-s", "-o", ".venv/.installed", "submit-crop", "K8S_SET=args.workers=1", f"BIN={Path(sys.executable).parent}"],
+            ["make", "--no-print-directory", "-s", "-o", ".venv/.installed", "submit-crop", "K8S_SET=args.workers=1", f"BIN={Path(sys.executable).parent}"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
         )
     assert proc.returncode == 0, proc.stdout + proc.stderr
