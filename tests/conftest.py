@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from plankton_core.store import LocalStore, open_store
+from pushgateway_standin import PushgatewayStandIn
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -92,3 +93,11 @@ def run_cli():
         return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, **kwargs)
 
     return run
+
+
+@pytest.fixture
+def pushgateway(monkeypatch):
+    """A Pushgateway stand-in on 127.0.0.1, with PUSHGATEWAY_URL pointing at it."""
+    with PushgatewayStandIn() as gateway:
+        monkeypatch.setenv("PUSHGATEWAY_URL", gateway.url)
+        yield gateway

@@ -4,62 +4,14 @@ Pushgateway stand-in that parses every push with prometheus-client's parser."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "k8s/local/values.yaml"
 STAGES = ["synth", "crop", "stats", "supcon", "linear-sweep", "evaluate", "lut"]
-
-
-class PushgatewayStandIn:
-    """Records each push: (method, path, metric families parsed from the body)."""
-
-    def __init__(self):
-        self.pushes: list[tuple[str, str, list]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _push(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                outer.pushes.append((self.command, self.path, list(text_string_to_metric_families(body))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_POST = do_PUT = _push
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-    def samples(self, job: str) -> dict[str, list]:
-        out: dict[str, list] = {}
-        for _, path, families in self.pushes:
-            if path == f"/metrics/job/{job}":
-                for fam in families:
-                    for s in fam.samples:
-                        out.setdefault(s.name, []).append(s)
-        return out
 
 
 def tiny_values(tmp_path: Path, bucket: str) -> Path:
@@ -83,43 +35,42 @@ def tiny_values(tmp_path: Path, bucket: str) -> Path:
 
 
 @pytest.mark.slow
-def test_demo_pipeline_runs_from_the_rendered_jobs(run_cli, s3_env, s3_bucket, tmp_path, capfd, monkeypatch):
+def test_demo_pipeline_runs_from_the_rendered_jobs(run_cli, s3_env, s3_bucket, tmp_path, capfd, pushgateway):
     tiny = tiny_values(tmp_path, s3_bucket)
-    with PushgatewayStandIn() as gateway:
-        monkeypatch.setenv("PUSHGATEWAY_URL", gateway.url)  # the ConfigMap's PUSHGATEWAY_URL, here from the environment
-        result = run_cli("k8s", "run-local", "pipeline", "-f", str(LOCAL), "-f", str(tiny), "--run-id", "e2e", "--workdir", str(tmp_path / "pods"))
-        first = capfd.readouterr()
-        assert result.exit_code == 0, result.output + first.out[-3000:] + first.err[-5000:]
+    gateway = pushgateway  # the ConfigMap's PUSHGATEWAY_URL, here from the environment
+    result = run_cli("k8s", "run-local", "pipeline", "-f", str(LOCAL), "-f", str(tiny), "--run-id", "e2e", "--workdir", str(tmp_path / "pods"))
+    first = capfd.readouterr()
+    assert result.exit_code == 0, result.output + first.out[-3000:] + first.err[-5000:]
 
-        # every stage's outputs, finished, in the bucket
-        s3 = boto3.client("s3", endpoint_url=s3_env)
-        keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket) for o in page.get("Contents", [])}
-        for prefix in ("crop", "stats", "supcon", "sweep", "evaluate", "lut"):
-            assert f"pipeline/{prefix}/_SUCCESS" in keys, prefix
-        assert "pipeline/sweep/shards/0-of-2.parquet" in keys and "pipeline/sweep/shards/1-of-2.parquet" in keys  # one shard per index
-        assert "pipeline/lut/index.faiss" in keys and "pipeline/evaluate/metrics.json" in keys
-        assert any(k.startswith("images/") for k in keys)
-        # each Job ran as its pod would: the commands the manifests hold, nothing else
-        for stage in STAGES:
-            assert f"run-local: plankton-{stage}-e2e" in result.stderr
-        assert "run-local: plankton-linear-sweep-e2e index 1 (attempt 1)" in result.stderr
-        assert "run-local: plankton-linear-sweep-merge-e2e (attempt 1)" in result.stderr
-        assert (" k8s torchrun --nproc-per-node=2 --standalone --no-python plankton supcon --model test_resnet ") in result.stderr
+    # every stage's outputs, finished, in the bucket
+    s3 = boto3.client("s3", endpoint_url=s3_env)
+    keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket) for o in page.get("Contents", [])}
+    for prefix in ("crop", "stats", "supcon", "sweep", "evaluate", "lut"):
+        assert f"pipeline/{prefix}/_SUCCESS" in keys, prefix
+    assert "pipeline/sweep/shards/0-of-2.parquet" in keys and "pipeline/sweep/shards/1-of-2.parquet" in keys  # one shard per index
+    assert "pipeline/lut/index.faiss" in keys and "pipeline/evaluate/metrics.json" in keys
+    assert any(k.startswith("images/") for k in keys)
+    # each Job ran as its pod would: the commands the manifests hold, nothing else
+    for stage in STAGES:
+        assert f"run-local: plankton-{stage}-e2e" in result.stderr
+    assert "run-local: plankton-linear-sweep-e2e index 1 (attempt 1)" in result.stderr
+    assert "run-local: plankton-linear-sweep-merge-e2e (attempt 1)" in result.stderr
+    assert (" k8s torchrun --nproc-per-node=2 --standalone --no-python plankton supcon --model test_resnet ") in result.stderr
 
-        # the stages' metrics reached the "Pushgateway", parseable, with the stage label
-        for stage in ("crop", "stats", "supcon", "linear-sweep", "evaluate", "lut"):
-            samples = gateway.samples(f"plankton_{stage}")
-            assert samples["plankton_stage_last_success_timestamp_seconds"][-1].labels == {"stage": stage}
-            assert samples["plankton_stage_failures_total"][-1].value == 0
-        supcon = gateway.samples("plankton_supcon")
-        assert [s.value for s in supcon["plankton_supcon_epoch"]][:2] == [1.0, 2.0]  # pushed after every epoch
-        assert all(s.value == s.value for s in supcon["plankton_supcon_loss"])  # not NaN
-        assert all(method == "POST" for method, _, _ in gateway.pushes)  # push-add: a failure never erases a success
+    # the stages' metrics reached the "Pushgateway", parseable, with the stage label
+    for stage in ("crop", "stats", "supcon", "linear-sweep", "evaluate", "lut"):
+        samples = gateway.samples(f"plankton_{stage}")
+        assert samples["plankton_stage_last_success_timestamp_seconds"][-1].labels == {"stage": stage}
+        assert samples["plankton_stage_failures_total"][-1].value == 0
+    supcon = gateway.samples("plankton_supcon")
+    assert [s.value for s in supcon["plankton_supcon_epoch"]][:2] == [1.0, 2.0]  # pushed after every epoch
+    assert all(s.value == s.value for s in supcon["plankton_supcon_loss"])  # not NaN
+    assert all(method == "POST" for method, _, _ in gateway.pushes)  # push-add: a failure never erases a success
 
-        # run again: stages whose outputs are up to date say so and end at once, and the pipeline goes on
-        # (crop and stats here: every further stage would only add its start-up time to the test)
-        result = run_cli("k8s", "run-local", "pipeline", "-f", str(LOCAL), "-f", str(tiny), "--from", "crop", "--to", "stats", "--run-id", "e2e2")
-        second = capfd.readouterr()
-        assert result.exit_code == 0, second.err[-3000:]
-        assert "crop: up to date → " in second.out and "stats: up to date → " in second.out
-        assert "run-local: plankton-stats-e2e2 exited 0" in result.stderr
+    # run again: stages whose outputs are up to date say so and end at once, and the pipeline goes on
+    # (crop and stats here: every further stage would only add its start-up time to the test)
+    result = run_cli("k8s", "run-local", "pipeline", "-f", str(LOCAL), "-f", str(tiny), "--from", "crop", "--to", "stats", "--run-id", "e2e2")
+    second = capfd.readouterr()
+    assert result.exit_code == 0, second.err[-3000:]
+    assert "crop: up to date → " in second.out and "stats: up to date → " in second.out
+    assert "run-local: plankton-stats-e2e2 exited 0" in result.stderr

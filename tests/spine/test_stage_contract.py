@@ -1,9 +1,7 @@
 """The stage contract every stage runs under (plankton_core.stage.run_stage), on both stores."""
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -135,40 +133,14 @@ def test_metrics_prom_is_written_without_pushgateway(store, monkeypatch):
     assert 'plankton_stage_last_success_timestamp_seconds{stage="crop"}' in prom
 
 
-class _Gateway(BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):  # pushadd_to_gateway uses POST
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-        _Gateway.received.append((self.path, body))
-        self.send_response(200)
-        self.end_headers()
-
-    do_PUT = do_POST
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def pushgateway(monkeypatch):
-    _Gateway.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Gateway)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("PUSHGATEWAY_URL", f"http://127.0.0.1:{server.server_port}")
-    yield _Gateway.received
-    server.shutdown()
-
-
 def test_with_pushgateway_metrics_are_pushed_and_success_time_only_on_success(tmp_path, pushgateway):
     from plankton_core.store import open_store
 
     store = open_store(str(tmp_path / "root"))
     run_stage("crop", ToyConfig(n=1), store, toy_body([]))
     assert not store.exists("crop/metrics.prom")
-    path, body = pushgateway[-1]
-    assert path == "/metrics/job/plankton_crop"
+    method, path, body = pushgateway.pushes[-1]
+    assert (method, path) == ("POST", "/metrics/job/plankton_crop")
     assert "plankton_stage_last_success_timestamp_seconds" in body and 'kind="parts"' in body
 
     def failing(cfg, ctx):
@@ -176,7 +148,7 @@ def test_with_pushgateway_metrics_are_pushed_and_success_time_only_on_success(tm
 
     with pytest.raises(ValueError):
         run_stage("crop", ToyConfig(n=2), store, failing)
-    _, body = pushgateway[-1]
+    _, _, body = pushgateway.pushes[-1]
     assert 'plankton_stage_failures_total{stage="crop"} 1.0' in body
     assert "plankton_stage_last_success_timestamp_seconds{" not in body  # POST keeps the last success's value
 

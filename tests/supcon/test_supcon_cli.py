@@ -6,9 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -74,35 +72,14 @@ def test_outputs_checkpoint_contract_and_rerun_rules(root_uri, run_cli):
     assert [json.loads(x)["epoch"] for x in store.read_bytes("supcon/metrics.jsonl").decode().splitlines()] == [1]
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    bodies: list[tuple[str, str]] = []
-
-    def _record(self):
-        length = int(self.headers.get("Content-Length", 0))
-        self.bodies.append((self.path, self.rfile.read(length).decode()))
-        self.send_response(200)
-        self.end_headers()
-
-    do_POST = do_PUT = _record
-
-    def log_message(self, *args):
-        pass
-
-
-def test_gauges_are_pushed_every_epoch(tmp_path, monkeypatch, run_cli):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    _Recorder.bodies = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        root = str(tmp_path / "root")
-        make_stats_root(root, per_class=12)
-        monkeypatch.setenv("PUSHGATEWAY_URL", f"http://127.0.0.1:{server.server_port}")
-        result = run_cli(*cli_args(root, epochs=3, batch_size=6))
-        assert result.exit_code == 0, result.stderr
-    finally:
-        server.shutdown()
-    epoch_pushes = [body for path, body in _Recorder.bodies if 'plankton_supcon_epoch{stage="supcon"}' in body]
-    assert {path for path, _ in _Recorder.bodies} == {"/metrics/job/plankton_supcon"}
+def test_gauges_are_pushed_every_epoch(tmp_path, run_cli, pushgateway):
+    root = str(tmp_path / "root")
+    make_stats_root(root, per_class=12)
+    pushgateway.pushes.clear()  # the fabricated upstream stages pushed too
+    result = run_cli(*cli_args(root, epochs=3, batch_size=6))
+    assert result.exit_code == 0, result.stderr
+    epoch_pushes = [body for _, _, body in pushgateway.pushes if 'plankton_supcon_epoch{stage="supcon"}' in body]
+    assert {path for _, path, _ in pushgateway.pushes} == {"/metrics/job/plankton_supcon"}
     assert len(epoch_pushes) >= 3
     for i, body in enumerate(epoch_pushes[:3], 1):
         assert f'plankton_supcon_epoch{{stage="supcon"}} {float(i)}' in body
