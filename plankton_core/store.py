@@ -33,6 +33,7 @@ class Store(Protocol):
     def put_file(self, local_path: str | os.PathLike, key: str) -> None: ...
     def get_file(self, key: str, local_path: str | os.PathLike) -> None: ...
     def delete(self, key: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> int: ...
     def size(self, key: str) -> int: ...
     def child(self, prefix: str) -> "Store": ...
 
@@ -125,6 +126,13 @@ class LocalStore:
         p = self._p(key)
         if p.is_file():
             p.unlink()
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix`; returns how many."""
+        keys = list(self.list(prefix))
+        for key in keys:
+            self._p(key).unlink(missing_ok=True)
+        return len(keys)
 
     def size(self, key: str) -> int:
         try:
@@ -235,6 +243,27 @@ class S3Store:
     def delete(self, key: str) -> None:
         with self._errors(key):
             self._client.delete_object(Bucket=self.bucket, Key=self._k(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix` in batches of 1,000 (one request each, not one per object)."""
+        count = 0
+        batch: list[dict[str, str]] = []
+        with self._errors(prefix):
+            for key in self.list(prefix):
+                batch.append({"Key": self._k(key)})
+                if len(batch) == 1000:
+                    count += self._delete_batch(batch)
+                    batch = []
+            if batch:
+                count += self._delete_batch(batch)
+        return count
+
+    def _delete_batch(self, batch: list[dict[str, str]]) -> int:
+        reply = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        if reply.get("Errors"):
+            first = reply["Errors"][0]
+            raise StoreError(f"S3 refused to delete {len(reply['Errors'])} object(s), e.g. {first.get('Key')}: {first.get('Code')}")
+        return len(batch)
 
     def size(self, key: str) -> int:
         with self._errors(key):

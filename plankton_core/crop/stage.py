@@ -253,10 +253,7 @@ def run_crop(cfg: CropConfig, root: Store, *, force: bool = False, s3_endpoint: 
                 f"no input images under {source.uri}" + (" (the folder does not exist)" if missing else "")
                 + ": expected class folders <class>/<image> of JPEG, PNG or TIFF files")
         crops_prefix = ctx.key(CROPS)
-        stale = 0
-        for key in root.list(crops_prefix):  # a rerun must not leave crops the new manifest does not name
-            root.delete(key)
-            stale += 1
+        stale = root.delete_prefix(crops_prefix)  # a rerun must not leave crops the new manifest does not name
         if stale:
             log.info("removed %d crops of an earlier run", stale)
         workers = cfg.workers or len(os.sched_getaffinity(0))

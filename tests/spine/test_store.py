@@ -61,6 +61,32 @@ def test_delete_is_idempotent(store):
     assert list(store.list("d")) == []
 
 
+def test_delete_prefix_removes_everything_under_it_and_nothing_else(store):
+    for i in range(5):
+        store.write_bytes(f"crop/crops/a/{i}.png", b"x")
+    store.write_bytes("crop/crops/b/deep/0.png", b"x")
+    store.write_bytes("crop/crops-other/keep.png", b"x")  # shares the prefix text, not the folder
+    store.write_bytes("crop/manifest.parquet", b"x")
+    assert store.delete_prefix("crop/crops") == 6
+    assert list(store.list("crop")) == ["crop/crops-other/keep.png", "crop/manifest.parquet"]
+    assert store.delete_prefix("crop/crops") == 0
+
+
+def test_s3_delete_prefix_sends_one_request_per_thousand_objects(s3_root):
+    from plankton_core.store import open_store
+
+    store = open_store(s3_root)
+    keys = [f"many/{i:05d}" for i in range(1001)]
+    for key in keys:
+        store._client.put_object(Bucket=store.bucket, Key=store._k(key), Body=b"")
+    calls = []
+    real = store._client.delete_objects
+    store._client.delete_objects = lambda **kw: calls.append(len(kw["Delete"]["Objects"])) or real(**kw)
+    assert store.delete_prefix("many") == 1001
+    assert calls == [1000, 1]
+    assert list(store.list("many")) == []
+
+
 def test_put_file_get_file_and_local_copy(store, tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(3000))
