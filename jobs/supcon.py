@@ -1,6 +1,8 @@
 """`plankton supcon`: train the SupCon backbone on the train split (resumable; exit 75 on SIGTERM after saving)."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from jobs._common import report, resolve, stage_options, store_from
@@ -38,4 +40,6 @@ def command(**params) -> None:
     from plankton_core.supcon.train import run
 
     cfg = resolve(SupConConfig, params)
-    report(run(cfg, store_from(params), force=params["force"]))
+    result = run(cfg, store_from(params), force=params["force"])
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 owns the stage and its summary
+        report(result)
