@@ -54,7 +54,8 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except PlanktonError as exc:
             stage = ctx.invoked_subcommand or "plankton"
-            click.echo(f"plankton {stage}: error: {exc}", err=True)
+            one_line = " ".join(str(exc).split())  # e.g. YAML and SQL errors carry multi-line context
+            click.echo(f"plankton {stage}: error: {one_line}", err=True)
             sys.exit(exc.exit_code)
 
 

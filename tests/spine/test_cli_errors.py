@@ -70,3 +70,11 @@ def test_help_and_unknown_commands(run_cli):
     assert result.exit_code == 0 and "--split" in result.stdout and "--root" in result.stdout
     result = run_cli("no-such-stage")
     assert result.exit_code == 2 and "No such command" in result.stderr
+
+
+def test_a_multi_line_error_is_printed_on_one_line(run_cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("size: [1\n")  # YAML's own message spans several lines
+    result = run_cli("stats", "--root", str(tmp_path / "root"), "--config", str(bad))
+    assert result.exit_code == 2
+    assert one_error_line(result).startswith(f"plankton stats: error: cannot parse config file {bad}: ")
