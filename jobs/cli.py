@@ -10,6 +10,7 @@ import click
 
 from plankton_core.errors import InterruptedRun, PlanktonError
 from plankton_core.progress import setup_logging
+from plankton_core.version import git_commit, package_version
 
 # subcommand -> module in jobs/ that defines `command`; added as stages land
 COMMANDS = {
@@ -61,6 +62,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(package_version(), "-V", "--version", prog_name="plankton", message="%(prog)s %(version)s (git " + git_commit()[:12] + ")")
 def cli(verbose: bool) -> None:
     """plankton: crop → stats → supcon → linear-sweep → evaluate → lut, each a restartable batch stage."""
     setup_logging(logging.DEBUG if verbose else logging.INFO)

@@ -1,4 +1,4 @@
-"""`plankton supcon`: train the SupCon backbone on the train split (resumable; exit 75 on SIGTERM after saving)."""
+"""Train the SupCon backbone on the train split (resumable; exit 75 on SIGTERM after saving)."""
 from __future__ import annotations
 
 import os
