@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every stage end to end on generated data, into the embedded default store (a local folder).
-# Tiny settings (test_resnet, 64 px, a few epochs on the CPU) so it finishes in minutes on a laptop.
+# Tiny settings (test_resnet, 64 px, 40 short epochs on the CPU) so it finishes in about a minute on a laptop.
 set -euo pipefail
 ROOT=${ROOT:-./artifacts}
 BIN=${BIN:-.venv/bin}
@@ -11,13 +11,13 @@ IMAGES="$ROOT/images"
 step() { printf '\n== %s\n' "$*"; }
 
 step "synth: generated dark-field and bright-field frames → $IMAGES"
-"$P" synth --out "$IMAGES" --classes 4 --per-class 60 --mode both --seed 0
+"$P" synth --out "$IMAGES" --classes 4 --per-class 100 --mode both --seed 0
 step "crop"
 "$P" crop --root "$ROOT" --input "$IMAGES"
 step "stats"
 "$P" stats --root "$ROOT" --size 64
 step "supcon"
-"$P" supcon --root "$ROOT" --model test_resnet --size 64 --epochs 6 --batch-size 32 --save-every 2 --device cpu
+"$P" supcon --root "$ROOT" --model test_resnet --size 64 --epochs 40 --batch-size 64 --base-lr 0.5 --save-every 10 --device cpu
 step "linear-sweep"
 "$P" linear-sweep --root "$ROOT"
 step "evaluate"
