@@ -1,13 +1,13 @@
 """A Pushgateway stand-in on 127.0.0.1: records every push and parses it with prometheus-client's parser."""
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
+from http_standin import LocalHTTPStandIn
 from prometheus_client.parser import text_string_to_metric_families
 
 
-class PushgatewayStandIn:
+class PushgatewayStandIn(LocalHTTPStandIn):
     """Each push is kept as (method, path, body); `samples(job)` parses the bodies pushed for a job."""
 
     def __init__(self) -> None:
@@ -27,20 +27,7 @@ class PushgatewayStandIn:
 
             do_POST = do_PUT = _push
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> "PushgatewayStandIn":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
     def samples(self, job: str) -> dict[str, list]:
         """Every sample pushed for `job`, by metric name, in push order."""

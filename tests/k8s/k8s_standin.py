@@ -14,9 +14,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlparse
+
+from http_standin import LocalHTTPStandIn
 
 
 @dataclass
@@ -85,7 +87,7 @@ def failure_script(code: int, reason: str = "PodFailurePolicy") -> Callable[[dic
     return script
 
 
-class KubeStandIn:
+class KubeStandIn(LocalHTTPStandIn):
     """`with KubeStandIn(script) as api:` … `api.kubeconfig(tmp_path)`; `api.created` lists the POSTed bodies."""
 
     def __init__(self, script: Callable[[dict[str, Any]], tuple[list[Step], dict[str, str]]] = success_script):
@@ -94,21 +96,7 @@ class KubeStandIn:
         self.requests: list[str] = []             # "METHOD path?query"
         self.jobs: dict[str, Played] = {}
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> "KubeStandIn":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(self._handler())
 
     def kubeconfig(self, folder) -> str:
         path = folder / "kubeconfig"
