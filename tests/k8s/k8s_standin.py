@@ -121,7 +121,7 @@ class KubeStandIn(LocalHTTPStandIn):
             protocol_version = "HTTP/1.1"  # the watch streams chunks, as the real API server does
 
             def log_message(self, *args):  # quiet
-                pass
+                return None
 
             def _send(self, code: int, body: Any, content_type: str = "application/json") -> None:
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()

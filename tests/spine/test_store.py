@@ -98,7 +98,7 @@ def test_put_file_get_file_and_local_copy(store, tmp_path):
         assert path.read_bytes() == src.read_bytes()
     with pytest.raises(StoreError, match="not found"):
         with local_copy(store, "files/missing.bin"):
-            pass
+            pytest.fail("local_copy yielded a path for a missing key")
 
 
 def test_open_write_is_atomic_and_a_failed_write_leaves_the_old_object(store):
