@@ -1,8 +1,10 @@
 """The `plankton` console script: one subcommand per stage, each a thin wrapper over plankton_core."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 
@@ -80,7 +82,29 @@ def _stop_on_sigterm(signum: int, frame) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    cli(prog_name="plankton")
+    try:
+        cli(prog_name="plankton")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """Flush and leave without interpreter teardown.
+
+    Everything a stage writes is closed by then (stores write atomically and
+    `_SUCCESS` comes last), but torch's and FAISS's OpenMP thread pools can
+    abort the process while native libraries unload ("terminate called without
+    an active exception", exit 134), turning a finished stage into a failed Job.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe must not change the exit code
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
