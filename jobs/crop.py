@@ -27,7 +27,14 @@ from plankton_core.crop import CropConfig, run_crop
 @click.option("--device", default=None, help="Device for sam2 (cpu, cuda). [cpu]")
 @click.option("--workers", type=int, default=None, help="Processes decoding and segmenting; 0 = all cores. [0]")
 @click.option("--chunk-size", type=int, default=None, help="Images handed to a worker at a time. [256]")
+@click.option("--shard-index", type=int, default=None, help="This shard (default $JOB_COMPLETION_INDEX, else 0).")
+@click.option("--num-shards", type=int, default=None, help="Shard count (default $NUM_SHARDS, else $JOB_COMPLETIONS, else 1).")
+@click.option("--merge", is_flag=True, help="Gather the finished shards' parts into crop/manifest.parquet (same --input and config).")
 def command(**params) -> None:
     """Crop every object lying whole in its frame; writes crop/crops/<class>/… and crop/manifest.parquet."""
+    from plankton_core.crop.stage import merge_crop
+
+    merge = params.pop("merge")
     cfg = resolve(CropConfig, params)
-    report(run_crop(cfg, store_from(params), force=params["force"], s3_endpoint=params.get("s3_endpoint")))
+    run = merge_crop if merge else run_crop
+    report(run(cfg, store_from(params), force=params["force"], s3_endpoint=params.get("s3_endpoint")))

@@ -36,6 +36,8 @@ class CropConfig:
     workers: int = field(default=0, metadata={"digest": False})  # 0 = all cores
     chunk_size: int = field(default=256, metadata={"digest": False})  # images handed to a worker at a time
     device: str = field(default="cpu", metadata={"digest": False})  # for sam2
+    shard_index: int | None = field(default=None, metadata={"digest": False})  # default: $JOB_COMPLETION_INDEX
+    num_shards: int | None = field(default=None, metadata={"digest": False})  # default: $NUM_SHARDS, else $JOB_COMPLETIONS
 
     def validate(self) -> None:
         if self.segmenter not in SEGMENTERS:
@@ -54,6 +56,10 @@ class CropConfig:
             raise BadInputError(f"max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")
         if self.workers < 0 or self.chunk_size < 1:
             raise BadInputError("workers must be >= 0 (0 = all cores) and chunk_size >= 1")
+        if self.num_shards is not None and self.num_shards < 1:
+            raise BadInputError(f"num-shards must be at least 1, not {self.num_shards}")
+        if self.shard_index is not None and self.shard_index < 0:
+            raise BadInputError(f"shard-index must be non-negative, not {self.shard_index}")
         if self.segmenter == "sam2" and not self.sam2_checkpoint:
             raise BadInputError("the sam2 segmenter needs --sam2-checkpoint URI (a SAM2 .pt checkpoint)")
 

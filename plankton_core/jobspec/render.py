@@ -3,8 +3,8 @@
 A stage renders to one Job, except:
 - supcon on several nodes: a headless Service (torchrun's rendezvous address) and an
   Indexed Job with one pod per node;
-- linear-sweep with `shards > 1`: an Indexed Job with one shard per pod, then the `merge`
-  Job (the shards' results merged and the checkpoint chosen).
+- a sharded stage (`shards > 1`: crop, linear-sweep): an Indexed Job with one shard per pod,
+  then the `merge` Job (the shards' results merged: crop's manifest, the sweep's chosen checkpoint).
 Documents come back in the order `kubectl apply` takes them (a Service before its Job);
 `plankton submit` creates and waits on the Jobs in that order, each Service right after
 its Job and owned by it.
@@ -109,7 +109,7 @@ def _check(stage: str, s: dict[str, Any]) -> None:
     if s["nodes"] > 1 and s["gpus"] < 1:
         raise BadInputError(f"{stage}: multi-node torchrun needs gpus >= 1 per node")
     if s["gpus"] > 1 and not s["torchrun"]:
-        raise BadInputError(f"{stage}: uses one GPU per pod; only supcon (torchrun) uses several (set gpus: 1, or shards for linear-sweep)")
+        raise BadInputError(f"{stage}: uses one GPU per pod; only supcon (torchrun) uses several (set gpus: 1, or shards for crop and linear-sweep)")
     if s["nodes"] > 1 and s["shards"] > 1:
         raise BadInputError(f"{stage}: nodes and shards cannot both be > 1")
 

@@ -43,7 +43,7 @@ KEYS: dict[str, str] = {
     "nodes": "pods (nodes) of one torchrun job; > 1 renders an Indexed Job + headless Service",
     "torchrunPort": "rendezvous port of multi-node torchrun",
     "torchrun": "the stage can run under torchrun (only supcon)",
-    "shards": "pods of an Indexed Job, one shard each (linear-sweep)",
+    "shards": "pods of an Indexed Job, one shard each (crop, linear-sweep)",
     "parallelism": "shard pods running at once (default: all)",
     "merge": "settings of the Job that runs after the shards (e.g. args: {merge: true})",
     "shm": "mount a memory-backed /dev/shm",

@@ -5,14 +5,12 @@ Shard `i` of `n` sweeps the checkpoints `selected[i::n]` and writes its rows to
 digests in the Parquet schema metadata. The merge takes the newest complete set
 (every index 0…n-1 present, same digest, same upstream as now).
 
-Defaults: the index from `JOB_COMPLETION_INDEX` (set by Kubernetes in an Indexed
-Job), the count from `NUM_SHARDS`, else `JOB_COMPLETIONS` (set them in the Job's
-env to `.spec.completions`).
+Index and count defaults (`JOB_COMPLETION_INDEX`, `NUM_SHARDS`/`JOB_COMPLETIONS`)
+come from `plankton_core.shards`, shared with the crop stage.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,47 +19,17 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import BadInputError, UpstreamNotReadyError
+from ..shards import COUNT_ENVS, INDEX_ENV, resolve_shard  # noqa: F401  (shared with crop; re-exported)
 from ..store import Store
 from ..tables import read_parquet, write_parquet
 
 SHARDS_PREFIX = "sweep/shards"
-INDEX_ENV = "JOB_COMPLETION_INDEX"
-COUNT_ENVS = ("NUM_SHARDS", "JOB_COMPLETIONS")
 _SHARD_RE = re.compile(r"(\d+)-of-(\d+)\.parquet$")
 META_KEY = b"plankton"
 
 
 def shard_key(index: int, count: int) -> str:
     return f"{SHARDS_PREFIX}/{index}-of-{count}.parquet"
-
-
-def resolve_shard(shard_index: int | None, num_shards: int | None, environ: dict[str, str] | None = None) -> tuple[int, int]:
-    """(index, count) from the flags, else the environment, else (0, 1)."""
-    env = os.environ if environ is None else environ
-    count = num_shards
-    if count is None:
-        for name in COUNT_ENVS:
-            if env.get(name, "").strip():
-                count = _int_env(env, name)
-                break
-    index = shard_index
-    if index is None and env.get(INDEX_ENV, "").strip():
-        index = _int_env(env, INDEX_ENV)
-    count = 1 if count is None else count
-    index = 0 if index is None else index
-    if count < 1:
-        raise BadInputError(f"the shard count must be at least 1, not {count}")
-    if not 0 <= index < count:
-        hint = "" if num_shards is not None else f" (set --num-shards or ${COUNT_ENVS[0]} to the Job's completions)"
-        raise BadInputError(f"shard index {index} is out of range for {count} shard(s){hint}")
-    return index, count
-
-
-def _int_env(env, name: str) -> int:
-    try:
-        return int(env[name])
-    except ValueError:
-        raise BadInputError(f"${name}={env[name]!r} is not an integer") from None
 
 
 @dataclass

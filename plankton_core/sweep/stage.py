@@ -32,7 +32,8 @@ from .feature_cache import SPLITS, keys_digest, load_cached_features, write_feat
 from .linear import HeadParams, load_head, save_head, train_head_on_features
 from .outputs import rows_table, write_sweep_outputs
 from .select import parse_checkpoint_spec
-from .shards import ShardMeta, complete_shard_set, list_shards, now_iso, read_shard, resolve_shard, shard_key, write_shard
+from ..shards import resolve_shard
+from .shards import ShardMeta, complete_shard_set, list_shards, now_iso, read_shard, shard_key, write_shard
 
 STAGE = "linear-sweep"
 UPSTREAM = ["supcon"]

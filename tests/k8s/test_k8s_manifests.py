@@ -69,6 +69,14 @@ def test_rendered_sweep_shard_variants_validate(shards):
         validate(doc)
 
 
+@pytest.mark.parametrize(("profile", "shards"), list(itertools.product(PROFILES, [2, 8])))
+def test_rendered_crop_shard_variants_validate(profile, shards):
+    docs = render_stage(Settings.load(None, PROFILES[profile], [f"shards={shards}"]), "crop", "val4")
+    assert [d["spec"].get("completionMode") for d in docs] == ["Indexed", None]
+    for doc in docs:
+        validate(doc)
+
+
 def k8s_files() -> list[Path]:
     return sorted(p for p in K8S.rglob("*") if p.is_file())
 

@@ -139,6 +139,26 @@ def test_linear_sweep_is_an_indexed_job_of_shards_then_a_merge_job():
     assert "nvidia.com/gpu" not in container(merge)["resources"]["limits"]  # merging needs no GPU
 
 
+def test_crop_is_an_indexed_job_of_shards_then_a_merge_job_on_a_gpu_cluster():
+    shards, merge = render("crop", [GPU], run_id="cr")
+    assert shards["metadata"]["name"] == "plankton-crop-cr" and shards["metadata"]["labels"]["plankton.io/step"] == "shards"
+    assert shards["spec"]["completionMode"] == "Indexed"
+    assert shards["spec"]["completions"] == 8 and shards["spec"]["parallelism"] == 8
+    assert env_of(shards)["NUM_SHARDS"]["value"] == "8"
+    assert container(shards)["args"] == ["crop", "--input", "s3://plankton/images", "--workers", "4"]
+    assert merge["metadata"]["name"] == "plankton-crop-merge-cr" and merge["metadata"]["labels"]["plankton.io/step"] == "merge"
+    assert "completionMode" not in merge["spec"] and "NUM_SHARDS" not in env_of(merge)
+    # the merge gets the same input and config, so it checks the parts against them
+    assert container(merge)["args"] == ["crop", "--input", "s3://plankton/images", "--workers", "4", "--merge"]
+
+
+@pytest.mark.parametrize("values", [[], [LOCAL]])
+def test_crop_is_one_plain_job_by_default(values):
+    (job,) = render("crop", values)
+    assert "completionMode" not in job["spec"] and "NUM_SHARDS" not in env_of(job)
+    assert "--merge" not in container(job)["args"]
+
+
 def test_one_shard_renders_one_plain_job():
     (job,) = render("linear-sweep", [GPU], ["shards=1"])
     assert "completionMode" not in job["spec"]
