@@ -6,6 +6,11 @@ listing is read lazily in chunks; a process pool decodes and segments chunks
 appends each chunk's rows to a local Parquet file and uploads it at the end.
 Every input file gets at least one manifest row (kept / edge / too_small per
 object, no_object or unreadable per file), so every input is accounted for.
+
+Sharded (a Kubernetes Indexed Job), shard i of n crops the files whose stable
+hash of source_key mod n is i and leaves a part under crop/shards/ without
+`_SUCCESS`; `merge_crop` gathers a complete set into the manifest an unsharded
+run would write (same rows, same digest), judges the whole input and finishes.
 """
 from __future__ import annotations
 
