@@ -1,7 +1,6 @@
 """The crop stage sharded over an Indexed Job's pods: shards + merge give exactly the unsharded run."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -9,14 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from plankton_core.shards import shard_of
 from plankton_core.store import open_store
-from plankton_core.synth import SynthConfig, generate
 from plankton_core.tables import read_parquet
 
-from crop_helpers import manifest_rows
+from crop_helpers import manifest_rows, one_object_png
 
 
 def inputs(images_uri: str) -> set[str]:
@@ -134,14 +131,6 @@ def test_parts_from_another_config_or_input_exit_2(run_cli, tmp_path, synth_inpu
     assert not open_store(root).exists("crop/_SUCCESS")
 
 
-def _good_png(rng) -> bytes:
-    img = np.clip(rng.normal(20, 4, (40, 40)), 0, 255).astype(np.uint8)
-    img[12:28, 12:28] = 200
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _names_in_shards(count: int, wanted: list[int]) -> list[str]:
     """bad/<name> keys falling in the given shards, found by the same stable hash the stage uses."""
     out, n = [], 0
@@ -161,7 +150,7 @@ def test_max_bad_fraction_is_judged_over_the_merged_set(run_cli, tmp_path):
     packed = open_store(str(tmp_path / "packed"))
     for store, bad in ((spread, _names_in_shards(2, [0, 1])), (packed, _names_in_shards(2, [1, 1]))):
         for i in range(20):
-            store.write_bytes(f"good/g{i}.png", _good_png(rng))
+            store.write_bytes(f"good/g{i}.png", one_object_png(rng))
         for key in bad:
             store.write_bytes(key, b"not an image")
 

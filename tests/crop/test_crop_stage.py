@@ -13,7 +13,7 @@ from plankton_core.store import open_store
 from plankton_core.synth import SynthConfig, generate
 from plankton_core.tables import read_parquet
 
-from crop_helpers import box, iou, manifest_rows
+from crop_helpers import box, iou, manifest_rows, one_object_png
 
 COLUMNS = ["source_key", "class", "status", "reason", "crop_key", "x0", "y0", "x1", "y1", "area"]
 
@@ -166,7 +166,7 @@ def test_tight_crops_note_names_the_flag(run_cli, tmp_path):
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG")
         images.write_bytes(f"tight/t{i}.png", buf.getvalue())
-        images.write_bytes(f"loose/l{i}.png", buf.getvalue() if i == 0 else _loose(rng))
+        images.write_bytes(f"loose/l{i}.png", buf.getvalue() if i == 0 else one_object_png(rng))
     root = str(tmp_path / "art")
     result = run_cli("crop", "--root", root, "--input", images.uri, "--workers", 1)
     assert result.exit_code == 0, result.output
@@ -177,14 +177,6 @@ def test_tight_crops_note_names_the_flag(run_cli, tmp_path):
     kept_all = run_cli("crop", "--root", root, "--input", images.uri, "--workers", 1, "--edge-margin", 0)
     assert kept_all.exit_code == 0 and "gave no crop" not in kept_all.stdout
     assert all(r["status"] == "kept" for r in manifest_rows(root))
-
-
-def _loose(rng) -> bytes:
-    img = np.clip(rng.normal(20, 4, (40, 40)), 0, 255).astype(np.uint8)
-    img[12:28, 12:28] = 200
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_same_stem_in_one_folder_gets_distinct_crops(tmp_path, one_object_png):
