@@ -6,6 +6,8 @@ env to `.spec.completions`).
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import hashlib
 import os
 
@@ -49,3 +51,8 @@ def shard_of(key: str, count: int) -> int:
     if count <= 1:
         return 0
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") % count
+
+
+def now_iso() -> str:
+    """UTC time for a shard's metadata: the merge takes the newest complete set."""
+    return datetime.now(timezone.utc).isoformat()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import heapq
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -45,10 +44,6 @@ class PartMeta:
     rows: int
     counts: dict[str, int] = field(default_factory=dict)
     written_at: str = ""
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 def write_part(root: Store, prefix: str, local_rows: Path, meta: PartMeta) -> str:

@@ -39,7 +39,8 @@ from ..store import LocalStore, Store, join, open_store
 from ..tables import read_json
 from .config import CropConfig
 from .extract import KEPT, Segmenter, extract_crops, make_segmenter
-from .shards import SHARDS, PartMeta, complete_parts, forget_part, merged_rows, now_iso, part_key, remove_unnamed, write_part
+from ..shards import now_iso
+from .shards import SHARDS, PartMeta, complete_parts, forget_part, merged_rows, part_key, remove_unnamed, write_part
 
 log = logging.getLogger("plankton.crop")
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 
 from ..errors import BadInputError, UpstreamNotReadyError
-from ..shards import COUNT_ENVS, INDEX_ENV, resolve_shard  # noqa: F401  (shared with crop; re-exported)
 from ..store import Store
 from ..tables import read_parquet, write_parquet
 
@@ -60,10 +58,6 @@ def read_shard(store: Store, key: str) -> tuple[ShardMeta, pa.Table]:
 
 def list_shards(store: Store) -> list[str]:
     return [k for k in store.list(SHARDS_PREFIX) if _SHARD_RE.search(k)]
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 def complete_shard_set(store: Store, upstream: dict[str, str]) -> tuple[ShardMeta, list[pa.Table]]:

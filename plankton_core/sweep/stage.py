@@ -33,7 +33,8 @@ from .linear import HeadParams, load_head, save_head, train_head_on_features
 from .outputs import rows_table, write_sweep_outputs
 from .select import parse_checkpoint_spec
 from ..shards import resolve_shard
-from .shards import ShardMeta, complete_shard_set, list_shards, now_iso, read_shard, shard_key, write_shard
+from ..shards import now_iso
+from .shards import ShardMeta, complete_shard_set, list_shards, read_shard, shard_key, write_shard
 
 STAGE = "linear-sweep"
 UPSTREAM = ["supcon"]

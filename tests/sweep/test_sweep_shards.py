@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from plankton_core.errors import BadInputError
-from plankton_core.sweep.shards import resolve_shard
+from plankton_core.shards import resolve_shard
 
 
 def test_defaults_to_one_unsharded_run():
