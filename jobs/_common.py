@@ -1,19 +1,25 @@
-"""What every stage command shares: --root/--config/--force/--s3-endpoint, config resolution, the summary line."""
+"""Click commands generated from the stage registry: every stage's flags come from its config declaration.
+
+Each option is declared once, in the stage's config (`plankton_core.config.option`);
+here it becomes a click option with `default=None`, so a flag the user did not type
+never hides a `--config` YAML value (booleans as `--x/--no-x`). Types and bounds are
+checked by the config itself, so a bad value is one line naming the option (exit 2).
+"""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import click
 
-from plankton_core.config import load_config
-from plankton_core.stage import StageResult
+from plankton_core.config import OptionSpec, load_config, option_specs
+from plankton_core.stage import Stage, StageResult, run_stage
 from plankton_core.store import open_store
 
-COMMON = ("root", "config", "force", "s3_endpoint")
+CONTRACT = ("root", "config", "force", "s3_endpoint", "shard_index", "num_shards", "merge")
 
 
-def stage_options(fn: Callable) -> Callable:
-    """Add the options every stage has."""
+def stage_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every stage (and every command reading the pipeline root) has."""
     fn = click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")(fn)
     fn = click.option("--force", is_flag=True, help="Redo the stage even when its outputs are up to date.")(fn)
     fn = click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="YAML file of options; flags win.")(fn)
@@ -21,23 +27,54 @@ def stage_options(fn: Callable) -> Callable:
     return fn
 
 
-def resolve(cls: type, params: dict[str, Any]) -> Any:
-    """Config from dataclass defaults < --config YAML < flags typed.
-
-    Stage options are declared with `default=None` (booleans as `--x/--no-x`), so
-    an option the user did not type never hides a YAML value; the dataclass
-    holds the defaults, and `run.json` records the result.
-    """
-    flags = {k: v for k, v in params.items() if k not in COMMON and v is not None}
-    return load_config(cls, params.get("config"), flags)
+def shard_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a shardable stage (an Indexed Job's pods, then one merge)."""
+    fn = click.option("--merge", is_flag=True, help="Gather the finished shards' parts into the stage's outputs (same config).")(fn)
+    fn = click.option("--num-shards", type=click.IntRange(min=1), default=None, help="Shard count (default $NUM_SHARDS, else $JOB_COMPLETIONS, else 1).")(fn)
+    fn = click.option("--shard-index", type=click.IntRange(min=0), default=None, help="This shard (default $JOB_COMPLETION_INDEX, else 0).")(fn)
+    return fn
 
 
-def store_from(params: dict[str, Any]):
+def click_option(spec: OptionSpec) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One generated click option: the help line ends with the declared default."""
+    default = spec.default
+    if spec.kind == "list" and isinstance(default, (list, tuple)):
+        default = ",".join(str(v) for v in default)
+    shown = f" [{default}]" if default not in (None, "") else ""
+    help_text = spec.help + shown
+    if spec.kind == "bool":
+        name = spec.flag.removeprefix("--")
+        return click.option(f"--{name}/--no-{name}", spec.name, default=None, help=help_text, hidden=spec.hidden)
+    click_type: Any = {"int": int, "float": float}.get(spec.kind, str)
+    if spec.kind == "choice":
+        click_type = click.Choice(spec.choices)
+    return click.option(spec.flag, spec.name, type=click_type, default=None, help=help_text, hidden=spec.hidden,
+                        metavar=spec.metavar)
+
+
+def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Every declared option of a config class as click options, in declaration order."""
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for spec in reversed(option_specs(cls)):
+            fn = click_option(spec)(fn)
+        return fn
+    return decorate
+
+
+def resolve_config(cls: type, params: dict[str, Any]) -> Any:
+    """Config from declared defaults < --config YAML < flags typed."""
+    names = {s.name for s in option_specs(cls)}
+    return load_config(cls, params.get("config"), {k: v for k, v in params.items() if k in names})
+
+
+def store_from(params: dict[str, Any]) -> Any:
     return open_store(params["root"], params.get("s3_endpoint"))
 
 
 def report(result: StageResult) -> None:
-    """The end-of-stage summary line (stdout), with any notes the stage left."""
+    """The end-of-stage summary line (stdout), with any notes the stage left; only the primary process prints."""
+    if not result.primary:
+        return
     if result.up_to_date:
         click.echo(f"{result.stage}: up to date → {result.uri}")
         return
@@ -45,3 +82,23 @@ def report(result: StageResult) -> None:
     click.echo(f"{result.stage}: done in {result.seconds:.1f}s → {result.uri}" + (f" ({counts})" if counts else ""))
     for note in result.notes:
         click.echo(f"{result.stage}: note: {note}")
+
+
+def stage_command(stage: Stage) -> click.Command:
+    """The `plankton <stage>` command: the contract's options, then the stage's own, then run_stage."""
+    def callback(**params: Any) -> None:
+        cfg = resolve_config(stage.config, params)
+        result = run_stage(stage, cfg, store_from(params), force=params["force"], s3_endpoint=params.get("s3_endpoint"),
+                           shard_index=params.get("shard_index"), num_shards=params.get("num_shards"),
+                           merge=bool(params.get("merge")))
+        report(result)
+
+    fn: Callable[..., Any] = callback
+    fn = config_options(stage.config)(fn)
+    if stage.shardable:
+        fn = shard_options(fn)
+    fn = stage_options(fn)
+    clashes = {s.name for s in option_specs(stage.config)} & set(CONTRACT)
+    if clashes:
+        raise TypeError(f"stage {stage.name}: options {sorted(clashes)} clash with the contract's own")
+    return click.command(stage.name, help=stage.help + (("\n\n" + stage.epilog) if stage.epilog else ""))(fn)

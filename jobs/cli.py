@@ -14,15 +14,9 @@ from plankton_core.errors import InterruptedRun, PlanktonError
 from plankton_core.progress import setup_logging
 from plankton_core.version import git_commit, package_version
 
-# subcommand -> module in jobs/ that defines `command`; added as stages land
-COMMANDS = {
+# commands that are not stages (they read stage outputs or drive the cluster); stages come from the registry
+TOOLS = {
     "synth": "jobs.synth",
-    "crop": "jobs.crop",
-    "stats": "jobs.stats",
-    "supcon": "jobs.supcon",
-    "linear-sweep": "jobs.linear_sweep",
-    "evaluate": "jobs.evaluate",
-    "lut": "jobs.lut",
     "query": "jobs.query",
     "sql": "jobs.sql",
     "k8s": "jobs.k8s",
@@ -31,18 +25,28 @@ COMMANDS = {
 
 
 class LazyGroup(click.Group):
-    """Imports a stage's module only when that stage runs (torch is slow to import)."""
+    """One command per registered stage (generated from its config), plus the tools; modules load on use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in COMMANDS if self._module(name) is not None] + sorted(self.commands)
+        from plankton_core.stage import stages
+
+        names = [s.name for s in stages()] + [name for name in TOOLS if self._module(name) is not None]
+        return names + sorted(set(self.commands) - set(names))
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        from plankton_core.stage import stages
+
+        for stage in stages():
+            if stage.name == name:
+                from jobs._common import stage_command
+
+                return stage_command(stage)
         module = self._module(name)
         return getattr(module, "command", None) if module else super().get_command(ctx, name)
 
     @staticmethod
     def _module(name: str):
-        path = COMMANDS.get(name)
+        path = TOOLS.get(name)
         if not path:
             return None
         try:
@@ -66,7 +70,7 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.version_option(package_version(), "-V", "--version", prog_name="plankton", message="%(prog)s %(version)s (git " + git_commit()[:12] + ")")
 def cli(verbose: bool) -> None:
-    """plankton: crop → stats → supcon → linear-sweep → evaluate → lut, each a restartable batch stage."""
+    """plankton: crop → stats → supcon → linear-sweep → evaluate → lut, each a restartable batch stage (`plankton STAGE --help`)."""
     setup_logging(logging.DEBUG if verbose else logging.INFO)
 
 

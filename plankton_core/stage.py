@@ -1,27 +1,39 @@
-"""The stage contract, in one place, so no stage re-implements it.
+"""The stage registry and the stage contract, in one place, so no stage re-implements either.
 
-A stage is `body(cfg, ctx) -> counts`. `run_stage` wraps it: refuse to start
-without upstream `_SUCCESS`, skip when `run.json` already records the same
-inputs and config ("up to date"), time and count it, then write outputs →
-`run.json` → `_SUCCESS` (last), so half-written outputs are never taken for
-finished ones. Metrics are pushed to a Pushgateway or written to `metrics.prom`.
+A stage is a registered `Stage`: name, output prefix, upstream stages, config
+class and body (plus optional check, fingerprint, shard and merge functions).
+Functions are named as "module:function" strings and imported only when the
+stage runs, so the CLI, the Kubernetes renderer and `plankton sql` can read
+the registry without importing torch.
+
+`run_stage` owns the whole lifecycle around the body:
+- upstream `_SUCCESS` (else exit 3), then the stage's `check` (bad input exits
+  2 before any output is touched);
+- the digest of config + upstream digests + input fingerprint, and "up to
+  date" when run.json records it (`--force` redoes it);
+- shard runs (`--shard-index/--num-shards`, `$JOB_COMPLETION_INDEX`) leave a
+  part under `<prefix>/shards/`; `--merge` gathers a complete set;
+- outputs, then `run.json`, then `_SUCCESS` (last), and the metrics;
+- non-zero DDP ranks run the body and write none of the stage's records.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import importlib
 import json
 import logging
+import os
 import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from .config import config_dict
-from .errors import UpstreamNotReadyError
+from .config import config_dict, digestable_config
+from .errors import BadInputError, UpstreamNotReadyError
 from .metrics import StageMetrics
+from .shards import ShardOutput, ShardSet, resolve_shard
 from .store import Store, join
 from .tables import read_json, write_json
 from .version import git_commit, package_version
@@ -29,15 +41,119 @@ from .version import git_commit, package_version
 SUCCESS = "_SUCCESS"
 RUN_JSON = "run.json"
 
-# stage name (CLI) -> prefix under the pipeline root
-PREFIXES = {
-    "crop": "crop",
-    "stats": "stats",
-    "supcon": "supcon",
-    "linear-sweep": "sweep",
-    "evaluate": "evaluate",
-    "lut": "lut",
-}
+# the built-in stages, in pipeline order: adding a stage is one package plus one line here
+BUILTIN_STAGES = (
+    "plankton_core.crop",
+    "plankton_core.stats",
+    "plankton_core.supcon",
+    "plankton_core.sweep",
+    "plankton_core.evaluate",
+    "plankton_core.lut",
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage's description. Functions are "module:function" (imported when the stage runs) or callables.
+
+    - body(cfg, ctx) -> counts: the stage's work, writing only under ctx.prefix;
+    - check(cfg, ctx) -> plan: validation of config and inputs before anything is touched (ctx.plan);
+    - fingerprint(cfg, ctx) -> data: what the inputs outside the root look like (enters the digest);
+    - shard(cfg, ctx, index, count) -> ShardOutput, merge(cfg, ctx, parts) -> counts: sharded runs;
+    - views: `plankton sql` view name -> Parquet key under the prefix.
+    """
+
+    name: str
+    prefix: str
+    config: type
+    body: str | Callable[..., Any]
+    upstream: tuple[str, ...] = ()
+    help: str = ""
+    epilog: str = ""
+    check: str | Callable[..., Any] | None = None
+    fingerprint: str | Callable[..., Any] | None = None
+    shard: str | Callable[..., Any] | None = None
+    merge: str | Callable[..., Any] | None = None
+    views: dict[str, str] = field(default_factory=dict)
+    gpu: bool = False  # wants a GPU node on a cluster
+    distributed: bool = False  # may run under torchrun (DDP ranks)
+
+    @property
+    def shardable(self) -> bool:
+        return self.shard is not None and self.merge is not None
+
+    def key(self, *parts: str) -> str:
+        return join(self.prefix, *parts)
+
+
+_REGISTRY: dict[str, Stage] = {}
+_loaded = False
+
+
+def register(stage: Stage) -> Stage:
+    """Add a stage to the registry (a stage package does this once, in its __init__)."""
+    if stage.name in _REGISTRY and _REGISTRY[stage.name] != stage:
+        raise ValueError(f"a different stage named {stage.name!r} is already registered")
+    for other in _REGISTRY.values():
+        if other.name != stage.name and other.prefix == stage.prefix:
+            raise ValueError(f"stages {other.name!r} and {stage.name!r} would share the prefix {stage.prefix!r}")
+    _REGISTRY[stage.name] = stage
+    return stage
+
+
+def unregister(name: str) -> None:
+    """Drop a stage (tests register toy stages and take them out again)."""
+    _REGISTRY.pop(name, None)
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN_STAGES:
+            importlib.import_module(module)
+
+
+def stages() -> list[Stage]:
+    """Every registered stage, in pipeline order (upstream first; registration order breaks ties)."""
+    _load_builtin()
+    ordered: list[Stage] = []
+    seen: set[str] = set()
+
+    def visit(stage: Stage, path: tuple[str, ...]) -> None:
+        if stage.name in seen:
+            return
+        if stage.name in path:
+            raise ValueError(f"stage upstream cycle: {' → '.join(path + (stage.name,))}")
+        for up in stage.upstream:
+            if up in _REGISTRY:
+                visit(_REGISTRY[up], path + (stage.name,))
+        seen.add(stage.name)
+        ordered.append(stage)
+
+    for stage in list(_REGISTRY.values()):
+        visit(stage, ())
+    return ordered
+
+
+def get_stage(name: str) -> Stage:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise BadInputError(f"unknown stage {name!r}: one of {', '.join(s.name for s in stages())}") from None
+
+
+def stage_prefix(name: str) -> str:
+    return get_stage(name).prefix
+
+
+def resolve(ref: str | Callable[..., Any]) -> Callable[..., Any]:
+    """A "module:function" reference as the function."""
+    if callable(ref):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -51,11 +167,20 @@ class StageContext:
     log: logging.Logger
     force: bool = False
     run_id: str = ""
+    s3_endpoint: str | None = None
+    upstream: dict[str, str] = field(default_factory=dict)  # upstream stage -> its digest
+    plan: Any = None  # what the stage's check returned
+    rank: int = 0
     notes: list[str] = field(default_factory=list)  # printed in the end-of-stage summary
 
     def key(self, *parts: str) -> str:
         """A key under this stage's prefix."""
         return join(self.prefix, *parts)
+
+    @property
+    def primary(self) -> bool:
+        """Rank 0 (or the only process) owns the stage's records."""
+        return self.rank == 0
 
 
 @dataclass
@@ -66,17 +191,14 @@ class StageResult:
     seconds: float = 0.0
     counts: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    primary: bool = True
 
 
-def stage_prefix(stage: str) -> str:
-    return PREFIXES.get(stage, stage)
+def is_done(root: Store, name: str) -> bool:
+    return root.exists(join(stage_prefix(name), SUCCESS))
 
 
-def is_done(root: Store, stage: str) -> bool:
-    return root.exists(join(stage_prefix(stage), SUCCESS))
-
-
-def require_upstream(root: Store, upstream: Sequence[str]) -> dict[str, str]:
+def require_upstream(root: Store, upstream: Iterable[str]) -> dict[str, str]:
     """Raise UpstreamNotReadyError naming the first unfinished upstream stage; return their digests."""
     digests = {}
     for name in upstream:
@@ -89,78 +211,142 @@ def require_upstream(root: Store, upstream: Sequence[str]) -> dict[str, str]:
     return digests
 
 
-def digestable_config(cfg: Any) -> dict[str, Any]:
-    """Config fields that change the outputs; fields with metadata digest=False (workers, device…) are left out."""
-    if not dataclasses.is_dataclass(cfg):
-        return dict(cfg or {})
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("digest", True)}
+def recorded_run(root: Store, name: str) -> dict[str, Any]:
+    """The run.json of a finished stage ({} when it never finished)."""
+    key = join(stage_prefix(name), RUN_JSON)
+    return read_json(root, key) if root.exists(key) else {}
 
 
-def compute_digest(stage: str, cfg: Any, upstream: dict[str, str], fingerprint: Any = None) -> str:
-    payload = {"stage": stage, "config": digestable_config(cfg), "upstream": upstream, "fingerprint": fingerprint}
+def compute_digest(name: str, cfg: Any, upstream: dict[str, str], fingerprint: Any = None) -> str:
+    payload = {"stage": name, "config": digestable_config(cfg), "upstream": upstream, "fingerprint": fingerprint}
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
 def run_stage(
-    stage: str,
+    stage: Stage | str,
     cfg: Any,
     root: Store,
-    body: Callable[[Any, StageContext], dict[str, Any] | None],
     *,
-    upstream: Sequence[str] = (),
     force: bool = False,
-    fingerprint: Any = None,
-    write_success: bool = True,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+    merge: bool = False,
+    s3_endpoint: str | None = None,
+    rank: int | None = None,
 ) -> StageResult:
-    """Run one stage under the contract. `fingerprint` describes inputs outside the root (e.g. the image folder)."""
-    log = logging.getLogger(f"plankton.{stage}")
-    prefix = stage_prefix(stage)
-    upstream_digests = require_upstream(root, upstream)
-    digest = compute_digest(stage, cfg, upstream_digests, fingerprint)
-    uri = f"{root.uri}/{prefix}"
-    if not force and write_success and root.exists(join(prefix, SUCCESS)):
-        previous = read_json(root, join(prefix, RUN_JSON)) if root.exists(join(prefix, RUN_JSON)) else {}
-        if previous.get("digest") == digest:
-            log.info("%s is up to date (%s); --force redoes it", stage, uri)
-            return StageResult(stage, uri, up_to_date=True, counts=previous.get("counts", {}))
-    if write_success:
-        root.delete(join(prefix, SUCCESS))
-
+    """Run one stage under the contract: a plain run, one shard of a sharded run, or the merge of the shards."""
+    stage = stage if isinstance(stage, Stage) else get_stage(stage)
+    log = logging.getLogger(f"plankton.{stage.name}")
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    uri = f"{root.uri}/{stage.prefix}"
     run_id = uuid.uuid4().hex[:12]
-    metrics = StageMetrics(stage, run_id)
-    ctx = StageContext(stage=stage, prefix=prefix, root=root, metrics=metrics, log=log, force=force, run_id=run_id)
+    ctx = StageContext(stage=stage.name, prefix=stage.prefix, root=root, metrics=StageMetrics(stage.name, run_id), log=log,
+                       force=force, run_id=run_id, s3_endpoint=s3_endpoint, rank=rank)
+    ctx.upstream = require_upstream(root, stage.upstream)
+    if stage.check is not None:
+        ctx.plan = resolve(stage.check)(cfg, ctx)
+    fingerprint = resolve(stage.fingerprint)(cfg, ctx) if stage.fingerprint is not None else None
+    digest = compute_digest(stage.name, cfg, ctx.upstream, fingerprint)
+
+    index, count = resolve_shard(shard_index, num_shards) if stage.shardable and not merge else (0, 1)
+    if merge and not stage.shardable:
+        raise BadInputError(f"{stage.name} is not sharded: --merge does not apply")
+    if count > 1:
+        return _run_shard(stage, cfg, ctx, digest, fingerprint, index, count)
+
+    if not force and _recorded_digest(root, stage) == digest:
+        log.info("%s is up to date (%s); --force redoes it", stage.name, uri)
+        return StageResult(stage.name, uri, up_to_date=True, counts=read_json(root, stage.key(RUN_JSON)).get("counts", {}),
+                           primary=ctx.primary)
+    if merge:
+        shard_set = ShardSet(root, stage.name, stage.prefix)
+        parts = shard_set.complete(digest, ctx.upstream, fingerprint, digestable_config(cfg))
+        merge_fn = resolve(stage.merge)  # type: ignore[arg-type]
+        body: Callable[[Any, StageContext], Any] = lambda c, x: merge_fn(c, x, parts)  # noqa: E731
+    else:
+        body = resolve(stage.body)
+    if ctx.primary:
+        root.delete(stage.key(SUCCESS))
+    return _run_body(stage, cfg, ctx, body, digest, fingerprint, uri)
+
+
+def _recorded_digest(root: Store, stage: Stage) -> str | None:
+    if not root.exists(stage.key(SUCCESS)) or not root.exists(stage.key(RUN_JSON)):
+        return None
+    return read_json(root, stage.key(RUN_JSON)).get("digest")  # type: ignore[no-any-return]
+
+
+def _run_body(stage: Stage, cfg: Any, ctx: StageContext, body: Callable[[Any, StageContext], Any], digest: str,
+              fingerprint: Any, uri: str, *, final: bool = True) -> StageResult:
+    """Time and count the body; on the primary process write run.json, metrics and (when `final`) `_SUCCESS`."""
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     try:
         counts = body(cfg, ctx) or {}
     except BaseException:
-        metrics.finish(ok=False, seconds=time.monotonic() - t0)
-        _emit_metrics(root, prefix, metrics)
+        ctx.metrics.finish(ok=False, seconds=time.monotonic() - t0)
+        if ctx.primary:
+            _emit_metrics(ctx)
         raise
     seconds = time.monotonic() - t0
-    record = {
-        "stage": stage,
-        "run_id": run_id,
-        "config": config_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg,
-        "version": package_version(),
-        "git_commit": git_commit(),
-        "inputs": upstream_digests,
-        "fingerprint": fingerprint,
-        "digest": digest,
-        "counts": counts,
-        "timings": {"started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(), "seconds": round(seconds, 3)},
-        "host": socket.gethostname(),
-        "notes": ctx.notes,
-    }
-    write_json(root, join(prefix, RUN_JSON), record)
-    metrics.finish(ok=True, seconds=seconds)
-    _emit_metrics(root, prefix, metrics)
-    if write_success:
-        root.write_bytes(join(prefix, SUCCESS), b"")
-    return StageResult(stage, uri, up_to_date=False, seconds=seconds, counts=counts, notes=ctx.notes)
+    if not ctx.primary:
+        return StageResult(stage.name, uri, up_to_date=False, seconds=seconds, counts=counts, notes=ctx.notes, primary=False)
+    ctx.metrics.finish(ok=True, seconds=seconds)
+    if final:
+        write_json(ctx.root, stage.key(RUN_JSON), {
+            "stage": stage.name,
+            "run_id": ctx.run_id,
+            "config": config_dict(cfg),
+            "version": package_version(),
+            "git_commit": git_commit(),
+            "inputs": ctx.upstream,
+            "fingerprint": fingerprint,
+            "digest": digest,
+            "counts": counts,
+            "timings": {"started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(), "seconds": round(seconds, 3)},
+            "host": socket.gethostname(),
+            "notes": ctx.notes,
+        })
+    _emit_metrics(ctx)
+    if final:
+        ctx.root.write_bytes(stage.key(SUCCESS), b"")
+    return StageResult(stage.name, uri, up_to_date=False, seconds=seconds, counts=counts, notes=ctx.notes)
 
 
-def _emit_metrics(root: Store, prefix: str, metrics: StageMetrics) -> None:
-    if not metrics.push(final=True):
-        root.write_bytes(join(prefix, "metrics.prom"), metrics.exposition())
+def _run_shard(stage: Stage, cfg: Any, ctx: StageContext, digest: str, fingerprint: Any, index: int, count: int) -> StageResult:
+    """One shard: its part under <prefix>/shards/ (rows, then the JSON record last), and no `_SUCCESS`.
+
+    A part already recorded with the same digest is up to date, so a retried Indexed Job redoes only
+    the shards that did not finish.
+    """
+    shard_set = ShardSet(ctx.root, stage.name, stage.prefix)
+    uri = f"{ctx.root.uri}/{shard_set.part_key(index, count)}"
+    record = shard_set.record(index, count)
+    if not ctx.force and record is not None and record.digest == digest:
+        ctx.log.info("%s shard %d-of-%d is up to date (%s)", stage.name, index, count, uri)
+        return StageResult(stage.name, uri, up_to_date=True, counts=record.counts, primary=ctx.primary)
+    shard_fn = resolve(stage.shard)  # type: ignore[arg-type]
+
+    def body(c: Any, x: StageContext) -> dict[str, Any]:
+        if x.primary:
+            shard_set.forget(index, count)
+            x.root.delete(stage.key(SUCCESS))  # the merged outputs are about to be superseded
+        output: ShardOutput = shard_fn(c, x, index, count)
+        if x.primary:
+            shard_set.write(index, count, output, digest=digest, upstream=x.upstream, fingerprint=fingerprint,
+                            config=digestable_config(c))
+        return output.counts
+
+    return _run_body(stage, cfg, ctx, body, digest, fingerprint, uri, final=False)
+
+
+def _emit_metrics(ctx: StageContext) -> None:
+    if not ctx.metrics.push(final=True):
+        ctx.root.write_bytes(ctx.key("metrics.prom"), ctx.metrics.exposition())
+
+
+def pipeline_order(names: Sequence[str] | None = None) -> list[str]:
+    """Stage names in pipeline order (all, or those named)."""
+    order = [s.name for s in stages()]
+    return order if names is None else [n for n in order if n in set(names)]

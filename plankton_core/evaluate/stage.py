@@ -23,9 +23,9 @@ from ..models import SupConModel
 from ..stage import RUN_JSON, StageContext, StageResult, compute_digest, is_done, require_upstream, run_stage, stage_prefix
 from ..store import Store, join
 from ..tables import read_json, write_json, write_parquet
-from .metrics import classification_metrics, confusion_matrix, per_class_table
-from .plots import confusion_png, worst_confusions
-from .report import CONFUSION_PNG, CONFUSIONS, METRICS_JSON, PER_CLASS, write_report
+from ..scoring import classification_metrics, confusion_matrix, per_class_table
+from ..reporting.plots import confusion_png, worst_confusions
+from ..reporting.report import CONFUSION_PNG, CONFUSIONS, METRICS_JSON, PER_CLASS, write_report
 
 STAGE = "evaluate"
 UPSTREAM = ["linear-sweep"]

@@ -7,7 +7,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..evaluate.metrics import classification_metrics
+from ..scoring import classification_metrics
 from .retrieval import Neighbours, search_excluding, vote
 
 

@@ -20,8 +20,8 @@ from ..data import ImageCache
 from ..features import extract_features
 from ..store import Store, join
 from ..tables import read_npy, read_parquet
-from .embed import Embedder
-from .index import l2_normalise
+from ..embedding import Embedder
+from ..embedding import l2_normalise
 
 log = logging.getLogger("plankton.lut")
 SWEEP_FEATURES = "sweep/features"

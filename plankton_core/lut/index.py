@@ -21,11 +21,6 @@ from ..errors import BadInputError
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, float32 (zero rows stay zero)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.float32(1e-12))
 
 
 def default_nlist(n: int) -> int:

@@ -25,7 +25,7 @@ from ..imageio import IMAGE_SUFFIXES, UnreadableImage, decode_image, is_image_ke
 from ..store import Store, open_store
 from ..tables import read_json, read_npy, read_parquet
 from .artifacts import EMBEDDINGS, GALLERY, LoadedLut, load_heldout, load_lut, save_calibration
-from .embed import Embedder, check_compatible, load_embedder
+from ..embedding import Embedder, check_compatible, load_embedder
 from .output import render, text_table
 from .retrieval import VOTES, search_excluding, vote
 

@@ -23,10 +23,11 @@ from ..store import Store
 from ..tables import read_json, read_parquet, write_json, write_parquet
 from . import artifacts as A
 from .config import LutConfig
-from .embed import SELECTION_KEY, Embedder, load_embedder
+from ..embedding import SELECTION_KEY, Embedder, load_embedder
 from .evaluation import QuerySet, evaluate_index
 from .gallery_features import embed_rows
-from .index import build_index, l2_normalise, save_index, save_npy, search_params, tune_recall
+from ..embedding import l2_normalise
+from .index import build_index, save_index, save_npy, search_params, tune_recall
 from .prune import threshold_grid
 from .sweep import plot_sweep, sweep_thresholds
 

@@ -1,13 +1,13 @@
-"""The stats stage's config: one dataclass, defaults here, YAML and flags on top."""
+"""The stats stage's options, each declared once (type, default, bounds, help)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
+from ..config import option, stage_config
 from ..errors import BadInputError
 
 
-@dataclass
+@stage_config
 class StatsConfig:
     """How kept crops are split and measured.
 
@@ -16,29 +16,17 @@ class StatsConfig:
     and std are those of the letterboxed size×size crops the networks will see.
     """
 
-    size: int = 224
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    seed: int = 0
-    cache: bool = field(default=True, metadata={"digest": False})  # also fill the decode cache that supcon reuses
-    workers: int = field(default=0, metadata={"digest": False})  # decoding threads; 0 = automatic
+    size: int = option(224, "Training resolution in pixels: crops are letterboxed to size×size before measuring.", ge=8)
+    split: tuple[float, float, float] = option((0.7, 0.15, 0.15), "train,val,test fractions, summing to 1.")
+    seed: int = option(0, "Seed of the split.", ge=0)
+    cache: bool = option(True, "Also fill the local decode cache of the train split, which supcon reuses.", digest=False)
+    workers: int = option(0, "Decoding threads; 0 = automatic.", ge=0, digest=False)
 
     def validate(self) -> None:
-        try:
-            fractions = tuple(float(f) for f in self.split)
-        except (TypeError, ValueError):
-            raise BadInputError(f"split must be three numbers train,val,test (e.g. 0.7,0.15,0.15), got {self.split!r}") from None
-        if len(fractions) != 3:
-            raise BadInputError(f"split needs exactly three fractions train,val,test (e.g. 0.7,0.15,0.15), got {len(fractions)}")
+        fractions = self.split
         if any(not math.isfinite(f) or f < 0 for f in fractions):
             raise BadInputError(f"split fractions must be finite and >= 0, got {','.join(map(str, fractions))}")
         if fractions[0] <= 0:
             raise BadInputError("split: the train fraction must be > 0")
         if abs(sum(fractions) - 1.0) > 1e-6:
             raise BadInputError(f"split fractions must sum to 1, got {','.join(map(str, fractions))} (sum {sum(fractions):g})")
-        self.split = fractions
-        if self.size < 8:
-            raise BadInputError(f"size must be at least 8 pixels, got {self.size}")
-        if self.seed < 0:
-            raise BadInputError(f"seed must be >= 0, got {self.seed}")
-        if self.workers < 0:
-            raise BadInputError("workers must be >= 0 (0 = automatic)")

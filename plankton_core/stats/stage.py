@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from ..data import CLASSES_KEY, SPLITS_KEY, STATS_KEY, ImageCache, load_crop
 from ..errors import BadInputError
 from ..progress import progress
-from ..stage import StageContext, StageResult, run_stage
+from ..stage import StageContext
 from ..store import Store
 from ..tables import read_parquet, write_json, write_parquet
 from .config import StatsConfig
@@ -28,11 +28,6 @@ from .split import SPLITS, assign_splits, min_frames_to_split
 MANIFEST_KEY = "crop/manifest.parquet"
 MANIFEST_COLUMNS = ("crop_key", "class", "source_key", "status")
 CHUNK = 64  # crops summed per task: bounds memory to CHUNK letterboxed crops per thread
-
-
-def run_stats(cfg: StatsConfig, root: Store, force: bool = False) -> StageResult:
-    """Run the stats stage under the stage contract (needs crop's `_SUCCESS`)."""
-    return run_stage("stats", cfg, root, _body, upstream=["crop"], force=force)
 
 
 def read_kept_crops(root: Store) -> pa.Table:
@@ -88,7 +83,7 @@ def train_histogram(root: Store, keys: Sequence[str], size: int, cache: bool = T
     return hist
 
 
-def _body(cfg: StatsConfig, ctx: StageContext) -> dict:
+def body(cfg: StatsConfig, ctx: StageContext) -> dict:
     root = ctx.root
     kept = read_kept_crops(root)
     keys = kept.column("crop_key").to_numpy(zero_copy_only=False)

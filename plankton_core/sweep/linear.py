@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadInputError
-from ..evaluate.metrics import classification_metrics
+from ..scoring import classification_metrics
 from ..store import Store
 
 

@@ -13,15 +13,21 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint
-from ..errors import BadInputError
-from ..features import pick_device, to_model_input
-from ..models import SupConModel
-from ..store import Store
-from ..tables import read_json
-from .index import l2_normalise
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .errors import BadInputError
+from .features import pick_device, to_model_input
+from .models import SupConModel
+from .store import Store
+from .tables import read_json
 
 SELECTION_KEY = "sweep/selection.json"
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32 (zero rows stay zero)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.float32(1e-12))
 
 
 @dataclass

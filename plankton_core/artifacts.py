@@ -1,0 +1,49 @@
+"""Each stage's public keys, named once. A stage reads another stage's outputs only through these names.
+
+Keys are relative to the pipeline root. A stage writes only under its own
+prefix; everything here under another stage's prefix is read-only to it.
+"""
+from __future__ import annotations
+
+# crop
+CROP_MANIFEST = "crop/manifest.parquet"
+CROP_CROPS = "crop/crops"
+CROP_RUN = "crop/run.json"
+
+# stats
+STATS_SPLITS = "stats/splits.parquet"
+STATS_CLASSES = "stats/classes.json"
+STATS_JSON = "stats/stats.json"
+
+# supcon
+SUPCON_CKPT = "supcon/ckpt"
+SUPCON_METRICS = "supcon/metrics.jsonl"
+SUPCON_RUN = "supcon/run.json"
+
+# linear-sweep
+SWEEP_SELECTION = "sweep/selection.json"
+SWEEP_TABLE = "sweep/sweep.parquet"
+SWEEP_MARKDOWN = "sweep/sweep.md"
+SWEEP_PLOT = "sweep/sweep.png"
+SWEEP_FEATURES = "sweep/features"
+SWEEP_HEADS = "sweep/heads"
+
+# evaluate
+EVAL_METRICS = "evaluate/metrics.json"
+EVAL_PREDICTIONS = "evaluate/predictions.parquet"
+EVAL_PER_CLASS = "evaluate/per_class.parquet"
+EVAL_CONFUSIONS = "evaluate/confusions.parquet"
+EVAL_CONFUSION_PNG = "evaluate/confusion.png"
+EVAL_REPORT_HTML = "evaluate/report.html"
+EVAL_REPORT_MD = "evaluate/report.md"
+
+# lut
+LUT_INDEX_JSON = "lut/index.json"
+LUT_INDEX = {"full": "lut/index.faiss", "pruned": "lut/index_pruned.faiss"}
+LUT_GALLERY = {"full": "lut/gallery.parquet", "pruned": "lut/gallery_pruned.parquet"}
+LUT_EMBEDDINGS = "lut/embeddings.npy"  # row-aligned with lut/gallery.parquet
+LUT_HELDOUT = "lut/heldout.parquet"  # val/test crops outside the gallery (calibration and evaluation)
+LUT_HELDOUT_EMBEDDINGS = "lut/heldout.npy"
+LUT_PRUNE_SWEEP = "lut/prune_sweep.parquet"
+LUT_PRUNE_PLOT = "lut/prune_sweep.png"
+LUT_RETRIEVAL = "lut/retrieval.json"
