@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ROOT   ?= ./artifacts
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean lint format typecheck tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,22 @@ install: $(STAMP) ## make .venv and install the project with its test extras
 demo: $(STAMP) ## every stage end to end on generated data into $(ROOT)
 	ROOT=$(ROOT) BIN=$(BIN) bash scripts/demo.sh
 
-test: $(STAMP) ## the whole test suite ("no tests collected" fails)
+test: $(STAMP) tools lint typecheck ## lint, types, then the whole test suite ("no tests collected" fails)
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP) ## ruff rules and the format check
+	$(BIN)/ruff check plankton_core jobs tests bench
+	$(BIN)/ruff format --check plankton_core jobs tests bench
+
+format: $(STAMP) ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff format plankton_core jobs tests bench
+	$(BIN)/ruff check --fix plankton_core jobs tests bench
+
+typecheck: $(STAMP) ## mypy over the library
+	$(BIN)/mypy
+
+tools: ## programs the tests need besides Python packages: installed here when root on Debian, else one line saying what to install
+	@bash scripts/tools.sh
 
 bench: $(STAMP) ## speed figures, each a side-by-side ratio
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
