@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ROOT   ?= ./artifacts
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean lint format typecheck tools
+.PHONY: install demo test bench clean lint format typecheck tools docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ typecheck: $(STAMP) ## mypy over the library
 
 tools: ## programs the tests need besides Python packages: installed here when root on Debian, else one line saying what to install
 	@bash scripts/tools.sh
+
+docs: $(STAMP) ## regenerate README.md's command usage lines from the commands' options
+	$(BIN)/python scripts/readme_usage.py --write
 
 bench: $(STAMP) ## speed figures, each a side-by-side ratio
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

@@ -24,6 +24,8 @@ step "evaluate"
 "$P" evaluate --root "$ROOT"
 step "lut"
 "$P" lut --root "$ROOT"
+step "report: evaluate's results and the LUT's in one page"
+"$P" report --root "$ROOT"
 step "query: three generated frames against the LUT"
 mapfile -t SAMPLES < <(for d in "$IMAGES"/*/; do find "$d" -type f | sort | tail -n 1; done | head -n 3)
 "$P" query --root "$ROOT" --k 5 "${SAMPLES[@]}"
@@ -38,6 +40,6 @@ Done. Results under $ABS:
   splits and mean/std  $ABS/stats/stats.json
   checkpoints          $ABS/supcon/ckpt/
   checkpoint sweep     $ABS/sweep/sweep.md
-  test report          $ABS/evaluate/report.html
+  test report          $ABS/report/report.html
   look-up table        $ABS/lut/index.json
 TXT

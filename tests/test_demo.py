@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_DIRS = ("crop", "stats", "supcon", "sweep", "evaluate", "lut")
+STAGE_DIRS = ("crop", "stats", "supcon", "sweep", "evaluate", "lut", "report")
 
 
 def test_demo_runs_every_stage_into_a_local_folder_and_says_where_results_are(tmp_path):
@@ -20,9 +20,10 @@ def test_demo_runs_every_stage_into_a_local_folder_and_says_where_results_are(tm
     for stage in STAGE_DIRS:
         assert (root / stage / "_SUCCESS").exists(), f"{stage} did not finish"
         assert json.loads((root / stage / "run.json").read_text())["stage"]
-    assert f"test report          {root.resolve()}/evaluate/report.html" in proc.stdout
-    report = (root / "evaluate" / "report.html").read_text()
-    assert "Retrieval" in report  # lut added its section to evaluate's report
+    assert f"test report          {root.resolve()}/report/report.html" in proc.stdout
+    report = (root / "report" / "report.html").read_text()
+    assert "Retrieval" in report  # the report stage composed lut's results with evaluate's
+    assert "Retrieval" not in (root / "evaluate" / "report.html").read_text()  # no later stage patches evaluate's files
     metrics = json.loads((root / "evaluate" / "metrics.json").read_text())
     assert metrics["count"] > 0 and 0.0 <= metrics["accuracy"] <= 1.0
     # the sample query printed one row per queried frame and the SQL printed per-class counts
