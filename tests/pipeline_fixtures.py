@@ -7,16 +7,35 @@ earlier stages. The end-to-end test runs the real stages instead.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any, Callable
+
 import numpy as np
 import pyarrow as pa
 
 from plankton_core.data import letterbox
+from plankton_core.errors import BadInputError
 from plankton_core.imageio import encode_png
-from plankton_core.stage import run_stage
+from plankton_core.stage import Stage, get_stage, register, run_stage
 from plankton_core.store import open_store
 from plankton_core.tables import write_json, write_parquet
 
 SHAPES = ("disc", "bar", "cross", "ring", "triangle")
+STANDIN_UPSTREAM = {"crop": (), "stats": ("crop",), "supcon": ("stats",)}  # for stages not registered yet
+
+
+def finish_stage(store, name: str, cfg: Any, body: Callable[[Any, Any], Any], prefix: str | None = None) -> None:
+    """Mark stage `name` finished under the contract (run.json, `_SUCCESS`) with a stand-in body.
+
+    The registered stage keeps its name, prefix and upstream, so the digests
+    downstream stages record are real; a stage whose package is not registered
+    yet gets a stand-in registration.
+    """
+    try:
+        stage = get_stage(name)
+    except BadInputError:
+        stage = register(Stage(name=name, prefix=prefix or name, config=dict, body=body, upstream=STANDIN_UPSTREAM.get(name, ())))
+    run_stage(replace(stage, body=body, check=None, fingerprint=None, shard=None, merge=None), cfg, store, force=True)
 
 
 def draw_shape(kind: str, size: int, rng: np.random.Generator, dark_field: bool) -> np.ndarray:
@@ -69,9 +88,9 @@ def make_stats_root(root_uri: str, n_classes: int = 3, per_class: int = 24, size
         write_json(store, "stats/stats.json", {"mean": mean, "std": std, "size": size, "counts": {"train": len(train)}})
         return {"train": len(train)}
 
-    run_stage("crop", {"fabricated": True, "seed": seed}, store, fake_crop, force=True)
-    run_stage("stats", {"fabricated": True, "seed": seed}, store, fake_stats, upstream=["crop"], force=True)
+    finish_stage(store, "crop", {"fabricated": True, "seed": seed}, fake_crop)
+    finish_stage(store, "stats", {"fabricated": True, "seed": seed}, fake_stats)
     return store
 
 
-__all__ = ["make_stats_root", "draw_shape", "letterbox"]
+__all__ = ["make_stats_root", "draw_shape", "finish_stage", "letterbox"]
