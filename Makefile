@@ -52,10 +52,11 @@ K8S_SET      ?=
 KUBECTL_KIND  = kubectl --context kind-$(KIND_CLUSTER)
 PKG_VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 GIT_COMMIT   := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
-STAGES       := synth crop stats supcon linear-sweep evaluate lut
 SUBMIT        = $(BIN)/plankton submit --values $(K8S_VALUES) --set image=$(IMAGE) $(foreach s,$(K8S_SET),--set $(s))
+# the stages come from the stage registry: `submit-STAGE` works for whatever `plankton k8s stages` lists
+STAGES        = $(shell $(BIN)/plankton k8s stages)
 
-.PHONY: image push kind-up kind-load kind-down pipeline hadolint $(addprefix submit-,$(STAGES))
+.PHONY: image push kind-up kind-load kind-down pipeline hadolint stages
 
 image: ## build the one image of every stage as $(IMAGE), with version and git commit labels
 	docker build --build-arg VERSION=$(PKG_VERSION) --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE) .
@@ -74,7 +75,10 @@ kind-up: ## local cluster: kind, MinIO + bucket, Pushgateway, kube-state-metrics
 kind-load: ## copy $(IMAGE) into the kind nodes (nothing is pulled there)
 	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
 
-$(addprefix submit-,$(STAGES)): submit-%: | $(STAMP) ## run one stage as a Job in the current kube context and follow it
+stages: | $(STAMP) ## what submit-STAGE takes: the tools run as Jobs (synth), then the registered stages in order
+	@echo $(STAGES)
+
+submit-%: | $(STAMP) ## run one stage (e.g. submit-supcon) as a Job in the current kube context and follow it
 	$(SUBMIT) $*
 
 pipeline: | $(STAMP) ## every stage as Jobs in order in the current kube context; up-to-date stages end at once

@@ -1,4 +1,5 @@
-"""`plankton k8s render|run-local|setup`: a stage's Kubernetes Job as YAML, run here as its pod would, and the cluster-side config."""
+"""`plankton k8s render|run-local|setup|stages`: a stage's Kubernetes Job as YAML, run here as its pod would,
+the cluster-side config, and what can run as a Job (the stage registry's stages, plus tools such as synth)."""
 from __future__ import annotations
 
 import base64
@@ -11,6 +12,7 @@ import yaml
 
 from plankton_core.errors import BadInputError
 from plankton_core.jobspec import LocalRunner, Settings, dump, new_run_id, render_stage
+from plankton_core.jobspec.settings import job_names
 
 PIPELINE = "pipeline"
 
@@ -89,6 +91,13 @@ def run_local_cmd(workdir: str | None, **params) -> None:
             if code:
                 click.echo(f"plankton k8s: error: stage {stage} failed with exit code {code}", err=True)
                 sys.exit(code)
+
+
+@command.command(name="stages")
+def stages_cmd() -> None:
+    """Print what STAGE may name, one per line: the tools that run as Jobs, then the registered stages in pipeline order."""
+    for name in job_names():
+        click.echo(name)
 
 
 @command.command(name="setup")

@@ -1,10 +1,11 @@
 """Kubernetes manifests for a stage: the one template `k8s/job.yaml` filled from the stage's settings.
 
 A stage renders to one Job, except:
-- supcon on several nodes: a headless Service (torchrun's rendezvous address) and an
-  Indexed Job with one pod per node;
-- a sharded stage (`shards > 1`: crop, linear-sweep): an Indexed Job with one shard per pod,
-  then the `merge` Job (the shards' results merged: crop's manifest, the sweep's chosen checkpoint).
+- a distributed stage (supcon) on several nodes: a headless Service (torchrun's
+  rendezvous address) and an Indexed Job with one pod per node;
+- a shardable stage with `shards > 1` (crop, linear-sweep): an Indexed Job with one shard per pod,
+  then the `merge` Job (`--merge`: the shards' parts gathered into the stage's outputs).
+What a stage may do (GPUs, torchrun, shards) is what the stage registry says of it.
 Documents come back in the order `kubectl apply` takes them (a Service before its Job);
 `plankton submit` creates and waits on the Jobs in that order, each Service right after
 its Job and owned by it.
@@ -21,8 +22,9 @@ from typing import Any
 import yaml
 
 from ..errors import BadInputError
+from ..stage import stages
 from ..version import package_version
-from .settings import Settings, default_k8s_dir
+from .settings import Settings, default_k8s_dir, registered
 
 TEMPLATE_FILE = "job.yaml"
 CONTAINER = "plankton"
@@ -99,17 +101,25 @@ def render_stage(settings: Settings, stage: str, run_id: str | None = None, k8s_
 
 
 def _check(stage: str, s: dict[str, Any]) -> None:
+    """Settings a stage cannot run with, refused before anything is created."""
+    described = registered(stage)
+    distributed = ", ".join(x.name for x in stages() if x.distributed) or "none"
+    shardable = " and ".join(x.name for x in stages() if x.shardable) or "none"
     for key in ("gpus", "nodes", "shards", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
         if not isinstance(s.get(key), int) or isinstance(s.get(key), bool) or s[key] < 0:
             raise BadInputError(f"{stage}: setting {key} must be a whole number >= 0, got {s.get(key)!r}")
     if s["nodes"] < 1 or s["shards"] < 1:
         raise BadInputError(f"{stage}: nodes and shards must be >= 1")
+    if s["torchrun"] and not (described and described.distributed):
+        raise BadInputError(f"{stage}: does not run under torchrun (only {distributed}); set torchrun: false")
     if s["nodes"] > 1 and not s["torchrun"]:
-        raise BadInputError(f"{stage}: only a torchrun stage (supcon) runs on several nodes; set nodes: 1")
+        raise BadInputError(f"{stage}: only a torchrun stage ({distributed}) runs on several nodes; set nodes: 1")
     if s["nodes"] > 1 and s["gpus"] < 1:
         raise BadInputError(f"{stage}: multi-node torchrun needs gpus >= 1 per node")
     if s["gpus"] > 1 and not s["torchrun"]:
-        raise BadInputError(f"{stage}: uses one GPU per pod; only supcon (torchrun) uses several (set gpus: 1, or shards for crop and linear-sweep)")
+        raise BadInputError(f"{stage}: uses one GPU per pod; only {distributed} (torchrun) uses several (set gpus: 1, or shards for {shardable})")
+    if s["shards"] > 1 and not (described and described.shardable):
+        raise BadInputError(f"{stage}: is not shardable (only {shardable}); set shards: 1")
     if s["nodes"] > 1 and s["shards"] > 1:
         raise BadInputError(f"{stage}: nodes and shards cannot both be > 1")
 

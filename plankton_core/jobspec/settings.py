@@ -1,11 +1,16 @@
 """Per-stage Job settings: `k8s/stages.yaml`, then `--values` files, then `--set key=value`.
 
-A settings file holds `defaults` (every stage), `stages.<name>` (one stage) and
-optionally `pipeline` (the stage order of `submit pipeline`). For one stage the
-layers merge in this order, later winning: each file's `defaults` then its
-`stages.<name>`, files in the order given, then the `--set` overrides. Mappings
-merge key by key; lists and scalars replace. Unknown keys are an error, so a
-typo never renders silently.
+Which stages exist, and their order, is the stage registry's (`plankton_core.stage`):
+a settings file only tunes them. It holds `defaults` (every stage), `stages.<name>`
+(one registered stage, or a tool that runs as a Job: `synth`) and optionally
+`prelude` (tools `submit pipeline` runs before the stages, e.g. [synth] for the demo).
+For one stage the layers merge in this order, later winning: the first file's
+`defaults`, then what the registry says of the stage (a GPU stage gets `gpus: 1`
+and `gpuNode`, a distributed one `torchrun`, a shardable one a `merge` Job with
+`--merge`), then the first file's `stages.<name>`, then each further file's
+`defaults` and `stages.<name>`, then the `--set` overrides. Mappings merge key by
+key; lists and scalars replace. Unknown keys and stages are an error, so a typo
+never renders silently.
 """
 from __future__ import annotations
 
@@ -18,8 +23,11 @@ import yaml
 
 from ..config import read_yaml_mapping
 from ..errors import BadInputError
+from ..stage import Stage, stages
 
 STAGES_FILE = "stages.yaml"
+# commands that are not stages but run as Jobs too (synth makes the demo's images)
+TOOL_JOBS = ("synth",)
 
 # every key a stage's settings may hold, with what it means (also the `--set` help)
 KEYS: dict[str, str] = {
@@ -36,14 +44,14 @@ KEYS: dict[str, str] = {
     "ttlSecondsAfterFinished": "delete the finished Job (and its pods) after this long",
     "terminationGracePeriodSeconds": "time between SIGTERM and SIGKILL (supcon checkpoints in it)",
     "resources": "container requests and limits (nvidia.com/gpu is added from gpus)",
-    "gpus": "GPUs per pod (nvidia.com/gpu); > 1 runs supcon under torchrun",
+    "gpus": "GPUs per pod (nvidia.com/gpu); > 1 runs a distributed stage (supcon) under torchrun",
     "gpuNode": "schedule on the GPU nodes (gpuNodeSelector + gpuTolerations)",
     "gpuNodeSelector": "node labels of the GPU nodes",
     "gpuTolerations": "tolerations matching the GPU nodes' taints",
     "nodes": "pods (nodes) of one torchrun job; > 1 renders an Indexed Job + headless Service",
     "torchrunPort": "rendezvous port of multi-node torchrun",
-    "torchrun": "the stage can run under torchrun (only supcon)",
-    "shards": "pods of an Indexed Job, one shard each (crop, linear-sweep)",
+    "torchrun": "run under torchrun when gpus or nodes > 1 (default and only for distributed stages: supcon)",
+    "shards": "pods of an Indexed Job, one shard each (shardable stages: crop, linear-sweep)",
     "parallelism": "shard pods running at once (default: all)",
     "merge": "settings of the Job that runs after the shards (e.g. args: {merge: true})",
     "shm": "mount a memory-backed /dev/shm",
@@ -72,20 +80,48 @@ def default_k8s_dir() -> Path:
 def load_file(path: str | os.PathLike) -> dict[str, Any]:
     """One settings file, checked for its shape."""
     path = Path(path)
-    data = read_yaml_mapping(path, "settings file", "a mapping with defaults/stages/pipeline")
-    extra = sorted(set(data) - {"defaults", "stages", "pipeline"})
+    data = read_yaml_mapping(path, "settings file", "a mapping with defaults/stages/prelude")
+    if "pipeline" in data:
+        raise BadInputError(f"settings file {path}: `pipeline` is gone: the stage order comes from the stage registry; "
+                            f"list tools to run before the stages under `prelude` (e.g. prelude: [synth])")
+    extra = sorted(set(data) - {"defaults", "stages", "prelude"})
     if extra:
-        raise BadInputError(f"settings file {path}: unknown top-level key(s) {', '.join(extra)} (allowed: defaults, stages, pipeline)")
+        raise BadInputError(f"settings file {path}: unknown top-level key(s) {', '.join(extra)} (allowed: defaults, stages, prelude)")
     _check_keys(data.get("defaults") or {}, f"{path}: defaults")
-    stages = data.get("stages") or {}
-    if not isinstance(stages, dict):
+    sections = data.get("stages") or {}
+    if not isinstance(sections, dict):
         raise BadInputError(f"settings file {path}: stages must be a mapping of stage: settings")
-    for name, section in stages.items():
+    known = job_names()
+    for name, section in sections.items():
+        if name not in known:
+            raise BadInputError(f"settings file {path}: stages.{name}: no such stage; one of: {', '.join(known)}")
         _check_keys(section or {}, f"{path}: stages.{name}")
-    pipeline = data.get("pipeline")
-    if pipeline is not None and not (isinstance(pipeline, list) and all(isinstance(s, str) for s in pipeline)):
-        raise BadInputError(f"settings file {path}: pipeline must be a list of stage names")
+    prelude = data.get("prelude")
+    if prelude is not None and not (isinstance(prelude, list) and all(s in TOOL_JOBS for s in prelude)):
+        raise BadInputError(f"settings file {path}: prelude must be a list of tools ({', '.join(TOOL_JOBS)})")
     return data
+
+
+def job_names() -> list[str]:
+    """What can run as a Job: the tools, then every registered stage in pipeline order."""
+    return list(TOOL_JOBS) + [s.name for s in stages()]
+
+
+def registered(name: str) -> Stage | None:
+    """The registered stage of that name (None for a tool)."""
+    return next((s for s in stages() if s.name == name), None)
+
+
+def stage_defaults(stage: Stage | None) -> dict[str, Any]:
+    """The settings the registry implies for a stage, above the base defaults and below its own section."""
+    if stage is None:
+        return {"torchrun": False}
+    out: dict[str, Any] = {"torchrun": stage.distributed}
+    if stage.gpu:
+        out.update(gpus=1, gpuNode=True)
+    if stage.shardable:
+        out["merge"] = {"args": {"merge": True}}
+    return out
 
 
 def _check_keys(section: Any, where: str) -> None:
@@ -153,20 +189,14 @@ class Settings:
 
     @property
     def stages(self) -> list[str]:
-        """Stage names in the order the base file lists them."""
-        names: list[str] = []
-        for f in self.files:
-            names += [n for n in (f.get("stages") or {}) if n not in names]
-        return names
+        """Everything that renders to a Job: the tools, then the registered stages in pipeline order."""
+        return job_names()
 
     @property
     def pipeline(self) -> list[str]:
-        """The stages `submit pipeline` runs, in order (the last file that says wins)."""
-        order = next((f["pipeline"] for f in reversed(self.files) if f.get("pipeline")), None)
-        order = order or self.stages
-        for name in order:
-            self.check_stage(name)
-        return list(order)
+        """What `submit pipeline` runs, in order: the prelude tools (the last file that says wins), then every stage."""
+        prelude = next((f["prelude"] for f in reversed(self.files) if f.get("prelude") is not None), [])
+        return list(prelude) + [s.name for s in stages()]
 
     def check_stage(self, stage: str) -> None:
         if stage not in self.stages:
@@ -176,8 +206,10 @@ class Settings:
         """The merged settings of one stage; arg names normalised to the CLI's spelling (batch_size → batch-size)."""
         self.check_stage(stage)
         merged: dict[str, Any] = {}
-        for f in self.files:
+        for i, f in enumerate(self.files):
             merged = deep_merge(merged, f.get("defaults") or {}, REPLACED)
+            if i == 0:  # what the registry says sits above the base defaults, below every stage section
+                merged = deep_merge(merged, stage_defaults(registered(stage)), REPLACED)
             merged = deep_merge(merged, (f.get("stages") or {}).get(stage) or {}, REPLACED)
         merged = deep_merge(merged, self.overrides, REPLACED)
         merged["args"] = normalise_args(merged.get("args") or {})
