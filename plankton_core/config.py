@@ -28,7 +28,8 @@ from .errors import BadInputError
 T = TypeVar("T")
 
 # config= for every stage config: unknown keys are an error; values are re-checked on assignment
-CONFIG = {"extra": "forbid", "validate_assignment": True, "arbitrary_types_allowed": True}
+# (a number read from YAML for a text option is that text, as `name: 50` always was)
+CONFIG = {"extra": "forbid", "validate_assignment": True, "arbitrary_types_allowed": True, "coerce_numbers_to_str": True}
 
 
 def stage_config(cls: type[T]) -> type[T]:
@@ -113,6 +114,8 @@ def load_config(cls: type[T], yaml_path: str | Path | None = None, overrides: di
     if unknown:
         raise BadInputError(f"unknown config option(s) for {cls.__name__}: {', '.join(unknown)}")
     for name, value in list(values.items()):
+        if isinstance(value, bool) and specs[name].kind in ("int", "float"):  # pydantic would read true as 1
+            raise BadInputError(f"option {specs[name].flag}: Input should be a number, not a boolean (got {value!r})")
         if specs[name].kind == "list" and isinstance(value, str):
             values[name] = [p.strip() for p in value.split(",") if p.strip()]
     try:
