@@ -14,7 +14,7 @@ import torch
 
 from .errors import BadInputError
 from .models import SupConModel, create_model
-from .store import Store, join
+from .store import Store, join, split_uri
 
 CKPT_PREFIX = "supcon/ckpt"
 _EPOCH_RE = re.compile(r"epoch_(\d+)\.pt$")
@@ -74,25 +74,10 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> SupConModel:
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "encoder.", "backbone.", "model.")
 
 
-def split_uri(uri: str, s3_endpoint: str | None = None) -> tuple[Store, str]:
-    """(store of the parent folder, object name) for a path, file:// or s3:// URI of one file."""
-    import os
-
-    from .store import open_store
-
-    if "://" in uri:
-        parent, _, name = uri.rstrip("/").rpartition("/")
-    else:
-        parent, name = os.path.split(os.path.abspath(os.path.expanduser(uri)))
-    if not name or parent.endswith(":/"):
-        raise BadInputError(f"not a file URI: {uri}")
-    return open_store(parent, s3_endpoint), name
-
-
 def read_uri(uri: str, s3_endpoint: str | None = None, what: str = "file") -> bytes:
     """Bytes of one object named by a path, file:// or s3:// URI (through the store, so S3 settings apply)."""
     store, name = split_uri(uri, s3_endpoint)
-    if not store.exists(name):
+    if not name or not store.exists(name):
         raise BadInputError(f"{what} not found: {uri}")
     return store.read_bytes(name)
 

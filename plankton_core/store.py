@@ -1,7 +1,19 @@
 """One small interface over a local folder and S3-compatible object storage.
 
-Only this module imports boto3. Keys are always '/'-separated and relative to
-the store's root, so stages never care which backend they run on.
+Only this module imports boto3 and only this module parses store URIs. Keys
+are always '/'-separated and relative to the store's root, so stages never
+care which backend they run on: the `Store` Protocol has every verb a caller
+needs (atomic `open_write`, `list_sizes`, `local_path` for tools that want a
+file), so nothing checks which backend it holds.
+
+A store is reopened elsewhere (a process-pool worker, a DDP rank) from its
+`reopen_spec()`: the URI plus the S3 endpoint, which a URI alone does not say.
+
+Why boto3 and not pyarrow.fs or fsspec: the store needs few verbs, and boto3
+gives them with botocore's standard retries, multipart uploads and streaming
+reads, while the tests run against a real HTTP S3 (moto's server); pyarrow.fs
+would add a second S3 client (its own retry and credential rules) for no new
+verb, fsspec/s3fs a dependency tree on aiobotocore.
 """
 from __future__ import annotations
 
@@ -10,14 +22,24 @@ import os
 import shutil
 import tempfile
 import uuid
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Protocol
-from urllib.parse import urlparse
+from typing import BinaryIO, Protocol
+from urllib.parse import unquote, urlparse
 
 from .errors import StoreError
 
 DEFAULT_ROOT = "./artifacts"
+
+
+@dataclass(frozen=True)
+class StoreURI:
+    """A store's URI and the S3 endpoint that reaches it: picklable, so a worker or DDP rank reopens the same store."""
+
+    uri: str
+    s3_endpoint: str | None = None
 
 
 class Store(Protocol):
@@ -29,13 +51,28 @@ class Store(Protocol):
     def read_bytes(self, key: str) -> bytes: ...
     def write_bytes(self, key: str, data: bytes) -> None: ...
     def open_read(self, key: str) -> BinaryIO: ...
+    def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """A file to write `key` into; the object appears whole when the block ends, and not at all if it raises."""
+        ...
     def list(self, prefix: str = "") -> Iterator[str]: ...
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size in bytes) of every object under `prefix`, in `list` order."""
+        ...
+    def is_dir(self, prefix: str = "") -> bool:
+        """A folder on disk; on S3 (which has no empty folders), a prefix with at least one object under it."""
+        ...
+    def local_path(self, key: str) -> AbstractContextManager[Path]:
+        """A local file holding `key`, for tools that want a path (FAISS, SAM2, DuckDB); read it, do not write it."""
+        ...
     def put_file(self, local_path: str | os.PathLike, key: str) -> None: ...
     def get_file(self, key: str, local_path: str | os.PathLike) -> None: ...
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> int: ...
     def size(self, key: str) -> int: ...
-    def child(self, prefix: str) -> "Store": ...
+    def child(self, prefix: str) -> Store: ...
+    def reopen_spec(self) -> StoreURI:
+        """What `open_store` needs to open this store again in another process."""
+        ...
 
 
 def join(*parts: str) -> str:
@@ -114,6 +151,9 @@ class LocalStore:
         for key in self.list(prefix):
             yield key, self._p(key).stat().st_size
 
+    def is_dir(self, prefix: str = "") -> bool:
+        return self._p(prefix).is_dir()
+
     def put_file(self, local_path: str | os.PathLike, key: str) -> None:
         with open(local_path, "rb") as src, self.open_write(key) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
@@ -140,12 +180,19 @@ class LocalStore:
         except FileNotFoundError:
             raise StoreError(f"not found in store: {self.uri}/{key}") from None
 
-    def local_path(self, key: str) -> Path:
-        """The file itself, for tools (FAISS, DuckDB) that want a path."""
-        return self._p(key)
+    @contextmanager
+    def local_path(self, key: str) -> Iterator[Path]:
+        """The file itself: no copy."""
+        path = self._p(key)
+        if not path.is_file():
+            raise StoreError(f"not found in store: {self.uri}/{key}")
+        yield path
 
-    def child(self, prefix: str) -> "LocalStore":
+    def child(self, prefix: str) -> LocalStore:
         return LocalStore(self._p(prefix))
+
+    def reopen_spec(self) -> StoreURI:
+        return StoreURI(self.uri)
 
 
 class S3Store:
@@ -185,6 +232,8 @@ class S3Store:
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
+        if not self._k(key):
+            return False  # the bucket itself is not an object
         with self._errors(key):  # other errors (403, endpoint gone) become one-line StoreErrors
             try:
                 self._client.head_object(Bucket=self.bucket, Key=self._k(key))
@@ -232,6 +281,23 @@ class S3Store:
                 for obj in page.get("Contents", []):
                     yield obj["Key"][strip:], int(obj["Size"])
 
+    def is_dir(self, prefix: str = "") -> bool:
+        full = self._k(prefix)
+        with self._errors(prefix):
+            reply = self._client.list_objects_v2(Bucket=self.bucket, Prefix=full + "/" if full else "", MaxKeys=1)
+        return int(reply.get("KeyCount", 0)) > 0
+
+    @contextmanager
+    def local_path(self, key: str) -> Iterator[Path]:
+        """A temporary download (same suffix as the key, for tools that look at it), removed afterwards."""
+        fd, tmp = tempfile.mkstemp(suffix=Path(key).suffix)
+        os.close(fd)
+        try:
+            self.get_file(key, tmp)
+            yield Path(tmp)
+        finally:
+            os.unlink(tmp)
+
     def put_file(self, local_path: str | os.PathLike, key: str) -> None:
         with self._errors(key):
             self._client.upload_file(str(local_path), self.bucket, self._k(key), Config=_transfer_config())
@@ -269,8 +335,11 @@ class S3Store:
         with self._errors(key):
             return int(self._client.head_object(Bucket=self.bucket, Key=self._k(key))["ContentLength"])
 
-    def child(self, prefix: str) -> "S3Store":
+    def child(self, prefix: str) -> S3Store:
         return S3Store(self.bucket, join(self.prefix, prefix), self.endpoint_url, client=self._client)
+
+    def reopen_spec(self) -> StoreURI:
+        return StoreURI(self.uri, self.endpoint_url)
 
 
 class _S3ErrorContext:
@@ -314,34 +383,40 @@ def _transfer_config():
     return TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20, max_concurrency=4)
 
 
-def open_store(uri: str | None = None, s3_endpoint: str | None = None) -> LocalStore | S3Store:
-    """A store for `uri`: `s3://bucket/prefix`, `file:///path`, or a plain path (default `./artifacts`)."""
-    uri = uri or os.environ.get("PLANKTON_ROOT") or DEFAULT_ROOT
+def open_store(uri: str | StoreURI | None = None, s3_endpoint: str | None = None) -> LocalStore | S3Store:
+    """A store for `uri`: `s3://bucket/prefix`, `file:///path`, a plain path (default `./artifacts`), or a
+    `StoreURI` from `reopen_spec()` (its endpoint is used)."""
+    if isinstance(uri, StoreURI):
+        uri, s3_endpoint = uri.uri, uri.s3_endpoint
+    bucket, path = _parse(uri or os.environ.get("PLANKTON_ROOT") or DEFAULT_ROOT)
+    return LocalStore(path) if bucket is None else S3Store(bucket, path, endpoint_url=s3_endpoint)
+
+
+def split_uri(uri: str, s3_endpoint: str | None = None) -> tuple[LocalStore | S3Store, str]:
+    """(store of the parent folder, last name) of a path, file:// or s3:// URI of one object or prefix.
+
+    The name is '' when the URI names a folder ('…/') or a bucket: a caller that needs one file says so.
+    """
+    bucket, path = _parse(uri)
+    if bucket is not None:
+        parent, _, name = path.rpartition("/")
+        return S3Store(bucket, parent, endpoint_url=s3_endpoint), name
+    path = os.path.expanduser(path)
+    if path.endswith(("/", os.sep)):
+        return LocalStore(path), ""
+    parent, name = os.path.split(os.path.abspath(path))
+    return LocalStore(parent), name
+
+
+def _parse(uri: str) -> tuple[str | None, str]:
+    """(bucket, key path) of an s3:// URI; (None, local path) of a file:// URI or a plain path."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise StoreError(f"S3 URI needs a bucket: {uri}")
-        return S3Store(parsed.netloc, parsed.path, endpoint_url=s3_endpoint)
+        return parsed.netloc, parsed.path.lstrip("/")
     if parsed.scheme == "file":
-        return LocalStore(parsed.path)
-    if parsed.scheme and len(parsed.scheme) > 1:
+        return None, unquote(parsed.path)  # Path.as_uri() quotes spaces and '%'
+    if parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive
         raise StoreError(f"unsupported store URI scheme {parsed.scheme!r} in {uri}: use a path, file:// or s3://")
-    return LocalStore(uri)
-
-
-@contextmanager
-def local_copy(store, key: str, suffix: str = "") -> Iterator[Path]:
-    """A local file holding `key`: the file itself for a local store, a temporary download for S3."""
-    if isinstance(store, LocalStore):
-        path = store.local_path(key)
-        if not path.is_file():
-            raise StoreError(f"not found in store: {store.uri}/{key}")
-        yield path
-        return
-    fd, tmp = tempfile.mkstemp(suffix=suffix or Path(key).suffix)
-    os.close(fd)
-    try:
-        store.get_file(key, tmp)
-        yield Path(tmp)
-    finally:
-        os.unlink(tmp)
+    return None, uri

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from pathlib import Path
 
 import boto3
 import pytest
@@ -11,7 +12,7 @@ from boto3.s3.transfer import TransferConfig
 
 import plankton_core.store as store_module
 from plankton_core.errors import StoreError
-from plankton_core.store import LocalStore, S3Store, join, local_copy, open_store
+from plankton_core.store import LocalStore, S3Store, StoreURI, join, open_store, split_uri
 
 
 def test_write_read_exists_size_overwrite(store):
@@ -87,18 +88,86 @@ def test_s3_delete_prefix_sends_one_request_per_thousand_objects(s3_root):
     assert list(store.list("many")) == []
 
 
-def test_put_file_get_file_and_local_copy(store, tmp_path):
+def test_put_file_get_file_and_local_path(store, tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(3000))
     store.put_file(src, "files/src.bin")
     out = tmp_path / "out.bin"
     store.get_file("files/src.bin", out)
     assert out.read_bytes() == src.read_bytes()
-    with local_copy(store, "files/src.bin") as path:
-        assert path.read_bytes() == src.read_bytes()
+    with store.local_path("files/src.bin") as path:
+        assert path.read_bytes() == src.read_bytes() and path.suffix == ".bin"
+    if isinstance(store, S3Store):
+        assert not path.exists()  # the temporary download is gone
+    else:
+        assert path == store.path / "files/src.bin"  # the file itself, no copy
     with pytest.raises(StoreError, match="not found"):
-        with local_copy(store, "files/missing.bin"):
-            pytest.fail("local_copy yielded a path for a missing key")
+        with store.local_path("files/missing.bin"):
+            pytest.fail("local_path yielded a path for a missing key")
+
+
+def test_list_sizes_and_is_dir(store):
+    store.write_bytes("d/a.bin", b"12345")
+    store.write_bytes("d/sub/b.bin", b"")
+    store.write_bytes("dx.bin", b"1")
+    assert list(store.list_sizes("d")) == [("d/a.bin", 5), ("d/sub/b.bin", 0)]
+    assert [k for k, _ in store.list_sizes("")] == list(store.list(""))
+    assert store.is_dir("") and store.is_dir("d") and store.is_dir("d/sub")
+    assert not store.is_dir("d/a.bin") and not store.is_dir("nothing") and not store.is_dir("d/su")
+    assert not store.child("nothing").is_dir()
+
+
+def test_a_store_reopens_from_its_spec_in_another_process(store):
+    """What a process-pool worker or a DDP rank gets: a picklable spec carrying the S3 endpoint, not just the URI."""
+    import pickle
+
+    store.write_bytes("x/y.txt", b"hi")
+    spec = store.reopen_spec()
+    assert isinstance(spec, StoreURI) and spec.uri == store.uri
+    again = open_store(pickle.loads(pickle.dumps(spec)))
+    assert again.uri == store.uri and again.read_bytes("x/y.txt") == b"hi"
+    if isinstance(store, S3Store):
+        assert spec.s3_endpoint == store.endpoint_url is not None
+
+
+def test_the_endpoint_travels_in_the_spec_not_the_environment(s3_root, s3_env, monkeypatch):
+    store = open_store(s3_root, s3_endpoint=s3_env)
+    store.write_bytes("k", b"1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # a worker whose environment does not name the endpoint
+    assert open_store(store.reopen_spec()).read_bytes("k") == b"1"
+    assert open_store(store.child("sub").reopen_spec()).uri == f"{s3_root}/sub"
+
+
+def test_a_local_root_with_a_space_reopens_from_its_file_uri(tmp_path):
+    store = open_store(str(tmp_path / "my root"))
+    store.write_bytes("a", b"1")
+    assert "%20" in store.uri and open_store(store.uri).path == store.path
+    assert open_store(store.reopen_spec()).read_bytes("a") == b"1"
+
+
+def test_split_uri_gives_the_parent_store_and_the_name(tmp_path, s3_bucket, monkeypatch):
+    """The one parser for a URI naming one object (--resume, --pretrained, a SAM2 checkpoint, --out)."""
+    s3, name = split_uri(f"s3://{s3_bucket}/models/sam2.pt")
+    assert (s3.uri, name) == (f"s3://{s3_bucket}/models", "sam2.pt")
+    assert split_uri(f"s3://{s3_bucket}/sam2.pt")[0].uri == f"s3://{s3_bucket}"
+    folder, name = split_uri(f"s3://{s3_bucket}/models/")
+    assert (folder.uri, name) == (f"s3://{s3_bucket}/models", "")  # a folder: no name
+    assert split_uri(f"s3://{s3_bucket}")[1] == "" and not split_uri(f"s3://{s3_bucket}")[0].exists("")
+    local, name = split_uri(f"file://{tmp_path}/ckpt/sam2.pt")
+    assert (local.path, name) == ((tmp_path / "ckpt").resolve(), "sam2.pt")
+    monkeypatch.chdir(tmp_path)
+    assert (split_uri("sam2.pt")[0].path, split_uri("sam2.pt")[1]) == (tmp_path.resolve(), "sam2.pt")
+    assert (split_uri("/sam2.pt")[0].path, split_uri("/sam2.pt")[1]) == (Path("/"), "sam2.pt")
+    assert split_uri("ckpt/")[1] == "" and split_uri("ckpt/")[0].path == (tmp_path / "ckpt").resolve()
+    with pytest.raises(StoreError, match="unsupported store URI scheme 'gs'"):
+        split_uri("gs://bucket/x.pt")
+
+
+def test_split_uri_carries_the_endpoint(s3_root, s3_env, monkeypatch):
+    open_store(s3_root).write_bytes("w/x.pt", b"w")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    parent, name = split_uri(f"{s3_root}/w/x.pt", s3_env)
+    assert parent.read_bytes(name) == b"w" and parent.reopen_spec().s3_endpoint == s3_env
 
 
 def test_open_write_is_atomic_and_a_failed_write_leaves_the_old_object(store):
