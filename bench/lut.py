@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from prune import synthetic_gallery  # noqa: E402
 
 from plankton_core.lut.index import build_index, recall_at, search_params, tune_recall  # noqa: E402
-from prune import synthetic_gallery  # noqa: E402
 
 
 def latencies(index, queries: np.ndarray, batch: int, repeats: int, k: int = 5) -> np.ndarray:
@@ -49,13 +49,15 @@ def end_to_end(gallery: np.ndarray, index, model: str, size: int, n_images: int)
     """Images/s of a loaded Querier over generated frames; returns (images/s, seconds to load the LUT and checkpoint)."""
     import pyarrow as pa
 
+    from plankton_core import artifacts as A
     from plankton_core.checkpoint import save_checkpoint
+    from plankton_core.embedding import load_embedder
     from plankton_core.imageio import encode_png
-    from plankton_core.lut import artifacts as A
-    from plankton_core.lut.embed import load_embedder
     from plankton_core.lut.index import save_index
-    from plankton_core.lut.query import Querier, QueryConfig, resolve_inputs
+    from plankton_core.lut.stage import GALLERY_SCHEMA
     from plankton_core.models import create_model
+    from plankton_core.query.inputs import resolve_inputs
+    from plankton_core.query.service import Querier, QueryConfig
     from plankton_core.store import open_store
     from plankton_core.synth import render_frame
     from plankton_core.tables import write_json, write_parquet
@@ -67,22 +69,22 @@ def end_to_end(gallery: np.ndarray, index, model: str, size: int, n_images: int)
         ckpt = {"model": net.backbone.state_dict(), "head": net.head.state_dict(), "epoch": 1,
                 "config": {"model": model, "proj_dim": 128, "size": size, "mean": [0.05] * 3, "std": [0.1] * 3}}
         save_checkpoint(store, "supcon/ckpt/last.pt", ckpt)
-        write_json(store, "sweep/selection.json", {"checkpoint_key": "supcon/ckpt/last.pt", "model": model})
+        write_json(store, A.SWEEP_SELECTION, {"checkpoint_key": "supcon/ckpt/last.pt", "model": model})
         embedder = load_embedder(store)
         if embedder.dimension != gallery.shape[1]:
             raise SystemExit(f"--model {model} gives {embedder.dimension}-d features but the gallery is {gallery.shape[1]}-d: pass --dim {embedder.dimension}")
         n = len(gallery)
         classes = [f"class{i}" for i in range(20)]
         labels = np.arange(n) % 20
-        write_parquet(store, A.GALLERY["full"], pa.table({
+        write_parquet(store, A.LUT_GALLERY["full"], pa.table({
             "id": np.arange(n), "crop_key": [f"crop/crops/x/{i}.png" for i in range(n)], "class": [classes[v] for v in labels],
             "label": labels, "split": ["train"] * n, "source_key": [f"images/{i}.png" for i in range(n)],
             "x0": pa.nulls(n, pa.int64()), "y0": pa.nulls(n, pa.int64()), "x1": pa.nulls(n, pa.int64()), "y1": pa.nulls(n, pa.int64()),
-        }, schema=A.GALLERY_SCHEMA))
-        save_index(store, A.INDEX["full"], index)
-        write_json(store, A.INDEX_JSON, {**embedder.describe(), "classes": classes, "count": n, "index_type": "hnsw",
+        }, schema=GALLERY_SCHEMA))
+        save_index(store, A.LUT_INDEX["full"], index)
+        write_json(store, A.LUT_INDEX_JSON, {**embedder.describe(), "classes": classes, "count": n, "index_type": "hnsw",
                                          "search_params": search_params(index), "pruned": None, "calibration": {}})
-        write_json(store, "lut/run.json", {"stage": "lut", "digest": "bench"})
+        write_json(store, "lut/run.json", {"stage": "lut", "digest": "bench"})  # what query checks: a finished lut
         store.write_bytes("lut/_SUCCESS", b"")
         frames = Path(tmp, "frames")
         frames.mkdir()

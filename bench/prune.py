@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from plankton_core.lut.evaluation import QuerySet  # noqa: E402
 from plankton_core.lut.prune import greedy_order, neighbour_graph, threshold_grid  # noqa: E402
-from plankton_core.lut.sweep import sweep_thresholds  # noqa: E402
+from plankton_core.lut.prune_sweep import sweep_thresholds  # noqa: E402
 
 
 def synthetic_gallery(n: int, dim: int, n_classes: int = 20, seed: int = 0, confusable: float = 0.15) -> tuple[np.ndarray, np.ndarray]:

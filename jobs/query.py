@@ -5,10 +5,13 @@ import json
 
 import click
 
+from plankton_core.artifacts import LUT_INDEX_JSON
 from plankton_core.errors import BadInputError
-from plankton_core.lut.output import FORMATS, pick_format, write_output
-from plankton_core.lut.query import QueryConfig, render_rows, resolve_inputs, run_query
-from plankton_core.lut.query import calibrate as calibrate_threshold
+from plankton_core.lut.retrieval import VOTES
+from plankton_core.query.calibrate import calibrate as calibrate_threshold
+from plankton_core.query.inputs import resolve_inputs
+from plankton_core.query.output import FORMATS, pick_format, render_rows, write_output
+from plankton_core.query.service import QueryConfig, run_query
 from plankton_core.store import open_store
 
 
@@ -17,7 +20,7 @@ from plankton_core.store import open_store
 @click.option("--root", envvar="PLANKTON_ROOT", default="./artifacts", show_default=True, help="Pipeline root: a folder, file:// or s3://bucket/prefix.")
 @click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")
 @click.option("--k", type=int, default=5, show_default=True, help="Neighbours to return (and to vote with).")
-@click.option("--vote", type=click.Choice(["top1", "weighted"]), default="top1", show_default=True, help="top1: the nearest neighbour's class; weighted: similarity-weighted vote of the k.")
+@click.option("--vote", type=click.Choice(VOTES), default="top1", show_default=True, help="top1: the nearest neighbour's class; weighted: similarity-weighted vote of the k.")
 @click.option("--reject-below", type=float, default=None, help="Answer 'unknown' when the best similarity is below this [the calibrated threshold, if any].")
 @click.option("--calibrate", is_flag=True, help="Pick the threshold on val for --target-precision and store it in lut/index.json.")
 @click.option("--target-precision", type=float, default=0.95, show_default=True, help="Precision of accepted val predictions that --calibrate aims for.")
@@ -28,7 +31,9 @@ from plankton_core.store import open_store
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="table (stdout default), csv, jsonl or parquet [from --out's suffix].")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-def command(images, root, s3_endpoint, k, vote, reject_below, calibrate, target_precision, pruned, checkpoint, crop, out, fmt, batch_size, device) -> None:
+def command(images: tuple[str, ...], root: str, s3_endpoint: str | None, k: int, vote: str, reject_below: float | None, calibrate: bool,
+            target_precision: float, pruned: bool, checkpoint: str | None, crop: bool, out: str | None, fmt: str | None,
+            batch_size: int, device: str) -> None:
     """Classify IMAGES (files, folders, file:// or s3:// URIs, or keys/prefixes under the root) by their
     nearest gallery neighbours: one row per image with the predicted class, its score and the k neighbours
     (class, similarity, crop key); 'unknown' below the threshold; an error row for an unreadable image."""
@@ -45,7 +50,7 @@ def command(images, root, s3_endpoint, k, vote, reject_below, calibrate, target_
         record = calibrate_threshold(store, cfg, target_precision)
         click.echo(
             f"query: threshold {record['threshold']:.4f} gives precision {record['val_precision']:.4f} on "
-            f"{record['val_coverage']:.1%} of {record['val_count']} val crops → {store.uri}/lut/index.json",
+            f"{record['val_coverage']:.1%} of {record['val_count']} val crops → {store.uri}/{LUT_INDEX_JSON}",
             err=True,
         )
         if not images:

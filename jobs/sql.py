@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import click
 
-from plankton_core.lut.output import FORMATS, pick_format, render, text_table, write_output
-from plankton_core.lut.sql import VIEWS, run_sql
+from plankton_core.query.output import FORMATS, parquet_bytes, pick_format, render, text_table, write_output
+from plankton_core.sql import run_sql, views
 from plankton_core.store import open_store
 
-VIEW_HELP = ", ".join(f"{name} ({key})" for name, key in VIEWS.items())
+VIEW_HELP = ", ".join(f"{name} ({key})" for name, key in views().items())
 
 
 @click.command(name="sql", help=f"""Run a read-only SQL QUERY (DuckDB dialect) over the pipeline's Parquet files, each a view:
@@ -18,7 +18,7 @@ VIEW_HELP = ", ".join(f"{name} ({key})" for name, key in VIEWS.items())
 @click.option("--out", default=None, help="Write the result to this path or URI instead of stdout.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="table (stdout default), csv, jsonl or parquet [from --out's suffix].")
 @click.option("--max-rows", type=int, default=100, show_default=True, help="Rows shown in table format (all rows go to csv/jsonl/parquet).")
-def command(query, root, s3_endpoint, out, fmt, max_rows) -> None:
+def command(query: str, root: str, s3_endpoint: str | None, out: str | None, fmt: str | None, max_rows: int) -> None:
     fmt = pick_format(fmt, out)
     result = run_sql(open_store(root, s3_endpoint), query)
     if result is None:
@@ -29,13 +29,7 @@ def command(query, root, s3_endpoint, out, fmt, max_rows) -> None:
         if result.num_rows > len(rows):
             data += f"… {result.num_rows - len(rows)} more row(s); use --format csv or --out for all\n".encode()
     elif fmt == "parquet":
-        import io
-
-        import pyarrow.parquet as pq
-
-        buf = io.BytesIO()
-        pq.write_table(result, buf, compression="zstd")
-        data = buf.getvalue()
+        data = parquet_bytes(result)
     else:
         data = render(result.to_pylist(), fmt, result.column_names)
     if out:

@@ -1,20 +1,27 @@
-"""The look-up table (LUT): a FAISS index of gallery embeddings, its pruning, queries and SQL over the Parquet files.
+"""The lut stage: a FAISS index of gallery embeddings, its pruning sweep and its retrieval figures on test.
 
-`run_lut` is the stage; `run_query`/`calibrate` serve images against it;
-`run_sql` runs DuckDB over the pipeline's Parquet files.
+Serving the index (`plankton query`) lives in plankton_core.query and SQL
+over every stage's Parquet files in plankton_core.sql; both read what this
+stage leaves under lut/.
 """
 import logging
 
+from ..stage import Stage, register
+from .config import LutConfig
+
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
 
-from .config import LutConfig  # noqa: E402
+STAGE = register(Stage(
+    name="lut",
+    prefix="lut",
+    config=LutConfig,
+    body="plankton_core.lut.stage:body",
+    check="plankton_core.lut.stage:check",
+    upstream=("stats", "supcon", "linear-sweep"),
+    help="Embed the gallery (L2-normalised pre-projection features of the selected checkpoint) into lut/index.faiss "
+         "with lut/gallery.parquet row-aligned to its ids, choose a pruning threshold on val, write the pruned index "
+         "beside it, and evaluate retrieval on test (lut/retrieval.json, which the report shows).",
+    views={"gallery": "gallery.parquet", "gallery_pruned": "gallery_pruned.parquet", "prune_sweep": "prune_sweep.parquet"},
+))
 
-__all__ = ["LutConfig", "run_lut"]
-
-
-def __getattr__(name):  # the stage pulls in torch and faiss; import it only when asked
-    if name == "run_lut":
-        from .stage import run_lut
-
-        return run_lut
-    raise AttributeError(name)
+__all__ = ["STAGE", "LutConfig"]

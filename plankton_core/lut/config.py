@@ -1,14 +1,16 @@
-"""The lut stage's config: defaults here, YAML and flags on top; run.json records the result."""
+"""The lut stage's options, each declared once (type, default, bounds, help)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
+from ..config import option, stage_config
 from ..errors import BadInputError
-from .index import INDEX_TYPES
-from .retrieval import VOTES
+
+IndexType = Literal["flat", "ivf", "hnsw"]
+Vote = Literal["top1", "weighted"]
 
 
-@dataclass
+@stage_config
 class LutConfig:
     """How the look-up table is built, pruned and evaluated.
 
@@ -17,45 +19,31 @@ class LutConfig:
     A query never matches gallery items cut from its own source image.
     """
 
-    gallery_splits: tuple[str, ...] = ("train", "val")
-    checkpoint: str = ""  # key of a SupCon checkpoint under the root; default: the one sweep/selection.json chose
-    index: str = "flat"  # flat (exact) | ivf | hnsw
-    k: int = 5  # neighbours per query, for the kNN vote
-    vote: str = "top1"  # the vote the prune sweep judges by: top1 | weighted
-    recall_target: float = 0.99  # ivf/hnsw: raise nprobe/efSearch until recall@1 vs exact reaches this
-    recall_k: int = 10  # also report recall@recall_k
-    ivf_nlist: int = 0  # 0 = about 4·√n
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
-    prune: bool = True
-    prune_min: float = 0.80
-    prune_max: float = 1.00
-    prune_step: float = 0.01
-    prune_tolerance: float = 0.005  # val accuracy may drop at most this much (absolute) below the unpruned index
-    prune_candidates: int = 100  # nearest items per val query kept from the full gallery and reused for every T
-    batch_size: int = field(default=256, metadata={"digest": False})
-    device: str = field(default="auto", metadata={"digest": False})
-    workers: int = field(default=0, metadata={"digest": False})  # decode threads; 0 = automatic
-    latency_queries: int = field(default=5, metadata={"digest": False})  # single-query searches timed per T
+    gallery_splits: tuple[str, ...] = option(("train", "val"), "Splits that form the gallery, comma-separated.")
+    checkpoint: str = option("", "Checkpoint key under the root; empty = the one sweep/selection.json chose.")
+    index: IndexType = option("flat", "flat = exact; ivf / hnsw = approximate, tuned to --recall-target.")
+    k: int = option(5, "Neighbours for the kNN vote.", ge=1)
+    vote: Vote = option("top1", "Vote the pruning sweep is judged by.")
+    recall_target: float = option(0.99, "ivf/hnsw: recall@1 against exact search to reach.", gt=0.0, le=1.0)
+    recall_k: int = option(10, "ivf/hnsw: also report recall@recall-k.", ge=1)
+    ivf_nlist: int = option(0, "ivf: number of lists; 0 = about 4·√n.", ge=0)
+    hnsw_m: int = option(32, "hnsw: links per node.", ge=2)
+    hnsw_ef_construction: int = option(80, "hnsw: candidate list size while building.", ge=1)
+    prune: bool = option(True, "Sweep the near-duplicate threshold on val and write a pruned index.")
+    prune_min: float = option(0.80, "Lowest T of the sweep.", ge=-1.0, le=1.0)
+    prune_max: float = option(1.00, "Highest T of the sweep.", ge=-1.0, le=1.0)
+    prune_step: float = option(0.01, "Step of the sweep.", gt=0.0)
+    prune_tolerance: float = option(0.005, "Largest val accuracy loss (absolute) the chosen T may cost.", ge=0.0)
+    prune_candidates: int = option(100, "Nearest items per val query kept from the full gallery and reused for every T (>= --k).", ge=1)
+    batch_size: int = option(256, "Crops per forward pass.", ge=1, digest=False)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N.", digest=False)
+    workers: int = option(0, "Decoding threads; 0 = automatic.", ge=0, digest=False)
+    latency_queries: int = option(5, "Single-query searches timed per T of the sweep.", ge=0, digest=False)
 
     def validate(self) -> None:
         if not self.gallery_splits:
             raise BadInputError("gallery_splits is empty: name at least one split (e.g. train,val)")
-        if self.index not in INDEX_TYPES:
-            raise BadInputError(f"unknown index type {self.index!r}: use one of {', '.join(INDEX_TYPES)}")
-        if self.vote not in VOTES:
-            raise BadInputError(f"unknown vote {self.vote!r}: use one of {', '.join(VOTES)}")
-        if self.k < 1 or self.recall_k < 1:
-            raise BadInputError("k and recall_k must be >= 1")
-        if not 0.0 < self.recall_target <= 1.0:
-            raise BadInputError(f"recall_target must lie in (0, 1], got {self.recall_target}")
-        if not -1.0 <= self.prune_min <= self.prune_max <= 1.0 or self.prune_step <= 0:
+        if self.prune_min > self.prune_max:
             raise BadInputError(f"prune grid must satisfy -1 <= prune_min <= prune_max <= 1 and prune_step > 0, got {self.prune_min}..{self.prune_max} by {self.prune_step}")
-        if self.prune_tolerance < 0:
-            raise BadInputError("prune_tolerance must be >= 0")
         if self.prune_candidates < self.k:
             raise BadInputError(f"prune_candidates ({self.prune_candidates}) must be >= k ({self.k})")
-        if self.ivf_nlist < 0 or self.hnsw_m < 2 or self.hnsw_ef_construction < 1:
-            raise BadInputError("ivf_nlist must be >= 0, hnsw_m >= 2 and hnsw_ef_construction >= 1")
-        if self.batch_size < 1 or self.workers < 0 or self.latency_queries < 0:
-            raise BadInputError("batch_size must be >= 1, workers >= 0 and latency_queries >= 0")

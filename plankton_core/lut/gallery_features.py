@@ -10,21 +10,20 @@ allows for bf16 on a GPU). Anything else, test included, is embedded here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
 
+from ..artifacts import SWEEP_FEATURES
 from ..data import ImageCache
+from ..embedding import Embedder, l2_normalise
 from ..features import extract_features
 from ..store import Store, join
 from ..tables import read_npy, read_parquet
-from ..embedding import Embedder
-from ..embedding import l2_normalise
 
 log = logging.getLogger("plankton.lut")
-SWEEP_FEATURES = "sweep/features"
 SPOT_CHECK = 8
 MIN_COSINE = 0.995
 

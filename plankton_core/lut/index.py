@@ -10,17 +10,17 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import time
+import typing
 from typing import Any
 
 import faiss
 import numpy as np
 
 from ..errors import BadInputError
+from ..store import Store
+from .config import IndexType
 
-INDEX_TYPES = ("flat", "ivf", "hnsw")
-
-
+INDEX_TYPES: tuple[str, ...] = typing.get_args(IndexType)
 
 
 def default_nlist(n: int) -> int:
@@ -86,7 +86,7 @@ def index_kind(index: faiss.Index) -> str:
     return "flat"
 
 
-def save_index(store, key: str, index: faiss.Index) -> None:
+def save_index(store: Store, key: str, index: faiss.Index) -> None:
     """Write through a local temporary file: no in-memory copy of a many-GB index."""
     fd, tmp = tempfile.mkstemp(suffix=".faiss")
     os.close(fd)
@@ -97,32 +97,19 @@ def save_index(store, key: str, index: faiss.Index) -> None:
         os.unlink(tmp)
 
 
-def load_index(store, key: str) -> faiss.Index:
+def load_index(store: Store, key: str) -> faiss.Index:
     """Read from the file itself (local store) or a temporary download (S3)."""
-    from ..store import local_copy
-
-    with local_copy(store, key, suffix=".faiss") as path:
+    with store.local_path(key) as path:
         try:
             return faiss.read_index(str(path))
         except RuntimeError as exc:
             raise BadInputError(f"cannot read FAISS index {store.uri}/{key}: {str(exc).splitlines()[0]}") from None
 
 
-def save_npy(store, key: str, array: np.ndarray) -> None:
+def save_npy(store: Store, key: str, array: np.ndarray) -> None:
     """np.save straight into the store's atomic writer (no in-memory copy of a large array)."""
     with store.open_write(key) as fh:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-
-
-def serialize_index(index: faiss.Index) -> bytes:
-    return faiss.serialize_index(index).tobytes()
-
-
-def deserialize_index(data: bytes, where: str = "index") -> faiss.Index:
-    try:
-        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-    except RuntimeError as exc:
-        raise BadInputError(f"cannot read FAISS index {where}: {str(exc).splitlines()[0]}") from None
 
 
 def recall_at(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
@@ -175,9 +162,3 @@ def _powers_of_two(limit: int) -> list[int]:
         values.append(v)
         v *= 2
     return values + [limit]
-
-
-def timed_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
-    t0 = time.perf_counter()
-    sims, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return sims, ids, time.perf_counter() - t0

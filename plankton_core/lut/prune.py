@@ -13,8 +13,8 @@ rounds small, cf. Blelloch et al. 2012, "greedy sequential MIS is parallel").
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -8,12 +8,17 @@ generalisation, not memory.
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-VOTES = ("top1", "weighted")
+from .config import Vote
+
+VOTES: tuple[str, ...] = typing.get_args(Vote)
 
 
 @dataclass
@@ -27,11 +32,11 @@ class Neighbours:
         return len(self.ids)
 
 
-def group_codes(gallery_groups: np.ndarray, query_groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes for source keys shared by gallery and queries (strings → ints, same code = same source)."""
-    both = np.concatenate([np.asarray(gallery_groups, dtype=object), np.asarray(query_groups, dtype=object)]).astype(str)
-    _, inverse = np.unique(both, return_inverse=True)
-    return inverse[: len(gallery_groups)], inverse[len(gallery_groups) :]
+def source_keys(table: pa.Table) -> pa.Array:
+    """Each row's source image key, its crop_key where the source is unknown (the unit leave-source-out works on)."""
+    crop = table.column("crop_key")
+    src = table.column("source_key") if "source_key" in table.column_names else crop
+    return pc.if_else(pc.is_null(src), crop, src).combine_chunks()
 
 
 def search_excluding(

@@ -4,53 +4,92 @@ Outputs (under lut/): index.faiss, gallery.parquet (row-aligned with the
 index ids), embeddings.npy (row-aligned too), heldout.parquet/.npy (val/test
 crops outside the gallery), prune_sweep.parquet/.png, index_pruned.faiss +
 gallery_pruned.parquet, retrieval.json, and index.json describing them all.
+The report shows retrieval.json and prune_sweep.png; this stage never writes it.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import artifacts as A
 from ..data import load_classes, load_splits
+from ..embedding import Embedder, l2_normalise, load_embedder, selected_checkpoint
 from ..errors import BadInputError
 from ..features import pick_device
-from ..stage import StageContext, StageResult, is_done, run_stage
+from ..stage import StageContext
 from ..store import Store
 from ..tables import read_json, read_parquet, write_json, write_parquet
-from . import artifacts as A
 from .config import LutConfig
-from ..embedding import SELECTION_KEY, Embedder, load_embedder
 from .evaluation import QuerySet, evaluate_index
 from .gallery_features import embed_rows
-from ..embedding import l2_normalise
 from .index import build_index, save_index, save_npy, search_params, tune_recall
 from .prune import threshold_grid
-from .sweep import plot_sweep, sweep_thresholds
+from .prune_sweep import plot_sweep, sweep_thresholds
+from .retrieval import source_keys
 
-STAGE = "lut"
-UPSTREAM = ["stats", "supcon", "linear-sweep"]
-MANIFEST_KEY = "crop/manifest.parquet"
 RECALL_QUERIES = 2000  # held-out queries (then gallery items, self excluded) for measuring recall
+GALLERY_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("crop_key", pa.string()),
+        ("class", pa.string()),
+        ("label", pa.int64()),
+        ("split", pa.string()),
+        ("source_key", pa.string()),
+        ("x0", pa.int64()),
+        ("y0", pa.int64()),
+        ("x1", pa.int64()),
+        ("y1", pa.int64()),
+    ]
+)
 
 
-def run_lut(cfg: LutConfig, store: Store, force: bool = False) -> StageResult:
-    return run_stage(STAGE, cfg, store, _body, upstream=UPSTREAM, force=force)
+@dataclass
+class Plan:
+    """What `check` found: the checkpoint to embed with and the splits table."""
+
+    checkpoint: str  # key under the root
+    splits: pa.Table
 
 
-def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
+@dataclass
+class Pruned:
+    """The pruned index, the full-gallery ids it holds, its summary (retrieval.json) and its record (index.json)."""
+
+    index: faiss.Index
+    ids: np.ndarray
+    summary: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def check(cfg: LutConfig, ctx: StageContext) -> Plan:
+    """Refuse a missing checkpoint or a gallery split with no rows before any output is touched."""
     root = ctx.root
-    embedder = load_embedder(root, cfg.checkpoint or None)
-    classes = load_classes(root)
+    checkpoint = cfg.checkpoint or selected_checkpoint(root)
+    if not root.exists(checkpoint):
+        raise BadInputError(f"checkpoint not found: {root.uri}/{checkpoint}")
     splits = load_splits(root)
-    split_col = np.asarray(splits.column("split").to_pylist(), dtype=object)
-    present = sorted(set(split_col.tolist()))
+    present = sorted(set(splits.column("split").to_pylist()))
     missing = [s for s in cfg.gallery_splits if s not in present]
     if missing:
-        raise BadInputError(f"gallery split(s) {', '.join(missing)} have no rows in {root.uri}/stats/splits.parquet (splits there: {', '.join(present) or 'none'})")
+        raise BadInputError(f"gallery split(s) {', '.join(missing)} have no rows in {root.uri}/{A.STATS_SPLITS} (splits there: {', '.join(present) or 'none'})")
+    return Plan(checkpoint, splits)
+
+
+def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
+    """Build the LUT and its pruned variant; return the counts run.json records."""
+    plan: Plan = ctx.plan
+    root, splits = ctx.root, plan.splits
+    embedder = load_embedder(root, plan.checkpoint)
+    classes = load_classes(root)
+    split_col = np.asarray(splits.column("split").to_pylist(), dtype=object)
     in_gallery = np.isin(split_col, list(cfg.gallery_splits))
     heldout = ~in_gallery & np.isin(split_col, ["val", "test"])
     gallery_rows = np.flatnonzero(in_gallery)
@@ -73,16 +112,17 @@ def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     position[needed] = np.arange(len(needed))
     x, heldout_x = feats[: len(gallery_rows)], feats[len(gallery_rows) :]
 
-    gallery = gallery_table(splits.take(pa.array(gallery_rows)), read_parquet(root, MANIFEST_KEY) if root.exists(MANIFEST_KEY) else None)
+    manifest = read_parquet(root, A.CROP_MANIFEST) if root.exists(A.CROP_MANIFEST) else None
+    gallery = gallery_table(splits.take(pa.array(gallery_rows)), manifest)
     labels_all = np.asarray(splits.column("label").to_numpy(zero_copy_only=False), dtype=np.int64)
-    groups_all = source_groups(splits)
+    groups_all = np.asarray(pc.dictionary_encode(source_keys(splits)).indices.to_numpy(zero_copy_only=False), dtype=np.int64)
     g_labels, g_groups = labels_all[gallery_rows], groups_all[gallery_rows]
 
-    write_parquet(root, A.GALLERY["full"], gallery)
-    save_npy(root, A.EMBEDDINGS, x)
+    write_parquet(root, A.LUT_GALLERY["full"], gallery)
+    save_npy(root, A.LUT_EMBEDDINGS, x)
     heldout_table = splits.select(["crop_key", "class", "label", "split", "source_key"]).take(pa.array(heldout_rows, pa.int64()))
-    write_parquet(root, A.HELDOUT, heldout_table)
-    save_npy(root, A.HELDOUT_EMBEDDINGS, heldout_x)
+    write_parquet(root, A.LUT_HELDOUT, heldout_table)
+    save_npy(root, A.LUT_HELDOUT_EMBEDDINGS, heldout_x)
 
     def query_set(split: str) -> QuerySet:
         rows = np.flatnonzero(split_col == split)
@@ -92,7 +132,7 @@ def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     recall_queries = _recall_queries(heldout_x, x)
 
     index, index_meta = _build(x, cfg, recall_queries)
-    save_index(root, A.INDEX["full"], index)
+    save_index(root, A.LUT_INDEX["full"], index)
     ctx.log.info("lut: %s index of %d × %d built in %.1fs", cfg.index, index.ntotal, index.d, index_meta["build_seconds"])
 
     info: dict[str, Any] = {
@@ -105,7 +145,7 @@ def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
         **index_meta,
         "embed_seconds": round(embed_seconds, 3),
         "built_at": datetime.now(timezone.utc).isoformat(),
-        "files": {"index": A.INDEX["full"], "gallery": A.GALLERY["full"], "embeddings": A.EMBEDDINGS, "heldout": A.HELDOUT},
+        "files": {"index": A.LUT_INDEX["full"], "gallery": A.LUT_GALLERY["full"], "embeddings": A.LUT_EMBEDDINGS, "heldout": A.LUT_HELDOUT},
         "k": cfg.k,
         "vote": cfg.vote,
         "pruned": None,
@@ -114,71 +154,56 @@ def _body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     counts: dict[str, Any] = {"gallery": int(len(x)), "dimension": int(x.shape[1]), "val": len(val), "test": len(test)}
 
     # pruning sweep on val, then the pruned index with the chosen T
-    pruned_index, pruned_ids, prune_summary = None, None, None
+    pruned = None
     if cfg.prune and len(val) and len(x):
-        pruned_index, pruned_ids, prune_summary, pruned_meta = _prune(cfg, ctx, x, gallery, g_labels, g_groups, val, len(classes), recall_queries)
-        info["pruned"] = pruned_meta
-        info["files"].update(pruned_index=A.INDEX["pruned"], pruned_gallery=A.GALLERY["pruned"], prune_sweep=A.PRUNE_SWEEP)
-        counts.update(prune_threshold=prune_summary["threshold"], pruned_gallery=int(len(pruned_ids)))
+        pruned = _prune(cfg, ctx, x, gallery, g_labels, g_groups, val, len(classes), recall_queries)
+        info["pruned"] = pruned.meta
+        info["files"].update(pruned_index=A.LUT_INDEX["pruned"], pruned_gallery=A.LUT_GALLERY["pruned"], prune_sweep=A.LUT_PRUNE_SWEEP)
+        counts.update(prune_threshold=pruned.summary["threshold"], pruned_gallery=int(len(pruned.ids)))
     else:
         if cfg.prune:
             ctx.notes.append("no val split (or an empty gallery): pruning skipped")
-        for key in (A.INDEX["pruned"], A.GALLERY["pruned"], A.PRUNE_SWEEP, A.PRUNE_PLOT):  # never leave a stale pruned LUT
+        for key in (A.LUT_INDEX["pruned"], A.LUT_GALLERY["pruned"], A.LUT_PRUNE_SWEEP, A.LUT_PRUNE_PLOT):  # never leave a stale pruned LUT
             root.delete(key)
 
-    retrieval = _evaluate_test(cfg, ctx, test, index, pruned_index, pruned_ids, prune_summary, g_labels, g_groups, len(classes), len(x))
+    retrieval = _evaluate_test(cfg, ctx, test, index, pruned, g_labels, g_groups, len(classes), len(x))
     if retrieval["rows"]:
         counts["test_top1_accuracy"] = round(retrieval["rows"][0]["metrics"]["accuracy"], 6)
-    write_json(root, A.RETRIEVAL, retrieval)
-    write_json(root, A.INDEX_JSON, info)
+    write_json(root, A.LUT_RETRIEVAL, retrieval)
+    write_json(root, A.LUT_INDEX_JSON, info)
     ctx.metrics.gauge("lut_gallery_items", len(x), "Items in the LUT gallery.")
-
-    if is_done(root, "evaluate"):
-        _refresh_report(ctx)
     return counts
 
 
-def _evaluate_test(cfg, ctx, test: QuerySet, index, pruned_index, pruned_ids, prune_summary, g_labels, g_groups, n_classes: int, n_gallery: int) -> dict[str, Any]:
+def _evaluate_test(cfg: LutConfig, ctx: StageContext, test: QuerySet, index: faiss.Index, pruned: Pruned | None,
+                   g_labels: np.ndarray, g_groups: np.ndarray, n_classes: int, n_gallery: int) -> dict[str, Any]:
     """lut/retrieval.json's content: top-1 and weighted kNN metrics on test, full and pruned index."""
     retrieval: dict[str, Any] = {"rows": [], "split": "test", "k": cfg.k, "index_type": cfg.index}
     if not (len(test) and n_gallery):
         ctx.notes.append("no test split (or an empty gallery): retrieval not evaluated")
     else:
-        variants = [("full index", index, None)]
-        if pruned_index is not None:
-            variants.append((f"pruned index (T={prune_summary['threshold']:.2f})", pruned_index, pruned_ids))
+        variants: list[tuple[str, faiss.Index, np.ndarray | None]] = [("full index", index, None)]
+        if pruned is not None:
+            variants.append((f"pruned index (T={pruned.summary['threshold']:.2f})", pruned.index, pruned.ids))
         for label, idx, id_map in variants:
             results = evaluate_index(idx, test, g_labels, g_groups, n_classes, cfg.k, id_map)
             retrieval["rows"].append({"name": f"top-1, {label}", "metrics": results["top1"]})
             retrieval["rows"].append({"name": f"{cfg.k}-NN weighted vote, {label}", "metrics": results["weighted"]})
         ctx.metrics.gauge("lut_test_top1_accuracy", retrieval["rows"][0]["metrics"]["accuracy"], "Test accuracy of the LUT's nearest neighbour.")
-    if prune_summary:
-        retrieval["prune"] = prune_summary
+    if pruned is not None:
+        retrieval["prune"] = pruned.summary
     return retrieval
-
-
-def _refresh_report(ctx: StageContext) -> None:
-    """Re-render evaluate/report.html with the retrieval section; the LUT stands even if this fails."""
-    from ..evaluate.report import write_report
-
-    try:
-        write_report(ctx.root)
-    except Exception as exc:  # the report is a view of the results, not a result: never lose the LUT over it
-        ctx.log.warning("could not refresh the evaluate report: %s", exc)
-        ctx.notes.append(f"evaluate/report.html not refreshed ({type(exc).__name__}: {exc}); rerun `plankton evaluate --force`")
-        return
-    ctx.notes.append(f"report updated with the retrieval section → {ctx.root.uri}/evaluate/report.html")
 
 
 def _sweep_checkpoint(root: Store, embedder: Embedder) -> str | None:
     """linear-sweep's name for the checkpoint being embedded with, when it is the one it selected."""
-    if not root.exists(SELECTION_KEY):
+    if not root.exists(A.SWEEP_SELECTION):
         return None
-    selection = read_json(root, SELECTION_KEY)
+    selection = read_json(root, A.SWEEP_SELECTION)
     return selection.get("checkpoint") if selection.get("checkpoint_key") == embedder.checkpoint else None
 
 
-def _build(x: np.ndarray, cfg: LutConfig, recall_queries: np.ndarray) -> tuple[Any, dict[str, Any]]:
+def _build(x: np.ndarray, cfg: LutConfig, recall_queries: np.ndarray) -> tuple[faiss.Index, dict[str, Any]]:
     """Build the configured index and measure (and tune) its recall against exact search."""
     t0 = time.perf_counter()
     index = build_index(x, cfg.index, nlist=cfg.ivf_nlist or None, hnsw_m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction)
@@ -194,7 +219,9 @@ def _build(x: np.ndarray, cfg: LutConfig, recall_queries: np.ndarray) -> tuple[A
     return index, meta
 
 
-def _prune(cfg, ctx, x, gallery, g_labels, g_groups, val: QuerySet, n_classes: int, recall_queries):
+def _prune(cfg: LutConfig, ctx: StageContext, x: np.ndarray, gallery: pa.Table, g_labels: np.ndarray, g_groups: np.ndarray,
+           val: QuerySet, n_classes: int, recall_queries: np.ndarray) -> Pruned:
+    """Sweep T on val, then build the pruned index at the chosen T (outputs under lut/)."""
     grid = threshold_grid(cfg.prune_min, cfg.prune_max, cfg.prune_step)
     keys = gallery.column("crop_key").to_pylist()
     outcome = sweep_thresholds(
@@ -202,14 +229,14 @@ def _prune(cfg, ctx, x, gallery, g_labels, g_groups, val: QuerySet, n_classes: i
         vote=cfg.vote, k=cfg.k, candidates=cfg.prune_candidates, tolerance=cfg.prune_tolerance, latency_queries=cfg.latency_queries,
     )
     root = ctx.root
-    write_parquet(root, A.PRUNE_SWEEP, outcome.table)
-    root.write_bytes(A.PRUNE_PLOT, plot_sweep(outcome.table, outcome.chosen, outcome.baseline["accuracy"], cfg.prune_tolerance))
+    write_parquet(root, A.LUT_PRUNE_SWEEP, outcome.table)
+    root.write_bytes(A.LUT_PRUNE_PLOT, plot_sweep(outcome.table, outcome.chosen, outcome.baseline["accuracy"], cfg.prune_tolerance))
     pruned_ids = np.flatnonzero(outcome.keep)
     pruned_gallery = gallery.take(pa.array(pruned_ids)).rename_columns(["full_id" if n == "id" else n for n in gallery.column_names])
     pruned_gallery = pruned_gallery.add_column(0, "id", pa.array(np.arange(len(pruned_ids), dtype=np.int64)))
     pruned_index, meta = _build(x[pruned_ids], cfg, recall_queries)
-    save_index(root, A.INDEX["pruned"], pruned_index)
-    write_parquet(root, A.GALLERY["pruned"], pruned_gallery)
+    save_index(root, A.LUT_INDEX["pruned"], pruned_index)
+    write_parquet(root, A.LUT_GALLERY["pruned"], pruned_gallery)
     row = outcome.table.slice(outcome.chosen, 1).to_pylist()[0]
     summary = {
         "threshold": outcome.threshold,
@@ -226,7 +253,7 @@ def _prune(cfg, ctx, x, gallery, g_labels, g_groups, val: QuerySet, n_classes: i
     }
     ctx.notes.append(
         f"pruning: T={outcome.threshold:.2f} keeps {len(pruned_ids)}/{len(x)} items "
-        f"(val accuracy {100 * row['val_accuracy']:.2f}% vs {100 * outcome.baseline['accuracy']:.2f}% unpruned) → {root.uri}/{A.PRUNE_SWEEP}"
+        f"(val accuracy {100 * row['val_accuracy']:.2f}% vs {100 * outcome.baseline['accuracy']:.2f}% unpruned) → {root.uri}/{A.LUT_PRUNE_SWEEP}"
     )
     ctx.metrics.gauge("lut_prune_threshold", outcome.threshold, "Chosen pruning threshold.")
     ctx.metrics.gauge("lut_pruned_gallery_items", len(pruned_ids), "Items in the pruned gallery.")
@@ -238,7 +265,7 @@ def _prune(cfg, ctx, x, gallery, g_labels, g_groups, val: QuerySet, n_classes: i
         "sweep_seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
         **meta,
     }
-    return pruned_index, pruned_ids, summary, pruned_meta
+    return Pruned(pruned_index, pruned_ids, summary, pruned_meta)
 
 
 def _recall_queries(heldout: np.ndarray, gallery: np.ndarray) -> np.ndarray:
@@ -249,14 +276,6 @@ def _recall_queries(heldout: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     take = rng.choice(len(gallery), size=min(len(gallery), RECALL_QUERIES - len(heldout)), replace=False)
     jitter = gallery[take] + rng.normal(0, 0.05 / np.sqrt(gallery.shape[1]), (len(take), gallery.shape[1])).astype(np.float32)
     return np.concatenate([heldout, l2_normalise(jitter)]) if len(heldout) else l2_normalise(jitter)
-
-
-def source_groups(splits: pa.Table) -> np.ndarray:
-    """Integer code per row for its source image (crop_key when the source is unknown)."""
-    crop = splits.column("crop_key")
-    src = splits.column("source_key") if "source_key" in splits.column_names else crop
-    filled = pc.if_else(pc.is_null(src), crop, src).combine_chunks()
-    return np.asarray(pc.dictionary_encode(filled).indices.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def gallery_table(rows: pa.Table, manifest: pa.Table | None) -> pa.Table:
@@ -279,4 +298,4 @@ def gallery_table(rows: pa.Table, manifest: pa.Table | None) -> pa.Table:
     else:
         for b in boxes:
             cols[b] = pa.nulls(n, pa.int64())
-    return pa.table(cols, schema=A.GALLERY_SCHEMA)
+    return pa.table(cols, schema=GALLERY_SCHEMA)

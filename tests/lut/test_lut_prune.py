@@ -95,9 +95,9 @@ def test_threshold_grid():
 @pytest.mark.parametrize("candidates", [5, 100])
 def test_sweep_rows_match_brute_force(candidates):
     """Every row of the sweep against naive pruning + brute-force kNN; candidates=k forces the re-search path."""
-    from plankton_core.evaluate.metrics import classification_metrics
     from plankton_core.lut.evaluation import QuerySet
-    from plankton_core.lut.sweep import sweep_thresholds
+    from plankton_core.lut.prune_sweep import sweep_thresholds
+    from plankton_core.scoring import classification_metrics
 
     x, labels = clustered(240, 24, 3, seed=3)
     keys = [f"crop/{i}.png" for i in range(len(x))]

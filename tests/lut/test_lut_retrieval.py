@@ -4,18 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from plankton_core.embedding import l2_normalise
 from plankton_core.lut.evaluation import ArraySearcher
-from plankton_core.lut.index import (
-    build_index,
-    deserialize_index,
-    l2_normalise,
-    recall_at,
-    search_params,
-    serialize_index,
-    tune_recall,
-)
-from plankton_core.lut.query import pick_threshold
+from plankton_core.lut.index import build_index, load_index, recall_at, save_index, search_params, tune_recall
 from plankton_core.lut.retrieval import first_kept, search_excluding, vote
+from plankton_core.store import open_store
 
 
 def data(n=300, d=16, seed=0):
@@ -96,7 +89,7 @@ def test_recall_at_by_hand():
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
-def test_approximate_index_is_tuned_to_target_recall_and_round_trips(kind):
+def test_approximate_index_is_tuned_to_target_recall_and_round_trips(kind, tmp_path):
     g = data(2000, d=32, seed=6)
     q = data(200, d=32, seed=7)
     index = build_index(g, kind, hnsw_m=16)
@@ -106,7 +99,9 @@ def test_approximate_index_is_tuned_to_target_recall_and_round_trips(kind):
     _, ids = index.search(q, 10)
     assert info["recall_at_1"] == pytest.approx(recall_at(ids, exact_ids, 1))
     assert info["recall_at_1"] >= 0.95
-    again = deserialize_index(serialize_index(index))
+    store = open_store(str(tmp_path))
+    save_index(store, "lut/index.faiss", index)
+    again = load_index(store, "lut/index.faiss")
     assert search_params(again) == info["params"]
     assert np.array_equal(again.search(q, 10)[1], ids)
 
@@ -118,24 +113,3 @@ def test_flat_index_is_exact():
     want_ids, want_sims = naive_knn(q, g, 4, lambda i, j: True)
     assert np.array_equal(ids, want_ids)
     np.testing.assert_allclose(sims, want_sims, atol=1e-5)
-
-
-def test_pick_threshold_matches_brute_force():
-    rng = np.random.default_rng(10)
-    best = np.round(rng.uniform(0.5, 1.0, 200), 2)  # rounded: many ties
-    correct = rng.random(200) < (best - 0.3)
-    for target in (0.7, 0.8, 0.9, 0.95):
-        thr, precision, coverage = pick_threshold(best, correct, target)
-        brute = [t for t in np.unique(best) if correct[best >= t].mean() >= target]
-        if not brute:
-            assert thr is None
-            continue
-        t = min(brute)
-        assert thr == pytest.approx(t)
-        assert precision == pytest.approx(correct[best >= t].mean())
-        assert coverage == pytest.approx((best >= t).mean())
-
-
-def test_pick_threshold_unreachable():
-    thr, precision, _ = pick_threshold(np.array([0.9, 0.8]), np.array([False, True]), 0.99)
-    assert thr is None and precision == 0.5

@@ -8,15 +8,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from lut_fixtures import CKPT_KEY, fake_checkpoint, make_lut_upstream
+from pipeline_fixtures import finish_stage
+
+from plankton_core.artifacts import EVAL_METRICS, LUT_INDEX_JSON, LUT_PRUNE_PLOT, LUT_RETRIEVAL
 from plankton_core.checkpoint import save_checkpoint
 from plankton_core.data import load_crop
-from plankton_core.evaluate.metrics import classification_metrics
+from plankton_core.embedding import load_embedder
 from plankton_core.lut import LutConfig
-from plankton_core.lut.embed import load_embedder
 from plankton_core.lut.prune import greedy_order
-from plankton_core.stage import run_stage
+from plankton_core.scoring import classification_metrics
 from plankton_core.store import open_store
 from plankton_core.tables import read_json, read_npy, read_parquet, write_json, write_npy, write_parquet
 
@@ -141,21 +142,29 @@ def test_sql_friendly_parquet_and_run_record(built_lut):
     assert pq.read_table(io.BytesIO(store.read_bytes("lut/gallery.parquet"))).schema.field("label").type == "int64"
 
 
-def test_rerun_is_up_to_date_and_report_gets_retrieval_section(root_uri, run_cli, monkeypatch, s3_server):
+def test_rerun_is_up_to_date_and_retrieval_json_feeds_the_report(root_uri, run_cli, monkeypatch, s3_server):
+    """retrieval.json and prune_sweep.png hold the report's retrieval section; evaluate's folder is never touched."""
     if root_uri.startswith("s3://"):
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     store = make_lut_upstream(root_uri, per_class=12)
-    run_stage("evaluate", {"fabricated": True}, store, lambda cfg, ctx: write_json(store, "evaluate/metrics.json", classification_metrics([0, 1], [0, 0], 3)) or {}, upstream=["linear-sweep"], force=True)
+    finish_stage(store, "evaluate", {"fabricated": True},
+                 lambda cfg, ctx: write_json(store, EVAL_METRICS, classification_metrics([0, 1], [0, 0], 3)) or {})
+    evaluate_before = {key: store.read_bytes(key) for key in store.list("evaluate")}
     res = run_cli("lut", "--root", root_uri)
     assert res.exit_code == 0, res.output
-    html = store.read_bytes("evaluate/report.html").decode()
-    assert "Retrieval (LUT)" in html and "top-1, full index" in html and "top-1, pruned index (T=" in html
-    assert "LUT pruning sweep" in html  # the sweep plot, embedded
+    assert {key: store.read_bytes(key) for key in store.list("evaluate")} == evaluate_before  # no report.html patched in
+    retrieval = read_json(store, LUT_RETRIEVAL)
+    names = [r["name"] for r in retrieval["rows"]]
+    assert "top-1, full index" in names and any(n.startswith("top-1, pruned index (T=") for n in names)
+    assert retrieval["prune"]["threshold"] == read_json(store, LUT_INDEX_JSON)["pruned"]["threshold"]
+    assert store.read_bytes(LUT_PRUNE_PLOT)[:8] == b"\x89PNG\r\n\x1a\n"
     assert store.exists("lut/index_pruned.faiss") and store.exists("lut/prune_sweep.parquet")
     res = run_cli("lut", "--root", root_uri, "--no-prune")  # config changed: rebuilt, and no stale pruned LUT is left
     assert res.exit_code == 0 and "up to date" not in res.output
     assert not store.exists("lut/index_pruned.faiss") and not store.exists("lut/gallery_pruned.parquet") and not store.exists("lut/prune_sweep.parquet")
-    assert "pruned index" not in store.read_bytes("evaluate/report.html").decode()
+    assert not store.exists(LUT_PRUNE_PLOT)
+    retrieval = read_json(store, LUT_RETRIEVAL)
+    assert "prune" not in retrieval and not any("pruned index" in r["name"] for r in retrieval["rows"])
     again = run_cli("lut", "--root", root_uri, "--no-prune")
     assert again.exit_code == 0 and "up to date" in again.output
 
@@ -176,12 +185,14 @@ def test_approximate_index_records_recall(tmp_path, run_cli, kind, param):
     assert index.ntotal == 18
 
 
-def test_unknown_gallery_split_is_refused(tmp_path, run_cli):
+def test_unknown_gallery_split_is_refused_before_outputs_are_touched(tmp_path, run_cli):
     root = str(tmp_path / "artifacts")
-    make_lut_upstream(root, per_class=8)
+    store = make_lut_upstream(root, per_class=8)
+    assert run_cli("lut", "--root", root, "--no-prune").exit_code == 0
     res = run_cli("lut", "--root", root, "--gallery-splits", "train,holdout")
     assert res.exit_code == 2
     assert "gallery split(s) holdout have no rows" in res.stderr and "(splits there: test, train, val)" in res.stderr
+    assert store.exists("lut/_SUCCESS") and store.exists("lut/index.faiss")  # the stage's check refused it first
 
 
 def test_bad_options_exit_2(tmp_path, run_cli):
@@ -231,8 +242,20 @@ def test_config_defaults_and_yaml(tmp_path):
     yaml_file = tmp_path / "lut.yaml"
     yaml_file.write_text("gallery_splits: [train]\nindex: hnsw\n")
     assert load_config(LutConfig, yaml_file, {"k": 3}).gallery_splits == ("train",)
-    with pytest.raises(BadInputError, match="unknown vote"):
+    with pytest.raises(BadInputError, match="option --vote"):
         load_config(LutConfig, None, {"vote": "majority"})
+    with pytest.raises(BadInputError, match="prune_candidates"):
+        load_config(LutConfig, None, {"k": 20, "prune_candidates": 10})
+
+
+def test_every_option_has_a_flag(run_cli):
+    from plankton_core.config import option_specs
+
+    res = run_cli("lut", "--help")
+    assert res.exit_code == 0
+    for spec in option_specs(LutConfig):
+        assert spec.flag in res.output, spec.flag
+    assert "--prune / --no-prune" in res.output and "[0.99]" in res.output
 
 
 def test_reuses_linear_sweep_features_only_when_they_match(tmp_path, run_cli):

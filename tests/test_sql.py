@@ -1,14 +1,18 @@
-"""`plankton sql`: DuckDB over the pipeline's Parquet files on both stores, read-only, with clear errors."""
+"""`plankton sql`: DuckDB over the pipeline's Parquet files on both stores, read-only, with clear errors; views from the registry."""
 from __future__ import annotations
 
 import json
 from collections import Counter
 
+import lut_fixtures
 import pytest
 
-from plankton_core.lut.sql import referenced_views, run_sql
+from plankton_core.sql import produced_by, referenced_views, run_sql, views
 from plankton_core.store import open_store
 from plankton_core.tables import read_parquet
+
+built_lut = lut_fixtures.built_lut  # the LUT this module queries, built once per backend
+lut_env = lut_fixtures.lut_env
 
 
 def test_group_by_matches_the_gallery_table(lut_env, run_cli):
@@ -90,3 +94,20 @@ def test_referenced_views(query, views):
         assert "gallery" in got and "manifest" in got and "splits" in got
     else:
         assert got == views
+
+
+def test_views_come_from_the_registry():
+    """Every stage's declared views, keyed under its prefix; a toy stage's table is queryable once registered."""
+    from plankton_core.stage import Stage, register, stages, unregister
+
+    got = views()
+    for stage in stages():
+        for name, key in stage.views.items():
+            assert got[name] == f"{stage.prefix}/{key}" and produced_by()[name] == stage.name
+    assert got["gallery"] == "lut/gallery.parquet" and produced_by()["prune_sweep"] == "lut"
+    register(Stage(name="toy-sql", prefix="toy_sql", config=dict, body=lambda cfg, ctx: {}, views={"toy_rows": "rows.parquet"}))
+    try:
+        assert views()["toy_rows"] == "toy_sql/rows.parquet" and produced_by()["toy_rows"] == "toy-sql"
+        assert "toy_rows" in referenced_views("SHOW TABLES")
+    finally:
+        unregister("toy-sql")

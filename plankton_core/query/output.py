@@ -5,8 +5,9 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -33,6 +34,7 @@ def pick_format(fmt: str | None, out: str | None) -> str:
 
 
 def render(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None, schema: pa.Schema | None = None) -> bytes:
+    """Rows as `fmt` (table, csv, jsonl or parquet); `schema` types the Parquet columns (inferred without)."""
     columns = list(columns or (rows[0].keys() if rows else []))
     if fmt == "jsonl":
         return "".join(json.dumps({c: _jsonable(r.get(c)) for c in columns}) + "\n" for r in rows).encode()
@@ -44,11 +46,15 @@ def render(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | No
             writer.writerow(["" if r.get(c) is None else _cell(r.get(c)) for c in columns])
         return buf.getvalue().encode()
     if fmt == "parquet":
-        table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema) if schema else pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        return buf.getvalue()
+        return parquet_bytes(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema))
     return text_table(rows, columns).encode()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A whole Parquet file (zstd) in memory, for --out."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
 
 
 def text_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], max_width: int = 60) -> str:
@@ -103,3 +109,52 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, bytes):
         return v.hex()
     return v
+
+
+# ---------------------------------------------------------------- query rows
+
+QUERY_COLUMNS = ["image", "status", "predicted", "score", "best_similarity", "threshold", "crop", "box", "objects", "neighbours", "error"]
+NEIGHBOUR_TYPE = pa.struct([("rank", pa.int64()), ("class", pa.string()), ("similarity", pa.float64()), ("crop_key", pa.string())])
+QUERY_SCHEMA = pa.schema(
+    [
+        ("image", pa.string()),
+        ("status", pa.string()),
+        ("predicted", pa.string()),
+        ("score", pa.float64()),
+        ("best_similarity", pa.float64()),
+        ("threshold", pa.float64()),
+        ("crop", pa.string()),
+        ("box", pa.list_(pa.int64())),
+        ("objects", pa.int64()),
+        ("neighbours", pa.list_(NEIGHBOUR_TYPE)),
+        ("error", pa.string()),
+    ]
+)
+
+
+def render_rows(rows: Sequence[dict[str, Any]], fmt: str, k: int) -> bytes:
+    """Query rows in `fmt`: nested for jsonl/parquet, one column per neighbour field for csv, compact for a terminal."""
+    if fmt in ("jsonl", "parquet"):
+        return render(rows, fmt, QUERY_COLUMNS, QUERY_SCHEMA)
+    if fmt == "csv":
+        flat, columns = [], [c for c in QUERY_COLUMNS if c not in ("box", "neighbours")] + ["x0", "y0", "x1", "y1"]
+        columns += [f"n{r}_{f}" for r in range(1, k + 1) for f in ("class", "similarity", "crop_key")]
+        for row in rows:
+            item = {c: row.get(c) for c in QUERY_COLUMNS if c not in ("box", "neighbours")}
+            item.update(zip(("x0", "y0", "x1", "y1"), row.get("box") or [None] * 4))
+            for nb in row.get("neighbours") or []:
+                item.update({f"n{nb['rank']}_class": nb["class"], f"n{nb['rank']}_similarity": nb["similarity"], f"n{nb['rank']}_crop_key": nb["crop_key"]})
+            flat.append(item)
+        return render(flat, "csv", columns)
+    shown = []
+    for row in rows:
+        nbs = " | ".join(f"{nb['class']} {nb['similarity']:.3f}" for nb in row.get("neighbours") or [])
+        shown.append({
+            "image": row["image"],
+            "predicted": row["predicted"] if row["status"] != "error" else "ERROR",
+            "score": row["score"],
+            "best_sim": row["best_similarity"],
+            "crop": row["crop"],
+            "neighbours (class similarity)": nbs if row["status"] != "error" else row["error"],
+        })
+    return text_table(shown, ["image", "predicted", "score", "best_sim", "crop", "neighbours (class similarity)"], max_width=80).encode()

@@ -1,13 +1,21 @@
-"""Fabricated upstream for the lut tests: crops/splits/stats, a checkpoint, a selection, a crop manifest."""
+"""Fabricated upstream for the lut, query and sql tests (crops/splits/stats, a checkpoint, a selection, a crop
+manifest), and a LUT built once per test module and backend (`built_lut`, `lut_env`) for the read-only tests."""
 from __future__ import annotations
 
+import uuid
+from types import SimpleNamespace
+
+import boto3
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
+from pipeline_fixtures import draw_shape, finish_stage, make_stats_root
 
-from pipeline_fixtures import draw_shape, make_stats_root
+from plankton_core.artifacts import CROP_MANIFEST, STATS_JSON, STATS_SPLITS, SWEEP_SELECTION
 from plankton_core.checkpoint import save_checkpoint
 from plankton_core.imageio import encode_png
+from plankton_core.lut import LutConfig
 from plankton_core.models import create_model
 from plankton_core.stage import run_stage
 from plankton_core.tables import read_json, read_parquet, write_json, write_parquet
@@ -31,7 +39,7 @@ def fake_checkpoint(size: int, mean, std, seed: int = 0, model: str = "test_resn
 def make_lut_upstream(root_uri: str, per_class: int = 24, size: int = 32, seed: int = 0):
     """Everything `plankton lut` needs under root_uri; returns the store."""
     store = make_stats_root(root_uri, n_classes=3, per_class=per_class, size=size, seed=seed)
-    splits = read_parquet(store, "stats/splits.parquet")
+    splits = read_parquet(store, STATS_SPLITS)
     n = splits.num_rows
     manifest = pa.table(
         {
@@ -47,8 +55,8 @@ def make_lut_upstream(root_uri: str, per_class: int = 24, size: int = 32, seed: 
             "area": np.full(n, 300, np.int64),
         }
     )
-    write_parquet(store, "crop/manifest.parquet", manifest)
-    stats = read_json(store, "stats/stats.json")
+    write_parquet(store, CROP_MANIFEST, manifest)
+    stats = read_json(store, STATS_JSON)
     ckpt = fake_checkpoint(size, stats["mean"], stats["std"], seed)
 
     def supcon(cfg, ctx):
@@ -56,14 +64,14 @@ def make_lut_upstream(root_uri: str, per_class: int = 24, size: int = 32, seed: 
         return {"epochs": 3}
 
     def sweep(cfg, ctx):
-        write_json(store, "sweep/selection.json", {
+        write_json(store, SWEEP_SELECTION, {
             "checkpoint": "epoch_0003", "checkpoint_key": CKPT_KEY, "epoch": 3, "head_key": "sweep/heads/epoch_0003.pt",
             "feature_dim": ckpt["feature_dim"], "model": "test_resnet", "val_acc": 1.0,
         })
         return {"checkpoints": 1}
 
-    run_stage("supcon", {"fabricated": True, "seed": seed}, store, supcon, upstream=["stats"], force=True)
-    run_stage("linear-sweep", {"fabricated": True, "seed": seed}, store, sweep, upstream=["supcon"], force=True)
+    finish_stage(store, "supcon", {"fabricated": True, "seed": seed}, supcon)
+    finish_stage(store, "linear-sweep", {"fabricated": True, "seed": seed}, sweep, prefix="sweep")
     return store
 
 
@@ -79,3 +87,31 @@ def frame_png(kind: str, seed: int = 0, frame: int = 64, size: int = 32) -> byte
 
 def blank_png(frame: int = 64) -> bytes:
     return encode_png(np.full((frame, frame), 10, np.uint8))
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def built_lut(request, tmp_path_factory):
+    """Upstream fabricated and `lut` run (flat index, pruning on); tests must not modify it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLANKTON_CACHE_DIR", str(tmp_path_factory.mktemp("lut-cache")))
+        mp.delenv("PUSHGATEWAY_URL", raising=False)
+        endpoint = None
+        if request.param == "s3":
+            endpoint = request.getfixturevalue("s3_server")
+            mp.setenv("AWS_ENDPOINT_URL", endpoint)
+            bucket = f"lut-{uuid.uuid4().hex[:10]}"
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+            uri = f"s3://{bucket}/pipeline"
+        else:
+            uri = str(tmp_path_factory.mktemp("lut") / "artifacts")
+        store = make_lut_upstream(uri)
+        result = run_stage("lut", LutConfig(), store)
+    return SimpleNamespace(uri=uri, endpoint=endpoint, backend=request.param, result=result)
+
+
+@pytest.fixture
+def lut_env(built_lut, monkeypatch):
+    """The built LUT, with the environment pointing at its S3 server when it lives there."""
+    if built_lut.endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", built_lut.endpoint)
+    return built_lut

@@ -1,4 +1,4 @@
-"""`plankton query`: rows per image, cropping, rejection, calibration, outputs and refusals, on both stores."""
+"""`plankton query`: rows per image, cropping, rejection, outputs and refusals, on both stores."""
 from __future__ import annotations
 
 import io
@@ -8,11 +8,11 @@ import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from lut_fixtures import blank_png, fake_checkpoint, frame_png, make_lut_upstream
+
 from plankton_core.checkpoint import save_checkpoint
-from plankton_core.lut import LutConfig, run_lut
-from plankton_core.lut.query import QueryConfig, pick_threshold, resolve_inputs, run_query
+from plankton_core.query.inputs import resolve_inputs
+from plankton_core.query.service import QueryConfig, run_query
 from plankton_core.store import open_store
 from plankton_core.tables import read_json, read_npy, read_parquet, write_json
 
@@ -142,55 +142,6 @@ def test_lut_not_built_exit_3(root_uri, run_cli, monkeypatch, s3_server):
     assert res.exit_code == 3 and "upstream stage 'lut' has not finished" in res.stderr
 
 
-@pytest.fixture
-def fresh_lut(root_uri, monkeypatch, s3_server):
-    """A LUT of its own (tests here change index.json or the checkpoints)."""
-    if root_uri.startswith("s3://"):
-        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    store = make_lut_upstream(root_uri, per_class=12)
-    run_lut(LutConfig(prune=False), store)
-    return store
-
-
-def test_calibrate_stores_threshold_and_query_uses_it(fresh_lut, root_uri, run_cli):
-    store = fresh_lut
-    res = run_cli("query", "--root", root_uri, "--calibrate", "--target-precision", "0.5")
-    assert res.exit_code == 0, res.output
-    record = json.loads(res.stdout)
-    assert read_json(store, "lut/index.json")["calibration"]["full"]["threshold"] == record["threshold"]
-    # reference: val crops (in the gallery) against the gallery without their own source, top-1
-    gallery = read_parquet(store, "lut/gallery.parquet")
-    emb = read_npy(store, "lut/embeddings.npy")
-    labels = np.array(gallery.column("label").to_pylist())
-    src = np.array(gallery.column("source_key").to_pylist())
-    val = np.flatnonzero(np.array(gallery.column("split").to_pylist()) == "val")
-    best, correct = [], []
-    for i in val:
-        sims = emb.astype(np.float64) @ emb[i].astype(np.float64)
-        sims[src == src[i]] = -np.inf
-        j = int(np.argmax(sims))
-        best.append(sims[j])
-        correct.append(labels[j] == labels[i])
-    thr, precision, coverage = pick_threshold(np.array(best), np.array(correct), 0.5)
-    assert record["threshold"] == pytest.approx(thr, abs=1e-5) and record["val_count"] == len(val)
-    assert record["val_precision"] == pytest.approx(precision) and record["val_coverage"] == pytest.approx(coverage)
-
-    res = run_cli("query", "--root", root_uri, "--no-crop", "--format", "jsonl", "crop/crops/cross/cross_0003_0.png")
-    [row] = jsonl(res.stdout)
-    assert row["threshold"] == pytest.approx(record["threshold"])
-    assert row["status"] == ("unknown" if row["best_similarity"] < record["threshold"] else "ok")
-    res = run_cli("query", "--root", root_uri, "--calibrate", "--target-precision", "1.5")
-    assert res.exit_code == 2 and "--target-precision" in res.stderr
-
-
-def test_calibrate_unreachable_precision_exit_2(fresh_lut, root_uri, run_cli, monkeypatch):
-    import plankton_core.lut.query as q
-
-    monkeypatch.setattr(q, "pick_threshold", lambda best, correct, target: (None, 0.4, 1.0))
-    res = run_cli("query", "--root", root_uri, "--calibrate", "--target-precision", "0.99")
-    assert res.exit_code == 2 and "no threshold reaches precision 0.99" in res.stderr
-
-
 def test_mismatched_checkpoint_is_refused(fresh_lut, root_uri, run_cli):
     store = fresh_lut
     stats = read_json(store, "stats/stats.json")
@@ -237,8 +188,8 @@ def test_s3_uri_inputs(lut_env, run_cli, s3_server):
 
 
 def test_check_compatible_names_what_differs():
+    from plankton_core.embedding import Embedder, check_compatible
     from plankton_core.errors import BadInputError
-    from plankton_core.lut.embed import Embedder, check_compatible
 
     emb = Embedder(model=None, checkpoint="supcon/ckpt/last.pt", backbone="resnet50", dimension=2048, fingerprint="abc", size=224, mean=[0] * 3, std=[1] * 3, epoch=1)
     check_compatible({"backbone": "resnet50", "dimension": 2048, "weights_sha256": "abc"}, emb, "s3://b/lut")
