@@ -17,8 +17,9 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from plankton_core.crop import CropConfig, run_crop
+from plankton_core.crop import CropConfig
 from plankton_core.imageio import decode_image
+from plankton_core.stage import run_stage
 from plankton_core.store import open_store
 from plankton_core.synth import SynthConfig, generate
 
@@ -58,7 +59,7 @@ def decode_fps(uri: str, keys: list[str], workers: int, chunk: int = 256) -> flo
 def crop_fps(uri: str, n: int, workers: int, root: str) -> float:
     """Frames per second of a first crop run into an empty root (listing, decode, segment, crops, manifest)."""
     t0 = time.perf_counter()
-    run_crop(CropConfig(input=uri, workers=workers), open_store(root))
+    run_stage("crop", CropConfig(input=uri, workers=workers), open_store(root))
     return n / (time.perf_counter() - t0)
 
 

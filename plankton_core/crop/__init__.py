@@ -1,20 +1,42 @@
 """The crop stage: segment each image of a class-folder tree and keep the objects lying whole in the frame.
 
 Public API (used by the crop stage and by `plankton query`, so query images are
-cropped exactly as the gallery was): `CropConfig`, `make_segmenter`,
-`extract_crops`, `CropResult`, `Detection`, and
-`recorded_config(root)` (the config the finished crop stage ran with). The stage itself is `run_crop`.
+cropped exactly as the gallery was): `CropConfig`, `recorded_config(root)` (the
+config the finished crop stage ran with), and from `.extract`/`.threshold`
+`make_segmenter`, `extract_crops`, `CropResult`, `Detection`,
+`ThresholdSegmenter` (also importable from here, loaded on first use so reading
+the stage registry does not import scipy). The stage runs through
+`run_stage("crop", cfg, root)`.
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..stage import Stage, register
 from .config import CropConfig, recorded_config
-from .extract import CropResult, extract_crops, make_segmenter
-from .threshold import Detection, ThresholdSegmenter
 
-__all__ = ["CropConfig", "CropResult", "Detection", "ThresholdSegmenter", "extract_crops", "make_segmenter", "recorded_config", "run_crop"]
+STAGE = register(Stage(
+    name="crop",
+    prefix="crop",
+    config=CropConfig,
+    check="plankton_core.crop.stage:check",
+    fingerprint="plankton_core.crop.stage:fingerprint",
+    body="plankton_core.crop.stage:body",
+    shard="plankton_core.crop.stage:shard",
+    merge="plankton_core.crop.merge:merge",
+    help="Crop every object lying whole in its frame; writes crop/crops/<class>/… and crop/manifest.parquet.",
+    views={"manifest": "manifest.parquet"},
+))
+
+_SEGMENTING = {"CropResult": ".extract", "extract_crops": ".extract", "make_segmenter": ".extract",
+               "Detection": ".threshold", "ThresholdSegmenter": ".threshold"}
+
+__all__ = ["STAGE", "CropConfig", "CropResult", "Detection", "ThresholdSegmenter", "extract_crops", "make_segmenter",
+           "recorded_config"]
 
 
-def __getattr__(name):  # the stage pulls in pyarrow and the store; import it only when asked
-    if name == "run_crop":
-        from .stage import run_crop
-
-        return run_crop
-    raise AttributeError(name)
+def __getattr__(name: str) -> Any:
+    if name in _SEGMENTING:
+        return getattr(importlib.import_module(_SEGMENTING[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,15 +33,11 @@ class CropResult:
 
 def make_segmenter(cfg: CropConfig, s3_endpoint: str | None = None) -> Segmenter:
     """The segmenter `cfg.segmenter` names; sam2 loads its checkpoint here, so build it once and reuse it."""
-    if cfg.segmenter == "threshold":
-        return ThresholdSegmenter.from_config(cfg)
     if cfg.segmenter == "sam2":
         from .sam2 import Sam2Segmenter
 
         return Sam2Segmenter.from_config(cfg, s3_endpoint)
-    from ..errors import BadInputError
-
-    raise BadInputError(f"unknown segmenter {cfg.segmenter!r}: use threshold or sam2")
+    return ThresholdSegmenter.from_config(cfg)
 
 
 def border_distance(box: tuple[int, int, int, int], width: int, height: int) -> int:

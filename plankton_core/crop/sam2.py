@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..imageio import to_rgb
-from ..store import local_copy, open_store
+from ..store import split_uri
 from .threshold import Detection
 
 log = logging.getLogger("plankton.crop.sam2")
@@ -36,7 +36,7 @@ class Sam2Segmenter:
         self.speck_area = speck_area
 
     @classmethod
-    def from_config(cls, cfg, s3_endpoint: str | None = None) -> "Sam2Segmenter":
+    def from_config(cls, cfg, s3_endpoint: str | None = None) -> Sam2Segmenter:
         model = load_sam2_model(cfg.sam2_checkpoint, cfg.sam2_config, cfg.device, s3_endpoint)
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
@@ -61,29 +61,18 @@ class Sam2Segmenter:
         return found
 
 
-def split_uri(uri: str) -> tuple[str, str]:
-    """'s3://b/p/ckpt.pt' → ('s3://b/p', 'ckpt.pt'); 'ckpt.pt' → ('.', 'ckpt.pt')."""
-    parent, sep, name = uri.rpartition("/")
-    if not name:
-        raise BadInputError(f"not a checkpoint file URI: {uri!r}")
-    if not sep:
-        parent = "."
-    elif not parent:
-        parent = "/"
-    return parent, name
-
-
 def load_sam2_model(checkpoint_uri: str, config: str, device: str = "cpu", s3_endpoint: str | None = None):
     """Build SAM2 from its config name and load the checkpoint at `checkpoint_uri` (local path, file:// or s3://)."""
     try:
         from sam2.build_sam import build_sam2
     except ImportError:
         raise BadInputError("the sam2 segmenter needs the optional extra: pip install 'plankton[sam2]'") from None
-    parent, name = split_uri(checkpoint_uri)
-    store = open_store(parent, s3_endpoint)
+    store, name = split_uri(checkpoint_uri, s3_endpoint)
+    if not name:
+        raise BadInputError(f"not a checkpoint file URI: {checkpoint_uri!r}")
     if not store.exists(name):
         raise BadInputError(f"SAM2 checkpoint not found: {checkpoint_uri}")
-    with local_copy(store, name, suffix=".pt") as path:
+    with store.local_path(name) as path:
         try:
             model = build_sam2(config, str(path), device=device)
         except Exception as exc:  # hydra config errors, state-dict mismatches, unpickling errors

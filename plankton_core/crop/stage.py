@@ -8,24 +8,27 @@ Every input file gets at least one manifest row (kept / edge / too_small per
 object, no_object or unreadable per file), so every input is accounted for.
 
 Sharded (a Kubernetes Indexed Job), shard i of n crops the files whose stable
-hash of source_key mod n is i and leaves a part under crop/shards/ without
-`_SUCCESS`; `merge_crop` gathers a complete set into the manifest an unsharded
-run would write (same rows, same digest), judges the whole input and finishes.
+hash of source_key mod n is i and hands its rows to the contract, which keeps
+them as a part under crop/shards/ without `_SUCCESS`; `crop.merge` gathers a
+complete set into the manifest an unsharded run would write (same rows, same
+digest), judges the whole input and finishes.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import logging
 import multiprocessing
 import os
+import shutil
 import tempfile
+import weakref
 from collections import Counter, defaultdict, deque
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,14 +36,11 @@ import pyarrow.parquet as pq
 from ..errors import BadInputError
 from ..imageio import UnreadableImage, decode_image, encode_png
 from ..progress import progress
-from ..shards import resolve_shard, shard_of
-from ..stage import RUN_JSON, SUCCESS, StageContext, StageResult, compute_digest, digestable_config, is_done, run_stage, stage_prefix
-from ..store import LocalStore, Store, join, open_store
-from ..tables import read_json
+from ..shards import SHARDS, ShardOutput, ShardSet, shard_of
+from ..stage import StageContext
+from ..store import Store, StoreURI, open_store
 from .config import CropConfig
 from .extract import KEPT, Segmenter, extract_crops, make_segmenter
-from ..shards import now_iso
-from .shards import SHARDS, PartMeta, complete_parts, forget_part, merged_rows, part_key, remove_unnamed, write_part
 
 log = logging.getLogger("plankton.crop")
 
@@ -71,36 +71,26 @@ class Task:
 
 def input_files(store: Store) -> Iterator[tuple[str, int]]:
     """(key, size) of every file inside a class folder; hidden files and files at the top level are skipped."""
-    for key, size in _list_sizes(store):
+    for key, size in store.list_sizes(""):
         parts = key.split("/")
         if len(parts) < 2 or any(p.startswith(".") for p in parts):
             continue
         yield key, size
 
 
-def _list_sizes(store: Store) -> Iterator[tuple[str, int]]:
-    lister = getattr(store, "list_sizes", None)
-    if lister is not None:
-        yield from lister("")
-    else:
-        for key in store.list(""):
-            yield key, store.size(key)
-
-
 def input_fingerprint(store: Store) -> dict[str, Any]:
     """What identifies the input for the up-to-date check: its URI and a hash of its listing (keys and sizes)."""
-    return scan_input(store)[0]
-
-
-def scan_input(store: Store, index: int = 0, count: int = 1) -> tuple[dict[str, Any], int]:
-    """The input fingerprint, and how many of its files belong to shard `index` of `count`, in one listing."""
     digest = hashlib.sha256()
-    files = mine = 0
+    files = 0
     for key, size in input_files(store):
         digest.update(f"{key}\t{size}\n".encode())
         files += 1
-        mine += count == 1 or shard_of(key, count) == index
-    return {"input": store.uri, "files": files, "listing_sha256": digest.hexdigest()[:16]}, mine
+    return {"input": store.uri, "files": files, "listing_sha256": digest.hexdigest()[:16]}
+
+
+def owned_files(store: Store, index: int, count: int) -> int:
+    """How many input files belong to shard `index` of `count` (the stable hash of their key)."""
+    return sum(shard_of(key, count) == index for key, _ in input_files(store))
 
 
 def plan(store: Store, prefix: str) -> Iterator[Task]:
@@ -134,7 +124,7 @@ def crop_file(task: Task, source: Store, root: Store, cfg: CropConfig, segmenter
     rows = []
     for i, res in enumerate(results):
         crop_key = None
-        if res.status == KEPT:
+        if res.crop is not None:  # set on kept objects only
             crop_key = f"{task.crop_base}_{i}.png"
             root.write_bytes(crop_key, encode_png(res.crop))
         rows.append(_row(task, res.status, res.reason, crop_key, i, res.box, res.area, width, height))
@@ -150,9 +140,8 @@ def _row(task: Task, status: str, reason: str, crop_key=None, obj=-1, box=(None,
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source_uri: str, root_uri: str, s3_endpoint: str | None, cfg: CropConfig) -> None:
-    _WORKER.update(source=open_store(source_uri, s3_endpoint), root=open_store(root_uri, s3_endpoint), cfg=cfg,
-                   segmenter=make_segmenter(cfg))
+def _init_worker(source: StoreURI, root: StoreURI, s3_endpoint: str | None, cfg: CropConfig) -> None:
+    _WORKER.update(source=open_store(source), root=open_store(root), cfg=cfg, segmenter=make_segmenter(cfg, s3_endpoint))
 
 
 def _crop_chunk(tasks: list[Task]) -> list[list[tuple]]:
@@ -166,21 +155,16 @@ def _chunks(items: Iterable[Task], size: int) -> Iterator[list[Task]]:
         yield chunk
 
 
-def _endpoint(store: Store) -> str | None:
-    return getattr(store, "endpoint_url", None)
-
-
 def crop_results(tasks: Iterable[Task], source: Store, root: Store, cfg: CropConfig, workers: int,
-                 segmenter: Segmenter | None = None) -> Iterator[list[tuple]]:
-    """Rows per file, in task order; serial in this process, or over `workers` processes."""
-    if workers <= 1 or segmenter is not None:
-        segmenter = segmenter or make_segmenter(cfg)
+                 s3_endpoint: str | None) -> Generator[list[tuple], None, None]:
+    """Rows per file, in task order; serial in this process, or over `workers` processes (each reopens the stores)."""
+    if workers <= 1:
+        segmenter = make_segmenter(cfg, s3_endpoint)
         for task in tasks:
             yield crop_file(task, source, root, cfg, segmenter)
         return
-    endpoint = _endpoint(source) or _endpoint(root)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(source.uri, root.uri, endpoint, cfg))
+                               initargs=(source.reopen_spec(), root.reopen_spec(), s3_endpoint, cfg))
     try:
         pending: deque = deque()
         for chunk in _chunks(tasks, cfg.chunk_size):
@@ -198,7 +182,7 @@ def crop_results(tasks: Iterable[Task], source: Store, root: Store, cfg: CropCon
 class Tally:
     """Counts by status, overall and per class, for the summary, the notes and the bad-file limit."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.status: Counter = Counter()
         self.files = 0
         self.by_class: dict[str, Counter] = defaultdict(Counter)
@@ -247,104 +231,120 @@ class Tally:
         return notes
 
 
-def _check_input(source: Store, root: Store) -> None:
-    if source.uri.rstrip("/") == root.uri.rstrip("/") or root.uri.startswith(source.uri.rstrip("/") + "/"):
-        raise BadInputError(f"--input {source.uri} must not contain the pipeline root {root.uri}: crops would become inputs")
+@dataclass(frozen=True)
+class CropInput:
+    """The checked input (ctx.plan): its store and listing fingerprint."""
+
+    source: Store
+    fingerprint: dict[str, Any]
 
 
-STAGE = "crop"
-
-
-def run_crop(cfg: CropConfig, root: Store, *, force: bool = False, s3_endpoint: str | None = None,
-             segmenter: Segmenter | None = None) -> StageResult:
-    """Run the crop stage under the stage contract, whole or as one shard (index/count from the config, else
-    the Indexed Job's environment); `segmenter` replaces the configured one (tests, notebooks)."""
-    index, count = resolve_shard(cfg.shard_index, cfg.num_shards)
-    source = _open_input(cfg, root, s3_endpoint)
-    fingerprint, mine = scan_input(source, index, count)
-    if count > 1:
-        return _run_shard(cfg, root, source, fingerprint, mine, index, count, force, s3_endpoint, segmenter)
-
-    def body(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
-        _require_files(source, fingerprint)
-        total = fingerprint["files"]
-        crops_prefix = ctx.key(CROPS)
-        stale = root.delete_prefix(crops_prefix)  # a rerun must not leave crops the new manifest does not name
-        if stale:
-            log.info("removed %d crops of an earlier run", stale)
-        root.delete_prefix(ctx.key(SHARDS))  # this run supersedes earlier shard parts: a later merge must not use them
-        manifest_uri = f"{root.uri}/{ctx.key(MANIFEST)}"
-        tasks = plan(source, crops_prefix)
-        keep = lambda local, tally, stopped: root.put_file(local, ctx.key(MANIFEST))  # on failure too: it names every bad file's reason
-        tally, too_many_bad = _crop_into(keep, tasks, total, total, source, root, cfg, ctx, s3_endpoint, segmenter)
-        if too_many_bad:
-            raise _too_many_bad(tally, total, cfg, manifest_uri, "already")
-        return _finish(tally, cfg, ctx, manifest_uri)
-
-    return run_stage(STAGE, cfg, root, body, force=force, fingerprint=fingerprint)
-
-
-def _open_input(cfg: CropConfig, root: Store, s3_endpoint: str | None) -> Store:
+def check(cfg: CropConfig, ctx: StageContext) -> CropInput:
+    """Open and list the input before anything is touched: it must exist, hold images and not contain the root."""
     if not cfg.input:
         raise BadInputError("crop needs --input URI: a folder or s3:// prefix of class folders of images")
-    source = open_store(cfg.input, s3_endpoint)
-    _check_input(source, root)
-    return source
-
-
-def _require_files(source: Store, fingerprint: dict[str, Any]) -> None:
+    source = open_store(cfg.input, ctx.s3_endpoint)
+    root = ctx.root
+    if source.uri.rstrip("/") == root.uri.rstrip("/") or root.uri.startswith(source.uri.rstrip("/") + "/"):
+        raise BadInputError(f"--input {source.uri} must not contain the pipeline root {root.uri}: crops would become inputs")
+    fingerprint = input_fingerprint(source)
     if fingerprint["files"] == 0:
-        missing = isinstance(source, LocalStore) and not source.path.is_dir()
+        missing = not source.is_dir()
         raise BadInputError(
             f"no input images under {source.uri}" + (" (the folder does not exist)" if missing else "")
             + ": expected class folders <class>/<image> of JPEG, PNG or TIFF files")
+    return CropInput(source, fingerprint)
 
 
-def _crop_into(keep: Callable[[Path, Tally, bool], None], tasks: Iterable[Task], total: int, input_files_total: int, source: Store, root: Store,
-               cfg: CropConfig, ctx: StageContext, s3_endpoint: str | None, segmenter: Segmenter | None) -> tuple[Tally, bool]:
-    """Crop `tasks` (`total` of them), writing crops to the root and the rows to a local Parquet file handed to
-    `keep(path, tally, stopped)`; stops once the unreadable files exceed --max-bad-fraction of the whole input
-    (they can only stay above it). Returns (tally, stopped)."""
+def fingerprint(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
+    """The input listing's fingerprint (taken by `check`): a new or changed file makes the stage rerun."""
+    return ctx.plan.fingerprint
+
+
+def body(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
+    """The whole input in one run: clear the earlier run's crops and shard parts, crop, write the manifest."""
+    root, source, total = ctx.root, ctx.plan.source, ctx.plan.fingerprint["files"]
+    crops_prefix = ctx.key(CROPS)
+    stale = root.delete_prefix(crops_prefix)  # a rerun must not leave crops the new manifest does not name
+    if stale:
+        log.info("removed %d crops of an earlier run", stale)
+    root.delete_prefix(ctx.key(SHARDS))  # this run supersedes earlier shard parts: a later merge must not use them
+    manifest_uri = f"{root.uri}/{ctx.key(MANIFEST)}"
+    with tempfile.TemporaryDirectory(prefix="plankton-crop-") as tmp:
+        local = Path(tmp) / MANIFEST
+        tally, too_many_bad = crop_into(local, plan(source, crops_prefix), total, total, cfg, ctx)
+        root.put_file(local, ctx.key(MANIFEST))  # on failure too: it names every bad file's reason
+    if too_many_bad:
+        raise too_many_bad_error(tally, total, cfg, manifest_uri, "already")
+    return finish(tally, cfg, ctx, manifest_uri)
+
+
+def shard(cfg: CropConfig, ctx: StageContext, index: int, count: int) -> ShardOutput:
+    """Crop the files of shard `index` of `count`; the contract keeps their rows as the shard's part.
+
+    More unreadable files in this shard alone than the whole input may have fails the shard at once; its
+    rows so far go to `<i>-of-<n>.failed.parquet` (they name the bad files' reasons), never a part a merge could take.
+    """
+    root, source, total = ctx.root, ctx.plan.source, ctx.plan.fingerprint["files"]
+    failed_key = ShardSet(root, ctx.stage, ctx.prefix).part_key(index, count, "failed.parquet")
+    root.delete(failed_key)
+    tasks = (t for t in plan(source, ctx.key(CROPS)) if shard_of(t.key, count) == index)
+    tmp = Path(tempfile.mkdtemp(prefix="plankton-crop-shard-"))
+    local = tmp / MANIFEST
+    output = ShardOutput(rows=local)
+    weakref.finalize(output, shutil.rmtree, tmp, ignore_errors=True)  # the contract uploads the rows after we return
+    tally, too_many_bad = crop_into(local, tasks, owned_files(source, index, count), total, cfg, ctx)
+    if too_many_bad:
+        root.put_file(local, failed_key)
+        raise too_many_bad_error(tally, total, cfg, f"{root.uri}/{failed_key}", f"in shard {index} of {count} alone")
+    ctx.notes.append(f"shard {index} of {count} done ({tally.files} of {total} input files); "
+                     "`plankton crop --merge` gathers the shards")
+    output.counts = {"shard": f"{index}-of-{count}", **tally.counts()}
+    output.extra = {"files": tally.files, "rows": pq.ParquetFile(local).metadata.num_rows}
+    return output
+
+
+def crop_into(local: Path, tasks: Iterable[Task], total: int, input_files_total: int, cfg: CropConfig,
+              ctx: StageContext) -> tuple[Tally, bool]:
+    """Crop `tasks` (`total` of them), writing crops to the root and the rows to the local Parquet file `local`;
+    stops once the unreadable files exceed --max-bad-fraction of the whole input (they can only stay above it).
+    Returns (tally, stopped)."""
     workers = cfg.workers or len(os.sched_getaffinity(0))
     if cfg.segmenter == "sam2" and workers > 1:
         log.info("sam2 runs in one process (one model in memory); --workers is ignored")
         workers = 1
     if total <= cfg.chunk_size:
         workers = 1  # starting processes would cost more than it saves
-    seg = segmenter if segmenter is not None or workers > 1 else make_segmenter(cfg, s3_endpoint)
     tally = Tally()
     limit = cfg.max_bad_fraction * input_files_total
     too_many_bad = False
-    with tempfile.TemporaryDirectory(prefix="plankton-crop-") as tmp:
-        local = Path(tmp) / MANIFEST
-        writer = pq.ParquetWriter(local, SCHEMA, compression="zstd")
+    with pq.ParquetWriter(local, SCHEMA, compression="zstd") as writer:
         batch: list[tuple] = []
-        results = crop_results(tasks, source, root, cfg, workers, seg)
+        results = crop_results(tasks, ctx.plan.source, ctx.root, cfg, workers, ctx.s3_endpoint)
         try:
             for rows in progress(results, total=total, desc="crop"):
                 tally.add(rows)
                 batch.extend(rows)
                 if len(batch) >= 4096:
-                    _write(writer, batch, ctx)
+                    write_rows(writer, batch, ctx)
                 if tally.status[UNREADABLE] > limit:
                     too_many_bad = True
                     break
-            _write(writer, batch, ctx)
+            write_rows(writer, batch, ctx)
         finally:
             results.close()
-            writer.close()
-        keep(local, tally, too_many_bad)
     return tally, too_many_bad
 
 
-def _too_many_bad(tally: Tally, total: int, cfg: CropConfig, manifest_uri: str, already: str = "") -> BadInputError:
+def too_many_bad_error(tally: Tally, total: int, cfg: CropConfig, manifest_uri: str, already: str = "") -> BadInputError:
     return BadInputError(
         f"too many unreadable input files: {tally.status[UNREADABLE]} of {total}{' ' + already if already else ''}, more than "
         f"--max-bad-fraction {cfg.max_bad_fraction} allows, e.g. {', '.join(tally.bad_examples)}; "
         f"reasons in {manifest_uri}")
 
 
-def _finish(tally: Tally, cfg: CropConfig, ctx: StageContext, manifest_uri: str) -> dict[str, Any]:
+def finish(tally: Tally, cfg: CropConfig, ctx: StageContext, manifest_uri: str) -> dict[str, Any]:
+    """The notes, the kept-fraction gauge and the counts of a finished (whole or merged) manifest."""
     ctx.notes.extend(tally.notes(cfg, manifest_uri))  # printed in the summary and kept in run.json
     counts = tally.counts()
     objects = counts["kept"] + counts["edge"] + counts["too_small"]
@@ -352,94 +352,8 @@ def _finish(tally: Tally, cfg: CropConfig, ctx: StageContext, manifest_uri: str)
     return counts
 
 
-# --- shards (an Indexed Job) and their merge ----------------------------------------------------------------
-
-def _run_shard(cfg: CropConfig, root: Store, source: Store, fingerprint: dict[str, Any], mine: int, index: int, count: int,
-               force: bool, s3_endpoint: str | None, segmenter: Segmenter | None) -> StageResult:
-    """Crop this shard's files; leave crop/shards/<index>-of-<count>.parquet + .json, and no `_SUCCESS`."""
-    prefix = stage_prefix(STAGE)
-    digest = compute_digest(STAGE, cfg, {}, fingerprint)
-    if not force and is_done(root, STAGE) and read_json(root, join(prefix, RUN_JSON)).get("digest") == digest:
-        return StageResult(STAGE, f"{root.uri}/{prefix}", up_to_date=True)  # merged already, from these very inputs
-    meta_key = part_key(prefix, index, count, "json")
-    if not force and root.exists(meta_key):
-        try:
-            if read_json(root, meta_key).get("digest") == digest:
-                return StageResult(STAGE, f"{root.uri}/{part_key(prefix, index, count)}", up_to_date=True)
-        except ValueError:
-            pass  # a damaged record: the shard is simply redone
-    root.delete(join(prefix, SUCCESS))  # the merged outputs are about to change under it
-    forget_part(root, prefix, index, count)
-
-    failed_key = part_key(prefix, index, count, "failed.parquet")
-
-    def keep(local: Path, tally: Tally, stopped: bool) -> None:
-        if stopped:  # the rows so far name the bad files' reasons; never a part a merge could take
-            root.put_file(local, failed_key)
-            return
-        rows = pq.ParquetFile(local).metadata.num_rows
-        write_part(root, prefix, local, PartMeta(index, count, digest, fingerprint, digestable_config(cfg), tally.files, rows, tally.counts(), now_iso()))
-
-    def body(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
-        _require_files(source, fingerprint)
-        root.delete(failed_key)
-        tasks = (t for t in plan(source, ctx.key(CROPS)) if shard_of(t.key, count) == index)
-        tally, too_many_bad = _crop_into(keep, tasks, mine, fingerprint["files"], source, root, cfg, ctx, s3_endpoint, segmenter)
-        if too_many_bad:  # more unreadable files in this shard alone than the whole input may have
-            raise _too_many_bad(tally, fingerprint["files"], cfg, f"{root.uri}/{failed_key}", f"in shard {index} of {count} alone")
-        ctx.notes.append(f"shard {index} of {count} done ({tally.files} of {fingerprint['files']} input files); "
-                         f"`plankton crop --merge` gathers the shards")
-        return {"shard": f"{index}-of-{count}", **tally.counts()}
-
-    return run_stage(STAGE, cfg, root, body, force=force, fingerprint=fingerprint, write_success=False)
-
-
-def merge_crop(cfg: CropConfig, root: Store, *, force: bool = False, s3_endpoint: str | None = None) -> StageResult:
-    """Gather a complete set of shard parts into crop/manifest.parquet, judge the whole input (bad-file limit,
-    mostly-dropped classes), delete crops no row names, and finish as an unsharded run would (same digest)."""
-    cfg = dataclasses.replace(cfg, shard_index=None, num_shards=None)
-    source = _open_input(cfg, root, s3_endpoint)
-    fingerprint, _ = scan_input(source)
-    prefix = stage_prefix(STAGE)
-    digest = compute_digest(STAGE, cfg, {}, fingerprint)
-    if not force and is_done(root, STAGE) and read_json(root, join(prefix, RUN_JSON)).get("digest") == digest:
-        return StageResult(STAGE, f"{root.uri}/{prefix}", up_to_date=True, counts=read_json(root, join(prefix, RUN_JSON)).get("counts", {}))
-    _require_files(source, fingerprint)
-    parts = complete_parts(root, prefix, digest, fingerprint, digestable_config(cfg))
-
-    def body(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
-        total = fingerprint["files"]
-        manifest_uri = f"{root.uri}/{ctx.key(MANIFEST)}"
-        tally = Tally()
-        with tempfile.TemporaryDirectory(prefix="plankton-crop-merge-") as tmp:
-            paths = []
-            for p in parts:
-                path = Path(tmp) / f"{p.index}.parquet"
-                root.get_file(part_key(prefix, p.index, p.count), path)
-                paths.append(path)
-            local = Path(tmp) / MANIFEST
-            with pq.ParquetWriter(local, SCHEMA, compression="zstd") as writer:
-                batch: list[tuple] = []
-                for _, group in itertools.groupby(merged_rows(paths, COLUMNS), key=lambda row: row[0]):
-                    rows = list(group)
-                    tally.add(rows)
-                    batch.extend(rows)
-                    if len(batch) >= 4096:
-                        _write(writer, batch, ctx)
-                _write(writer, batch, ctx)
-            root.put_file(local, ctx.key(MANIFEST))
-            stale = remove_unnamed(root, ctx.key(CROPS), local)
-        if stale:
-            log.info("removed %d crops no manifest row names (an earlier run's)", stale)
-        if tally.status[UNREADABLE] > cfg.max_bad_fraction * total:
-            raise _too_many_bad(tally, total, cfg, manifest_uri)
-        ctx.notes.append(f"merged {len(parts)} shard(s)")
-        return _finish(tally, cfg, ctx, manifest_uri)
-
-    return run_stage(STAGE, cfg, root, body, force=True, fingerprint=fingerprint)  # up to date was judged above
-
-
-def _write(writer: pq.ParquetWriter, batch: list[tuple], ctx: StageContext) -> None:
+def write_rows(writer: pq.ParquetWriter, batch: list[tuple], ctx: StageContext) -> None:
+    """Append `batch` (manifest rows as tuples) to `writer`, count them by status, and empty it."""
     if not batch:
         return
     columns = list(zip(*batch))

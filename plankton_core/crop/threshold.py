@@ -83,7 +83,7 @@ class ThresholdSegmenter:
         self.binning = binning  # 0 = chosen from the frame size
 
     @classmethod
-    def from_config(cls, cfg) -> "ThresholdSegmenter":
+    def from_config(cls, cfg) -> ThresholdSegmenter:
         return cls(smooth=cfg.smooth, min_contrast=cfg.min_contrast, noise_k=cfg.noise_k,
                    speck_area=cfg.speck_area, edge_fraction=cfg.edge_fraction, binning=cfg.binning)
 
@@ -110,7 +110,7 @@ class ThresholdSegmenter:
         gray = self._smooth(block_mean(full, factor), factor)
         background, sigma = background_stats(gray)
         margin = max(self.min_contrast, self.noise_k * sigma)
-        flip = np.count_nonzero(gray < background - margin) > np.count_nonzero(gray > background + margin)
+        flip = bool(np.count_nonzero(gray < background - margin) > np.count_nonzero(gray > background + margin))
         if flip:  # bright-field: dark objects on a light background
             gray, background = 255.0 - gray, 255.0 - background
         labels, n = ndimage.label(gray > background + margin / 2, structure=EIGHT_CONNECTED)

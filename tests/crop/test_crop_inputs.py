@@ -7,9 +7,9 @@ import zlib
 
 import numpy as np
 import pytest
+from crop_helpers import box, manifest_rows
 from PIL import Image
 
-from crop_helpers import box, manifest_rows
 from plankton_core.store import open_store
 
 TRUTH = (14, 18, 34, 30)  # x0, y0, x1, y1 of the object in `_frame`
@@ -66,9 +66,10 @@ def test_every_format_bit_depth_and_mode(tmp_path):
     for name, (data, _) in formats.items():
         images.write_bytes(f"fmt/{name}", data)
     root = open_store(str(tmp_path / "art"))
-    from plankton_core.crop import CropConfig, run_crop
+    from plankton_core.crop import CropConfig
+    from plankton_core.stage import run_stage
 
-    run_crop(CropConfig(input=images.uri, workers=1), root)
+    run_stage("crop", CropConfig(input=images.uri, workers=1), root)
     rows = {r["source_key"].split("/")[1]: r for r in manifest_rows(root.uri)}
     assert set(rows) == set(formats)
     for name, (_, crop_mode) in formats.items():
@@ -127,14 +128,15 @@ def test_each_bad_file_is_an_unreadable_row_and_the_job_goes_on(run_cli, tmp_pat
 
 
 def test_all_bad_kinds_together_within_the_limit(tmp_path):
-    from plankton_core.crop import CropConfig, run_crop
+    from plankton_core.crop import CropConfig
+    from plankton_core.stage import run_stage
 
     images = open_store(str(tmp_path / "images"))
     _good_tree(images, 20)
     for name, (data, _) in _bad_files().items():
         images.write_bytes(f"bad/{name}", data)
     root = open_store(str(tmp_path / "art"))
-    result = run_crop(CropConfig(input=images.uri, workers=1, max_bad_fraction=0.25), root)
+    result = run_stage("crop", CropConfig(input=images.uri, workers=1, max_bad_fraction=0.25), root)
     assert result.counts["unreadable"] == 6 and result.counts["kept"] == 20 and result.counts["files"] == 26
     reasons = {r["source_key"].split("/")[1]: r["reason"].split(":")[0] for r in manifest_rows(root.uri) if r["status"] == "unreadable"}
     assert reasons == {name: reason for name, (_, reason) in _bad_files().items()}

@@ -5,11 +5,12 @@ import sys
 
 import numpy as np
 import pytest
-
 from crop_helpers import manifest_rows
-from plankton_core.crop import CropConfig, Detection, extract_crops, run_crop
-from plankton_core.crop.sam2 import Sam2Segmenter, load_sam2_model, split_uri
+
+from plankton_core.crop import CropConfig, Detection, extract_crops
+from plankton_core.crop.sam2 import Sam2Segmenter, load_sam2_model
 from plankton_core.errors import BadInputError
+from plankton_core.stage import run_stage
 from plankton_core.store import open_store
 
 
@@ -57,24 +58,32 @@ def test_extract_crops_with_sam2_adapter():
     assert results[0].crop.shape == (24, 24)
 
 
-def test_stage_with_injected_sam2_adapter(tmp_path, one_object_png):
+def test_stage_with_injected_sam2_adapter(tmp_path, one_object_png, monkeypatch):
     images = open_store(str(tmp_path / "images"))
     for i in range(3):
         images.write_bytes(f"c/f{i}.png", one_object_png(i))
     root = open_store(str(tmp_path / "art"))
-    result = run_crop(CropConfig(input=images.uri), root, segmenter=Sam2Segmenter(FakeGenerator()))
+    monkeypatch.setattr("plankton_core.crop.stage.make_segmenter", lambda cfg, s3_endpoint=None: Sam2Segmenter(FakeGenerator()))
+    result = run_stage("crop", CropConfig(input=images.uri), root)
     rows = manifest_rows(root.uri)
     assert [(r["source_key"], r["status"]) for r in rows] == [(f"c/f{i}.png", s) for i in range(3) for s in ("kept", "edge")]
     assert result.counts["kept"] == 3 and root.exists("crop/_SUCCESS")
 
 
-def test_split_uri():
-    assert split_uri("s3://bucket/models/sam2.pt") == ("s3://bucket/models", "sam2.pt")
-    assert split_uri("file:///ckpt/sam2.pt") == ("file:///ckpt", "sam2.pt")
-    assert split_uri("sam2.pt") == (".", "sam2.pt")
-    assert split_uri("/sam2.pt") == ("/", "sam2.pt")
-    with pytest.raises(BadInputError):
-        split_uri("s3://bucket/models/")
+def test_checkpoint_uri_forms(monkeypatch, tmp_path):
+    """A relative path, an absolute path and a file:// URI name one checkpoint file; a folder URI is refused."""
+    pytest.importorskip("sam2", reason="the optional extra plankton[sam2] is not installed")
+    import sam2.build_sam
+
+    (tmp_path / "sam2.pt").write_bytes(b"checkpoint bytes")
+    monkeypatch.setattr(sam2.build_sam, "build_sam2", lambda config, path, device: open(path, "rb").read())
+    monkeypatch.chdir(tmp_path)
+    for uri in ("sam2.pt", str(tmp_path / "sam2.pt"), (tmp_path / "sam2.pt").as_uri()):
+        assert load_sam2_model(uri, "configs/x.yaml") == b"checkpoint bytes", uri
+    with pytest.raises(BadInputError, match="not a checkpoint file URI"):
+        load_sam2_model(f"{tmp_path}/", "configs/x.yaml")
+    with pytest.raises(BadInputError, match="SAM2 checkpoint not found"):
+        load_sam2_model("missing.pt", "configs/x.yaml")
 
 
 def test_missing_sam2_package_is_a_clear_error(monkeypatch):

@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from crop_helpers import manifest_rows, one_object_png
 
 from plankton_core.shards import shard_of
 from plankton_core.store import open_store
 from plankton_core.tables import read_parquet
-
-from crop_helpers import manifest_rows, one_object_png
 
 
 def inputs(images_uri: str) -> set[str]:
@@ -66,7 +65,7 @@ def test_shards_then_merge_equal_one_unsharded_run(run_cli, root_uri, tmp_path, 
         part = read_parquet(store, f"crop/shards/{i}-of-{count}.parquet").to_pylist()
         meta = json.loads(store.read_bytes(f"crop/shards/{i}-of-{count}.json"))
         files = {r["source_key"] for r in part}
-        assert meta["files"] == len(files) and meta["rows"] == len(part)
+        assert meta["extra"] == {"files": len(files), "rows": len(part)} and meta["rows_key"] == f"crop/shards/{i}-of-{count}.parquet"
         for key in files:
             assert key not in owners, f"{key} in shards {owners[key]} and {i}"
             owners[key] = i
@@ -111,7 +110,7 @@ def test_parts_from_another_config_or_input_exit_2(run_cli, tmp_path, synth_inpu
     other_config = run_cli(*crop_args(root, synth_input, "--merge"))
     assert other_config.exit_code == 2
     assert "was made from a different config (pad 1 vs 4 now)" in other_config.stderr
-    assert "rerun the shards with this --input and config" in other_config.stderr
+    assert "rerun the shards with this input and config" in other_config.stderr
     assert len(other_config.stderr.strip().splitlines()) == 1
 
     # one part of the set matches, the other was made with another config

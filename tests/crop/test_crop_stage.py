@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from crop_helpers import box, iou, manifest_rows, one_object_png
 from PIL import Image
 
-from plankton_core.crop import CropConfig, run_crop
+from plankton_core.crop import CropConfig
+from plankton_core.stage import run_stage
 from plankton_core.store import open_store
 from plankton_core.synth import SynthConfig, generate
 from plankton_core.tables import read_parquet
-
-from crop_helpers import box, iou, manifest_rows, one_object_png
 
 COLUMNS = ["source_key", "class", "status", "reason", "crop_key", "x0", "y0", "x1", "y1", "area"]
 
@@ -27,7 +27,7 @@ def test_recall_of_whole_objects_and_border_cut_dropped(tmp_path, mode, size, pe
     images = open_store(str(tmp_path / "images"))
     generate(images, SynthConfig(classes=8, per_class=per_class, size=size, mode=mode, seed=5))
     root = str(tmp_path / "art")
-    run_crop(CropConfig(input=images.uri, workers=1), open_store(root))
+    run_stage("crop", CropConfig(input=images.uri, workers=1), open_store(root))
     rows = manifest_rows(root)
     kept: dict[str, list] = {}
     for r in rows:
@@ -51,7 +51,7 @@ def test_recall_of_whole_objects_and_border_cut_dropped(tmp_path, mode, size, pe
 
 def test_manifest_accounts_for_every_input_and_crops_are_8bit_png(tmp_path, synth_input):
     root = str(tmp_path / "art")
-    result = run_crop(CropConfig(input=synth_input, workers=1), open_store(root))
+    result = run_stage("crop", CropConfig(input=synth_input, workers=1), open_store(root))
     inputs = {k for k in open_store(synth_input).list() if "/" in k}
     rows = manifest_rows(root)
     assert set(COLUMNS) <= set(rows[0])
@@ -84,7 +84,7 @@ def test_crop_pixels_are_the_frame_pixels(tmp_path):
     Image.fromarray(img).save(buf, format="PNG")
     images.write_bytes("box/one.png", buf.getvalue())
     root = str(tmp_path / "art")
-    run_crop(CropConfig(input=images.uri, workers=1, pad=2), open_store(root))
+    run_stage("crop", CropConfig(input=images.uri, workers=1, pad=2), open_store(root))
     (row,) = manifest_rows(root)
     assert row["status"] == "kept" and row["crop_key"] == "crop/crops/box/one_0.png"
     x0, y0, x1, y1 = box(row)
@@ -114,8 +114,8 @@ def test_rerun_is_up_to_date_force_redoes_and_new_input_reruns(run_cli, tmp_path
 
 def test_rerun_removes_crops_of_the_earlier_run(tmp_path, synth_input):
     root = open_store(str(tmp_path / "art"))
-    run_crop(CropConfig(input=synth_input, workers=1), root)
-    run_crop(CropConfig(input=synth_input, workers=1, min_area=10**6), root)  # nothing is kept now
+    run_stage("crop", CropConfig(input=synth_input, workers=1), root)
+    run_stage("crop", CropConfig(input=synth_input, workers=1, min_area=10**6), root)  # nothing is kept now
     assert list(root.list("crop/crops")) == []
     assert {r["status"] for r in manifest_rows(root.uri)} <= {"too_small", "edge"}
 
@@ -134,8 +134,8 @@ def test_parallel_workers_give_the_same_manifest(tmp_path):
     images = open_store(str(tmp_path / "images"))
     generate(images, SynthConfig(classes=3, per_class=12, size=48, seed=2))
     serial, parallel = open_store(str(tmp_path / "a")), open_store(str(tmp_path / "b"))
-    run_crop(CropConfig(input=images.uri, workers=1), serial)
-    run_crop(CropConfig(input=images.uri, workers=2, chunk_size=4), parallel)
+    run_stage("crop", CropConfig(input=images.uri, workers=1), serial)
+    run_stage("crop", CropConfig(input=images.uri, workers=2, chunk_size=4), parallel)
     assert manifest_rows(serial.uri) == manifest_rows(parallel.uri)
     for key in serial.list("crop/crops"):
         assert serial.read_bytes(key) == parallel.read_bytes(key)
@@ -188,7 +188,7 @@ def test_same_stem_in_one_folder_gets_distinct_crops(tmp_path, one_object_png):
     images.write_bytes("c/a.tif", tif.getvalue())
     images.write_bytes("c/sub/a.png", png)
     root = str(tmp_path / "art")
-    run_crop(CropConfig(input=images.uri, workers=1), open_store(root))
+    run_stage("crop", CropConfig(input=images.uri, workers=1), open_store(root))
     keys = sorted(r["crop_key"] for r in manifest_rows(root) if r["status"] == "kept")
     assert keys == ["crop/crops/c/a_0.png", "crop/crops/c/a_tif_0.png", "crop/crops/c/sub/a_0.png"]
 
@@ -199,7 +199,7 @@ def test_top_level_and_hidden_files_are_not_inputs(tmp_path, one_object_png):
     images.write_bytes("README.txt", b"not a class folder")
     images.write_bytes("c/.DS_Store", b"\0\0")
     root = str(tmp_path / "art")
-    run_crop(CropConfig(input=images.uri, workers=1), open_store(root))
+    run_stage("crop", CropConfig(input=images.uri, workers=1), open_store(root))
     assert [r["source_key"] for r in manifest_rows(root)] == ["c/a.png"]
 
 
@@ -211,9 +211,9 @@ def test_input_must_not_contain_the_root(run_cli, tmp_path, synth_input):
 
 def test_bad_config_values_exit_2(run_cli, tmp_path, synth_input):
     result = run_cli("crop", "--root", tmp_path / "art", "--input", synth_input, "--edge-margin", -1)
-    assert result.exit_code == 2 and "edge_margin must be >= 0" in result.stderr
+    assert result.exit_code == 2 and "option --edge-margin: Input should be greater than or equal to 0" in result.stderr
     result = run_cli("crop", "--root", tmp_path / "art", "--input", synth_input, "--max-bad-fraction", 1.5)
-    assert result.exit_code == 2 and "max_bad_fraction must lie in [0, 1]" in result.stderr
+    assert result.exit_code == 2 and "option --max-bad-fraction: Input should be less than or equal to 1" in result.stderr
     result = run_cli("crop", "--root", tmp_path / "art")
     assert result.exit_code == 2 and "crop needs --input URI" in result.stderr
 
@@ -223,7 +223,7 @@ def test_recorded_config_is_what_the_stage_ran_with(tmp_path, synth_input):
 
     root = open_store(str(tmp_path / "art"))
     assert recorded_config(root) == CropConfig()  # no crop run yet: defaults
-    run_crop(CropConfig(input=synth_input, workers=1, pad=6, edge_margin=3, min_area=12), root)
+    run_stage("crop", CropConfig(input=synth_input, workers=1, pad=6, edge_margin=3, min_area=12), root)
     cfg = recorded_config(root)
     assert (cfg.pad, cfg.edge_margin, cfg.min_area, cfg.input) == (6, 3, 12, synth_input)
 
