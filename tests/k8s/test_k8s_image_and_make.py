@@ -147,10 +147,22 @@ def test_make_image_push_kind_load_and_kind_down(tmp_path):
 
 
 def test_make_has_a_submit_target_for_every_stage():
-    proc = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", *[f"submit-{s}" for s in ("synth", "crop", "stats", "supcon", "linear-sweep", "evaluate", "lut")], "pipeline",
+    from plankton_core.jobspec.settings import job_names
+
+    names = job_names()
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", *[f"submit-{s}" for s in names], "pipeline",
                            "K8S_VALUES=k8s/gpu/values.yaml", "IMAGE=reg.example/plankton:1", "K8S_SET=gpus=2 args.epochs=3"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     prefix = ".venv/bin/plankton submit --values k8s/gpu/values.yaml --set image=reg.example/plankton:1 --set gpus=2 --set args.epochs=3"
-    assert lines == [f"{prefix} {s}" for s in ("synth", "crop", "stats", "supcon", "linear-sweep", "evaluate", "lut", "pipeline")]
+    assert lines == [f"{prefix} {s}" for s in [*names, "pipeline"]]
+
+
+def test_make_stages_lists_the_registry():
+    from plankton_core.jobspec.settings import job_names
+
+    proc = subprocess.run(["make", "--no-print-directory", "-s", "-o", ".venv/.installed", "stages", f"BIN={Path(sys.executable).parent}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == job_names()

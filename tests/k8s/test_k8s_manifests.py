@@ -12,13 +12,13 @@ from kubernetes_validate.utils import latest_version
 from packaging.version import Version
 
 from plankton_core.jobspec import Settings, render_stage
-from plankton_core.jobspec.settings import load_file
+from plankton_core.jobspec.settings import job_names, load_file
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 # the newest Kubernetes the installed kubernetes-validate has schemas for (1.37 with kubernetes-validate 1.37)
 K8S_VERSION = latest_version()
-STAGES = ["synth", "crop", "stats", "supcon", "linear-sweep", "evaluate", "lut"]
+STAGES = job_names()  # the tool synth, then every registered stage
 PROFILES = {"base": [], "local": [K8S / "local/values.yaml"], "gpu": [K8S / "gpu/values.yaml"]}
 # supcon's variants: as configured, one GPU, several GPUs on one node, several nodes
 VARIANTS = {"as-set": [], "1-gpu": ["gpus=1"], "4-gpu": ["gpus=4"], "2-node": ["nodes=2", "gpus=2"]}

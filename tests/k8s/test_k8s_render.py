@@ -8,12 +8,13 @@ import yaml
 
 from plankton_core.errors import BadInputError
 from plankton_core.jobspec import Settings, render_stage
-from plankton_core.jobspec.settings import deep_merge, parse_set
+from plankton_core.jobspec.settings import deep_merge, job_names, parse_set
+from plankton_core.stage import stages
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "k8s/local/values.yaml"
 GPU = REPO / "k8s/gpu/values.yaml"
-STAGES = ["synth", "crop", "stats", "supcon", "linear-sweep", "evaluate", "lut"]
+STAGES = job_names()  # the tool synth, then every registered stage
 
 
 def render(stage: str, values=(), sets=(), run_id: str = "t1") -> list[dict]:
@@ -84,7 +85,7 @@ def test_gpu_stages_on_a_gpu_cluster(stage):
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
 
 
-@pytest.mark.parametrize("stage", ["synth", "crop", "stats", "evaluate"])
+@pytest.mark.parametrize("stage", ["synth"] + [s.name for s in stages() if s.name not in ("supcon", "linear-sweep", "lut")])
 def test_cpu_stages_ask_for_no_gpu(stage):
     job = render(stage, [GPU])[0]
     assert "nvidia.com/gpu" not in container(job)["resources"].get("limits", {})
@@ -185,11 +186,14 @@ def test_render_cli_prints_the_same_documents(run_cli, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["render", "nosuch"], "unknown stage 'nosuch'; one of: synth, crop, stats, supcon, linear-sweep, evaluate, lut"),
+    (["render", "nosuch"], f"unknown stage 'nosuch'; one of: {', '.join(STAGES)}"),
     (["render", "crop", "--set", "gpu=1"], "--set gpu: unknown setting 'gpu'; known: namespace"),
     (["render", "crop", "--set", "noequals"], "--set wants key=value, got 'noequals'"),
     (["render", "crop", "--set", "nodes=2"], "crop: only a torchrun stage (supcon) runs on several nodes; set nodes: 1"),
     (["render", "lut", "--set", "gpus=2"], "lut: uses one GPU per pod; only supcon (torchrun) uses several"),
+    (["render", "lut", "--set", "torchrun=true"], "lut: does not run under torchrun (only supcon); set torchrun: false"),
+    (["render", "stats", "--set", "shards=2"], "stats: is not shardable (only crop and linear-sweep); set shards: 1"),
+    (["render", "synth", "--set", "shards=2"], "synth: is not shardable"),
     (["render", "supcon", "--set", "gpus=-1"], "supcon: setting gpus must be a whole number >= 0, got -1"),
     (["render", "supcon", "--run-id", "Bad_Id"], "run id 'Bad_Id' makes the Job name 'plankton-supcon-Bad_Id', which is not a DNS label"),
     (["render", "crop", "--from", "stats"], "--from/--to go with `pipeline`"),
@@ -243,15 +247,13 @@ def test_bad_input_raises_bad_input_error():
 @pytest.mark.parametrize("values", [[], [LOCAL], [GPU]], ids=["base", "local", "gpu"])
 def test_every_rendered_arg_is_an_option_the_stage_command_has(values):
     """The settings' args parse with each stage's own click command (catches renamed or removed options)."""
-    import importlib
-
     import click
 
-    from jobs.cli import COMMANDS
+    from jobs.cli import cli
 
     settings = Settings.load(None, values)
     for stage in settings.stages:
-        command = importlib.import_module(COMMANDS[stage]).command
+        command = cli.get_command(click.Context(cli), stage)
         for job in render_stage(settings, stage, "opt"):
             args = container(job)["args"]
             assert args[0] == stage
@@ -259,6 +261,41 @@ def test_every_rendered_arg_is_an_option_the_stage_command_has(values):
                 command.make_context(stage, list(args[1:]))
             except click.UsageError as exc:
                 pytest.fail(f"{stage} {' '.join(args[1:])}: {exc.format_message()}")
+
+
+def test_the_stage_list_and_pipeline_order_come_from_the_registry(run_cli):
+    order = [s.name for s in stages()]
+    builtin = ["crop", "stats", "supcon", "linear-sweep", "evaluate", "lut"]
+    assert [n for n in order if n in builtin] == builtin
+    assert Settings.load().stages == ["synth"] + order and Settings.load().pipeline == order  # synth is a tool
+    assert Settings.load(None, [LOCAL]).pipeline == ["synth"] + order  # the kind demo makes its images first
+    result = run_cli("k8s", "stages")
+    assert result.exit_code == 0 and result.stdout.split() == ["synth"] + order
+
+
+def test_registry_flags_give_a_stage_its_defaults():
+    s = Settings.load().for_stage("linear-sweep")  # gpu and shardable in the registry
+    assert s["merge"]["args"] == {"merge": True} and s["torchrun"] is False
+    s = Settings.load().for_stage("supcon")  # gpu and distributed
+    assert s["gpus"] == 1 and s["gpuNode"] is True and s["torchrun"] is True and s["merge"] is None
+    s = Settings.load().for_stage("stats")  # no section in stages.yaml: the defaults
+    assert s["gpus"] == 0 and s["gpuNode"] is False and s["torchrun"] is False and s["args"] == {}
+    (crop,) = render("crop", [], ["merge=null", "shards=1"])
+    assert "--merge" not in container(crop)["args"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("stages:\n  nosuch:\n    gpus: 1\n", "stages.nosuch: no such stage; one of: synth, crop"),
+    ("pipeline: [crop]\n", "`pipeline` is gone: the stage order comes from the stage registry"),
+    ("prelude: [crop]\n", "prelude must be a list of tools (synth)"),
+    ("extra: 1\n", "unknown top-level key(s) extra (allowed: defaults, stages, prelude)"),
+])
+def test_settings_files_name_only_registered_stages_and_tools(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(BadInputError) as exc:
+        Settings.load(None, [bad])
+    assert message in str(exc.value)
 
 
 def test_label_values_stay_valid_for_any_version():

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import boto3
 
-from plankton_core.crop import CropConfig, run_crop
+from plankton_core.crop import CropConfig
+from plankton_core.stage import run_stage
 from plankton_core.store import open_store
 from plankton_core.synth import SynthConfig, generate
 from plankton_core.tables import read_json, read_parquet
@@ -38,7 +39,7 @@ def test_crop_runs_as_an_indexed_job_of_two_shards_then_a_merge(run_cli, s3_env,
     # the same manifest and run digest as one unsharded run of the same input and config
     root = open_store(f"s3://{s3_bucket}/pipeline")
     reference = open_store(str(tmp_path / "reference"))
-    run_crop(CropConfig(input=images, workers=1), reference)
+    run_stage("crop", CropConfig(input=images, workers=1), reference)
     assert read_parquet(root, "crop/manifest.parquet").to_pylist() == read_parquet(reference, "crop/manifest.parquet").to_pylist()
     assert read_json(root, "crop/run.json")["digest"] == read_json(reference, "crop/run.json")["digest"]
     assert sorted(root.list("crop/crops")) == sorted(reference.list("crop/crops"))

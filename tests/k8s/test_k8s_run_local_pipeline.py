@@ -9,9 +9,12 @@ from pathlib import Path
 import boto3
 import pytest
 
+from plankton_core.jobspec.settings import job_names
+from plankton_core.stage import stages
+
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "k8s/local/values.yaml"
-STAGES = ["synth", "crop", "stats", "supcon", "linear-sweep", "evaluate", "lut"]
+STAGES = job_names()  # synth, then every registered stage
 
 
 def tiny_values(tmp_path: Path, bucket: str) -> Path:
@@ -45,7 +48,7 @@ def test_demo_pipeline_runs_from_the_rendered_jobs(run_cli, s3_env, s3_bucket, t
     # every stage's outputs, finished, in the bucket
     s3 = boto3.client("s3", endpoint_url=s3_env)
     keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket) for o in page.get("Contents", [])}
-    for prefix in ("crop", "stats", "supcon", "sweep", "evaluate", "lut"):
+    for prefix in [s.prefix for s in stages()]:
         assert f"pipeline/{prefix}/_SUCCESS" in keys, prefix
     assert "pipeline/sweep/shards/0-of-2.parquet" in keys and "pipeline/sweep/shards/1-of-2.parquet" in keys  # one shard per index
     assert "pipeline/lut/index.faiss" in keys and "pipeline/evaluate/metrics.json" in keys
@@ -58,7 +61,7 @@ def test_demo_pipeline_runs_from_the_rendered_jobs(run_cli, s3_env, s3_bucket, t
     assert (" k8s torchrun --nproc-per-node=2 --standalone --no-python plankton supcon --model test_resnet ") in result.stderr
 
     # the stages' metrics reached the "Pushgateway", parseable, with the stage label
-    for stage in ("crop", "stats", "supcon", "linear-sweep", "evaluate", "lut"):
+    for stage in [s.name for s in stages()]:
         samples = gateway.samples(f"plankton_{stage}")
         assert samples["plankton_stage_last_success_timestamp_seconds"][-1].labels == {"stage": stage}
         assert samples["plankton_stage_failures_total"][-1].value == 0
