@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
@@ -21,7 +22,7 @@ from urllib3.exceptions import HTTPError as TransportError
 
 from plankton_core.errors import BadInputError, PlanktonError
 from plankton_core.jobspec.render import CONTAINER, JOB_NAME_LABEL
-from plankton_core.jobspec.status import Outcome, STUCK_REASONS, container_status, job_counts, job_outcome, pod_state, started
+from plankton_core.jobspec.status import STUCK_REASONS, Outcome, container_status, job_counts, job_outcome, pod_state, started
 
 
 class KubeError(PlanktonError):

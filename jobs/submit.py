@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from jobs.k8s import rendered, render_options
+from jobs.k8s import render_options, rendered
 from plankton_core.errors import PlanktonError
 from plankton_core.jobspec import dump
 from plankton_core.jobspec.status import failure_exit_code, failure_summary

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Literal, Optional
+from typing import Literal
 
 import click
 import pytest
@@ -185,7 +185,7 @@ class Demo:
     name: str = option("resnet", "Name.")
     cosine: bool = option(False, "Cosine.")
     split: tuple[float, float, float] = option((0.7, 0.15, 0.15), "Split.")
-    epochs: Optional[int] = option(None, "Epochs.")
+    epochs: int | None = option(None, "Epochs.")
     workers: int = option(0, "Workers.", digest=False)
 
     def validate(self) -> None:

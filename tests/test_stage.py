@@ -123,7 +123,7 @@ def test_toy_command_runs_then_is_up_to_date(toy, run_cli, tmp_path):
     assert run_cli("toy-seed", "--root", root).exit_code == 0
     result = run_cli("toy", "--root", root, "--count", "4")
     assert result.exit_code == 0, result.output
-    assert f"toy: done in " in result.stdout and "(rows=4)" in result.stdout
+    assert "toy: done in " in result.stdout and "(rows=4)" in result.stdout
     store = open_store(root)
     assert written(store) == [100, 101, 102, 103]
     recorded = read_json(store, "toy/run.json")

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -182,7 +183,7 @@ class Settings:
         self.overrides = overrides or {}
 
     @classmethod
-    def load(cls, k8s_dir: str | os.PathLike | None = None, values: Iterable[str | os.PathLike] = (), sets: Iterable[str] = ()) -> "Settings":
+    def load(cls, k8s_dir: str | os.PathLike | None = None, values: Iterable[str | os.PathLike] = (), sets: Iterable[str] = ()) -> Settings:
         base = Path(k8s_dir) if k8s_dir else default_k8s_dir()
         files = [load_file(base / STAGES_FILE)] + [load_file(v) for v in values]
         return cls(files, parse_set(sets))

@@ -8,7 +8,7 @@ exits with the workers' own code instead.
 from __future__ import annotations
 
 import signal
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED, EXIT_UPSTREAM
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from k8s_standin import KubeStandIn, failure_script, success_script
 
 REPO = Path(__file__).resolve().parents[2]
