@@ -1,8 +1,10 @@
 """Checkpoints: one dict per file, written atomically, loaded without running code.
 
-Keys of a SupCon checkpoint: model (backbone state), head (projection state),
-optimizer, scheduler, scaler, epoch, step, rng, config (resolved supcon config,
-with model name, proj_dim, size, mean, std), feature_dim.
+A training checkpoint holds at least `model` (weights) and `config` (the
+resolved config it was trained with); `plankton_core.training.Trainer` adds
+optimizer, scheduler, epoch, step and rng. A SupCon checkpoint also has head
+(projection state), scaler and feature_dim; its config carries model name,
+proj_dim, size, mean and std.
 """
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ from typing import Any
 
 import torch
 
+from .artifacts import SUPCON_CKPT
 from .errors import BadInputError
 from .models import SupConModel, create_model
 from .store import Store, join, split_uri
 
-CKPT_PREFIX = "supcon/ckpt"
+CKPT_PREFIX = SUPCON_CKPT
 _EPOCH_RE = re.compile(r"epoch_(\d+)\.pt$")
 
 
@@ -35,7 +38,7 @@ def load_checkpoint(store: Store, key: str, map_location: str | torch.device = "
     except Exception as exc:  # torch raises many types for truncated/corrupt/unsafe files
         raise BadInputError(f"checkpoint {store.uri}/{key} is corrupt or unsafe: {str(exc).splitlines()[0]}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise BadInputError(f"checkpoint {store.uri}/{key} is not a plankton SupCon checkpoint (no model/config)")
+        raise BadInputError(f"checkpoint {store.uri}/{key} is not a plankton checkpoint (no model/config)")
     return ckpt
 
 
@@ -54,6 +57,11 @@ def list_checkpoints(store: Store, prefix: str = CKPT_PREFIX) -> list[tuple[str,
 
 def checkpoint_key(name: str, prefix: str = CKPT_PREFIX) -> str:
     return join(prefix, f"{name}.pt")
+
+
+def epoch_name(epoch: int) -> str:
+    """The name of the numbered checkpoint after `epoch` epochs (what `list_checkpoints` parses)."""
+    return f"epoch_{epoch:04d}"
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> SupConModel:

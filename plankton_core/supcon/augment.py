@@ -13,8 +13,8 @@ the same augmentations.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +34,10 @@ class ViewParams:
     brightness: torch.Tensor
     contrast: torch.Tensor
 
-    def rows(self, index: torch.Tensor | slice) -> "ViewParams":
+    def rows(self, index: torch.Tensor | slice) -> ViewParams:
         return ViewParams(**{k: v[index] for k, v in self.__dict__.items()})
 
-    def to(self, device: torch.device) -> "ViewParams":
+    def to(self, device: torch.device) -> ViewParams:
         return ViewParams(**{k: v.to(device, non_blocking=True) for k, v in self.__dict__.items()})
 
 
@@ -135,3 +135,29 @@ def two_view_params(global_batch: int, seed: int, epoch: int, step: int, scale_m
     g = torch.Generator().manual_seed(batch_seed(seed, epoch, step))
     both = sample_params(2 * global_batch, g, scale_min, jitter)
     return both.rows(slice(0, global_batch)), both.rows(slice(global_batch, 2 * global_batch))
+
+
+@dataclass
+class TwoViews:
+    """Both augmented views of one process's rows of a global batch, on the training device: (2b, 3, S, S).
+
+    The parameters are drawn for the whole global batch from (seed, epoch, step), so the
+    views do not depend on how many processes share the batch, nor on where a run resumed.
+    """
+
+    global_batch: int
+    rows: slice            # this process's rows of the global batch
+    seed: int
+    scale_min: float
+    jitter: float
+    size: int              # output side in pixels
+    mean: Sequence[float]
+    std: Sequence[float]
+    device: torch.device
+
+    def __call__(self, images: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        p0, p1 = two_view_params(self.global_batch, self.seed, epoch, step, self.scale_min, self.jitter)
+        fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        with torch.no_grad():
+            return augment_views(images.to(self.device, non_blocking=True), [p0.rows(self.rows), p1.rows(self.rows)],
+                                 self.size, self.mean, self.std, fmt)

@@ -1,4 +1,4 @@
-"""The supcon stage's config: defaults here, then YAML, then flags.
+"""The supcon stage's options, each declared once (type, default, bounds, help).
 
 Learning rate: `base_lr` is per 256 images and scales linearly with the global
 batch (lr = base_lr × batch_size / 256, SGD). The user's earlier runs used
@@ -7,13 +7,10 @@ batch (lr = base_lr × batch_size / 256, SGD). The user's earlier runs used
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal
 
+from ..config import option, stage_config
 from ..errors import BadInputError
-from ..losses.supcon import METHODS
-
-NO_DIGEST = {"digest": False}
 
 # Fields that decide the training trajectory: `--resume auto` only continues a
 # checkpoint whose recorded values of these match the current config.
@@ -24,67 +21,42 @@ TRAJECTORY_FIELDS = (
 )
 
 
-@dataclass
+@stage_config
 class SupConConfig:
-    model: str = "resnet50"            # any timm model name
-    proj_dim: int = 128                # projection head output
-    epochs: int = 1000
-    batch_size: int = 256              # global: images per optimiser step over all processes
-    size: Optional[int] = None         # training crop side; default: `size` in stats/stats.json
-    base_lr: float = 0.125             # per 256 images (0.016 at batch 32 = 0.5 × 32/1024)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 10            # linear warm-up, capped at 10% of epochs
-    min_lr_ratio: float = 0.001        # cosine decays to lr × this (SupContrast's eta_min)
-    temperature: float = 0.07
-    method: str = "supcon"             # supcon (labels) | simclr (labels ignored)
-    seed: int = 0
-    pretrained: Optional[str] = None   # file or URI of backbone weights (state dict / safetensors / plankton ckpt)
-    crop_scale_min: float = 0.2        # random resized crop keeps 20–100% of the area
-    jitter: float = 0.2                # brightness and contrast factors in [1 - j, 1 + j]
-    sync_bn: bool = True               # global BatchNorm statistics under DDP on GPU
-    save_every: int = 50               # epoch_NNNN.pt every K epochs (last.pt every epoch)
-    resume: str = field(default="auto", metadata=NO_DIGEST)  # auto | never | checkpoint name (last, epoch_0100) | URI
-    device: str = field(default="auto", metadata=NO_DIGEST)  # auto | cpu | cuda | cuda:N
-    workers: int = field(default=4, metadata=NO_DIGEST)      # batch prefetch threads
-    compile: bool = field(default=False, metadata=NO_DIGEST)  # torch.compile the model (GPU)
-    amp: bool = field(default=True, metadata=NO_DIGEST)       # bf16 autocast on GPU
-    deterministic: bool = field(default=False, metadata=NO_DIGEST)  # deterministic kernels (CPU tests, debugging)
+    """How the backbone is trained; `resume`, `device`, `workers`, `compile`, `amp`, `deterministic` do not change the digest."""
+
+    model: str = option("resnet50", "timm model name.")
+    proj_dim: int = option(128, "Projection head output size.", ge=1)
+    epochs: int = option(1000, "Epochs to train.", ge=1)
+    batch_size: int = option(256, "Global batch (images per step over all processes).", ge=2)
+    size: int | None = option(None, "Training crop side in pixels; default: size in stats/stats.json.", ge=8)
+    base_lr: float = option(0.125, "Learning rate per 256 images.", gt=0)
+    momentum: float = option(0.9, "SGD momentum.", ge=0)
+    weight_decay: float = option(1e-4, "SGD weight decay.", ge=0)
+    warmup_epochs: int = option(10, "Linear warm-up epochs, capped at 10% of --epochs.", ge=0)
+    min_lr_ratio: float = option(0.001, "The cosine decays to lr × this (SupContrast's eta_min).", ge=0, le=1)
+    temperature: float = option(0.07, "Contrastive temperature.", gt=0)
+    method: Literal["supcon", "simclr"] = option("supcon", "supcon uses labels; simclr ignores them.")
+    seed: int = option(0, "Seed for weights, data order and augmentation.")
+    pretrained: str | None = option(
+        None, "Backbone weights file or URI (state dict, safetensors or plankton checkpoint); default random init.")
+    crop_scale_min: float = option(0.2, "The random resized crop keeps this to 100% of the area.", gt=0, le=1)
+    jitter: float = option(0.2, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1)
+    sync_bn: bool = option(True, "SyncBatchNorm across GPUs under torchrun.")
+    save_every: int = option(50, "Write supcon/ckpt/epoch_NNNN.pt every K epochs; last.pt every epoch.", ge=1)
+    resume: str = option("auto", "auto (newest readable checkpoint), never (start over), last, epoch_NNNN or a checkpoint URI.",
+                         digest=False)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.", digest=False)
+    workers: int = option(4, "Batch prefetch threads.", ge=0, digest=False)
+    compile: bool = option(False, "torch.compile the model.", digest=False)
+    amp: bool = option(True, "bf16 autocast on GPU.", digest=False)
+    deterministic: bool = option(False, "Deterministic kernels (reproducible runs, slower).", digest=False)
 
     def validate(self) -> None:
-        def bad(msg: str) -> None:
-            raise BadInputError(f"supcon: {msg}")
-
-        if self.method not in METHODS:
-            bad(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.epochs < 1:
-            bad(f"--epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 2:
-            bad(f"--batch-size must be >= 2, got {self.batch_size}")
-        if self.size is not None and self.size < 8:
-            bad(f"--size must be >= 8 pixels, got {self.size}")
-        if not self.base_lr > 0:
-            bad(f"--base-lr must be > 0, got {self.base_lr}")
-        if not self.temperature > 0:
-            bad(f"--temperature must be > 0, got {self.temperature}")
-        if self.save_every < 1:
-            bad(f"--save-every must be >= 1, got {self.save_every}")
-        if self.proj_dim < 1:
-            bad(f"--proj-dim must be >= 1, got {self.proj_dim}")
-        if self.workers < 0:
-            bad(f"--workers must be >= 0, got {self.workers}")
-        if self.warmup_epochs < 0:
-            bad(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
-        if not 0 < self.crop_scale_min <= 1:
-            bad(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
-        if not 0 <= self.jitter < 1:
-            bad(f"jitter must be in [0, 1), got {self.jitter}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            bad(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            bad(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            raise BadInputError(f"supcon: --device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not self.resume:
-            bad("--resume must be auto, never, a checkpoint name or a URI")
+            raise BadInputError("supcon: --resume must be auto, never, a checkpoint name or a URI")
 
     def lr(self) -> float:
         """Peak learning rate for the global batch (linear scaling rule)."""
@@ -93,6 +65,3 @@ class SupConConfig:
     def warmup(self) -> int:
         """Warm-up epochs actually used: at most 10% of the run, so short runs are not all warm-up."""
         return min(self.warmup_epochs, self.epochs // 10)
-
-    def trajectory(self) -> dict:
-        return {name: getattr(self, name) for name in TRAJECTORY_FIELDS}

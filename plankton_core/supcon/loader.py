@@ -10,9 +10,9 @@ DDP each process takes its slice of every global batch.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -20,11 +20,12 @@ import torch
 
 @dataclass
 class Batch:
-    step: int               # step within the epoch
+    epoch: int                   # 0-based epoch
+    step: int                    # step within the epoch
     images: torch.Tensor         # (b, S, S, 3) uint8, this process's rows
     labels: torch.Tensor         # (b,) int64, this process's rows
     global_labels: torch.Tensor  # (B,) int64, the whole global batch (every process's rows, in rank order)
-    views: Optional[torch.Tensor] = None  # augmented model input, when the loader's `transform` made it
+    views: torch.Tensor | None = None  # augmented model input, when the loader's `transform` made it
 
 
 class EpochPlan:
@@ -45,12 +46,12 @@ class EpochPlan:
 class CachedBatchLoader:
     """Iterates this process's part of each global batch, `prefetch` batches ahead on threads.
 
-    `transform(batch, epoch)` runs on the loader thread too; training on the CPU uses it to
+    `transform(batch)` runs on the loader thread too; training on the CPU uses it to
     augment there, overlapping with the model step (on a GPU augmentation runs on the device).
     """
 
     def __init__(self, array: np.ndarray, labels: np.ndarray, plan: EpochPlan, rank: int = 0, world: int = 1,
-                 prefetch: int = 4, pin_memory: bool = False, transform: Callable[[Batch, int], Batch] | None = None):
+                 prefetch: int = 4, pin_memory: bool = False, transform: Callable[[Batch], Batch] | None = None):
         if plan.global_batch % world:
             raise ValueError(f"global batch {plan.global_batch} is not divisible by {world} processes")
         self.array, self.labels, self.plan = array, np.asarray(labels, dtype=np.int64), plan
@@ -70,8 +71,8 @@ class CachedBatchLoader:
         tensor = torch.from_numpy(images)
         if self.pin_memory:
             tensor = tensor.pin_memory()
-        batch = Batch(step, tensor, torch.from_numpy(self.labels[rows]), torch.from_numpy(self.labels[global_rows]))
-        return self.transform(batch, epoch) if self.transform else batch
+        batch = Batch(epoch, step, tensor, torch.from_numpy(self.labels[rows]), torch.from_numpy(self.labels[global_rows]))
+        return self.transform(batch) if self.transform else batch
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         order = self.plan.order(epoch)

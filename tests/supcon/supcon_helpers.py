@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import signal
 
 import numpy as np
+import pytest
 import torch
 
-from plankton_core.checkpoint import load_checkpoint
+from plankton_core.artifacts import SUPCON_CKPT, SUPCON_METRICS
+from plankton_core.checkpoint import checkpoint_key, load_checkpoint
+from plankton_core.stage import StageResult, run_stage
+from plankton_core.supcon import train as supcon_train
 from plankton_core.supcon.config import SupConConfig
 
 torch.set_num_threads(2)
@@ -30,8 +37,34 @@ def cli_args(root: str, **options) -> list[str]:
     return args
 
 
+def train(cfg: SupConConfig, store, force: bool = False) -> StageResult:
+    """The supcon stage under the contract, in this process."""
+    return run_stage("supcon", cfg, store, force=force)
+
+
+def sigterm_during_step(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """This process gets a real SIGTERM while computing the loss of its n-th optimiser step (once).
+
+    The stop is seen after that step, as a preemption during it would be.
+    """
+    real = supcon_train.contrastive_loss
+    calls = {"n": 0}
+
+    def signalling(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(supcon_train, "contrastive_loss", signalling)
+
+
 def final_state(store, name: str = "last") -> dict:
-    return load_checkpoint(store, f"supcon/ckpt/{name}.pt")
+    return load_checkpoint(store, checkpoint_key(name, SUPCON_CKPT))
+
+
+def metrics_rows(store) -> list[dict]:
+    return [json.loads(line) for line in store.read_bytes(SUPCON_METRICS).decode().splitlines()]
 
 
 def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:

@@ -98,8 +98,9 @@ def stats_root(tmp_path) -> str:
 @pytest.mark.parametrize("options, message", [
     ({"model": "no_such_net"}, "unknown timm model 'no_such_net'"),
     ({"batch_size": 64}, "--batch-size 64 is larger than the 18 train crops"),
-    ({"temperature": 0}, "--temperature must be > 0"),
-    ({"epochs": 0}, "--epochs must be >= 1"),
+    ({"temperature": 0}, "option --temperature: Input should be greater than 0"),
+    ({"epochs": 0}, "option --epochs: Input should be greater than or equal to 1"),
+    ({"jitter": 1}, "option --jitter: Input should be less than 1"),
     ({"device": "tpu"}, "--device must be auto, cpu, cuda or cuda:N"),
     ({"resume": "epoch_0099"}, "--resume checkpoint not found"),
     ({"pretrained": "/nonexistent/weights.pt"}, "pretrained weights file not found: /nonexistent/weights.pt"),

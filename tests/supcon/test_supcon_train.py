@@ -1,34 +1,37 @@
 """Training proof, exact stop-and-resume, fallback from a corrupt checkpoint, NaN handling."""
 from __future__ import annotations
 
-import json
-import os
-import signal
-
 import numpy as np
 import pytest
 import torch
 
 from pipeline_fixtures import make_stats_root
-from supcon_helpers import assert_same_weights, final_state, one_nn_accuracy, small_cfg
+from supcon_helpers import (
+    assert_same_weights,
+    final_state,
+    metrics_rows,
+    one_nn_accuracy,
+    sigterm_during_step,
+    small_cfg,
+    train,
+)
 
+from plankton_core.artifacts import SUPCON_CKPT, SUPCON_METRICS
 from plankton_core.checkpoint import list_checkpoints, model_from_checkpoint
 from plankton_core.data import ImageCache, load_normalisation, load_splits
 from plankton_core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InterruptedRun
 from plankton_core.features import extract_features
 from plankton_core.models import create_model
 from plankton_core.supcon import train as supcon_train
-from plankton_core.supcon.train import TrainingDiverged, run
+from plankton_core.training import TrainingDiverged
 
-
-def metrics_rows(store) -> list[dict]:
-    return [json.loads(line) for line in store.read_bytes("supcon/metrics.jsonl").decode().splitlines()]
+LAST = f"{SUPCON_CKPT}/last.pt"
 
 
 def test_training_beats_random_init_on_nearest_neighbour_accuracy(tmp_path):
     store = make_stats_root(str(tmp_path / "root"), n_classes=5, per_class=24)  # 60 train, 30 val crops
     cfg = small_cfg(epochs=10, batch_size=30, save_every=100)
-    run(cfg, store)
+    train(cfg, store)
 
     losses = [row["loss"] for row in metrics_rows(store)]
     assert len(losses) == 10
@@ -59,34 +62,25 @@ def reference(tmp_path_factory):
         mp.setenv("PLANKTON_CACHE_DIR", str(base / "cache"))
         mp.delenv("PUSHGATEWAY_URL", raising=False)
         store = make_stats_root(str(base / "root"), per_class=12)
-        run(small_cfg(epochs=4, batch_size=6, save_every=2), store)
+        train(small_cfg(epochs=4, batch_size=6, save_every=2), store)
     return store
 
 
-def sigterm_at(epoch: int, step: int):
-    """An on_step hook that sends this process a real SIGTERM after the given step."""
-
-    def hook(e: int, s: int) -> None:
-        if (e, s) == (epoch, step):
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return hook
-
-
-def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, reference):
+def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, reference, monkeypatch):
     """Also: augmenting on two loader threads (here) trains exactly like augmenting inline (the reference)."""
     store = make_stats_root(str(tmp_path / "root"), per_class=12)
     cfg = small_cfg(epochs=4, batch_size=6, save_every=2, workers=2)
+    sigterm_during_step(monkeypatch, 5)  # second epoch, its second of three steps
     with pytest.raises(InterruptedRun) as info:
-        run(cfg, store, on_step=sigterm_at(1, 2))  # second epoch, after its second of three steps
+        train(cfg, store)
     assert info.value.exit_code == EXIT_INTERRUPTED == 75
     assert "SIGTERM" in str(info.value) and "epoch 2 after step 2/3" in str(info.value)
     saved = final_state(store)
     assert (saved["epoch"], saved["step"]) == (1, 5)
     assert not store.exists("supcon/_SUCCESS")
 
-    result = run(cfg, store)
-    assert any("resumed from supcon/ckpt/last.pt (epoch 1, step 5)" in n for n in result.notes)
+    result = train(cfg, store)
+    assert any(f"resumed from {LAST} (epoch 1, step 5)" in n for n in result.notes)
     assert_same_weights(final_state(store), final_state(reference))
     assert_same_weights(final_state(store, "epoch_0002"), final_state(reference, "epoch_0002"))
     ours, ref = metrics_rows(store), metrics_rows(reference)
@@ -95,18 +89,20 @@ def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, re
     assert store.exists("supcon/_SUCCESS")
 
 
-def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, reference):
+def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, reference, monkeypatch):
     store = make_stats_root(str(tmp_path / "root"), per_class=12)
     cfg = small_cfg(epochs=4, batch_size=6, save_every=1)  # save_every does not change training
-    with pytest.raises(InterruptedRun):
-        run(cfg, store, on_step=sigterm_at(1, 3))  # end of epoch 2: saved, then stops
+    sigterm_during_step(monkeypatch, 6)  # the last step of epoch 2: saved, then stops
+    with pytest.raises(InterruptedRun) as info:
+        train(cfg, store)
+    assert "after epoch 2" in str(info.value)
     assert final_state(store)["epoch"] == 2
-    data = store.read_bytes("supcon/ckpt/last.pt")
-    store.write_bytes("supcon/ckpt/last.pt", data[: len(data) // 2])  # a torn write from some other tool
+    data = store.read_bytes(LAST)
+    store.write_bytes(LAST, data[: len(data) // 2])  # a torn write from some other tool
 
-    result = run(cfg, store)
+    result = train(cfg, store)
     notes = " ".join(result.notes)
-    assert "skipping unreadable checkpoint supcon/ckpt/last.pt" in notes
+    assert f"skipping unreadable checkpoint {LAST}" in notes
     assert "resumed from supcon/ckpt/epoch_0002.pt (epoch 2, step 6)" in notes
     assert_same_weights(final_state(store), final_state(reference))
     assert [name for name, _ in list_checkpoints(store)] == ["epoch_0001", "epoch_0002", "epoch_0003", "epoch_0004", "last"]
@@ -115,9 +111,9 @@ def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
 def test_finished_run_with_an_unreadable_last_checkpoint_gets_it_back(tmp_path):
     store = make_stats_root(str(tmp_path / "root"), per_class=12)
     cfg = small_cfg(epochs=1, batch_size=6)
-    run(cfg, store)
-    store.write_bytes("supcon/ckpt/last.pt", b"garbage")
-    result = run(cfg, store, force=True)
+    train(cfg, store)
+    store.write_bytes(LAST, b"garbage")
+    result = train(cfg, store, force=True)
     assert "resumed from supcon/ckpt/epoch_0001.pt (epoch 1, step 3)" in " ".join(result.notes)
     assert_same_weights(final_state(store), final_state(store, "epoch_0001"))
 

@@ -1,34 +1,26 @@
-"""Training state on the store: checkpoint snapshots and their background writer, resume, metrics.jsonl.
+"""Training checkpoints on the store: CPU snapshots, their background writer, RNG state and `--resume`.
 
-A checkpoint is one dict (see README): model, head, optimizer, scheduler,
-scaler, epoch (completed epochs), step (optimiser steps done, so a SIGTERM
-mid-epoch resumes at the exact batch), rng, config, feature_dim, plus
-`epoch_progress` (partial-epoch sums for that epoch's metrics line).
-Writes are atomic (the store writes a temporary then renames, or uploads whole).
+A checkpoint is one dict, written atomically (the store writes a temporary
+then renames, or uploads whole), so a reader never sees half of one. The
+trainer fills it (see `Trainer.snapshot`); this module only moves it around.
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..checkpoint import checkpoint_key, list_checkpoints, load_checkpoint, save_checkpoint, split_uri
+from ..checkpoint import checkpoint_key, epoch_name, list_checkpoints, load_checkpoint, save_checkpoint
 from ..errors import BadInputError
-from ..store import Store
-from .config import TRAJECTORY_FIELDS
+from ..store import Store, split_uri
 
-log = logging.getLogger("plankton.supcon")
-METRICS_KEY = "supcon/metrics.jsonl"
-
-
-def epoch_name(epoch: int) -> str:
-    return f"epoch_{epoch:04d}"
+log = logging.getLogger("plankton.training")
 
 
 def to_cpu(obj: Any) -> Any:
@@ -81,7 +73,7 @@ class CheckpointWriter:
         self._error: BaseException | None = None
         self.written: list[str] = []
 
-    def _write(self, keys: list[str], ckpt: dict[str, Any]) -> None:
+    def _write(self, keys: Sequence[str], ckpt: dict[str, Any]) -> None:
         try:
             for key in keys:
                 save_checkpoint(self.store, key, ckpt)
@@ -89,13 +81,13 @@ class CheckpointWriter:
         except BaseException as exc:  # re-raised on the training thread
             self._error = exc
 
-    def submit(self, keys: list[str], ckpt: dict[str, Any]) -> None:
+    def submit(self, keys: Sequence[str], ckpt: dict[str, Any]) -> None:
         self.wait()
         if not self.background:
             self._write(keys, ckpt)
             self.wait()
             return
-        self._thread = threading.Thread(target=self._write, args=(keys, ckpt), name="supcon-ckpt", daemon=False)
+        self._thread = threading.Thread(target=self._write, args=(list(keys), ckpt), name="checkpoint-writer", daemon=False)
         self._thread.start()
 
     def wait(self) -> None:
@@ -106,38 +98,47 @@ class CheckpointWriter:
             error, self._error = self._error, None
             raise error
 
+    def wait_quietly(self) -> None:
+        """Let a pending good checkpoint finish while another error is on its way out (that error wins)."""
+        try:
+            self.wait()
+        except Exception as exc:
+            log.error("checkpoint write failed: %s", exc)
+
 
 @dataclass
 class ResumePoint:
-    label: str                   # where it came from, for messages
-    ckpt: dict[str, Any] | None  # None: nothing readable, start fresh (notes say why)
+    """Where training continues from: `ckpt` None starts fresh (the notes say why)."""
+
+    label: str = ""                    # where it came from, for messages ("" when fresh)
+    ckpt: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    exact: bool = True                 # False: continuing with changed settings (`--resume NAME`)
 
 
-def find_resume(store: Store, resume: str, s3_endpoint: str | None = None) -> ResumePoint:
-    """The checkpoint to continue from (`.ckpt` None: start fresh).
+def find_resume(store: Store, prefix: str, resume: str, s3_endpoint: str | None = None) -> ResumePoint:
+    """The checkpoint under `prefix` to continue from.
 
     `auto`: the newest checkpoint that loads (last.pt, or a numbered one if it is newer);
     a corrupt one is reported in the notes and the next older one is tried.
-    `never`: None. A name (`last`, `epoch_0100`) or a path/URI: that checkpoint, which must load.
+    `never`: none. A name (`last`, `epoch_0100`) or a path/URI: that checkpoint, which must load.
     """
     if resume == "never":
-        return ResumePoint("", None)
+        return ResumePoint()
     if resume != "auto":
         if "/" in resume or resume.endswith(".pt"):
             src, name = split_uri(resume, s3_endpoint)
-            if not src.exists(name):
+            if not name or not src.exists(name):
                 raise BadInputError(f"--resume checkpoint not found: {resume}")
             return ResumePoint(resume, load_checkpoint(src, name))
-        key = checkpoint_key(resume)
+        key = checkpoint_key(resume, prefix)
         if not store.exists(key):
             raise BadInputError(f"--resume checkpoint not found: {store.uri}/{key} (use auto, never, last, epoch_NNNN or a URI)")
         return ResumePoint(key, load_checkpoint(store, key))
 
     notes: list[str] = []
-    found = list_checkpoints(store)
+    found = list_checkpoints(store, prefix)
     numbered = sorted((epoch for _, epoch in found if epoch is not None), reverse=True)
-    best: ResumePoint | None = None
 
     def attempt(key: str) -> ResumePoint | None:
         try:
@@ -148,52 +149,49 @@ def find_resume(store: Store, resume: str, s3_endpoint: str | None = None) -> Re
             notes.append(msg)
             return None
 
-    if any(name == "last" for name, _ in found):
-        best = attempt(checkpoint_key("last"))
+    best = attempt(checkpoint_key("last", prefix)) if any(name == "last" for name, _ in found) else None
     for epoch in numbered:
-        if best is not None and int(best.ckpt.get("epoch", 0)) >= epoch:
+        if best is not None and best.ckpt is not None and int(best.ckpt.get("epoch", 0)) >= epoch:
             break
-        candidate = attempt(checkpoint_key(epoch_name(epoch)))
+        candidate = attempt(checkpoint_key(epoch_name(epoch), prefix))
         if candidate is not None:
             best = candidate
             break
     if best is None:
         if notes:
             notes.append("no readable checkpoint left: starting from scratch")
-        return ResumePoint("", None, notes)
+        return ResumePoint(notes=notes)
     best.notes = notes
     return best
 
 
-def trajectory_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Training-defining settings that differ between a checkpoint's config and the current one."""
-    keys = list(TRAJECTORY_FIELDS) + ["stats_digest", "train_images"]
-    return [f"{k}={saved.get(k)!r} (now {current.get(k)!r})" for k in keys if saved.get(k) != current.get(k)]
+def choose_resume(store: Store, prefix: str, resume: str, current: dict[str, Any], trajectory: Sequence[str],
+                  s3_endpoint: str | None = None) -> ResumePoint:
+    """`find_resume`, then the rule on changed settings: `auto` refuses them, a named checkpoint continues with a note.
+
+    `current` is the resolved config the run would record; `trajectory` names the
+    entries that decide the training trajectory (a change breaks exact resume).
+    """
+    point = find_resume(store, prefix, resume, s3_endpoint)
+    if point.ckpt is None:
+        return point
+    saved = point.ckpt.get("config", {})
+    diff = [f"{k}={saved.get(k)!r} (now {current.get(k)!r})" for k in trajectory if saved.get(k) != current.get(k)]
+    if diff and resume == "auto":
+        raise BadInputError(
+            f"{point.label} was trained with other settings: {', '.join(diff)}; "
+            "rerun with the same options to resume, --resume last to continue it with the new settings, "
+            "or --resume never to start over (removes its checkpoints)"
+        )
+    if diff:
+        point.notes.append(f"continuing {point.label} with changed settings: {', '.join(diff)}")
+        point.exact = False
+    return point
 
 
-def remove_checkpoints(store: Store) -> int:
+def remove_checkpoints(store: Store, prefix: str) -> int:
     """Delete the checkpoints of an earlier run before a fresh start (so two runs never mix)."""
-    keys = [checkpoint_key(name) for name, _ in list_checkpoints(store)]
+    keys = [checkpoint_key(name, prefix) for name, _ in list_checkpoints(store, prefix)]
     for key in keys:
         store.delete(key)
     return len(keys)
-
-
-def read_metrics(store: Store, upto_epoch: int) -> list[dict[str, Any]]:
-    """metrics.jsonl lines of epochs <= upto_epoch (a resumed run rewrites the rest)."""
-    if not store.exists(METRICS_KEY):
-        return []
-    lines = []
-    for raw in store.read_bytes(METRICS_KEY).decode().splitlines():
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= upto_epoch:
-            lines.append(row)
-    return lines
-
-
-def write_metrics(store: Store, rows: list[dict[str, Any]]) -> None:
-    store.write_bytes(METRICS_KEY, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
-

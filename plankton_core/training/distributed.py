@@ -1,16 +1,20 @@
 """DistributedDataParallel plumbing for `torchrun`: process group, global-batch gathers, rank agreement.
 
 One process per GPU (`torchrun --nproc-per-node N plankton supcon …`); NCCL on
-GPUs, gloo on CPU. Contrastive negatives must come from the global batch, so
-projections are all-gathered *with* their gradients
+GPUs, gloo on CPU. Every rank runs the stage under the contract (`run_stage`
+with its $RANK), so all ranks take the same up-to-date decision and join the
+process group only inside the body. Contrastive negatives must come from the
+global batch, so projections are all-gathered *with* their gradients
 (`torch.distributed.nn.functional.all_gather`). Small control messages (stop
-requests, the go/skip decision of rank 0) use a separate gloo group so they
-never queue behind NCCL kernels.
+requests, NaN flags, RNG states) use a separate gloo group so they never queue
+behind NCCL kernels.
 """
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -59,6 +63,16 @@ def teardown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+@contextmanager
+def process_group(use_cuda: bool | None = None) -> Iterator[DistInfo]:
+    """`setup` … `teardown` around a stage body."""
+    info = setup(use_cuda)
+    try:
+        yield info
+    finally:
+        teardown(info)
+
+
 def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Concatenate every process's `x` along dim 0 in rank order, keeping gradients to each part."""
     if not info.enabled:
@@ -83,15 +97,6 @@ def mean_over_ranks(value: float, info: DistInfo) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, group=info.control)
     return float(t.item()) / info.world
-
-
-def broadcast_int(value: int, info: DistInfo) -> int:
-    """Rank 0's value on every process (others pass anything)."""
-    if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.int64)
-    dist.broadcast(t, src=0, group=info.control)
-    return int(t.item())
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-log = logging.getLogger("plankton.supcon")
+log = logging.getLogger("plankton.training")
 
 
 class StopRequest:

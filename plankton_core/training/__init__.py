@@ -1,0 +1,21 @@
+"""Training-loop pieces every training stage shares (supcon now; pretrain and detect later).
+
+- `loop.train_one_epoch(model, batches, loss_fn, optimizer, scheduler, …)`: one pass, torchvision-references style;
+- `trainer.Trainer`: checkpoints (one dict, atomic), `--resume auto` with corrupt-checkpoint fallback,
+  SIGTERM → save and InterruptedRun (exit 75), NaN → TrainingDiverged (exit 2) keeping the last good
+  checkpoint, metrics.jsonl and the `<stage>_*` gauges;
+- `checkpoints.choose_resume`: which checkpoint a run continues from (called in a stage's check);
+- `schedule.warmup_cosine`: SequentialLR(LinearLR, CosineAnnealingLR), stepped per optimiser step;
+- `distributed`, `signals`: torchrun process groups and stop requests.
+
+No stage package is imported here; stages import these.
+"""
+from .checkpoints import ResumePoint, choose_resume
+from .distributed import DistInfo
+from .loop import EpochStats, TrainingDiverged, train_one_epoch
+from .schedule import warmup_cosine
+from .signals import StopRequest, stop_on_signals
+from .trainer import Trainer, TrainingRun, epoch_gauges
+
+__all__ = ["DistInfo", "EpochStats", "ResumePoint", "StopRequest", "Trainer", "TrainingDiverged", "TrainingRun",
+           "choose_resume", "epoch_gauges", "stop_on_signals", "train_one_epoch", "warmup_cosine"]
