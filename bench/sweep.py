@@ -9,6 +9,7 @@ the ratio.
 
     .venv/bin/python bench/sweep.py [--per-class 80] [--size 64] [--checkpoints 2] [--head-epochs 100] [--threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,12 @@ def main() -> None:
         import logging
 
         logging.disable(logging.INFO)
-        from plankton_core.config import load_config
-        from plankton_core.sweep import SweepConfig, run_sweep
-        from plankton_core.tables import read_parquet
         from sweep.sweep_fixtures import make_supcon_root
+
+        from plankton_core.config import load_config
+        from plankton_core.stage import run_stage
+        from plankton_core.sweep import SweepConfig
+        from plankton_core.tables import read_parquet
 
         epochs = tuple(range(1, args.checkpoints + 1))
         results = {}
@@ -54,14 +57,22 @@ def main() -> None:
             store = make_supcon_root(root, epochs=epochs, last=False, per_class=args.per_class, n_classes=args.classes, size=args.size)
             cfg = load_config(SweepConfig, overrides={"head_mode": mode, "head_epochs": args.head_epochs, "device": args.device})
             t = time.monotonic()
-            run_sweep(cfg, store)
+            run_stage("linear-sweep", cfg, store)
             wall = time.monotonic() - t
             rows = read_parquet(store, "sweep/sweep.parquet").to_pylist()
-            results[mode] = (sum(r["seconds"] for r in rows) / len(rows), sum(r["val_acc"] for r in rows) / len(rows), wall, rows[0]["n_train"], rows[0]["n_val"])
+            results[mode] = (
+                sum(r["seconds"] for r in rows) / len(rows),
+                sum(r["val_acc"] for r in rows) / len(rows),
+                wall,
+                rows[0]["n_train"],
+                rows[0]["n_val"],
+            )
 
     n_train, n_val = results["cached"][3], results["cached"][4]
-    print(f"linear-sweep bench: test_resnet, {args.size}px, {n_train} train + {n_val} val crops, {args.checkpoints} checkpoint(s), "
-          f"{args.head_epochs} head epochs, device {args.device}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs")
+    print(
+        f"linear-sweep bench: test_resnet, {args.size}px, {n_train} train + {n_val} val crops, {args.checkpoints} checkpoint(s), "
+        f"{args.head_epochs} head epochs, device {args.device}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"
+    )
     for mode, (per_ckpt, acc, wall, _, _) in results.items():
         print(f"  {mode:<9} {per_ckpt:8.2f} s per checkpoint   mean val accuracy {100 * acc:6.2f}%   (stage wall {wall:.1f} s)")
     ratio = results["augmented"][0] / results["cached"][0]

@@ -1,26 +1,32 @@
-"""The embedding function of the LUT: a checkpoint's backbone, its training size and normalisation.
+"""Checkpoint → feature extractor, built in one place for every stage and tool that runs a backbone.
 
-An index is only meaningful with the exact network that filled it, so the
-LUT records the backbone name, feature dimension and a fingerprint of the
-backbone weights, and query refuses an index that does not match.
+`load_embedder` rebuilds a SupCon checkpoint's network with the input size and
+normalisation it was trained with (`checkpoint_normalisation`: the checkpoint's
+config, stats/stats.json filling any gap). linear-sweep and evaluate take raw
+pre-projection features from it (`Embedder.features`); the LUT and query take
+L2-normalised embeddings (`Embedder.embed`). An index is only meaningful with
+the exact network that filled it, so the embedder also carries a fingerprint
+of the backbone weights, and `check_compatible` refuses an index that does not
+match. Device choice and the batched forward pass live in `features`.
 """
+
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
+from .artifacts import STATS_JSON, SWEEP_SELECTION
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data import ImageCache, load_normalisation
 from .errors import BadInputError
-from .features import pick_device, to_model_input
+from .features import extract_features, pick_device, to_model_input
 from .models import SupConModel
 from .store import Store
 from .tables import read_json
-
-SELECTION_KEY = "sweep/selection.json"
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -41,6 +47,7 @@ class Embedder:
     mean: list[float]
     std: list[float]
     epoch: int | None
+    config: dict[str, Any] = field(default_factory=dict)  # the training config the checkpoint records
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -62,15 +69,19 @@ class Embedder:
         feats = model.encode(to_model_input(batch_u8, self.mean, self.std, device)).float().cpu().numpy()
         return l2_normalise(feats)
 
+    def features(self, cache: ImageCache, batch_size: int = 256, device: str | torch.device | None = None, desc: str = "features") -> np.ndarray:
+        """(N, dimension) raw pre-projection float32 features of every cached crop, in cache order."""
+        return extract_features(self.model, cache, self.mean, self.std, batch_size, device, desc=desc)
+
 
 def selected_checkpoint(root: Store) -> str:
     """The checkpoint key linear-sweep selected."""
-    if not root.exists(SELECTION_KEY):
-        raise BadInputError(f"no {root.uri}/{SELECTION_KEY}: run `plankton linear-sweep` first, or name a checkpoint with --checkpoint")
-    selection = read_json(root, SELECTION_KEY)
+    if not root.exists(SWEEP_SELECTION):
+        raise BadInputError(f"no {root.uri}/{SWEEP_SELECTION}: run `plankton linear-sweep` first, or name a checkpoint with --checkpoint")
+    selection = read_json(root, SWEEP_SELECTION)
     key = selection.get("checkpoint_key")
     if not key:
-        raise BadInputError(f"{root.uri}/{SELECTION_KEY} names no checkpoint_key; rerun `plankton linear-sweep`")
+        raise BadInputError(f"{root.uri}/{SWEEP_SELECTION} names no checkpoint_key; rerun `plankton linear-sweep`")
     return str(key)
 
 
@@ -85,21 +96,35 @@ def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def checkpoint_normalisation(root: Store, ccfg: dict[str, Any]) -> tuple[list[float], list[float], int]:
+    """Mean, std and input size the checkpoint was trained with; stats/stats.json fills any gap."""
+    if all(k in ccfg for k in ("mean", "std", "size")):
+        return [float(x) for x in ccfg["mean"]], [float(x) for x in ccfg["std"]], int(ccfg["size"])
+    if not root.exists(STATS_JSON):
+        raise BadInputError(f"the checkpoint's config lacks size/mean/std and there is no {root.uri}/{STATS_JSON} to fill them")
+    mean, std, size = load_normalisation(root)
+    return [float(x) for x in ccfg.get("mean", mean)], [float(x) for x in ccfg.get("std", std)], int(ccfg.get("size", size))
+
+
 def load_embedder(root: Store, checkpoint: str | None = None) -> Embedder:
-    """The backbone of `checkpoint` (default: the selected one), with the size and normalisation it trained with."""
+    """The backbone of `checkpoint` (a key; default: the selected one), with the size and normalisation it trained with.
+
+    BadInputError (exit 2) for a missing, corrupt or unfitting checkpoint.
+    """
     key = checkpoint or selected_checkpoint(root)
     if not root.exists(key):
         raise BadInputError(f"checkpoint not found: {root.uri}/{key}")
     ckpt = load_checkpoint(root, key)
-    cfg = ckpt["config"]
+    cfg = dict(ckpt["config"])
     model = model_from_checkpoint(ckpt)
-    try:
-        size = int(cfg["size"])
-        mean: Sequence[float] = [float(v) for v in cfg["mean"]]
-        std: Sequence[float] = [float(v) for v in cfg["std"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BadInputError(f"checkpoint {root.uri}/{key} config lacks size/mean/std ({exc})") from None
     epoch = ckpt.get("epoch")
+    del ckpt  # optimizer state can be as large as the weights
+    try:
+        mean, std, size = checkpoint_normalisation(root, cfg)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"checkpoint {root.uri}/{key} records an unreadable size/mean/std ({exc})") from None
+    except BadInputError as exc:
+        raise BadInputError(f"checkpoint {root.uri}/{key}: {exc}") from None
     return Embedder(
         model=model.eval(),
         checkpoint=key,
@@ -107,9 +132,10 @@ def load_embedder(root: Store, checkpoint: str | None = None) -> Embedder:
         dimension=int(model.feature_dim),
         fingerprint=weights_fingerprint(model.backbone.state_dict()),
         size=size,
-        mean=list(mean),
-        std=list(std),
+        mean=mean,
+        std=std,
         epoch=int(epoch) if epoch is not None else None,
+        config=cfg,
     )
 
 
@@ -125,6 +151,4 @@ def check_compatible(info: dict[str, Any], embedder: Embedder, where: str) -> No
             f"LUT {where} holds {info.get('dimension')}-d embeddings but checkpoint {embedder.checkpoint} gives {embedder.dimension}-d; {rebuild}"
         )
     if info.get("weights_sha256") and info["weights_sha256"] != embedder.fingerprint:
-        raise BadInputError(
-            f"LUT {where} was built with other weights ({info.get('checkpoint')}) than checkpoint {embedder.checkpoint}; {rebuild}"
-        )
+        raise BadInputError(f"LUT {where} was built with other weights ({info.get('checkpoint')}) than checkpoint {embedder.checkpoint}; {rebuild}")

@@ -3,9 +3,10 @@
 reader (ImageCache, uint8) → mapper (normalise + backbone.encode, batched, no
 augmentation) → float32 array row-aligned with the cache keys.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -3,6 +3,7 @@
 Computed here rather than through sklearn so the report needs one pass over
 predictions and the definitions (zero-division → 0) are explicit.
 """
+
 from __future__ import annotations
 
 from typing import Any

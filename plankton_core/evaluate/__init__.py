@@ -1,4 +1,20 @@
-"""Classification metrics, the evaluate stage and the report a scientist opens."""
-from ..scoring import classification_metrics, confusion_matrix, per_class_table
+"""evaluate: the chosen checkpoint and linear head on the test split, with metrics, figures and the report."""
 
-__all__ = ["classification_metrics", "confusion_matrix", "per_class_table"]
+from ..stage import Stage, register
+from .config import EvaluateConfig
+
+STAGE = register(
+    Stage(
+        name="evaluate",
+        prefix="evaluate",
+        config=EvaluateConfig,
+        body="plankton_core.evaluate.stage:body",
+        check="plankton_core.evaluate.stage:check",
+        upstream=("stats", "supcon", "linear-sweep"),
+        help="Test-split metrics, predictions, confusion matrix and evaluate/report.html for the sweep's chosen checkpoint.",
+        epilog="A sharded linear-sweep must be merged first (`plankton linear-sweep --merge`).",
+        views={"predictions": "predictions.parquet", "per_class": "per_class.parquet"},
+    )
+)
+
+__all__ = ["STAGE", "EvaluateConfig"]

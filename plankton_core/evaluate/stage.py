@@ -2,57 +2,48 @@
 
 Everything that can be wrong with the inputs (a missing or corrupt checkpoint
 or head, a head that does not fit the checkpoint's features, a test class the
-head never saw) is checked before the stage contract starts, so a bad input
-exits 2 and leaves the previous results, `_SUCCESS` included, untouched.
-Outputs are computed in memory first and written only at the end.
+head never saw) is checked by `check`, before the contract touches any output,
+so a bad input exits 2 and leaves the previous results, `_SUCCESS` included,
+untouched. Outputs are computed in memory first and written only at the end,
+the report (composed from every finished stage) last.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..artifacts import (
+    EVAL_CONFUSION_PNG,
+    EVAL_CONFUSIONS,
+    EVAL_METRICS,
+    EVAL_PER_CLASS,
+    EVAL_PREDICTIONS,
+    SWEEP_SELECTION,
+)
 from ..data import ImageCache, load_splits
+from ..embedding import Embedder, load_embedder
 from ..errors import BadInputError
-from ..features import extract_features, pick_device
-from ..models import SupConModel
-from ..stage import RUN_JSON, StageContext, StageResult, compute_digest, is_done, require_upstream, run_stage, stage_prefix
-from ..store import Store, join
-from ..tables import read_json, write_json, write_parquet
-from ..scoring import classification_metrics, confusion_matrix, per_class_table
+from ..features import pick_device
+from ..heads import load_head
 from ..reporting.plots import confusion_png, worst_confusions
-from ..reporting.report import CONFUSION_PNG, CONFUSIONS, METRICS_JSON, PER_CLASS, write_report
-
-STAGE = "evaluate"
-UPSTREAM = ["linear-sweep"]
-PREDICTIONS = "evaluate/predictions.parquet"
-SELECTION_JSON = "sweep/selection.json"
-
-
-@dataclass
-class EvaluateConfig:
-    """Nothing here changes the results: inference batch, device and decode threads."""
-
-    batch_size: int = field(default=256, metadata={"digest": False})
-    device: str = field(default="auto", metadata={"digest": False})
-    workers: int | None = field(default=None, metadata={"digest": False})
-
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise BadInputError(f"batch-size must be at least 1, not {self.batch_size}")
+from ..reporting.report import write_report
+from ..scoring import classification_metrics, confusion_matrix, per_class_table
+from ..stage import StageContext
+from ..tables import read_json, write_json, write_parquet
+from .config import EvaluateConfig
 
 
 @dataclass
 class EvalPlan:
-    """Checked inputs: the model, the head and the test rows mapped to the head's labels."""
+    """Checked inputs: the checkpoint's embedder, the head and the test rows mapped to the head's labels."""
 
     selection: dict[str, Any]
-    model: SupConModel
-    ckpt_config: dict[str, Any]
+    embedder: Embedder
     epoch: int
     weight: torch.Tensor
     bias: torch.Tensor
@@ -61,56 +52,36 @@ class EvalPlan:
     labels: np.ndarray
 
 
-def run_evaluate(cfg: EvaluateConfig, store: Store, force: bool = False) -> StageResult:
-    """Merge sweep shards if that has not happened, check the inputs, then run the stage."""
-    from ..sweep import merge_shards, needs_merge
-
-    if needs_merge(store):
-        merge_shards(store)
-    upstream = require_upstream(store, UPSTREAM)
-    prefix = stage_prefix(STAGE)
-    up_to_date = (
-        not force
-        and is_done(store, STAGE)
-        and store.exists(join(prefix, RUN_JSON))
-        and read_json(store, join(prefix, RUN_JSON)).get("digest") == compute_digest(STAGE, cfg, upstream)
-    )
-    plan = None if up_to_date else prepare(store)
-    return run_stage(STAGE, cfg, store, lambda c, ctx: _body(c, ctx, plan or prepare(store)), upstream=UPSTREAM, force=force)
-
-
-def prepare(store: Store) -> EvalPlan:
+def check(cfg: EvaluateConfig, ctx: StageContext) -> EvalPlan:
     """Load and cross-check selection, checkpoint, head and test split; BadInputError (exit 2) naming what is wrong."""
-    from ..sweep.linear import load_head
-
-    if not store.exists(SELECTION_JSON):
-        raise BadInputError(f"no {store.uri}/{SELECTION_JSON}: rerun `plankton linear-sweep --force`")
-    selection = read_json(store, SELECTION_JSON)
+    store = ctx.root
+    if not store.exists(SWEEP_SELECTION):
+        raise BadInputError(f"no {store.uri}/{SWEEP_SELECTION}: rerun `plankton linear-sweep --force`")
+    selection = read_json(store, SWEEP_SELECTION)
     for key in ("checkpoint", "checkpoint_key", "head_key"):
         if key not in selection:
-            raise BadInputError(f"{store.uri}/{SELECTION_JSON} lacks {key!r}; rerun `plankton linear-sweep --force`")
+            raise BadInputError(f"{store.uri}/{SWEEP_SELECTION} lacks {key!r}; rerun `plankton linear-sweep --force`")
     ckpt_key, head_key = selection["checkpoint_key"], selection["head_key"]
     if not store.exists(ckpt_key):
         raise BadInputError(f"checkpoint {store.uri}/{ckpt_key} chosen by the sweep is missing; restore it or rerun `plankton linear-sweep --force`")
-    ckpt = load_checkpoint(store, ckpt_key)
-    model = model_from_checkpoint(ckpt)
-    ckpt_config = dict(ckpt.get("config", {}))
-    epoch = int(ckpt["epoch"]) if ckpt.get("epoch") is not None else int(selection.get("epoch", -1))
-    del ckpt
+    embedder = load_embedder(store, ckpt_key)
+    epoch = embedder.epoch if embedder.epoch is not None else int(selection.get("epoch", -1))
     if not store.exists(head_key):
         raise BadInputError(f"linear head {store.uri}/{head_key} chosen by the sweep is missing; rerun `plankton linear-sweep --force`")
     state, meta = load_head(store, head_key)
     weight, bias = state["weight"].float(), state["bias"].float()
     if weight.ndim != 2 or bias.shape != (weight.shape[0],):
         raise BadInputError(f"linear head {store.uri}/{head_key} has weight {tuple(weight.shape)} and bias {tuple(bias.shape)}: not a linear layer")
-    if weight.shape[1] != model.feature_dim:
+    if weight.shape[1] != embedder.dimension:
         raise BadInputError(
             f"feature width mismatch: head {head_key} takes {weight.shape[1]} features but checkpoint {ckpt_key} "
-            f"({ckpt_config.get('model')}) gives {model.feature_dim}; rerun `plankton linear-sweep --force`"
+            f"({embedder.backbone}) gives {embedder.dimension}; rerun `plankton linear-sweep --force`"
         )
     classes = [str(c) for c in meta.get("classes", [])]
     if len(classes) != weight.shape[0]:
-        raise BadInputError(f"linear head {store.uri}/{head_key} has {weight.shape[0]} outputs but records {len(classes)} class names; rerun `plankton linear-sweep --force`")
+        raise BadInputError(
+            f"linear head {store.uri}/{head_key} has {weight.shape[0]} outputs but records {len(classes)} class names; rerun `plankton linear-sweep --force`"
+        )
     test = load_splits(store, "test")
     if test.num_rows == 0:
         raise BadInputError("the test split is empty: nothing to evaluate; rerun `plankton stats` with a test fraction")
@@ -126,18 +97,17 @@ def prepare(store: Store) -> EvalPlan:
             + f"; the head knows {', '.join(classes)}. Rerun stats → supcon → linear-sweep so train covers every class"
         )
     labels = np.array([index[c] for c in names], dtype=np.int64)
-    return EvalPlan(selection, model, ckpt_config, epoch, weight, bias, classes, test, labels)
+    return EvalPlan(selection, embedder, epoch, weight, bias, classes, test, labels)
 
 
-def _body(cfg: EvaluateConfig, ctx: StageContext, plan: EvalPlan) -> dict[str, Any]:
-    from ..sweep.stage import checkpoint_normalisation
-
-    store = ctx.root
-    mean, std, size = checkpoint_normalisation(store, plan.ckpt_config)
+def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
+    """Predict the test split with the checked plan; write the tables, figures, metrics, then the report."""
+    store, plan = ctx.root, ctx.plan
+    embedder = plan.embedder
     keys = [str(k) for k in plan.test.column("crop_key").to_pylist()]
-    cache = ImageCache.build(store, keys, size, workers=cfg.workers)
+    cache = ImageCache.build(store, keys, embedder.size, workers=cfg.workers)
     device = pick_device(cfg.device)
-    feats = extract_features(plan.model, cache, mean, std, cfg.batch_size, device, desc="test features")
+    feats = embedder.features(cache, cfg.batch_size, device, desc="test features")
     ctx.metrics.count("test_crops", len(keys))
     logits = torch.from_numpy(feats).double() @ plan.weight.double().T + plan.bias.double()
     probs = torch.softmax(logits, dim=1).numpy()
@@ -156,10 +126,10 @@ def _body(cfg: EvaluateConfig, ctx: StageContext, plan: EvalPlan) -> dict[str, A
             "checkpoint": sel["checkpoint"],
             "checkpoint_key": sel["checkpoint_key"],
             "head_key": sel["head_key"],
-            "model": plan.ckpt_config.get("model", sel.get("model")),
+            "model": embedder.config.get("model", sel.get("model")),
             "backbone_epoch": plan.epoch,
             "head_epoch": sel.get("best_head_epoch"),
-            "backbone_batch_size": plan.ckpt_config.get("batch_size"),
+            "backbone_batch_size": embedder.config.get("batch_size"),
             "val_acc": sel.get("val_acc"),
             "classes": plan.classes,
             "averages": "macro: unweighted mean over classes present in labels or predictions; weighted: by true support (as scikit-learn)",
@@ -190,17 +160,25 @@ def _body(cfg: EvaluateConfig, ctx: StageContext, plan: EvalPlan) -> dict[str, A
     pairs = worst_confusions(cm, plan.classes)
     confusions = pa.Table.from_pylist(
         pairs,
-        schema=pa.schema([("true_class", pa.string()), ("pred_class", pa.string()), ("true_label", pa.int64()), ("pred_label", pa.int64()), ("count", pa.int64()), ("fraction_of_true", pa.float64())]),
+        schema=pa.schema(
+            [
+                ("true_class", pa.string()),
+                ("pred_class", pa.string()),
+                ("true_label", pa.int64()),
+                ("pred_label", pa.int64()),
+                ("count", pa.int64()),
+                ("fraction_of_true", pa.float64()),
+            ]
+        ),
     )
     png = confusion_png(cm, plan.classes, title=f"Confusion matrix (test), {metrics['model']} {sel['checkpoint']}, normalised per true class")
 
-    write_parquet(store, PREDICTIONS, predictions)
-    write_parquet(store, PER_CLASS, per_class)
-    write_parquet(store, CONFUSIONS, confusions)
-    store.write_bytes(CONFUSION_PNG, png)
-    write_json(store, METRICS_JSON, metrics)
-    write_report(store)
+    write_parquet(store, EVAL_PREDICTIONS, predictions)
+    write_parquet(store, EVAL_PER_CLASS, per_class)
+    write_parquet(store, EVAL_CONFUSIONS, confusions)
+    store.write_bytes(EVAL_CONFUSION_PNG, png)
+    write_json(store, EVAL_METRICS, metrics)
+    report = write_report(store, ctx.prefix)
     ctx.metrics.gauge("evaluate_test_accuracy", metrics["accuracy"], "Test accuracy of the chosen checkpoint and head.")
-    ctx.notes.append(f"test accuracy {100 * metrics['accuracy']:.2f}%, macro F1 {100 * metrics['macro_f1']:.2f}% → report {store.uri}/evaluate/report.html")
+    ctx.notes.append(f"test accuracy {100 * metrics['accuracy']:.2f}%, macro F1 {100 * metrics['macro_f1']:.2f}% → report {store.uri}/{report['html']}")
     return {"test": int(len(y)), "accuracy": round(metrics["accuracy"], 6), "macro_f1": round(metrics["macro_f1"], 6), "checkpoint": sel["checkpoint"]}
-

@@ -1,8 +1,9 @@
 """The confusion-matrix figure: row-normalised, legible from 3 to a few hundred classes."""
+
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,8 +41,8 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], title: str = "") -> by
     font = float(np.clip(0.55 * row_pt, 4.0, 10.0))
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
-    ax.set_xticklabels([classes[i] for i in ticks], rotation=90, fontsize=font)
-    ax.set_yticklabels([classes[i] for i in ticks], fontsize=font)
+    ax.set_xticklabels([classes[int(i)] for i in ticks], rotation=90, fontsize=font)
+    ax.set_yticklabels([classes[int(i)] for i in ticks], fontsize=font)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title or "Confusion matrix, normalised per true class", fontsize=11)
@@ -63,7 +64,14 @@ def worst_confusions(cm: np.ndarray, classes: Sequence[str], top: int | None = N
     i, j = np.nonzero(cm - np.diag(np.diag(cm)))
     order = np.lexsort((-norm[i, j], -cm[i, j]))
     pairs = [
-        {"true_class": classes[a], "pred_class": classes[b], "true_label": int(a), "pred_label": int(b), "count": int(cm[a, b]), "fraction_of_true": float(norm[a, b])}
+        {
+            "true_class": classes[a],
+            "pred_class": classes[b],
+            "true_label": int(a),
+            "pred_label": int(b),
+            "count": int(cm[a, b]),
+            "fraction_of_true": float(norm[a, b]),
+        }
         for a, b in zip(i[order], j[order])
     ]
     return pairs[:top] if top else pairs

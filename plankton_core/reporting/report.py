@@ -1,36 +1,45 @@
-"""The report a scientist opens: evaluate/report.html (one self-contained file) and evaluate/report.md.
+"""The report a scientist opens, composed from whatever stages have finished: `<prefix>/report.html` and `.md`.
 
-`write_report(root)` renders both from what is already stored under evaluate/,
-sweep/ and lut/, so any stage can refresh it: evaluate calls it last, and the
-lut stage calls it again after writing `lut/retrieval.json`
-(`{"rows": [{"name": str, "metrics": <classification_metrics dict>}], "prune": {...}}`)
-and optionally `lut/prune_sweep.png`, which add a "Retrieval (LUT)" section.
+`write_report(root, prefix)` renders both from what is already stored: the
+test results under evaluate/, the checkpoint sweep under sweep/, and, once the
+lut stage has finished (its `_SUCCESS`), a "Retrieval (LUT)" section from
+`lut/retrieval.json` (`{"rows": [{"name": str, "metrics": <classification_metrics
+dict>}], "prune": {...}}`) and `lut/prune_sweep.png`. evaluate writes it under
+evaluate/ at its end; the report stage writes it under report/ from everything
+finished. No stage rewrites another stage's report.
 Images are embedded in the HTML as base64 data URIs so the file works when
-opened straight from S3; the Markdown links them by relative path.
+opened straight from S3; the Markdown links them by path relative to the report.
 """
+
 from __future__ import annotations
 
 import base64
 import html
 import json
+import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any
 
-from ..store import Store, open_store
+from ..artifacts import (
+    EVAL_CONFUSION_PNG,
+    EVAL_CONFUSIONS,
+    EVAL_METRICS,
+    EVAL_PER_CLASS,
+    LUT_PRUNE_PLOT,
+    LUT_RETRIEVAL,
+    SWEEP_PLOT,
+    SWEEP_SELECTION,
+    SWEEP_TABLE,
+)
+from ..stage import RUN_JSON, SUCCESS
+from ..store import Store, join
 from ..tables import read_json, read_parquet
 
-REPORT_HTML = "evaluate/report.html"
-REPORT_MD = "evaluate/report.md"
-METRICS_JSON = "evaluate/metrics.json"
-PER_CLASS = "evaluate/per_class.parquet"
-CONFUSIONS = "evaluate/confusions.parquet"
-CONFUSION_PNG = "evaluate/confusion.png"
-SWEEP_PARQUET = "sweep/sweep.parquet"
-SWEEP_PNG = "sweep/sweep.png"
-SELECTION_JSON = "sweep/selection.json"
-RETRIEVAL_JSON = "lut/retrieval.json"
-PRUNE_PNG = "lut/prune_sweep.png"
+REPORT_HTML = "report.html"  # under the writing stage's prefix
+REPORT_MD = "report.md"
+LUT_PREFIX = posixpath.dirname(LUT_RETRIEVAL)
 WORST_CONFUSIONS = 10
 
 
@@ -55,13 +64,21 @@ class Image:
 Block = tuple  # ("h1"|"h2"|"p", text) | ("table", Table) | ("img", Image)
 
 
-def write_report(root: Store | str) -> dict[str, str]:
-    """(Re)render report.html and report.md from the stored results; returns their keys."""
-    store = open_store(root) if isinstance(root, str) else root
+def write_report(store: Store, prefix: str) -> dict[str, str]:
+    """Render `<prefix>/report.html` and `<prefix>/report.md` from the stored results; returns their keys."""
     blocks = build_blocks(store)
-    store.write_bytes(REPORT_MD, render_markdown(blocks).encode())
-    store.write_bytes(REPORT_HTML, render_html(blocks).encode())
-    return {"html": REPORT_HTML, "md": REPORT_MD}
+    keys = {"html": join(prefix, REPORT_HTML), "md": join(prefix, REPORT_MD)}
+    store.write_bytes(keys["md"], render_markdown(blocks, prefix).encode())
+    store.write_bytes(keys["html"], render_html(blocks).encode())
+    return keys
+
+
+def finished_lut(store: Store) -> dict[str, Any] | None:
+    """The lut stage's run.json record once it has finished (its `_SUCCESS`), else None."""
+    if not store.exists(join(LUT_PREFIX, SUCCESS)) or not store.exists(join(LUT_PREFIX, RUN_JSON)):
+        return None
+    record: dict[str, Any] = read_json(store, join(LUT_PREFIX, RUN_JSON))
+    return record
 
 
 def _maybe_json(store: Store, key: str) -> Any:
@@ -80,7 +97,14 @@ def headline_table(metrics: dict[str, Any]) -> Table:
     """The user's test table: bs / backbone epoch / head epoch, Accuracy, Precision, Recall, F1 Score, Network."""
     bs = metrics.get("backbone_batch_size")
     first = f"{bs if bs is not None else '–'} / {metrics.get('backbone_epoch', '–')} / {metrics.get('head_epoch', '–')}"
-    row = [first, pct(metrics["accuracy"]), pct(metrics["macro_precision"]), pct(metrics["macro_recall"]), pct(metrics["macro_f1"]), str(metrics.get("model", "–"))]
+    row = [
+        first,
+        pct(metrics["accuracy"]),
+        pct(metrics["macro_precision"]),
+        pct(metrics["macro_recall"]),
+        pct(metrics["macro_f1"]),
+        str(metrics.get("model", "–")),
+    ]
     return Table(["bs / backbone epoch / head epoch", "Accuracy", "Precision", "Recall", "F1 Score", "Network"], [row])
 
 
@@ -114,21 +138,35 @@ def sweep_table(rows: Sequence[dict[str, Any]], chosen: str | None) -> Table:
 
 
 def retrieval_blocks(store: Store) -> list[Block]:
-    data = _maybe_json(store, RETRIEVAL_JSON)
+    """The LUT's section, only from a finished lut stage (a running one may have half its outputs)."""
+    data = _maybe_json(store, LUT_RETRIEVAL) if finished_lut(store) is not None else None
     if not data:
         return []
-    blocks: list[Block] = [("h2", "Retrieval (LUT)"), ("p", "Nearest-neighbour classification of the test split with the look-up table; precision, recall and F1 are macro averages.")]
+    blocks: list[Block] = [
+        ("h2", "Retrieval (LUT)"),
+        ("p", "Nearest-neighbour classification of the test split with the look-up table; precision, recall and F1 are macro averages."),
+    ]
     rows = []
     for item in data.get("rows", []):
         m = item.get("metrics", {})
-        rows.append([str(item.get("name", "")), pct(m.get("accuracy")), pct(m.get("macro_precision")), pct(m.get("macro_recall")), pct(m.get("macro_f1")), pct(m.get("balanced_accuracy")), pct(m.get("top5_accuracy"))])
+        rows.append(
+            [
+                str(item.get("name", "")),
+                pct(m.get("accuracy")),
+                pct(m.get("macro_precision")),
+                pct(m.get("macro_recall")),
+                pct(m.get("macro_f1")),
+                pct(m.get("balanced_accuracy")),
+                pct(m.get("top5_accuracy")),
+            ]
+        )
     if rows:
         blocks.append(("table", Table(["Index / vote", "Accuracy", "Precision", "Recall", "F1 Score", "Balanced accuracy", "Top-5 accuracy"], rows)))
     prune = data.get("prune")
     if isinstance(prune, dict) and prune:
         blocks.append(("p", "Pruning:"))
         blocks.append(("table", Table(["Setting", "Value"], [[str(k), _fmt(v)] for k, v in prune.items()])))
-    img = _maybe_image(store, PRUNE_PNG, "LUT pruning sweep")
+    img = _maybe_image(store, LUT_PRUNE_PLOT, "LUT pruning sweep")
     if img:
         blocks.append(("img", img))
     return blocks
@@ -143,17 +181,20 @@ def _fmt(value: Any) -> str:
 
 
 def build_blocks(store: Store) -> list[Block]:
-    metrics = _maybe_json(store, METRICS_JSON)
-    selection = _maybe_json(store, SELECTION_JSON)
-    sweep_rows = _maybe_rows(store, SWEEP_PARQUET)
+    metrics = _maybe_json(store, EVAL_METRICS)
+    selection = _maybe_json(store, SWEEP_SELECTION)
+    sweep_rows = _maybe_rows(store, SWEEP_TABLE)
     blocks: list[Block] = [("h1", "plankton — test report")]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks.append(("p", f"Pipeline root {store.uri}; rendered {when}."))
     if metrics:
         blocks += [
             ("h2", "Test results"),
-            ("p", f"Backbone {metrics.get('model')} checkpoint {metrics.get('checkpoint')} with its linear head, on the test split "
-                  f"({metrics.get('count')} crops, {metrics.get('n_classes')} classes). Precision, recall and F1 are macro averages over classes."),
+            (
+                "p",
+                f"Backbone {metrics.get('model')} checkpoint {metrics.get('checkpoint')} with its linear head, on the test split "
+                f"({metrics.get('count')} crops, {metrics.get('n_classes')} classes). Precision, recall and F1 are macro averages over classes.",
+            ),
             ("table", headline_table(metrics)),
             ("table", metrics_table(metrics)),
         ]
@@ -163,15 +204,20 @@ def build_blocks(store: Store) -> list[Block]:
         chosen = selection.get("checkpoint") if selection else None
         blocks.append(("h2", "Checkpoint sweep (val split)"))
         if selection:
-            blocks.append(("p", f"Chosen {selection['checkpoint']} (backbone epoch {selection['epoch']}, head epoch {selection['best_head_epoch']}); rule: {selection.get('rule', '')}."))
-        img = _maybe_image(store, SWEEP_PNG, "val accuracy per checkpoint")
+            blocks.append(
+                (
+                    "p",
+                    f"Chosen {selection['checkpoint']} (backbone epoch {selection['epoch']}, head epoch {selection['best_head_epoch']}); rule: {selection.get('rule', '')}.",
+                )
+            )
+        img = _maybe_image(store, SWEEP_PLOT, "val accuracy per checkpoint")
         if img:
             blocks.append(("img", img))
         blocks.append(("table", sweep_table(sweep_rows, chosen)))
-    img = _maybe_image(store, CONFUSION_PNG, "confusion matrix, normalised per true class")
+    img = _maybe_image(store, EVAL_CONFUSION_PNG, "confusion matrix, normalised per true class")
     if img:
         blocks += [("h2", "Confusion matrix"), ("img", img)]
-    confusions = _maybe_rows(store, CONFUSIONS)
+    confusions = _maybe_rows(store, EVAL_CONFUSIONS)
     if confusions is not None:
         blocks.append(("h2", "Worst confusions"))
         if confusions:
@@ -179,7 +225,7 @@ def build_blocks(store: Store) -> list[Block]:
             blocks.append(("table", Table(["True class", "Predicted as", "Crops", "Share of the true class"], rows)))
         else:
             blocks.append(("p", "No test crop was misclassified."))
-    per_class = _maybe_rows(store, PER_CLASS)
+    per_class = _maybe_rows(store, EVAL_PER_CLASS)
     if per_class:
         rows = [[r["class"], str(r["support"]), pct(r["precision"]), pct(r["recall"]), pct(r["f1"])] for r in per_class]
         blocks += [("h2", "Per-class results (test split)"), ("table", Table(["Class", "Support", "Precision", "Recall", "F1"], rows))]
@@ -191,12 +237,8 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _md_link(key: str) -> str:
-    """Path of a stored image relative to evaluate/, where report.md lives."""
-    return key.split("/", 1)[1] if key.startswith("evaluate/") else f"../{key}"
-
-
-def render_markdown(blocks: Sequence[Block]) -> str:
+def render_markdown(blocks: Sequence[Block], prefix: str) -> str:
+    """Markdown of the blocks; images link by their path relative to `prefix`, where report.md lives."""
     out: list[str] = []
     for block in blocks:
         kind = block[0]
@@ -207,7 +249,7 @@ def render_markdown(blocks: Sequence[Block]) -> str:
         elif kind == "p":
             out += [block[1], ""]
         elif kind == "img":
-            out += [f"![{block[1].alt}]({_md_link(block[1].key)})", ""]
+            out += [f"![{block[1].alt}]({posixpath.relpath(block[1].key, prefix)})", ""]
         elif kind == "table":
             t: Table = block[1]
             out.append("| " + " | ".join(_md_cell(h) for h in t.headers) + " |")

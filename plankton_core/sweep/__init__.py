@@ -1,6 +1,24 @@
 """linear-sweep: choose the backbone checkpoint by the val accuracy of a linear head on its frozen features."""
-from .config import SweepConfig
-from .linear import head_module, load_head
-from .stage import merge_shards, needs_merge, run_sweep
 
-__all__ = ["SweepConfig", "run_sweep", "merge_shards", "needs_merge", "load_head", "head_module"]
+from ..stage import Stage, register
+from .config import SweepConfig
+
+STAGE = register(
+    Stage(
+        name="linear-sweep",
+        prefix="sweep",
+        config=SweepConfig,
+        body="plankton_core.sweep.stage:body",
+        check="plankton_core.sweep.stage:check",
+        shard="plankton_core.sweep.stage:shard",
+        merge="plankton_core.sweep.stage:merge",
+        upstream=("stats", "supcon"),
+        help="Sweep supcon checkpoints: features once each, a linear head on them, the best one chosen.",
+        epilog="Sharded (an Indexed Job): each shard sweeps every n-th checkpoint; `--merge`, with the same options, "
+        "gathers the shards into sweep.parquet, sweep.md, sweep.png and selection.json.",
+        views={"sweep": "sweep.parquet"},
+        gpu=True,
+    )
+)
+
+__all__ = ["STAGE", "SweepConfig"]

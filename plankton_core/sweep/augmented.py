@@ -5,10 +5,11 @@ Every head epoch pushes augmented train crops through the frozen backbone
 validation, so each checkpoint costs about `head_epochs` forward passes over
 train + val instead of one.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from torchvision.transforms import v2
 from ..data import ImageCache
 from ..features import extract_features, to_model_input
 from ..models import SupConModel
-from .linear import HeadParams, HeadResult, LinearHeadTrainer, _check_sizes, standardizer
+from .linear import HeadParams, HeadResult, LinearHeadTrainer, check_sizes, standardizer
 
 
 def augment_batch(batch_u8: np.ndarray, size: int, scale: tuple[float, float] = (0.2, 1.0)) -> torch.Tensor:
@@ -55,7 +56,7 @@ def train_head_through_backbone(
     batch_size: int = 256,
 ) -> HeadResult:
     """Train the head on augmented views through the frozen backbone; validate on clean val crops every epoch."""
-    _check_sizes(len(train_cache), len(val_cache))
+    check_sizes(len(train_cache), len(val_cache))
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -1,50 +1,33 @@
-"""The linear-sweep config: which checkpoints, how the linear head trains, how the work is sharded."""
+"""The linear-sweep stage's options, each declared once (type, default, bounds, help)."""
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
-from ..errors import BadInputError
-
-HEAD_MODES = ("cached", "augmented")
+from ..config import option, stage_config
 
 
-@dataclass
+@stage_config
 class SweepConfig:
     """Defaults follow the user's old linear-head runs (batch 256, lr 0.25, SGD momentum, cosine).
 
     `head_mode=cached` trains on features extracted once per checkpoint;
     `augmented` trains through the frozen backbone on augmented crops every
     epoch, as the research scripts did (for comparison; ~head_epochs× slower).
+    Sharding (`--shard-index/--num-shards/--merge`) belongs to the stage contract.
     """
 
-    checkpoints: str = "all"  # all | 700: | 700:900 | 700,800,last
-    head_mode: str = "cached"
-    head_epochs: int = 100
-    head_batch_size: int = 256
-    head_lr: float = 0.25
-    head_momentum: float = 0.9
-    head_weight_decay: float = 0.0
-    standardize: bool = True  # z-score features with train mean/std, folded into the saved head
-    seed: int = 0
-    batch_size: int = field(default=256, metadata={"digest": False})  # inference batch for feature extraction
-    device: str = field(default="auto", metadata={"digest": False})
-    workers: int | None = field(default=None, metadata={"digest": False})  # decode-cache threads
-    shard_index: int | None = field(default=None, metadata={"digest": False})  # default: $JOB_COMPLETION_INDEX
-    num_shards: int | None = field(default=None, metadata={"digest": False})  # default: $NUM_SHARDS, else $JOB_COMPLETIONS
-
-    def validate(self) -> None:
-        if self.head_mode not in HEAD_MODES:
-            raise BadInputError(f"--head-mode must be one of {', '.join(HEAD_MODES)}, not {self.head_mode!r}")
-        for name in ("head_epochs", "head_batch_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise BadInputError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        if self.head_lr <= 0:
-            raise BadInputError(f"head-lr must be positive, not {self.head_lr}")
-        if not 0 <= self.head_momentum < 1:
-            raise BadInputError(f"head-momentum must be in [0, 1), not {self.head_momentum}")
-        if self.head_weight_decay < 0:
-            raise BadInputError(f"head-weight-decay must be non-negative, not {self.head_weight_decay}")
-        if self.num_shards is not None and self.num_shards < 1:
-            raise BadInputError(f"num-shards must be at least 1, not {self.num_shards}")
-        if self.shard_index is not None and self.shard_index < 0:
-            raise BadInputError(f"shard-index must be non-negative, not {self.shard_index}")
+    checkpoints: str = option("all", "Which checkpoints: all, 700: (700 to last), 700:900, or 700,800,last.")
+    head_mode: Literal["cached", "augmented"] = option(
+        "cached", "cached: features once, head on them; augmented: through the backbone every epoch, the old way."
+    )
+    head_epochs: int = option(100, "Head training epochs.", ge=1)
+    head_batch_size: int = option(256, "Head batch size.", ge=1)
+    head_lr: float = option(0.25, "Head learning rate.", gt=0)
+    head_momentum: float = option(0.9, "SGD momentum.", ge=0, lt=1)
+    head_weight_decay: float = option(0.0, "SGD weight decay.", ge=0)
+    standardize: bool = option(True, "z-score features with the train mean/std (folded into the saved head).")
+    seed: int = option(0, "Head initialisation and shuffling seed.")
+    batch_size: int = option(256, "Feature extraction batch.", ge=1, digest=False)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1 …", digest=False)
+    workers: int = option(0, "Threads decoding crops into the cache; 0 = automatic.", ge=0, digest=False)

@@ -5,6 +5,7 @@
 features were computed from; a later run (other head settings, a resumed
 sweep) reuses them when it matches instead of running the backbone again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,15 +15,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..artifacts import SWEEP_FEATURES
 from ..store import Store, join
-from ..tables import read_json, read_npy, read_parquet, write_json, write_npy, write_parquet
+from ..tables import read_json, read_npy, write_json, write_npy, write_parquet
 
-FEATURES_PREFIX = "sweep/features"
 SPLITS = ("train", "val")
 
 
 def features_prefix(checkpoint: str) -> str:
-    return join(FEATURES_PREFIX, checkpoint)
+    return join(SWEEP_FEATURES, checkpoint)
 
 
 def keys_digest(keys: list[str]) -> str:
@@ -66,7 +67,3 @@ def write_features(store: Store, checkpoint: str, fingerprint: dict[str, Any], f
         join(prefix, "meta.json"),
         {"fingerprint": fingerprint, "feature_dim": int(features["train"].shape[1]), "counts": {s: int(features[s].shape[0]) for s in SPLITS}},
     )
-
-
-def read_feature_rows(store: Store, checkpoint: str, split: str) -> pa.Table:
-    return read_parquet(store, join(features_prefix(checkpoint), f"{split}.parquet"))

@@ -1,4 +1,4 @@
-"""The linear classifier on frozen features: training, the best-epoch record, and the saved head.
+"""The linear classifier on frozen features: training and the best-epoch record (the saved file: `plankton_core.heads`).
 
 Both head modes share `LinearHeadTrainer`: SGD with momentum and a per-step
 cosine schedule, validation accuracy after every head epoch, the weights of the
@@ -6,12 +6,11 @@ best epoch kept. Features are z-scored with the train mean/std (optional); the
 scaling is folded into the saved `nn.Linear`, so downstream code applies the
 head to raw backbone features and never needs the statistics.
 """
+
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +19,6 @@ from torch import nn
 
 from ..errors import BadInputError
 from ..scoring import classification_metrics
-from ..store import Store
 
 
 @dataclass
@@ -109,6 +107,8 @@ class LinearHeadTrainer:
         return acc
 
     def result(self, val_y: torch.Tensor, n_classes: int, mean: torch.Tensor, std: torch.Tensor) -> HeadResult:
+        if self.best_pred is None:
+            raise RuntimeError("result() before any end_epoch()")
         weight, bias = fold_standardizer(self.best_state["weight"].cpu(), self.best_state["bias"].cpu(), mean.cpu(), std.cpu())
         f1 = classification_metrics(val_y.cpu().numpy(), self.best_pred.numpy(), n_classes)["macro_f1"]
         return HeadResult(weight, bias, self.best_epoch, self.best_acc, float(f1), list(self.history))
@@ -127,7 +127,7 @@ def train_head_on_features(
     device = torch.device(device)
     tx, vx = _tensor(train_x, np.float32, device), _tensor(val_x, np.float32, device)
     ty, vy = _tensor(train_y, np.int64, device), _tensor(val_y, np.int64, device)
-    _check_sizes(len(tx), len(vx))
+    check_sizes(len(tx), len(vx))
     mean, std = standardizer(tx, params.standardize)
     tx = (tx - mean) / std
     vx = (vx - mean) / std
@@ -148,41 +148,14 @@ def _tensor(x: np.ndarray | torch.Tensor, dtype: type, device: torch.device) -> 
     """A tensor on `device`, sharing memory with a writable array of the right dtype (copying otherwise)."""
     if isinstance(x, torch.Tensor):
         return x.to(device)
-    arr = np.asarray(x, dtype=dtype)
+    arr: np.ndarray = np.asarray(x, dtype=dtype)
     if not arr.flags.writeable:
         arr = arr.copy()
     return torch.from_numpy(arr).to(device)
 
 
-def _check_sizes(n_train: int, n_val: int) -> None:
+def check_sizes(n_train: int, n_val: int) -> None:
     if n_train == 0:
         raise BadInputError("the train split is empty: nothing to train a linear head on; check stats/splits.parquet")
     if n_val == 0:
         raise BadInputError("the val split is empty: cannot choose a checkpoint without validation crops; rerun `plankton stats` with a val fraction")
-
-
-def save_head(store: Store, key: str, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """`{"state_dict": {weight, bias}, "meta": {...}}`: plain tensors and JSON-like values, loadable with weights_only=True."""
-    buf = io.BytesIO()
-    torch.save({"state_dict": state_dict, "meta": meta}, buf)
-    store.write_bytes(key, buf.getvalue())
-
-
-def load_head(store: Store, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    data = store.read_bytes(key)
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt or unsafe
-        raise BadInputError(f"linear head {store.uri}/{key} is corrupt or unsafe: {str(exc).splitlines()[0]}; rerun `plankton linear-sweep --force`") from None
-    state = obj.get("state_dict") if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or "weight" not in state or "bias" not in state:
-        raise BadInputError(f"linear head {store.uri}/{key} has no weight/bias state dict; rerun `plankton linear-sweep --force`")
-    return state, dict(obj.get("meta", {}))
-
-
-def head_module(state: dict[str, torch.Tensor]) -> nn.Linear:
-    """An nn.Linear holding a saved head."""
-    out_dim, in_dim = state["weight"].shape
-    head = nn.Linear(in_dim, out_dim)
-    head.load_state_dict({"weight": state["weight"], "bias": state["bias"]})
-    return head.eval()

@@ -1,23 +1,19 @@
 """What a finished sweep leaves: sweep.parquet, sweep.md (the user's table), sweep.png and selection.json."""
+
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 
+from ..artifacts import SWEEP_MARKDOWN, SWEEP_PLOT, SWEEP_SELECTION, SWEEP_TABLE
+from ..store import Store
 from ..tables import write_json, write_parquet
-from .select import choose_best, selection_key
+from .select import choose_best
 
-SWEEP_PARQUET = "sweep/sweep.parquet"
-SWEEP_MD = "sweep/sweep.md"
-SWEEP_PNG = "sweep/sweep.png"
-SELECTION_JSON = "sweep/selection.json"
-
-SELECTION_RULE = (
-    "highest val accuracy; ties broken by higher val macro F1, then the later backbone epoch, "
-    "then a numbered epoch_NNNN checkpoint over last"
-)
+SELECTION_RULE = "highest val accuracy; ties broken by higher val macro F1, then the later backbone epoch, then a numbered epoch_NNNN checkpoint over last"
 
 # columns of sweep.parquet, in order (the first six are the contract)
 COLUMNS: dict[str, pa.DataType] = {
@@ -41,15 +37,12 @@ COLUMNS: dict[str, pa.DataType] = {
 
 
 def rows_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """sweep.parquet's rows (and a shard's part): epochs ascending, `last` at the end."""
     ordered = sorted(rows, key=lambda r: (r["checkpoint"] == "last", int(r["epoch"]), r["checkpoint"]))
     return pa.table({name: pa.array([r.get(name) for r in ordered], type=typ) for name, typ in COLUMNS.items()})
 
 
-def table_rows(table: pa.Table) -> list[dict[str, Any]]:
-    return table.to_pylist()
-
-
-def write_sweep_outputs(store, rows: Sequence[dict[str, Any]], head_settings: dict[str, Any], extra_selection: dict[str, Any]) -> dict[str, Any]:
+def write_sweep_outputs(store: Store, rows: Sequence[dict[str, Any]], head_settings: dict[str, Any], extra_selection: dict[str, Any]) -> dict[str, Any]:
     """Write the four sweep outputs; returns the selection."""
     best = choose_best(rows)
     selection = {
@@ -68,10 +61,10 @@ def write_sweep_outputs(store, rows: Sequence[dict[str, Any]], head_settings: di
         "head": head_settings,
         **extra_selection,
     }
-    write_parquet(store, SWEEP_PARQUET, rows_table(rows))
-    store.write_bytes(SWEEP_MD, sweep_markdown(rows, selection, head_settings).encode())
-    store.write_bytes(SWEEP_PNG, sweep_plot(rows, selection))
-    write_json(store, SELECTION_JSON, selection)
+    write_parquet(store, SWEEP_TABLE, rows_table(rows))
+    store.write_bytes(SWEEP_MARKDOWN, sweep_markdown(rows, selection, head_settings).encode())
+    store.write_bytes(SWEEP_PLOT, sweep_plot(rows, selection))
+    write_json(store, SWEEP_SELECTION, selection)
     return selection
 
 
@@ -141,6 +134,3 @@ def sweep_plot(rows: Sequence[dict[str, Any]], selection: dict[str, Any]) -> byt
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
-
-
-__all__ = ["write_sweep_outputs", "rows_table", "selection_key", "SELECTION_RULE", "SWEEP_PARQUET", "SELECTION_JSON"]

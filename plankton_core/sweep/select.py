@@ -1,7 +1,9 @@
 """Which checkpoints to sweep (`--checkpoints`) and which one wins (the selection rule)."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import BadInputError
 
@@ -53,9 +55,7 @@ def _epoch(text: str, token: str, allow_empty: bool = False) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise BadInputError(
-            f"--checkpoints: cannot read {token!r}; use all, an epoch (700), a name (last, epoch_0700) or a range (700:, 700:900)"
-        ) from None
+        raise BadInputError(f"--checkpoints: cannot read {token!r}; use all, an epoch (700), a name (last, epoch_0700) or a range (700:, 700:900)") from None
 
 
 def selection_key(row: dict[str, Any]) -> tuple:

@@ -1,48 +1,47 @@
 """The linear-sweep stage: features once per checkpoint, a linear head on them, the best checkpoint chosen.
 
-`run_sweep` runs everything when unsharded; as shard i of n (Indexed Job) it
-sweeps its share and writes `sweep/shards/<i>-of-<n>.parquet` without
-`_SUCCESS`; `merge_shards` (also called by evaluate) gathers a complete set and
-writes the outputs and `_SUCCESS`. Per checkpoint, a saved head whose recorded
-inputs match is reused, so a rerun after preemption or with another
-`--checkpoints` list only does the missing work (`--force` redoes all).
+`check` resolves `--checkpoints` against supcon/ckpt/ (a missing checkpoint
+exits 2 before anything changes). An unsharded run sweeps them all; shard i of
+n (an Indexed Job's pod) sweeps `names[i::n]` and leaves its rows as a part
+under sweep/shards/; `plankton linear-sweep --merge` gathers a complete set
+into the outputs. Per checkpoint, a saved head whose recorded inputs match is
+reused, so a rerun after preemption or with another `--checkpoints` list only
+does the missing work (`--force` redoes all).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ..checkpoint import checkpoint_key, list_checkpoints, load_checkpoint, model_from_checkpoint
-from ..config import config_dict, load_config
-from ..data import ImageCache, load_classes, load_normalisation, load_splits
+from ..artifacts import SUPCON_RUN, SWEEP_HEADS, SWEEP_MARKDOWN
+from ..checkpoint import checkpoint_key, list_checkpoints
+from ..data import ImageCache, load_classes, load_splits
+from ..embedding import load_embedder
 from ..errors import BadInputError
-from ..features import extract_features, pick_device
-from ..stage import RUN_JSON, StageContext, StageResult, compute_digest, is_done, require_upstream, run_stage, stage_prefix
+from ..features import pick_device
+from ..heads import load_head, save_head
+from ..shards import SHARDS, PartRecord, ShardOutput
+from ..stage import StageContext
 from ..store import Store, join
-from ..tables import read_json
+from ..tables import read_json, read_parquet
 from .augmented import train_head_through_backbone
 from .config import SweepConfig
 from .feature_cache import SPLITS, keys_digest, load_cached_features, write_features
-from .linear import HeadParams, load_head, save_head, train_head_on_features
+from .linear import HeadParams, train_head_on_features
 from .outputs import rows_table, write_sweep_outputs
-from .select import parse_checkpoint_spec
-from ..shards import resolve_shard
-from ..shards import now_iso
-from .shards import ShardMeta, complete_shard_set, list_shards, read_shard, shard_key, write_shard
-
-STAGE = "linear-sweep"
-UPSTREAM = ["supcon"]
-HEADS_PREFIX = "sweep/heads"
+from .select import choose_best, parse_checkpoint_spec
 
 
 def head_key(checkpoint: str) -> str:
-    return join(HEADS_PREFIX, f"{checkpoint}.pt")
+    return join(SWEEP_HEADS, f"{checkpoint}.pt")
 
 
 def head_params(cfg: SweepConfig) -> HeadParams:
@@ -53,79 +52,47 @@ def head_settings(cfg: SweepConfig) -> dict[str, Any]:
     return {"mode": cfg.head_mode, **asdict(head_params(cfg))}
 
 
-def run_sweep(cfg: SweepConfig, store: Store, force: bool = False) -> StageResult:
-    """The whole sweep, or one shard of it (index/count from flags or the Indexed Job's environment)."""
-    index, count = resolve_shard(cfg.shard_index, cfg.num_shards)
-    upstream = require_upstream(store, UPSTREAM)
-    names = parse_checkpoint_spec(cfg.checkpoints, list_checkpoints(store))  # a missing checkpoint fails before anything changes
-    if count == 1:
-        return run_stage(STAGE, cfg, store, lambda c, ctx: _full_body(c, ctx, names), upstream=UPSTREAM, force=force)
-    return _run_shard(cfg, store, names, index, count, upstream, force)
+def check(cfg: SweepConfig, ctx: StageContext) -> list[str]:
+    """The checkpoint names `--checkpoints` selects (ctx.plan); a missing one exits 2 before anything changes."""
+    return parse_checkpoint_spec(cfg.checkpoints, list_checkpoints(ctx.root))
 
 
-def _full_body(cfg: SweepConfig, ctx: StageContext, names: Sequence[str]) -> dict[str, Any]:
-    for key in list_shards(ctx.root):  # an unsharded run supersedes earlier shards: never merge those later
-        ctx.root.delete(key)
-    rows = sweep_checkpoints(cfg, ctx, names)
-    selection = write_sweep_outputs(ctx.root, rows, head_settings(cfg), _selection_extras(ctx.root, rows))
-    ctx.notes.append(f"chosen {selection['checkpoint']}: val accuracy {100 * selection['val_acc']:.2f}% at head epoch {selection['best_head_epoch']} → {ctx.root.uri}/sweep/sweep.md")
-    return {"checkpoints": len(rows), "chosen": selection["checkpoint"], "val_acc": round(selection["val_acc"], 6)}
+def body(cfg: SweepConfig, ctx: StageContext) -> dict[str, Any]:
+    """The whole sweep in one process."""
+    ctx.root.delete_prefix(ctx.key(SHARDS))  # an unsharded run supersedes earlier shards: never merge those later
+    rows = sweep_checkpoints(cfg, ctx, ctx.plan)
+    return _write_outputs(cfg, ctx, rows, "")
 
 
-def _run_shard(cfg: SweepConfig, store: Store, names: Sequence[str], index: int, count: int, upstream: dict[str, str], force: bool) -> StageResult:
-    digest = compute_digest(STAGE, cfg, upstream)
-    prefix = stage_prefix(STAGE)
-    if not force and is_done(store, STAGE) and read_json(store, join(prefix, RUN_JSON)).get("digest") == digest:
-        return StageResult(STAGE, f"{store.uri}/{prefix}", up_to_date=True)
-    key = shard_key(index, count)
-    if not force and store.exists(key):
-        try:
-            meta, _ = read_shard(store, key)
-            if meta.digest == digest and meta.upstream == upstream:
-                return StageResult(STAGE, f"{store.uri}/{key}", up_to_date=True)
-        except BadInputError:
-            pass  # a damaged shard file is simply redone
-    store.delete(join(prefix, "_SUCCESS"))  # the merged outputs are about to be superseded
-    mine = list(names[index::count])
-
-    def body(c: SweepConfig, ctx: StageContext) -> dict[str, Any]:
-        rows = sweep_checkpoints(c, ctx, mine)
-        meta = ShardMeta(index, count, digest, upstream, config_dict(c), mine, now_iso())
-        write_shard(store, rows_table(rows), meta)
-        ctx.notes.append(f"shard {index} of {count} done ({len(rows)} checkpoint(s)); `plankton linear-sweep --merge` gathers the shards")
-        return {"shard": f"{index}-of-{count}", "checkpoints": len(rows)}
-
-    return run_stage(STAGE, cfg, store, body, upstream=UPSTREAM, force=force, write_success=False)
+def shard(cfg: SweepConfig, ctx: StageContext, index: int, count: int) -> ShardOutput:
+    """Shard `index` of `count`: every count-th selected checkpoint, its rows left as this shard's part."""
+    mine = list(ctx.plan[index::count])
+    rows = sweep_checkpoints(cfg, ctx, mine)
+    ctx.notes.append(f"shard {index} of {count} done ({len(rows)} checkpoint(s)); `plankton linear-sweep --merge` gathers the shards")
+    return ShardOutput(rows=rows_table(rows), counts={"shard": f"{index}-of-{count}", "checkpoints": len(rows)}, extra={"checkpoints": mine})
 
 
-def needs_merge(store: Store) -> bool:
-    """True when shards exist but no merged sweep has finished."""
-    return not is_done(store, STAGE) and bool(list_shards(store))
-
-
-def merge_shards(store: Store, force: bool = False) -> StageResult:
-    """Gather the newest complete set of shards into sweep.parquet, sweep.md, sweep.png, selection.json and `_SUCCESS`."""
-    upstream = require_upstream(store, UPSTREAM)
-    meta, tables = complete_shard_set(store, upstream)
-    cfg = load_config(SweepConfig, overrides={**meta.config, "shard_index": None, "num_shards": None})
-    rows = pa.concat_tables(tables).to_pylist()
+def merge(cfg: SweepConfig, ctx: StageContext, parts: list[PartRecord]) -> dict[str, Any]:
+    """Gather a complete set of shards' rows into sweep.parquet, sweep.md, sweep.png and selection.json."""
+    tables = [read_parquet(ctx.root, p.rows_key) for p in parts if p.rows_key]
+    rows = pa.concat_tables(tables).to_pylist() if tables else []
     if not rows:
         raise BadInputError("the linear-sweep shards hold no results")
+    return _write_outputs(cfg, ctx, rows, f"merged {len(parts)} shard(s); ") | {"shards": len(parts)}
 
-    def body(c: SweepConfig, ctx: StageContext) -> dict[str, Any]:
-        selection = write_sweep_outputs(ctx.root, rows, head_settings(c), _selection_extras(ctx.root, rows))
-        ctx.notes.append(f"merged {meta.count} shard(s); chosen {selection['checkpoint']}: val accuracy {100 * selection['val_acc']:.2f}%")
-        return {"checkpoints": len(rows), "shards": meta.count, "chosen": selection["checkpoint"], "val_acc": round(selection["val_acc"], 6)}
 
-    return run_stage(STAGE, cfg, store, body, upstream=UPSTREAM, force=force)
+def _write_outputs(cfg: SweepConfig, ctx: StageContext, rows: list[dict[str, Any]], what: str) -> dict[str, Any]:
+    selection = write_sweep_outputs(ctx.root, rows, head_settings(cfg), _selection_extras(ctx.root, rows))
+    ctx.notes.append(
+        f"{what}chosen {selection['checkpoint']}: val accuracy {100 * selection['val_acc']:.2f}% "
+        f"at head epoch {selection['best_head_epoch']} → {ctx.root.uri}/{SWEEP_MARKDOWN}"
+    )
+    return {"checkpoints": len(rows), "chosen": selection["checkpoint"], "val_acc": round(selection["val_acc"], 6)}
 
 
 def _selection_extras(store: Store, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Extra selection.json fields from the chosen head's record (classes, input size, normalisation)."""
-    from .select import choose_best
-
-    best = choose_best(rows)
-    _, meta = load_head(store, best["head_key"])
+    _, meta = load_head(store, choose_best(rows)["head_key"])
     return {k: meta[k] for k in ("classes", "n_classes", "size", "mean", "std") if k in meta}
 
 
@@ -135,9 +102,8 @@ def _fingerprint(payload: dict[str, Any]) -> str:
 
 def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str]) -> list[dict[str, Any]]:
     """One result row per checkpoint. A checkpoint that cannot be read is named at the end (exit 2) after the rest are done."""
-    store, log = ctx.root, ctx.log
-    upstream = require_upstream(store, UPSTREAM)
-    supcon_run = read_json(store, "supcon/run.json").get("run_id", "") if store.exists("supcon/run.json") else ""
+    store, log, upstream = ctx.root, ctx.log, ctx.upstream
+    supcon_run = read_json(store, SUPCON_RUN).get("run_id", "") if store.exists(SUPCON_RUN) else ""
     classes = load_classes(store)
     n_classes = len(classes)
     splits = {s: load_splits(store, s) for s in SPLITS}
@@ -168,16 +134,13 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
                 pass
         t0 = time.monotonic()
         try:
-            ckpt = load_checkpoint(store, checkpoint_key(name))
-            model = model_from_checkpoint(ckpt)
+            embedder = load_embedder(store, checkpoint_key(name))
         except BadInputError as exc:
             log.error("%s", exc)
             errors.append(str(exc))
             continue
-        ccfg = dict(ckpt.get("config", {}))
-        epoch = int(ckpt.get("epoch") if ckpt.get("epoch") is not None else name.rsplit("_", 1)[-1] if name != "last" else -1)
-        del ckpt  # optimizer state can be as large as the weights
-        mean, std, size = checkpoint_normalisation(store, ccfg)
+        model, ccfg, mean, std, size = embedder.model, embedder.config, embedder.mean, embedder.std, embedder.size
+        epoch = embedder.epoch if embedder.epoch is not None else int(name.rsplit("_", 1)[-1]) if name != "last" else -1
         if size not in caches:  # decoding crops is a one-off for the whole sweep: not charged to this checkpoint
             tc = time.monotonic()
             caches[size] = {s: ImageCache.build(store, keys[s], size, workers=cfg.workers) for s in SPLITS}
@@ -185,11 +148,22 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
         cache = caches[size]
         reused = False
         if cfg.head_mode == "cached":
-            fp = {"supcon": upstream.get("supcon"), "supcon_run": supcon_run, "checkpoint": name, "model": ccfg.get("model"), "size": size, "mean": mean, "std": std, "data": data_ident}
-            feats = None if ctx.force else load_cached_features(store, name, fp)
-            reused = feats is not None and all(f.shape == (len(keys[s]), model.feature_dim) for s, f in feats.items())
-            if not reused:
-                feats = {s: extract_features(model, cache[s], mean, std, cfg.batch_size, device, desc=f"{name} {s} features") for s in SPLITS}
+            fp = {
+                "supcon": upstream.get("supcon"),
+                "supcon_run": supcon_run,
+                "checkpoint": name,
+                "model": ccfg.get("model"),
+                "size": size,
+                "mean": mean,
+                "std": std,
+                "data": data_ident,
+            }
+            cached = None if ctx.force else load_cached_features(store, name, fp)
+            reused = cached is not None and all(f.shape == (len(keys[s]), model.feature_dim) for s, f in cached.items())
+            if cached is not None and reused:
+                feats = cached
+            else:
+                feats = {s: embedder.features(cache[s], cfg.batch_size, device, desc=f"{name} {s} features") for s in SPLITS}
                 write_features(store, name, fp, feats, splits)
                 ctx.metrics.count("feature_rows", sum(len(f) for f in feats.values()))
             t1 = time.monotonic()
@@ -200,7 +174,7 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
                 model, cache["train"], labels["train"], cache["val"], labels["val"], n_classes, mean, std, params, device, batch_size=cfg.batch_size
             )
         t2 = time.monotonic()
-        row = {
+        row: dict[str, Any] = {
             "checkpoint": name,
             "epoch": epoch,
             "val_acc": float(result.val_acc),
@@ -250,11 +224,3 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
             "restore the file, or leave it out with --checkpoints"
         )
     return rows
-
-
-def checkpoint_normalisation(store: Store, ccfg: dict[str, Any]) -> tuple[list[float], list[float], int]:
-    """Size, mean and std the checkpoint was trained with; stats/stats.json fills any gap."""
-    if all(k in ccfg for k in ("mean", "std", "size")):
-        return [float(x) for x in ccfg["mean"]], [float(x) for x in ccfg["std"]], int(ccfg["size"])
-    mean, std, size = load_normalisation(store)
-    return [float(x) for x in ccfg.get("mean", mean)], [float(x) for x in ccfg.get("std", std)], int(ccfg.get("size", size))

@@ -1,12 +1,13 @@
 """classification_metrics, confusion_matrix, per_class_table and the confusion helpers against scikit-learn and hand counts."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from plankton_core.evaluate.metrics import classification_metrics, confusion_matrix, per_class_table
-from plankton_core.evaluate.plots import confusion_png, row_normalised, worst_confusions
+from plankton_core.reporting.plots import confusion_png, row_normalised, worst_confusions
+from plankton_core.scoring import classification_metrics, confusion_matrix, per_class_table
 
 
 def sklearn_reference(y, p, n, scores):

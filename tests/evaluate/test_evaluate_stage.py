@@ -1,4 +1,5 @@
 """The evaluate stage through the CLI, on a local folder and on the S3 server; the report; bad inputs."""
+
 from __future__ import annotations
 
 import io
@@ -9,30 +10,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from evaluate.evaluate_fixtures import finish_lut, swept
 from sklearn import metrics as skm
+from sweep.sweep_fixtures import checkpoint_dict, make_supcon_root
 
 from plankton_core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from plankton_core.data import ImageCache, load_splits
-from plankton_core.evaluate.report import write_report
 from plankton_core.features import extract_features
+from plankton_core.heads import save_head
 from plankton_core.models import create_model
 from plankton_core.store import open_store
-from plankton_core.sweep.linear import save_head
 from plankton_core.tables import write_json, write_parquet
-from sweep.sweep_fixtures import checkpoint_dict, make_supcon_root
 
 torch.set_num_threads(1)
 
 
 def parquet(store, key):
     return pq.read_table(io.BytesIO(store.read_bytes(key)))
-
-
-def swept(root_uri, run_cli, **kwargs):
-    store = make_supcon_root(root_uri, epochs=(2, 4), last=False, **kwargs)
-    result = run_cli("linear-sweep", "--root", root_uri, "--head-epochs", "10")
-    assert result.exit_code == 0, result.output
-    return store
 
 
 @pytest.mark.filterwarnings("ignore:'k' .* greater than or equal to 'n_classes'")
@@ -83,7 +77,7 @@ def test_evaluate_writes_metrics_equal_to_sklearn_and_a_report(root_uri, run_cli
     html = store.read_bytes("evaluate/report.html").decode()
     md = store.read_bytes("evaluate/report.md").decode()
     assert html.count("data:image/png;base64,") == 2  # sweep plot + confusion matrix
-    assert 'src="http' not in html and ".png\"" not in html
+    assert 'src="http' not in html and '.png"' not in html
     headline = f"{100 * m['accuracy']:.2f}%"
     for text in ("bs / backbone epoch / head epoch", "F1 Score", "Network", "Per-class results", "Checkpoint sweep", "Worst confusions", headline):
         assert text in html and text in md, text
@@ -95,18 +89,11 @@ def test_evaluate_writes_metrics_equal_to_sklearn_and_a_report(root_uri, run_cli
     assert again.exit_code == 0 and "up to date" in again.stdout
 
 
-def test_report_gains_a_retrieval_section_from_lut(tmp_path, run_cli):
+def test_evaluate_report_gains_a_retrieval_section_once_lut_has_finished(tmp_path, run_cli):
     root = str(tmp_path / "root")
     store = swept(root, run_cli)
+    finish_lut(store)  # lut finished before evaluate ran: evaluate's own report reads its outputs
     assert run_cli("evaluate", "--root", root).exit_code == 0
-    rows = [
-        {"name": "exact, top-1", "metrics": {"accuracy": 0.9, "macro_precision": 0.8, "macro_recall": 0.7, "macro_f1": 0.75, "balanced_accuracy": 0.7, "top5_accuracy": 0.99}},
-        {"name": "pruned T=0.93, kNN vote", "metrics": {"accuracy": 0.875, "macro_precision": 0.5, "macro_recall": 0.25, "macro_f1": 0.3}},
-    ]
-    write_json(store, "lut/retrieval.json", {"rows": rows, "prune": {"threshold": 0.93, "kept_fraction": 0.55}})
-    png = store.read_bytes("evaluate/confusion.png")
-    store.write_bytes("lut/prune_sweep.png", png)
-    write_report(root)  # as the lut stage calls it, with a URI
     html = store.read_bytes("evaluate/report.html").decode()
     md = store.read_bytes("evaluate/report.md").decode()
     for text in ("Retrieval (LUT)", "exact, top-1", "90.00%", "pruned T=0.93, kNN vote", "87.50%", "threshold", "0.93"):
@@ -116,15 +103,19 @@ def test_report_gains_a_retrieval_section_from_lut(tmp_path, run_cli):
     assert "Test results" in html  # the rest is still there
 
 
-def test_evaluate_merges_finished_shards(tmp_path, run_cli):
+def test_evaluate_requires_the_merged_sweep(tmp_path, run_cli):
+    """evaluate never merges linear-sweep's shards (nor writes under sweep/): `plankton linear-sweep --merge` does."""
     root = str(tmp_path / "root")
     store = make_supcon_root(root, epochs=(2, 4), last=False)
     for i in (0, 1):
         assert run_cli("linear-sweep", "--root", root, "--head-epochs", "5", "--shard-index", i, "--num-shards", "2").exit_code == 0
-    assert not store.exists("sweep/_SUCCESS")
+    result = run_cli("evaluate", "--root", root)
+    assert result.exit_code == 3 and "upstream stage 'linear-sweep' has not finished" in result.stderr
+    assert not store.exists("sweep/_SUCCESS") and not store.exists("sweep/selection.json") and not store.exists("evaluate/run.json")
+    assert run_cli("linear-sweep", "--root", root, "--head-epochs", "5", "--merge").exit_code == 0
     result = run_cli("evaluate", "--root", root)
     assert result.exit_code == 0, result.output
-    assert store.exists("sweep/_SUCCESS") and store.exists("sweep/selection.json") and store.exists("evaluate/_SUCCESS")
+    assert store.exists("evaluate/_SUCCESS")
 
 
 def test_evaluate_waits_for_missing_shards(tmp_path, run_cli):
@@ -132,7 +123,9 @@ def test_evaluate_waits_for_missing_shards(tmp_path, run_cli):
     make_supcon_root(root, epochs=(2, 4), last=False)
     assert run_cli("linear-sweep", "--root", root, "--head-epochs", "5", "--shard-index", "1", "--num-shards", "2").exit_code == 0
     result = run_cli("evaluate", "--root", root)
-    assert result.exit_code == 3 and "missing shard index(es) 0" in result.stderr
+    assert result.exit_code == 3 and "upstream stage 'linear-sweep' has not finished" in result.stderr
+    merge = run_cli("linear-sweep", "--root", root, "--head-epochs", "5", "--merge")
+    assert merge.exit_code == 3 and "missing shard index(es) 0" in merge.stderr
     # an unsharded run supersedes the partial shards
     assert run_cli("linear-sweep", "--root", root, "--head-epochs", "5").exit_code == 0
     assert not list(open_store(root).list("sweep/shards"))

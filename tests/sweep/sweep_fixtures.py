@@ -1,13 +1,13 @@
 """A pipeline root with fabricated supcon checkpoints, for testing linear-sweep and evaluate in isolation."""
+
 from __future__ import annotations
 
 import torch
+from pipeline_fixtures import finish_stage, make_stats_root
 
-from pipeline_fixtures import make_stats_root
 from plankton_core.checkpoint import save_checkpoint
 from plankton_core.data import load_normalisation
 from plankton_core.models import create_model
-from plankton_core.stage import run_stage
 
 MODEL = "test_resnet"
 
@@ -35,5 +35,5 @@ def make_supcon_root(root_uri: str, epochs=(2, 4, 6), last: bool = True, per_cla
         save_checkpoint(store, f"supcon/ckpt/epoch_{epoch:04d}.pt", checkpoint_dict(model, epoch, size, mean, std))
     if last and model is not None:
         save_checkpoint(store, "supcon/ckpt/last.pt", checkpoint_dict(model, epochs[-1], size, mean, std))
-    run_stage("supcon", {"fabricated": True, "epochs": list(epochs)}, store, lambda cfg, ctx: {"checkpoints": len(epochs)}, upstream=["stats"], force=True)
+    finish_stage(store, "supcon", {"fabricated": True, "epochs": list(epochs)}, lambda cfg, ctx: {"checkpoints": len(epochs)})
     return store

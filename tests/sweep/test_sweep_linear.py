@@ -1,4 +1,5 @@
 """The linear head: training against a plain numpy SGD reference, standardisation folding, saving and loading."""
+
 from __future__ import annotations
 
 import io
@@ -11,8 +12,9 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from plankton_core.errors import BadInputError
+from plankton_core.heads import head_module, load_head, save_head
 from plankton_core.store import LocalStore
-from plankton_core.sweep.linear import HeadParams, fold_standardizer, head_module, load_head, save_head, standardizer, train_head_on_features
+from plankton_core.sweep.linear import HeadParams, fold_standardizer, standardizer, train_head_on_features
 
 torch.set_num_threads(1)
 

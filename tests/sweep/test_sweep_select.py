@@ -1,4 +1,5 @@
 """--checkpoints parsing and the documented selection rule."""
+
 from __future__ import annotations
 
 import pytest

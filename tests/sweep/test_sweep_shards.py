@@ -1,4 +1,5 @@
 """Shard index and count from flags and from an Indexed Job's environment."""
+
 from __future__ import annotations
 
 import pytest

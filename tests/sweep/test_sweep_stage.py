@@ -1,4 +1,5 @@
 """The linear-sweep stage through the CLI, on a local folder and on the S3 server."""
+
 from __future__ import annotations
 
 import io
@@ -8,13 +9,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from sweep.sweep_fixtures import make_supcon_root
 
 from plankton_core.checkpoint import load_checkpoint, model_from_checkpoint
 from plankton_core.data import ImageCache, load_splits
 from plankton_core.features import extract_features
 from plankton_core.store import open_store
 from plankton_core.sweep.select import selection_key
-from sweep.sweep_fixtures import make_supcon_root
 
 torch.set_num_threads(1)
 HEAD = ["--head-epochs", "12"]
@@ -108,12 +109,15 @@ def test_shards_then_merge_equal_one_unsharded_run(root_uri, run_cli, tmp_path):
     first = run_cli("linear-sweep", "--root", root_uri, *HEAD, env={**env, "JOB_COMPLETION_INDEX": "0"})
     assert first.exit_code == 0, first.output
     assert store.exists("sweep/shards/0-of-2.parquet") and not store.exists("sweep/_SUCCESS")
-    early = run_cli("linear-sweep", "--root", root_uri, "--merge")
+    early = run_cli("linear-sweep", "--root", root_uri, *HEAD, "--merge")
     assert early.exit_code == 3 and "missing shard index(es) 1" in early.stderr
     second = run_cli("linear-sweep", "--root", root_uri, *HEAD, "--shard-index", "1", "--num-shards", "2")
     assert second.exit_code == 0, second.output
     assert not store.exists("sweep/_SUCCESS")
-    merged = run_cli("linear-sweep", "--root", root_uri, "--merge")
+    assert store.exists("sweep/shards/1-of-2.json")  # the part's record, written after its rows
+    other = run_cli("linear-sweep", "--root", root_uri, "--merge")  # the merge takes the shards' options
+    assert other.exit_code == 2 and "head_epochs 12 vs 100 now" in other.stderr, other.stderr
+    merged = run_cli("linear-sweep", "--root", root_uri, *HEAD, "--merge")
     assert merged.exit_code == 0, merged.output
     assert store.exists("sweep/_SUCCESS") and store.exists("sweep/selection.json") and store.exists("sweep/sweep.md")
     sharded = {r["checkpoint"]: r for r in parquet(store, "sweep/sweep.parquet").to_pylist()}
@@ -172,5 +176,5 @@ def test_bad_head_setting_is_bad_input(tmp_path, run_cli):
     root = str(tmp_path / "root")
     make_supcon_root(root, epochs=(2,), last=False)
     result = run_cli("linear-sweep", "--root", root, "--head-lr", "-1")
-    assert result.exit_code == 2 and "head-lr must be positive" in result.stderr
+    assert result.exit_code == 2 and "option --head-lr: Input should be greater than 0 (got -1" in result.stderr
     assert not open_store(root).exists("sweep/run.json")

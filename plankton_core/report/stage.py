@@ -1,0 +1,28 @@
+"""The report stage: render the report from whatever stages have finished, under its own prefix.
+
+evaluate is its upstream (its digest enters this stage's digest); lut is not
+required, but the digest of a finished lut run enters the fingerprint, so a
+report made before lut finished is redone once it has, and not again until
+lut or evaluate changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..reporting.report import finished_lut, write_report
+from ..stage import StageContext
+from .config import ReportConfig
+
+
+def fingerprint(cfg: ReportConfig, ctx: StageContext) -> dict[str, Any]:
+    """The optional inputs: lut's run digest when lut has finished (None otherwise)."""
+    lut = finished_lut(ctx.root)
+    return {"lut": lut.get("digest") if lut else None}
+
+
+def body(cfg: ReportConfig, ctx: StageContext) -> dict[str, Any]:
+    keys = write_report(ctx.root, ctx.prefix)
+    with_lut = finished_lut(ctx.root) is not None
+    ctx.notes.append(f"report → {ctx.root.uri}/{keys['html']}" + ("" if with_lut else " (no LUT section: lut has not finished)"))
+    return {"lut": with_lut}
