@@ -4,11 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import faiss
 import numpy as np
 
 from ..scoring import classification_metrics
-from .retrieval import Neighbours, search_excluding, vote
+from .retrieval import Neighbours, Searcher, search_excluding, vote
 
 
 @dataclass
@@ -22,17 +21,6 @@ class QuerySet:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-class ArraySearcher:
-    """Exact inner-product search straight over an array (no index copy of a large gallery)."""
-
-    def __init__(self, x: np.ndarray):
-        self.x = np.ascontiguousarray(x, dtype=np.float32)
-        self.ntotal = len(self.x)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), self.x, k, metric=faiss.METRIC_INNER_PRODUCT)
 
 
 def neighbour_labels(nb: Neighbours, gallery_labels: np.ndarray, id_map: np.ndarray | None = None) -> np.ndarray:
@@ -56,7 +44,7 @@ def evaluate_neighbours(nb: Neighbours, queries: QuerySet, gallery_labels: np.nd
     return score_predictions(queries.labels, pred, n_classes, class_scores)
 
 
-def evaluate_index(index, queries: QuerySet, gallery_labels: np.ndarray, gallery_groups: np.ndarray, n_classes: int, k: int, id_map: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+def evaluate_index(index: Searcher, queries: QuerySet, gallery_labels: np.ndarray, gallery_groups: np.ndarray, n_classes: int, k: int, id_map: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Top-1 and weighted kNN metrics of `queries` against an index (or an ArraySearcher)."""
     nb = search_excluding(index, queries.x, k, gallery_groups, queries.groups, id_map)
     return {

@@ -34,19 +34,22 @@ def build_index(x: np.ndarray, kind: str = "flat", *, nlist: int | None = None, 
         raise BadInputError(f"unknown index type {kind!r}: use one of {', '.join(INDEX_TYPES)}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
+    index: faiss.Index
     if kind == "flat" or n == 0:
         index = faiss.IndexFlatIP(d)
     elif kind == "ivf":
         nlist = min(nlist or default_nlist(n), n)
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter = 10
-        index.cp.seed = seed
-        index.cp.max_points_per_centroid = 64  # train on a sample: 64·nlist points are plenty
-        index.train(x)  # faiss's Python wrapper keeps `quantizer` alive with the index
+        ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.niter = 10
+        ivf.cp.seed = seed
+        ivf.cp.max_points_per_centroid = 64  # train on a sample: 64·nlist points are plenty
+        ivf.train(x)  # faiss's Python wrapper keeps `quantizer` alive with the index
+        index = ivf
     else:
-        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ef_construction
+        hnsw = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = ef_construction
+        index = hnsw
     if n:
         index.add(x)
     return index

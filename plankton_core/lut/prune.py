@@ -85,7 +85,7 @@ def neighbour_graph(
     labels = np.asarray(labels)
     rank = np.asarray(rank)
     strict_lower = torch.from_numpy(np.tri(row_block, row_block, k=-1, dtype=bool))
-    t = np.float32(t_min)
+    t = float(np.float32(t_min))  # the float32 value the tiles are compared with
     found_later, found_earlier, found_sim = [], [], []
     for label in np.unique(labels):
         ids = np.flatnonzero(labels == label)

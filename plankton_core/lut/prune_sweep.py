@@ -19,9 +19,9 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from .evaluation import ArraySearcher, QuerySet, evaluate_neighbours
+from .evaluation import QuerySet, evaluate_neighbours
 from .prune import NeighbourGraph, choose_threshold, greedy_order, neighbour_graph
-from .retrieval import Neighbours, first_kept, search_excluding
+from .retrieval import ArraySearcher, Neighbours, first_kept, search_excluding
 
 log = logging.getLogger("plankton.lut")
 

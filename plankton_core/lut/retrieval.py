@@ -21,6 +21,20 @@ from .config import Vote
 VOTES: tuple[str, ...] = typing.get_args(Vote)
 
 
+class ArraySearcher:
+    """Exact inner-product search straight over an array (no index copy of a large gallery)."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        self.ntotal = len(self.x)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), self.x, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+Searcher = faiss.Index | ArraySearcher  # what search_excluding searches: a FAISS index or a bare array
+
+
 @dataclass
 class Neighbours:
     """k nearest gallery ids and similarities per query; id -1 / similarity -inf where fewer were found."""
@@ -40,7 +54,7 @@ def source_keys(table: pa.Table) -> pa.Array:
 
 
 def search_excluding(
-    index: faiss.Index,
+    index: Searcher,
     queries: np.ndarray,
     k: int,
     gallery_group: np.ndarray | None = None,
@@ -63,7 +77,7 @@ def search_excluding(
         extra = int(sizes[query_group].max(initial=0))
     depth = min(k + extra, index.ntotal)
     sims, ids = index.search(queries, depth)
-    if extra:
+    if extra and gallery_group is not None and query_group is not None:
         full_ids = ids if gallery_id_map is None else np.where(ids >= 0, gallery_id_map[np.maximum(ids, 0)], -1)
         valid = (ids >= 0) & (gallery_group[np.maximum(full_ids, 0)] != query_group[:, None])
         sims, ids = first_valid(sims, ids, valid, k)

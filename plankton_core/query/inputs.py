@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -52,7 +53,7 @@ def _expand(arg: str, root: Store, s3_endpoint: str | None) -> Iterator[ImageRef
 
 def _from_store(store: Store, key: str, name: Callable[[str], str]) -> Iterator[ImageRef]:
     if key and store.exists(key):
-        yield ImageRef(name(key), lambda k=key: store.read_bytes(k))
+        yield ImageRef(name(key), partial(store.read_bytes, key))
         return
     for k in sorted(k for k in store.list(key) if is_image_key(k)):
-        yield ImageRef(name(k), lambda k=k: store.read_bytes(k))
+        yield ImageRef(name(k), partial(store.read_bytes, k))

@@ -60,11 +60,11 @@ class Cropper:
         h, w = arr.shape[:2]
         if not self.enabled:
             return arr, {"crop": "as_given", "box": [0, 0, w, h], "objects": None}
-        kept = [r for r in extract_crops(arr, self.cfg, self.segmenter) if r.status == "kept"]
+        kept = [(r, r.crop) for r in extract_crops(arr, self.cfg, self.segmenter) if r.status == "kept" and r.crop is not None]
         if not kept:
             return arr, {"crop": "whole_frame (no whole object found)", "box": [0, 0, w, h], "objects": 0}
-        best = max(kept, key=lambda r: r.area)
-        return best.crop, {"crop": "largest_object", "box": [int(v) for v in best.box], "objects": len(kept)}
+        best, crop = max(kept, key=lambda rc: rc[0].area)
+        return crop, {"crop": "largest_object", "box": [int(v) for v in best.box], "objects": len(kept)}
 
 
 class Classifier:

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from plankton_core.embedding import l2_normalise
-from plankton_core.lut.evaluation import ArraySearcher
 from plankton_core.lut.index import build_index, load_index, recall_at, save_index, search_params, tune_recall
-from plankton_core.lut.retrieval import first_kept, search_excluding, vote
+from plankton_core.lut.retrieval import ArraySearcher, first_kept, search_excluding, vote
 from plankton_core.store import open_store
 
 
