@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -100,7 +100,7 @@ class ImageCache:
         return len(self.keys)
 
     @classmethod
-    def build(cls, root: Store, keys: Sequence[str], size: int, cache_dir: str | Path | None = None, workers: int | None = None) -> "ImageCache":
+    def build(cls, root: Store, keys: Sequence[str], size: int, cache_dir: str | Path | None = None, workers: int | None = None) -> ImageCache:
         """Return the cache for these keys and size, decoding only if no finished cache file exists."""
         keys = list(keys)
         cache_dir = Path(cache_dir or default_cache_dir())

@@ -11,45 +11,49 @@ frame depends only on the seed and its place, never on what was drawn before.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 from scipy import ndimage
 
+from .config import option, stage_config
 from .errors import BadInputError
 from .store import Store
 from .tables import write_parquet
 
 GROUND_TRUTH_KEY = "ground_truth.parquet"
-MODES = ("dark", "bright", "both")
 # how a frame is written: (file suffix, encoder); "png" is the default, the others give format coverage
 FORMATS = ("png", "png16", "tiff", "tiff16", "jpeg", "rgb", "rgba", "la", "1bit")
 INSIDE_GAP = 4  # whole objects keep at least this many background pixels to the frame border
 
 
-@dataclass
+@stage_config
 class SynthConfig:
-    classes: int = 5
-    per_class: int = 40  # frames of the most frequent class; later classes get fewer (imbalance)
-    mode: str = "both"  # dark | bright | both (half of the frames each, at random)
-    seed: int = 0
-    size: int = 128  # frame side in pixels
-    imbalance: float = 0.4  # the rarest class has this fraction of per_class frames
-    multi_fraction: float = 0.25  # frames with two or three objects
-    cut_fraction: float = 0.15  # objects placed cut by the frame border
-    noise: float = 6.0  # mean Gaussian noise sigma, grey levels
-    formats: tuple[str, ...] = ("png",)  # frames cycle through these encodings
+    """`plankton synth`'s options, declared once (the command's flags are generated from them).
+
+    The ranges are checked in `validate`, with messages that name the shapes and formats.
+    Build one with `load_config` (which validates); the constructor alone checks types only.
+    """
+
+    classes: int = option(5, "Shape classes (1-8).")
+    per_class: int = option(40, "Frames of the largest class; others get fewer.")
+    mode: Literal["dark", "bright", "both"] = option("both", "dark-field, bright-field or both.")
+    seed: int = option(0, "Random seed; the same seed gives the same files.")
+    size: int = option(128, "Frame side in pixels.")
+    imbalance: float = option(0.4, "The rarest class gets this fraction of --per-class.")
+    multi_fraction: float = option(0.25, "Frames with two or three objects.")
+    cut_fraction: float = option(0.15, "Objects placed cut by the frame border.")
+    noise: float = option(6, "Gaussian noise sigma, grey levels.")
+    formats: tuple[str, ...] = option(("png",), f"Comma-separated encodings frames cycle through: {','.join(FORMATS)}.")
 
     def validate(self) -> None:
         if not 1 <= self.classes <= len(SHAPES):
             raise BadInputError(f"synth makes 1 to {len(SHAPES)} classes ({', '.join(SHAPES)}), not {self.classes}")
         if self.per_class < 1:
             raise BadInputError("per_class must be >= 1")
-        if self.mode not in MODES:
-            raise BadInputError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.size < 32:
             raise BadInputError(f"size must be >= 32 pixels, not {self.size}")
         if not 0 < self.imbalance <= 1:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from plankton_core.config import load_config
 from plankton_core.errors import BadInputError
 from plankton_core.imageio import decode_image
 from plankton_core.store import open_store
@@ -138,7 +139,7 @@ def test_bad_config():
     for bad in (dict(classes=0), dict(classes=len(SHAPES) + 1), dict(mode="grey"), dict(size=8), dict(formats=("gif",)),
                 dict(cut_fraction=1.5), dict(multi_fraction=-0.1), dict(imbalance=0)):
         with pytest.raises(BadInputError):
-            SynthConfig(**bad).validate()
+            load_config(SynthConfig, None, bad)
 
 
 def test_cli_local_and_s3(run_cli, root_uri):

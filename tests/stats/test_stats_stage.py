@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from pipeline_fixtures import frames_spec, kept_rows, make_crop_root
 
 import plankton_core.data as data
-from crop_fabricator import frames_spec, kept_rows, make_crop_root
 from plankton_core.data import ImageCache, load_classes, load_crop, load_normalisation, load_splits
-from plankton_core.stats import StatsConfig, run_stats
+from plankton_core.stage import run_stage
+from plankton_core.stats import StatsConfig
 from plankton_core.tables import read_json, read_parquet, write_parquet
 
 SIZE = 32
@@ -28,7 +29,7 @@ def numpy_reference(store, keys, size):
 
 def test_stage_writes_splits_classes_and_exact_stats(root_uri):
     store = make_crop_root(root_uri, SPEC)
-    result = run_stats(StatsConfig(size=SIZE, seed=3), store)
+    result = run_stage("stats", StatsConfig(size=SIZE, seed=3), store)
     assert not result.up_to_date
     for key in ("stats/splits.parquet", "stats/classes.json", "stats/stats.json", "stats/run.json", "stats/_SUCCESS", "stats/metrics.prom"):
         assert store.exists(key), key
@@ -77,9 +78,9 @@ def test_stage_writes_splits_classes_and_exact_stats(root_uri):
 
 def test_cache_and_stream_give_the_same_stats_and_supcon_reuses_the_cache(tmp_path, monkeypatch):
     store = make_crop_root(str(tmp_path / "a"), SPEC)
-    run_stats(StatsConfig(size=SIZE, cache=False, workers=2), store)
+    run_stage("stats", StatsConfig(size=SIZE, cache=False, workers=2), store)
     streamed = read_json(store, "stats/stats.json")
-    run_stats(StatsConfig(size=SIZE, cache=True, workers=2), store, force=True)
+    run_stage("stats", StatsConfig(size=SIZE, cache=True, workers=2), store, force=True)
     cached = read_json(store, "stats/stats.json")
     assert streamed["mean"] == cached["mean"] and streamed["std"] == cached["std"]
 
@@ -94,14 +95,14 @@ def test_cache_and_stream_give_the_same_stats_and_supcon_reuses_the_cache(tmp_pa
 
 def test_rerun_is_up_to_date_and_force_or_new_config_redoes(tmp_path):
     store = make_crop_root(str(tmp_path / "a"), SPEC)
-    first = run_stats(StatsConfig(size=SIZE), store)
+    first = run_stage("stats", StatsConfig(size=SIZE), store)
     splits_before = load_splits(store).to_pylist()
-    again = run_stats(StatsConfig(size=SIZE), store)
+    again = run_stage("stats", StatsConfig(size=SIZE), store)
     assert again.up_to_date and again.counts == json.loads(json.dumps(first.counts))
-    assert not run_stats(StatsConfig(size=SIZE), store, force=True).up_to_date
+    assert not run_stage("stats", StatsConfig(size=SIZE), store, force=True).up_to_date
     assert load_splits(store).to_pylist() == splits_before  # deterministic for a seed
-    assert run_stats(StatsConfig(size=SIZE, workers=3, cache=False), store).up_to_date  # workers and cache do not change outputs
-    assert not run_stats(StatsConfig(size=SIZE, seed=1), store).up_to_date
+    assert run_stage("stats", StatsConfig(size=SIZE, workers=3, cache=False), store).up_to_date  # workers and cache do not change outputs
+    assert not run_stage("stats", StatsConfig(size=SIZE, seed=1), store).up_to_date
     assert load_splits(store).to_pylist() != splits_before
 
 
@@ -144,10 +145,10 @@ def test_cli_without_crop_success_exits_3_naming_crop(tmp_path, run_cli):
     "split, message",
     [
         ("0.7,0.2,0.2", "split fractions must sum to 1"),
-        ("0.8,0.2", "split needs exactly three fractions"),
+        ("0.8,0.2", "option --split: "),  # pydantic: a tuple of three, so the third is missing
         ("0.7,-0.15,0.45", "must be finite and >= 0"),
         ("0,0.5,0.5", "the train fraction must be > 0"),
-        ("0.7,abc,0.15", "config option split: cannot read '0.7,abc,0.15'"),
+        ("0.7,abc,0.15", "option --split: Input should be a valid number"),
     ],
 )
 def test_cli_invalid_split_fractions_exit_2(tmp_path, run_cli, split, message):
@@ -240,11 +241,11 @@ def test_cli_manifest_defects_exit_2(tmp_path, run_cli, defect, message):
 
 def test_dictionary_encoded_manifest_columns_read_the_same(tmp_path):
     store = make_crop_root(str(tmp_path / "a"), SPEC)
-    run_stats(StatsConfig(size=SIZE), store)
+    run_stage("stats", StatsConfig(size=SIZE), store)
     plain = load_splits(store).to_pylist()
     t = read_parquet(store, "crop/manifest.parquet")
     for name in ("class", "status", "source_key"):
         t = _with_column(t, name, t.column(name).dictionary_encode())
     write_parquet(store, "crop/manifest.parquet", t)
-    run_stats(StatsConfig(size=SIZE), store, force=True)
+    run_stage("stats", StatsConfig(size=SIZE), store, force=True)
     assert load_splits(store).to_pylist() == plain
