@@ -5,12 +5,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
+from pipeline_fixtures import finish_stage
 
 import plankton_core.data as data
 from plankton_core.data import ImageCache, letterbox, load_classes, load_crop, load_normalisation, load_splits
 from plankton_core.errors import BadInputError
 from plankton_core.imageio import encode_png
-from plankton_core.stage import run_stage
 from plankton_core.tables import write_json, write_parquet
 
 
@@ -76,7 +76,7 @@ def fabricate_crops(store, n=6, seed=0):
         key = f"crop/crops/c{i % 2}/x_{i}.png"
         store.write_bytes(key, encode_png(crop_with_object(h, w, int(rng.integers(0, 256)), int(rng.integers(0, 256)))))
         keys.append(key)
-    run_stage("crop", {"seed": seed}, store, lambda cfg, ctx: {}, force=True)
+    finish_stage(store, "crop", {"seed": seed}, lambda cfg, ctx: {})
     return keys
 
 
