@@ -12,6 +12,7 @@ OpenMP wake-ups only add jitter), batch-256 on all threads. End to end: decode
 a 256-px frame, crop it with the crop stage's segmenter, letterbox, embed with
 a randomly initialised `--model` at `--size`, search the HNSW index, build the row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,12 @@ def end_to_end(gallery: np.ndarray, index, model: str, size: int, n_images: int)
         store = open_store(os.path.join(tmp, "root"))
         torch.manual_seed(0)
         net = create_model(model, proj_dim=128)
-        ckpt = {"model": net.backbone.state_dict(), "head": net.head.state_dict(), "epoch": 1,
-                "config": {"model": model, "proj_dim": 128, "size": size, "mean": [0.05] * 3, "std": [0.1] * 3}}
+        ckpt = {
+            "model": net.backbone.state_dict(),
+            "head": net.head.state_dict(),
+            "epoch": 1,
+            "config": {"model": model, "proj_dim": 128, "size": size, "mean": [0.05] * 3, "std": [0.1] * 3},
+        }
         save_checkpoint(store, "supcon/ckpt/last.pt", ckpt)
         write_json(store, A.SWEEP_SELECTION, {"checkpoint_key": "supcon/ckpt/last.pt", "model": model})
         embedder = load_embedder(store)
@@ -76,14 +81,39 @@ def end_to_end(gallery: np.ndarray, index, model: str, size: int, n_images: int)
         n = len(gallery)
         classes = [f"class{i}" for i in range(20)]
         labels = np.arange(n) % 20
-        write_parquet(store, A.LUT_GALLERY["full"], pa.table({
-            "id": np.arange(n), "crop_key": [f"crop/crops/x/{i}.png" for i in range(n)], "class": [classes[v] for v in labels],
-            "label": labels, "split": ["train"] * n, "source_key": [f"images/{i}.png" for i in range(n)],
-            "x0": pa.nulls(n, pa.int64()), "y0": pa.nulls(n, pa.int64()), "x1": pa.nulls(n, pa.int64()), "y1": pa.nulls(n, pa.int64()),
-        }, schema=GALLERY_SCHEMA))
+        write_parquet(
+            store,
+            A.LUT_GALLERY["full"],
+            pa.table(
+                {
+                    "id": np.arange(n),
+                    "crop_key": [f"crop/crops/x/{i}.png" for i in range(n)],
+                    "class": [classes[v] for v in labels],
+                    "label": labels,
+                    "split": ["train"] * n,
+                    "source_key": [f"images/{i}.png" for i in range(n)],
+                    "x0": pa.nulls(n, pa.int64()),
+                    "y0": pa.nulls(n, pa.int64()),
+                    "x1": pa.nulls(n, pa.int64()),
+                    "y1": pa.nulls(n, pa.int64()),
+                },
+                schema=GALLERY_SCHEMA,
+            ),
+        )
         save_index(store, A.LUT_INDEX["full"], index)
-        write_json(store, A.LUT_INDEX_JSON, {**embedder.describe(), "classes": classes, "count": n, "index_type": "hnsw",
-                                         "search_params": search_params(index), "pruned": None, "calibration": {}})
+        write_json(
+            store,
+            A.LUT_INDEX_JSON,
+            {
+                **embedder.describe(),
+                "classes": classes,
+                "count": n,
+                "index_type": "hnsw",
+                "search_params": search_params(index),
+                "pruned": None,
+                "calibration": {},
+            },
+        )
         write_json(store, "lut/run.json", {"stage": "lut", "digest": "bench"})  # what query checks: a finished lut
         store.write_bytes("lut/_SUCCESS", b"")
         frames = Path(tmp, "frames")
@@ -125,7 +155,9 @@ def main() -> None:
     exact = build_index(gallery, "flat")
     _, exact_ids = exact.search(eval_q, 10)
     results = {}
-    print(f"{'index':6} {'build s':>8} {'params':>14} {'recall@1':>9} {'recall@10':>10} {'b1 p50 ms':>10} {'b1 p99 ms':>10} {'b256 p50 ms':>12} {'b256 p99 ms':>12} {'ms/query@256':>13}")
+    print(
+        f"{'index':6} {'build s':>8} {'params':>14} {'recall@1':>9} {'recall@10':>10} {'b1 p50 ms':>10} {'b1 p99 ms':>10} {'b256 p50 ms':>12} {'b256 p99 ms':>12} {'ms/query@256':>13}"
+    )
     for kind in ("flat", "ivf", "hnsw"):
         t = time.perf_counter()
         index = build_index(gallery, kind)
@@ -138,14 +170,18 @@ def main() -> None:
         faiss.omp_set_num_threads(threads)
         b256 = latencies(index, eval_q, 256, 4 if kind == "flat" else 10)
         params = ",".join(f"{k}={v}" for k, v in search_params(index).items()) or "exact"
-        print(f"{kind:6} {build_s:8.1f} {params:>14} {r1:9.4f} {r10:10.4f} {np.percentile(b1, 50):10.2f} {np.percentile(b1, 99):10.2f} "
-              f"{np.percentile(b256, 50):12.1f} {np.percentile(b256, 99):12.1f} {np.percentile(b256, 50) / 256:13.3f}")
+        print(
+            f"{kind:6} {build_s:8.1f} {params:>14} {r1:9.4f} {r10:10.4f} {np.percentile(b1, 50):10.2f} {np.percentile(b1, 99):10.2f} "
+            f"{np.percentile(b256, 50):12.1f} {np.percentile(b256, 99):12.1f} {np.percentile(b256, 50) / 256:13.3f}"
+        )
         results[kind] = (index, np.percentile(b1, 50))
     print(f"batch-1 p50 speed-up over exact: ivf {results['flat'][1] / results['ivf'][1]:.0f}×, hnsw {results['flat'][1] / results['hnsw'][1]:.0f}×")
     if args.images:
         rate, load_s = end_to_end(gallery, results["hnsw"][0], args.model, args.size, args.images)
-        print(f"query end to end ({args.model} at {args.size} px on CPU, HNSW index, {args.images} frames of 256 px, batch 32): "
-              f"{rate:.1f} images/s (+ {load_s:.1f} s once per call to load the LUT and checkpoint)")
+        print(
+            f"query end to end ({args.model} at {args.size} px on CPU, HNSW index, {args.images} frames of 256 px, batch 32): "
+            f"{rate:.1f} images/s (+ {load_s:.1f} s once per call to load the LUT and checkpoint)"
+        )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; load average at end {os.getloadavg()[0]:.1f}")
 
 

@@ -16,6 +16,7 @@ out). One run, side by side:
             for the pairwise term to dominate (class blocks out of cache), extrapolated with
             t(n) = a·n + b·n² fitted on them
 """
+
 from __future__ import annotations
 
 import argparse
@@ -126,8 +127,10 @@ def main() -> None:
     val = QuerySet("val", x[val_idx], labels[val_idx], groups[val_idx])
     sizes = np.bincount(labels)
     print(f"bench/prune.py on {os.cpu_count()} CPU(s), torch threads {threads}, load average {os.getloadavg()[0]:.1f} at start")
-    print(f"gallery {args.n:,} × {args.dim}, {len(sizes)} classes (largest {sizes.max():,} = {sizes.max() / args.n:.0%}, smallest {sizes.min():,}), "
-          f"val {len(val_idx):,} (inside the gallery), {len(grid)} thresholds {grid[0]:.2f}–{grid[-1]:.2f}; generated in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"gallery {args.n:,} × {args.dim}, {len(sizes)} classes (largest {sizes.max():,} = {sizes.max() / args.n:.0%}, smallest {sizes.min():,}), "
+        f"val {len(val_idx):,} (inside the gallery), {len(grid)} thresholds {grid[0]:.2f}–{grid[-1]:.2f}; generated in {time.perf_counter() - t0:.1f}s"
+    )
 
     c0 = time.process_time()
     floor = floor_seconds(x, labels)
@@ -140,13 +143,19 @@ def main() -> None:
     outcome = sweep_thresholds(x, labels, keys, groups, val, len(sizes), grid, graph=graph, k=5, candidates=100, tolerance=0.005, latency_queries=5)
     blocked, c_blocked = time.perf_counter() - t0, time.process_time() - c0
     s = outcome.seconds
-    print(f"blocked  full sweep                                               {blocked:7.1f} s   ({blocked / floor:.2f}× the floor; CPU {c_blocked:.0f} s vs {c_floor:.0f} s)")
-    print(f"         neighbour lists {t_graph:.1f} s (CPU {c_graph:.0f} s; {graph.pairs:,} same-class pairs ≥ {grid.min():.2f}), "
-          f"val top-100 candidates {s['val_candidates']:.1f} s, {len(grid)} thresholds {s['thresholds']:.1f} s")
+    print(
+        f"blocked  full sweep                                               {blocked:7.1f} s   ({blocked / floor:.2f}× the floor; CPU {c_blocked:.0f} s vs {c_floor:.0f} s)"
+    )
+    print(
+        f"         neighbour lists {t_graph:.1f} s (CPU {c_graph:.0f} s; {graph.pairs:,} same-class pairs ≥ {grid.min():.2f}), "
+        f"val top-100 candidates {s['val_candidates']:.1f} s, {len(grid)} thresholds {s['thresholds']:.1f} s"
+    )
     rows = outcome.table.to_pylist()
     for r in rows[::4] + ([rows[-1]] if (len(rows) - 1) % 4 else []):
-        print(f"         T={r['threshold']:.2f}  kept {r['gallery_size']:6,} ({r['fraction_kept']:.1%})  val acc {r['val_accuracy']:.4f}  "
-              f"macro F1 {r['val_macro_f1']:.4f}  latency {r['query_latency_ms']:.1f} ms{'  ← chosen' if r['chosen'] else ''}")
+        print(
+            f"         T={r['threshold']:.2f}  kept {r['gallery_size']:6,} ({r['fraction_kept']:.1%})  val acc {r['val_accuracy']:.4f}  "
+            f"macro F1 {r['val_macro_f1']:.4f}  latency {r['query_latency_ms']:.1f} ms{'  ← chosen' if r['chosen'] else ''}"
+        )
     print(f"         chosen T={outcome.threshold:.2f} (most pruning within 0.005 of unpruned val accuracy {outcome.baseline['accuracy']:.4f})")
 
     subs = [int(v) for v in args.sub.split(",")]
@@ -169,8 +178,10 @@ def main() -> None:
     a = max((t1 - b * n1 * n1) / n1, 0.0)
     per_t_full = a * args.n + b * args.n**2
     extrapolated = per_t_full * len(grid)
-    print(f"straight extrapolated with t(n) = a·n + b·n² fitted on the subsamples: {per_t_full:,.0f} s per threshold, "
-          f"× {len(grid)} thresholds = {extrapolated:,.0f} s = {extrapolated / 3600:.1f} h")
+    print(
+        f"straight extrapolated with t(n) = a·n + b·n² fitted on the subsamples: {per_t_full:,.0f} s per threshold, "
+        f"× {len(grid)} thresholds = {extrapolated:,.0f} s = {extrapolated / 3600:.1f} h"
+    )
     print(f"speed-up blocked vs straightforward: {extrapolated / blocked:,.0f}×")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; load average at end {os.getloadavg()[0]:.1f}")
 

@@ -1,4 +1,5 @@
 """`plankton query`: classify images against the LUT; `--calibrate` picks the rejection threshold on val."""
+
 from __future__ import annotations
 
 import json
@@ -20,20 +21,45 @@ from plankton_core.store import open_store
 @click.option("--root", envvar="PLANKTON_ROOT", default="./artifacts", show_default=True, help="Pipeline root: a folder, file:// or s3://bucket/prefix.")
 @click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")
 @click.option("--k", type=int, default=5, show_default=True, help="Neighbours to return (and to vote with).")
-@click.option("--vote", type=click.Choice(VOTES), default="top1", show_default=True, help="top1: the nearest neighbour's class; weighted: similarity-weighted vote of the k.")
+@click.option(
+    "--vote",
+    type=click.Choice(VOTES),
+    default="top1",
+    show_default=True,
+    help="top1: the nearest neighbour's class; weighted: similarity-weighted vote of the k.",
+)
 @click.option("--reject-below", type=float, default=None, help="Answer 'unknown' when the best similarity is below this [the calibrated threshold, if any].")
 @click.option("--calibrate", is_flag=True, help="Pick the threshold on val for --target-precision and store it in lut/index.json.")
 @click.option("--target-precision", type=float, default=0.95, show_default=True, help="Precision of accepted val predictions that --calibrate aims for.")
 @click.option("--pruned", is_flag=True, help="Search the pruned index instead of the full one.")
 @click.option("--checkpoint", default=None, help="Checkpoint key to embed with [sweep/selection.json's]; must match the index.")
-@click.option("--crop/--no-crop", default=True, show_default=True, help="Segment each image as the crop stage did and embed its largest object; --no-crop embeds images whole.")
+@click.option(
+    "--crop/--no-crop",
+    default=True,
+    show_default=True,
+    help="Segment each image as the crop stage did and embed its largest object; --no-crop embeds images whole.",
+)
 @click.option("--out", default=None, help="Write the rows to this path or URI instead of stdout.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="table (stdout default), csv, jsonl or parquet [from --out's suffix].")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-def command(images: tuple[str, ...], root: str, s3_endpoint: str | None, k: int, vote: str, reject_below: float | None, calibrate: bool,
-            target_precision: float, pruned: bool, checkpoint: str | None, crop: bool, out: str | None, fmt: str | None,
-            batch_size: int, device: str) -> None:
+def command(
+    images: tuple[str, ...],
+    root: str,
+    s3_endpoint: str | None,
+    k: int,
+    vote: str,
+    reject_below: float | None,
+    calibrate: bool,
+    target_precision: float,
+    pruned: bool,
+    checkpoint: str | None,
+    crop: bool,
+    out: str | None,
+    fmt: str | None,
+    batch_size: int,
+    device: str,
+) -> None:
     """Classify IMAGES (files, folders, file:// or s3:// URIs, or keys/prefixes under the root) by their
     nearest gallery neighbours: one row per image with the predicted class, its score and the k neighbours
     (class, similarity, crop key); 'unknown' below the threshold; an error row for an unreadable image."""
@@ -43,8 +69,16 @@ def command(images: tuple[str, ...], root: str, s3_endpoint: str | None, k: int,
         raise BadInputError("--batch-size must be >= 1")
     fmt = pick_format(fmt, out)
     store = open_store(root, s3_endpoint)
-    cfg = QueryConfig(k=k, vote=vote, reject_below=reject_below, variant="pruned" if pruned else "full",
-                      checkpoint=checkpoint or "", crop=crop, batch_size=batch_size, device=device)
+    cfg = QueryConfig(
+        k=k,
+        vote=vote,
+        reject_below=reject_below,
+        variant="pruned" if pruned else "full",
+        checkpoint=checkpoint or "",
+        crop=crop,
+        batch_size=batch_size,
+        device=device,
+    )
     cfg.validate()
     if calibrate:
         record = calibrate_threshold(store, cfg, target_precision)

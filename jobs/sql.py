@@ -1,4 +1,5 @@
 """`plankton sql`: read-only DuckDB SQL over the pipeline's Parquet files (gallery, predictions, sweep, manifest, …)."""
+
 from __future__ import annotations
 
 import click
@@ -10,8 +11,11 @@ from plankton_core.store import open_store
 VIEW_HELP = ", ".join(f"{name} ({key})" for name, key in views().items())
 
 
-@click.command(name="sql", help=f"""Run a read-only SQL QUERY (DuckDB dialect) over the pipeline's Parquet files, each a view:
-{VIEW_HELP}. Works for a local root and an S3 root.""")
+@click.command(
+    name="sql",
+    help=f"""Run a read-only SQL QUERY (DuckDB dialect) over the pipeline's Parquet files, each a view:
+{VIEW_HELP}. Works for a local root and an S3 root.""",
+)
 @click.argument("query")
 @click.option("--root", envvar="PLANKTON_ROOT", default="./artifacts", show_default=True, help="Pipeline root: a folder, file:// or s3://bucket/prefix.")
 @click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")

@@ -10,6 +10,7 @@ the query needs. External access is then switched off and the configuration
 locked: a query cannot read other files, write (COPY … TO, ATTACH), or
 install extensions, so the artifacts are never modified.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """Fabricated upstream for the lut, query and sql tests (crops/splits/stats, a checkpoint, a selection, a crop
 manifest), and a LUT built once per test module and backend (`built_lut`, `lut_env`) for the read-only tests."""
+
 from __future__ import annotations
 
 import uuid
@@ -64,10 +65,19 @@ def make_lut_upstream(root_uri: str, per_class: int = 24, size: int = 32, seed: 
         return {"epochs": 3}
 
     def sweep(cfg, ctx):
-        write_json(store, SWEEP_SELECTION, {
-            "checkpoint": "epoch_0003", "checkpoint_key": CKPT_KEY, "epoch": 3, "head_key": "sweep/heads/epoch_0003.pt",
-            "feature_dim": ckpt["feature_dim"], "model": "test_resnet", "val_acc": 1.0,
-        })
+        write_json(
+            store,
+            SWEEP_SELECTION,
+            {
+                "checkpoint": "epoch_0003",
+                "checkpoint_key": CKPT_KEY,
+                "epoch": 3,
+                "head_key": "sweep/heads/epoch_0003.pt",
+                "feature_dim": ckpt["feature_dim"],
+                "model": "test_resnet",
+                "val_acc": 1.0,
+            },
+        )
         return {"checkpoints": 1}
 
     finish_stage(store, "supcon", {"fabricated": True, "seed": seed}, supcon)

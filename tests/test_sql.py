@@ -1,4 +1,5 @@
 """`plankton sql`: DuckDB over the pipeline's Parquet files on both stores, read-only, with clear errors; views from the registry."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,7 @@ def test_group_by_matches_the_gallery_table(lut_env, run_cli):
 
 
 def test_join_across_views_and_table_output(lut_env, run_cli):
-    query = ("SELECT s.split, count(*) AS n FROM splits s LEFT JOIN gallery g USING (crop_key) "
-             "WHERE g.id IS NULL GROUP BY 1 ORDER BY 1")
+    query = "SELECT s.split, count(*) AS n FROM splits s LEFT JOIN gallery g USING (crop_key) WHERE g.id IS NULL GROUP BY 1 ORDER BY 1"
     res = run_cli("sql", "--root", lut_env.uri, query)
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
@@ -83,17 +83,20 @@ def test_max_rows_cuts_the_text_table(lut_env, run_cli):
     assert [line.strip() for line in lines[1:4]] == ["0", "1", "2"] and "51 more row(s)" in lines[-1]
 
 
-@pytest.mark.parametrize("query,views", [
-    ("SELECT * FROM gallery", ["gallery"]),
-    ("select g.class from GALLERY g join Predictions p using (crop_key)", ["gallery", "predictions"]),
-    ("SHOW TABLES", None),
-])
-def test_referenced_views(query, views):
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("SELECT * FROM gallery", ["gallery"]),
+        ("select g.class from GALLERY g join Predictions p using (crop_key)", ["gallery", "predictions"]),
+        ("SHOW TABLES", None),
+    ],
+)
+def test_referenced_views(query, expected):
     got = referenced_views(query)
-    if views is None:
+    if expected is None:
         assert "gallery" in got and "manifest" in got and "splits" in got
     else:
-        assert got == views
+        assert got == expected
 
 
 def test_views_come_from_the_registry():

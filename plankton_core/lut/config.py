@@ -1,4 +1,5 @@
 """The lut stage's options, each declared once (type, default, bounds, help)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -44,6 +45,8 @@ class LutConfig:
         if not self.gallery_splits:
             raise BadInputError("gallery_splits is empty: name at least one split (e.g. train,val)")
         if self.prune_min > self.prune_max:
-            raise BadInputError(f"prune grid must satisfy -1 <= prune_min <= prune_max <= 1 and prune_step > 0, got {self.prune_min}..{self.prune_max} by {self.prune_step}")
+            raise BadInputError(
+                f"prune grid must satisfy -1 <= prune_min <= prune_max <= 1 and prune_step > 0, got {self.prune_min}..{self.prune_max} by {self.prune_step}"
+            )
         if self.prune_candidates < self.k:
             raise BadInputError(f"prune_candidates ({self.prune_candidates}) must be >= k ({self.k})")

@@ -1,4 +1,5 @@
 """Retrieval as a classifier: predictions and metrics for a set of query embeddings."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,13 +39,17 @@ def score_predictions(y_true: np.ndarray, pred: np.ndarray, n_classes: int, clas
     return classification_metrics(y_true, pred, n_classes, scores=class_scores)
 
 
-def evaluate_neighbours(nb: Neighbours, queries: QuerySet, gallery_labels: np.ndarray, n_classes: int, method: str, k: int, id_map: np.ndarray | None = None) -> dict[str, Any]:
+def evaluate_neighbours(
+    nb: Neighbours, queries: QuerySet, gallery_labels: np.ndarray, n_classes: int, method: str, k: int, id_map: np.ndarray | None = None
+) -> dict[str, Any]:
     labels = neighbour_labels(nb, gallery_labels, id_map)[:, :k]
     pred, _, class_scores = vote(labels, nb.sims[:, :k], n_classes, method)
     return score_predictions(queries.labels, pred, n_classes, class_scores)
 
 
-def evaluate_index(index: Searcher, queries: QuerySet, gallery_labels: np.ndarray, gallery_groups: np.ndarray, n_classes: int, k: int, id_map: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+def evaluate_index(
+    index: Searcher, queries: QuerySet, gallery_labels: np.ndarray, gallery_groups: np.ndarray, n_classes: int, k: int, id_map: np.ndarray | None = None
+) -> dict[str, dict[str, Any]]:
     """Top-1 and weighted kNN metrics of `queries` against an index (or an ArraySearcher)."""
     nb = search_excluding(index, queries.x, k, gallery_groups, queries.groups, id_map)
     return {

@@ -7,6 +7,7 @@ are reused when their crop keys match the split row for row, after a spot
 check: a few crops are embedded afresh and must agree (cosine ≥ 0.995, which
 allows for bf16 on a GPU). Anything else, test included, is embedded here.
 """
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ search knob (nprobe / efSearch) is raised until recall@1 against the exact
 index reaches a target on held-out queries, and the recall reached is
 recorded, as autofaiss does for its index infos.
 """
+
 from __future__ import annotations
 
 import math

@@ -10,6 +10,7 @@ pass runs as vectorised rounds over those pairs (an item is decided as soon
 as all its earlier neighbours are; a random-looking order keeps the number of
 rounds small, cf. Blelloch et al. 2012, "greedy sequential MIS is parallel").
 """
+
 from __future__ import annotations
 
 import hashlib

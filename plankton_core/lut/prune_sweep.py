@@ -7,6 +7,7 @@ gallery are the first kept entries of its full list, so evaluating a T is a
 masking operation; only queries whose list runs out of kept items are
 searched again, against the pruned gallery.
 """
+
 from __future__ import annotations
 
 import io
@@ -101,7 +102,9 @@ def sweep_thresholds(
         masks.append(kept)
     seconds["thresholds"] = time.perf_counter() - t2
 
-    chosen = choose_threshold(np.asarray(rows["threshold"]), np.asarray(rows["gallery_size"]), np.asarray(rows["val_accuracy"]), baseline["accuracy"], tolerance)
+    chosen = choose_threshold(
+        np.asarray(rows["threshold"]), np.asarray(rows["gallery_size"]), np.asarray(rows["val_accuracy"]), baseline["accuracy"], tolerance
+    )
     rows["chosen"] = [i == chosen for i in range(len(grid))]
     return SweepOutcome(
         table=pa.table(rows, schema=SWEEP_SCHEMA),

@@ -6,6 +6,7 @@ image, at similarity ~1. Such neighbours are excluded: a query never sees
 gallery items of its own source image, so val and test figures measure
 generalisation, not memory.
 """
+
 from __future__ import annotations
 
 import typing

@@ -6,6 +6,7 @@ crops outside the gallery), prune_sweep.parquet/.png, index_pruned.faiss +
 gallery_pruned.parquet, retrieval.json, and index.json describing them all.
 The report shows retrieval.json and prune_sweep.png; this stage never writes it.
 """
+
 from __future__ import annotations
 
 import time
@@ -100,8 +101,15 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     crop_keys = np.asarray(splits.column("crop_key").to_pylist(), dtype=object)
     t0 = time.perf_counter()
     embedded = embed_rows(
-        root, embedder, crop_keys, split_col, needed,
-        sweep_checkpoint=_sweep_checkpoint(root, embedder), batch_size=cfg.batch_size, device=pick_device(cfg.device), workers=cfg.workers or None,
+        root,
+        embedder,
+        crop_keys,
+        split_col,
+        needed,
+        sweep_checkpoint=_sweep_checkpoint(root, embedder),
+        batch_size=cfg.batch_size,
+        device=pick_device(cfg.device),
+        workers=cfg.workers or None,
     )
     feats = embedded.x
     if embedded.note:
@@ -175,8 +183,17 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     return counts
 
 
-def _evaluate_test(cfg: LutConfig, ctx: StageContext, test: QuerySet, index: faiss.Index, pruned: Pruned | None,
-                   g_labels: np.ndarray, g_groups: np.ndarray, n_classes: int, n_gallery: int) -> dict[str, Any]:
+def _evaluate_test(
+    cfg: LutConfig,
+    ctx: StageContext,
+    test: QuerySet,
+    index: faiss.Index,
+    pruned: Pruned | None,
+    g_labels: np.ndarray,
+    g_groups: np.ndarray,
+    n_classes: int,
+    n_gallery: int,
+) -> dict[str, Any]:
     """lut/retrieval.json's content: top-1 and weighted kNN metrics on test, full and pruned index."""
     retrieval: dict[str, Any] = {"rows": [], "split": "test", "k": cfg.k, "index_type": cfg.index}
     if not (len(test) and n_gallery):
@@ -219,14 +236,33 @@ def _build(x: np.ndarray, cfg: LutConfig, recall_queries: np.ndarray) -> tuple[f
     return index, meta
 
 
-def _prune(cfg: LutConfig, ctx: StageContext, x: np.ndarray, gallery: pa.Table, g_labels: np.ndarray, g_groups: np.ndarray,
-           val: QuerySet, n_classes: int, recall_queries: np.ndarray) -> Pruned:
+def _prune(
+    cfg: LutConfig,
+    ctx: StageContext,
+    x: np.ndarray,
+    gallery: pa.Table,
+    g_labels: np.ndarray,
+    g_groups: np.ndarray,
+    val: QuerySet,
+    n_classes: int,
+    recall_queries: np.ndarray,
+) -> Pruned:
     """Sweep T on val, then build the pruned index at the chosen T (outputs under lut/)."""
     grid = threshold_grid(cfg.prune_min, cfg.prune_max, cfg.prune_step)
     keys = gallery.column("crop_key").to_pylist()
     outcome = sweep_thresholds(
-        x, g_labels, keys, g_groups, val, n_classes, grid,
-        vote=cfg.vote, k=cfg.k, candidates=cfg.prune_candidates, tolerance=cfg.prune_tolerance, latency_queries=cfg.latency_queries,
+        x,
+        g_labels,
+        keys,
+        g_groups,
+        val,
+        n_classes,
+        grid,
+        vote=cfg.vote,
+        k=cfg.k,
+        candidates=cfg.prune_candidates,
+        tolerance=cfg.prune_tolerance,
+        latency_queries=cfg.latency_queries,
     )
     root = ctx.root
     write_parquet(root, A.LUT_PRUNE_SWEEP, outcome.table)

@@ -1,4 +1,5 @@
 """Calibrating the rejection threshold on val: the lowest best-similarity that keeps precision at a target."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -95,7 +96,7 @@ def _val_queries(root: Store, clf: Classifier) -> tuple[np.ndarray, np.ndarray, 
     _, codes = np.unique(np.concatenate([g_src, q_src]), return_inverse=True)
     x = np.concatenate(parts_x).astype(np.float32) if parts_x else np.zeros((0, clf.lut.index.d), np.float32)
     y = np.concatenate(parts_y).astype(np.int64) if parts_y else np.zeros(0, np.int64)
-    return x, y, codes[len(g_src):], codes[: len(g_src)]
+    return x, y, codes[len(g_src) :], codes[: len(g_src)]
 
 
 def _sources(table: pa.Table) -> np.ndarray:

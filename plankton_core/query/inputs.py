@@ -1,4 +1,5 @@
 """The images a query names: paths, folders, file:// or s3:// URIs, or keys and prefixes under the root."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..imageio import IMAGE_SUFFIXES, is_image_key
-from ..store import Store, open_store
+from ..store import Store, split_uri
 
 
 @dataclass
@@ -36,8 +37,8 @@ def resolve_inputs(args: Sequence[str], root: Store, s3_endpoint: str | None = N
 def _expand(arg: str, root: Store, s3_endpoint: str | None) -> Iterator[ImageRef]:
     parsed = urlparse(arg)
     if parsed.scheme == "s3":
-        store = open_store(f"s3://{parsed.netloc}", s3_endpoint)
-        yield from _from_store(store, parsed.path.lstrip("/"), lambda key: f"s3://{parsed.netloc}/{key}")
+        store, key = split_uri(arg, s3_endpoint)
+        yield from _from_store(store, key, lambda k: f"{store.uri}/{k}")
         return
     path = Path(parsed.path if parsed.scheme == "file" else arg).expanduser()
     if path.is_file():

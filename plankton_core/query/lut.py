@@ -1,4 +1,5 @@
 """The LUT as the lut stage left it under lut/, loaded back and checked, for query and calibration."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

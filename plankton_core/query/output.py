@@ -1,4 +1,5 @@
 """Rendering result tables (query rows, SQL results) as text, CSV, JSON lines or Parquet, to stdout or a URI."""
+
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import BadInputError
-from ..store import open_store
+from ..store import split_uri
 
 FORMATS = ("table", "csv", "jsonl", "parquet")
 SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "table"}
@@ -70,10 +71,10 @@ def write_output(data: bytes, out: str, s3_endpoint: str | None = None) -> str:
     """Write to a local path, file:// or s3://bucket/key; returns where."""
     parsed = urlparse(out)
     if parsed.scheme == "s3":
-        key = parsed.path.lstrip("/")
-        if not key or key.endswith("/"):
+        store, key = split_uri(out, s3_endpoint)
+        if not key:
             raise BadInputError(f"--out {out} names no object key")
-        open_store(f"s3://{parsed.netloc}", s3_endpoint).write_bytes(key, data)
+        store.write_bytes(key, data)
         return out
     path = Path(parsed.path if parsed.scheme == "file" else out).expanduser()
     if path.is_dir():
@@ -149,12 +150,14 @@ def render_rows(rows: Sequence[dict[str, Any]], fmt: str, k: int) -> bytes:
     shown = []
     for row in rows:
         nbs = " | ".join(f"{nb['class']} {nb['similarity']:.3f}" for nb in row.get("neighbours") or [])
-        shown.append({
-            "image": row["image"],
-            "predicted": row["predicted"] if row["status"] != "error" else "ERROR",
-            "score": row["score"],
-            "best_sim": row["best_similarity"],
-            "crop": row["crop"],
-            "neighbours (class similarity)": nbs if row["status"] != "error" else row["error"],
-        })
+        shown.append(
+            {
+                "image": row["image"],
+                "predicted": row["predicted"] if row["status"] != "error" else "ERROR",
+                "score": row["score"],
+                "best_sim": row["best_similarity"],
+                "crop": row["crop"],
+                "neighbours (class similarity)": nbs if row["status"] != "error" else row["error"],
+            }
+        )
     return text_table(shown, ["image", "predicted", "score", "best_sim", "crop", "neighbours (class similarity)"], max_width=80).encode()

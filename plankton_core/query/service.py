@@ -5,6 +5,7 @@ config (crop/run.json), so a query looks like the gallery did: the largest
 kept object is embedded; an image with no kept object is embedded whole, and
 the row says so. An image that cannot be read gets an error row; the rest go on.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -155,8 +156,19 @@ def run_query(root: Store, inputs: Sequence[ImageRef], cfg: QueryConfig) -> list
 
 
 def _row(name: str) -> dict[str, Any]:
-    return {"image": name, "status": None, "predicted": None, "score": None, "best_similarity": None, "threshold": None,
-            "crop": None, "box": None, "objects": None, "neighbours": [], "error": None}
+    return {
+        "image": name,
+        "status": None,
+        "predicted": None,
+        "score": None,
+        "best_similarity": None,
+        "threshold": None,
+        "crop": None,
+        "box": None,
+        "objects": None,
+        "neighbours": [],
+        "error": None,
+    }
 
 
 def _batches(items: Sequence[ImageRef], size: int) -> Iterable[Sequence[ImageRef]]:

@@ -1,4 +1,5 @@
 """Pruning against a naive pairwise reference: same kept set at every T of the sweep."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,8 +56,7 @@ def test_neighbour_graph_holds_every_earlier_same_class_pair():
     rank = greedy_order([str(i) for i in range(len(x))])
     graph = neighbour_graph(x, labels, rank, 0.85, row_block=8, col_block=8)
     sims = x.astype(np.float64) @ x.T.astype(np.float64)
-    want = {(i, j) for i in range(len(x)) for j in range(len(x))
-            if labels[i] == labels[j] and rank[j] < rank[i] and sims[i, j] >= 0.85 + 1e-5}
+    want = {(i, j) for i in range(len(x)) for j in range(len(x)) if labels[i] == labels[j] and rank[j] < rank[i] and sims[i, j] >= 0.85 + 1e-5}
     got = set(zip(graph.later.tolist(), graph.earlier.tolist()))
     assert want <= got
     assert all(labels[a] == labels[b] and rank[b] < rank[a] for a, b in got)

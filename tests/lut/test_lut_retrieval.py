@@ -1,4 +1,5 @@
 """Search, votes, candidate reuse, recall and threshold picking, each against a naive reference."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The lut stage on the local store and the S3 server: outputs, alignment, references for every figure, bad inputs."""
+
 from __future__ import annotations
 
 import io
@@ -59,7 +60,9 @@ def test_build_outputs_are_aligned_and_figures_match_references(built_lut):
     embedder = load_embedder(store)
     for i in (0, 17, 53):
         crop = load_crop(store, gallery.column("crop_key")[i].as_py(), 32)
-        x = (torch.from_numpy(crop).permute(2, 0, 1).float()[None] / 255 - torch.tensor(embedder.mean).view(1, 3, 1, 1)) / torch.tensor(embedder.std).view(1, 3, 1, 1)
+        x = (torch.from_numpy(crop).permute(2, 0, 1).float()[None] / 255 - torch.tensor(embedder.mean).view(1, 3, 1, 1)) / torch.tensor(embedder.std).view(
+            1, 3, 1, 1
+        )
         with torch.no_grad():
             f = embedder.model.encode(x)[0].numpy()
         np.testing.assert_allclose(emb[i], f / np.linalg.norm(f), atol=1e-4)
@@ -147,8 +150,7 @@ def test_rerun_is_up_to_date_and_retrieval_json_feeds_the_report(root_uri, run_c
     if root_uri.startswith("s3://"):
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     store = make_lut_upstream(root_uri, per_class=12)
-    finish_stage(store, "evaluate", {"fabricated": True},
-                 lambda cfg, ctx: write_json(store, EVAL_METRICS, classification_metrics([0, 1], [0, 0], 3)) or {})
+    finish_stage(store, "evaluate", {"fabricated": True}, lambda cfg, ctx: write_json(store, EVAL_METRICS, classification_metrics([0, 1], [0, 0], 3)) or {})
     evaluate_before = {key: store.read_bytes(key) for key in store.list("evaluate")}
     res = run_cli("lut", "--root", root_uri)
     assert res.exit_code == 0, res.output

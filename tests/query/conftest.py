@@ -1,4 +1,5 @@
 """Query tests share the LUT built once per module (tests/lut_fixtures.py) and a LUT of their own (`fresh_lut`)."""
+
 from __future__ import annotations
 
 import pytest

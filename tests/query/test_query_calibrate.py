@@ -1,4 +1,5 @@
 """`plankton query --calibrate`: the threshold against a brute-force reference, stored and then used; refusals."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """`plankton query`: rows per image, cropping, rejection, outputs and refusals, on both stores."""
+
 from __future__ import annotations
 
 import io
@@ -105,7 +106,18 @@ def test_output_formats_local_and_s3(lut_env, run_cli, tmp_path, s3_server):
     assert lines[0].split(",")[:3] == ["image", "status", "predicted"] and "n2_crop_key" in lines[0]
     assert len(lines) == 2 and GALLERY_CROP in lines[1]
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="query-out")
-    res = run_cli("query", "--root", lut_env.uri, "--s3-endpoint", s3_server, "--no-crop", "--out", "s3://query-out/run/rows.parquet", GALLERY_CROP, "crop/crops/nothing-here.png")
+    res = run_cli(
+        "query",
+        "--root",
+        lut_env.uri,
+        "--s3-endpoint",
+        s3_server,
+        "--no-crop",
+        "--out",
+        "s3://query-out/run/rows.parquet",
+        GALLERY_CROP,
+        "crop/crops/nothing-here.png",
+    )
     assert res.exit_code == 0, res.output
     table = pq.read_table(io.BytesIO(open_store("s3://query-out", s3_server).read_bytes("run/rows.parquet")))
     assert table.num_rows == 2 and table.column("neighbours")[0][0]["crop_key"].as_py() == GALLERY_CROP
@@ -191,7 +203,9 @@ def test_check_compatible_names_what_differs():
     from plankton_core.embedding import Embedder, check_compatible
     from plankton_core.errors import BadInputError
 
-    emb = Embedder(model=None, checkpoint="supcon/ckpt/last.pt", backbone="resnet50", dimension=2048, fingerprint="abc", size=224, mean=[0] * 3, std=[1] * 3, epoch=1)
+    emb = Embedder(
+        model=None, checkpoint="supcon/ckpt/last.pt", backbone="resnet50", dimension=2048, fingerprint="abc", size=224, mean=[0] * 3, std=[1] * 3, epoch=1
+    )
     check_compatible({"backbone": "resnet50", "dimension": 2048, "weights_sha256": "abc"}, emb, "s3://b/lut")
     with pytest.raises(BadInputError, match=r"LUT s3://b/lut holds 512-d embeddings but checkpoint supcon/ckpt/last.pt gives 2048-d"):
         check_compatible({"backbone": "resnet50", "dimension": 512, "weights_sha256": "abc"}, emb, "s3://b/lut")
