@@ -7,6 +7,7 @@ decode only (read + decode_image, the floor any crop stage pays) and the
 whole crop stage (listing, decode, segment, crop PNGs written, manifest), each
 with 1 process and with N. The stage's goal is at least half the decode-only rate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,7 @@ def main() -> None:
         images = open_store(os.path.join(tmp, "images"))
         classes = 8
         t0 = time.perf_counter()
-        counts = generate(images, SynthConfig(classes=classes, per_class=args.frames // classes * 10 // 7 + 1,
-                                              size=args.size, seed=0))
+        counts = generate(images, SynthConfig(classes=classes, per_class=args.frames // classes * 10 // 7 + 1, size=args.size, seed=0))
         synth_s = time.perf_counter() - t0
         keys = sorted(k for k in images.list() if "/" in k)
         n = len(keys)
@@ -85,12 +85,13 @@ def main() -> None:
             dec = decode_fps(images.uri, keys, workers)
             crop = crop_fps(images.uri, n, workers, os.path.join(tmp, f"art-{workers}"))
             results[workers] = (dec, crop)
-            print(f"workers={workers}: decode only {dec:7.0f} frames/s | crop stage {crop:7.0f} frames/s | "
-                  f"crop / decode = {crop / dec:.2f}")
+            print(f"workers={workers}: decode only {dec:7.0f} frames/s | crop stage {crop:7.0f} frames/s | crop / decode = {crop / dec:.2f}")
         if len(results) > 1:
             (d1, c1), (dn, cn) = results[1], results[args.workers]
-            print(f"parallel speed-up with {args.workers} workers: decode x{dn / d1:.2f}, crop x{cn / c1:.2f} "
-                  f"(both include starting the processes: {pool_startup_s(args.workers):.1f}s measured apart)")
+            print(
+                f"parallel speed-up with {args.workers} workers: decode x{dn / d1:.2f}, crop x{cn / c1:.2f} "
+                f"(both include starting the processes: {pool_startup_s(args.workers):.1f}s measured apart)"
+            )
         print(f"cores: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}); goal: crop / decode >= 0.5")
 
 

@@ -8,6 +8,7 @@ config the finished crop stage ran with), and from `.extract`/`.threshold`
 the stage registry does not import scipy). The stage runs through
 `run_stage("crop", cfg, root)`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,24 +17,30 @@ from typing import Any
 from ..stage import Stage, register
 from .config import CropConfig, recorded_config
 
-STAGE = register(Stage(
-    name="crop",
-    prefix="crop",
-    config=CropConfig,
-    check="plankton_core.crop.stage:check",
-    fingerprint="plankton_core.crop.stage:fingerprint",
-    body="plankton_core.crop.stage:body",
-    shard="plankton_core.crop.stage:shard",
-    merge="plankton_core.crop.merge:merge",
-    help="Crop every object lying whole in its frame; writes crop/crops/<class>/… and crop/manifest.parquet.",
-    views={"manifest": "manifest.parquet"},
-))
+STAGE = register(
+    Stage(
+        name="crop",
+        prefix="crop",
+        config=CropConfig,
+        check="plankton_core.crop.stage:check",
+        fingerprint="plankton_core.crop.stage:fingerprint",
+        body="plankton_core.crop.stage:body",
+        shard="plankton_core.crop.stage:shard",
+        merge="plankton_core.crop.merge:merge",
+        help="Crop every object lying whole in its frame; writes crop/crops/<class>/… and crop/manifest.parquet.",
+        views={"manifest": "manifest.parquet"},
+    )
+)
 
-_SEGMENTING = {"CropResult": ".extract", "extract_crops": ".extract", "make_segmenter": ".extract",
-               "Detection": ".threshold", "ThresholdSegmenter": ".threshold"}
+_SEGMENTING = {
+    "CropResult": ".extract",
+    "extract_crops": ".extract",
+    "make_segmenter": ".extract",
+    "Detection": ".threshold",
+    "ThresholdSegmenter": ".threshold",
+}
 
-__all__ = ["STAGE", "CropConfig", "CropResult", "Detection", "ThresholdSegmenter", "extract_crops", "make_segmenter",
-           "recorded_config"]
+__all__ = ["STAGE", "CropConfig", "CropResult", "Detection", "ThresholdSegmenter", "extract_crops", "make_segmenter", "recorded_config"]
 
 
 def __getattr__(name: str) -> Any:

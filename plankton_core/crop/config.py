@@ -1,4 +1,5 @@
 """The crop stage's options, each declared once (type, default, bounds, help)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -20,7 +21,7 @@ class CropConfig:
     (for tight crops where every object touches the border).
     """
 
-    input: str = option("", "Class-folder tree of images <class>/<image>: a folder, file:// or s3://.")
+    input: str = option("", "Class-folder tree of images <class>/<image>: a folder, file:// or s3://.", metavar="URI")
     segmenter: Literal["threshold", "sam2"] = option("threshold", "threshold (default) or sam2 (needs plankton[sam2]).")
     edge_margin: int = option(2, "Objects within this many pixels of the frame border are cut (status edge); 0 keeps them.", ge=0)
     min_area: int = option(30, "Objects with fewer pixels are too_small.", ge=1)
@@ -32,10 +33,10 @@ class CropConfig:
     binning: int = option(0, "Search objects on frames shrunk this many times (boxes measured at full size); 0 = by frame size.", ge=0)
     speck_area: int = option(4, "Components smaller than this are noise, not objects.", ge=1)
     max_bad_fraction: float = option(0.05, "Fail when more of the input is unreadable.", ge=0.0, le=1.0)
-    sam2_checkpoint: str = option("", "SAM2 checkpoint URI (path, file:// or s3://), for --segmenter sam2.")
-    sam2_config: str = option("configs/sam2.1/sam2.1_hiera_t.yaml", "SAM2 model config name.")
+    sam2_checkpoint: str = option("", "SAM2 checkpoint URI (path, file:// or s3://), for --segmenter sam2.", metavar="URI")
+    sam2_config: str = option("configs/sam2.1/sam2.1_hiera_t.yaml", "SAM2 model config name.", metavar="NAME")
     sam2_points_per_side: int = option(32, "SAM2 automatic mask generator grid.")
-    device: str = option("cpu", "Device for sam2 (cpu, cuda).", digest=False)
+    device: str = option("cpu", "Device for sam2 (cpu, cuda).", digest=False, metavar="DEVICE")
     workers: int = option(0, "Processes decoding and segmenting; 0 = all cores.", ge=0, digest=False)
     chunk_size: int = option(256, "Images handed to a worker at a time.", ge=1, digest=False)
 

@@ -3,6 +3,7 @@
 This is the part the `query` command shares with the crop stage, so a query
 image is cropped exactly as the gallery was.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ k-way merge by source_key restores the unsharded manifest; crops that no row
 names (an earlier run's) are deleted, and the whole input is judged again (the
 bad-file limit, the mostly-dropped classes) as an unsharded run would.
 """
+
 from __future__ import annotations
 
 import heapq

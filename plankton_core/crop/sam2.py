@@ -6,6 +6,7 @@ so its logic is tested with a fake generator and its wiring with random weights.
 SAM2 proposes nested masks (parts and wholes) and one for the background; we keep
 the outermost mask of each object and drop masks covering most of the frame.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,7 @@ class MaskGenerator(Protocol):
 class Sam2Segmenter:
     """Objects from SAM2 masks: the largest of nested masks wins, frame-filling masks are background."""
 
-    def __init__(self, generator: MaskGenerator, max_frame_fraction: float = 0.8, contained_fraction: float = 0.7,
-                 speck_area: int = 4):
+    def __init__(self, generator: MaskGenerator, max_frame_fraction: float = 0.8, contained_fraction: float = 0.7, speck_area: int = 4):
         self.generator = generator
         self.max_frame_fraction = max_frame_fraction
         self.contained_fraction = contained_fraction

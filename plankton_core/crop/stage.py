@@ -13,6 +13,7 @@ them as a part under crop/shards/ without `_SUCCESS`; `crop.merge` gathers a
 complete set into the manifest an unsharded run would write (same rows, same
 digest), judges the whole input and finishes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,17 +48,23 @@ log = logging.getLogger("plankton.crop")
 MANIFEST = "manifest.parquet"
 CROPS = "crops"
 NO_OBJECT, UNREADABLE = "no_object", "unreadable"
-SCHEMA = pa.schema([
-    ("source_key", pa.string()),  # relative to the input URI
-    ("class", pa.string()),
-    ("status", pa.string()),  # kept / edge / too_small / no_object / unreadable
-    ("reason", pa.string()),
-    ("crop_key", pa.string()),  # relative to the pipeline root (crop/crops/<class>/<stem>_<i>.png); null unless kept
-    ("object", pa.int32()),  # index of the object in its image; -1 on rows for a whole file
-    ("x0", pa.int32()), ("y0", pa.int32()), ("x1", pa.int32()), ("y1", pa.int32()),  # object box, ends exclusive
-    ("area", pa.int64()),  # object pixels
-    ("width", pa.int32()), ("height", pa.int32()),  # of the frame
-])
+SCHEMA = pa.schema(
+    [
+        ("source_key", pa.string()),  # relative to the input URI
+        ("class", pa.string()),
+        ("status", pa.string()),  # kept / edge / too_small / no_object / unreadable
+        ("reason", pa.string()),
+        ("crop_key", pa.string()),  # relative to the pipeline root (crop/crops/<class>/<stem>_<i>.png); null unless kept
+        ("object", pa.int32()),  # index of the object in its image; -1 on rows for a whole file
+        ("x0", pa.int32()),
+        ("y0", pa.int32()),
+        ("x1", pa.int32()),
+        ("y1", pa.int32()),  # object box, ends exclusive
+        ("area", pa.int64()),  # object pixels
+        ("width", pa.int32()),
+        ("height", pa.int32()),  # of the frame
+    ]
+)
 COLUMNS = tuple(SCHEMA.names)
 MOSTLY_DROPPED = 0.5  # a class with more than this fraction of images giving no crop gets a note
 
@@ -155,16 +162,21 @@ def _chunks(items: Iterable[Task], size: int) -> Iterator[list[Task]]:
         yield chunk
 
 
-def crop_results(tasks: Iterable[Task], source: Store, root: Store, cfg: CropConfig, workers: int,
-                 s3_endpoint: str | None) -> Generator[list[tuple], None, None]:
+def crop_results(
+    tasks: Iterable[Task], source: Store, root: Store, cfg: CropConfig, workers: int, s3_endpoint: str | None
+) -> Generator[list[tuple], None, None]:
     """Rows per file, in task order; serial in this process, or over `workers` processes (each reopens the stores)."""
     if workers <= 1:
         segmenter = make_segmenter(cfg, s3_endpoint)
         for task in tasks:
             yield crop_file(task, source, root, cfg, segmenter)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(source.reopen_spec(), root.reopen_spec(), s3_endpoint, cfg))
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(source.reopen_spec(), root.reopen_spec(), s3_endpoint, cfg),
+    )
     try:
         pending: deque = deque()
         for chunk in _chunks(tasks, cfg.chunk_size):
@@ -178,6 +190,7 @@ def crop_results(tasks: Iterable[Task], source: Store, root: Store, cfg: CropCon
 
 
 # --- the stage ----------------------------------------------------------------------------------------------
+
 
 class Tally:
     """Counts by status, overall and per class, for the summary, the notes and the bad-file limit."""
@@ -210,8 +223,7 @@ class Tally:
 
     def notes(self, cfg: CropConfig, manifest_uri: str) -> list[str]:
         hints = {
-            "edge": "their objects touch the frame border (status edge); for tight crops of single organisms "
-                    "rerun with --edge-margin 0 to keep them",
+            "edge": "their objects touch the frame border (status edge); for tight crops of single organisms rerun with --edge-margin 0 to keep them",
             "too_small": f"their objects are smaller than --min-area {cfg.min_area} pixels (status too_small); lower --min-area to keep them",
             "no_object": f"no object stood out of the background (status no_object); lower --min-contrast (now {cfg.min_contrast}) for faint objects",
             "unreadable": "they could not be decoded (status unreadable)",
@@ -221,8 +233,7 @@ class Tally:
             dropped = c["files"] - c["with_crop"]
             if c["files"] and dropped / c["files"] > MOSTLY_DROPPED:
                 cause = max(hints, key=lambda k: c[k])
-                notes.append(f"class '{cls}': {dropped} of {c['files']} images ({dropped / c['files']:.0%}) gave no crop, "
-                             f"{c[cause]} because {hints[cause]}")
+                notes.append(f"class '{cls}': {dropped} of {c['files']} images ({dropped / c['files']:.0%}) gave no crop, {c[cause]} because {hints[cause]}")
         if len(notes) > 10:
             notes = notes[:10] + [f"… and {len(notes) - 10} more classes mostly dropped; see {manifest_uri}"]
         bad = self.status.get(UNREADABLE, 0)
@@ -251,8 +262,10 @@ def check(cfg: CropConfig, ctx: StageContext) -> CropInput:
     if fingerprint["files"] == 0:
         missing = not source.is_dir()
         raise BadInputError(
-            f"no input images under {source.uri}" + (" (the folder does not exist)" if missing else "")
-            + ": expected class folders <class>/<image> of JPEG, PNG or TIFF files")
+            f"no input images under {source.uri}"
+            + (" (the folder does not exist)" if missing else "")
+            + ": expected class folders <class>/<image> of JPEG, PNG or TIFF files"
+        )
     return CropInput(source, fingerprint)
 
 
@@ -297,15 +310,13 @@ def shard(cfg: CropConfig, ctx: StageContext, index: int, count: int) -> ShardOu
     if too_many_bad:
         root.put_file(local, failed_key)
         raise too_many_bad_error(tally, total, cfg, f"{root.uri}/{failed_key}", f"in shard {index} of {count} alone")
-    ctx.notes.append(f"shard {index} of {count} done ({tally.files} of {total} input files); "
-                     "`plankton crop --merge` gathers the shards")
+    ctx.notes.append(f"shard {index} of {count} done ({tally.files} of {total} input files); `plankton crop --merge` gathers the shards")
     output.counts = {"shard": f"{index}-of-{count}", **tally.counts()}
     output.extra = {"files": tally.files, "rows": pq.ParquetFile(local).metadata.num_rows}
     return output
 
 
-def crop_into(local: Path, tasks: Iterable[Task], total: int, input_files_total: int, cfg: CropConfig,
-              ctx: StageContext) -> tuple[Tally, bool]:
+def crop_into(local: Path, tasks: Iterable[Task], total: int, input_files_total: int, cfg: CropConfig, ctx: StageContext) -> tuple[Tally, bool]:
     """Crop `tasks` (`total` of them), writing crops to the root and the rows to the local Parquet file `local`;
     stops once the unreadable files exceed --max-bad-fraction of the whole input (they can only stay above it).
     Returns (tally, stopped)."""
@@ -340,7 +351,8 @@ def too_many_bad_error(tally: Tally, total: int, cfg: CropConfig, manifest_uri: 
     return BadInputError(
         f"too many unreadable input files: {tally.status[UNREADABLE]} of {total}{' ' + already if already else ''}, more than "
         f"--max-bad-fraction {cfg.max_bad_fraction} allows, e.g. {', '.join(tally.bad_examples)}; "
-        f"reasons in {manifest_uri}")
+        f"reasons in {manifest_uri}"
+    )
 
 
 def finish(tally: Tally, cfg: CropConfig, ctx: StageContext, manifest_uri: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ suppresses noise), and each object's box and area are then measured again at
 full resolution in a small window around it, so the cost of a frame falls
 nearly with the square of the factor while boxes stay pixel-exact.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,8 +74,9 @@ def block_mean(gray: np.ndarray, factor: int) -> np.ndarray:
 class ThresholdSegmenter:
     """Finds objects by thresholding; `find_objects(arr)` takes what `decode_image` returns."""
 
-    def __init__(self, smooth: float = 1.0, min_contrast: float = 12.0, noise_k: float = 4.0,
-                 speck_area: int = 4, edge_fraction: float = 0.3, binning: int = 1):
+    def __init__(
+        self, smooth: float = 1.0, min_contrast: float = 12.0, noise_k: float = 4.0, speck_area: int = 4, edge_fraction: float = 0.3, binning: int = 1
+    ):
         self.smooth = smooth
         self.min_contrast = min_contrast
         self.noise_k = noise_k
@@ -84,8 +86,14 @@ class ThresholdSegmenter:
 
     @classmethod
     def from_config(cls, cfg) -> ThresholdSegmenter:
-        return cls(smooth=cfg.smooth, min_contrast=cfg.min_contrast, noise_k=cfg.noise_k,
-                   speck_area=cfg.speck_area, edge_fraction=cfg.edge_fraction, binning=cfg.binning)
+        return cls(
+            smooth=cfg.smooth,
+            min_contrast=cfg.min_contrast,
+            noise_k=cfg.noise_k,
+            speck_area=cfg.speck_area,
+            edge_fraction=cfg.edge_fraction,
+            binning=cfg.binning,
+        )
 
     def _smooth(self, gray: np.ndarray, factor: int = 1) -> np.ndarray:
         """Gaussian of `smooth` full-resolution pixels (a block mean has already averaged `factor` of them)."""
@@ -133,8 +141,7 @@ class ThresholdSegmenter:
             found.append(Detection((int(xs.start), int(ys.start), int(xs.stop), int(ys.stop)), int(areas[index])))
         return found
 
-    def _refine(self, full: np.ndarray, coarse: np.ndarray, factor: int, flip: bool, background: float,
-                margin: float) -> list[Detection]:
+    def _refine(self, full: np.ndarray, coarse: np.ndarray, factor: int, flip: bool, background: float, margin: float) -> list[Detection]:
         """Box and area of each coarse object, measured at full resolution within its (dilated) coarse footprint."""
         height, width = full.shape
         ch, cw = coarse.shape

@@ -1,4 +1,5 @@
 """Fixtures for the crop tests: small synthetic inputs."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Helpers shared by the crop tests (imported by name: tests/crop is on sys.path in pytest's prepend mode)."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """Every image format the issue names, and every bad input: an `unreadable` row and the job goes on, or exit 2."""
+
 from __future__ import annotations
 
 import io
@@ -61,8 +62,20 @@ def test_every_format_bit_depth_and_mode(tmp_path):
     formats = _formats()
     opened = [Image.open(io.BytesIO(data)) for data, _ in formats.values()]
     assert {(im.format, im.mode) for im in opened} >= {
-        ("PNG", "1"), ("PNG", "L"), ("PNG", "LA"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "I;16"),
-        ("TIFF", "1"), ("TIFF", "L"), ("TIFF", "I;16"), ("TIFF", "RGB"), ("TIFF", "RGBA"), ("JPEG", "L"), ("JPEG", "RGB")}
+        ("PNG", "1"),
+        ("PNG", "L"),
+        ("PNG", "LA"),
+        ("PNG", "RGB"),
+        ("PNG", "RGBA"),
+        ("PNG", "I;16"),
+        ("TIFF", "1"),
+        ("TIFF", "L"),
+        ("TIFF", "I;16"),
+        ("TIFF", "RGB"),
+        ("TIFF", "RGBA"),
+        ("JPEG", "L"),
+        ("JPEG", "RGB"),
+    }
     for name, (data, _) in formats.items():
         images.write_bytes(f"fmt/{name}", data)
     root = open_store(str(tmp_path / "art"))
@@ -82,6 +95,7 @@ def test_every_format_bit_depth_and_mode(tmp_path):
 
 def _png_header_claiming(width: int, height: int) -> bytes:
     """A small PNG whose header claims width × height pixels (a decompression bomb's calling card)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 

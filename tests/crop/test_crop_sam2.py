@@ -1,4 +1,5 @@
 """The sam2 segmenter: the adapter's logic with a fake mask generator, its wiring with randomly initialised SAM2."""
+
 from __future__ import annotations
 
 import sys
@@ -23,8 +24,15 @@ def _mask(h, w, y0, y1, x0, x1):
 def _sam_record(seg: np.ndarray) -> dict:
     """A record shaped like SAM2AutomaticMaskGenerator's output (bbox is XYWH)."""
     ys, xs = np.nonzero(seg)
-    return {"segmentation": seg, "area": int(seg.sum()), "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
-            "predicted_iou": 0.9, "stability_score": 0.95, "point_coords": [[0, 0]], "crop_box": [0, 0, seg.shape[1], seg.shape[0]]}
+    return {
+        "segmentation": seg,
+        "area": int(seg.sum()),
+        "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
+        "predicted_iou": 0.9,
+        "stability_score": 0.95,
+        "point_coords": [[0, 0]],
+        "crop_box": [0, 0, seg.shape[1], seg.shape[0]],
+    }
 
 
 class FakeGenerator:
@@ -113,8 +121,7 @@ def test_checkpoint_is_read_from_an_s3_uri(monkeypatch, s3_root):
 def test_cli_sam2_needs_a_checkpoint(run_cli, tmp_path, synth_input):
     result = run_cli("crop", "--root", tmp_path / "art", "--input", synth_input, "--segmenter", "sam2")
     assert result.exit_code == 2 and "needs --sam2-checkpoint URI" in result.stderr
-    result = run_cli("crop", "--root", tmp_path / "art", "--input", synth_input, "--segmenter", "sam2",
-                     "--sam2-checkpoint", tmp_path / "missing.pt")
+    result = run_cli("crop", "--root", tmp_path / "art", "--input", synth_input, "--segmenter", "sam2", "--sam2-checkpoint", tmp_path / "missing.pt")
     assert result.exit_code == 2 and "SAM2 checkpoint not found" in result.stderr
 
 
@@ -141,8 +148,23 @@ def test_cli_sam2_with_randomly_initialised_weights(run_cli, tmp_path, one_objec
     images = open_store(str(tmp_path / "images"))
     images.write_bytes("c/f0.png", one_object_png(0))
     root = str(tmp_path / "art")
-    result = run_cli("crop", "--root", root, "--input", images.uri, "--segmenter", "sam2", "--sam2-checkpoint",
-                     f"file://{ckpt}", "--sam2-config", config, "--sam2-points-per-side", 4, "--device", "cpu")
+    result = run_cli(
+        "crop",
+        "--root",
+        root,
+        "--input",
+        images.uri,
+        "--segmenter",
+        "sam2",
+        "--sam2-checkpoint",
+        f"file://{ckpt}",
+        "--sam2-config",
+        config,
+        "--sam2-points-per-side",
+        4,
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     rows = manifest_rows(root)
     assert rows and {r["source_key"] for r in rows} == {"c/f0.png"}

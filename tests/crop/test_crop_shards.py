@@ -1,4 +1,5 @@
 """The crop stage sharded over an Indexed Job's pods: shards + merge give exactly the unsharded run."""
+
 from __future__ import annotations
 
 import json
@@ -99,8 +100,9 @@ def test_merge_with_a_missing_part_exits_3(run_cli, tmp_path, synth_input):
     assert run_cli(*crop_args(root, synth_input, "--shard-index", 2, "--num-shards", 3)).exit_code == 0
     merged = run_cli(*crop_args(root, synth_input, "--merge"))
     assert merged.exit_code == 3
-    assert merged.stderr.strip() == ("plankton crop: error: crop shards incomplete: 2 of 3 done, missing shard index(es) 1; "
-                                     "run those shards, then `plankton crop --merge`")
+    assert merged.stderr.strip() == (
+        "plankton crop: error: crop shards incomplete: 2 of 3 done, missing shard index(es) 1; run those shards, then `plankton crop --merge`"
+    )
     assert not open_store(root).exists("crop/_SUCCESS")
 
 

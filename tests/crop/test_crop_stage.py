@@ -1,4 +1,5 @@
 """The crop stage end to end: recall on synth data, manifest contract, reruns, S3, parallel workers, notes."""
+
 from __future__ import annotations
 
 import io
@@ -90,7 +91,7 @@ def test_crop_pixels_are_the_frame_pixels(tmp_path):
     x0, y0, x1, y1 = box(row)
     assert abs(x0 - 10) <= 1 and abs(y0 - 20) <= 1 and abs(x1 - 24) <= 1 and abs(y1 - 30) <= 1
     crop = np.asarray(Image.open(io.BytesIO(open_store(root).read_bytes(row["crop_key"]))))
-    np.testing.assert_array_equal(crop, img[y0 - 2:y1 + 2, x0 - 2:x1 + 2])
+    np.testing.assert_array_equal(crop, img[y0 - 2 : y1 + 2, x0 - 2 : x1 + 2])
 
 
 def test_rerun_is_up_to_date_force_redoes_and_new_input_reruns(run_cli, tmp_path, synth_input):

@@ -1,4 +1,5 @@
 """The threshold segmenter and extract_crops on hand-made images with known answers."""
+
 from __future__ import annotations
 
 import numpy as np
