@@ -94,9 +94,9 @@ def stage_command(stage: Stage) -> click.Command:
         report(result)
 
     fn: Callable[..., Any] = callback
-    fn = config_options(stage.config)(fn)
     if stage.shardable:
-        fn = shard_options(fn)
+        fn = shard_options(fn)  # listed after the stage's own options
+    fn = config_options(stage.config)(fn)
     fn = stage_options(fn)
     clashes = {s.name for s in option_specs(stage.config)} & set(CONTRACT)
     if clashes:

@@ -18,6 +18,7 @@ README = ROOT / "README.md"
 COMMON = {"root", "config", "force", "s3_endpoint", "help"}  # said once above the blocks
 DOCUMENTED_TOOLS = ("synth", "query", "sql")  # commands with a README block besides the stages
 WIDTH = 110
+TYPE_WORDS = {"integer": "N", "integer range": "N", "float": "X", "float range": "X", "text": "TEXT"}
 
 
 def _commands() -> dict[str, click.Command]:
@@ -39,7 +40,7 @@ def _option_words(param: click.Option) -> str:
     if isinstance(param.type, click.Choice):
         return f"[{flag} {'|'.join(map(str, param.type.choices))}]"
     match = re.search(r"\[([^\[\]]*)\]\s*$", param.help or "")
-    value = match.group(1) if match else (param.metavar or param.type.name.upper())
+    value = match.group(1) if match else (param.metavar or TYPE_WORDS.get(param.type.name, param.type.name.upper()))
     return f"[{flag} {value}]"
 
 
@@ -52,9 +53,10 @@ def usage(name: str, command: click.Command) -> str:
         elif isinstance(param, click.Option) and param.name not in COMMON and not param.hidden:
             words.append(_option_words(param))
     head = f"plankton {name}" + (" --root URI" if any(p.name == "root" for p in command.params) else "")
+    words = [w.replace(" ", "\xa0") for w in words]  # never break inside one option's brackets
     lines = textwrap.wrap(" ".join([head] + words), WIDTH, subsequent_indent=" " * (len(name) + 10), break_long_words=False,
                           break_on_hyphens=False)
-    return "\n".join("    " + line for line in lines)
+    return "\n".join("    " + line.replace("\xa0", " ") for line in lines)
 
 
 def blocks() -> dict[str, str]:
