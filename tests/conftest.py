@@ -8,9 +8,9 @@ import uuid
 import boto3
 import pytest
 from click.testing import CliRunner
-
-from plankton_core.store import LocalStore, open_store
 from pushgateway_standin import PushgatewayStandIn
+
+from plankton_core.store import open_store
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -101,3 +101,13 @@ def pushgateway(monkeypatch):
     with PushgatewayStandIn() as gateway:
         monkeypatch.setenv("PUSHGATEWAY_URL", gateway.url)
         yield gateway
+
+
+@pytest.fixture
+def stats_root(tmp_path) -> str:
+    """A local root with fabricated crop + stats outputs (12 crops per class), from the one fabricator in pipeline_fixtures."""
+    from pipeline_fixtures import make_stats_root
+
+    root = str(tmp_path / "root")
+    make_stats_root(root, per_class=12)
+    return root
