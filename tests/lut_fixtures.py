@@ -10,31 +10,16 @@ import boto3
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
-from pipeline_fixtures import draw_shape, finish_stage, make_stats_root
+from pipeline_fixtures import draw_shape, fake_checkpoint, finish_stage, make_stats_root
 
 from plankton_core.artifacts import CROP_MANIFEST, STATS_JSON, STATS_SPLITS, SWEEP_SELECTION
 from plankton_core.checkpoint import save_checkpoint
 from plankton_core.imageio import encode_png
 from plankton_core.lut import LutConfig
-from plankton_core.models import create_model
 from plankton_core.stage import run_stage
 from plankton_core.tables import read_json, read_parquet, write_json, write_parquet
 
 CKPT_KEY = "supcon/ckpt/epoch_0003.pt"
-
-
-def fake_checkpoint(size: int, mean, std, seed: int = 0, model: str = "test_resnet") -> dict:
-    torch.manual_seed(seed)
-    net = create_model(model, proj_dim=16)
-    return {
-        "model": net.backbone.state_dict(),
-        "head": net.head.state_dict(),
-        "epoch": 3,
-        "step": 30,
-        "config": {"model": model, "proj_dim": 16, "size": size, "mean": mean, "std": std},
-        "feature_dim": net.feature_dim,
-    }
 
 
 def make_lut_upstream(root_uri: str, per_class: int = 24, size: int = 32, seed: int = 0):

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from lut_fixtures import CKPT_KEY, fake_checkpoint, make_lut_upstream
-from pipeline_fixtures import finish_stage
+from lut_fixtures import CKPT_KEY, make_lut_upstream
+from pipeline_fixtures import fake_checkpoint, finish_stage
 
 from plankton_core.artifacts import EVAL_METRICS, LUT_INDEX_JSON, LUT_PRUNE_PLOT, LUT_RETRIEVAL
 from plankton_core.checkpoint import save_checkpoint

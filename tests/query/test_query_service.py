@@ -9,7 +9,8 @@ import boto3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from lut_fixtures import blank_png, fake_checkpoint, frame_png, make_lut_upstream
+from lut_fixtures import blank_png, frame_png, make_lut_upstream
+from pipeline_fixtures import fake_checkpoint
 
 from plankton_core.checkpoint import save_checkpoint
 from plankton_core.query.inputs import resolve_inputs
