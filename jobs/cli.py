@@ -60,10 +60,16 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PlanktonError as exc:
-            stage = ctx.invoked_subcommand or "plankton"
-            one_line = " ".join(str(exc).split())  # e.g. YAML and SQL errors carry multi-line context
-            click.echo(f"plankton {stage}: error: {one_line}", err=True)
-            sys.exit(exc.exit_code)
+            self._fail(ctx, str(exc), exc.exit_code)
+        except click.BadParameter as exc:  # a wrong type or choice: one line naming the option, like a bad bound
+            self._fail(ctx, exc.format_message(), 2)
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str, code: int) -> None:
+        stage = ctx.invoked_subcommand or "plankton"
+        one_line = " ".join(message.split())  # e.g. YAML and SQL errors carry multi-line context
+        click.echo(f"plankton {stage}: error: {one_line}", err=True)
+        sys.exit(code)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
