@@ -12,6 +12,7 @@ projects the hours for 1000 epochs of 33,000 images.
 
     .venv/bin/python bench/supcon.py            # CPU figures (defaults below)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,11 @@ from pipeline_fixtures import make_stats_root  # noqa: E402
 from plankton_core.data import ImageCache, load_normalisation, load_splits  # noqa: E402
 from plankton_core.losses import supcon_loss  # noqa: E402
 from plankton_core.models import create_model  # noqa: E402
+from plankton_core.supcon.augment import TwoViews  # noqa: E402
 from plankton_core.supcon.config import SupConConfig  # noqa: E402
-from plankton_core.supcon.distributed import DistInfo  # noqa: E402
 from plankton_core.supcon.loader import CachedBatchLoader, EpochPlan  # noqa: E402
-from plankton_core.supcon.train import Trainer, augment_on_loader, lr_factor, make_views, train_one_epoch  # noqa: E402
+from plankton_core.supcon.train import ContrastiveStep, with_views  # noqa: E402
+from plankton_core.training import DistInfo, EpochStats, train_one_epoch, warmup_cosine  # noqa: E402
 
 
 class TwoCropTransform:
@@ -52,28 +54,44 @@ class TwoCropTransform:
 
 def make_optimizer(model, cfg: SupConConfig, steps_per_epoch: int):
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, total_steps=cfg.epochs * steps_per_epoch,
-                                                           warmup_steps=cfg.warmup() * steps_per_epoch, min_ratio=cfg.min_lr_ratio))
+    sched = warmup_cosine(opt, cfg.lr(), cfg.epochs * steps_per_epoch, cfg.warmup() * steps_per_epoch, cfg.min_lr_ratio)
     return opt, sched
+
+
+def stage_step(cfg: SupConConfig, loader: CachedBatchLoader, size: int, mean, std, device, workers: int) -> ContrastiveStep:
+    """The stage's loss step on one process: its two-view augmentation (on the loader threads on a CPU) and loss."""
+    views = TwoViews(cfg.batch_size, slice(0, cfg.batch_size), cfg.seed, cfg.crop_scale_min, cfg.jitter, size, list(mean), list(std), device)
+    if device.type != "cuda" and workers > 0:
+        loader.transform = partial(with_views, views=views)  # as the stage does on CPU
+    return ContrastiveStep(views, DistInfo(), cfg.temperature, cfg.method, amp=device.type == "cuda")
+
+
+def stage_epoch(model, loader: CachedBatchLoader, step: ContrastiveStep, opt, sched, epoch: int) -> EpochStats:
+    """One epoch through the stage's own `train_one_epoch`."""
+    cuda = step.views.device.type == "cuda"
+    return train_one_epoch(model, loader.epoch(epoch), step, opt, sched, epoch=epoch, steps_per_epoch=len(loader), check_every=25 if cuda else 1)
 
 
 def baseline(store, train_keys: set[str], cfg: SupConConfig, mean, std, device, workers: int) -> tuple[float, float]:
     """(images/s, seconds) of the research-script loop: PIL decode + per-image transforms every epoch."""
     from torchvision import datasets, transforms
 
-    root = Path(store.local_path("crop/crops"))
-    tf = transforms.Compose([
-        transforms.RandomResizedCrop(size=cfg.size, scale=(0.2, 1.0)),
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        transforms.RandomGrayscale(p=0.2),
-        transforms.ToTensor(),
-        transforms.Normalize(mean=mean, std=std),
-    ])
-    wanted = {str(store.local_path(k)) for k in train_keys}
+    root = store.path / "crop/crops"
+    tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size=cfg.size, scale=(0.2, 1.0)),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            transforms.RandomGrayscale(p=0.2),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=mean, std=std),
+        ]
+    )
+    wanted = {str(store.path / k) for k in train_keys}
     dataset = datasets.ImageFolder(str(root), transform=TwoCropTransform(tf), is_valid_file=lambda p: p in wanted)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
-                                         pin_memory=device.type == "cuda", drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda", drop_last=True
+    )
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model).to(device)
     opt, sched = make_optimizer(model, cfg, len(loader))
@@ -103,12 +121,10 @@ def ours(cache: ImageCache, labels: np.ndarray, cfg: SupConConfig, mean, std, de
     plan = EpochPlan(len(labels), cfg.batch_size, cfg.seed)
     loader = CachedBatchLoader(cache.array, labels, plan, prefetch=workers, pin_memory=device.type == "cuda")
     opt, sched = make_optimizer(model, cfg, len(loader))
-    tr = Trainer(cfg, model, model, opt, sched, loader, device, cfg.size, list(mean), list(std), DistInfo(), amp=device.type == "cuda")
-    if device.type != "cuda" and workers > 0:
-        loader.transform = augment_on_loader(tr)  # as the stage does on CPU
+    step = stage_step(cfg, loader, cfg.size, mean, std, device, workers)
     images, seconds, wait = 0, 0.0, 0.0
     for epoch in range(cfg.epochs):
-        r = train_one_epoch(tr, epoch)
+        r = stage_epoch(model, loader, step, opt, sched, epoch)
         images += r.steps * cfg.batch_size
         seconds += r.seconds
         wait += r.wait_seconds
@@ -119,13 +135,18 @@ def baseline_loader_only(store, train_keys: set[str], cfg: SupConConfig, mean, s
     """Images/s the research-script DataLoader can deliver (two views each), no model."""
     from torchvision import datasets, transforms
 
-    tf = transforms.Compose([
-        transforms.RandomResizedCrop(size=cfg.size, scale=(0.2, 1.0)), transforms.RandomHorizontalFlip(),
-        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), transforms.RandomGrayscale(p=0.2),
-        transforms.ToTensor(), transforms.Normalize(mean=mean, std=std),
-    ])
-    wanted = {str(store.local_path(k)) for k in train_keys}
-    dataset = datasets.ImageFolder(str(store.local_path("crop/crops")), transform=TwoCropTransform(tf), is_valid_file=lambda p: p in wanted)
+    tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size=cfg.size, scale=(0.2, 1.0)),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            transforms.RandomGrayscale(p=0.2),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=mean, std=std),
+        ]
+    )
+    wanted = {str(store.path / k) for k in train_keys}
+    dataset = datasets.ImageFolder(str(store.path / "crop/crops"), transform=TwoCropTransform(tf), is_valid_file=lambda p: p in wanted)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True)
     images, t0 = 0, time.perf_counter()
     for _ in range(cfg.epochs):
@@ -138,21 +159,20 @@ def baseline_loader_only(store, train_keys: set[str], cfg: SupConConfig, mean, s
 def ours_loader_only(cache: ImageCache, labels: np.ndarray, cfg: SupConConfig, mean, std, device, workers: int) -> float:
     """Images/s of the stage's cached loader + batched two-view augmentation, no model."""
     loader = CachedBatchLoader(cache.array, labels, EpochPlan(len(labels), cfg.batch_size, cfg.seed), prefetch=workers)
-    tr = Trainer(cfg, None, None, None, None, loader, device, cfg.size, list(mean), list(std), DistInfo(), amp=False)
-    if device.type != "cuda" and workers > 0:
-        loader.transform = augment_on_loader(tr)
+    views = stage_step(cfg, loader, cfg.size, mean, std, device, workers).views
     images, t0 = 0, time.perf_counter()
     for epoch in range(cfg.epochs):
         for batch in loader.epoch(epoch):
-            batch.views if batch.views is not None else make_views(tr, batch, epoch)
+            batch.views if batch.views is not None else views(batch.images, batch.epoch, batch.step)
             images += len(batch.labels)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return images / (time.perf_counter() - t0)
 
 
-def gpu_resnet50(workers: int, batch: int = 256, steps: int = 40, n_cached: int = 4096, model_name: str = "resnet50",
-                 size: int = 224, device: torch.device | None = None) -> None:
+def gpu_resnet50(
+    workers: int, batch: int = 256, steps: int = 40, n_cached: int = 4096, model_name: str = "resnet50", size: int = 224, device: torch.device | None = None
+) -> None:
     """ResNet50 at 224 px, bf16 + channels_last, from a uint8 memmap through the stage's loader and step."""
     device = device or torch.device("cuda")
     cuda = device.type == "cuda"
@@ -169,14 +189,14 @@ def gpu_resnet50(workers: int, batch: int = 256, steps: int = 40, n_cached: int 
         plan = EpochPlan(n_cached, batch, 0)
         loader = CachedBatchLoader(arr, labels, plan, prefetch=workers, pin_memory=cuda)
         opt, sched = make_optimizer(model, cfg, len(loader))
-        tr = Trainer(cfg, model, model, opt, sched, loader, device, size, [0.05] * 3, [0.1] * 3, DistInfo(), amp=cuda)
-        train_one_epoch(tr, 0)  # warm-up: cudnn autotuning, allocator
+        step = stage_step(cfg, loader, size, [0.05] * 3, [0.1] * 3, device, workers)
+        stage_epoch(model, loader, step, opt, sched, 0)  # warm-up: cudnn autotuning, allocator
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         images, seconds, wait = 0, 0.0, 0.0
         epoch = 1
         while images < steps * batch:
-            r = train_one_epoch(tr, epoch)
+            r = stage_epoch(model, loader, step, opt, sched, epoch)
             images += r.steps * batch
             seconds += r.seconds
             wait += r.wait_seconds
@@ -185,8 +205,7 @@ def gpu_resnet50(workers: int, batch: int = 256, steps: int = 40, n_cached: int 
     hours = 1000 * 33_000 / ips / 3600
     name = torch.cuda.get_device_name(0) if cuda else "cpu"
     peak = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
-    print(f"GPU {name}: {model_name} {size} px bf16 channels_last, batch {batch}: "
-          f"{ips:,.0f} images/s, data wait {100 * wait / seconds:.0f}%{peak}")
+    print(f"GPU {name}: {model_name} {size} px bf16 channels_last, batch {batch}: {ips:,.0f} images/s, data wait {100 * wait / seconds:.0f}%{peak}")
     print(f"projected: 1000 epochs x 33,000 images = {hours:.1f} h on this GPU (the user's runs: 4-6 days)")
 
 
@@ -224,14 +243,18 @@ def main() -> None:
         base_feed = baseline_loader_only(store, set(keys), cfg, mean, std, args.workers)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
-    print(f"data: {len(keys)} train crops of {args.source_size} px PNG, {args.classes} classes; model {args.model}, "
-          f"batch {args.batch_size}, {args.size} px views, {args.epochs} epochs, {args.workers} workers")
+    print(
+        f"data: {len(keys)} train crops of {args.source_size} px PNG, {args.classes} classes; model {args.model}, "
+        f"batch {args.batch_size}, {args.size} px views, {args.epochs} epochs, {args.workers} workers"
+    )
     print(f"one-time decode cache build: {cache_s:.2f} s ({len(keys) / cache_s:,.0f} images/s)")
     print(f"baseline (ImageFolder + PIL + torchvision transforms every epoch): {base_ips:8.1f} images/s ({base_s:.1f} s)")
     print(f"supcon stage (uint8 cache + batched augmentation):                  {ours_ips:8.1f} images/s ({ours_s:.1f} s, data wait {100 * ours_wait:.0f}%)")
     print(f"training ratio (loader + step): {ours_ips / base_ips:.2f}x")
-    print(f"loader only (two augmented views, no model): baseline {base_feed:,.0f} images/s, "
-          f"supcon stage {ours_feed:,.0f} images/s, ratio {ours_feed / base_feed:.2f}x")
+    print(
+        f"loader only (two augmented views, no model): baseline {base_feed:,.0f} images/s, "
+        f"supcon stage {ours_feed:,.0f} images/s, ratio {ours_feed / base_feed:.2f}x"
+    )
     if torch.cuda.is_available() and not args.skip_gpu:
         gpu_resnet50(args.workers)
     else:

@@ -6,6 +6,7 @@ optimizer, scheduler, epoch, step and rng. A SupCon checkpoint also has head
 (projection state), scaler and feature_dim; its config carries model name,
 proj_dim, size, mean and std.
 """
+
 from __future__ import annotations
 
 import io
@@ -128,7 +129,7 @@ def state_dict_from_file(data: bytes, what: str) -> dict[str, torch.Tensor]:
         changed = False
         for prefix in _WRAPPER_PREFIXES:
             if all(k.startswith(prefix) or k.startswith("head.") for k in state) and any(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+                state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
                 changed = True
     return state
 

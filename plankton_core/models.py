@@ -4,6 +4,7 @@
 (`encode`) are what linear-sweep, evaluate and lut use; the projection output
 (`forward`) is only for the contrastive loss, as in Khosla et al. 2020.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,7 +23,7 @@ class SupConModel(nn.Module):
     def __init__(self, backbone: nn.Module, proj_dim: int = 128):
         super().__init__()
         self.backbone = backbone
-        self.feature_dim = int(backbone.num_features)
+        self.feature_dim = int(backbone.num_features)  # type: ignore[arg-type]  # timm sets it on every model
         self.head = nn.Sequential(
             nn.Linear(self.feature_dim, self.feature_dim),
             nn.ReLU(inplace=True),
@@ -63,8 +64,6 @@ def load_backbone_weights(backbone: nn.Module, state: dict[str, Any], name: str 
     own = backbone.state_dict()
     usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if len(usable) < max(1, len(own) // 2):
-        raise BadInputError(
-            f"pretrained weights do not fit {name}: only {len(usable)} of its {len(own)} tensors found with matching names and shapes"
-        )
+        raise BadInputError(f"pretrained weights do not fit {name}: only {len(usable)} of its {len(own)} tensors found with matching names and shapes")
     backbone.load_state_dict(usable, strict=False)
     return len(usable)

@@ -11,6 +11,7 @@ contrast set is the gathered global batch while each process scores only its
 own anchors (`anchor_rows`); DDP's gradient averaging then gives the gradient of
 the global mean.
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ Random parameters come from a generator seeded by (seed, epoch, step) for the
 whole global batch, so a resumed run and a run on more processes draw exactly
 the same augmentations.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,13 +25,13 @@ import torch.nn.functional as F
 class ViewParams:
     """Per-view random parameters; each field is a (n,) tensor."""
 
-    width: torch.Tensor      # crop width as a fraction of the side
-    height: torch.Tensor     # crop height as a fraction of the side
-    cx: torch.Tensor         # crop centre, fraction of the side
+    width: torch.Tensor  # crop width as a fraction of the side
+    height: torch.Tensor  # crop height as a fraction of the side
+    cx: torch.Tensor  # crop centre, fraction of the side
     cy: torch.Tensor
-    flip_h: torch.Tensor     # ±1
-    flip_v: torch.Tensor     # ±1
-    rot: torch.Tensor        # quarter turns 0..3 (counter-clockwise, as torch.rot90)
+    flip_h: torch.Tensor  # ±1
+    flip_v: torch.Tensor  # ±1
+    rot: torch.Tensor  # quarter turns 0..3 (counter-clockwise, as torch.rot90)
     brightness: torch.Tensor
     contrast: torch.Tensor
 
@@ -46,8 +47,7 @@ def batch_seed(seed: int, epoch: int, step: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_033 + step) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def sample_params(n: int, generator: torch.Generator, scale_min: float = 0.2, jitter: float = 0.2,
-                  ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> ViewParams:
+def sample_params(n: int, generator: torch.Generator, scale_min: float = 0.2, jitter: float = 0.2, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> ViewParams:
     """Random parameters for n views (CPU): area fraction in [scale_min, 1], log-uniform aspect ratio."""
     u = torch.rand(n, 8, generator=generator, dtype=torch.float64)
     area = scale_min + (1 - scale_min) * u[:, 0]
@@ -78,10 +78,13 @@ def affine_theta(p: ViewParams) -> torch.Tensor:
     # rotation matrix [[cos, -sin], [sin, cos]] times diag(flip_h, flip_v)
     a00, a01 = cos * p.flip_h, -sin * p.flip_v
     a10, a11 = sin * p.flip_h, cos * p.flip_v
-    theta = torch.stack([
-        torch.stack([p.width * a00, p.width * a01, 2 * p.cx - 1], dim=1),
-        torch.stack([p.height * a10, p.height * a11, 2 * p.cy - 1], dim=1),
-    ], dim=1)
+    theta = torch.stack(
+        [
+            torch.stack([p.width * a00, p.width * a01, 2 * p.cx - 1], dim=1),
+            torch.stack([p.height * a10, p.height * a11, 2 * p.cy - 1], dim=1),
+        ],
+        dim=1,
+    )
     return theta
 
 
@@ -95,8 +98,14 @@ def sampling_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack([gx, gy], dim=-1)
 
 
-def augment(images: torch.Tensor, params: ViewParams, out_size: int, mean: Sequence[float], std: Sequence[float],
-            memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+def augment(
+    images: torch.Tensor,
+    params: ViewParams,
+    out_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    memory_format: torch.memory_format = torch.channels_last,
+) -> torch.Tensor:
     """uint8 (n, H, W, 3) on any device → normalised float32 (n, 3, out_size, out_size)."""
     return augment_views(images, [params], out_size, mean, std, memory_format)
 
@@ -104,8 +113,14 @@ def augment(images: torch.Tensor, params: ViewParams, out_size: int, mean: Seque
 _GRAY = (0.299, 0.587, 0.114)
 
 
-def augment_views(images: torch.Tensor, views: Sequence[ViewParams], out_size: int, mean: Sequence[float], std: Sequence[float],
-                  memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+def augment_views(
+    images: torch.Tensor,
+    views: Sequence[ViewParams],
+    out_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    memory_format: torch.memory_format = torch.channels_last,
+) -> torch.Tensor:
     """Several views of the same uint8 batch, concatenated view after view: (len(views)·n, 3, S, S).
 
     The images are turned into floats once for all views; jitter and normalisation are
@@ -146,11 +161,11 @@ class TwoViews:
     """
 
     global_batch: int
-    rows: slice            # this process's rows of the global batch
+    rows: slice  # this process's rows of the global batch
     seed: int
     scale_min: float
     jitter: float
-    size: int              # output side in pixels
+    size: int  # output side in pixels
     mean: Sequence[float]
     std: Sequence[float]
     device: torch.device
@@ -159,5 +174,4 @@ class TwoViews:
         p0, p1 = two_view_params(self.global_batch, self.seed, epoch, step, self.scale_min, self.jitter)
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         with torch.no_grad():
-            return augment_views(images.to(self.device, non_blocking=True), [p0.rows(self.rows), p1.rows(self.rows)],
-                                 self.size, self.mean, self.std, fmt)
+            return augment_views(images.to(self.device, non_blocking=True), [p0.rows(self.rows), p1.rows(self.rows)], self.size, self.mean, self.std, fmt)

@@ -5,6 +5,7 @@ batch (lr = base_lr × batch_size / 256, SGD). The user's earlier runs used
 0.016 at batch 32, which is SupCon's 0.5 at batch 1024 scaled down
 (0.5 × 32 / 1024 = 0.0156), i.e. base_lr 0.125 per 256 — the default here.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -15,9 +16,23 @@ from ..errors import BadInputError
 # Fields that decide the training trajectory: `--resume auto` only continues a
 # checkpoint whose recorded values of these match the current config.
 TRAJECTORY_FIELDS = (
-    "model", "proj_dim", "epochs", "batch_size", "size", "base_lr", "momentum", "weight_decay",
-    "warmup_epochs", "min_lr_ratio", "temperature", "method", "seed", "pretrained",
-    "crop_scale_min", "jitter", "sync_bn",
+    "model",
+    "proj_dim",
+    "epochs",
+    "batch_size",
+    "size",
+    "base_lr",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "min_lr_ratio",
+    "temperature",
+    "method",
+    "seed",
+    "pretrained",
+    "crop_scale_min",
+    "jitter",
+    "sync_bn",
 )
 
 
@@ -38,14 +53,12 @@ class SupConConfig:
     temperature: float = option(0.07, "Contrastive temperature.", gt=0)
     method: Literal["supcon", "simclr"] = option("supcon", "supcon uses labels; simclr ignores them.")
     seed: int = option(0, "Seed for weights, data order and augmentation.")
-    pretrained: str | None = option(
-        None, "Backbone weights file or URI (state dict, safetensors or plankton checkpoint); default random init.")
+    pretrained: str | None = option(None, "Backbone weights file or URI (state dict, safetensors or plankton checkpoint); default random init.")
     crop_scale_min: float = option(0.2, "The random resized crop keeps this to 100% of the area.", gt=0, le=1)
     jitter: float = option(0.2, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1)
     sync_bn: bool = option(True, "SyncBatchNorm across GPUs under torchrun.")
     save_every: int = option(50, "Write supcon/ckpt/epoch_NNNN.pt every K epochs; last.pt every epoch.", ge=1)
-    resume: str = option("auto", "auto (newest readable checkpoint), never (start over), last, epoch_NNNN or a checkpoint URI.",
-                         digest=False)
+    resume: str = option("auto", "auto (newest readable checkpoint), never (start over), last, epoch_NNNN or a checkpoint URI.", digest=False)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", digest=False)
     workers: int = option(4, "Batch prefetch threads.", ge=0, digest=False)
     compile: bool = option(False, "torch.compile the model.", digest=False)

@@ -7,6 +7,7 @@ The order of an epoch is a permutation seeded by (seed, epoch), so a resumed
 run can start again at any step of any epoch and see the same batches; under
 DDP each process takes its slice of every global batch.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -20,10 +21,10 @@ import torch
 
 @dataclass
 class Batch:
-    epoch: int                   # 0-based epoch
-    step: int                    # step within the epoch
-    images: torch.Tensor         # (b, S, S, 3) uint8, this process's rows
-    labels: torch.Tensor         # (b,) int64, this process's rows
+    epoch: int  # 0-based epoch
+    step: int  # step within the epoch
+    images: torch.Tensor  # (b, S, S, 3) uint8, this process's rows
+    labels: torch.Tensor  # (b,) int64, this process's rows
     global_labels: torch.Tensor  # (B,) int64, the whole global batch (every process's rows, in rank order)
     views: torch.Tensor | None = None  # augmented model input, when the loader's `transform` made it
 
@@ -50,8 +51,17 @@ class CachedBatchLoader:
     augment there, overlapping with the model step (on a GPU augmentation runs on the device).
     """
 
-    def __init__(self, array: np.ndarray, labels: np.ndarray, plan: EpochPlan, rank: int = 0, world: int = 1,
-                 prefetch: int = 4, pin_memory: bool = False, transform: Callable[[Batch], Batch] | None = None):
+    def __init__(
+        self,
+        array: np.ndarray,
+        labels: np.ndarray,
+        plan: EpochPlan,
+        rank: int = 0,
+        world: int = 1,
+        prefetch: int = 4,
+        pin_memory: bool = False,
+        transform: Callable[[Batch], Batch] | None = None,
+    ):
         if plan.global_batch % world:
             raise ValueError(f"global batch {plan.global_batch} is not divisible by {world} processes")
         self.array, self.labels, self.plan = array, np.asarray(labels, dtype=np.int64), plan

@@ -8,6 +8,7 @@ touched; `body` joins the process group and trains. The shared trainer
 the metrics; this module owns what is SupCon: the model, the two augmented
 views, the contrastive loss, the optimiser and its schedule.
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,12 +93,17 @@ def check(cfg: SupConConfig, ctx: StageContext) -> SupConPlan:
         raise BadInputError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
     steps_per_epoch = len(keys) // cfg.batch_size
     resolved = config_dict(cfg) | {
-        "size": size, "mean": list(mean), "std": list(std), "lr": cfg.lr(), "warmup_epochs_used": cfg.warmup(),
-        "stats_digest": ctx.upstream.get("stats", ""), "train_images": len(keys), "steps_per_epoch": steps_per_epoch,
+        "size": size,
+        "mean": list(mean),
+        "std": list(std),
+        "lr": cfg.lr(),
+        "warmup_epochs_used": cfg.warmup(),
+        "stats_digest": ctx.upstream.get("stats", ""),
+        "train_images": len(keys),
+        "steps_per_epoch": steps_per_epoch,
         "world_size": world,
     }
-    resume = choose_resume(root, SUPCON_CKPT, cfg.resume, resolved, TRAJECTORY_FIELDS + ("stats_digest", "train_images"),
-                           ctx.s3_endpoint)
+    resume = choose_resume(root, SUPCON_CKPT, cfg.resume, resolved, TRAJECTORY_FIELDS + ("stats_digest", "train_images"), ctx.s3_endpoint)
     return SupConPlan(device, size, list(mean), list(std), keys, labels, steps_per_epoch, resolved, resume)
 
 
@@ -105,42 +111,75 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
     """Train to `cfg.epochs` from the resume point, on this process's share of every global batch."""
     plan: SupConPlan = ctx.plan
     device, cuda = plan.device, plan.device.type == "cuda"
-    with process_group(use_cuda=cuda) as dist, stop_on_signals(StopRequest()) as stop, \
-            deterministic_kernels(cfg.deterministic, device):
+    with process_group(use_cuda=cuda) as dist, stop_on_signals(StopRequest()) as stop, deterministic_kernels(cfg.deterministic, device):
         cache = decode_cache(ctx.root, plan.keys, plan.size, dist)
-        run = TrainingRun(stage="supcon", ckpt_prefix=SUPCON_CKPT, metrics_key=SUPCON_METRICS, epochs=cfg.epochs,
-                          steps_per_epoch=plan.steps_per_epoch, images_per_step=cfg.batch_size, save_every=cfg.save_every,
-                          seed=cfg.seed, config=plan.resolved)
+        run = TrainingRun(
+            stage="supcon",
+            ckpt_prefix=SUPCON_CKPT,
+            metrics_key=SUPCON_METRICS,
+            epochs=cfg.epochs,
+            steps_per_epoch=plan.steps_per_epoch,
+            images_per_step=cfg.batch_size,
+            save_every=cfg.save_every,
+            seed=cfg.seed,
+            config=plan.resolved,
+        )
         trainer = Trainer(ctx, run, dist=dist, stop=stop, device=device)
 
         net = build_model(cfg, ctx, fresh=plan.resume.ckpt is None)
         optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        schedule = partial(warmup_cosine, peak_lr=cfg.lr(), total_steps=cfg.epochs * run.steps_per_epoch,
-                           warmup_steps=cfg.warmup() * run.steps_per_epoch, min_ratio=cfg.min_lr_ratio)
+        schedule = partial(
+            warmup_cosine,
+            peak_lr=cfg.lr(),
+            total_steps=cfg.epochs * run.steps_per_epoch,
+            warmup_steps=cfg.warmup() * run.steps_per_epoch,
+            min_ratio=cfg.min_lr_ratio,
+        )
         scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling; kept for the checkpoint format
-        scheduler = trainer.restore(plan.resume, {"model": net.backbone, "head": net.head, "scaler": scaler}, optimizer,
-                                    schedule, extra={"feature_dim": net.feature_dim})
+        scheduler = trainer.restore(
+            plan.resume, {"model": net.backbone, "head": net.head, "scaler": scaler}, optimizer, schedule, extra={"feature_dim": net.feature_dim}
+        )
         plan.resume.ckpt = None  # restored: let the memory go
         model = distribute(net, optimizer, cfg, dist, device, ctx)
 
-        loader = CachedBatchLoader(cache.array, plan.labels, EpochPlan(len(plan.keys), cfg.batch_size, cfg.seed),
-                                   dist.rank, dist.world, prefetch=cfg.workers, pin_memory=cuda)
+        loader = CachedBatchLoader(
+            cache.array, plan.labels, EpochPlan(len(plan.keys), cfg.batch_size, cfg.seed), dist.rank, dist.world, prefetch=cfg.workers, pin_memory=cuda
+        )
         b = loader.local_batch
-        views = TwoViews(cfg.batch_size, slice(dist.rank * b, (dist.rank + 1) * b), cfg.seed, cfg.crop_scale_min, cfg.jitter,
-                         plan.size, plan.mean, plan.std, device)
+        views = TwoViews(
+            cfg.batch_size, slice(dist.rank * b, (dist.rank + 1) * b), cfg.seed, cfg.crop_scale_min, cfg.jitter, plan.size, plan.mean, plan.std, device
+        )
         if not cuda and cfg.workers > 0:  # augment on the loader threads, overlapping the model step
             loader.transform = partial(with_views, views=views)
         loss_fn = ContrastiveStep(views, dist, cfg.temperature, cfg.method, amp=cfg.amp and cuda)
         if dist.is_main:
-            log.info("supcon: %s, %d train crops, global batch %d on %d process(es), lr %.4g (base %.4g per 256), "
-                     "%d steps/epoch, device %s", cfg.model, len(plan.keys), cfg.batch_size, dist.world, cfg.lr(),
-                     cfg.base_lr, run.steps_per_epoch, device)
+            log.info(
+                "supcon: %s, %d train crops, global batch %d on %d process(es), lr %.4g (base %.4g per 256), %d steps/epoch, device %s",
+                cfg.model,
+                len(plan.keys),
+                cfg.batch_size,
+                dist.world,
+                cfg.lr(),
+                cfg.base_lr,
+                run.steps_per_epoch,
+                device,
+            )
 
         def run_epoch(epoch: int, start_step: int) -> EpochStats:
-            batches = progress(loader.epoch(epoch, start_step), total=len(loader) - start_step,
-                               desc=f"supcon epoch {epoch + 1}/{cfg.epochs}")
-            return train_one_epoch(model, batches, loss_fn, optimizer, scheduler, epoch=epoch, steps_per_epoch=len(loader),
-                                   start_step=start_step, dist=dist, stop=stop, check_every=25 if cuda else 1)
+            batches = progress(loader.epoch(epoch, start_step), total=len(loader) - start_step, desc=f"supcon epoch {epoch + 1}/{cfg.epochs}")
+            return train_one_epoch(
+                model,
+                batches,
+                loss_fn,
+                optimizer,
+                scheduler,
+                epoch=epoch,
+                steps_per_epoch=len(loader),
+                start_step=start_step,
+                dist=dist,
+                stop=stop,
+                check_every=25 if cuda else 1,
+            )
 
         counts = trainer.fit(run_epoch)
     return counts | {"train_images": len(plan.keys)}
@@ -166,11 +205,12 @@ def build_model(cfg: SupConConfig, ctx: StageContext, fresh: bool) -> SupConMode
     return net
 
 
-def distribute(net: SupConModel, optimizer: torch.optim.Optimizer, cfg: SupConConfig, dist: DistInfo, device: torch.device,
-               ctx: StageContext) -> nn.Module:
+def distribute(net: SupConModel, optimizer: torch.optim.Optimizer, cfg: SupConConfig, dist: DistInfo, device: torch.device, ctx: StageContext) -> nn.Module:
     """The model the loop calls: on the device (channels_last on GPU), DDP-wrapped under torchrun, compiled if asked."""
     cuda = device.type == "cuda"
-    net.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    net.to(device)
+    if cuda:
+        net.to(memory_format=torch.channels_last)
     for state in optimizer.state.values():  # momentum buffers restored on the CPU follow the weights
         for k, v in state.items():
             if isinstance(v, torch.Tensor):
@@ -210,8 +250,7 @@ class ContrastiveStep:
             z = model(x)
         z = torch.stack(z.float().split(len(batch.images)), dim=1)  # (b, 2 views, dim)
         z_all = gather_with_grad(z, self.dist)
-        return contrastive_loss(z_all, batch.global_labels.to(device), self.temperature, self.method,
-                                anchor_rows=self.views.rows)
+        return contrastive_loss(z_all, batch.global_labels.to(device), self.temperature, self.method, anchor_rows=self.views.rows)
 
 
 __all__ = ["GAUGES", "ContrastiveStep", "SupConPlan", "body", "check", "contrastive_loss"]

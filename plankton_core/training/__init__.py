@@ -10,6 +10,7 @@
 
 No stage package is imported here; stages import these.
 """
+
 from .checkpoints import ResumePoint, choose_resume
 from .distributed import DistInfo
 from .loop import EpochStats, TrainingDiverged, train_one_epoch
@@ -17,5 +18,17 @@ from .schedule import warmup_cosine
 from .signals import StopRequest, stop_on_signals
 from .trainer import Trainer, TrainingRun, epoch_gauges
 
-__all__ = ["DistInfo", "EpochStats", "ResumePoint", "StopRequest", "Trainer", "TrainingDiverged", "TrainingRun",
-           "choose_resume", "epoch_gauges", "stop_on_signals", "train_one_epoch", "warmup_cosine"]
+__all__ = [
+    "DistInfo",
+    "EpochStats",
+    "ResumePoint",
+    "StopRequest",
+    "Trainer",
+    "TrainingDiverged",
+    "TrainingRun",
+    "choose_resume",
+    "epoch_gauges",
+    "stop_on_signals",
+    "train_one_epoch",
+    "warmup_cosine",
+]

@@ -4,6 +4,7 @@ A checkpoint is one dict, written atomically (the store writes a temporary
 then renames, or uploads whole), so a reader never sees half of one. The
 trainer fills it (see `Trainer.snapshot`); this module only moves it around.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,13 @@ def rng_state() -> dict[str, Any]:
     np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_cached)},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np.asarray(np_keys).astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -110,10 +116,10 @@ class CheckpointWriter:
 class ResumePoint:
     """Where training continues from: `ckpt` None starts fresh (the notes say why)."""
 
-    label: str = ""                    # where it came from, for messages ("" when fresh)
+    label: str = ""  # where it came from, for messages ("" when fresh)
     ckpt: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
-    exact: bool = True                 # False: continuing with changed settings (`--resume NAME`)
+    exact: bool = True  # False: continuing with changed settings (`--resume NAME`)
 
 
 def find_resume(store: Store, prefix: str, resume: str, s3_endpoint: str | None = None) -> ResumePoint:
@@ -165,8 +171,7 @@ def find_resume(store: Store, prefix: str, resume: str, s3_endpoint: str | None 
     return best
 
 
-def choose_resume(store: Store, prefix: str, resume: str, current: dict[str, Any], trajectory: Sequence[str],
-                  s3_endpoint: str | None = None) -> ResumePoint:
+def choose_resume(store: Store, prefix: str, resume: str, current: dict[str, Any], trajectory: Sequence[str], s3_endpoint: str | None = None) -> ResumePoint:
     """`find_resume`, then the rule on changed settings: `auto` refuses them, a named checkpoint continues with a note.
 
     `current` is the resolved config the run would record; `trajectory` names the

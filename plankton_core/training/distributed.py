@@ -9,6 +9,7 @@ global batch, so projections are all-gathered *with* their gradients
 requests, NaN flags, RNG states) use a separate gloo group so they never queue
 behind NCCL kernels.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@
 the stage gives `loss_fn(model, batch) -> loss` (which does its own forward,
 autocast and gathers) and the batches of the epoch, possibly starting mid-epoch.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,21 +28,26 @@ class TrainingDiverged(BadInputError):
 class EpochStats:
     """What one pass (or part of one) over the training data did."""
 
-    epoch: int              # 0-based
-    next_step: int          # the step of this epoch to run next (== steps per epoch when the epoch is complete)
-    loss_sum: float = 0.0   # summed per-step losses of this process
+    epoch: int  # 0-based
+    next_step: int  # the step of this epoch to run next (== steps per epoch when the epoch is complete)
+    loss_sum: float = 0.0  # summed per-step losses of this process
     steps: int = 0
     seconds: float = 0.0
     wait_seconds: float = 0.0  # of `seconds`, waiting for the next batch
-    lr: float = 0.0         # learning rate of the last step
+    lr: float = 0.0  # learning rate of the last step
     interrupted: bool = False
 
     def after(self, earlier: EpochStats | None) -> EpochStats:
         """These stats continuing `earlier` (the part of this epoch run before an interruption)."""
         if earlier is None:
             return self
-        return replace(self, loss_sum=earlier.loss_sum + self.loss_sum, steps=earlier.steps + self.steps,
-                       seconds=earlier.seconds + self.seconds, wait_seconds=earlier.wait_seconds + self.wait_seconds)
+        return replace(
+            self,
+            loss_sum=earlier.loss_sum + self.loss_sum,
+            steps=earlier.steps + self.steps,
+            seconds=earlier.seconds + self.seconds,
+            wait_seconds=earlier.wait_seconds + self.wait_seconds,
+        )
 
 
 def train_one_epoch(
@@ -68,7 +74,7 @@ def train_one_epoch(
     dist = dist or DistInfo()
     model.train()
     loss_sum: torch.Tensor | None = None
-    stats = EpochStats(epoch, start_step, lr=scheduler.get_last_lr()[0])
+    stats = EpochStats(epoch, start_step, lr=float(scheduler.get_last_lr()[0]))
     t0 = time.perf_counter()
     batch_iter = iter(batches)
     while True:

@@ -1,4 +1,5 @@
 """Where and how a training process computes: its device and, when asked, deterministic kernels."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

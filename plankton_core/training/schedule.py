@@ -5,6 +5,7 @@ down to `peak × min_ratio` at `total_steps` (SupContrast's eta_min): the lr
 of step s is peak × ((s + 1) / W) during warm-up and
 peak × (min + (1 - min) × (1 + cos(π (s - W) / (T - W))) / 2) after it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -13,8 +14,7 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, peak_lr: float, total_steps: int, warmup_steps: int,
-                  min_ratio: float, start_step: int = 0) -> LRScheduler:
+def warmup_cosine(optimizer: torch.optim.Optimizer, peak_lr: float, total_steps: int, warmup_steps: int, min_ratio: float, start_step: int = 0) -> LRScheduler:
     """`SequentialLR(LinearLR, CosineAnnealingLR)` at `start_step` (the lr of that step is set in the optimizer).
 
     `start_step` > 0 continues a run whose settings changed (so its saved scheduler

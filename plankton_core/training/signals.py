@@ -3,6 +3,7 @@
 The handler only sets a flag; the training loop checks it after every
 optimiser step. A second Ctrl-C falls back to Python's KeyboardInterrupt.
 """
+
 from __future__ import annotations
 
 import logging

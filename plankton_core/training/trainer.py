@@ -18,6 +18,7 @@ and raises InterruptedRun (exit 75); a NaN loss raises TrainingDiverged
 rank calls every method (they gather RNG states and agree on stops); only
 the primary process writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,15 @@ _GAUGES = {
     "data_wait_fraction": "Share of the last epoch spent waiting for batches.",
     "peak_memory_bytes": "Peak GPU memory allocated in the last epoch (GPU only).",
 }
-_ROW_OF_GAUGE = {"loss": "loss", "epoch": "epoch", "step": "step", "learning_rate": "lr", "images_per_second": "images_per_s",
-                 "data_wait_fraction": "data_wait_fraction", "peak_memory_bytes": "peak_mem_bytes"}
+_ROW_OF_GAUGE = {
+    "loss": "loss",
+    "epoch": "epoch",
+    "step": "step",
+    "learning_rate": "lr",
+    "images_per_second": "images_per_s",
+    "data_wait_fraction": "data_wait_fraction",
+    "peak_memory_bytes": "peak_mem_bytes",
+}
 
 
 def epoch_gauges(stage: str) -> dict[str, str]:
@@ -68,13 +76,13 @@ class Stateful(Protocol):
 class TrainingRun:
     """What the trainer needs to know of a stage's run."""
 
-    stage: str            # gauges are `<stage>_loss`…, messages name it
-    ckpt_prefix: str      # e.g. artifacts.SUPCON_CKPT: last.pt and epoch_NNNN.pt go here
-    metrics_key: str      # e.g. artifacts.SUPCON_METRICS: one JSON line per finished epoch
+    stage: str  # gauges are `<stage>_loss`…, messages name it
+    ckpt_prefix: str  # e.g. artifacts.SUPCON_CKPT: last.pt and epoch_NNNN.pt go here
+    metrics_key: str  # e.g. artifacts.SUPCON_METRICS: one JSON line per finished epoch
     epochs: int
     steps_per_epoch: int
     images_per_step: int  # the global batch, for images/s
-    save_every: int       # epoch_NNNN.pt every K epochs (last.pt every epoch)
+    save_every: int  # epoch_NNNN.pt every K epochs (last.pt every epoch)
     seed: int
     config: dict[str, Any]  # the resolved config every checkpoint records
 
@@ -82,8 +90,9 @@ class TrainingRun:
 class Trainer:
     """Checkpointing, resume, stop requests, NaN stop and metrics around a stage's epochs."""
 
-    def __init__(self, ctx: StageContext, run: TrainingRun, *, dist: DistInfo | None = None, stop: StopRequest | None = None,
-                 device: torch.device | None = None):
+    def __init__(
+        self, ctx: StageContext, run: TrainingRun, *, dist: DistInfo | None = None, stop: StopRequest | None = None, device: torch.device | None = None
+    ):
         self.ctx, self.run = ctx, run
         self.dist = dist or DistInfo()
         self.stop = stop or StopRequest()
@@ -103,9 +112,14 @@ class Trainer:
     def last_key(self) -> str:
         return checkpoint_key("last", self.run.ckpt_prefix)
 
-    def restore(self, point: ResumePoint, state: Mapping[str, Stateful], optimizer: torch.optim.Optimizer,
-                schedule: Callable[..., torch.optim.lr_scheduler.LRScheduler],
-                extra: Mapping[str, Any] | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    def restore(
+        self,
+        point: ResumePoint,
+        state: Mapping[str, Stateful],
+        optimizer: torch.optim.Optimizer,
+        schedule: Callable[..., torch.optim.lr_scheduler.LRScheduler],
+        extra: Mapping[str, Any] | None = None,
+    ) -> torch.optim.lr_scheduler.LRScheduler:
         """Continue from `point` (or start fresh, removing an earlier run's checkpoints); returns the scheduler.
 
         `state` names what the checkpoint holds besides the trainer's own entries
@@ -160,12 +174,20 @@ class Trainer:
         assert self.optimizer is not None and self.scheduler is not None, "restore() first"
         rngs = gather_objects(rng_state(), self.dist)
         sums = None if progress is None else {k: getattr(progress, k) for k in ("loss_sum", "steps", "seconds", "wait_seconds")}
-        return to_cpu({
-            **{name: obj.state_dict() for name, obj in self.state.items()},
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "epoch": epochs_done, "step": self.step, "rng": {"ranks": rngs}, "config": self.run.config,
-            "epoch_progress": sums, "version": package_version(), **self.extra,
-        })
+        return to_cpu(
+            {
+                **{name: obj.state_dict() for name, obj in self.state.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": epochs_done,
+                "step": self.step,
+                "rng": {"ranks": rngs},
+                "config": self.run.config,
+                "epoch_progress": sums,
+                "version": package_version(),
+                **self.extra,
+            }
+        )
 
     def fit(self, run_epoch: Callable[[int, int], EpochStats]) -> dict[str, Any]:
         """Train epochs `start_epoch`… with `run_epoch(epoch, start_step)`; returns the stage's counts."""
@@ -212,7 +234,8 @@ class Trainer:
         self.ctx.metrics.count("epochs", run.epochs - self.start_epoch)
         final = self.rows[-1] if self.rows else {}
         return {
-            "epochs": run.epochs, "steps": self.step,
+            "epochs": run.epochs,
+            "steps": self.step,
             "final_loss": round(float(final["loss"]), 6) if final else None,
             "images_per_s": round(float(final["images_per_s"]), 1) if final else None,
             "resumed_from": self.resumed_from or None,
@@ -223,7 +246,10 @@ class Trainer:
         run = self.run
         loss = mean_over_ranks(stats.loss_sum / max(1, stats.steps), self.dist)
         row: dict[str, Any] = {
-            "epoch": epoch + 1, "step": self.step, "loss": loss, "lr": stats.lr,
+            "epoch": epoch + 1,
+            "step": self.step,
+            "loss": loss,
+            "lr": stats.lr,
             "images_per_s": stats.steps * run.images_per_step / max(stats.seconds, 1e-9),
             "data_wait_fraction": stats.wait_seconds / max(stats.seconds, 1e-9),
             "seconds": stats.seconds,
@@ -243,8 +269,15 @@ class Trainer:
             if key in values:
                 self.ctx.metrics.gauge(f"{run.stage}_{name}", values[key], self.gauges[f"{run.stage}_{name}"])
         self.ctx.metrics.push()
-        log.info("epoch %d/%d: loss %.4f, lr %.4g, %.1f images/s, data wait %.0f%%",
-                 epoch + 1, run.epochs, loss, stats.lr, row["images_per_s"], 100 * row["data_wait_fraction"])
+        log.info(
+            "epoch %d/%d: loss %.4f, lr %.4g, %.1f images/s, data wait %.0f%%",
+            epoch + 1,
+            run.epochs,
+            loss,
+            stats.lr,
+            row["images_per_s"],
+            100 * row["data_wait_fraction"],
+        )
 
     def _save(self, keys: list[str], ckpt: dict[str, Any]) -> None:
         """The primary process writes `ckpt` under `keys` (in the background on GPU)."""

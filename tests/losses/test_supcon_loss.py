@@ -1,4 +1,5 @@
 """SupCon / SimCLR loss against a plain per-anchor loop, a hand-computed case and NT-Xent."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Small configs and helpers shared by the supcon stage tests."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,7 @@ torch.set_num_threads(2)
 
 def small_cfg(**changes) -> SupConConfig:
     """test_resnet on the CPU, deterministic, no prefetch threads: fast and reproducible."""
-    base = SupConConfig(model="test_resnet", epochs=3, batch_size=12, base_lr=1.0, save_every=1, device="cpu",
-                        workers=0, deterministic=True)
+    base = SupConConfig(model="test_resnet", epochs=3, batch_size=12, base_lr=1.0, save_every=1, device="cpu", workers=0, deterministic=True)
     return dataclasses.replace(base, **changes)
 
 

@@ -1,4 +1,5 @@
 """Batched augmentation against plain torch references (flip, rot90, slicing, per-pixel jitter)."""
+
 from __future__ import annotations
 
 import torch

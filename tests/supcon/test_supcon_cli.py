@@ -1,4 +1,5 @@
 """`plankton supcon` end to end on both stores: outputs, up-to-date, resume rules, metrics, bad input, SIGTERM."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from pipeline_fixtures import make_stats_root
 from supcon_helpers import cli_args, final_state
 
@@ -95,16 +95,19 @@ def stats_root(tmp_path) -> str:
     return root
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"model": "no_such_net"}, "unknown timm model 'no_such_net'"),
-    ({"batch_size": 64}, "--batch-size 64 is larger than the 18 train crops"),
-    ({"temperature": 0}, "option --temperature: Input should be greater than 0"),
-    ({"epochs": 0}, "option --epochs: Input should be greater than or equal to 1"),
-    ({"jitter": 1}, "option --jitter: Input should be less than 1"),
-    ({"device": "tpu"}, "--device must be auto, cpu, cuda or cuda:N"),
-    ({"resume": "epoch_0099"}, "--resume checkpoint not found"),
-    ({"pretrained": "/nonexistent/weights.pt"}, "pretrained weights file not found: /nonexistent/weights.pt"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"model": "no_such_net"}, "unknown timm model 'no_such_net'"),
+        ({"batch_size": 64}, "--batch-size 64 is larger than the 18 train crops"),
+        ({"temperature": 0}, "option --temperature: Input should be greater than 0"),
+        ({"epochs": 0}, "option --epochs: Input should be greater than or equal to 1"),
+        ({"jitter": 1}, "option --jitter: Input should be less than 1"),
+        ({"device": "tpu"}, "--device must be auto, cpu, cuda or cuda:N"),
+        ({"resume": "epoch_0099"}, "--resume checkpoint not found"),
+        ({"pretrained": "/nonexistent/weights.pt"}, "pretrained weights file not found: /nonexistent/weights.pt"),
+    ],
+)
 def test_bad_input_exits_2_with_a_clear_message(stats_root, run_cli, options, message):
     result = run_cli(*cli_args(stats_root, **options))
     assert result.exit_code == EXIT_BAD_INPUT

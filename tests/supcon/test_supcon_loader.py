@@ -1,4 +1,5 @@
 """Cached batches: full batches, epoch permutations, exact restart mid-epoch, rank slices."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,6 +38,7 @@ def test_restart_mid_epoch_gives_the_same_remaining_batches_and_prefetch_changes
     assert [rows_of(b) for b in threaded.epoch(2)] == full
     tail = list(threaded.epoch(2, start_step=2))
     assert [b.step for b in tail] == [2, 3] and [rows_of(b) for b in tail] == full[2:]
+    assert {b.epoch for b in tail} == {2}
 
 
 def test_ranks_split_each_global_batch_in_order():

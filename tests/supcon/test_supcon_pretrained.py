@@ -1,4 +1,5 @@
 """--pretrained: weights only from a file the user names, in the formats people have, loaded safely."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,9 +7,8 @@ import argparse
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
-
 from pipeline_fixtures import make_stats_root
+from safetensors.torch import save_file
 from supcon_helpers import cli_args
 
 from plankton_core.checkpoint import load_pretrained_state, save_checkpoint
@@ -41,7 +41,9 @@ def test_supcontrast_checkpoint_with_options_namespace_and_prefixes(tmp_path):
     state = {f"encoder.module.{k}": v for k, v in src.state_dict().items() if not k.startswith("fc.")}
     state["head.0.weight"] = torch.zeros(96, 96)
     state["head.2.weight"] = torch.zeros(128, 96)
-    torch.save({"opt": argparse.Namespace(batch_size=32, learning_rate=0.016), "model": state, "optimizer": {}, "epoch": 1000}, tmp_path / "ckpt_epoch_1000.pth")
+    torch.save(
+        {"opt": argparse.Namespace(batch_size=32, learning_rate=0.016), "model": state, "optimizer": {}, "epoch": 1000}, tmp_path / "ckpt_epoch_1000.pth"
+    )
     model = create_model("test_resnet", pretrained_state=load_pretrained_state(str(tmp_path / "ckpt_epoch_1000.pth")))
     assert_backbone_is(model, src)
 
@@ -49,8 +51,9 @@ def test_supcontrast_checkpoint_with_options_namespace_and_prefixes(tmp_path):
 def test_plankton_checkpoint_and_ddp_state_dict(tmp_path):
     src = source_backbone()
     store = open_store(str(tmp_path))
-    save_checkpoint(store, "a.pt", {"model": {k: v for k, v in src.state_dict().items() if not k.startswith("fc.")},
-                                     "head": {}, "config": {"model": "test_resnet"}})
+    save_checkpoint(
+        store, "a.pt", {"model": {k: v for k, v in src.state_dict().items() if not k.startswith("fc.")}, "head": {}, "config": {"model": "test_resnet"}}
+    )
     assert_backbone_is(create_model("test_resnet", pretrained_state=load_pretrained_state(str(tmp_path / "a.pt"))), src)
     torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "ddp.pt")
     assert_backbone_is(create_model("test_resnet", pretrained_state=load_pretrained_state(f"file://{tmp_path}/ddp.pt")), src)

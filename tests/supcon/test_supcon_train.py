@@ -1,10 +1,10 @@
 """Training proof, exact stop-and-resume, fallback from a corrupt checkpoint, NaN handling."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
 from pipeline_fixtures import make_stats_root
 from supcon_helpers import (
     assert_same_weights,
@@ -16,7 +16,7 @@ from supcon_helpers import (
     train,
 )
 
-from plankton_core.artifacts import SUPCON_CKPT, SUPCON_METRICS
+from plankton_core.artifacts import SUPCON_CKPT
 from plankton_core.checkpoint import list_checkpoints, model_from_checkpoint
 from plankton_core.data import ImageCache, load_normalisation, load_splits
 from plankton_core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InterruptedRun
@@ -129,12 +129,27 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
         return loss * float("nan") if calls["n"] > 4 else loss  # epoch 1 (3 steps) is fine, epoch 2 diverges
 
     monkeypatch.setattr(supcon_train, "contrastive_loss", diverging)
-    result = run_cli("supcon", "--root", str(tmp_path / "root"), "--model", "test_resnet", "--epochs", "3",
-                     "--batch-size", "6", "--save-every", "1", "--device", "cpu", "--workers", "0")
+    result = run_cli(
+        "supcon",
+        "--root",
+        str(tmp_path / "root"),
+        "--model",
+        "test_resnet",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "6",
+        "--save-every",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
     assert result.exit_code == EXIT_BAD_INPUT == TrainingDiverged.exit_code
     assert "plankton supcon: error: loss became NaN or infinite in epoch 2" in result.stderr
     assert "last good checkpoint is kept" in result.stderr
     assert final_state(store)["epoch"] == 1
     assert [name for name, _ in list_checkpoints(store)] == ["epoch_0001", "last"]
     assert not store.exists("supcon/_SUCCESS")
-    assert "plankton_supcon_loss{stage=\"supcon\"} NaN" in store.read_bytes("supcon/metrics.prom").decode()
+    assert 'plankton_supcon_loss{stage="supcon"} NaN' in store.read_bytes("supcon/metrics.prom").decode()
