@@ -88,7 +88,6 @@ class Stage:
 
 
 _REGISTRY: dict[str, Stage] = {}
-_loaded = False
 
 
 def register(stage: Stage) -> Stage:
@@ -107,17 +106,17 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in BUILTIN_STAGES:
-            importlib.import_module(module)
+def _load_builtin() -> list[Stage]:
+    """The built-in stages in BUILTIN_STAGES order (each package exposes its registered STAGE)."""
+    return [importlib.import_module(module).STAGE for module in BUILTIN_STAGES]
 
 
 def stages() -> list[Stage]:
-    """Every registered stage, in pipeline order (upstream first; registration order breaks ties)."""
-    _load_builtin()
+    """Every registered stage, in pipeline order: upstream first; ties keep BUILTIN_STAGES order, then registration order.
+
+    Import order must not matter (a module importing one stage package early must not move it ahead).
+    """
+    builtin = _load_builtin()
     ordered: list[Stage] = []
     seen: set[str] = set()
 
@@ -132,7 +131,7 @@ def stages() -> list[Stage]:
         seen.add(stage.name)
         ordered.append(stage)
 
-    for stage in list(_REGISTRY.values()):
+    for stage in [s for s in builtin if _REGISTRY.get(s.name) is s] + [s for s in _REGISTRY.values() if s not in builtin]:
         visit(stage, ())
     return ordered
 

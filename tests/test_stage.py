@@ -156,7 +156,7 @@ def test_toy_command_with_an_out_of_range_value_exits_2_on_one_line_naming_the_f
 def test_toy_command_with_a_value_of_the_wrong_type_exits_2_naming_the_flag(toy, run_cli, tmp_path):
     result = run_cli("toy", "--root", str(tmp_path / "root"), "--count", "many")
     assert result.exit_code == 2
-    assert "Error: Invalid value for '--count': 'many' is not a valid integer." in result.stderr
+    assert result.stderr == "plankton toy: error: Invalid value for '--count': 'many' is not a valid integer.\n"
 
 
 def test_toy_shards_then_merge_equal_one_unsharded_run(toy, run_cli, tmp_path):
@@ -359,3 +359,12 @@ def test_registering_a_second_stage_on_a_used_name_or_prefix_fails(toy):
         register(Stage(name="toy", prefix="toy2", config=ToyConfig, body=toy_body))
     with pytest.raises(ValueError, match="would share the prefix 'toy'"):
         register(Stage(name="toy2", prefix="toy", config=ToyConfig, body=toy_body))
+
+
+def test_pipeline_order_does_not_depend_on_which_stage_package_was_imported_first():
+    import subprocess
+    import sys
+
+    code = "import plankton_core.lut.retrieval, plankton_core.report; from plankton_core.stage import stages; print(' '.join(s.name for s in stages()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["crop", "stats", "supcon", "linear-sweep", "evaluate", "lut", "report"]
