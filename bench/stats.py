@@ -8,6 +8,7 @@ float64 reference (all pixels in memory, as a script would do it); and the
 stage's measurement (exact histograms) streamed with 1 thread and with N, and
 through the decode cache supcon reuses. Prints crops/s and ratios to the floor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,7 @@ def main() -> None:
             (f"stats, streamed, {args.workers} threads", dict(cache=False, workers=args.workers)),
             (f"stats, via decode cache, {args.workers} threads", dict(cache=True, workers=args.workers)),
         ):
-            hist, secs = timed(lambda: train_histogram(root, keys, s, **kwargs))
+            hist, secs = timed(lambda kw=kwargs: train_histogram(root, keys, s, **kw))
             mean, std = hist.mean_std()
             err = max(np.abs(np.array(mean) - ref_mean).max(), np.abs(np.array(std) - ref_std).max())
             rows.append((label, secs, f"max |diff| to numpy {err:.1e}"))

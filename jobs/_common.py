@@ -5,9 +5,11 @@ here it becomes a click option with `default=None`, so a flag the user did not t
 never hides a `--config` YAML value (booleans as `--x/--no-x`). Types and bounds are
 checked by the config itself, so a bad value is one line naming the option (exit 2).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -23,7 +25,9 @@ def stage_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")(fn)
     fn = click.option("--force", is_flag=True, help="Redo the stage even when its outputs are up to date.")(fn)
     fn = click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="YAML file of options; flags win.")(fn)
-    fn = click.option("--root", envvar="PLANKTON_ROOT", default="./artifacts", show_default=True, help="Pipeline root: a folder, file:// or s3://bucket/prefix.")(fn)
+    fn = click.option(
+        "--root", envvar="PLANKTON_ROOT", default="./artifacts", show_default=True, help="Pipeline root: a folder, file:// or s3://bucket/prefix."
+    )(fn)
     return fn
 
 
@@ -48,16 +52,17 @@ def click_option(spec: OptionSpec) -> Callable[[Callable[..., Any]], Callable[..
     click_type: Any = {"int": int, "float": float}.get(spec.kind, str)
     if spec.kind == "choice":
         click_type = click.Choice(spec.choices)
-    return click.option(spec.flag, spec.name, type=click_type, default=None, help=help_text, hidden=spec.hidden,
-                        metavar=spec.metavar)
+    return click.option(spec.flag, spec.name, type=click_type, default=None, help=help_text, hidden=spec.hidden, metavar=spec.metavar)
 
 
 def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Every declared option of a config class as click options, in declaration order."""
+
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         for spec in reversed(option_specs(cls)):
             fn = click_option(spec)(fn)
         return fn
+
     return decorate
 
 
@@ -86,11 +91,19 @@ def report(result: StageResult) -> None:
 
 def stage_command(stage: Stage) -> click.Command:
     """The `plankton <stage>` command: the contract's options, then the stage's own, then run_stage."""
+
     def callback(**params: Any) -> None:
         cfg = resolve_config(stage.config, params)
-        result = run_stage(stage, cfg, store_from(params), force=params["force"], s3_endpoint=params.get("s3_endpoint"),
-                           shard_index=params.get("shard_index"), num_shards=params.get("num_shards"),
-                           merge=bool(params.get("merge")))
+        result = run_stage(
+            stage,
+            cfg,
+            store_from(params),
+            force=params["force"],
+            s3_endpoint=params.get("s3_endpoint"),
+            shard_index=params.get("shard_index"),
+            num_shards=params.get("num_shards"),
+            merge=bool(params.get("merge")),
+        )
         report(result)
 
     fn: Callable[..., Any] = callback

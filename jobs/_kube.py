@@ -7,6 +7,7 @@ changes printed and, once a container starts, its log followed in a thread.
 Status objects are handled as the API's own JSON (dicts), read by
 plankton_core.jobspec.status.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,7 @@ class Kube:
         self.api = api
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
-        self.echo = echo          # status lines (stderr)
+        self.echo = echo  # status lines (stderr)
         self.log_line = log_line  # pod log lines (stdout)
 
     # -- create ------------------------------------------------------------------

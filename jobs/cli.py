@@ -1,4 +1,5 @@
 """The `plankton` console script: one subcommand per stage, each a thin wrapper over plankton_core."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """`plankton k8s render|run-local|setup|stages`: a stage's Kubernetes Job as YAML, run here as its pod would,
 the cluster-side config, and what can run as a Job (the stage registry's stages, plus tools such as synth)."""
+
 from __future__ import annotations
 
 import base64
@@ -24,8 +25,12 @@ def render_options(fn: Callable) -> Callable:
     fn = click.option("--from", "from_stage", default=None, metavar="STAGE", help="With pipeline: start at this stage.")(fn)
     fn = click.option("--k8s-dir", type=click.Path(file_okay=False), default=None, help="Folder with job.yaml and stages.yaml [the checkout's k8s/].")(fn)
     fn = click.option("--run-id", default=None, help="Run id in the Job names and labels [time + random].")(fn)
-    fn = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. image=reg/plankton:1, gpus=4, args.epochs=2 (repeatable).")(fn)
-    fn = click.option("-f", "--values", multiple=True, type=click.Path(dir_okay=False), help="Settings file over k8s/stages.yaml, e.g. k8s/local/values.yaml (repeatable).")(fn)
+    fn = click.option(
+        "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. image=reg/plankton:1, gpus=4, args.epochs=2 (repeatable)."
+    )(fn)
+    fn = click.option(
+        "-f", "--values", multiple=True, type=click.Path(dir_okay=False), help="Settings file over k8s/stages.yaml, e.g. k8s/local/values.yaml (repeatable)."
+    )(fn)
     fn = click.argument("stage")(fn)
     return fn
 
@@ -102,7 +107,9 @@ def stages_cmd() -> None:
 
 
 @command.command(name="setup")
-@click.option("-f", "--values", multiple=True, type=click.Path(dir_okay=False), help="Settings file over k8s/stages.yaml (namespace, ConfigMap and Secret names).")
+@click.option(
+    "-f", "--values", multiple=True, type=click.Path(dir_okay=False), help="Settings file over k8s/stages.yaml (namespace, ConfigMap and Secret names)."
+)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting (repeatable).")
 @click.option("--k8s-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint the pods use [$AWS_ENDPOINT_URL; none = AWS].")

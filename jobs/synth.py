@@ -1,4 +1,5 @@
 """`plankton synth`: generated plankton-like frames with ground truth, for the demo, tests and benchmarks."""
+
 from __future__ import annotations
 
 import click
@@ -17,5 +18,7 @@ def command(out: str, s3_endpoint: str | None, **params) -> None:
     cfg = resolve_config(SynthConfig, params)
     store = open_store(out, s3_endpoint)
     counts = generate(store, cfg)
-    click.echo(f"synth: {counts['frames']} frames, {counts['objects']} objects ({counts['cut_by_border']} cut by the border) "
-               f"in {counts['classes']} classes → {store.uri}")
+    click.echo(
+        f"synth: {counts['frames']} frames, {counts['objects']} objects ({counts['cut_by_border']} cut by the border) "
+        f"in {counts['classes']} classes → {store.uri}"
+    )

@@ -5,6 +5,7 @@ the stage contract and the errors with their exit codes. Stage packages
 (`plankton_core.crop`, `.stats`, `.supcon`, `.sweep`, `.evaluate`, `.lut`) and the
 model factory (`plankton_core.models.create_model`) are imported where used.
 """
+
 from .errors import BadInputError, InterruptedRun, PlanktonError, StoreError, UpstreamNotReadyError
 from .stage import StageContext, StageResult, run_stage
 from .store import open_store

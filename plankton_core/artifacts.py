@@ -3,6 +3,7 @@
 Keys are relative to the pipeline root. A stage writes only under its own
 prefix; everything here under another stage's prefix is read-only to it.
 """
+
 from __future__ import annotations
 
 # crop

@@ -10,17 +10,19 @@ same declaration through `option_specs`.
 Resolution: defaults < `--config` YAML < flags typed. A bad value is one
 BadInputError line naming the option (exit 2).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, JsonValue, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from .errors import BadInputError
@@ -34,19 +36,29 @@ CONFIG = {"extra": "forbid", "validate_assignment": True, "arbitrary_types_allow
 
 def stage_config(cls: type[T]) -> type[T]:
     """Make `cls` a validated stage config (a pydantic dataclass that forbids unknown options)."""
-    return pydantic_dataclass(config=CONFIG)(cls)  # type: ignore[call-overload,no-any-return]
+    return pydantic_dataclass(config=CONFIG)(cls)  # type: ignore[call-overload]
 
 
-def option(default: Any, help: str, *, digest: bool = True, ge: float | None = None, gt: float | None = None,
-           le: float | None = None, lt: float | None = None, flag: str | None = None, hidden: bool = False,
-           metavar: str | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    digest: bool = True,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    flag: str | None = None,
+    hidden: bool = False,
+    metavar: str | None = None,
+) -> Any:
     """One option: its default, help line and bounds, declared once.
 
     `digest=False` marks options that do not change the outputs (workers, device…):
     they are left out of the up-to-date digest. `flag` overrides the generated
     `--option-name`; `hidden` keeps it out of `--help` (still settable).
     """
-    extra = {"digest": digest, "flag": flag, "hidden": hidden, "metavar": metavar}
+    extra: dict[str, JsonValue] = {"digest": digest, "flag": flag, "hidden": hidden, "metavar": metavar}
     return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, json_schema_extra=extra)
 
 
@@ -93,12 +105,19 @@ def option_specs(cls: type) -> list[OptionSpec]:
                 value = getattr(meta, bound, None)
                 if value is not None:
                     bounds[bound] = value
-        specs.append(OptionSpec(
-            name=name, annotation=info.annotation, default=info.get_default(call_default_factory=True),
-            help=info.description or "", digest=bool(extra.get("digest", True)),
-            flag=str(extra.get("flag") or "--" + name.replace("_", "-")), hidden=bool(extra.get("hidden", False)),
-            metavar=extra.get("metavar"), bounds=bounds,  # type: ignore[arg-type]
-        ))
+        specs.append(
+            OptionSpec(
+                name=name,
+                annotation=info.annotation,
+                default=info.get_default(call_default_factory=True),
+                help=info.description or "",
+                digest=bool(extra.get("digest", True)),
+                flag=str(extra.get("flag") or "--" + name.replace("_", "-")),
+                hidden=bool(extra.get("hidden", False)),
+                metavar=str(extra["metavar"]) if extra.get("metavar") else None,
+                bounds=bounds,
+            )
+        )
     return specs
 
 

@@ -5,6 +5,7 @@ goes through `ImageCache`: each crop is decoded and letterboxed once into an
 N×S×S×3 uint8 memory-mapped file on local disk, so epochs never decode PNG/JPEG
 again and memory stays bounded (pages come from disk as needed).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,7 +53,7 @@ def letterbox(arr: np.ndarray, size: int) -> np.ndarray:
     canvas[top : top + h, left : left + w] = rgb
     if side == size:
         return canvas
-    return np.asarray(Image.fromarray(canvas).resize((size, size), Image.BILINEAR, reducing_gap=None))
+    return np.asarray(Image.fromarray(canvas).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None))
 
 
 def load_splits(root: Store, split: str | Sequence[str] | None = None) -> pa.Table:

@@ -8,6 +8,7 @@
 | 3    | an upstream stage has not finished        | fails at once         |
 | 75   | interrupted (SIGTERM) after saving state  | retried, not counted  |
 """
+
 from __future__ import annotations
 
 EXIT_OK = 0

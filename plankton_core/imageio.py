@@ -5,6 +5,7 @@ Dark-field and bright-field instruments write JPEG, PNG or TIFF in 1-, 8- or
 uint8 arrays: (H, W) for grayscale, (H, W, 3) for colour. 16-bit data is scaled
 by its full range (value / 257). Decompression bombs are refused.
 """
+
 from __future__ import annotations
 
 import io

@@ -4,6 +4,7 @@ With `PUSHGATEWAY_URL` set, metrics are pushed (POST semantics, so a failed run
 never erases the last success timestamp of an earlier one); without it they are
 written to `<stage>/metrics.prom` in the text exposition format.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,9 @@ class StageMetrics:
         self.items = Counter(f"{PREFIX}_stage_items", "Items a stage processed, by kind.", labels + ["kind"], registry=self.registry)
         self.failures = Counter(f"{PREFIX}_stage_failures", "Runs of the stage that failed.", labels, registry=self.registry)
         self.last_success = Gauge(f"{PREFIX}_stage_last_success_timestamp_seconds", "Unix time the stage last succeeded.", labels, registry=self.registry)
-        self.last_progress = Gauge(f"{PREFIX}_stage_last_progress_timestamp_seconds", "Unix time the stage last reported progress.", labels, registry=self.registry)
+        self.last_progress = Gauge(
+            f"{PREFIX}_stage_last_progress_timestamp_seconds", "Unix time the stage last reported progress.", labels, registry=self.registry
+        )
         self._gauges: dict[str, Gauge] = {}
         self._push_retry_at = 0.0
         self.failures.labels(stage).inc(0)

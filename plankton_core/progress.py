@@ -1,4 +1,5 @@
 """Progress for long loops: a tqdm bar on a terminal, plain log lines in a pod."""
+
 from __future__ import annotations
 
 import logging

@@ -11,15 +11,17 @@ Defaults: the index from `JOB_COMPLETION_INDEX` (set by Kubernetes in an Indexed
 Job), the count from `NUM_SHARDS`, else `JOB_COMPLETIONS` (set them in the Job's
 env to `.spec.completions`).
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pyarrow as pa
 
@@ -109,8 +111,9 @@ class ShardSet:
     def part_key(self, index: int, count: int, ext: str = "parquet") -> str:
         return join(self.prefix, SHARDS, f"{index}-of-{count}.{ext}")
 
-    def write(self, index: int, count: int, output: ShardOutput, *, digest: str, upstream: dict[str, str],
-              fingerprint: Any, config: dict[str, Any]) -> PartRecord:
+    def write(
+        self, index: int, count: int, output: ShardOutput, *, digest: str, upstream: dict[str, str], fingerprint: Any, config: dict[str, Any]
+    ) -> PartRecord:
         """Upload the rows, then the record (last: a part without its JSON is unfinished)."""
         rows_key = None
         if output.rows is not None:
@@ -119,9 +122,18 @@ class ShardSet:
                 write_parquet(self.root, rows_key, output.rows)
             else:
                 self.root.put_file(output.rows, rows_key)
-        record = PartRecord(index=index, count=count, digest=digest, upstream=upstream, fingerprint=fingerprint,
-                            config=config, counts=dict(output.counts), extra=dict(output.extra), rows_key=rows_key,
-                            written_at=now_iso())
+        record = PartRecord(
+            index=index,
+            count=count,
+            digest=digest,
+            upstream=upstream,
+            fingerprint=fingerprint,
+            config=config,
+            counts=dict(output.counts),
+            extra=dict(output.extra),
+            rows_key=rows_key,
+            written_at=now_iso(),
+        )
         write_json(self.root, self.part_key(index, count, "json"), asdict(record))
         return record
 
@@ -150,8 +162,9 @@ class ShardSet:
         """
         parts = self.records()
         if not parts:
-            raise UpstreamNotReadyError(f"no {self.stage} shard parts under {self.where}: run "
-                                        f"`plankton {self.stage} --shard-index I --num-shards N` for every I first")
+            raise UpstreamNotReadyError(
+                f"no {self.stage} shard parts under {self.where}: run `plankton {self.stage} --shard-index I --num-shards N` for every I first"
+            )
         groups: dict[int, dict[int, PartRecord]] = {}
         for p in parts:
             if p.digest == digest:
@@ -168,25 +181,30 @@ class ShardSet:
         mismatched = [p for p in others if p.count == count and p.index in missing]
         if mismatched:
             return self._refuse(mismatched[0], upstream, fingerprint, config, "it")
-        raise UpstreamNotReadyError(f"{self.stage} shards incomplete: {len(newest)} of {count} done, missing shard index(es) "
-                                    f"{', '.join(map(str, missing))}; run those shards, then `plankton {self.stage} --merge`")
+        raise UpstreamNotReadyError(
+            f"{self.stage} shards incomplete: {len(newest)} of {count} done, missing shard index(es) "
+            f"{', '.join(map(str, missing))}; run those shards, then `plankton {self.stage} --merge`"
+        )
 
     def _refuse(self, part: PartRecord, upstream: dict[str, str], fingerprint: Any, config: dict[str, Any], what: str) -> list[PartRecord]:
         name = f"{self.stage} shard {part.index}-of-{part.count} under {self.where}"
         if part.fingerprint == fingerprint and part.config == config and part.upstream != upstream:
-            raise UpstreamNotReadyError(f"{name} predates the current upstream run ({', '.join(sorted(upstream))}): "
-                                        f"rerun {what}, then `plankton {self.stage} --merge`")
-        raise BadInputError(f"{name} was made from {_why(part, fingerprint, config)}: "
-                            f"rerun {what} with this input and config, then `plankton {self.stage} --merge`")
+            raise UpstreamNotReadyError(
+                f"{name} predates the current upstream run ({', '.join(sorted(upstream))}): rerun {what}, then `plankton {self.stage} --merge`"
+            )
+        raise BadInputError(
+            f"{name} was made from {_why(part, fingerprint, config)}: rerun {what} with this input and config, then `plankton {self.stage} --merge`"
+        )
 
 
 def _why(part: PartRecord, fingerprint: Any, config: dict[str, Any]) -> str:
     if part.fingerprint != fingerprint:
         then, now = part.fingerprint, fingerprint
         if isinstance(then, dict) and isinstance(now, dict):
-            return (f"a different input ({then.get('input')}: {then.get('files')} files, listing {then.get('listing_sha256')}; "
-                    f"now {now.get('input')}: {now.get('files')} files, listing {now.get('listing_sha256')})")
+            return (
+                f"a different input ({then.get('input')}: {then.get('files')} files, listing {then.get('listing_sha256')}; "
+                f"now {now.get('input')}: {now.get('files')} files, listing {now.get('listing_sha256')})"
+            )
         return "a different input"
-    diffs = [f"{k} {part.config.get(k)!r} vs {config.get(k)!r} now" for k in sorted(set(part.config) | set(config))
-             if part.config.get(k) != config.get(k)]
+    diffs = [f"{k} {part.config.get(k)!r} vs {config.get(k)!r} now" for k in sorted(set(part.config) | set(config)) if part.config.get(k) != config.get(k)]
     return f"a different config ({', '.join(diffs)})" if diffs else "a different run (digest differs)"

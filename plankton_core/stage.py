@@ -16,6 +16,7 @@ the registry without importing torch.
 - outputs, then `run.json`, then `_SUCCESS` (last), and the metrics;
 - non-zero DDP ranks run the body and write none of the stage's records.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,9 +27,10 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from .config import config_dict, digestable_config
 from .errors import BadInputError, UpstreamNotReadyError
@@ -153,7 +155,7 @@ def resolve(ref: str | Callable[..., Any]) -> Callable[..., Any]:
     if callable(ref):
         return ref
     module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass
@@ -204,9 +206,7 @@ def require_upstream(root: Store, upstream: Iterable[str]) -> dict[str, str]:
     for name in upstream:
         prefix = stage_prefix(name)
         if not root.exists(join(prefix, SUCCESS)):
-            raise UpstreamNotReadyError(
-                f"upstream stage '{name}' has not finished: no {root.uri}/{prefix}/{SUCCESS}; run `plankton {name}` first"
-            )
+            raise UpstreamNotReadyError(f"upstream stage '{name}' has not finished: no {root.uri}/{prefix}/{SUCCESS}; run `plankton {name}` first")
         digests[name] = read_json(root, join(prefix, RUN_JSON)).get("digest", "")
     return digests
 
@@ -241,8 +241,17 @@ def run_stage(
     rank = int(os.environ.get("RANK", "0")) if rank is None else rank
     uri = f"{root.uri}/{stage.prefix}"
     run_id = uuid.uuid4().hex[:12]
-    ctx = StageContext(stage=stage.name, prefix=stage.prefix, root=root, metrics=StageMetrics(stage.name, run_id), log=log,
-                       force=force, run_id=run_id, s3_endpoint=s3_endpoint, rank=rank)
+    ctx = StageContext(
+        stage=stage.name,
+        prefix=stage.prefix,
+        root=root,
+        metrics=StageMetrics(stage.name, run_id),
+        log=log,
+        force=force,
+        run_id=run_id,
+        s3_endpoint=s3_endpoint,
+        rank=rank,
+    )
     ctx.upstream = require_upstream(root, stage.upstream)
     if stage.check is not None:
         ctx.plan = resolve(stage.check)(cfg, ctx)
@@ -257,8 +266,7 @@ def run_stage(
 
     if not force and _recorded_digest(root, stage) == digest:
         log.info("%s is up to date (%s); --force redoes it", stage.name, uri)
-        return StageResult(stage.name, uri, up_to_date=True, counts=read_json(root, stage.key(RUN_JSON)).get("counts", {}),
-                           primary=ctx.primary)
+        return StageResult(stage.name, uri, up_to_date=True, counts=read_json(root, stage.key(RUN_JSON)).get("counts", {}), primary=ctx.primary)
     if merge:
         shard_set = ShardSet(root, stage.name, stage.prefix)
         parts = shard_set.complete(digest, ctx.upstream, fingerprint, digestable_config(cfg))
@@ -274,11 +282,12 @@ def run_stage(
 def _recorded_digest(root: Store, stage: Stage) -> str | None:
     if not root.exists(stage.key(SUCCESS)) or not root.exists(stage.key(RUN_JSON)):
         return None
-    return read_json(root, stage.key(RUN_JSON)).get("digest")  # type: ignore[no-any-return]
+    return read_json(root, stage.key(RUN_JSON)).get("digest")
 
 
-def _run_body(stage: Stage, cfg: Any, ctx: StageContext, body: Callable[[Any, StageContext], Any], digest: str,
-              fingerprint: Any, uri: str, *, final: bool = True) -> StageResult:
+def _run_body(
+    stage: Stage, cfg: Any, ctx: StageContext, body: Callable[[Any, StageContext], Any], digest: str, fingerprint: Any, uri: str, *, final: bool = True
+) -> StageResult:
     """Time and count the body; on the primary process write run.json, metrics and (when `final`) `_SUCCESS`."""
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
@@ -294,20 +303,24 @@ def _run_body(stage: Stage, cfg: Any, ctx: StageContext, body: Callable[[Any, St
         return StageResult(stage.name, uri, up_to_date=False, seconds=seconds, counts=counts, notes=ctx.notes, primary=False)
     ctx.metrics.finish(ok=True, seconds=seconds)
     if final:
-        write_json(ctx.root, stage.key(RUN_JSON), {
-            "stage": stage.name,
-            "run_id": ctx.run_id,
-            "config": config_dict(cfg),
-            "version": package_version(),
-            "git_commit": git_commit(),
-            "inputs": ctx.upstream,
-            "fingerprint": fingerprint,
-            "digest": digest,
-            "counts": counts,
-            "timings": {"started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(), "seconds": round(seconds, 3)},
-            "host": socket.gethostname(),
-            "notes": ctx.notes,
-        })
+        write_json(
+            ctx.root,
+            stage.key(RUN_JSON),
+            {
+                "stage": stage.name,
+                "run_id": ctx.run_id,
+                "config": config_dict(cfg),
+                "version": package_version(),
+                "git_commit": git_commit(),
+                "inputs": ctx.upstream,
+                "fingerprint": fingerprint,
+                "digest": digest,
+                "counts": counts,
+                "timings": {"started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(), "seconds": round(seconds, 3)},
+                "host": socket.gethostname(),
+                "notes": ctx.notes,
+            },
+        )
     _emit_metrics(ctx)
     if final:
         ctx.root.write_bytes(stage.key(SUCCESS), b"")
@@ -334,8 +347,7 @@ def _run_shard(stage: Stage, cfg: Any, ctx: StageContext, digest: str, fingerpri
             x.root.delete(stage.key(SUCCESS))  # the merged outputs are about to be superseded
         output: ShardOutput = shard_fn(c, x, index, count)
         if x.primary:
-            shard_set.write(index, count, output, digest=digest, upstream=x.upstream, fingerprint=fingerprint,
-                            config=digestable_config(c))
+            shard_set.write(index, count, output, digest=digest, upstream=x.upstream, fingerprint=fingerprint, config=digestable_config(c))
         return output.counts
 
     return _run_body(stage, cfg, ctx, body, digest, fingerprint, uri, final=False)

@@ -15,8 +15,10 @@ reads, while the tests run against a real HTTP S3 (moto's server); pyarrow.fs
 would add a second S3 client (its own retry and credential rules) for no new
 verb, fsspec/s3fs a dependency tree on aiobotocore.
 """
+
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import shutil
@@ -54,16 +56,20 @@ class Store(Protocol):
     def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
         """A file to write `key` into; the object appears whole when the block ends, and not at all if it raises."""
         ...
+
     def list(self, prefix: str = "") -> Iterator[str]: ...
     def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         """(key, size in bytes) of every object under `prefix`, in `list` order."""
         ...
+
     def is_dir(self, prefix: str = "") -> bool:
         """A folder on disk; on S3 (which has no empty folders), a prefix with at least one object under it."""
         ...
+
     def local_path(self, key: str) -> AbstractContextManager[Path]:
         """A local file holding `key`, for tools that want a path (FAISS, SAM2, DuckDB); read it, do not write it."""
         ...
+
     def put_file(self, local_path: str | os.PathLike, key: str) -> None: ...
     def get_file(self, key: str, local_path: str | os.PathLike) -> None: ...
     def delete(self, key: str) -> None: ...
@@ -324,7 +330,7 @@ class S3Store:
                 count += self._delete_batch(batch)
         return count
 
-    def _delete_batch(self, batch: list[dict[str, str]]) -> int:
+    def _delete_batch(self, batch: builtins.list[dict[str, str]]) -> int:
         reply = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         if reply.get("Errors"):
             first = reply["Errors"][0]
@@ -387,7 +393,7 @@ def open_store(uri: str | StoreURI | None = None, s3_endpoint: str | None = None
     """A store for `uri`: `s3://bucket/prefix`, `file:///path`, a plain path (default `./artifacts`), or a
     `StoreURI` from `reopen_spec()` (its endpoint is used)."""
     if isinstance(uri, StoreURI):
-        uri, s3_endpoint = uri.uri, uri.s3_endpoint
+        return open_store(uri.uri, uri.s3_endpoint)
     bucket, path = _parse(uri or os.environ.get("PLANKTON_ROOT") or DEFAULT_ROOT)
     return LocalStore(path) if bucket is None else S3Store(bucket, path, endpoint_url=s3_endpoint)
 

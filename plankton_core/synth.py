@@ -8,6 +8,7 @@ object (a small coordinate grid around it), so thousands of frames take seconds.
 Everything is drawn from `numpy.random.default_rng([seed, class, frame])`, so a
 frame depends only on the seed and its place, never on what was drawn before.
 """
+
 from __future__ import annotations
 
 import io
@@ -66,6 +67,7 @@ class SynthConfig:
 
 
 # --- shapes: each maps local coordinates (u along the long axis, v across; radius r) to a mask ---------------
+
 
 def _ellipse(u, v, r, rng):
     return (u / r) ** 2 + (v / (r * rng.uniform(0.8, 1.0))) ** 2 <= 1.0
@@ -181,8 +183,9 @@ BLUR_SIGMA = 0.7  # optics: objects are drawn crisp, then blurred
 BLUR_PAD = 3  # pixels around an object's patch that its blur reaches
 
 
-def render_frame(shape: str, rng: np.random.Generator, size: int, dark: bool, n_objects: int,
-                 cut_fraction: float, noise: float) -> tuple[np.ndarray, list[dict]]:
+def render_frame(
+    shape: str, rng: np.random.Generator, size: int, dark: bool, n_objects: int, cut_fraction: float, noise: float
+) -> tuple[np.ndarray, list[dict]]:
     """One uint8 (size, size) frame and its objects' ground truth (box clipped to the frame, touches_border)."""
     if dark:
         background, contrast = rng.uniform(4, 30), rng.uniform(70, 220)
@@ -287,8 +290,18 @@ def generate(out: Store, cfg: SynthConfig) -> dict[str, int]:
                 for col in ("x0", "y0", "x1", "y1", "touches_border"):
                     rows[col].append(obj[col])
                 rows["dark_field"].append(dark)
-    schema = pa.schema([("image_key", pa.string()), ("class", pa.string()), ("x0", pa.int32()), ("y0", pa.int32()),
-                        ("x1", pa.int32()), ("y1", pa.int32()), ("touches_border", pa.bool_()), ("dark_field", pa.bool_())])
+    schema = pa.schema(
+        [
+            ("image_key", pa.string()),
+            ("class", pa.string()),
+            ("x0", pa.int32()),
+            ("y0", pa.int32()),
+            ("x1", pa.int32()),
+            ("y1", pa.int32()),
+            ("touches_border", pa.bool_()),
+            ("dark_field", pa.bool_()),
+        ]
+    )
     write_parquet(out, GROUND_TRUTH_KEY, pa.table(rows, schema=schema))
     cut = sum(rows["touches_border"])
     return {"frames": frames, "objects": len(rows["image_key"]), "cut_by_border": cut, "classes": cfg.classes}

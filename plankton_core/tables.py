@@ -1,4 +1,5 @@
 """Parquet and JSON on a store: the formats every stage exchanges."""
+
 from __future__ import annotations
 
 import io

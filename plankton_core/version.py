@@ -1,4 +1,5 @@
 """Package version and git commit, recorded in every run.json."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Shared fixtures: a real S3 HTTP server on 127.0.0.1 (moto's server mode), stores of both kinds, the CLI."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """An HTTP server on 127.0.0.1 in a daemon thread: the base of the tests' service stand-ins."""
+
 from __future__ import annotations
 
 import threading

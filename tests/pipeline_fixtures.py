@@ -10,6 +10,7 @@
 
 The end-to-end test runs the real stages instead.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -169,8 +170,7 @@ def make_stats_root(root_uri: str, n_classes: int = 3, per_class: int = 24, size
     return store
 
 
-def fake_checkpoint(size: int, mean, std, seed: int = 0, model: str = "test_resnet", *, epoch: int = 3, net=None,
-                    proj_dim: int = 16) -> dict:
+def fake_checkpoint(size: int, mean, std, seed: int = 0, model: str = "test_resnet", *, epoch: int = 3, net=None, proj_dim: int = 16) -> dict:
     """A SupCon checkpoint as the supcon stage saves it: the one fake checkpoint of every stage's tests.
 
     `net` (a SupConModel) is saved as given; otherwise one is built from `seed`.
@@ -188,8 +188,7 @@ def fake_checkpoint(size: int, mean, std, seed: int = 0, model: str = "test_resn
         "optimizer": {},
         "epoch": epoch,
         "step": epoch * 10,
-        "config": {"model": model, "proj_dim": int(net.head[-1].out_features), "size": size, "mean": list(mean),
-                   "std": list(std), "batch_size": 32},
+        "config": {"model": model, "proj_dim": int(net.head[-1].out_features), "size": size, "mean": list(mean), "std": list(std), "batch_size": 32},
         "feature_dim": net.feature_dim,
     }
 
@@ -199,5 +198,15 @@ def checkpoint_dict(model, epoch: int, size: int, mean, std, name: str = "test_r
     return fake_checkpoint(size, mean, std, model=name, epoch=epoch, net=model)
 
 
-__all__ = ["checkpoint_dict", "draw_shape", "fake_checkpoint", "finish_stage", "frames_spec", "kept_rows", "letterbox",
-           "make_crop_root", "make_stats_root", "write_crop_root"]
+__all__ = [
+    "checkpoint_dict",
+    "draw_shape",
+    "fake_checkpoint",
+    "finish_stage",
+    "frames_spec",
+    "kept_rows",
+    "letterbox",
+    "make_crop_root",
+    "make_stats_root",
+    "write_crop_root",
+]

@@ -1,4 +1,5 @@
 """A Pushgateway stand-in on 127.0.0.1: records every push and parses it with prometheus-client's parser."""
+
 from __future__ import annotations
 
 from http.server import BaseHTTPRequestHandler

@@ -3,6 +3,7 @@ SIGTERM.
 
 Store failures exit 2, a missing upstream 3, an interrupted stage 75.
 """
+
 from __future__ import annotations
 
 import signal
@@ -147,8 +148,9 @@ def test_sigterm_gives_exit_75_and_no_success_marker(tmp_path: Path):
     script = tmp_path / "slow.py"
     script.write_text(SLOW_STAGE)
     root = tmp_path / "root"
-    proc = subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
     # wait for the body to start, then send what a node drain sends
     assert proc.stdout.readline().strip() == "started"
     time.sleep(0.2)

@@ -2,6 +2,7 @@
 
 Resolution: declared defaults < YAML file < flags; unknown keys and bad types or bounds are bad input (exit 2).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -107,10 +108,17 @@ def test_hidden_and_renamed_options_are_settable(demo, run_cli, tmp_path):
     assert cfg.secret == 9 and cfg.renamed == "y"
 
 
-@pytest.mark.parametrize(("args", "flag"), [
-    (["--level", "0"], "--level"), (["--level", "6"], "--level"), (["--ratio", "1"], "--ratio"),
-    (["--ratio", "0"], "--ratio"), (["--threads", "-2"], "--threads"), (["--other-name", "1", "--level", "9"], "--level"),
-])
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--level", "0"], "--level"),
+        (["--level", "6"], "--level"),
+        (["--ratio", "1"], "--ratio"),
+        (["--ratio", "0"], "--ratio"),
+        (["--threads", "-2"], "--threads"),
+        (["--other-name", "1", "--level", "9"], "--level"),
+    ],
+)
 def test_out_of_bounds_is_one_line_exit_2_naming_the_flag(demo, run_cli, tmp_path, args, flag):
     result, _ = run_demo(run_cli, tmp_path, *args)
     assert result.exit_code == 2, result.output
@@ -177,6 +185,7 @@ def test_every_registered_config_field_has_a_flag(run_cli, stage, spec):
 
 
 # ---- resolution without the CLI (moved from tests/spine/test_config_resolution.py) ----
+
 
 @stage_config
 class Demo:

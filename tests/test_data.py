@@ -1,4 +1,5 @@
 """Crops as training data: letterboxing with the crop's own background, and the decode cache."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """`make demo` is the newcomer's first command: scripts/demo.sh runs every stage on the local store."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Image decoding: every bit depth, mode and format crop meets, and every way a file can be unreadable."""
+
 from __future__ import annotations
 
 import io

@@ -5,6 +5,7 @@ registered stage's body. Every import counts, absolute or relative, at module le
 inside a function. Shared pieces (embedding, scoring, reporting, artifacts, …) sit below
 the stages and may be imported by any of them.
 """
+
 from __future__ import annotations
 
 import ast
@@ -114,16 +115,19 @@ def test_a_clean_tree_has_no_violations(fake_tree):
     assert violations(fake_tree, STAGE_PACKAGES) == []
 
 
-@pytest.mark.parametrize(("path", "source", "target"), [
-    ("alpha/stage.py", "from ..beta import run\n", "plankton_core.beta"),
-    ("alpha/stage.py", "from .. import beta\n", "plankton_core.beta"),
-    ("alpha/stage.py", "from plankton_core import beta\n", "plankton_core.beta"),
-    ("alpha/stage.py", "import plankton_core.beta.stage\n", "plankton_core.beta.stage"),
-    ("alpha/stage.py", "from plankton_core.beta.stage import body\n", "plankton_core.beta.stage"),
-    ("alpha/__init__.py", "from ..beta.stage import body\n", "plankton_core.beta.stage"),
-    ("alpha/stage.py", "def late():\n    from ..beta import stage\n    return stage\n", "plankton_core.beta"),
-    ("beta/inner/deep.py", "class C:\n    def m(self):\n        from ...alpha.helpers import x\n", "plankton_core.alpha.helpers"),
-])
+@pytest.mark.parametrize(
+    ("path", "source", "target"),
+    [
+        ("alpha/stage.py", "from ..beta import run\n", "plankton_core.beta"),
+        ("alpha/stage.py", "from .. import beta\n", "plankton_core.beta"),
+        ("alpha/stage.py", "from plankton_core import beta\n", "plankton_core.beta"),
+        ("alpha/stage.py", "import plankton_core.beta.stage\n", "plankton_core.beta.stage"),
+        ("alpha/stage.py", "from plankton_core.beta.stage import body\n", "plankton_core.beta.stage"),
+        ("alpha/__init__.py", "from ..beta.stage import body\n", "plankton_core.beta.stage"),
+        ("alpha/stage.py", "def late():\n    from ..beta import stage\n    return stage\n", "plankton_core.beta"),
+        ("beta/inner/deep.py", "class C:\n    def m(self):\n        from ...alpha.helpers import x\n", "plankton_core.alpha.helpers"),
+    ],
+)
 def test_a_stage_importing_another_is_caught(fake_tree, path, source, target):
     (fake_tree / PACKAGE / path).write_text(source)
     problems = violations(fake_tree, STAGE_PACKAGES)
@@ -131,8 +135,9 @@ def test_a_stage_importing_another_is_caught(fake_tree, path, source, target):
     assert any(p.startswith(f"{PACKAGE}/{path}:") and f"({target}" in p for p in problems), problems
 
 
-@pytest.mark.parametrize("source", ["import click\n", "from click import echo\n", "def f():\n    import kubernetes.client\n",
-                                    "from kubernetes import client\n"])
+@pytest.mark.parametrize(
+    "source", ["import click\n", "from click import echo\n", "def f():\n    import kubernetes.client\n", "from kubernetes import client\n"]
+)
 def test_click_or_kubernetes_anywhere_in_plankton_core_is_caught(fake_tree, source):
     (fake_tree / PACKAGE / "shared.py").write_text(source)
     problems = violations(fake_tree, STAGE_PACKAGES)

@@ -1,4 +1,5 @@
 """A Pushgateway outage costs one timeout, not one per epoch; the final push is always tried."""
+
 from __future__ import annotations
 
 import plankton_core.metrics as metrics_module

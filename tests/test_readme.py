@@ -1,4 +1,5 @@
 """README.md's option lists are generated from the commands' own options (`make docs`): they cannot drift."""
+
 from __future__ import annotations
 
 import importlib.util

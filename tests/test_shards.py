@@ -1,4 +1,5 @@
 """One shard-set implementation for every shardable stage (plankton_core.shards)."""
+
 from __future__ import annotations
 
 import collections
@@ -23,34 +24,47 @@ def shard_set(tmp_path) -> ShardSet:
     return ShardSet(open_store(str(tmp_path / "root")), "demo", "demo")
 
 
-def write(shard_set: ShardSet, index: int, count: int, digest: str = "d1", config=CONFIG, upstream=UPSTREAM,
-          fingerprint=FINGERPRINT, rows=None):
+def write(shard_set: ShardSet, index: int, count: int, digest: str = "d1", config=CONFIG, upstream=UPSTREAM, fingerprint=FINGERPRINT, rows=None):
     table = pa.table({"i": [index]}) if rows is None else rows
-    return shard_set.write(index, count, ShardOutput(rows=table, counts={"rows": 1}, extra={"best": index}),
-                           digest=digest, upstream=upstream, fingerprint=fingerprint, config=config)
+    return shard_set.write(
+        index,
+        count,
+        ShardOutput(rows=table, counts={"rows": 1}, extra={"best": index}),
+        digest=digest,
+        upstream=upstream,
+        fingerprint=fingerprint,
+        config=config,
+    )
 
 
 # ---- which shard ----
 
-@pytest.mark.parametrize(("flags", "env", "expected"), [
-    ((None, None), {}, (0, 1)),
-    ((2, 4), {}, (2, 4)),
-    ((None, None), {"JOB_COMPLETION_INDEX": "3", "NUM_SHARDS": "5"}, (3, 5)),
-    ((None, None), {"JOB_COMPLETION_INDEX": "1", "JOB_COMPLETIONS": "2"}, (1, 2)),
-    ((None, None), {"JOB_COMPLETION_INDEX": "1", "NUM_SHARDS": "3", "JOB_COMPLETIONS": "9"}, (1, 3)),  # NUM_SHARDS first
-    ((0, 2), {"JOB_COMPLETION_INDEX": "1", "NUM_SHARDS": "3"}, (0, 2)),  # flags win
-    ((None, None), {"JOB_COMPLETION_INDEX": " ", "NUM_SHARDS": ""}, (0, 1)),  # blank is unset
-])
+
+@pytest.mark.parametrize(
+    ("flags", "env", "expected"),
+    [
+        ((None, None), {}, (0, 1)),
+        ((2, 4), {}, (2, 4)),
+        ((None, None), {"JOB_COMPLETION_INDEX": "3", "NUM_SHARDS": "5"}, (3, 5)),
+        ((None, None), {"JOB_COMPLETION_INDEX": "1", "JOB_COMPLETIONS": "2"}, (1, 2)),
+        ((None, None), {"JOB_COMPLETION_INDEX": "1", "NUM_SHARDS": "3", "JOB_COMPLETIONS": "9"}, (1, 3)),  # NUM_SHARDS first
+        ((0, 2), {"JOB_COMPLETION_INDEX": "1", "NUM_SHARDS": "3"}, (0, 2)),  # flags win
+        ((None, None), {"JOB_COMPLETION_INDEX": " ", "NUM_SHARDS": ""}, (0, 1)),  # blank is unset
+    ],
+)
 def test_resolve_shard(flags, env, expected):
     assert resolve_shard(*flags, environ=env) == expected
 
 
-@pytest.mark.parametrize(("flags", "env", "message"), [
-    ((None, 0), {}, "the shard count must be at least 1, not 0"),
-    ((3, 3), {}, "shard index 3 is out of range for 3 shard(s)"),
-    ((None, None), {"JOB_COMPLETION_INDEX": "2"}, "shard index 2 is out of range for 1 shard(s) (set --num-shards or $NUM_SHARDS"),
-    ((None, None), {"NUM_SHARDS": "four"}, "$NUM_SHARDS='four' is not an integer"),
-])
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        ((None, 0), {}, "the shard count must be at least 1, not 0"),
+        ((3, 3), {}, "shard index 3 is out of range for 3 shard(s)"),
+        ((None, None), {"JOB_COMPLETION_INDEX": "2"}, "shard index 2 is out of range for 1 shard(s) (set --num-shards or $NUM_SHARDS"),
+        ((None, None), {"NUM_SHARDS": "four"}, "$NUM_SHARDS='four' is not an integer"),
+    ],
+)
 def test_resolve_shard_refuses_bad_input(flags, env, message):
     with pytest.raises(BadInputError) as exc:
         resolve_shard(*flags, environ=env)
@@ -66,6 +80,7 @@ def test_shard_of_is_stable_in_range_and_spreads_keys():
 
 
 # ---- the parts ----
+
 
 def test_write_puts_rows_then_the_record(shard_set):
     record = write(shard_set, 1, 2)

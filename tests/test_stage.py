@@ -4,6 +4,7 @@ The toy stage (and its toy upstream) get, with no other edit: a `plankton toy` c
 flags generated from the config, the contract (upstream, up to date, --force, shards and
 --merge, ranks, check before anything is touched), and a Kubernetes Job.
 """
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -70,8 +71,17 @@ def toy_merge(cfg: ToyConfig, ctx: StageContext, parts: list[PartRecord]) -> dic
 
 
 SEED_STAGE = Stage(name="toy-seed", prefix="toy-seed", config=ToySeedConfig, body=seed_body, help="Toy upstream.")
-TOY_STAGE = Stage(name="toy", prefix="toy", config=ToyConfig, body=toy_body, upstream=("toy-seed",), check=toy_check,
-                  shard=toy_shard, merge=toy_merge, help="Toy stage: numbers from the seed's offset.")
+TOY_STAGE = Stage(
+    name="toy",
+    prefix="toy",
+    config=ToyConfig,
+    body=toy_body,
+    upstream=("toy-seed",),
+    check=toy_check,
+    shard=toy_shard,
+    merge=toy_merge,
+    help="Toy stage: numbers from the seed's offset.",
+)
 
 
 @pytest.fixture
@@ -100,6 +110,7 @@ def written(root) -> list[int]:
 
 
 # ---- the toy stage gets a command, the contract, sharding and a Job, with no other edit ----
+
 
 def test_toy_stage_is_in_the_registry_in_pipeline_order(toy):
     from plankton_core.stage import get_stage, stages
@@ -141,8 +152,7 @@ def test_toy_command_without_its_upstream_exits_3(toy, run_cli, tmp_path):
     assert "run `plankton toy-seed` first" in result.stderr
 
 
-@pytest.mark.parametrize(("args", "flag"), [(["--count", "0"], "--count"), (["--count", "1001"], "--count"),
-                                            (["--workers", "-1"], "--workers")])
+@pytest.mark.parametrize(("args", "flag"), [(["--count", "0"], "--count"), (["--count", "1001"], "--count"), (["--workers", "-1"], "--workers")])
 def test_toy_command_with_an_out_of_range_value_exits_2_on_one_line_naming_the_flag(toy, run_cli, tmp_path, args, flag):
     root = str(tmp_path / "root")
     run_cli("toy-seed", "--root", root)
@@ -216,6 +226,7 @@ def test_a_gpu_distributed_stage_gets_gpus_and_torchrun_from_the_registry(toy):
 
 
 # ---- the contract (run_stage) ----
+
 
 def test_up_to_date_and_force(seeded):
     first = run_stage("toy", ToyConfig(count=3), seeded)

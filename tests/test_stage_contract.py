@@ -3,6 +3,7 @@
 A toy stage `toy` (prefix toy/) with the toy upstream `toy-up`: the order of writes, failures,
 interruptions, up to date / --force / config / upstream / fingerprint changes, and metrics.
 """
+
 from __future__ import annotations
 
 import socket
@@ -34,8 +35,9 @@ def _toy_upstream_registered():
 
 
 def toy(body, upstream=(UP.name,), fingerprint=None) -> Stage:
-    return Stage(name="toy", prefix="toy", config=ToyConfig, body=body, upstream=upstream,
-                 fingerprint=None if fingerprint is None else (lambda cfg, ctx: fingerprint))
+    return Stage(
+        name="toy", prefix="toy", config=ToyConfig, body=body, upstream=upstream, fingerprint=None if fingerprint is None else (lambda cfg, ctx: fingerprint)
+    )
 
 
 class RecordingStore:

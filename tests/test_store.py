@@ -1,4 +1,5 @@
 """The artifact store: the same tests on a local folder and on a real S3 HTTP server (moto server mode)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -289,7 +290,13 @@ def test_credentials_failing_mid_run_are_store_errors_too(s3_bucket, monkeypatch
     store = open_store(f"s3://{s3_bucket}/x")
     store.write_bytes("k", b"1")
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
-    for verb in (lambda: store.exists("k"), lambda: store.read_bytes("k"), lambda: store.write_bytes("k", b"2"), lambda: store.delete("k"), lambda: list(store.list(""))):
+    for verb in (
+        lambda: store.exists("k"),
+        lambda: store.read_bytes("k"),
+        lambda: store.write_bytes("k", b"2"),
+        lambda: store.delete("k"),
+        lambda: list(store.list("")),
+    ):
         with pytest.raises(StoreError, match=r"access denied to s3://.*check the S3 credentials"):
             verb()
 

@@ -1,4 +1,5 @@
 """The synthetic frame generator: layout, ground truth, determinism, modes, formats, CLI."""
+
 from __future__ import annotations
 
 import io
@@ -69,9 +70,9 @@ def test_ground_truth_boxes_are_where_the_objects_are(tmp_path):
             background = np.median(f)
             outside = np.ones(frame.shape, dtype=bool)
             for o in objects:
-                inside = f[o["y0"]:o["y1"], o["x0"]:o["x1"]]
+                inside = f[o["y0"] : o["y1"], o["x0"] : o["x1"]]
                 assert np.abs(inside - background).max() > 40, (shape, dark, o)
-                outside[max(0, o["y0"] - 2):o["y1"] + 2, max(0, o["x0"] - 2):o["x1"] + 2] = False
+                outside[max(0, o["y0"] - 2) : o["y1"] + 2, max(0, o["x0"] - 2) : o["x1"] + 2] = False
                 # the box is tight: its outermost rows and columns hold object pixels
                 for edge in (inside[0], inside[-1], inside[:, 0], inside[:, -1]):
                     assert np.abs(edge - background).max() > 10, (shape, dark, o)
@@ -136,15 +137,22 @@ def test_formats_decode_to_the_frame(fmt):
 
 
 def test_bad_config():
-    for bad in (dict(classes=0), dict(classes=len(SHAPES) + 1), dict(mode="grey"), dict(size=8), dict(formats=("gif",)),
-                dict(cut_fraction=1.5), dict(multi_fraction=-0.1), dict(imbalance=0)):
+    for bad in (
+        dict(classes=0),
+        dict(classes=len(SHAPES) + 1),
+        dict(mode="grey"),
+        dict(size=8),
+        dict(formats=("gif",)),
+        dict(cut_fraction=1.5),
+        dict(multi_fraction=-0.1),
+        dict(imbalance=0),
+    ):
         with pytest.raises(BadInputError):
             load_config(SynthConfig, None, bad)
 
 
 def test_cli_local_and_s3(run_cli, root_uri):
-    result = run_cli("synth", "--out", root_uri, "--classes", 3, "--per-class", 6, "--size", 48, "--mode", "both",
-                     "--seed", 4, "--formats", "png,tiff,jpeg")
+    result = run_cli("synth", "--out", root_uri, "--classes", 3, "--per-class", 6, "--size", 48, "--mode", "both", "--seed", 4, "--formats", "png,tiff,jpeg")
     assert result.exit_code == 0, result.output
     assert "frames" in result.stdout and "3 classes" in result.stdout
     store = open_store(root_uri)

@@ -9,6 +9,7 @@ indexes one after another with `JOB_COMPLETION_INDEX` set. A failed pod is judge
 by the Job's own `podFailurePolicy` and `backoffLimit`, so exit 2/3 stop at once,
 75 is retried without counting, and 1 is retried up to the limit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,6 +61,7 @@ def policy_action(job: dict[str, Any], exit_code: int) -> str:
 
 def expand(text: str, env: Mapping[str, str]) -> str:
     """Kubernetes' `$(VAR)` expansion in command, args and env values; `$$` is a literal `$`; unknown refs stay."""
+
     def sub(m: re.Match) -> str:
         if m.group(0) == "$$":
             return "$"
@@ -82,8 +84,14 @@ def find_executable(name: str) -> str:
 class LocalRunner:
     """Runs Jobs (dicts) like the Job controller would, one pod at a time."""
 
-    def __init__(self, workdir: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None,
-                 echo: Callable[[str], None] | None = None, stdout=None, stderr=None):
+    def __init__(
+        self,
+        workdir: str | os.PathLike | None = None,
+        environ: Mapping[str, str] | None = None,
+        echo: Callable[[str], None] | None = None,
+        stdout=None,
+        stderr=None,
+    ):
         self.environ = dict(os.environ if environ is None else environ)
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="plankton-run-local-"))
@@ -239,7 +247,7 @@ def _container(job: dict[str, Any]) -> dict[str, Any]:
 def _remap(value: str, mounts: dict[str, Path]) -> str:
     for path, local in mounts.items():
         if value == path or value.startswith(path + "/"):
-            return str(local) + value[len(path):]
+            return str(local) + value[len(path) :]
     return value
 
 

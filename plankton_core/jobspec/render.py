@@ -10,6 +10,7 @@ Documents come back in the order `kubectl apply` takes them (a Service before it
 `plankton submit` creates and waits on the Jobs in that order, each Service right after
 its Job and owned by it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -178,7 +179,9 @@ def launcher(s: dict[str, Any], name: str, service_name: str | None) -> list[str
     return cmd + ["--no-python", "plankton"]
 
 
-def build_job(template: dict[str, Any], s: dict[str, Any], stage: str, run_id: str, name: str, step: str = "", service_name: str | None = None) -> dict[str, Any]:
+def build_job(
+    template: dict[str, Any], s: dict[str, Any], stage: str, run_id: str, name: str, step: str = "", service_name: str | None = None
+) -> dict[str, Any]:
     job = copy.deepcopy(template)
     lab = labels(stage, run_id, step)
     job["metadata"] = {"name": name, "namespace": s["namespace"], "labels": {**job["metadata"].get("labels", {}), **lab}}

@@ -12,6 +12,7 @@ and `gpuNode`, a distributed one `torchrun`, a shardable one a `merge` Job with
 key; lists and scalars replace. Unknown keys and stages are an error, so a typo
 never renders silently.
 """
+
 from __future__ import annotations
 
 import copy
@@ -83,8 +84,10 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     data = read_yaml_mapping(path, "settings file", "a mapping with defaults/stages/prelude")
     if "pipeline" in data:
-        raise BadInputError(f"settings file {path}: `pipeline` is gone: the stage order comes from the stage registry; "
-                            f"list tools to run before the stages under `prelude` (e.g. prelude: [synth])")
+        raise BadInputError(
+            f"settings file {path}: `pipeline` is gone: the stage order comes from the stage registry; "
+            f"list tools to run before the stages under `prelude` (e.g. prelude: [synth])"
+        )
     extra = sorted(set(data) - {"defaults", "stages", "prelude"})
     if extra:
         raise BadInputError(f"settings file {path}: unknown top-level key(s) {', '.join(extra)} (allowed: defaults, stages, prelude)")
@@ -196,7 +199,7 @@ class Settings:
     @property
     def pipeline(self) -> list[str]:
         """What `submit pipeline` runs, in order: the prelude tools (the last file that says wins), then every stage."""
-        prelude = next((f["prelude"] for f in reversed(self.files) if f.get("prelude") is not None), [])
+        prelude: list[str] = next((f["prelude"] for f in reversed(self.files) if f.get("prelude") is not None), [])
         return list(prelude) + [s.name for s in stages()]
 
     def check_stage(self, stage: str) -> None:

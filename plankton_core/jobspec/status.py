@@ -3,6 +3,7 @@
 Kept free of the kubernetes client so it is tested on hand-written status objects;
 `jobs/_kube.py` feeds it what the API server says.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +13,15 @@ from ..errors import EXIT_BAD_INPUT, EXIT_BUG, EXIT_UPSTREAM
 from .render import CONTAINER
 
 # waiting reasons that will not go away by themselves: worth telling the user at once
-STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff"}
+STUCK_REASONS = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+}
 
 
 @dataclass

@@ -5,6 +5,7 @@ missing" (3) and "interrupted, resume" (75) into "bug, retry" (1). `plankton k8s
 torchrun ARGS…` runs the same launcher (same arguments, `PET_*` environment) and
 exits with the workers' own code instead.
 """
+
 from __future__ import annotations
 
 import signal

@@ -1,4 +1,5 @@
 """The stats stage's options, each declared once (type, default, bounds, help)."""
+
 from __future__ import annotations
 
 import math

@@ -19,12 +19,13 @@ in train, and the caller warns. With that many frames the greedy gives every
 non-zero split at least one frame (the tests check this exhaustively on small
 classes), so val and test see every class that is split at all.
 """
+
 from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -59,9 +60,9 @@ def class_rng(seed: int, name: str) -> np.random.Generator:
 
 def assign_splits(classes: Sequence[str], sources: Sequence[str], fractions: Sequence[float], seed: int) -> SplitAssignment:
     """Assign each row (a crop with its class and source frame) to train (0), val (1) or test (2)."""
-    fractions = np.asarray(fractions, dtype=np.float64)
-    classes = np.asarray(classes, dtype=object)
-    sources = np.asarray(sources, dtype=object)
+    fraction_arr = np.asarray(fractions, dtype=np.float64)
+    classes = np.asarray(classes, dtype=object)  # type: ignore[assignment]
+    sources = np.asarray(sources, dtype=object)  # type: ignore[assignment]
     if len(classes) != len(sources):
         raise ValueError("classes and sources must be row-aligned")
     if len(classes) == 0:
@@ -89,7 +90,7 @@ def assign_splits(classes: Sequence[str], sources: Sequence[str], fractions: Seq
             continue  # stays in train (0)
         order = groups[class_rng(seed, str(name)).permutation(len(groups))]
         order = order[np.argsort(-group_size[order], kind="stable")]
-        group_split[order] = _greedy(group_size[order], fractions)
+        group_split[order] = _greedy(group_size[order], fraction_arr)
     return SplitAssignment(group_split[group_of_row], unsplit)
 
 

@@ -5,11 +5,12 @@ Reads `crop/manifest.parquet` (rows with status "kept"); writes
 crop_key), `stats/classes.json` and `stats/stats.json`. Later stages read
 their normalisation from stats.json only.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -97,8 +98,7 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
         more = len(assignment.unsplit_classes) - 10
         note = (
             f"{len(assignment.unsplit_classes)} class(es) have fewer than {min_frames_to_split(cfg.split)} source images, "
-            f"too few to split {','.join(f'{f:g}' for f in cfg.split)}, and stay whole in train: {listed}"
-            + (f" and {more} more" if more > 0 else "")
+            f"too few to split {','.join(f'{f:g}' for f in cfg.split)}, and stay whole in train: {listed}" + (f" and {more} more" if more > 0 else "")
         )
         ctx.notes.append(note)
         ctx.log.warning(note)

@@ -6,6 +6,7 @@ watch on the Job sends one step per event, and moves to the next step only after
 the client has listed the pods of the current one, so every state is seen. Pod
 logs are served from the script. Only the endpoints `plankton submit` uses exist.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ class Played:
     steps: list[Step]
     logs: dict[str, str]
     current: int = -1  # index of the last step sent
-    listed: int = -1   # index of the step whose pods were last listed
+    listed: int = -1  # index of the step whose pods were last listed
 
 
 def pod(job_name: str, suffix: str, phase: str, state: dict[str, Any], index: int | None = None) -> dict[str, Any]:
@@ -50,7 +51,10 @@ def pod(job_name: str, suffix: str, phase: str, state: dict[str, Any], index: in
             "annotations": annotations,
             "creationTimestamp": "2026-01-01T00:00:00Z",
         },
-        "status": {"phase": phase, "containerStatuses": [{"name": "plankton", "ready": phase == "Running", "restartCount": 0, "image": "plankton:dev", "imageID": "", "state": state}]},
+        "status": {
+            "phase": phase,
+            "containerStatuses": [{"name": "plankton", "ready": phase == "Running", "restartCount": 0, "image": "plankton:dev", "imageID": "", "state": state}],
+        },
     }
 
 
@@ -62,7 +66,10 @@ def success_script(job: dict[str, Any]) -> tuple[list[Step], dict[str, str]]:
         Step({"active": 1}, [pod(name, "a1", "Pending", {"waiting": {"reason": "ContainerCreating"}})]),
         Step({"active": 1, "ready": 1}, [pod(name, "a1", "Running", {"running": {"startedAt": "2026-01-01T00:00:01Z"}})]),
         Step(
-            {"succeeded": 1, "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True", "reason": "CompletionsReached"}]},
+            {
+                "succeeded": 1,
+                "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True", "reason": "CompletionsReached"}],
+            },
             [pod(name, "a1", "Succeeded", {"terminated": {"exitCode": 0, "reason": "Completed"}})],
         ),
     ]
@@ -79,7 +86,13 @@ def failure_script(code: int, reason: str = "PodFailurePolicy") -> Callable[[dic
         steps = [
             Step({"active": 1, "ready": 1}, [pod(name, "b1", "Running", {"running": {}})]),
             Step(
-                {"failed": 1, "conditions": [{"type": "FailureTarget", "status": "True", "reason": reason}, {"type": "Failed", "status": "True", "reason": reason, "message": message}]},
+                {
+                    "failed": 1,
+                    "conditions": [
+                        {"type": "FailureTarget", "status": "True", "reason": reason},
+                        {"type": "Failed", "status": "True", "reason": reason, "message": message},
+                    ],
+                },
                 [pod(name, "b1", "Failed", {"terminated": {"exitCode": code, "reason": "Error"}})],
             ),
         ]
@@ -93,21 +106,26 @@ class KubeStandIn(LocalHTTPStandIn):
 
     def __init__(self, script: Callable[[dict[str, Any]], tuple[list[Step], dict[str, str]]] = success_script):
         self.script = script
-        self.created: list[dict[str, Any]] = []   # bodies exactly as received, in order
-        self.requests: list[str] = []             # "METHOD path?query"
+        self.created: list[dict[str, Any]] = []  # bodies exactly as received, in order
+        self.requests: list[str] = []  # "METHOD path?query"
         self.jobs: dict[str, Played] = {}
         self.lock = threading.Lock()
         super().__init__(self._handler())
 
     def kubeconfig(self, folder) -> str:
         path = folder / "kubeconfig"
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
-            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "tester", "namespace": "plankton"}}],
-            "current-context": "standin",
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
+                    "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
+                    "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "tester", "namespace": "plankton"}}],
+                    "current-context": "standin",
+                }
+            )
+        )
         return str(path)
 
     # -- state ------------------------------------------------------------------
@@ -139,11 +157,23 @@ class KubeStandIn(LocalHTTPStandIn):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with standin.lock:
                     standin.created.append(json.loads(json.dumps(body)))
-                    stored = {**body, "metadata": {**body["metadata"], "uid": str(uuid.uuid4()), "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z"}}
+                    stored = {
+                        **body,
+                        "metadata": {**body["metadata"], "uid": str(uuid.uuid4()), "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                    }
                     if re.fullmatch(r"/apis/batch/v1/namespaces/[^/]+/jobs", url.path):
                         name = body["metadata"]["name"]
                         if name in standin.jobs:
-                            return self._send(409, {"kind": "Status", "status": "Failure", "reason": "AlreadyExists", "message": f'jobs.batch "{name}" already exists', "code": 409})
+                            return self._send(
+                                409,
+                                {
+                                    "kind": "Status",
+                                    "status": "Failure",
+                                    "reason": "AlreadyExists",
+                                    "message": f'jobs.batch "{name}" already exists',
+                                    "code": 409,
+                                },
+                            )
                         steps, logs = standin.script(body)
                         standin.jobs[name] = Played(stored, steps, logs)
                     elif not re.fullmatch(r"/api/v1/namespaces/[^/]+/services", url.path):

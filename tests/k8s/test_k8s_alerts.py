@@ -1,4 +1,5 @@
 """Alert rules: `promtool check rules/config` and `promtool test rules` unit tests that fire every alert."""
+
 from __future__ import annotations
 
 import re
@@ -80,8 +81,10 @@ def test_promtool_unit_tests_fire_every_alert(rules_dir):
 def test_a_wrong_expectation_fails_promtool(rules_dir):
     """The unit tests can fail: expect the flat-loss alert on a falling loss and promtool says no."""
     text = (rules_dir / "alerts_test.yml").read_text()
-    text = text.replace("      - eval_time: 5h\n        alertname: PlanktonSupconLossNotDecreasing\n        exp_alerts: []",
-                        "      - eval_time: 5h\n        alertname: PlanktonSupconLossNotDecreasing\n        exp_alerts:\n          - exp_labels: {severity: warning, job: plankton_supcon, stage: supcon}")
+    text = text.replace(
+        "      - eval_time: 5h\n        alertname: PlanktonSupconLossNotDecreasing\n        exp_alerts: []",
+        "      - eval_time: 5h\n        alertname: PlanktonSupconLossNotDecreasing\n        exp_alerts:\n          - exp_labels: {severity: warning, job: plankton_supcon, stage: supcon}",
+    )
     (rules_dir / "alerts_test.yml").write_text(text)
     proc = run("test", "rules", "alerts_test.yml", cwd=rules_dir)
     assert proc.returncode != 0

@@ -1,4 +1,5 @@
 """The Dockerfile (hadolint, pins, non-root, labels, build context) and the Makefile's cluster targets."""
+
 from __future__ import annotations
 
 import os
@@ -75,8 +76,7 @@ def build_context() -> set[str]:
             continue
         negate = line.startswith("!")
         pattern = line.lstrip("!").strip("/")
-        regex = "".join(".*" if part == "**" else re.escape(part).replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
-                        for part in re.split(r"(\*\*)", pattern))
+        regex = "".join(".*" if part == "**" else re.escape(part).replace(r"\*", "[^/]*").replace(r"\?", "[^/]") for part in re.split(r"(\*\*)", pattern))
         rules.append((re.compile(regex.replace(".*/", "(.*/)?") + "$"), negate))
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True).stdout.split()
     extra = [str(p.relative_to(REPO)) for p in (REPO / "plankton_core").rglob("__pycache__/*.pyc")][:3]
@@ -117,7 +117,9 @@ def shim_bin(tmp_path: Path) -> tuple[Path, Path]:
 def make(tmp_path: Path, *targets: str) -> list[str]:
     bin_dir, log = shim_bin(tmp_path)
     env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
-    proc = subprocess.run(["make", "--no-print-directory", "-s", "-o", ".venv/.installed", *targets], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "-s", "-o", ".venv/.installed", *targets], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return log.read_text().splitlines()
 
@@ -150,9 +152,24 @@ def test_make_has_a_submit_target_for_every_stage():
     from plankton_core.jobspec.settings import job_names
 
     names = job_names()
-    proc = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", *[f"submit-{s}" for s in names], "pipeline",
-                           "K8S_VALUES=k8s/gpu/values.yaml", "IMAGE=reg.example/plankton:1", "K8S_SET=gpus=2 args.epochs=3"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "-o",
+            ".venv/.installed",
+            *[f"submit-{s}" for s in names],
+            "pipeline",
+            "K8S_VALUES=k8s/gpu/values.yaml",
+            "IMAGE=reg.example/plankton:1",
+            "K8S_SET=gpus=2 args.epochs=3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     prefix = ".venv/bin/plankton submit --values k8s/gpu/values.yaml --set image=reg.example/plankton:1 --set gpus=2 --set args.epochs=3"
@@ -162,7 +179,12 @@ def test_make_has_a_submit_target_for_every_stage():
 def test_make_stages_lists_the_registry():
     from plankton_core.jobspec.settings import job_names
 
-    proc = subprocess.run(["make", "--no-print-directory", "-s", "-o", ".venv/.installed", "stages", f"BIN={Path(sys.executable).parent}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "-s", "-o", ".venv/.installed", "stages", f"BIN={Path(sys.executable).parent}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == job_names()

@@ -1,4 +1,5 @@
 """The local runner behind `plankton k8s run-local`: the pod's command, env and volumes, and its failure policy."""
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,9 @@ def test_pod_env_takes_configmap_and_secret_values_from_the_environment_and_maps
 
 def test_a_missing_required_secret_value_is_bad_input(tmp_path):
     with LocalRunner(tmp_path, environ={"PATH": "/bin", "AWS_ACCESS_KEY_ID": "k"}) as runner:
-        with pytest.raises(BadInputError, match="run-local: AWS_SECRET_ACCESS_KEY is not set; in the cluster it comes from Secret plankton-s3 key AWS_SECRET_ACCESS_KEY"):
+        with pytest.raises(
+            BadInputError, match="run-local: AWS_SECRET_ACCESS_KEY is not set; in the cluster it comes from Secret plankton-s3 key AWS_SECRET_ACCESS_KEY"
+        ):
             runner.pod_env(job(), None)
 
 
@@ -146,6 +149,5 @@ def test_plankton_k8s_torchrun_keeps_the_workers_exit_code(tmp_path, code):
     worker = tmp_path / "worker.py"
     worker.write_text(f"import os, sys\nsys.exit({code} if os.environ['RANK'] == '1' else 0)\n")
     plankton = Path(sys.executable).parent / "plankton"
-    proc = subprocess.run([str(plankton), "k8s", "torchrun", "--nproc-per-node=2", "--standalone", str(worker)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(plankton), "k8s", "torchrun", "--nproc-per-node=2", "--standalone", str(worker)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == code, proc.stderr[-2000:]

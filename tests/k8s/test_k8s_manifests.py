@@ -1,4 +1,5 @@
 """Every rendered manifest and every file under k8s/ validated offline (kubernetes-validate, strict mode)."""
+
 from __future__ import annotations
 
 import itertools
@@ -168,7 +169,8 @@ def test_kind_cluster_config_is_well_formed_and_matches_the_services():
         for f in ("minio.yaml", "pushgateway.yaml", "prometheus.yaml")
         for d in yaml.safe_load_all((K8S / "local" / f).read_text())
         if d and d["kind"] == "Service"
-        for p in d["spec"]["ports"] if "nodePort" in p
+        for p in d["spec"]["ports"]
+        if "nodePort" in p
     }
     mapped = {m["containerPort"] for n in cfg["nodes"] for m in n.get("extraPortMappings", [])}
     assert mapped == node_ports

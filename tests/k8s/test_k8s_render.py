@@ -1,4 +1,5 @@
 """`plankton k8s render`: one template + per-stage settings → Jobs with every field the contract needs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,15 +33,18 @@ def env_of(job: dict) -> dict:
 def test_deep_merge_and_set_parsing():
     assert deep_merge({"a": {"b": 1, "c": 2}, "l": [1]}, {"a": {"c": 3}, "l": [2]}) == {"a": {"b": 1, "c": 3}, "l": [2]}
     assert parse_set(["gpus=4", "args.epochs=2", "args.device=cpu", "gpuNode=false", "args.resume=null"]) == {
-        "gpus": 4, "gpuNode": False, "args": {"epochs": 2, "device": "cpu", "resume": None}}
+        "gpus": 4,
+        "gpuNode": False,
+        "args": {"epochs": 2, "device": "cpu", "resume": None},
+    }
 
 
 def test_layers_later_wins_and_arg_names_follow_the_cli():
     s = Settings.load(None, [LOCAL], ["args.batch_size=8", "image=reg/plankton:9"]).for_stage("supcon")
-    assert s["image"] == "reg/plankton:9"                    # --set over values over stages.yaml
-    assert s["args"]["model"] == "test_resnet"               # values file over stages.yaml
+    assert s["image"] == "reg/plankton:9"  # --set over values over stages.yaml
+    assert s["args"]["model"] == "test_resnet"  # values file over stages.yaml
     assert s["args"]["batch-size"] == 8 and "batch_size" not in s["args"]
-    assert s["gpus"] == 0 and s["gpuNode"] is True           # local defaults over stages.yaml's supcon, stage keeps gpuNode
+    assert s["gpus"] == 0 and s["gpuNode"] is True  # local defaults over stages.yaml's supcon, stage keeps gpuNode
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -121,8 +125,17 @@ def test_supcon_on_several_nodes_is_an_indexed_job_with_a_headless_service():
     assert spec["completionMode"] == "Indexed" and spec["completions"] == 3 and spec["parallelism"] == 3
     assert spec["template"]["spec"]["subdomain"] == "plankton-supcon-mn"
     c = container(job)
-    assert c["command"] == ["plankton", "k8s", "torchrun", "--nproc-per-node=4", "--nnodes=3",
-                            "--master-addr=plankton-supcon-mn-0.plankton-supcon-mn", "--master-port=29500", "--no-python", "plankton"]
+    assert c["command"] == [
+        "plankton",
+        "k8s",
+        "torchrun",
+        "--nproc-per-node=4",
+        "--nnodes=3",
+        "--master-addr=plankton-supcon-mn-0.plankton-supcon-mn",
+        "--master-port=29500",
+        "--no-python",
+        "plankton",
+    ]
     rank = env_of(job)["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert rank == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     assert c["ports"] == [{"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"}]
@@ -185,21 +198,24 @@ def test_render_cli_prints_the_same_documents(run_cli, tmp_path):
     assert names == ["plankton-stats-c1", "plankton-supcon-c1", "plankton-linear-sweep-c1", "plankton-linear-sweep-merge-c1", "plankton-evaluate-c1"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["render", "nosuch"], f"unknown stage 'nosuch'; one of: {', '.join(STAGES)}"),
-    (["render", "crop", "--set", "gpu=1"], "--set gpu: unknown setting 'gpu'; known: namespace"),
-    (["render", "crop", "--set", "noequals"], "--set wants key=value, got 'noequals'"),
-    (["render", "crop", "--set", "nodes=2"], "crop: only a torchrun stage (supcon) runs on several nodes; set nodes: 1"),
-    (["render", "lut", "--set", "gpus=2"], "lut: uses one GPU per pod; only supcon (torchrun) uses several"),
-    (["render", "lut", "--set", "torchrun=true"], "lut: does not run under torchrun (only supcon); set torchrun: false"),
-    (["render", "stats", "--set", "shards=2"], "stats: is not shardable (only crop and linear-sweep); set shards: 1"),
-    (["render", "synth", "--set", "shards=2"], "synth: is not shardable"),
-    (["render", "supcon", "--set", "gpus=-1"], "supcon: setting gpus must be a whole number >= 0, got -1"),
-    (["render", "supcon", "--run-id", "Bad_Id"], "run id 'Bad_Id' makes the Job name 'plankton-supcon-Bad_Id', which is not a DNS label"),
-    (["render", "crop", "--from", "stats"], "--from/--to go with `pipeline`"),
-    (["render", "pipeline", "--from", "nosuch"], "'nosuch' is not in the pipeline"),
-    (["render", "crop", "-f", "/nonexistent/values.yaml"], "settings file not found: /nonexistent/values.yaml"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["render", "nosuch"], f"unknown stage 'nosuch'; one of: {', '.join(STAGES)}"),
+        (["render", "crop", "--set", "gpu=1"], "--set gpu: unknown setting 'gpu'; known: namespace"),
+        (["render", "crop", "--set", "noequals"], "--set wants key=value, got 'noequals'"),
+        (["render", "crop", "--set", "nodes=2"], "crop: only a torchrun stage (supcon) runs on several nodes; set nodes: 1"),
+        (["render", "lut", "--set", "gpus=2"], "lut: uses one GPU per pod; only supcon (torchrun) uses several"),
+        (["render", "lut", "--set", "torchrun=true"], "lut: does not run under torchrun (only supcon); set torchrun: false"),
+        (["render", "stats", "--set", "shards=2"], "stats: is not shardable (only crop and linear-sweep); set shards: 1"),
+        (["render", "synth", "--set", "shards=2"], "synth: is not shardable"),
+        (["render", "supcon", "--set", "gpus=-1"], "supcon: setting gpus must be a whole number >= 0, got -1"),
+        (["render", "supcon", "--run-id", "Bad_Id"], "run id 'Bad_Id' makes the Job name 'plankton-supcon-Bad_Id', which is not a DNS label"),
+        (["render", "crop", "--from", "stats"], "--from/--to go with `pipeline`"),
+        (["render", "pipeline", "--from", "nosuch"], "'nosuch' is not in the pipeline"),
+        (["render", "crop", "-f", "/nonexistent/values.yaml"], "settings file not found: /nonexistent/values.yaml"),
+    ],
+)
 def test_bad_render_input_is_exit_2_with_a_clear_message(run_cli, args, message):
     result = run_cli("k8s", *args)
     assert result.exit_code == 2
@@ -222,8 +238,13 @@ def test_setup_renders_namespace_configmap_and_secret_from_the_environment(run_c
     ns, cm, secret = yaml.safe_load_all(result.stdout)
     assert ns["kind"] == "Namespace" and ns["metadata"]["name"] == "plankton"
     assert cm["metadata"]["name"] == "plankton-config"
-    assert cm["data"] == {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": "https://s3.example.org", "PUSHGATEWAY_URL": "http://pushgateway.monitoring:9091"}
+    assert cm["data"] == {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": "https://s3.example.org",
+        "PUSHGATEWAY_URL": "http://pushgateway.monitoring:9091",
+    }
     import base64
+
     assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
     # the names the Jobs refer to are the names setup makes
     env = env_of(render("crop", [GPU])[0])
@@ -284,12 +305,15 @@ def test_registry_flags_give_a_stage_its_defaults():
     assert "--merge" not in container(crop)["args"]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("stages:\n  nosuch:\n    gpus: 1\n", "stages.nosuch: no such stage; one of: synth, crop"),
-    ("pipeline: [crop]\n", "`pipeline` is gone: the stage order comes from the stage registry"),
-    ("prelude: [crop]\n", "prelude must be a list of tools (synth)"),
-    ("extra: 1\n", "unknown top-level key(s) extra (allowed: defaults, stages, prelude)"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("stages:\n  nosuch:\n    gpus: 1\n", "stages.nosuch: no such stage; one of: synth, crop"),
+        ("pipeline: [crop]\n", "`pipeline` is gone: the stage order comes from the stage registry"),
+        ("prelude: [crop]\n", "prelude must be a list of tools (synth)"),
+        ("extra: 1\n", "unknown top-level key(s) extra (allowed: defaults, stages, prelude)"),
+    ],
+)
 def test_settings_files_name_only_registered_stages_and_tools(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)

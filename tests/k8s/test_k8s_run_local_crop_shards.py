@@ -1,5 +1,6 @@
 """The sharded crop stage run from its rendered Jobs (`plankton k8s run-local crop`, 2 shards + merge)
 against the S3 server on 127.0.0.1: the Indexed Job's pods crop disjoint shares, the merge Job finishes the stage."""
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,14 @@ def test_crop_runs_as_an_indexed_job_of_two_shards_then_a_merge(run_cli, s3_env,
     images = f"s3://{s3_bucket}/images"
     generate(open_store(images), SynthConfig(classes=2, per_class=5, size=48, seed=4))
     values = tmp_path / "crop2.yaml"
-    values.write_text(json.dumps({  # JSON is YAML
-        "defaults": {"root": f"s3://{s3_bucket}/pipeline", "images": images, "env": {"OMP_NUM_THREADS": "1"}},
-        "stages": {"crop": {"shards": 2, "args": {"workers": 1}}},
-    }))
+    values.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "defaults": {"root": f"s3://{s3_bucket}/pipeline", "images": images, "env": {"OMP_NUM_THREADS": "1"}},
+                "stages": {"crop": {"shards": 2, "args": {"workers": 1}}},
+            }
+        )
+    )
     result = run_cli("k8s", "run-local", "crop", "-f", str(values), "--run-id", "cs", "--workdir", str(tmp_path / "pods"))
     out = capfd.readouterr()
     assert result.exit_code == 0, result.output + out.out[-3000:] + out.err[-3000:]

@@ -1,6 +1,7 @@
 """The whole demo pipeline run from its rendered Jobs (`plankton k8s run-local pipeline`) against the S3
 server on 127.0.0.1, with the Pushgateway address from the "ConfigMap" (here: the environment) and a
 Pushgateway stand-in that parses every push with prometheus-client's parser."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Reading Job and pod status as `plankton submit` prints it (hand-written API objects)."""
+
 from __future__ import annotations
 
 from plankton_core.jobspec.status import failure_exit_code, failure_summary, job_outcome, pod_state, started
@@ -15,7 +16,14 @@ def cs(state: dict) -> dict:
 def test_job_outcome_waits_for_the_terminal_condition():
     interim = {"status": {"conditions": [{"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy"}]}}
     assert not job_outcome(interim).done
-    failed = {"status": {"conditions": [{"type": "FailureTarget", "status": "True"}, {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}}
+    failed = {
+        "status": {
+            "conditions": [
+                {"type": "FailureTarget", "status": "True"},
+                {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"},
+            ]
+        }
+    }
     out = job_outcome(failed)
     assert out.done and not out.succeeded and out.reason == "DeadlineExceeded"
     assert job_outcome({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}).succeeded
@@ -24,11 +32,17 @@ def test_job_outcome_waits_for_the_terminal_condition():
 
 def test_pod_states_say_what_is_wrong():
     assert pod_state(pod({"phase": "Failed", **cs({"terminated": {"exitCode": 137, "reason": "OOMKilled"}})})) == "Failed (exit 137: OOMKilled)"
-    assert pod_state(pod({"phase": "Pending", **cs({"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "plankton:dev"'}})})) == \
-        'Pending (ImagePullBackOff: Back-off pulling image "plankton:dev")'
+    assert (
+        pod_state(pod({"phase": "Pending", **cs({"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "plankton:dev"'}})}))
+        == 'Pending (ImagePullBackOff: Back-off pulling image "plankton:dev")'
+    )
     assert pod_state(pod({"phase": "Pending", **cs({"waiting": {"reason": "ContainerCreating"}})})) == "Pending"
-    unschedulable = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                                          "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}
+    unschedulable = {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}
+        ],
+    }
     assert pod_state(pod(unschedulable)) == "Pending (unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.)"
     assert started(pod({"phase": "Running", **cs({"running": {}})})) and not started(pod({"phase": "Pending"}))
 
@@ -38,5 +52,9 @@ def test_failure_exit_code_and_summary():
     bad = pod({"phase": "Failed", **cs({"terminated": {"exitCode": 2, "reason": "Error"}})}, "b")
     assert failure_exit_code([oom]) == 1
     assert failure_exit_code([oom, bad]) == 2
-    job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}}
+    job = {
+        "status": {
+            "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]
+        }
+    }
     assert failure_summary(job, [oom]) == "BackoffLimitExceeded: Job has reached the specified backoff limit; pod a exited 137 (OOMKilled)"

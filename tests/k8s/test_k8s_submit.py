@@ -1,4 +1,5 @@
 """`plankton submit` against a Kubernetes API stand-in on 127.0.0.1 (tests/k8s/k8s_standin.py)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -27,9 +28,13 @@ def test_created_job_equals_rendered_yaml_and_success_exits_0(run_cli, tmp_path)
     assert api.requests[0] == "POST /apis/batch/v1/namespaces/plankton/jobs"
     err = result.stderr
     # phase changes, in order, then the end
-    for line in ("job plankton-crop-r1: created in namespace plankton", "pod plankton-crop-r1-a1: Pending",
-                 "pod plankton-crop-r1-a1: Running", "pod plankton-crop-r1-a1: Succeeded (exit 0: Completed)",
-                 "job plankton-crop-r1: succeeded"):
+    for line in (
+        "job plankton-crop-r1: created in namespace plankton",
+        "pod plankton-crop-r1-a1: Pending",
+        "pod plankton-crop-r1-a1: Running",
+        "pod plankton-crop-r1-a1: Succeeded (exit 0: Completed)",
+        "job plankton-crop-r1: succeeded",
+    ):
         assert line in err, err
     assert err.index("Pending") < err.index("Running") < err.index("Succeeded (exit 0")
     # the pod's log reaches stdout
@@ -140,7 +145,11 @@ def test_make_submit_target_runs_plankton_submit_in_the_current_kube_context(tmp
         env = {"PATH": "/usr/bin:/bin", "KUBECONFIG": api.kubeconfig(tmp_path), "HOME": str(tmp_path)}
         proc = subprocess.run(
             ["make", "--no-print-directory", "-s", "-o", ".venv/.installed", "submit-crop", "K8S_SET=args.workers=1", f"BIN={Path(sys.executable).parent}"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job = api.created[0]

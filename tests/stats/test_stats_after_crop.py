@@ -1,4 +1,5 @@
 """synth → crop → stats through the CLI, on a local folder and on the S3 server: the real crop manifest feeds stats."""
+
 from __future__ import annotations
 
 import numpy as np

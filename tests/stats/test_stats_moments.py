@@ -1,4 +1,5 @@
 """Exact streaming per-channel mean/std against numpy and hand-computed values."""
+
 from __future__ import annotations
 
 import numpy as np

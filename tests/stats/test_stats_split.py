@@ -1,4 +1,5 @@
 """Split rules: grouped by source frame, stratified by class, seeded, tiny classes kept in train."""
+
 from __future__ import annotations
 
 import itertools

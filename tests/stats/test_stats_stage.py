@@ -1,4 +1,5 @@
 """The stats stage on fabricated crop outputs, against a local folder and the S3 server."""
+
 from __future__ import annotations
 
 import json
