@@ -5,7 +5,11 @@ the same label (SimCLR mode: only the other views of the same image), and
 
     loss_i = -1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) )
 
-averaged over the anchors that have at least one positive. Anchors without a
+averaged over the anchors that have at least one positive, and scaled by
+t / base_temperature as SupContrast's `losses.py` does (`base_temperature`
+defaults to t, i.e. no scaling; SupContrast's own default is 0.07 whatever t
+is, so `--temperature 0.1 --base-temperature 0.07` multiplies the loss, and
+its gradient, by 0.1 / 0.07). Anchors without a
 positive contribute nothing (never NaN). Under DistributedDataParallel the
 contrast set is the gathered global batch while each process scores only its
 own anchors (`anchor_rows`); DDP's gradient averaging then gives the gradient of
@@ -26,12 +30,14 @@ def supcon_loss(
     temperature: float = 0.07,
     method: str = "supcon",
     anchor_rows: slice | None = None,
+    base_temperature: float | None = None,
 ) -> torch.Tensor:
     """Mean contrastive loss.
 
     features: (N, V, D) L2-normalised embeddings, V views of N images.
     labels: (N,) class ids; ignored (and optional) for `method="simclr"`.
     anchor_rows: the images whose views are anchors (default all); the contrast set is always all N·V views.
+    base_temperature: the loss is multiplied by temperature / base_temperature (default: temperature, factor 1).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -67,20 +73,24 @@ def supcon_loss(
     pos_log_prob = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
     # no data-dependent branch (no GPU sync): anchors without positives add 0 and are not counted
     per_anchor = -pos_log_prob / n_pos.clamp(min=1)
-    return per_anchor.sum() / (n_pos > 0).sum().clamp(min=1)
+    scale = 1.0 if base_temperature is None else temperature / base_temperature
+    return scale * per_anchor.sum() / (n_pos > 0).sum().clamp(min=1)
 
 
 class SupConLoss(nn.Module):
     """Module form of `supcon_loss` with fixed temperature and method."""
 
-    def __init__(self, temperature: float = 0.07, method: str = "supcon"):
+    def __init__(self, temperature: float = 0.07, method: str = "supcon", base_temperature: float | None = None):
         super().__init__()
         if temperature <= 0:
             raise ValueError("temperature must be > 0")
+        if base_temperature is not None and base_temperature <= 0:
+            raise ValueError("base_temperature must be > 0")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.temperature = temperature
         self.method = method
+        self.base_temperature = base_temperature
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None, anchor_rows: slice | None = None) -> torch.Tensor:
-        return supcon_loss(features, labels, self.temperature, self.method, anchor_rows)
+        return supcon_loss(features, labels, self.temperature, self.method, anchor_rows, self.base_temperature)

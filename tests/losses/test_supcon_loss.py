@@ -121,3 +121,44 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="temperature"):
         SupConLoss(temperature=0)
     assert SupConLoss(0.5)(feats, torch.tensor([0, 1])).item() == pytest.approx(supcon_loss(feats, torch.tensor([0, 1]), 0.5).item())
+
+
+def supcontrast_formula(features: torch.Tensor, labels: torch.Tensor, temperature: float, base_temperature: float) -> torch.Tensor:
+    """SupContrast's `losses.py` (contrast_mode 'all') written out anchor by anchor:
+    loss = mean over anchors of -(t / t_base) · mean_{p in P(i)} log(exp(z_i·z_p/t) / sum_{a != i} exp(z_i·z_a/t))."""
+    n, views, _ = features.shape
+    flat = [features[i, v] for v in range(views) for i in range(n)]  # view-major, as torch.cat(unbind(features, 1))
+    flat_labels = [int(labels[i]) for v in range(views) for i in range(n)]
+    per_anchor = []
+    for i, anchor in enumerate(flat):
+        others = [a for a in range(len(flat)) if a != i]
+        positives = [p for p in others if flat_labels[p] == flat_labels[i]]
+        log_denom = math.log(sum(math.exp(float(anchor @ flat[a]) / temperature) for a in others))
+        mean_log_prob = sum(float(anchor @ flat[p]) / temperature - log_denom for p in positives) / len(positives)
+        per_anchor.append(-(temperature / base_temperature) * mean_log_prob)
+    return torch.tensor(sum(per_anchor) / len(per_anchor), dtype=torch.float64)
+
+
+def test_base_temperature_matches_supcontrast_formula():
+    """`--temperature 0.1 --base-temperature 0.07` is SupContrast's loss, the t/t_base factor included."""
+    feats = random_features(8, 2, 6, seed=3)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 2, 3])
+    ours = supcon_loss(feats, labels, temperature=0.1, base_temperature=0.07)
+    assert torch.allclose(ours, supcontrast_formula(feats, labels, 0.1, 0.07), atol=1e-10)
+    assert torch.allclose(SupConLoss(0.1, base_temperature=0.07)(feats, labels), ours)
+    # the default (base = t) is today's loss, i.e. the factor is exactly 1
+    assert torch.allclose(supcon_loss(feats, labels, 0.1), supcontrast_formula(feats, labels, 0.1, 0.1), atol=1e-10)
+    assert torch.allclose(ours, supcon_loss(feats, labels, 0.1) * (0.1 / 0.07), atol=1e-12)
+
+
+def test_base_temperature_hand_computed():
+    """Two images of different classes, two views each, at right angles or equal: every term by hand."""
+    e1, e2 = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    feats = torch.stack([torch.stack([e1, e1]), torch.stack([e2, e2])])  # image 0: both views e1; image 1: both e2
+    t, tb = 0.5, 0.25
+    # each anchor: positive similarity 1, two negatives at 0 → -log(e^{2} / (e^{2} + 2))
+    per_anchor = -math.log(math.exp(1 / t) / (math.exp(1 / t) + 2))
+    got = supcon_loss(feats, torch.tensor([0, 1]), temperature=t, base_temperature=tb)
+    assert math.isclose(float(got), (t / tb) * per_anchor, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="base_temperature"):
+        SupConLoss(0.1, base_temperature=0.0)
