@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..scoring import classification_metrics
-from .retrieval import Neighbours, Searcher, search_excluding, vote
+from .retrieval import Neighbours, Searcher, ranked_classes, search_excluding, top_k_hits, vote
 
 
 @dataclass
@@ -29,22 +29,49 @@ def neighbour_labels(nb: Neighbours, gallery_labels: np.ndarray, id_map: np.ndar
     return np.where(ids >= 0, gallery_labels[np.maximum(ids, 0)], -1)
 
 
-def score_predictions(y_true: np.ndarray, pred: np.ndarray, n_classes: int, class_scores: np.ndarray | None = None) -> dict[str, Any]:
-    """classification_metrics, with 'no neighbour at all' (-1) counted wrong as an extra class."""
+TOP_K = 5  # the report's "top-5 accuracy"
+
+
+def score_predictions(y_true: np.ndarray, pred: np.ndarray, n_classes: int, ranked: np.ndarray | None = None) -> dict[str, Any]:
+    """classification_metrics, with 'no neighbour at all' (-1) counted wrong as an extra class.
+
+    Top-5 accuracy comes from `ranked` (retrieval.ranked_classes): a hit only
+    when the true class is among the 5 best-scored classes found among the
+    neighbours. Classes no neighbour voted for are never ranked, so they can
+    never fill the list (scikit-learn's top_k_accuracy_score, like an
+    argpartition over class scores, would count tied absent classes).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
     if (pred < 0).any():
-        pred = np.where(pred < 0, n_classes, pred)
-        extra = np.full((len(pred), 1), -np.inf) if class_scores is not None else None
-        scores = np.concatenate([class_scores, extra], axis=1) if class_scores is not None else None
-        return classification_metrics(y_true, pred, n_classes + 1, scores=scores)
-    return classification_metrics(y_true, pred, n_classes, scores=class_scores)
+        out = classification_metrics(y_true, np.where(pred < 0, n_classes, pred), n_classes + 1)
+    else:
+        out = classification_metrics(y_true, pred, n_classes)
+    if ranked is not None:
+        out["top5_accuracy"] = float(top_k_hits(y_true, ranked, min(TOP_K, n_classes)).mean()) if len(y_true) else 0.0
+    return out
+
+
+@dataclass
+class Predictions:
+    """A vote's outcome for a query set: predicted class (-1 = no neighbour), its score and the ranked classes."""
+
+    pred: np.ndarray
+    score: np.ndarray
+    ranked: np.ndarray
+
+
+def predict_neighbours(nb: Neighbours, gallery_labels: np.ndarray, n_classes: int, method: str, k: int, id_map: np.ndarray | None = None) -> Predictions:
+    labels = neighbour_labels(nb, gallery_labels, id_map)[:, :k]
+    pred, score, class_scores = vote(labels, nb.sims[:, :k], n_classes, method)
+    return Predictions(pred, score, ranked_classes(labels, class_scores, max(k, TOP_K)))
 
 
 def evaluate_neighbours(
     nb: Neighbours, queries: QuerySet, gallery_labels: np.ndarray, n_classes: int, method: str, k: int, id_map: np.ndarray | None = None
 ) -> dict[str, Any]:
-    labels = neighbour_labels(nb, gallery_labels, id_map)[:, :k]
-    pred, _, class_scores = vote(labels, nb.sims[:, :k], n_classes, method)
-    return score_predictions(queries.labels, pred, n_classes, class_scores)
+    p = predict_neighbours(nb, gallery_labels, n_classes, method, k, id_map)
+    return score_predictions(queries.labels, p.pred, n_classes, p.ranked)
 
 
 def evaluate_index(

@@ -129,14 +129,47 @@ def vote(labels: np.ndarray, sims: np.ndarray, n_classes: int, method: str = "to
     weights = np.where(valid, np.clip(sims, 0.0, None), 0.0)
     class_scores = np.bincount(flat, weights=weights.ravel(), minlength=q * n_classes).reshape(q, n_classes)
     total = weights.sum(axis=1)
-    # ties between classes go to the class of the nearest neighbour among them
-    nearest_bonus = np.zeros_like(class_scores)
-    rows = np.flatnonzero(valid[:, 0])
-    nearest_bonus[rows, labels[rows, 0]] = 1e-9
-    pred = np.argmax(class_scores + nearest_bonus, axis=1)
-    pred = np.where(valid.any(axis=1), pred, -1)
+    # ties between classes go to the class of the nearest neighbour among them (ranked_classes' order)
+    pred = ranked_classes(labels, class_scores)[:, 0] if k else np.full(q, -1, np.int64)
     score = np.where(total > 0, class_scores[np.arange(q), np.maximum(pred, 0)] / np.where(total > 0, total, 1.0), 0.0)
     return pred, score, class_scores
+
+
+def ranked_classes(labels: np.ndarray, class_scores: np.ndarray, depth: int | None = None) -> np.ndarray:
+    """(Q, depth) classes of each query best first, -1 after the last class found among its neighbours.
+
+    Only classes that occur among the neighbours are ranked: a class no
+    neighbour voted for has no score at all (not -inf or 0 tied with every
+    other absent class), so it can never fill a top-k list. Order: score
+    descending, ties to the class whose nearest neighbour is nearer. Depth
+    defaults to the number of neighbours (no more classes can be present).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    q, k = labels.shape
+    depth = k if depth is None else depth
+    if q == 0 or k == 0:
+        return np.full((q, depth), -1, np.int64)
+    # first occurrence of each class in a row (the slot that speaks for it)
+    rows = np.repeat(np.arange(q), k)
+    pos = np.tile(np.arange(k), q)
+    lab = labels.ravel()
+    order = np.lexsort((pos, lab, rows))
+    new_class = np.r_[True, (rows[order][1:] != rows[order][:-1]) | (lab[order][1:] != lab[order][:-1])]
+    first = np.zeros(q * k, bool)
+    first[order[new_class]] = True
+    first = (first & (lab >= 0)).reshape(q, k)
+    slot_score = np.where(first, class_scores[np.arange(q)[:, None], np.maximum(labels, 0)], 0.0)
+    slots = np.broadcast_to(np.arange(k), (q, k))
+    rank = np.lexsort((slots, -slot_score, ~first), axis=1)  # present first, then by score, then nearest
+    ranked = np.where(np.take_along_axis(first, rank, 1), np.take_along_axis(labels, rank, 1), -1)
+    if depth <= k:
+        return ranked[:, :depth]
+    return np.concatenate([ranked, np.full((q, depth - k), -1, np.int64)], axis=1)
+
+
+def top_k_hits(y_true: np.ndarray, ranked: np.ndarray, k: int) -> np.ndarray:
+    """Whether each query's true class is among its k best-ranked classes (from ranked_classes)."""
+    return (np.asarray(ranked)[:, :k] == np.asarray(y_true, dtype=np.int64)[:, None]).any(axis=1)
 
 
 def first_kept(candidates: Neighbours, kept: np.ndarray, k: int, need: int | None = None) -> tuple[Neighbours, np.ndarray]:

@@ -7,7 +7,7 @@ import pytest
 
 from plankton_core.embedding import l2_normalise
 from plankton_core.lut.index import build_index, load_index, recall_at, save_index, search_params, tune_recall
-from plankton_core.lut.retrieval import ArraySearcher, first_kept, search_excluding, vote
+from plankton_core.lut.retrieval import ArraySearcher, first_kept, ranked_classes, search_excluding, top_k_hits, vote
 from plankton_core.store import open_store
 
 
@@ -64,6 +64,46 @@ def test_vote_by_hand():
 def test_weighted_vote_tie_goes_to_nearest_class():
     pred, _, _ = vote(np.array([[1, 0]]), np.array([[0.5, 0.5]]), 2, "weighted")
     assert pred.tolist() == [1]
+    # 1 and 0 tie at 0.9 above 2's 0.6; the nearest of the tied classes is 1 (rank 2), not the lower index 0
+    pred, _, _ = vote(np.array([[2, 1, 0, 1, 0]]), np.array([[0.6, 0.5, 0.5, 0.4, 0.4]]), 3, "weighted")
+    assert pred.tolist() == [1]
+
+
+def test_ranked_classes_by_hand():
+    labels = np.array([[2, 1, 1, 0, 0], [3, 3, 3, 3, 3], [4, -1, -1, -1, -1], [-1] * 5])
+    sims = np.array([[0.9, 0.5, 0.5, 0.45, 0.45], [0.9, 0.8, 0.7, 0.6, 0.5], [0.3] + [-np.inf] * 4, [-np.inf] * 5])
+    _, _, scores = vote(labels, sims, 6, "top1")
+    assert ranked_classes(labels, scores).tolist() == [[2, 1, 0, -1, -1], [3, -1, -1, -1, -1], [4, -1, -1, -1, -1], [-1] * 5]
+    _, _, scores = vote(labels, sims, 6, "weighted")  # 1: 1.0, then 2 and 0 tie at 0.9: 2 is nearer
+    assert ranked_classes(labels, scores, depth=6).tolist() == [[1, 2, 0, -1, -1, -1], [3] + [-1] * 5, [4] + [-1] * 5, [-1] * 6]
+    assert ranked_classes(labels, scores, depth=2).tolist() == [[1, 2], [3, -1], [4, -1], [-1, -1]]
+    assert top_k_hits(np.array([0, 3, 5, 0]), ranked_classes(labels, scores), 2).tolist() == [False, True, False, False]
+    assert top_k_hits(np.array([0, 3, 5, 0]), ranked_classes(labels, scores), 3).tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize("method", ["top1", "weighted"])
+def test_top5_counts_only_classes_found_among_the_neighbours(method):
+    """Known answers: absent classes (score -inf for top1, 0 for weighted) never fill the top-5 list."""
+    from plankton_core.lut.evaluation import QuerySet, evaluate_neighbours
+    from plankton_core.lut.retrieval import Neighbours
+
+    # gallery ids 0..5 have classes 3, 4, 5, 1, 2, 0
+    gallery_labels = np.array([3, 4, 5, 1, 2, 0])
+    ids = np.array(
+        [
+            [0, 1, 2, 0, 1],  # only classes 3, 4, 5: the true classes 0, 1, 2 below are never found
+            [0, 1, 2, 0, 1],
+            [0, 1, 2, 0, 1],
+            [0, 1, 2, 3, 4],  # 3, 4, 5, 1, 2: class 2 is the 5th class found
+            [2, -1, -1, -1, -1],  # one neighbour (class 5), padding after it
+        ]
+    )
+    sims = np.where(ids >= 0, np.array([0.9, 0.8, 0.7, 0.6, 0.5]), -np.inf)
+    y = np.array([0, 1, 2, 2, 0])
+    queries = QuerySet("val", np.zeros((5, 2), np.float32), y, np.arange(5))
+    m = evaluate_neighbours(Neighbours(ids, sims.astype(np.float32)), queries, gallery_labels, 6, method, 5)
+    assert m["top5_accuracy"] == pytest.approx(1 / 5)  # only query 3
+    assert m["accuracy"] == 0.0
 
 
 def test_first_kept_equals_search_of_pruned_gallery():
