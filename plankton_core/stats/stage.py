@@ -24,7 +24,7 @@ from ..store import Store
 from ..tables import read_parquet, write_json, write_parquet
 from .config import StatsConfig
 from .moments import ChannelHistogram
-from .split import SPLITS, assign_splits, min_frames_to_split
+from ..splitting import SPLITS, assign_splits, min_frames_to_split
 
 MANIFEST_KEY = "crop/manifest.parquet"
 MANIFEST_COLUMNS = ("crop_key", "class", "source_key", "status")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from plankton_core.errors import BadInputError
-from plankton_core.stats.split import SPLITS, assign_splits, min_frames_to_split
+from plankton_core.splitting import SPLITS, assign_splits, min_frames_to_split
 
 FRACTIONS = (0.7, 0.15, 0.15)
 

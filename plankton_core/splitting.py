@@ -1,4 +1,4 @@
-"""Train / val / test assignment: stratified by class, grouped by source image, seeded.
+"""Train / val / test assignment: stratified by class, grouped by source image, seeded (shared by stats and detect).
 
 All crops cut from one frame share its conditions (focus, illumination, often
 the same organism twice), so a frame's crops go to one split together, or the
@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import BadInputError
+from .errors import BadInputError
 
 SPLITS = ("train", "val", "test")
 
