@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..artifacts import STATS_SPLITS, SUPCON_CKPT, SUPCON_METRICS
+from ..augment import TwoViews
 from ..checkpoint import load_pretrained_state
 from ..config import config_dict
 from ..data import ImageCache, load_normalisation, load_splits
@@ -46,10 +47,9 @@ from ..training import (
     warmup_cosine,
 )
 from ..training.distributed import barrier, gather_with_grad, process_group
+from ..training.loader import Batch, CachedBatchLoader, EpochPlan
 from ..training.runtime import deterministic_kernels, training_device
-from .augment import TwoViews
 from .config import TRAJECTORY_FIELDS, SupConConfig
-from .loader import Batch, CachedBatchLoader, EpochPlan
 
 log = logging.getLogger("plankton.supcon")
 
