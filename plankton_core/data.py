@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,15 @@ from PIL import Image
 from .errors import BadInputError
 from .imageio import UnreadableImage, decode_image, to_rgb
 from .progress import progress
+from .stage import caches_bypassed
 from .store import Store
 from .tables import read_json, read_parquet
 
 SPLITS_KEY = "stats/splits.parquet"
 CLASSES_KEY = "stats/classes.json"
 STATS_KEY = "stats/stats.json"
+CROP_MANIFEST_KEY = "crop/manifest.parquet"
+_REBUILT: set[tuple[str, Path]] = set()  # (forced run id, cache file) rebuilt under --force
 
 
 def default_cache_dir() -> Path:
@@ -56,6 +60,39 @@ def letterbox(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(canvas).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None))
 
 
+PREPROCESS = ("letterbox", "resize-center-crop")
+RESIZE_FOR_CENTER_CROP = 256 / 224  # SupContrast / torchvision evaluation: Resize(256) then CenterCrop(224)
+
+
+def check_preprocess(preprocess: str) -> None:
+    if preprocess not in PREPROCESS:
+        raise BadInputError(f"preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
+
+
+def resize_center_crop(arr: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's Resize(256) + CenterCrop(224) scaled to `size`: the short side to round(size · 256/224), then the central size×size.
+
+    What the user's published numbers used at evaluation. Unlike `letterbox` it cuts the
+    ends off elongated organisms and makes every crop fill the frame (size is lost).
+    """
+    rgb = to_rgb(arr)
+    h, w = rgb.shape[:2]
+    short = int(round(size * RESIZE_FOR_CENTER_CROP))
+    if h <= w:  # torchvision: the long side is int(short · long / short_side)
+        new_h, new_w = short, int(short * w / h)
+    else:
+        new_h, new_w = int(short * h / w), short
+    img = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None))
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return np.ascontiguousarray(img[top : top + size, left : left + size])
+
+
+def preprocess_crop(arr: np.ndarray, size: int, preprocess: str = "letterbox") -> np.ndarray:
+    """A crop as the network sees it at evaluation: `letterbox` (default) or `resize-center-crop`."""
+    check_preprocess(preprocess)
+    return letterbox(arr, size) if preprocess == "letterbox" else resize_center_crop(arr, size)
+
+
 def load_splits(root: Store, split: str | Sequence[str] | None = None) -> pa.Table:
     """Rows of stats/splits.parquet (crop_key, class, label, split, …), optionally only some splits."""
     table = read_parquet(root, SPLITS_KEY)
@@ -80,44 +117,107 @@ def load_normalisation(root: Store) -> tuple[list[float], list[float], int]:
         raise BadInputError(f"{root.uri}/{STATS_KEY} lacks {exc}; rerun `plankton stats`") from None
 
 
-def load_crop(root: Store, key: str, size: int) -> np.ndarray:
-    """Decode one crop from the store and letterbox it to size×size×3 uint8."""
+def load_crop(root: Store, key: str, size: int, preprocess: str = "letterbox") -> np.ndarray:
+    """Decode one crop from the store and make it size×size×3 uint8 (`preprocess`: letterbox by default)."""
     try:
-        return letterbox(decode_image(root.read_bytes(key)), size)
+        return preprocess_crop(decode_image(root.read_bytes(key)), size, preprocess)
     except UnreadableImage as exc:
         raise BadInputError(f"crop {root.uri}/{key} is unreadable ({exc}); rerun `plankton crop --force`") from None
 
 
 @dataclass
 class ImageCache:
-    """Letterboxed uint8 crops, row-aligned with `keys`, memory-mapped from local disk."""
+    """Preprocessed uint8 crops, row-aligned with `keys`, memory-mapped from local disk.
+
+    `preprocess` is how a crop became a size×size square (`letterbox` or
+    `resize-center-crop`). With `geometry` (training caches), each row also has 8
+    numbers, fractions of the side: the rectangle the image's own pixels occupy in the
+    letterboxed square, then the object box (the crop manifest's x0..y1). With
+    `context`, the rows are context crops: the object box grown by `context` times its
+    width/height on each side, clipped to the source frame, letterboxed.
+    """
 
     keys: list[str]
     size: int
     array: np.ndarray  # (N, size, size, 3) uint8, a read-only memmap
     path: Path
+    preprocess: str = "letterbox"
+    geometry: np.ndarray | None = None  # (N, 8) float32: pixel rectangle (x0, y0, x1, y1), object box (x0, y0, x1, y1)
+    context: float | None = None
+    notes: list[str] = field(default_factory=list)  # what a stage should tell the user (e.g. context fallbacks)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     @classmethod
-    def build(cls, root: Store, keys: Sequence[str], size: int, cache_dir: str | Path | None = None, workers: int | None = None) -> ImageCache:
-        """Return the cache for these keys and size, decoding only if no finished cache file exists."""
+    def build(
+        cls,
+        root: Store,
+        keys: Sequence[str],
+        size: int,
+        cache_dir: str | Path | None = None,
+        workers: int | None = None,
+        preprocess: str = "letterbox",
+        geometry: bool = False,
+        context: float | None = None,
+        source: Store | None = None,
+    ) -> ImageCache:
+        """Return the cache for these keys and settings, decoding only if no finished cache file exists.
+
+        geometry: also record each row's pixel rectangle and object box (letterbox only).
+        context: build context crops from the source frames (`source`, the crop stage's
+        input; where a frame cannot be read, from the tight crop itself, whose padding
+        is then all the context there is: counted in `notes`). Implies geometry.
+        """
+        check_preprocess(preprocess)
+        geometry = geometry or context is not None
+        if geometry and preprocess != "letterbox":
+            raise BadInputError(f"object boxes need letterboxed crops, not --preprocess {preprocess}")
         keys = list(keys)
         cache_dir = Path(cache_dir or default_cache_dir())
         cache_dir.mkdir(parents=True, exist_ok=True)
-        crops_digest = read_json(root, "crop/run.json").get("digest", "") if root.exists("crop/run.json") else ""
-        ident = hashlib.sha256(json.dumps([root.uri, crops_digest, size, keys]).encode()).hexdigest()[:20]
-        path = cache_dir / f"crops-{size}-{ident}.u8"
+        # keyed by content: crop's digest covers its inputs' sizes and mtimes/ETags, and its run id changes
+        # whenever crop rewrites the crops (`crop --force` included); a `--force` run rebuilds it regardless
+        crop_run = read_json(root, "crop/run.json") if root.exists("crop/run.json") else {}
+        parts: list = [root.uri, crop_run.get("digest", ""), crop_run.get("run_id", ""), size, keys]
+        if preprocess != "letterbox" or geometry:  # today's letterbox caches keep their names
+            parts += [preprocess, geometry, context, source.uri if source is not None and context is not None else None]
+        ident = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+        kind = "crops" if context is None else "context"
+        path = cache_dir / f"{kind}-{size}-{ident}.u8"
         done = path.with_suffix(".json")
+        geom_path = path.with_suffix(".geom.npy")
         shape = (len(keys), size, size, 3)
-        if not (done.exists() and path.exists() and path.stat().st_size == int(np.prod(shape))):
+        if caches_bypassed() and (caches_bypassed(), path) not in _REBUILT:
+            done.unlink(missing_ok=True)
+        complete = done.exists() and path.exists() and path.stat().st_size == int(np.prod(shape)) and (not geometry or geom_path.exists())
+        notes: list[str] = []
+        if not complete:
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=shape if keys else (1,))
+            geom = np.zeros((len(keys), 8), np.float32)
             workers = workers or min(8, (os.cpu_count() or 2) * 2)
+            boxes = _manifest_boxes(root, keys, crop_run) if geometry else {}
+            fallbacks = [0]
 
-            def fill(i: int) -> None:
-                out[i] = load_crop(root, keys[i], size)
+            if context is not None:
+                frames = _FrameReader(source)
+
+                def fill(i: int) -> None:
+                    img, g, from_frame = context_crop(root, keys[i], boxes.get(keys[i]), size, float(context), frames)
+                    out[i], geom[i] = img, g
+                    if not from_frame:
+                        fallbacks[0] += 1
+
+            elif geometry:
+
+                def fill(i: int) -> None:
+                    out[i], geom[i] = tight_crop(root, keys[i], boxes.get(keys[i]), size)
+
+            else:
+
+                def fill(i: int) -> None:
+                    out[i] = load_crop(root, keys[i], size, preprocess)
 
             try:
                 with ThreadPoolExecutor(workers) as pool:
@@ -125,9 +225,141 @@ class ImageCache:
                         pass
                 out.flush()
                 del out
+                if geometry:
+                    gtmp = geom_path.with_suffix(f".{os.getpid()}.tmp.npy")
+                    np.save(gtmp, geom)
+                    os.replace(gtmp, geom_path)
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)  # a failed build must not leave an N×S×S×3 file behind
-            done.write_text(json.dumps({"root": root.uri, "size": size, "count": len(keys)}))
+            info = {"root": root.uri, "size": size, "count": len(keys), "preprocess": preprocess, "context": context, "context_fallbacks": fallbacks[0]}
+            done.write_text(json.dumps(info))
+            if caches_bypassed():
+                _REBUILT.add((caches_bypassed(), path))  # once per forced run: its later builds of the same keys reuse it
+        if context is not None:
+            fallback_count = int(json.loads(done.read_text()).get("context_fallbacks", 0))
+            if fallback_count:
+                notes.append(f"{fallback_count} of {len(keys)} context crops came from the tight crop (source frame not readable): their context is only the crop's padding")
         array = np.memmap(path, mode="r", dtype=np.uint8, shape=shape) if keys else np.zeros(shape, np.uint8)
-        return cls(keys=keys, size=size, array=array, path=path)
+        geom_arr = np.load(geom_path) if geometry and keys else (np.zeros((0, 8), np.float32) if geometry else None)
+        return cls(keys=keys, size=size, array=array, path=path, preprocess=preprocess, geometry=geom_arr, context=context, notes=notes)
+
+
+# ---- object geometry: tight crops with their boxes, context crops -----------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestBox:
+    """A kept crop's object box in its source frame (manifest x0..y1, ends exclusive) and where the crop starts."""
+
+    source_key: str
+    box: tuple[int, int, int, int]
+    origin: tuple[int, int]  # the tight crop's top-left corner in the frame (box grown by crop's --pad, clipped)
+    frame: tuple[int, int] | None  # (width, height) of the frame, when the manifest records it
+
+
+def _manifest_boxes(root: Store, keys: Sequence[str], crop_run: dict) -> dict[str, ManifestBox]:
+    """crop_key → its manifest box, for `keys` (crops missing from the manifest get none: box = whole crop)."""
+    if not root.exists(CROP_MANIFEST_KEY):
+        return {}
+    table = read_parquet(root, CROP_MANIFEST_KEY)
+    names = set(table.column_names)
+    wanted = set(keys)
+    pad = int((crop_run.get("config") or {}).get("pad", 0) or 0)
+    cols = {c: table.column(c).to_pylist() for c in ("crop_key", "source_key", "x0", "y0", "x1", "y1", "width", "height") if c in names}
+    out: dict[str, ManifestBox] = {}
+    for i, key in enumerate(cols.get("crop_key", [])):
+        if key not in wanted or any(cols.get(c, [None])[i] is None for c in ("x0", "y0", "x1", "y1")):
+            continue
+        x0, y0, x1, y1 = (int(cols[c][i]) for c in ("x0", "y0", "x1", "y1"))
+        w, h = cols.get("width", [None] * (i + 1))[i], cols.get("height", [None] * (i + 1))[i]
+        out[key] = ManifestBox(str(cols["source_key"][i]), (x0, y0, x1, y1), (max(0, x0 - pad), max(0, y0 - pad)), (int(w), int(h)) if w and h else None)
+    return out
+
+
+def letterbox_rect(h: int, w: int, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """Geometry of an h×w image letterboxed to a square: its pixel rectangle and `box` (pixels of the image;
+    default the whole image), as 8 fractions of the square's side."""
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    bx0, by0, bx1, by1 = box if box is not None else (0, 0, w, h)
+    bx0, bx1 = min(max(bx0, 0), w), min(max(bx1, 0), w)
+    by0, by1 = min(max(by0, 0), h), min(max(by1, 0), h)
+    vals = (left, top, left + w, top + h, left + bx0, top + by0, left + bx1, top + by1)
+    return np.asarray(vals, dtype=np.float64).astype(np.float32) / np.float32(side)
+
+
+def _decode_crop(root: Store, key: str) -> np.ndarray:
+    try:
+        return to_rgb(decode_image(root.read_bytes(key)))
+    except UnreadableImage as exc:
+        raise BadInputError(f"crop {root.uri}/{key} is unreadable ({exc}); rerun `plankton crop --force`") from None
+
+
+def tight_crop(root: Store, key: str, mbox: ManifestBox | None, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The letterboxed tight crop and its geometry (pixel rectangle, object box inside the crop)."""
+    rgb = _decode_crop(root, key)
+    h, w = rgb.shape[:2]
+    box = None
+    if mbox is not None:
+        ox, oy = mbox.origin
+        box = (mbox.box[0] - ox, mbox.box[1] - oy, mbox.box[2] - ox, mbox.box[3] - oy)
+    return letterbox(rgb, size), letterbox_rect(h, w, box)
+
+
+class _FrameReader:
+    """Decoded source frames, the last few kept (objects of one frame are neighbours in the cache order)."""
+
+    def __init__(self, source: Store | None, keep: int = 16):
+        self.source, self.keep = source, keep
+        self._frames: dict[str, np.ndarray | None] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> np.ndarray | None:
+        if self.source is None:
+            return None
+        with self._lock:
+            if key in self._frames:
+                return self._frames[key]
+        try:
+            frame: np.ndarray | None = to_rgb(decode_image(self.source.read_bytes(key))) if self.source.exists(key) else None
+        except (UnreadableImage, OSError):
+            frame = None
+        with self._lock:
+            self._frames[key] = frame
+            while len(self._frames) > self.keep:
+                self._frames.pop(next(iter(self._frames)))
+        return frame
+
+
+def grown_box(box: tuple[int, int, int, int], context: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The box grown by `context` times its width/height on each side, clipped to a width×height frame (whole pixels)."""
+    x0, y0, x1, y1 = box
+    gx, gy = context * (x1 - x0), context * (y1 - y0)
+    return max(0, int(np.floor(x0 - gx))), max(0, int(np.floor(y0 - gy))), min(width, int(np.ceil(x1 + gx))), min(height, int(np.ceil(y1 + gy)))
+
+
+def context_crop(
+    root: Store, key: str, mbox: ManifestBox | None, size: int, context: float, frames: _FrameReader
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(letterboxed context crop, its geometry, whether it came from the source frame)."""
+    frame = frames.get(mbox.source_key) if mbox is not None else None
+    if mbox is not None and frame is not None and (mbox.frame is None or mbox.frame == (frame.shape[1], frame.shape[0])):
+        fx0, fy0, fx1, fy1 = grown_box(mbox.box, context, frame.shape[1], frame.shape[0])
+        region = frame[fy0:fy1, fx0:fx1]
+        box = (mbox.box[0] - fx0, mbox.box[1] - fy0, mbox.box[2] - fx0, mbox.box[3] - fy0)
+        from_frame = True
+    else:  # the tight crop: its padding is all the context there is
+        crop = _decode_crop(root, key)
+        h, w = crop.shape[:2]
+        if mbox is not None:
+            ox, oy = mbox.origin
+            b = (mbox.box[0] - ox, mbox.box[1] - oy, mbox.box[2] - ox, mbox.box[3] - oy)
+        else:
+            b = (0, 0, w, h)
+        cx0, cy0, cx1, cy1 = grown_box(b, context, w, h)
+        region = crop[cy0:cy1, cx0:cx1]
+        box = (b[0] - cx0, b[1] - cy0, b[2] - cx0, b[3] - cy0)
+        from_frame = False
+    h, w = region.shape[:2]
+    return letterbox(np.ascontiguousarray(region), size), letterbox_rect(h, w, box), from_frame

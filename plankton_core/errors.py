@@ -6,7 +6,9 @@
 | 1    | unexpected error (a bug)                  | retries               |
 | 2    | bad input or config                       | fails at once         |
 | 3    | an upstream stage has not finished        | fails at once         |
-| 75   | interrupted (SIGTERM) after saving state  | retried, not counted  |
+| 75   | interrupted (SIGTERM) after saving state, | retried, not counted  |
+|      | the stage is running elsewhere (lease), or |                       |
+|      | the store was unreachable after retries    |                       |
 """
 
 from __future__ import annotations
@@ -32,6 +34,18 @@ class BadInputError(PlanktonError):
 
 class StoreError(BadInputError):
     """The artifact store cannot be reached or used (bucket, credentials, endpoint)."""
+
+
+class TransientStoreError(StoreError):
+    """The store failed in a way that may pass (endpoint unreachable, timeout, 5xx) after botocore's retries: retry later."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class StageBusyError(PlanktonError):
+    """Another run of the stage holds its lease on this root: retry later."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class UpstreamNotReadyError(PlanktonError):

@@ -7,13 +7,19 @@ stage runs, so the CLI, the Kubernetes renderer and `plankton sql` can read
 the registry without importing torch.
 
 `run_stage` owns the whole lifecycle around the body:
-- upstream `_SUCCESS` (else exit 3), then the stage's `check` (bad input exits
-  2 before any output is touched);
+- the stage's lease on the root (`lease.py`): a second run of the same stage
+  (or shard) refuses with exit 75 naming the holder, so two runs never mix;
+- upstream `_SUCCESS` of every upstream stage and of theirs, each recorded
+  upstream digest matching the upstream's current one (else exit 3), then the
+  stage's `check` (bad input exits 2 before any output is touched);
 - the digest of config + upstream digests + input fingerprint, and "up to
   date" when run.json records it (`--force` redoes it);
 - shard runs (`--shard-index/--num-shards`, `$JOB_COMPLETION_INDEX`) leave a
   part under `<prefix>/shards/`; `--merge` gathers a complete set;
-- outputs, then `run.json`, then `_SUCCESS` (last), and the metrics;
+- the last `_SUCCESS` stays until the body first writes under the root (a
+  body that fails while it loads and checks its inputs leaves the last result
+  usable); then outputs, then `run.json`, then `_SUCCESS` (last), the metrics;
+- `--force` also bypasses the decode cache (`caches_bypassed()`);
 - non-zero DDP ranks run the body and write none of the stage's records.
 """
 
@@ -27,16 +33,19 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from .config import config_dict, digestable_config
 from .errors import BadInputError, UpstreamNotReadyError
+from .lease import acquire
 from .metrics import StageMetrics
 from .shards import ShardOutput, ShardSet, resolve_shard
-from .store import Store, join
+from .store import Listed, Store, StoreURI, join
 from .tables import read_json, write_json
 from .version import git_commit, package_version
 
@@ -47,6 +56,7 @@ RUN_JSON = "run.json"
 BUILTIN_STAGES = (
     "plankton_core.crop",
     "plankton_core.stats",
+    "plankton_core.pretrain",
     "plankton_core.supcon",
     "plankton_core.sweep",
     "plankton_core.evaluate",
@@ -172,6 +182,7 @@ class StageContext:
     s3_endpoint: str | None = None
     upstream: dict[str, str] = field(default_factory=dict)  # upstream stage -> its digest
     plan: Any = None  # what the stage's check returned
+    lease: Any = None  # the stage's lease (`lease.Lease`) on the primary process
     rank: int = 0
     notes: list[str] = field(default_factory=list)  # printed in the end-of-stage summary
 
@@ -201,13 +212,33 @@ def is_done(root: Store, name: str) -> bool:
 
 
 def require_upstream(root: Store, upstream: Iterable[str]) -> dict[str, str]:
-    """Raise UpstreamNotReadyError naming the first unfinished upstream stage; return their digests."""
-    digests = {}
-    for name in upstream:
+    """The digests of the upstream stages; raise UpstreamNotReadyError (exit 3) unless the whole chain is current.
+
+    Every upstream stage and every stage upstream of those must have `_SUCCESS`, and each one's run.json
+    must record, for its own upstream stages, the digests they have now: a stage whose upstream was rerun
+    (or is being rerun) since it ran is stale, and so is everything built on it.
+    """
+    digests: dict[str, str] = {}
+    checked: dict[str, str] = {}
+
+    def current(name: str, below: str | None) -> str:
+        if name in checked:
+            return checked[name]
         prefix = stage_prefix(name)
+        needed = f" (needed by {below})" if below else ""
         if not root.exists(join(prefix, SUCCESS)):
-            raise UpstreamNotReadyError(f"upstream stage '{name}' has not finished: no {root.uri}/{prefix}/{SUCCESS}; run `plankton {name}` first")
-        digests[name] = read_json(root, join(prefix, RUN_JSON)).get("digest", "")
+            raise UpstreamNotReadyError(f"upstream stage '{name}'{needed} has not finished: no {root.uri}/{prefix}/{SUCCESS}; run `plankton {name}` first")
+        record = read_json(root, join(prefix, RUN_JSON)) if root.exists(join(prefix, RUN_JSON)) else {}
+        recorded = record.get("inputs", {}) or {}
+        for up in get_stage(name).upstream:
+            now = current(up, name)
+            if recorded.get(up) != now:
+                raise UpstreamNotReadyError(f"upstream stage '{name}'{needed} is stale: '{up}' changed since it ran; rerun `plankton {name}` first")
+        checked[name] = record.get("digest", "")
+        return checked[name]
+
+    for name in upstream:
+        digests[name] = current(name, None)
     return digests
 
 
@@ -215,6 +246,14 @@ def recorded_run(root: Store, name: str) -> dict[str, Any]:
     """The run.json of a finished stage ({} when it never finished)."""
     key = join(stage_prefix(name), RUN_JSON)
     return read_json(root, key) if root.exists(key) else {}
+
+
+_BYPASS_CACHES: ContextVar[str] = ContextVar("plankton_bypass_caches", default="")
+
+
+def caches_bypassed() -> str:
+    """Inside a `--force` run, its run id (truthy): caches (e.g. the decode cache) are rebuilt, not reused; else ''."""
+    return _BYPASS_CACHES.get()
 
 
 def compute_digest(name: str, cfg: Any, upstream: dict[str, str], fingerprint: Any = None) -> str:
@@ -252,13 +291,24 @@ def run_stage(
         s3_endpoint=s3_endpoint,
         rank=rank,
     )
-    ctx.upstream = require_upstream(root, stage.upstream)
-    if stage.check is not None:
-        ctx.plan = resolve(stage.check)(cfg, ctx)
-    fingerprint = resolve(stage.fingerprint)(cfg, ctx) if stage.fingerprint is not None else None
-    digest = compute_digest(stage.name, cfg, ctx.upstream, fingerprint)
-
     index, count = resolve_shard(shard_index, num_shards) if stage.shardable and not merge else (0, 1)
+    lease_name = stage.name if count == 1 else f"{stage.name}.shard-{index}-of-{count}"
+    what = stage.name if count == 1 else f"{stage.name} shard {index}-of-{count}"
+    # only the primary process holds the lease: DDP ranks of one run share it
+    held: AbstractContextManager[Any] = acquire(root, lease_name, run_id, what) if ctx.primary else nullcontext()
+    token = _BYPASS_CACHES.set(run_id if force and ctx.primary else "")  # rank 0 rebuilds; the others wait for it
+    try:
+        with held as lease:
+            ctx.lease = lease
+            return _run_leased(stage, cfg, ctx, uri, merge=merge, index=index, count=count)
+    finally:
+        _BYPASS_CACHES.reset(token)
+
+
+def _run_leased(stage: Stage, cfg: Any, ctx: StageContext, uri: str, *, merge: bool, index: int, count: int) -> StageResult:
+    root, log, force = ctx.root, ctx.log, ctx.force
+    fingerprint, digest = _plan(stage, cfg, ctx)
+
     if merge and not stage.shardable:
         raise BadInputError(f"{stage.name} is not sharded: --merge does not apply")
     if count > 1:
@@ -275,8 +325,121 @@ def run_stage(
     else:
         body = resolve(stage.body)
     if ctx.primary:
-        root.delete(stage.key(SUCCESS))
-    return _run_body(stage, cfg, ctx, body, digest, fingerprint, uri)
+        # the last result stays usable until the body first writes: a body failing while it loads and
+        # checks its inputs (a mistyped checkpoint, a batch larger than the split) leaves it in place
+        ctx.root = InvalidatingStore(root, lambda: root.delete(stage.key(SUCCESS)))
+    return _run_body(stage, cfg, ctx, body, digest, fingerprint, uri, store=root)
+
+
+class InvalidatingStore:
+    """A store that calls `invalidate` once, before the first thing that may change the root.
+
+    Writes, deletes, and handing the store on (`reopen_spec`, `child`: another process or a sub-store may
+    write) all count; reads do not.
+    """
+
+    def __init__(self, inner: Store, invalidate: Callable[[], None]):
+        self.inner = inner
+        self.uri = inner.uri
+        self._invalidate: Callable[[], None] | None = invalidate
+
+    def _changing(self) -> Store:
+        if self._invalidate is not None:
+            invalidate, self._invalidate = self._invalidate, None
+            invalidate()
+        return self.inner
+
+    @property
+    def invalidated(self) -> bool:
+        return self._invalidate is None
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.inner.read_bytes(key)
+
+    def open_read(self, key: str) -> Any:
+        return self.inner.open_read(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.list(prefix)
+
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        return self.inner.list_sizes(prefix)
+
+    def list_inputs(self, prefix: str = "") -> Iterator[Listed]:
+        return self.inner.list_inputs(prefix)
+
+    def is_dir(self, prefix: str = "") -> bool:
+        return self.inner.is_dir(prefix)
+
+    def local_path(self, key: str) -> AbstractContextManager[Any]:
+        return self.inner.local_path(key)
+
+    def get_file(self, key: str, local_path: str | os.PathLike) -> None:
+        self.inner.get_file(key, local_path)
+
+    def size(self, key: str) -> int:
+        return self.inner.size(key)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._changing().write_bytes(key, data)
+
+    def open_write(self, key: str) -> AbstractContextManager[Any]:
+        return self._changing().open_write(key)
+
+    def put_file(self, local_path: str | os.PathLike, key: str) -> None:
+        self._changing().put_file(local_path, key)
+
+    def delete(self, key: str) -> None:
+        self._changing().delete(key)
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self._changing().delete_prefix(prefix)
+
+    def child(self, prefix: str) -> Store:
+        return self._changing().child(prefix)
+
+    def reopen_spec(self) -> StoreURI:
+        return self._changing().reopen_spec()
+
+
+def _plan(stage: Stage, cfg: Any, ctx: StageContext, *, check: bool = True) -> tuple[Any, str]:
+    """Upstream digests (ctx.upstream), the stage's check (ctx.plan), its input fingerprint, and the digest a run records."""
+    ctx.upstream = require_upstream(ctx.root, stage.upstream)
+    if stage.check is not None and (check or stage.fingerprint is not None):
+        ctx.plan = resolve(stage.check)(cfg, ctx)
+    fingerprint = resolve(stage.fingerprint)(cfg, ctx) if stage.fingerprint is not None else None
+    return fingerprint, compute_digest(stage.name, cfg, ctx.upstream, fingerprint)
+
+
+def plan_digest(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str | None = None) -> str:
+    """The digest a run of `stage` with `cfg` on `root` would record now, computed as `run_stage` does; writes nothing.
+
+    For `plankton submit`, on another machine than the stage's: the check runs only when the stage has a
+    fingerprint (which may read the plan); the digest depends on the check through the fingerprint alone.
+    Raises what the run would: UpstreamNotReadyError (an upstream unfinished or stale), BadInputError.
+    """
+    stage = stage if isinstance(stage, Stage) else get_stage(stage)
+    log = logging.getLogger(f"plankton.{stage.name}")
+    ctx = StageContext(stage.name, stage.prefix, root, StageMetrics(stage.name), log, s3_endpoint=s3_endpoint)
+    return _plan(stage, cfg, ctx, check=False)[1]
+
+
+def is_up_to_date(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str | None = None) -> tuple[bool, str]:
+    """(True, why) when a run of `stage` with `cfg` would find its outputs up to date (`_SUCCESS` and the same digest); else (False, why)."""
+    stage = stage if isinstance(stage, Stage) else get_stage(stage)
+    recorded = _recorded_digest(root, stage)
+    if recorded is None:
+        return False, f"no {root.uri}/{stage.key(SUCCESS)}"
+    try:
+        digest = plan_digest(stage, cfg, root, s3_endpoint=s3_endpoint)
+    except UpstreamNotReadyError as exc:
+        return False, str(exc)
+    if digest != recorded:
+        return False, f"its inputs or options changed since {root.uri}/{stage.key(RUN_JSON)} (digest {recorded[:12]} → {digest[:12]})"
+    return True, f"{root.uri}/{stage.key(RUN_JSON)} records the same digest {digest[:12]}"
 
 
 def _recorded_digest(root: Store, stage: Stage) -> str | None:
@@ -286,9 +449,19 @@ def _recorded_digest(root: Store, stage: Stage) -> str | None:
 
 
 def _run_body(
-    stage: Stage, cfg: Any, ctx: StageContext, body: Callable[[Any, StageContext], Any], digest: str, fingerprint: Any, uri: str, *, final: bool = True
+    stage: Stage,
+    cfg: Any,
+    ctx: StageContext,
+    body: Callable[[Any, StageContext], Any],
+    digest: str,
+    fingerprint: Any,
+    uri: str,
+    *,
+    final: bool = True,
+    store: Store | None = None,
 ) -> StageResult:
     """Time and count the body; on the primary process write run.json, metrics and (when `final`) `_SUCCESS`."""
+    store = store or ctx.root
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     try:
@@ -296,15 +469,19 @@ def _run_body(
     except BaseException:
         ctx.metrics.finish(ok=False, seconds=time.monotonic() - t0)
         if ctx.primary:
-            _emit_metrics(ctx)
+            _emit_metrics(ctx, store, failed=True)  # never hides the body's own error
         raise
     seconds = time.monotonic() - t0
     if not ctx.primary:
         return StageResult(stage.name, uri, up_to_date=False, seconds=seconds, counts=counts, notes=ctx.notes, primary=False)
     ctx.metrics.finish(ok=True, seconds=seconds)
+    if ctx.lease is not None:
+        ctx.lease.check()  # a run whose lease was taken over must not commit over the new holder's outputs
     if final:
+        if isinstance(ctx.root, InvalidatingStore) and not ctx.root.invalidated:
+            store.delete(stage.key(SUCCESS))  # a body that wrote nothing: the new run.json must not pair with the old _SUCCESS
         write_json(
-            ctx.root,
+            store,
             stage.key(RUN_JSON),
             {
                 "stage": stage.name,
@@ -321,9 +498,9 @@ def _run_body(
                 "notes": ctx.notes,
             },
         )
-    _emit_metrics(ctx)
+    _emit_metrics(ctx, store)
     if final:
-        ctx.root.write_bytes(stage.key(SUCCESS), b"")
+        store.write_bytes(stage.key(SUCCESS), b"")
     return StageResult(stage.name, uri, up_to_date=False, seconds=seconds, counts=counts, notes=ctx.notes)
 
 
@@ -353,9 +530,16 @@ def _run_shard(stage: Stage, cfg: Any, ctx: StageContext, digest: str, fingerpri
     return _run_body(stage, cfg, ctx, body, digest, fingerprint, uri, final=False)
 
 
-def _emit_metrics(ctx: StageContext) -> None:
-    if not ctx.metrics.push(final=True):
-        ctx.root.write_bytes(ctx.key("metrics.prom"), ctx.metrics.exposition())
+def _emit_metrics(ctx: StageContext, store: Store | None = None, failed: bool = False) -> None:
+    """Push the run's metrics, else write `<prefix>/metrics.prom`; for a failed run, a failure to write is only logged."""
+    if ctx.metrics.push(final=True):
+        return
+    try:
+        (store or ctx.root).write_bytes(ctx.key("metrics.prom"), ctx.metrics.exposition())
+    except Exception as exc:
+        if not failed:
+            raise
+        ctx.log.warning("could not write %s/%s: %s", (store or ctx.root).uri, ctx.key("metrics.prom"), exc)
 
 
 def pipeline_order(names: Sequence[str] | None = None) -> list[str]:

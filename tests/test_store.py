@@ -312,14 +312,18 @@ def test_no_credentials(s3_bucket, monkeypatch, tmp_path):
 
 
 def test_unreachable_endpoint(monkeypatch):
-    """With the store's real retry policy: a refused connection fails in seconds, in one line."""
+    """A refused connection is transient: retried ($PLANKTON_S3_MAX_ATTEMPTS), then one line and exit 75 (the Job retries)."""
+    from plankton_core.errors import TransientStoreError
+
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("PLANKTON_S3_MAX_ATTEMPTS", "2")
     port = _closed_port()
-    with pytest.raises(StoreError) as err:
+    with pytest.raises(TransientStoreError) as err:
         open_store("s3://bucket/x", s3_endpoint=f"http://127.0.0.1:{port}")
-    assert str(err.value).startswith(f"cannot reach S3 endpoint http://127.0.0.1:{port}: Could not connect")
+    assert str(err.value).startswith(f"cannot reach S3 endpoint http://127.0.0.1:{port} for s3://bucket after 2 attempts: Could not connect")
+    assert err.value.exit_code == 75
     assert "\n" not in str(err.value)
 
 
