@@ -16,6 +16,12 @@ STATS_SPLITS = "stats/splits.parquet"
 STATS_CLASSES = "stats/classes.json"
 STATS_JSON = "stats/stats.json"
 
+# pretrain
+PRETRAIN_CKPT = "pretrain/ckpt"
+PRETRAIN_METRICS = "pretrain/metrics.jsonl"
+PRETRAIN_RUN = "pretrain/run.json"
+PRETRAIN_UNLABELED = "pretrain/unlabeled"  # `--unlabeled … --crop`: a crop run of the unlabelled images (its own crop/ below this)
+
 # supcon
 SUPCON_CKPT = "supcon/ckpt"
 SUPCON_METRICS = "supcon/metrics.jsonl"

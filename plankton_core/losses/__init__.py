@@ -1,5 +1,6 @@
 """Contrastive losses, one module each."""
 
+from .moco import enqueue, moco_logits, moco_loss, momentum_update
 from .supcon import SupConLoss, supcon_loss
 
-__all__ = ["SupConLoss", "supcon_loss"]
+__all__ = ["SupConLoss", "enqueue", "moco_logits", "moco_loss", "momentum_update", "supcon_loss"]
