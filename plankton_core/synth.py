@@ -39,11 +39,12 @@ class SynthConfig:
     Build one with `load_config` (which validates); the constructor alone checks types only.
     """
 
+    kind: Literal["frames", "vignettes"] = option("frames", "frames (several objects per image) or vignettes (one object per image, as imaging instruments cut them).")
     classes: int = option(5, "Shape classes (1-8).")
     per_class: int = option(40, "Frames of the largest class; others get fewer.")
     mode: Literal["dark", "bright", "both"] = option("both", "dark-field, bright-field or both.")
     seed: int = option(0, "Random seed; the same seed gives the same files.")
-    size: int = option(128, "Frame side in pixels.")
+    size: int = option(128, "Frame side in pixels (frames; vignettes are 30-400 px by case).")
     imbalance: float = option(0.4, "The rarest class gets this fraction of --per-class.")
     multi_fraction: float = option(0.25, "Frames with two or three objects.")
     cut_fraction: float = option(0.15, "Objects placed cut by the frame border.")
@@ -272,6 +273,8 @@ def class_counts(cfg: SynthConfig) -> dict[str, int]:
 def generate(out: Store, cfg: SynthConfig) -> dict[str, int]:
     """Write `<class>/<class>_<i>.<ext>` frames and `ground_truth.parquet` to `out`; returns counts."""
     cfg.validate()
+    if cfg.kind == "vignettes":
+        return generate_vignettes(out, cfg)
     rows: dict[str, list] = {k: [] for k in ("image_key", "class", "x0", "y0", "x1", "y1", "touches_border", "dark_field")}
     frames = 0
     for c, (name, count) in enumerate(class_counts(cfg).items()):
@@ -305,3 +308,124 @@ def generate(out: Store, cfg: SynthConfig) -> dict[str, int]:
     write_parquet(out, GROUND_TRUTH_KEY, pa.table(rows, schema=schema))
     cut = sum(rows["touches_border"])
     return {"frames": frames, "objects": len(rows["image_key"]), "cut_by_border": cut, "classes": cfg.classes}
+
+
+# --- vignettes: one object per image, as FlowCam, IFCB, UVP and ZooScan cut them ----------------------------
+
+VIGNETTE_CASES = ("padded", "tight", "border", "filled", "translucent", "chain")
+VIGNETTE_MAX = 400  # pixels: the largest vignette side
+VIGNETTE_SCHEMA = pa.schema(
+    [
+        ("image_key", pa.string()),
+        ("class", pa.string()),
+        ("case", pa.string()),
+        ("x0", pa.int32()),
+        ("y0", pa.int32()),
+        ("x1", pa.int32()),
+        ("y1", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("touches_border", pa.bool_()),
+        ("dark_field", pa.bool_()),
+    ]
+)
+
+
+def _chain_of(shape: str, radius: float, rng: np.random.Generator) -> np.ndarray:
+    """Two to four copies of a shape in a row with gaps of 1-3 px between them (a chain the segmenter must join)."""
+    parts = [object_mask(shape, radius, rng) for _ in range(int(rng.integers(2, 5)))]
+    gap = int(rng.integers(1, 4))
+    height = max(p.shape[0] for p in parts)
+    width = sum(p.shape[1] for p in parts) + gap * (len(parts) - 1)
+    out = np.zeros((height, width), dtype=bool)
+    x = 0
+    for p in parts:
+        top = (height - p.shape[0]) // 2
+        out[top : top + p.shape[0], x : x + p.shape[1]] = p
+        x += p.shape[1] + gap
+    return np.rot90(out, int(rng.integers(4)))
+
+
+def render_vignette(shape: str, case: str, rng: np.random.Generator, dark: bool, noise: float) -> tuple[np.ndarray, dict]:
+    """One uint8 vignette of `case` and its object's ground truth: box (ends exclusive), touches_border."""
+    if dark:
+        background, contrast = rng.uniform(4, 30), rng.uniform(70, 220)
+    else:
+        background, contrast = rng.uniform(180, 235), -rng.uniform(60, 160)
+    if case == "translucent":
+        radius = rng.uniform(70, 180)
+    elif case == "chain":
+        radius = rng.uniform(8, 40)
+    else:
+        radius = float(np.exp(rng.uniform(np.log(15), np.log(150))))
+    mask = _chain_of(shape, radius, rng) if case == "chain" else object_mask(shape, radius, rng)
+    if case == "translucent":  # a thick dark rim around a faint inside (a large cell, like Noctiluca)
+        inside = ndimage.binary_erosion(mask, iterations=max(2, int(radius * rng.uniform(0.04, 0.08))))
+        weight = np.where(inside, rng.uniform(0.12, 0.25), 1.0) * mask
+    else:
+        weight = mask.astype(np.float32)
+    h, w = mask.shape
+    if case in ("padded", "translucent", "chain"):
+        top, bottom, left, right = (int(round(f * max(h, w))) + 2 for f in rng.uniform(0.05, 0.3, 4))
+    elif case == "tight":
+        top, bottom, left, right = (int(v) for v in rng.integers(0, 3, 4))
+    elif case == "border":  # cut by one or two borders
+        top, bottom, left, right = (int(v) for v in rng.integers(1, 6, 4))
+        for side in rng.choice(4, size=int(rng.integers(1, 3)), replace=False):
+            cut = -int((h if side < 2 else w) * rng.uniform(0.1, 0.3))
+            if side == 0:
+                top = cut
+            elif side == 1:
+                bottom = cut
+            elif side == 2:
+                left = cut
+            else:
+                right = cut
+    else:  # filled: the image is the middle of an object larger than it
+        top, bottom, left, right = (-int(round(f * max(h, w))) for f in rng.uniform(0.0, 0.15, 4))
+    if h + top + bottom > VIGNETTE_MAX:  # too large: less padding
+        top = bottom = max(0, (VIGNETTE_MAX - h) // 2)
+    if w + left + right > VIGNETTE_MAX:
+        left = right = max(0, (VIGNETTE_MAX - w) // 2)
+    height, width = max(8, h + top + bottom), max(8, w + left + right)
+    fx, fy = rng.uniform(0.3, 0.9, 2)
+    yy, xx = np.mgrid[0:height, 0:width]
+    p = BLUR_PAD
+    oy, ox = top + p, left + p  # the object's corner on the canvas, shifted by the pad
+    big = np.zeros((height + 2 * p, width + 2 * p), dtype=np.float32)
+    ys0, xs0 = max(oy, 0), max(ox, 0)
+    ys1, xs1 = min(oy + h, big.shape[0]), min(ox + w, big.shape[1])
+    big[ys0:ys1, xs0:xs1] = weight[ys0 - oy : ys1 - oy, xs0 - ox : xs1 - ox] * rng.uniform(0.75, 1.0)
+    big = ndimage.gaussian_filter(big, BLUR_SIGMA)[p : p + height, p : p + width]
+    big *= 0.85 + 0.15 * np.sin(xx * fx + yy * fy)
+    image = background + contrast * big
+    image += rng.standard_normal(image.shape).astype(np.float32) * np.float32(noise * rng.uniform(0.5, 1.5))
+    seen = np.zeros((height, width), dtype=bool)
+    vy0, vx0 = max(top, 0), max(left, 0)
+    vy1, vx1 = min(top + h, height), min(left + w, width)
+    seen[vy0:vy1, vx0:vx1] = mask[vy0 - top : vy1 - top, vx0 - left : vx1 - left]
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    touches = box[0] == 0 or box[1] == 0 or box[2] == width or box[3] == height
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), {"x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3], "touches_border": touches}
+
+
+def generate_vignettes(out: Store, cfg: SynthConfig) -> dict[str, int]:
+    """One object per image, cycling through VIGNETTE_CASES; `ground_truth.parquet` has each object's box and case."""
+    rows: dict[str, list] = {name: [] for name in VIGNETTE_SCHEMA.names}
+    n = 0
+    for c, (name, count) in enumerate(class_counts(cfg).items()):
+        for i in range(count):
+            rng = np.random.default_rng([cfg.seed, c, i, 1])
+            dark = cfg.mode == "dark" or (cfg.mode == "both" and rng.random() < 0.5)
+            case = VIGNETTE_CASES[(c + i) % len(VIGNETTE_CASES)]
+            image, obj = render_vignette(name, case, rng, dark, cfg.noise)
+            data, suffix = encode_frame(image, cfg.formats[n % len(cfg.formats)])
+            key = f"{name}/{name}_{i:05d}{suffix}"
+            out.write_bytes(key, data)
+            n += 1
+            row = {"image_key": key, "class": name, "case": case, "width": image.shape[1], "height": image.shape[0], "dark_field": dark, **obj}
+            for col in VIGNETTE_SCHEMA.names:
+                rows[col].append(row[col])
+    write_parquet(out, GROUND_TRUTH_KEY, pa.table(rows, schema=VIGNETTE_SCHEMA))
+    return {"frames": n, "objects": n, "cut_by_border": int(sum(rows["touches_border"])), "classes": cfg.classes}

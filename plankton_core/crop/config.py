@@ -22,6 +22,11 @@ class CropConfig:
     """
 
     input: str = option("", "Class-folder tree of images <class>/<image>: a folder, file:// or s3://.", metavar="URI")
+    objects: Literal["auto", "frames", "single"] = option(
+        "auto",
+        "frames: many objects per image, border-cut ones dropped; single: each image is one object (a vignette); "
+        "auto: chosen per image (single for EcoTaxa input).",
+    )
     segmenter: Literal["threshold", "sam2"] = option("threshold", "threshold (default) or sam2 (needs plankton[sam2]).")
     edge_margin: int = option(2, "Objects within this many pixels of the frame border are cut (status edge); 0 keeps them.", ge=0)
     min_area: int = option(30, "Objects with fewer pixels are too_small.", ge=1)
@@ -29,6 +34,7 @@ class CropConfig:
     min_contrast: float = option(12.0, "Grey levels an object must stand out of the background.")
     smooth: float = option(1.0, "Gaussian sigma before thresholding, 0 = none.")
     noise_k: float = option(4.0, "The threshold is at least background + k × noise sigma.")
+    merge_gap: int = option(4, "single: foreground parts closer than this many pixels are one object.", ge=0)
     edge_fraction: float = option(0.3, "An object's outline: pixels above this fraction of its peak contrast.", gt=0.0, lt=1.0)
     binning: int = option(0, "Search objects on frames shrunk this many times (boxes measured at full size); 0 = by frame size.", ge=0)
     speck_area: int = option(4, "Components smaller than this are noise, not objects.", ge=1)

@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import CropConfig
+from .single import SingleObject, choose
 from .threshold import Detection, ThresholdSegmenter
 
 KEPT, EDGE, TOO_SMALL = "kept", "edge", "too_small"
@@ -30,6 +31,7 @@ class CropResult:
     box: tuple[int, int, int, int]
     area: int
     crop: np.ndarray | None = None  # uint8, (h, w) or (h, w, 3); set when kept
+    objects: str = "frames"  # how the image was read: frames (many objects) or single (one object, a vignette)
 
 
 def make_segmenter(cfg: CropConfig, s3_endpoint: str | None = None) -> Segmenter:
@@ -62,8 +64,20 @@ def padded_box(box: tuple[int, int, int, int], pad: int, width: int, height: int
     return max(0, x0 - pad), max(0, y0 - pad), min(width, x1 + pad), min(height, y1 + pad)
 
 
-def extract_crops(arr: np.ndarray, cfg: CropConfig, segmenter: Segmenter | None = None) -> list[CropResult]:
-    """Every object in `arr` (uint8 (H, W) or (H, W, 3)), in reading order; an image without objects gives []."""
+def extract_crops(arr: np.ndarray, cfg: CropConfig, segmenter: Segmenter | None = None, objects: str | None = None) -> list[CropResult]:
+    """Every object in `arr` (uint8 (H, W) or (H, W, 3)), in reading order; an image without objects gives [].
+
+    `objects` (default cfg.objects) is frames, single or auto (chosen here per image; the choice is in each
+    result's `objects` and, for auto, its reason). Single gives exactly one result, or [] for a blank image.
+    """
+    mode = objects or cfg.objects
+    why = ""
+    if mode != "frames":
+        finder = SingleObject.from_config(cfg)
+        if mode == "auto":
+            mode, why = choose(arr, finder)
+        if mode == "single":
+            return single_crop(arr, cfg, finder, why)
     segmenter = segmenter or make_segmenter(cfg)
     height, width = arr.shape[:2]
     results = []
@@ -73,5 +87,18 @@ def extract_crops(arr: np.ndarray, cfg: CropConfig, segmenter: Segmenter | None 
         if status == KEPT:
             x0, y0, x1, y1 = padded_box(det.box, cfg.pad, width, height)
             crop = np.ascontiguousarray(arr[y0:y1, x0:x1])
-        results.append(CropResult(status, reason, det.box, det.area, crop))
+        results.append(CropResult(status, "; ".join(p for p in (reason, why) if p), det.box, det.area, crop))
     return results
+
+
+def single_crop(arr: np.ndarray, cfg: CropConfig, finder: SingleObject, why: str = "") -> list[CropResult]:
+    """The one object of a vignette (border contact allowed), or [] when the image is blank."""
+    height, width = arr.shape[:2]
+    det, reason = finder.find(arr)
+    if det is None:
+        return []
+    reason = "; ".join(p for p in (reason, why) if p)
+    if det.area < cfg.min_area and reason != "fills_image":
+        return [CropResult(TOO_SMALL, "; ".join(p for p in (f"area {det.area} < min_area={cfg.min_area}", why) if p), det.box, det.area, None, "single")]
+    x0, y0, x1, y1 = padded_box(det.box, cfg.pad, width, height)
+    return [CropResult(KEPT, reason, det.box, det.area, np.ascontiguousarray(arr[y0:y1, x0:x1]), "single")]

@@ -1,0 +1,169 @@
+"""One object per image (a vignette, as FlowCam, IFCB, UVP and ZooScan cut them), and the per-image `auto` choice.
+
+A vignette is already cut around one particle, so the questions differ from a frame's:
+the object may touch the border (normal here), may fill the image, may be a large
+translucent cell whose faint inside breaks into pieces, or a chain with gaps. So:
+
+1. background and object are separated by Otsu's threshold on the smoothed grey image;
+   the background is the side holding most of the image's outer ring of pixels (in a
+   vignette the border is mostly background, whatever the polarity); when neither side
+   holds 70% of the ring (the object reaches much of the border) it is the side nearer
+   black or white (dark-field backgrounds are dark, bright-field ones light); unless that side
+   varies far more than the other (background is flat: an object filling the image
+   around a hole, like a ring, has its texture at the border);
+2. the object must stand out: the two sides' means differ by at least
+   max(min_contrast, noise_k × noise sigma); otherwise the image is either blank (flat,
+   `no_object`) or the object fills it (texture inside: the whole image, `fills_image`);
+3. foreground components closer than `merge_gap` pixels are one object (a translucent
+   cell's rim and inner texture, a chain's cells), and the object is the largest such
+   group plus any other group at least MERGE_SHARE of its size (a chain broken wider);
+   specks stay out.
+
+`choose` is `--objects auto`: single when the input is an EcoTaxa export (one object per
+row by definition), else per image from its size and the share of the image the main
+object's box covers (frames of many small objects keep the frames behaviour).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..imageio import to_gray
+from .threshold import EIGHT_CONNECTED, Detection
+
+RING_CLEAR = 0.3  # a ring with less than this share on one side has its background on the other
+RING = 2  # pixels of the outer ring taken as the background sample
+MERGE_SHARE = 0.2  # other groups at least this share of the largest one's pixels join the object
+TEXTURE_RATIO = 2.0  # a "background" varying this many times more than the object is the object (background is flat)
+FLAT_STD = 2.0  # grey levels: a smoothed image varying less than this is blank
+AUTO_MAX_SIDE = 1024  # auto: larger images are frames (vignettes are tens to hundreds of pixels)
+AUTO_REACH = 1  # auto: parts this many pixels apart (each side) are one object
+AUTO_SHARE = 0.3  # auto: a main object whose box covers at least this share of the image makes it a vignette
+
+
+def otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of float values (256 bins over their range)."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-6:
+        return lo
+    hist, edges = np.histogram(values, bins=256, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m = np.cumsum(hist * centres)
+    mu0 = m / np.maximum(w0, 1)
+    mu1 = (m[-1] - m) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def ring(gray: np.ndarray, width: int = RING) -> np.ndarray:
+    return np.concatenate([gray[:width].ravel(), gray[-width:].ravel(), gray[width:-width, :width].ravel(), gray[width:-width, -width:].ravel()])
+
+
+class SingleObject:
+    """The one object of a vignette: `find(arr)` gives (Detection or None, reason)."""
+
+    def __init__(self, smooth: float = 1.0, min_contrast: float = 12.0, noise_k: float = 4.0, speck_area: int = 4, merge_gap: int = 4):
+        self.smooth = max(smooth, 0.5)
+        self.min_contrast = min_contrast
+        self.noise_k = noise_k
+        self.speck_area = speck_area
+        self.merge_gap = merge_gap
+
+    @classmethod
+    def from_config(cls, cfg) -> SingleObject:
+        return cls(cfg.smooth, cfg.min_contrast, cfg.noise_k, cfg.speck_area, cfg.merge_gap)
+
+    def flat(self, gray: np.ndarray, noise: float) -> bool:
+        """A blank image: the smoothed image varies hardly more than its noise does."""
+        return float(gray.std()) < max(FLAT_STD, noise)
+
+    def foreground(self, arr: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, float]:
+        """(object-side mask or None when nothing stands out, the smoothed grey image, the noise sigma)."""
+        full = (arr if arr.ndim == 2 else to_gray(arr)).astype(np.float32)
+        gray = ndimage.gaussian_filter(full, self.smooth, mode="nearest")
+        if min(gray.shape) <= 2 * RING:
+            return None, gray, 0.0
+        noise = 1.4826 * float(np.median(np.abs(full - gray - np.median(full - gray))))
+        level = otsu(gray)
+        upper = gray > level
+        border = ring(upper)
+        up_share = np.count_nonzero(border) / border.size
+        if RING_CLEAR <= up_share <= 1 - RING_CLEAR:  # the object covers much of the border: the extremes decide
+            low, high = float(gray[~upper].mean()), float(gray[upper].mean())
+            bright_object = low < 255.0 - high  # dark-field backgrounds are near black, bright-field near white
+        else:
+            bright_object = up_share < 0.5  # the ring is mostly below: objects are above
+        mask = upper if bright_object else ~upper
+        if not mask.any() or mask.all():
+            return None, gray, noise
+        if float(gray[~mask].std()) > TEXTURE_RATIO * float(gray[mask].std()):
+            mask = ~mask  # the side at the border is textured, the other flat: an object filling the image around a hole
+        contrast = abs(float(gray[mask].mean()) - float(gray[~mask].mean()))
+        smoothed_noise = noise / (2.0 * np.sqrt(np.pi) * self.smooth)  # a Gaussian of sigma s averages ~4πs² pixels
+        if contrast < max(self.min_contrast, self.noise_k * smoothed_noise):
+            return None, gray, noise
+        return mask, gray, noise
+
+    def object_mask(self, mask: np.ndarray, reach: int | None = None, share: float = MERGE_SHARE) -> tuple[np.ndarray | None, int]:
+        """The object's pixels in a foreground mask (specks out, groups merged across `merge_gap`) and how many
+        separate parts it has; (None, 0) when only specks stand out."""
+        labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
+        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = areas >= self.speck_area
+        keep[0] = False
+        if not keep.any():
+            return None, 0
+        solid = keep[labels]
+        reach = self.merge_gap // 2 if reach is None else reach
+        grown = ndimage.binary_dilation(solid, EIGHT_CONNECTED, iterations=reach) if reach > 0 else solid
+        groups, m = ndimage.label(grown, structure=EIGHT_CONNECTED)
+        sizes = np.bincount(groups[solid], minlength=m + 1)
+        chosen = sizes >= share * sizes.max()
+        chosen[0] = False
+        obj = solid & chosen[groups]
+        big = areas >= MERGE_SHARE * areas[keep].max()
+        big[0] = False
+        parts = len(np.unique(labels[obj & big[labels]]))
+        return obj, parts
+
+    def find(self, arr: np.ndarray) -> tuple[Detection | None, str]:
+        mask, gray, noise = self.foreground(arr)
+        height, width = gray.shape
+        if mask is None:
+            if self.flat(gray, noise):
+                return None, "no object stands out of a flat image"
+            return Detection((0, 0, width, height), height * width), "fills_image"
+        obj, _ = self.object_mask(mask)
+        if obj is None:
+            return None, "only specks stand out"
+        return Detection(box_of(obj), int(np.count_nonzero(obj))), ""
+
+
+def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def choose(arr: np.ndarray, finder: SingleObject) -> tuple[str, str]:
+    """(`frames` or `single`, why) for one image under --objects auto."""
+    height, width = arr.shape[:2]
+    if max(height, width) > AUTO_MAX_SIDE:
+        return "frames", f"auto: {width}×{height} px is a frame (vignettes are at most {AUTO_MAX_SIDE} px)"
+    mask, gray, noise = finder.foreground(arr)
+    if mask is None:
+        if finder.flat(gray, noise):
+            return "frames", "auto: a flat image"
+        return "single", "auto: no object stands out of a textured image (it fills the image)"
+    obj, parts = finder.object_mask(mask, reach=AUTO_REACH, share=1.0)  # the largest group alone, gaps of 2 px bridged
+    if obj is None:
+        return "frames", "auto: only specks"
+    x0, y0, x1, y1 = box_of(obj)
+    share = (x1 - x0) * (y1 - y0) / gray.size
+    if share >= AUTO_SHARE:
+        return "single", f"auto: the object covers {share:.0%} of the image"
+    if parts > 1:
+        return "single", f"auto: {parts} parts within {2 * AUTO_REACH} px of each other are one object"
+    return "frames", f"auto: the object covers {share:.0%} of the image"
