@@ -30,6 +30,7 @@ TRAJECTORY_FIELDS = (
     "method",
     "seed",
     "pretrained",
+    "init",
     "crop_scale_min",
     "jitter",
     "sync_bn",
@@ -54,6 +55,7 @@ class SupConConfig:
     method: Literal["supcon", "simclr"] = option("supcon", "supcon uses labels; simclr ignores them.")
     seed: int = option(0, "Seed for weights, data order and augmentation.")
     pretrained: str | None = option(None, "Backbone weights file or URI (state dict, safetensors or plankton checkpoint); default random init.")
+    init: Literal["random", "pretrain"] = option("random", "pretrain: start from the pretrain stage's pretrain/ckpt/last.pt; random: --pretrained or random weights.")
     crop_scale_min: float = option(0.2, "The random resized crop keeps this to 100% of the area.", gt=0, le=1)
     jitter: float = option(0.2, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1)
     sync_bn: bool = option(True, "SyncBatchNorm across GPUs under torchrun.")

@@ -22,16 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import STATS_SPLITS, SUPCON_CKPT, SUPCON_METRICS
+from ..artifacts import PRETRAIN_CKPT, STATS_SPLITS, SUPCON_CKPT, SUPCON_METRICS
 from ..augment import TwoViews
-from ..checkpoint import load_pretrained_state
+from ..checkpoint import checkpoint_key, load_pretrained_state, state_dict_from_file
 from ..config import config_dict
 from ..data import ImageCache, load_normalisation, load_splits
 from ..errors import BadInputError
 from ..losses import supcon_loss
 from ..models import SupConModel, create_model
 from ..progress import progress
-from ..stage import StageContext
+from ..stage import StageContext, require_upstream
 from ..store import Store
 from ..training import (
     DistInfo,
@@ -103,7 +103,10 @@ def check(cfg: SupConConfig, ctx: StageContext) -> SupConPlan:
         "steps_per_epoch": steps_per_epoch,
         "world_size": world,
     }
-    resume = choose_resume(root, SUPCON_CKPT, cfg.resume, resolved, TRAJECTORY_FIELDS + ("stats_digest", "train_images"), ctx.s3_endpoint)
+    if cfg.init == "pretrain":  # the pretrain run's digest enters supcon's: a new pretrain run means retraining
+        ctx.upstream = ctx.upstream | require_upstream(root, ["pretrain"])
+        resolved["pretrain_digest"] = ctx.upstream["pretrain"]
+    resume = choose_resume(root, SUPCON_CKPT, cfg.resume, resolved, TRAJECTORY_FIELDS + ("stats_digest", "train_images", "pretrain_digest"), ctx.s3_endpoint)
     return SupConPlan(device, size, list(mean), list(std), keys, labels, steps_per_epoch, resolved, resume)
 
 
@@ -198,10 +201,16 @@ def decode_cache(root: Store, keys: list[str], size: int, dist: DistInfo) -> Ima
 def build_model(cfg: SupConConfig, ctx: StageContext, fresh: bool) -> SupConModel:
     """The network with the same initial weights on every process; `--pretrained` only when starting fresh."""
     torch.manual_seed(cfg.seed)
-    pretrained = load_pretrained_state(cfg.pretrained, ctx.s3_endpoint) if fresh and cfg.pretrained else None
+    source = checkpoint_key("last", PRETRAIN_CKPT) if cfg.init == "pretrain" else cfg.pretrained
+    pretrained = None
+    if fresh and source and source.startswith(PRETRAIN_CKPT + "/") and ctx.root.exists(source):  # a pretrain checkpoint under the root
+        pretrained = state_dict_from_file(ctx.root.read_bytes(source), f"{ctx.root.uri}/{source}")
+        source = f"{ctx.root.uri}/{source}"
+    elif fresh and source:
+        pretrained = load_pretrained_state(source, ctx.s3_endpoint)
     net = create_model(cfg.model, proj_dim=cfg.proj_dim, pretrained_state=pretrained)
     if pretrained is not None:
-        ctx.notes.append(f"backbone initialised from {cfg.pretrained}")
+        ctx.notes.append(f"backbone initialised from {source}")
     return net
 
 
