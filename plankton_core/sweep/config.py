@@ -17,6 +17,9 @@ class SweepConfig:
     Sharding (`--shard-index/--num-shards/--merge`) belongs to the stage contract.
     """
 
+    source: Literal["supcon", "pretrain"] = option(
+        "supcon", "Whose checkpoints: supcon, or pretrain (the linear probe of the self-supervised backbone, MoCo's protocol)."
+    )
     checkpoints: str = option("all", "Which checkpoints: all, 700: (700 to last), 700:900, or 700,800,last.")
     head_mode: Literal["cached", "augmented"] = option(
         "cached", "cached: features once, head on them; augmented: through the backbone every epoch, the old way."

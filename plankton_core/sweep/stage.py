@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..artifacts import SUPCON_RUN, SWEEP_HEADS, SWEEP_MARKDOWN
+from ..artifacts import PRETRAIN_CKPT, PRETRAIN_RUN, SUPCON_CKPT, SUPCON_RUN, SWEEP_HEADS, SWEEP_MARKDOWN
 from ..checkpoint import checkpoint_key, list_checkpoints
 from ..data import ImageCache, load_classes, load_splits
 from ..embedding import load_embedder
@@ -29,7 +29,7 @@ from ..errors import BadInputError
 from ..features import pick_device
 from ..heads import load_head, save_head
 from ..shards import SHARDS, PartRecord, ShardOutput
-from ..stage import StageContext
+from ..stage import StageContext, require_upstream
 from ..store import Store, join
 from ..tables import read_json, read_parquet
 from .augmented import train_head_through_backbone
@@ -52,9 +52,20 @@ def head_settings(cfg: SweepConfig) -> dict[str, Any]:
     return {"mode": cfg.head_mode, **asdict(head_params(cfg))}
 
 
+# --source: whose checkpoints are swept (prefix, run.json)
+SOURCES = {"supcon": (SUPCON_CKPT, SUPCON_RUN), "pretrain": (PRETRAIN_CKPT, PRETRAIN_RUN)}
+
+
+def fingerprint(cfg: SweepConfig, ctx: StageContext) -> dict[str, Any] | None:
+    """`--source pretrain`: the pretrain stage must have finished, and its digest enters the sweep's (supcon's is in as an upstream)."""
+    if cfg.source == "supcon":
+        return None
+    return {"source": cfg.source, "digest": require_upstream(ctx.root, [cfg.source])[cfg.source]}
+
+
 def check(cfg: SweepConfig, ctx: StageContext) -> list[str]:
     """The checkpoint names `--checkpoints` selects (ctx.plan); a missing one exits 2 before anything changes."""
-    return parse_checkpoint_spec(cfg.checkpoints, list_checkpoints(ctx.root))
+    return parse_checkpoint_spec(cfg.checkpoints, list_checkpoints(ctx.root, SOURCES[cfg.source][0]))
 
 
 def body(cfg: SweepConfig, ctx: StageContext) -> dict[str, Any]:
@@ -103,7 +114,9 @@ def _fingerprint(payload: dict[str, Any]) -> str:
 def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str]) -> list[dict[str, Any]]:
     """One result row per checkpoint. A checkpoint that cannot be read is named at the end (exit 2) after the rest are done."""
     store, log, upstream = ctx.root, ctx.log, ctx.upstream
-    supcon_run = read_json(store, SUPCON_RUN).get("run_id", "") if store.exists(SUPCON_RUN) else ""
+    prefix, run_key = SOURCES[cfg.source]
+    supcon_run = read_json(store, run_key).get("run_id", "") if store.exists(run_key) else ""  # the swept run (supcon's unless --source)
+    source_digest = upstream.get("supcon") if cfg.source == "supcon" else f"{cfg.source}:{read_json(store, run_key).get('digest', '')}"
     classes = load_classes(store)
     n_classes = len(classes)
     splits = {s: load_splits(store, s) for s in SPLITS}
@@ -121,7 +134,7 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
     for name in names:
-        unit = _fingerprint({"head": head_settings(cfg), "supcon": upstream.get("supcon"), "supcon_run": supcon_run, "checkpoint": name, "data": data_ident})
+        unit = _fingerprint({"head": head_settings(cfg), "supcon": source_digest, "supcon_run": supcon_run, "checkpoint": name, "data": data_ident})
         hkey = head_key(name)
         if not ctx.force and store.exists(hkey):
             try:
@@ -134,7 +147,7 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
                 pass
         t0 = time.monotonic()
         try:
-            embedder = load_embedder(store, checkpoint_key(name))
+            embedder = load_embedder(store, checkpoint_key(name, prefix))
         except BadInputError as exc:
             log.error("%s", exc)
             errors.append(str(exc))
@@ -149,7 +162,7 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
         reused = False
         if cfg.head_mode == "cached":
             fp = {
-                "supcon": upstream.get("supcon"),
+                "supcon": source_digest,
                 "supcon_run": supcon_run,
                 "checkpoint": name,
                 "model": ccfg.get("model"),
@@ -181,7 +194,7 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
             "val_macro_f1": float(result.val_macro_f1),
             "best_head_epoch": int(result.best_epoch),
             "seconds": round(t2 - t0, 4),
-            "checkpoint_key": checkpoint_key(name),
+            "checkpoint_key": checkpoint_key(name, prefix),
             "head_key": hkey,
             "model": str(ccfg.get("model", "")),
             "feature_dim": int(model.feature_dim),
@@ -194,7 +207,7 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
         }
         meta = {
             "checkpoint": name,
-            "checkpoint_key": checkpoint_key(name),
+            "checkpoint_key": checkpoint_key(name, prefix),
             "epoch": epoch,
             "model": row["model"],
             "feature_dim": row["feature_dim"],
