@@ -31,6 +31,10 @@ class SweepConfig:
     head_weight_decay: float = option(0.0, "SGD weight decay.", ge=0)
     standardize: bool = option(True, "z-score features with the train mean/std (folded into the saved head).")
     seed: int = option(0, "Head initialisation and shuffling seed.")
+    select_by: Literal["accuracy", "balanced_accuracy", "macro_f1"] = option(
+        "accuracy",
+        "Val score choosing the head epoch and the checkpoint (accuracy: the user's protocol); every rule's choice is recorded.",
+    )
     batch_size: int = option(256, "Feature extraction batch.", ge=1, digest=False)
     device: str = option("auto", "auto, cpu, cuda, cuda:1 …", digest=False)
     workers: int = option(0, "Threads decoding crops into the cache; 0 = automatic.", ge=0, digest=False)

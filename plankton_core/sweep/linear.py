@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import BadInputError
 from ..scoring import classification_metrics
+from .select import RULES
 
 
 @dataclass
@@ -33,8 +34,23 @@ class HeadParams:
 
 
 @dataclass
+class RuleBest:
+    """The head epoch one selection rule keeps (the first epoch reaching the rule's best val score), folded weights."""
+
+    epoch: int
+    val_accuracy: float
+    val_balanced_accuracy: float
+    val_macro_f1: float
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight.detach().cpu().float().contiguous(), "bias": self.bias.detach().cpu().float().contiguous()}
+
+
+@dataclass
 class HeadResult:
-    """The best head (folded to act on raw features) and how it did on val."""
+    """The best head (folded to act on raw features) and how it did on val; `by_rule`: each rule's own choice."""
 
     weight: torch.Tensor  # (n_classes, feature_dim)
     bias: torch.Tensor  # (n_classes,)
@@ -42,6 +58,8 @@ class HeadResult:
     val_acc: float
     val_macro_f1: float
     val_acc_per_epoch: list[float] = field(default_factory=list)
+    by_rule: dict[str, RuleBest] = field(default_factory=dict)  # RULES → the head epoch each rule would keep
+    val_per_epoch: list[dict[str, float]] = field(default_factory=list)  # accuracy, balanced_accuracy, macro_f1 per epoch
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight.detach().cpu().float().contiguous(), "bias": self.bias.detach().cpu().float().contiguous()}
@@ -77,11 +95,19 @@ class LinearHeadTrainer:
         self.opt = torch.optim.SGD(self.head.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, params.epochs * steps_per_epoch))
         self.epoch = 0
-        self.best_acc = -1.0
-        self.best_epoch = 0
-        self.best_state: dict[str, torch.Tensor] = {}
-        self.best_pred: torch.Tensor | None = None
+        self.n_classes = n_classes
         self.history: list[float] = []
+        self.val_history: list[dict[str, float]] = []
+        # per selection rule: best score so far, its epoch, the head's weights then, and the val scores then
+        self.best: dict[str, tuple[float, int, dict[str, torch.Tensor], dict[str, float]]] = {}
+
+    @property
+    def best_acc(self) -> float:
+        return self.best["accuracy"][0] if "accuracy" in self.best else -1.0
+
+    @property
+    def best_epoch(self) -> int:
+        return self.best["accuracy"][1] if "accuracy" in self.best else 0
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.head.train()
@@ -94,24 +120,31 @@ class LinearHeadTrainer:
 
     @torch.no_grad()
     def end_epoch(self, val_x: torch.Tensor, val_y: torch.Tensor) -> float:
-        """Score the head on val; keep it if it beats every earlier epoch."""
+        """Score the head on val (accuracy, balanced accuracy, macro F1); each rule keeps it if it beats every earlier epoch."""
         self.epoch += 1
         self.head.eval()
         pred = self.head(val_x).argmax(dim=1)
-        acc = float((pred == val_y).float().mean())
-        self.history.append(acc)
-        if acc > self.best_acc:
-            self.best_acc, self.best_epoch = acc, self.epoch
-            self.best_state = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
-            self.best_pred = pred.cpu()
-        return acc
+        m = classification_metrics(val_y.cpu().numpy(), pred.cpu().numpy(), self.n_classes)
+        scores = {r: float(m[r]) for r in RULES}
+        self.history.append(scores["accuracy"])
+        self.val_history.append(scores)
+        state: dict[str, torch.Tensor] | None = None
+        for rule in RULES:
+            if rule not in self.best or scores[rule] > self.best[rule][0]:
+                if state is None:
+                    state = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+                self.best[rule] = (scores[rule], self.epoch, state, scores)
+        return scores["accuracy"]
 
     def result(self, val_y: torch.Tensor, n_classes: int, mean: torch.Tensor, std: torch.Tensor) -> HeadResult:
-        if self.best_pred is None:
+        if not self.best:
             raise RuntimeError("result() before any end_epoch()")
-        weight, bias = fold_standardizer(self.best_state["weight"].cpu(), self.best_state["bias"].cpu(), mean.cpu(), std.cpu())
-        f1 = classification_metrics(val_y.cpu().numpy(), self.best_pred.numpy(), n_classes)["macro_f1"]
-        return HeadResult(weight, bias, self.best_epoch, self.best_acc, float(f1), list(self.history))
+        by_rule: dict[str, RuleBest] = {}
+        for rule, (_, epoch, state, scores) in self.best.items():
+            weight, bias = fold_standardizer(state["weight"].cpu(), state["bias"].cpu(), mean.cpu(), std.cpu())
+            by_rule[rule] = RuleBest(epoch, scores["accuracy"], scores["balanced_accuracy"], scores["macro_f1"], weight, bias)
+        acc = by_rule["accuracy"]
+        return HeadResult(acc.weight, acc.bias, acc.epoch, acc.val_accuracy, acc.val_macro_f1, list(self.history), by_rule, list(self.val_history))
 
 
 def train_head_on_features(

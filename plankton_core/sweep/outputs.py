@@ -11,9 +11,9 @@ import pyarrow as pa
 from ..artifacts import SWEEP_MARKDOWN, SWEEP_PLOT, SWEEP_SELECTION, SWEEP_TABLE
 from ..store import Store
 from ..tables import write_json, write_parquet
-from .select import choose_best
+from .select import METRICS, RULES, choices_by_rule, choose_best, rule_choice, rule_description, rule_field
 
-SELECTION_RULE = "highest val accuracy; ties broken by higher val macro F1, then the later backbone epoch, then a numbered epoch_NNNN checkpoint over last"
+SELECTION_RULE = rule_description("accuracy")
 
 # columns of sweep.parquet, in order (the first six are the contract)
 COLUMNS: dict[str, pa.DataType] = {
@@ -34,6 +34,11 @@ COLUMNS: dict[str, pa.DataType] = {
     "head_seconds": pa.float64(),
     "features_reused": pa.bool_(),
 }
+for _rule in RULES:  # what each --select-by rule keeps in this checkpoint (val scores at its head epoch)
+    COLUMNS[rule_field(_rule, "head_epoch")] = pa.int64()
+    COLUMNS[rule_field(_rule, "head_key")] = pa.string()
+    for _m in METRICS:
+        COLUMNS[rule_field(_rule, f"val_{_m}")] = pa.float64()
 
 
 def rows_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
@@ -42,21 +47,28 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.table({name: pa.array([r.get(name) for r in ordered], type=typ) for name, typ in COLUMNS.items()})
 
 
-def write_sweep_outputs(store: Store, rows: Sequence[dict[str, Any]], head_settings: dict[str, Any], extra_selection: dict[str, Any]) -> dict[str, Any]:
-    """Write the four sweep outputs; returns the selection."""
-    best = choose_best(rows)
+def write_sweep_outputs(
+    store: Store, rows: Sequence[dict[str, Any]], head_settings: dict[str, Any], extra_selection: dict[str, Any], select_by: str = "accuracy"
+) -> dict[str, Any]:
+    """Write the four sweep outputs; returns the selection (the `select_by` rule's choice, every rule's in `by_rule`)."""
+    best = choose_best(rows, select_by)
+    chosen = rule_choice(best, select_by)
     selection = {
         "checkpoint": best["checkpoint"],
         "checkpoint_key": best["checkpoint_key"],
         "epoch": int(best["epoch"]),
-        "head_key": best["head_key"],
+        "head_key": chosen["head_key"],
         "feature_dim": int(best["feature_dim"]),
         "model": best["model"],
-        "val_acc": float(best["val_acc"]),
-        "val_macro_f1": float(best["val_macro_f1"]),
-        "best_head_epoch": int(best["best_head_epoch"]),
+        "val_acc": chosen["val_accuracy"],
+        "val_balanced_accuracy": chosen["val_balanced_accuracy"],
+        "val_macro_f1": chosen["val_macro_f1"],
+        "best_head_epoch": chosen["best_head_epoch"],
         "head_mode": best["head_mode"],
-        "rule": SELECTION_RULE,
+        "select_by": select_by,
+        "rule": rule_description(select_by),
+        "chosen_on": "val split",
+        "by_rule": choices_by_rule(rows),
         "candidates": len(rows),
         "head": head_settings,
         **extra_selection,
@@ -102,9 +114,18 @@ def sweep_markdown(rows: Sequence[dict[str, Any]], selection: dict[str, Any], he
         "",
         f"Chosen: **{selection['checkpoint']}** (backbone epoch {selection['epoch']}, head epoch {selection['best_head_epoch']}, "
         f"val accuracy {pct(selection['val_acc'])}, val macro F1 {pct(selection['val_macro_f1'])}).",
-        f"Rule: {SELECTION_RULE}.",
+        f"Rule (--select-by {selection.get('select_by', 'accuracy')}): {selection.get('rule', SELECTION_RULE)}.",
         "",
+        "What each --select-by rule would choose from the same val results (test figures of each: evaluate's report):",
+        "",
+        "| --select-by | ckpt | head epoch | val accuracy | val balanced accuracy | val macro F1 |",
+        "| :---: | :---: | :---: | :---: | :---: | :---: |",
     ]
+    for rule, c in selection.get("by_rule", {}).items():
+        lines.append(
+            f"| {rule} | {c['checkpoint']} | {c['best_head_epoch']} | {pct(c['val_accuracy'])} | {pct(c['val_balanced_accuracy'])} | {pct(c['val_macro_f1'])} |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -58,17 +58,78 @@ def _epoch(text: str, token: str, allow_empty: bool = False) -> int | None:
         raise BadInputError(f"--checkpoints: cannot read {token!r}; use all, an epoch (700), a name (last, epoch_0700) or a range (700:, 700:900)") from None
 
 
-def selection_key(row: dict[str, Any]) -> tuple:
-    """Sort key of the selection rule, best last.
+RULES = ("accuracy", "balanced_accuracy", "macro_f1")  # --select-by choices; accuracy is the user's protocol
+RULE_TEXT = {
+    "accuracy": "val accuracy",
+    "balanced_accuracy": "val balanced accuracy (mean recall over classes: a rare class counts as much as a common one)",
+    "macro_f1": "val macro F1 (unweighted mean over classes)",
+}
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")  # val scores recorded for each rule's choice
 
-    Highest val accuracy; ties → higher val macro F1; then the later backbone
+
+def rule_field(rule: str, name: str) -> str:
+    """Column of sweep.parquet holding `name` (head_epoch, head_key, val_<metric>) of the head epoch `rule` keeps."""
+    return f"by_{rule}_{name}"
+
+
+def rule_description(rule: str) -> str:
+    """The whole rule, ties included, as selection.json and the report state it."""
+    return (
+        f"head epoch: the first with the highest {RULE_TEXT[rule]}; checkpoint: the highest {RULE_TEXT[rule]} at its head epoch; "
+        "ties broken by higher val accuracy, then higher val macro F1, then the later backbone epoch, then a numbered "
+        "epoch_NNNN checkpoint over last"
+    )
+
+
+def _val(row: dict[str, Any], rule: str, metric: str) -> float:
+    """The val `metric` of `rule`'s head epoch; rows without per-rule fields (accuracy only) fall back to the legacy columns."""
+    value = row.get(rule_field(rule, f"val_{metric}"))
+    if value is None and rule == "accuracy":
+        value = row.get({"accuracy": "val_acc", "macro_f1": "val_macro_f1"}.get(metric, ""))
+    if value is None:
+        raise BadInputError(f"sweep row {row.get('checkpoint')!r} has no val {metric} for --select-by {rule}; rerun `plankton linear-sweep --force`")
+    return float(value)
+
+
+def selection_key(row: dict[str, Any], rule: str = "accuracy") -> tuple:
+    """Sort key of `rule`, best last.
+
+    The rule's val score at its head epoch; ties → higher val accuracy, then
+    higher val macro F1 (both at that head epoch); then the later backbone
     epoch; then a numbered `epoch_NNNN` checkpoint over `last` (same weights,
     but `last.pt` is overwritten by a resumed run while numbered files stay).
     """
-    return (round(float(row["val_acc"]), 12), round(float(row["val_macro_f1"]), 12), int(row["epoch"]), row["checkpoint"] != "last")
+    return (
+        round(_val(row, rule, rule), 12),
+        round(_val(row, rule, "accuracy"), 12),
+        round(_val(row, rule, "macro_f1"), 12),
+        int(row["epoch"]),
+        row["checkpoint"] != "last",
+    )
 
 
-def choose_best(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def choose_best(rows: Sequence[dict[str, Any]], rule: str = "accuracy") -> dict[str, Any]:
+    if rule not in RULES:
+        raise BadInputError(f"--select-by {rule!r}: choose one of {', '.join(RULES)}")
     if not rows:
         raise BadInputError("no sweep results to choose from")
-    return max(rows, key=selection_key)
+    return max(rows, key=lambda r: selection_key(r, rule))
+
+
+def rule_choice(row: dict[str, Any], rule: str) -> dict[str, Any]:
+    """What `rule` picks in `row`'s checkpoint: the head epoch, its saved head and its val scores."""
+    head_key = row.get(rule_field(rule, "head_key")) or (row["head_key"] if rule == "accuracy" else None)
+    epoch = row.get(rule_field(rule, "head_epoch")) or (row["best_head_epoch"] if rule == "accuracy" else None)
+    return {
+        "checkpoint": row["checkpoint"],
+        "checkpoint_key": row["checkpoint_key"],
+        "epoch": int(row["epoch"]),
+        "head_key": head_key,
+        "best_head_epoch": None if epoch is None else int(epoch),
+        **{f"val_{m}": _val(row, rule, m) for m in METRICS},
+    }
+
+
+def choices_by_rule(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For every rule, the checkpoint and head epoch it would choose from the same val results."""
+    return {rule: rule_choice(choose_best(rows, rule), rule) | {"rule": rule_description(rule)} for rule in RULES}

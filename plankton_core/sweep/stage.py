@@ -37,11 +37,14 @@ from .config import SweepConfig
 from .feature_cache import SPLITS, keys_digest, load_cached_features, write_features
 from .linear import HeadParams, train_head_on_features
 from .outputs import rows_table, write_sweep_outputs
-from .select import choose_best, parse_checkpoint_spec
+from .select import RULES, choose_best, parse_checkpoint_spec, rule_field
+
+HEAD_RECORD = "by-rule-1"  # what a saved head's row records; enters the reuse fingerprint, so older heads are redone
 
 
-def head_key(checkpoint: str) -> str:
-    return join(SWEEP_HEADS, f"{checkpoint}.pt")
+def head_key(checkpoint: str, rule: str = "accuracy") -> str:
+    """The head `rule` keeps for `checkpoint`: `<ckpt>.pt` for accuracy (the user's protocol), `<ckpt>.<rule>.pt` otherwise."""
+    return join(SWEEP_HEADS, f"{checkpoint}.pt" if rule == "accuracy" else f"{checkpoint}.{rule}.pt")
 
 
 def head_params(cfg: SweepConfig) -> HeadParams:
@@ -93,17 +96,17 @@ def merge(cfg: SweepConfig, ctx: StageContext, parts: list[PartRecord]) -> dict[
 
 
 def _write_outputs(cfg: SweepConfig, ctx: StageContext, rows: list[dict[str, Any]], what: str) -> dict[str, Any]:
-    selection = write_sweep_outputs(ctx.root, rows, head_settings(cfg), _selection_extras(ctx.root, rows))
+    selection = write_sweep_outputs(ctx.root, rows, head_settings(cfg), _selection_extras(ctx.root, rows, cfg.select_by), cfg.select_by)
     ctx.notes.append(
-        f"{what}chosen {selection['checkpoint']}: val accuracy {100 * selection['val_acc']:.2f}% "
-        f"at head epoch {selection['best_head_epoch']} → {ctx.root.uri}/{SWEEP_MARKDOWN}"
+        f"{what}chosen by val {cfg.select_by} {selection['checkpoint']}: val accuracy {100 * selection['val_acc']:.2f}%, "
+        f"val macro F1 {100 * selection['val_macro_f1']:.2f}% at head epoch {selection['best_head_epoch']} → {ctx.root.uri}/{SWEEP_MARKDOWN}"
     )
     return {"checkpoints": len(rows), "chosen": selection["checkpoint"], "val_acc": round(selection["val_acc"], 6)}
 
 
-def _selection_extras(store: Store, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _selection_extras(store: Store, rows: Sequence[dict[str, Any]], rule: str = "accuracy") -> dict[str, Any]:
     """Extra selection.json fields from the chosen head's record (classes, input size, normalisation)."""
-    _, meta = load_head(store, choose_best(rows)["head_key"])
+    _, meta = load_head(store, choose_best(rows, rule)["head_key"])
     return {k: meta[k] for k in ("classes", "n_classes", "size", "mean", "std") if k in meta}
 
 
@@ -130,16 +133,16 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
     data_ident = {s: keys_digest(keys[s]) for s in SPLITS} | {"labels": keys_digest([str(x) for s in SPLITS for x in labels[s].tolist()]), "classes": classes}
     params = head_params(cfg)
     device = pick_device(cfg.device)
-    caches: dict[int, dict[str, ImageCache]] = {}
+    caches: dict[tuple[int, str], dict[str, ImageCache]] = {}  # by (size, preprocess) the checkpoint records
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
     for name in names:
-        unit = _fingerprint({"head": head_settings(cfg), "supcon": source_digest, "supcon_run": supcon_run, "checkpoint": name, "data": data_ident})
+        unit = _fingerprint({"head": head_settings(cfg), "record": HEAD_RECORD, "supcon": source_digest, "supcon_run": supcon_run, "checkpoint": name, "data": data_ident})
         hkey = head_key(name)
         if not ctx.force and store.exists(hkey):
             try:
                 _, meta = load_head(store, hkey)
-                if meta.get("unit") == unit and isinstance(meta.get("row"), dict):
+                if meta.get("unit") == unit and isinstance(meta.get("row"), dict) and all(store.exists(head_key(name, r)) for r in RULES):
                     log.info("%s: head already trained with these inputs (%s); reusing it", name, hkey)
                     rows.append(dict(meta["row"]))
                     continue
@@ -154,11 +157,11 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
             continue
         model, ccfg, mean, std, size = embedder.model, embedder.config, embedder.mean, embedder.std, embedder.size
         epoch = embedder.epoch if embedder.epoch is not None else int(name.rsplit("_", 1)[-1]) if name != "last" else -1
-        if size not in caches:  # decoding crops is a one-off for the whole sweep: not charged to this checkpoint
+        if (size, embedder.preprocess) not in caches:  # decoding crops is a one-off for the whole sweep: not charged to this checkpoint
             tc = time.monotonic()
-            caches[size] = {s: ImageCache.build(store, keys[s], size, workers=cfg.workers) for s in SPLITS}
+            caches[(size, embedder.preprocess)] = {s: ImageCache.build(store, keys[s], size, workers=cfg.workers, preprocess=embedder.preprocess) for s in SPLITS}
             t0 += time.monotonic() - tc
-        cache = caches[size]
+        cache = caches[(size, embedder.preprocess)]
         reused = False
         if cfg.head_mode == "cached":
             fp = {
@@ -205,6 +208,12 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
             "head_seconds": round(t2 - t1, 4),
             "features_reused": reused,
         }
+        for rule in RULES:  # every rule's head epoch, recorded whichever --select-by chooses
+            best = result.by_rule[rule]
+            row[rule_field(rule, "head_epoch")] = int(best.epoch)
+            row[rule_field(rule, "head_key")] = head_key(name, rule)
+            for metric, value in (("accuracy", best.val_accuracy), ("balanced_accuracy", best.val_balanced_accuracy), ("macro_f1", best.val_macro_f1)):
+                row[rule_field(rule, f"val_{metric}")] = float(value)
         meta = {
             "checkpoint": name,
             "checkpoint_key": checkpoint_key(name, prefix),
@@ -221,12 +230,16 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
             "val_acc": row["val_acc"],
             "val_macro_f1": row["val_macro_f1"],
             "val_acc_per_epoch": [float(a) for a in result.val_acc_per_epoch],
+            "val_per_epoch": result.val_per_epoch,
             "head": head_settings(cfg),
             "input": "raw pre-projection features (standardisation folded into the weights)",
             "unit": unit,
             "row": row,
         }
-        save_head(store, hkey, result.state_dict(), meta)
+        for rule in RULES[1:]:  # the other rules' heads first: the accuracy head, whose record the reuse check reads, last
+            best = result.by_rule[rule]
+            save_head(store, head_key(name, rule), best.state_dict(), meta | {"rule": rule, "best_head_epoch": int(best.epoch), "val_acc": best.val_accuracy, "val_macro_f1": best.val_macro_f1})
+        save_head(store, hkey, result.state_dict(), meta | {"rule": "accuracy"})
         ctx.metrics.count("checkpoints")
         ctx.metrics.gauge("sweep_last_val_accuracy", row["val_acc"], "Val accuracy of the last checkpoint swept.")
         log.info("%s (epoch %d): val accuracy %.4f at head epoch %d, %.1fs", name, epoch, row["val_acc"], row["best_head_epoch"], row["seconds"])

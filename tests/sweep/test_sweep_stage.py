@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from sklearn import metrics as skm
 from sweep.sweep_fixtures import make_supcon_root
 
 from plankton_core.checkpoint import load_checkpoint, model_from_checkpoint
@@ -178,3 +179,39 @@ def test_bad_head_setting_is_bad_input(tmp_path, run_cli):
     result = run_cli("linear-sweep", "--root", root, "--head-lr", "-1")
     assert result.exit_code == 2 and "option --head-lr: Input should be greater than 0 (got -1" in result.stderr
     assert not open_store(root).exists("sweep/run.json")
+
+
+def test_select_by_records_every_rules_choice_and_its_head(tmp_path, run_cli):
+    root = str(tmp_path / "root")
+    store = make_supcon_root(root, epochs=(2, 4), last=False)
+    result = run_cli("linear-sweep", "--root", root, *HEAD, "--select-by", "balanced_accuracy")
+    assert result.exit_code == 0, result.output
+    assert "chosen by val balanced_accuracy" in result.stdout
+    sel = json.loads(store.read_bytes("sweep/selection.json"))
+    assert sel["select_by"] == "balanced_accuracy" and set(sel["by_rule"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
+    assert sel["head_key"] == sel["by_rule"]["balanced_accuracy"]["head_key"] and sel["head_key"].endswith(".balanced_accuracy.pt")
+    sweep = parquet(store, "sweep/sweep.parquet").to_pylist()
+    val_y = np.asarray(load_splits(store, "val").column("label"))
+    for r in sweep:
+        feats = torch.from_numpy(np.load(io.BytesIO(store.read_bytes(f"sweep/features/{r['checkpoint']}/val.npy"))))
+        for rule in ("accuracy", "balanced_accuracy", "macro_f1"):
+            # each rule's saved head reproduces the val scores recorded for it, and no head epoch beats it on its rule
+            head = torch.load(io.BytesIO(store.read_bytes(r[f"by_{rule}_head_key"])), weights_only=True)
+            pred = (feats @ head["state_dict"]["weight"].T + head["state_dict"]["bias"]).argmax(1).numpy()
+            assert skm.balanced_accuracy_score(val_y, pred) == pytest.approx(r[f"by_{rule}_val_balanced_accuracy"])
+            assert skm.f1_score(val_y, pred, average="macro") == pytest.approx(r[f"by_{rule}_val_macro_f1"])
+            per_epoch = [e[rule] for e in head["meta"]["val_per_epoch"]]
+            assert r[f"by_{rule}_val_{rule}"] == pytest.approx(max(per_epoch))
+            assert r[f"by_{rule}_head_epoch"] == 1 + per_epoch.index(max(per_epoch))
+    best = max(sweep, key=lambda r: r["by_balanced_accuracy_val_balanced_accuracy"])
+    assert sel["by_rule"]["balanced_accuracy"]["val_balanced_accuracy"] == best["by_balanced_accuracy_val_balanced_accuracy"]
+    assert "| balanced_accuracy |" in store.read_bytes("sweep/sweep.md").decode()
+
+    # another rule: new selection (not "up to date"), the heads reused
+    heads = sorted((tmp_path / "root" / "sweep" / "heads").iterdir())
+    assert len(heads) == 6
+    stamps = [h.stat().st_mtime_ns for h in heads]
+    again = run_cli("linear-sweep", "--root", root, *HEAD, "--select-by", "macro_f1")
+    assert again.exit_code == 0 and "up to date" not in again.stdout and "chosen by val macro_f1" in again.stdout
+    assert [h.stat().st_mtime_ns for h in heads] == stamps
+    assert json.loads(store.read_bytes("sweep/selection.json"))["select_by"] == "macro_f1"
