@@ -54,3 +54,14 @@ LUT_HELDOUT_EMBEDDINGS = "lut/heldout.npy"
 LUT_PRUNE_SWEEP = "lut/prune_sweep.parquet"
 LUT_PRUNE_PLOT = "lut/prune_sweep.png"
 LUT_RETRIEVAL = "lut/retrieval.json"
+
+# detect
+DETECT_CKPT = "detect/ckpt"
+DETECT_BEST = "detect/ckpt/best.pt"  # the epoch with the best val AP: what detect-predict and crop --segmenter detector load
+DETECT_TRAIN_METRICS = "detect/train.jsonl"  # the trainer's line per epoch (loss, lr, images/s)
+DETECT_VAL = "detect/val.jsonl"  # COCO figures on val after each epoch
+DETECT_METRICS = "detect/metrics.json"  # test: the 12 COCO figures, per-class AP, best epoch
+DETECT_EVAL_TXT = "detect/eval.txt"  # COCOeval.summarize()'s printout on test
+DETECT_PR = "detect/pr.png"
+DETECT_PAGE = "detect/test_frames.png"
+DETECT_TEST_DETECTIONS = "detect/test_detections.parquet"

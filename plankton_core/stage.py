@@ -61,6 +61,7 @@ BUILTIN_STAGES = (
     "plankton_core.sweep",
     "plankton_core.evaluate",
     "plankton_core.lut",
+    "plankton_core.detect",
     "plankton_core.report",
 )
 
