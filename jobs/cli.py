@@ -22,6 +22,7 @@ TOOLS = {
     "sql": "jobs.sql",
     "k8s": "jobs.k8s",
     "submit": "jobs.submit",
+    "detect-predict": "jobs.detect_predict",
 }
 
 

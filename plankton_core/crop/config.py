@@ -27,7 +27,9 @@ class CropConfig:
         "frames: many objects per image, border-cut ones dropped; single: each image is one object (a vignette); "
         "auto: chosen per image (single for EcoTaxa input).",
     )
-    segmenter: Literal["threshold", "sam2"] = option("threshold", "threshold (default) or sam2 (needs plankton[sam2]).")
+    segmenter: Literal["threshold", "sam2", "detector"] = option(
+        "threshold", "threshold (default), sam2 (needs plankton[sam2]) or detector (a `plankton detect` checkpoint)."
+    )
     edge_margin: int = option(2, "Objects within this many pixels of the frame border are cut (status edge); 0 keeps them.", ge=0)
     min_area: int = option(30, "Objects with fewer pixels are too_small.", ge=1)
     pad: int = option(4, "Background pixels kept around each object's box.", ge=0)
@@ -40,6 +42,8 @@ class CropConfig:
     speck_area: int = option(4, "Components smaller than this are noise, not objects.", ge=1)
     max_bad_fraction: float = option(0.05, "Fail when more of the input is unreadable.", ge=0.0, le=1.0)
     sam2_checkpoint: str = option("", "SAM2 checkpoint URI (path, file:// or s3://), for --segmenter sam2.", metavar="URI")
+    detector_checkpoint: str = option("", "Detector checkpoint URI (detect/ckpt/best.pt), for --segmenter detector.", metavar="URI")
+    detector_score: float = option(0.5, "--segmenter detector: keep boxes scoring at least this.", ge=0.0, le=1.0)
     sam2_config: str = option("configs/sam2.1/sam2.1_hiera_t.yaml", "SAM2 model config name.", metavar="NAME")
     sam2_points_per_side: int = option(32, "SAM2 automatic mask generator grid.")
     device: str = option("cpu", "Device for sam2 (cpu, cuda).", digest=False, metavar="DEVICE")
@@ -47,6 +51,8 @@ class CropConfig:
     chunk_size: int = option(256, "Images handed to a worker at a time.", ge=1, digest=False)
 
     def validate(self) -> None:
+        if self.segmenter == "detector" and not self.detector_checkpoint:
+            raise BadInputError("the detector segmenter needs --detector-checkpoint URI (detect/ckpt/best.pt of a detect run)")
         if self.segmenter == "sam2" and not self.sam2_checkpoint:
             raise BadInputError("the sam2 segmenter needs --sam2-checkpoint URI (a SAM2 .pt checkpoint)")
 

@@ -40,6 +40,10 @@ def make_segmenter(cfg: CropConfig, s3_endpoint: str | None = None) -> Segmenter
         from .sam2 import Sam2Segmenter
 
         return Sam2Segmenter.from_config(cfg, s3_endpoint)
+    if cfg.segmenter == "detector":
+        from .detector import DetectorSegmenter
+
+        return DetectorSegmenter.from_config(cfg, s3_endpoint)
     return ThresholdSegmenter.from_config(cfg)
 
 

@@ -230,6 +230,9 @@ def build_blocks(store: Store) -> list[Block]:
         rows = [[r["class"], str(r["support"]), pct(r["precision"]), pct(r["recall"]), pct(r["f1"])] for r in per_class]
         blocks += [("h2", "Per-class results (test split)"), ("table", Table(["Class", "Support", "Precision", "Recall", "F1"], rows))]
     blocks += retrieval_blocks(store)
+    from .detect import detect_blocks  # the detect stage's section (reporting/detect.py imports this module)
+
+    blocks += detect_blocks(store)
     return blocks
 
 
