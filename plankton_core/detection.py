@@ -258,3 +258,21 @@ class Detector:
 
     def class_name(self, label: int) -> str:
         return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class_{label}"
+
+
+DETECTIONS_COLUMNS = ("image_key", "x0", "y0", "x1", "y1", "score", "class", "label")
+
+
+def predict_rows(detector: Detector, named: Sequence[tuple[str, np.ndarray]]) -> dict[str, list[Any]]:
+    """detections.parquet's columns for decoded frames `(image_key, frame)`: one row per box above the threshold."""
+    rows: dict[str, list[Any]] = {c: [] for c in DETECTIONS_COLUMNS}
+    found = detector([arr for _, arr in named])
+    for (key, _), d in zip(named, found):
+        for box, score, label in zip(d.boxes, d.scores, d.labels):
+            rows["image_key"].append(key)
+            for c, v in zip(("x0", "y0", "x1", "y1"), box):
+                rows[c].append(float(v))
+            rows["score"].append(float(score))
+            rows["class"].append(detector.class_name(int(label)))
+            rows["label"].append(int(label))
+    return rows
