@@ -21,12 +21,18 @@ class CropConfig:
     (for tight crops where every object touches the border).
     """
 
-    input: str = option("", "Class-folder tree of images <class>/<image>: a folder, file:// or s3://.", metavar="URI")
+    input: str = option(
+        "", "Class-folder tree of images <class>/<image>, or an EcoTaxa export (.zip or folder of ecotaxa_*.tsv): a path, file:// or s3://.", metavar="URI"
+    )
     objects: Literal["auto", "frames", "single"] = option(
         "auto",
         "frames: many objects per image, border-cut ones dropped; single: each image is one object (a vignette); "
         "auto: chosen per image (single for EcoTaxa input).",
     )
+    label_column: str = option("object_annotation_category", "EcoTaxa input: the column holding the class.", metavar="NAME")
+    label_depth: int = option(0, "EcoTaxa input: cut a >-separated hierarchy label after this many levels; 0 = whole.", ge=0)
+    statuses: str = option("validated", "EcoTaxa input: annotation statuses to take, comma-separated (validated, predicted, dubious, unclassified).")
+    min_per_class: int = option(1, "EcoTaxa input: classes with fewer objects are reported and left out (rows excluded).", ge=1)
     segmenter: Literal["threshold", "sam2", "detector"] = option(
         "threshold", "threshold (default), sam2 (needs plankton[sam2]) or detector (a `plankton detect` checkpoint)."
     )
@@ -55,6 +61,15 @@ class CropConfig:
             raise BadInputError("the detector segmenter needs --detector-checkpoint URI (detect/ckpt/best.pt of a detect run)")
         if self.segmenter == "sam2" and not self.sam2_checkpoint:
             raise BadInputError("the sam2 segmenter needs --sam2-checkpoint URI (a SAM2 .pt checkpoint)")
+        allowed = ("validated", "predicted", "dubious", "unclassified")
+        bad = [s for s in self.status_set() if s not in allowed]
+        if bad or not self.status_set():
+            raise BadInputError(f"--statuses takes {', '.join(allowed)} (comma-separated), not {','.join(bad) or '(none)'}")
+
+
+    def status_set(self) -> set[str]:
+        """--statuses as a set of lower-case names."""
+        return {s.strip().lower() for s in self.statuses.split(",") if s.strip()}
 
 
 def recorded_config(root: Store) -> CropConfig:

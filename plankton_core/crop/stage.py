@@ -40,7 +40,9 @@ from ..progress import progress
 from ..shards import SHARDS, ShardOutput, ShardSet, shard_of
 from ..stage import StageContext
 from ..store import Store, StoreURI, open_store
+from ..ecotaxa import ZipSpec, open_archive, reopen
 from .config import CropConfig
+from .ecotaxa_input import BAD_ROW, EXCLUDED, EcoTaxaInput, bad_input_error, is_ecotaxa, read_input, safe_part
 from .extract import KEPT, Segmenter, extract_crops, make_segmenter
 
 log = logging.getLogger("plankton.crop")
@@ -63,6 +65,10 @@ SCHEMA = pa.schema(
         ("area", pa.int64()),  # object pixels
         ("width", pa.int32()),
         ("height", pa.int32()),  # of the frame
+        ("objects", pa.string()),  # frames / single: how the image was read (--objects auto chooses per image)
+        ("object_id", pa.string()),  # EcoTaxa input: the row's object_id, sample_id and acq_id; null otherwise
+        ("sample_id", pa.string()),
+        ("acq_id", pa.string()),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
@@ -74,6 +80,9 @@ class Task:
     key: str  # input key
     cls: str
     crop_base: str  # crop/crops/<class>/<sub dirs>/<stem>; crops are <crop_base>_<i>.png
+    objects: str | None = None  # the --objects mode for this file (None: the config's)
+    ids: tuple[str | None, str | None, str | None] = (None, None, None)  # EcoTaxa object_id, sample_id, acq_id
+    recorded: tuple[str, str] | None = None  # (status, reason) of a row decided without reading the file
 
 
 def input_files(store: Store) -> Iterator[tuple[str, int]]:
@@ -100,8 +109,11 @@ def owned_files(store: Store, index: int, count: int) -> int:
     return sum(shard_of(key, count) == index for key, _ in input_files(store))
 
 
-def plan(store: Store, prefix: str) -> Iterator[Task]:
+def plan(store: Store, prefix: str, inp: EcoTaxaInput | None = None) -> Iterator[Task]:
     """Tasks in listing order. Same-stem files of one folder (a.png, a.tif) get the suffix in the crop name."""
+    if inp is not None:
+        yield from ecotaxa_plan(inp, prefix)
+        return
     recent: deque[str] = deque(maxlen=512)  # sorted listings put such siblings next to each other
     seen: set[str] = set()
     for key, _ in input_files(store):
@@ -118,28 +130,47 @@ def plan(store: Store, prefix: str) -> Iterator[Task]:
         yield Task(key, cls, base)
 
 
+def ecotaxa_plan(inp: EcoTaxaInput, prefix: str) -> Iterator[Task]:
+    """The EcoTaxa rows as tasks, in source_key order: objects to crop (crop/crops/<class>/<folder>/<object_id>)
+    and rows recorded as they are (excluded, bad_row)."""
+    tasks = []
+    for obj in inp.objects:
+        folder = obj.image.rpartition("/")[0]
+        base = "/".join(p for p in (prefix, safe_part(obj.label or "_"), folder, safe_part(obj.object_id)) if p)
+        tasks.append(Task(obj.image, obj.label or "", base, "single", (obj.object_id, obj.sample_id, obj.acq_id)))
+    for obj, key, status, reason in inp.recorded:
+        ids = (obj.object_id or None, obj.sample_id, obj.acq_id) if obj is not None else (None, None, None)
+        label = (obj.label or "") if obj is not None else ""
+        tasks.append(Task(key, label, "", None, ids, (status, reason)))
+    tasks.sort(key=lambda t: t.key)
+    yield from tasks
+
+
 def crop_file(task: Task, source: Store, root: Store, cfg: CropConfig, segmenter: Segmenter) -> list[tuple]:
     """Manifest rows of one input file; writes its kept crops to `root`."""
+    if task.recorded is not None:
+        return [_row(task, *task.recorded)]
+    mode = task.objects if task.objects and cfg.objects == "auto" else cfg.objects
     try:
         arr = decode_image(source.read_bytes(task.key))
     except UnreadableImage as exc:
         return [_row(task, UNREADABLE, str(exc))]
     height, width = arr.shape[:2]
-    results = extract_crops(arr, cfg, segmenter)
+    results = extract_crops(arr, cfg, segmenter, mode)
     if not results:
-        return [_row(task, NO_OBJECT, "no object stands out of the background", width=width, height=height)]
+        return [_row(task, NO_OBJECT, "no object stands out of the background", width=width, height=height, objects=mode if mode != "auto" else None)]
     rows = []
     for i, res in enumerate(results):
         crop_key = None
         if res.crop is not None:  # set on kept objects only
             crop_key = f"{task.crop_base}_{i}.png"
             root.write_bytes(crop_key, encode_png(res.crop))
-        rows.append(_row(task, res.status, res.reason, crop_key, i, res.box, res.area, width, height))
+        rows.append(_row(task, res.status, res.reason, crop_key, i, res.box, res.area, width, height, res.objects))
     return rows
 
 
-def _row(task: Task, status: str, reason: str, crop_key=None, obj=-1, box=(None,) * 4, area=None, width=None, height=None):
-    return (task.key, task.cls, status, reason, crop_key, obj, *box, area, width, height)
+def _row(task: Task, status: str, reason: str, crop_key=None, obj=-1, box=(None,) * 4, area=None, width=None, height=None, objects=None):
+    return (task.key, task.cls, status, reason, crop_key, obj, *box, area, width, height, objects, *task.ids)
 
 
 # --- the process pool ---------------------------------------------------------------------------------------
@@ -147,8 +178,8 @@ def _row(task: Task, status: str, reason: str, crop_key=None, obj=-1, box=(None,
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source: StoreURI, root: StoreURI, s3_endpoint: str | None, cfg: CropConfig) -> None:
-    _WORKER.update(source=open_store(source), root=open_store(root), cfg=cfg, segmenter=make_segmenter(cfg, s3_endpoint))
+def _init_worker(source: StoreURI | ZipSpec, root: StoreURI, s3_endpoint: str | None, cfg: CropConfig) -> None:
+    _WORKER.update(source=reopen(source), root=open_store(root), cfg=cfg, segmenter=make_segmenter(cfg, s3_endpoint))
 
 
 def _crop_chunk(tasks: list[Task]) -> list[list[tuple]]:
@@ -205,6 +236,8 @@ class Tally:
         self.files += 1
         statuses = [r[2] for r in rows]
         self.status.update(statuses)
+        if statuses[0] in (EXCLUDED, BAD_ROW):
+            return  # an EcoTaxa row left out on purpose or recorded as bad: not a class's cropping result
         per_class = self.by_class[rows[0][1]]
         per_class["files"] += 1
         if KEPT in statuses:
@@ -219,6 +252,9 @@ class Tally:
         out = {"files": self.files, "classes": len(self.by_class)}
         for status in ("kept", "edge", "too_small", "no_object", "unreadable"):
             out[status] = self.status.get(status, 0)
+        for status in (EXCLUDED, BAD_ROW):
+            if self.status.get(status):
+                out[status] = self.status[status]
         return out
 
     def notes(self, cfg: CropConfig, manifest_uri: str) -> list[str]:
@@ -246,18 +282,24 @@ class Tally:
 class CropInput:
     """The checked input (ctx.plan): its store and listing fingerprint."""
 
-    source: Store
+    source: Any  # a Store, or a ZipStore for a zipped EcoTaxa export
     fingerprint: dict[str, Any]
+    ecotaxa: EcoTaxaInput | None = None
 
 
 def check(cfg: CropConfig, ctx: StageContext) -> CropInput:
     """Open and list the input before anything is touched: it must exist, hold images and not contain the root."""
     if not cfg.input:
         raise BadInputError("crop needs --input URI: a folder or s3:// prefix of class folders of images")
-    source = open_store(cfg.input, ctx.s3_endpoint)
+    source = open_archive(cfg.input, ctx.s3_endpoint)
     root = ctx.root
     if source.uri.rstrip("/") == root.uri.rstrip("/") or root.uri.startswith(source.uri.rstrip("/") + "/"):
         raise BadInputError(f"--input {source.uri} must not contain the pipeline root {root.uri}: crops would become inputs")
+    if is_ecotaxa(cfg.input, source):
+        inp = read_input(source, cfg)
+        if not inp.objects and not inp.recorded:
+            raise BadInputError(f"the EcoTaxa input {source.uri} holds no object rows")
+        return CropInput(source, inp.fingerprint, inp)
     fingerprint = input_fingerprint(source)
     if fingerprint["files"] == 0:
         missing = not source.is_dir()
@@ -277,6 +319,7 @@ def fingerprint(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
 def body(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
     """The whole input in one run: clear the earlier run's crops and shard parts, crop, write the manifest."""
     root, source, total = ctx.root, ctx.plan.source, ctx.plan.fingerprint["files"]
+    stop_on_bad_rows(ctx)
     crops_prefix = ctx.key(CROPS)
     stale = root.delete_prefix(crops_prefix)  # a rerun must not leave crops the new manifest does not name
     if stale:
@@ -285,7 +328,7 @@ def body(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
     manifest_uri = f"{root.uri}/{ctx.key(MANIFEST)}"
     with tempfile.TemporaryDirectory(prefix="plankton-crop-") as tmp:
         local = Path(tmp) / MANIFEST
-        tally, too_many_bad = crop_into(local, plan(source, crops_prefix), total, total, cfg, ctx)
+        tally, too_many_bad = crop_into(local, plan(source, crops_prefix, ctx.plan.ecotaxa), total, total, cfg, ctx)
         root.put_file(local, ctx.key(MANIFEST))  # on failure too: it names every bad file's reason
     if too_many_bad:
         raise too_many_bad_error(tally, total, cfg, manifest_uri, "already")
@@ -299,14 +342,20 @@ def shard(cfg: CropConfig, ctx: StageContext, index: int, count: int) -> ShardOu
     rows so far go to `<i>-of-<n>.failed.parquet` (they name the bad files' reasons), never a part a merge could take.
     """
     root, source, total = ctx.root, ctx.plan.source, ctx.plan.fingerprint["files"]
+    stop_on_bad_rows(ctx)
     failed_key = ShardSet(root, ctx.stage, ctx.prefix).part_key(index, count, "failed.parquet")
     root.delete(failed_key)
-    tasks = (t for t in plan(source, ctx.key(CROPS)) if shard_of(t.key, count) == index)
+    tasks = (t for t in plan(source, ctx.key(CROPS), ctx.plan.ecotaxa) if shard_of(t.key, count) == index)
     tmp = Path(tempfile.mkdtemp(prefix="plankton-crop-shard-"))
     local = tmp / MANIFEST
     output = ShardOutput(rows=local)
     weakref.finalize(output, shutil.rmtree, tmp, ignore_errors=True)  # the contract uploads the rows after we return
-    tally, too_many_bad = crop_into(local, tasks, owned_files(source, index, count), total, cfg, ctx)
+    owned = (
+        sum(shard_of(t.key, count) == index for t in plan(source, "", ctx.plan.ecotaxa))
+        if ctx.plan.ecotaxa is not None
+        else owned_files(source, index, count)
+    )
+    tally, too_many_bad = crop_into(local, tasks, owned, total, cfg, ctx)
     if too_many_bad:
         root.put_file(local, failed_key)
         raise too_many_bad_error(tally, total, cfg, f"{root.uri}/{failed_key}", f"in shard {index} of {count} alone")
@@ -345,6 +394,25 @@ def crop_into(local: Path, tasks: Iterable[Task], total: int, input_files_total:
         finally:
             results.close()
     return tally, too_many_bad
+
+
+def stop_on_bad_rows(ctx: StageContext) -> None:
+    """An EcoTaxa input with bad rows: write a manifest of the rows decided without cropping (bad and excluded ones,
+    each with its reason) and stop with exit 2, before any crop is written or removed."""
+    inp = ctx.plan.ecotaxa
+    if inp is None:
+        return
+    ctx.notes.extend(inp.notes)
+    if not inp.bad:
+        return
+    manifest_uri = f"{ctx.root.uri}/{ctx.key(MANIFEST)}"
+    rows = [_row(t, *t.recorded) for t in ecotaxa_plan(inp, "") if t.recorded is not None]
+    with tempfile.TemporaryDirectory(prefix="plankton-crop-") as tmp:
+        local = Path(tmp) / MANIFEST
+        with pq.ParquetWriter(local, SCHEMA, compression="zstd") as writer:
+            write_rows(writer, rows, ctx)
+        ctx.root.put_file(local, ctx.key(MANIFEST))
+    raise bad_input_error(inp, manifest_uri)
 
 
 def too_many_bad_error(tally: Tally, total: int, cfg: CropConfig, manifest_uri: str, already: str = "") -> BadInputError:

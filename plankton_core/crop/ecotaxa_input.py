@@ -1,0 +1,115 @@
+"""An EcoTaxa export as the crop stage's input: its TSV rows become tasks, its problems manifest rows.
+
+Which rows are cropped: those whose `object_annotation_status` is one of `--statuses`, with a
+label in `--label-column` (cut at `--label-depth` levels of the `>`-separated hierarchy), of a
+class holding at least `--min-per-class` such rows. The others are `excluded` rows of the
+manifest, with the reason; smaller classes are named in the run's notes. Rows that cannot be
+used (an image the archive lacks, a repeated object_id, a line that is not UTF-8, a file with
+no usable label column) are `bad_row` rows, and the stage stops with exit 2 naming them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import ecotaxa
+from ..errors import BadInputError
+from .config import CropConfig
+
+EXCLUDED, BAD_ROW = "excluded", "bad_row"
+
+
+def safe_part(name: str) -> str:
+    """A class name or object id as one path component of a crop key."""
+    return re.sub(r"[^\w .()+<>-]+", "_", name).strip(" .") or "_"
+
+
+@dataclass
+class EcoTaxaInput:
+    """The parsed archive: objects to crop, rows recorded without cropping, and notes."""
+
+    archive: Any
+    objects: list[ecotaxa.EcoTaxaObject]  # to crop, sorted by image key
+    recorded: list[tuple[ecotaxa.EcoTaxaObject | None, str, str, str]]  # (object, source_key, status, reason)
+    bad: list[str] = field(default_factory=list)  # reasons of bad rows and files, in input order
+    notes: list[str] = field(default_factory=list)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+def is_ecotaxa(uri: str, store: Any) -> bool:
+    """A zip, or a folder holding an ecotaxa_*.tsv."""
+    return ecotaxa.is_zip_uri(uri) or bool(ecotaxa.tsv_keys(store))
+
+
+def listing_digest(archive: Any) -> str:
+    if isinstance(archive, ecotaxa.ZipStore):
+        return archive.listing_digest()
+    digest = hashlib.sha256()
+    for key, size in archive.list_sizes(""):
+        digest.update(f"{key}\t{size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def read_input(archive: Any, cfg: CropConfig) -> EcoTaxaInput:
+    table = ecotaxa.read_objects(archive, cfg.label_column, cfg.label_depth)
+    statuses = cfg.status_set()
+    out = EcoTaxaInput(archive, [], [])
+    for key, reason in table.file_errors:
+        out.recorded.append((None, key, BAD_ROW, f"{key}: {reason}"))
+        out.bad.append(f"{key}: {reason}")
+    broken = {key for key, _ in table.file_errors}
+    usable = []
+    for obj in table.objects:
+        if obj.tsv in broken:
+            continue
+        if obj.bad:
+            out.recorded.append((obj, obj.image or f"{obj.tsv}:{obj.line}", BAD_ROW, obj.bad))
+            out.bad.append(obj.bad)
+        elif (obj.status or "unclassified") not in statuses:
+            out.recorded.append((obj, obj.image, EXCLUDED, f"annotation status {obj.status or 'unclassified'!r} is not in --statuses {cfg.statuses}"))
+        elif not obj.label:
+            out.recorded.append((obj, obj.image, EXCLUDED, f"no label in {cfg.label_column}"))
+        else:
+            usable.append(obj)
+    sizes = Counter(o.label for o in usable)
+    small = {c: n for c, n in sizes.items() if n < cfg.min_per_class}
+    for obj in usable:
+        if obj.label in small:
+            out.recorded.append((obj, obj.image, EXCLUDED, f"class {obj.label!r} has {small[obj.label]} object(s) < --min-per-class {cfg.min_per_class}"))
+        else:
+            out.objects.append(obj)
+    if small:
+        listed = ", ".join(f"{c} ({n})" for c, n in sorted(small.items(), key=lambda kv: (-kv[1], kv[0]))[:10])
+        more = f" and {len(small) - 10} more" if len(small) > 10 else ""
+        out.notes.append(f"{len(small)} class(es) with fewer than {cfg.min_per_class} objects left out of training (rows 'excluded'): {listed}{more}")
+    out.objects.sort(key=lambda o: o.image)
+    out.recorded.sort(key=lambda r: r[1])
+    out.fingerprint = {
+        "input": archive.uri,
+        "files": len(out.objects) + len(out.recorded),
+        "listing_sha256": listing_digest(archive),
+        "ecotaxa": {"tsv": len(ecotaxa.tsv_keys(archive)), "rows": len(table.objects), "cropped": len(out.objects)},
+    }
+    return out
+
+
+def bad_input_error(inp: EcoTaxaInput, manifest_uri: str) -> BadInputError:
+    kinds = Counter(_kind(b) for b in inp.bad)
+    summary = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+    return BadInputError(f"the EcoTaxa input {inp.archive.uri} has {len(inp.bad)} bad row(s) or file(s) ({summary}), e.g. {inp.bad[0]}; every one is in {manifest_uri}")
+
+
+def _kind(reason: str) -> str:
+    for needle, kind in (
+        ("does not hold", "missing image"),
+        ("repeats object_id", "duplicate object_id"),
+        ("not UTF-8", "not UTF-8 (mixed encodings)"),
+        ("no usable label column", "no usable label column"),
+    ):
+        if needle in reason:
+            return kind
+    return "malformed"
