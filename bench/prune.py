@@ -140,7 +140,7 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     graph = neighbour_graph(x, labels, greedy_order(keys), float(grid.min()))
     t_graph, c_graph = time.perf_counter() - t0, time.process_time() - c0
-    outcome = sweep_thresholds(x, labels, keys, groups, val, len(sizes), grid, graph=graph, k=5, candidates=100, tolerance=0.005, latency_queries=5)
+    outcome = sweep_thresholds(x, labels, keys, groups, val, len(sizes), grid, graph=graph, k=5, candidates=100, latency_queries=5)
     blocked, c_blocked = time.perf_counter() - t0, time.process_time() - c0
     s = outcome.seconds
     print(

@@ -9,14 +9,17 @@ from ..errors import BadInputError
 
 IndexType = Literal["flat", "ivf", "hnsw"]
 Vote = Literal["top1", "weighted"]
+SelectBy = Literal["accuracy", "balanced_accuracy", "macro_f1"]
 
 
 @stage_config
 class LutConfig:
     """How the look-up table is built, pruned and evaluated.
 
-    The gallery is what queries are matched against (train + val by default);
-    val picks the pruning threshold and test measures the retrieval classifier.
+    The gallery is what queries are matched against (train + val by default).
+    The pruning threshold is chosen on val queried against train only (val is
+    never its own gallery), and test measures the retrieval classifier and
+    what the chosen pruning costs there.
     A query never matches gallery items cut from its own source image.
     """
 
@@ -34,7 +37,17 @@ class LutConfig:
     prune_min: float = option(0.80, "Lowest T of the sweep.", ge=-1.0, le=1.0)
     prune_max: float = option(1.00, "Highest T of the sweep.", ge=-1.0, le=1.0)
     prune_step: float = option(0.01, "Step of the sweep.", gt=0.0)
-    prune_tolerance: float = option(0.005, "Largest val accuracy loss (absolute) the chosen T may cost.", ge=0.0)
+    select_by: SelectBy = option(
+        "accuracy", "Criterion the pruned index is compared on (val): accuracy (McNemar exact) or balanced_accuracy / macro_f1 (paired bootstrap)."
+    )
+    alpha: float = option(
+        0.05, "Significance level: a T whose val criterion is significantly below the unpruned index's (one-sided, paired) is not eligible.", gt=0.0, lt=1.0
+    )
+    min_class_recall: float = option(
+        0.10, "Class-recall guard: no class may lose more than this much val recall (0–1; 0.10 = 10 points) at the chosen T.", ge=0.0, le=1.0
+    )
+    bootstrap: int = option(1000, "Stratified bootstrap draws for the paired test and the test-split intervals.", ge=100)
+    seed: int = option(0, "Seed of the bootstrap draws.", ge=0)
     prune_candidates: int = option(100, "Nearest items per val query kept from the full gallery and reused for every T (>= --k).", ge=1)
     batch_size: int = option(256, "Crops per forward pass.", ge=1, digest=False)
     device: str = option("auto", "auto, cpu, cuda, cuda:N.", digest=False)

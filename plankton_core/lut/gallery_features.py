@@ -84,7 +84,7 @@ def embed_rows(
 
 
 def _compute(root: Store, embedder: Embedder, keys: Sequence[str], batch_size: int, device: torch.device, workers: int | None) -> np.ndarray:
-    cache = ImageCache.build(root, list(keys), embedder.size, workers=workers)
+    cache = ImageCache.build(root, list(keys), embedder.size, workers=workers, preprocess=embedder.preprocess)
     return l2_normalise(extract_features(embedder.model, cache, embedder.mean, embedder.std, batch_size, device, desc="lut embeddings"))
 
 

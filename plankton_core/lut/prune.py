@@ -152,18 +152,3 @@ def greedy_keep(n: int, later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
         live = (status[later] == UNDECIDED) & (status[earlier] != DROPPED)
         later, earlier = later[live], earlier[live]
     return status == KEPT
-
-
-def choose_threshold(thresholds: np.ndarray, kept_counts: np.ndarray, accuracies: np.ndarray, baseline: float, tolerance: float) -> int:
-    """Index of the T that prunes most while val accuracy stays within `tolerance` of the unpruned index.
-
-    Ties in gallery size go to the larger T (the gentler pruning). If no T
-    qualifies (cannot happen when the grid reaches 1.0, which prunes nothing),
-    the largest T is returned.
-    """
-    ok = np.flatnonzero(np.asarray(accuracies) >= baseline - tolerance - 1e-12)
-    if not len(ok):
-        return int(np.argmax(thresholds))
-    kept = np.asarray(kept_counts)[ok]
-    best = ok[kept == kept.min()]
-    return int(best[np.argmax(np.asarray(thresholds)[best])])

@@ -1,5 +1,11 @@
 """The pruning sweep: for every T of a grid, the pruned gallery's size, val accuracy/F1 and query latency.
 
+The stage runs it with val queried against a gallery of train only: with val
+in the gallery, a kept val item would suppress its own near-duplicates and
+then be left out of its own query, so pruned accuracy would be understated.
+The T it chooses is applied to the gallery that is written (train + val by
+default). The choice is selection.choose_threshold's noise-aware rule.
+
 Two things are computed once and reused for every T: the same-class
 neighbour graph (prune.neighbour_graph) and each val query's `candidates`
 nearest items in the full gallery. A query's nearest items in a pruned
@@ -20,9 +26,10 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from .evaluation import QuerySet, evaluate_neighbours
-from .prune import NeighbourGraph, choose_threshold, greedy_order, neighbour_graph
+from .evaluation import QuerySet, predict_neighbours, score_predictions
+from .prune import NeighbourGraph, greedy_order, neighbour_graph
 from .retrieval import ArraySearcher, Neighbours, first_kept, search_excluding
+from .selection import choose_threshold, largest_recall_drop, worse_p_values
 
 log = logging.getLogger("plankton.lut")
 
@@ -35,6 +42,11 @@ SWEEP_SCHEMA = pa.schema(
         ("val_macro_f1", pa.float64()),
         ("query_latency_ms", pa.float64()),
         ("chosen", pa.bool_()),
+        ("val_balanced_accuracy", pa.float64()),
+        ("p_worse", pa.float64()),  # one-sided paired p-value: pruned worse than unpruned on --select-by
+        ("largest_class_recall_drop", pa.float64()),  # 0–1, over classes with val items
+        ("recall_drop_label", pa.int64()),  # the class losing most recall (-1: none has val items)
+        ("eligible", pa.bool_()),  # p_worse >= alpha and the recall drop within the guard
     ]
 )
 
@@ -47,6 +59,7 @@ class SweepOutcome:
     keep: np.ndarray  # gallery mask at the chosen T
     baseline: dict[str, Any]  # val metrics of the unpruned gallery
     graph_pairs: int
+    rule: dict[str, Any] = field(default_factory=dict)  # how T was chosen (select_by, test, alpha, guard)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -62,11 +75,15 @@ def sweep_thresholds(
     vote: str = "top1",
     k: int = 5,
     candidates: int = 100,
-    tolerance: float = 0.005,
+    select_by: str = "accuracy",
+    alpha: float = 0.05,
+    max_recall_drop: float = 0.10,
+    draws: int = 1000,
+    seed: int = 0,
     latency_queries: int = 5,
     graph: NeighbourGraph | None = None,
 ) -> SweepOutcome:
-    """Run the sweep and choose the T that prunes most within `tolerance` of the unpruned val accuracy."""
+    """Run the sweep over the gallery `x` and choose T by selection.choose_threshold."""
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if graph is None:
@@ -77,35 +94,58 @@ def sweep_thresholds(
     t1 = time.perf_counter()
     full = ArraySearcher(x)
     cand = search_excluding(full, val.x, max(candidates, k), gallery_groups, val.groups)
-    baseline = evaluate_neighbours(cand, val, labels, n_classes, vote, k)
+    base = predict_neighbours(cand, labels, n_classes, vote, k)
+    baseline = score_predictions(val.labels, base.pred, n_classes, base.ranked)
     seconds["val_candidates"] = time.perf_counter() - t1
 
     # accuracy and F1 of a top-1 vote need only the nearest kept item; a weighted vote needs all k
     need = 1 if vote == "top1" else k
     t2 = time.perf_counter()
     rows: dict[str, list] = {name: [] for name in SWEEP_SCHEMA.names}
-    masks = []
+    masks, preds = [], []
     for t in grid:
         kept = graph.keep_mask(float(t))
         kept_ids = np.flatnonzero(kept)
         nb, incomplete = first_kept(cand, kept, k, need=need)
         if incomplete.any():
             nb = _research(nb, incomplete, x[kept_ids], kept_ids, val, gallery_groups, k)
-        metrics = evaluate_neighbours(nb, val, labels, n_classes, vote, k)
+        p = predict_neighbours(nb, labels, n_classes, vote, k)
+        metrics = score_predictions(val.labels, p.pred, n_classes, p.ranked)
+        drop, drop_label = largest_recall_drop(val.labels, base.pred, p.pred, n_classes)
         rows["threshold"].append(float(t))
         rows["gallery_size"].append(int(len(kept_ids)))
         rows["fraction_kept"].append(len(kept_ids) / max(len(x), 1))
         rows["val_accuracy"].append(metrics["accuracy"])
         rows["val_macro_f1"].append(metrics["macro_f1"])
+        rows["val_balanced_accuracy"].append(metrics["balanced_accuracy"])
+        rows["largest_class_recall_drop"].append(drop)
+        rows["recall_drop_label"].append(drop_label)
         # exact search time depends on the gallery's size only: time the first n rows instead of copying the kept ones
         rows["query_latency_ms"].append(single_query_latency_ms(x[: len(kept_ids)], val.x[:latency_queries], k))
         masks.append(kept)
+        preds.append(p.pred)
     seconds["thresholds"] = time.perf_counter() - t2
 
+    t3 = time.perf_counter()
+    rows["p_worse"] = worse_p_values(val.labels, base.pred, preds, n_classes, select_by, draws, seed)
+    rows["eligible"] = [bool(p >= alpha and d <= max_recall_drop + 1e-12) for p, d in zip(rows["p_worse"], rows["largest_class_recall_drop"])]
     chosen = choose_threshold(
-        np.asarray(rows["threshold"]), np.asarray(rows["gallery_size"]), np.asarray(rows["val_accuracy"]), baseline["accuracy"], tolerance
+        np.asarray(rows["threshold"]),
+        np.asarray(rows["gallery_size"]),
+        np.asarray(rows["p_worse"]),
+        np.asarray(rows["largest_class_recall_drop"]),
+        alpha,
+        max_recall_drop,
     )
+    seconds["selection"] = time.perf_counter() - t3
     rows["chosen"] = [i == chosen for i in range(len(grid))]
+    rule = {
+        "select_by": select_by,
+        "test": "McNemar exact, one-sided" if select_by == "accuracy" else f"paired stratified bootstrap, one-sided ({draws} draws, seed {seed})",
+        "alpha": alpha,
+        "min_class_recall": max_recall_drop,
+        "val_count": int(len(val)),
+    }
     return SweepOutcome(
         table=pa.table(rows, schema=SWEEP_SCHEMA),
         chosen=chosen,
@@ -114,6 +154,27 @@ def sweep_thresholds(
         baseline=baseline,
         graph_pairs=graph.pairs,
         seconds=seconds,
+        rule=rule,
+    )
+
+
+def restrict_graph(graph: NeighbourGraph, mask: np.ndarray) -> NeighbourGraph:
+    """The neighbour graph of the items in `mask` alone, renumbered 0..mask.sum()-1.
+
+    The greedy order is by key hash, so the order among a subset's items is
+    the order the subset would get by itself, and its pairs are the pairs of
+    the whole between two of its items: one tiled pass over the written
+    gallery serves the train-only sweep too.
+    """
+    mask = np.asarray(mask, bool)
+    new_id = np.cumsum(mask) - 1
+    both = mask[graph.later] & mask[graph.earlier]
+    return NeighbourGraph(
+        n=int(mask.sum()),
+        later=new_id[graph.later[both]].astype(np.int32),
+        earlier=new_id[graph.earlier[both]].astype(np.int32),
+        sim=graph.sim[both],
+        t_min=graph.t_min,
     )
 
 
@@ -148,8 +209,8 @@ def single_query_latency_ms(gallery: np.ndarray, queries: np.ndarray, k: int) ->
     return float(np.median(times) * 1000.0)
 
 
-def plot_sweep(table: pa.Table, chosen: int, baseline_accuracy: float, tolerance: float) -> bytes:
-    """PNG: fraction of the gallery kept and val accuracy / macro F1 against T, the chosen T marked."""
+def plot_sweep(table: pa.Table, chosen: int, baseline_accuracy: float, rule: str = "") -> bytes:
+    """PNG: fraction of the gallery kept and val accuracy / macro F1 against T; T's the rule rules out greyed, the chosen T marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,16 +218,21 @@ def plot_sweep(table: pa.Table, chosen: int, baseline_accuracy: float, tolerance
 
     t = table.column("threshold").to_numpy()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(t, table.column("fraction_kept").to_numpy(), color="tab:gray", marker=".", label="fraction of gallery kept")
+    if "eligible" in table.column_names:
+        step = float(np.min(np.diff(t))) if len(t) > 1 else 0.01
+        for ti, ok in zip(t, table.column("eligible").to_pylist()):
+            if not ok:
+                ax.axvspan(ti - step / 2, ti + step / 2, color="0.9", linewidth=0)
+    ax.plot(t, table.column("fraction_kept").to_numpy(), color="tab:gray", marker=".", label="fraction of train gallery kept")
     ax.plot(t, table.column("val_accuracy").to_numpy(), color="tab:blue", marker=".", label="val accuracy")
     ax.plot(t, table.column("val_macro_f1").to_numpy(), color="tab:green", marker=".", label="val macro F1")
-    ax.axhline(baseline_accuracy - tolerance, color="tab:blue", linestyle=":", linewidth=1, label=f"unpruned accuracy − {tolerance:g}")
+    ax.axhline(baseline_accuracy, color="tab:blue", linestyle=":", linewidth=1, label="unpruned val accuracy")
     ax.axvline(t[chosen], color="tab:red", linestyle="--", linewidth=1, label=f"chosen T = {t[chosen]:.2f}")
     ax.set_xlabel("cosine threshold T (drop an item above T to a kept one of its class)")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    ax.set_title("LUT pruning sweep (val)")
+    ax.set_title("LUT pruning sweep (val against train; grey: ruled out" + (f", {rule}" if rule else "") + ")", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

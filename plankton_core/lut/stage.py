@@ -28,12 +28,13 @@ from ..stage import StageContext
 from ..store import Store
 from ..tables import read_json, read_parquet, write_json, write_parquet
 from .config import LutConfig
-from .evaluation import QuerySet, evaluate_index
+from .evaluation import Predictions, QuerySet, predict_index, score_predictions
 from .gallery_features import embed_rows
 from .index import build_index, save_index, save_npy, search_params, tune_recall
-from .prune import threshold_grid
-from .prune_sweep import plot_sweep, sweep_thresholds
+from .prune import greedy_order, neighbour_graph, threshold_grid
+from .prune_sweep import plot_sweep, restrict_graph, sweep_thresholds
 from .retrieval import source_keys
+from .selection import headline_intervals, pruning_effect
 
 RECALL_QUERIES = 2000  # held-out queries (then gallery items, self excluded) for measuring recall
 GALLERY_SCHEMA = pa.schema(
@@ -58,6 +59,17 @@ class Plan:
 
     checkpoint: str  # key under the root
     splits: pa.Table
+
+
+@dataclass
+class SweepGallery:
+    """The gallery the pruning sweep queries val against: train only."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    keys: list[str]
+    in_gallery: np.ndarray  # mask over the written gallery's rows: which are these train items
 
 
 @dataclass
@@ -95,7 +107,9 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     heldout = ~in_gallery & np.isin(split_col, ["val", "test"])
     gallery_rows = np.flatnonzero(in_gallery)
     heldout_rows = np.flatnonzero(heldout)
-    needed = np.concatenate([gallery_rows, heldout_rows])  # gallery first: its embeddings are a view, not a copy
+    # the pruning sweep queries val against train only: embed train too when it is not in the gallery
+    extra_train = np.flatnonzero((split_col == "train") & ~in_gallery) if cfg.prune else np.zeros(0, np.int64)
+    needed = np.concatenate([gallery_rows, heldout_rows, extra_train])  # gallery first: its embeddings are a view, not a copy
 
     # one pass of the backbone over every crop the stage needs
     crop_keys = np.asarray(splits.column("crop_key").to_pylist(), dtype=object)
@@ -118,7 +132,7 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     embed_seconds = time.perf_counter() - t0
     position = np.full(len(split_col), -1, np.int64)
     position[needed] = np.arange(len(needed))
-    x, heldout_x = feats[: len(gallery_rows)], feats[len(gallery_rows) :]
+    x, heldout_x = feats[: len(gallery_rows)], feats[len(gallery_rows) : len(gallery_rows) + len(heldout_rows)]
 
     manifest = read_parquet(root, A.CROP_MANIFEST) if root.exists(A.CROP_MANIFEST) else None
     gallery = gallery_table(splits.take(pa.array(gallery_rows)), manifest)
@@ -163,18 +177,22 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
 
     # pruning sweep on val, then the pruned index with the chosen T
     pruned = None
-    if cfg.prune and len(val) and len(x):
-        pruned = _prune(cfg, ctx, x, gallery, g_labels, g_groups, val, len(classes), recall_queries)
+    train_rows = np.flatnonzero(split_col == "train")
+    if cfg.prune and len(val) and len(x) and len(train_rows):
+        train = SweepGallery(
+            feats[position[train_rows]], labels_all[train_rows], groups_all[train_rows], crop_keys[train_rows].tolist(), np.isin(gallery_rows, train_rows)
+        )
+        pruned = _prune(cfg, ctx, x, gallery, g_labels, train, val, len(classes), recall_queries)
         info["pruned"] = pruned.meta
         info["files"].update(pruned_index=A.LUT_INDEX["pruned"], pruned_gallery=A.LUT_GALLERY["pruned"], prune_sweep=A.LUT_PRUNE_SWEEP)
         counts.update(prune_threshold=pruned.summary["threshold"], pruned_gallery=int(len(pruned.ids)))
     else:
         if cfg.prune:
-            ctx.notes.append("no val split (or an empty gallery): pruning skipped")
+            ctx.notes.append("no val or train split (or an empty gallery): pruning skipped")
         for key in (A.LUT_INDEX["pruned"], A.LUT_GALLERY["pruned"], A.LUT_PRUNE_SWEEP, A.LUT_PRUNE_PLOT):  # never leave a stale pruned LUT
             root.delete(key)
 
-    retrieval = _evaluate_test(cfg, ctx, test, index, pruned, g_labels, g_groups, len(classes), len(x))
+    retrieval = _evaluate_test(cfg, ctx, test, index, pruned, g_labels, g_groups, classes, len(x))
     if retrieval["rows"]:
         counts["test_top1_accuracy"] = round(retrieval["rows"][0]["metrics"]["accuracy"], 6)
     write_json(root, A.LUT_RETRIEVAL, retrieval)
@@ -191,24 +209,36 @@ def _evaluate_test(
     pruned: Pruned | None,
     g_labels: np.ndarray,
     g_groups: np.ndarray,
-    n_classes: int,
+    classes: list[str],
     n_gallery: int,
 ) -> dict[str, Any]:
-    """lut/retrieval.json's content: top-1 and weighted kNN metrics on test, full and pruned index."""
+    """lut/retrieval.json's content: top-1 and weighted kNN metrics on test, full and pruned index, and what the
+    chosen pruning costs on test (`prune_effect`: full vs pruned with 95% intervals and a verdict)."""
+    n_classes = len(classes)
     retrieval: dict[str, Any] = {"rows": [], "split": "test", "k": cfg.k, "index_type": cfg.index}
+    predictions: dict[str, dict[str, Predictions]] = {}
     if not (len(test) and n_gallery):
         ctx.notes.append("no test split (or an empty gallery): retrieval not evaluated")
     else:
-        variants: list[tuple[str, faiss.Index, np.ndarray | None]] = [("full index", index, None)]
+        variants: list[tuple[str, str, faiss.Index, np.ndarray | None]] = [("full", "full index", index, None)]
         if pruned is not None:
-            variants.append((f"pruned index (T={pruned.summary['threshold']:.2f})", pruned.index, pruned.ids))
-        for label, idx, id_map in variants:
-            results = evaluate_index(idx, test, g_labels, g_groups, n_classes, cfg.k, id_map)
-            retrieval["rows"].append({"name": f"top-1, {label}", "metrics": results["top1"]})
-            retrieval["rows"].append({"name": f"{cfg.k}-NN weighted vote, {label}", "metrics": results["weighted"]})
+            variants.append(("pruned", f"pruned index (T={pruned.summary['threshold']:.2f})", pruned.index, pruned.ids))
+        for variant, label, idx, id_map in variants:
+            predictions[variant] = preds = predict_index(idx, test, g_labels, g_groups, n_classes, cfg.k, id_map)
+            for method, name in (("top1", f"top-1, {label}"), ("weighted", f"{cfg.k}-NN weighted vote, {label}")):
+                metrics = score_predictions(test.labels, preds[method].pred, n_classes, preds[method].ranked)
+                retrieval["rows"].append(
+                    {"name": name, "metrics": metrics, "intervals": headline_intervals(test.labels, preds[method].pred, classes, cfg.bootstrap, cfg.seed)}
+                )
         ctx.metrics.gauge("lut_test_top1_accuracy", retrieval["rows"][0]["metrics"]["accuracy"], "Test accuracy of the LUT's nearest neighbour.")
     if pruned is not None:
         retrieval["prune"] = pruned.summary
+        if "pruned" in predictions:
+            effect = pruning_effect(
+                test.labels, predictions["full"][cfg.vote].pred, predictions["pruned"][cfg.vote].pred, classes, draws=cfg.bootstrap, seed=cfg.seed
+            )
+            retrieval["prune_effect"] = {"split": "test", "vote": cfg.vote, "threshold": pruned.summary["threshold"], **effect}
+            ctx.notes.append(f"pruning on test: {effect['verdict']}")
     return retrieval
 
 
@@ -242,32 +272,45 @@ def _prune(
     x: np.ndarray,
     gallery: pa.Table,
     g_labels: np.ndarray,
-    g_groups: np.ndarray,
+    train: SweepGallery,
     val: QuerySet,
     n_classes: int,
     recall_queries: np.ndarray,
 ) -> Pruned:
-    """Sweep T on val, then build the pruned index at the chosen T (outputs under lut/)."""
+    """Sweep T with val against train only, then build the pruned index of the whole gallery at the chosen T."""
     grid = threshold_grid(cfg.prune_min, cfg.prune_max, cfg.prune_step)
     keys = gallery.column("crop_key").to_pylist()
+    t0 = time.perf_counter()
+    full_graph = neighbour_graph(x, g_labels, greedy_order(keys), float(np.min(grid)))
+    graph_seconds = time.perf_counter() - t0
+    # train's graph is the written gallery's restricted to train when train is in it; else its own pass
+    sweep_graph = restrict_graph(full_graph, train.in_gallery) if train.in_gallery.sum() == len(train.labels) else None
     outcome = sweep_thresholds(
-        x,
-        g_labels,
-        keys,
-        g_groups,
+        train.x,
+        train.labels,
+        train.keys,
+        train.groups,
         val,
         n_classes,
         grid,
         vote=cfg.vote,
         k=cfg.k,
         candidates=cfg.prune_candidates,
-        tolerance=cfg.prune_tolerance,
+        select_by=cfg.select_by,
+        alpha=cfg.alpha,
+        max_recall_drop=cfg.min_class_recall,
+        draws=cfg.bootstrap,
+        seed=cfg.seed,
         latency_queries=cfg.latency_queries,
+        graph=sweep_graph,
     )
+    outcome.seconds["neighbour_graph"] += graph_seconds
     root = ctx.root
     write_parquet(root, A.LUT_PRUNE_SWEEP, outcome.table)
-    root.write_bytes(A.LUT_PRUNE_PLOT, plot_sweep(outcome.table, outcome.chosen, outcome.baseline["accuracy"], cfg.prune_tolerance))
-    pruned_ids = np.flatnonzero(outcome.keep)
+    rule_label = f"{cfg.select_by}, α={cfg.alpha:g}, recall guard {cfg.min_class_recall:g}"
+    root.write_bytes(A.LUT_PRUNE_PLOT, plot_sweep(outcome.table, outcome.chosen, outcome.baseline["accuracy"], rule_label))
+    keep = full_graph.keep_mask(outcome.threshold)
+    pruned_ids = np.flatnonzero(keep)
     pruned_gallery = gallery.take(pa.array(pruned_ids)).rename_columns(["full_id" if n == "id" else n for n in gallery.column_names])
     pruned_gallery = pruned_gallery.add_column(0, "id", pa.array(np.arange(len(pruned_ids), dtype=np.int64)))
     pruned_index, meta = _build(x[pruned_ids], cfg, recall_queries)
@@ -279,17 +322,30 @@ def _prune(
         "gallery_full": int(len(x)),
         "gallery_pruned": int(len(pruned_ids)),
         "fraction_pruned": round(1 - len(pruned_ids) / len(x), 6),
+        "sweep_gallery": "train",
+        "sweep_gallery_full": int(len(train.labels)),
+        "sweep_gallery_pruned": int(row["gallery_size"]),
+        "val_count": int(len(val)),
         "val_accuracy_full": outcome.baseline["accuracy"],
         "val_accuracy_pruned": row["val_accuracy"],
         "val_macro_f1_full": outcome.baseline["macro_f1"],
         "val_macro_f1_pruned": row["val_macro_f1"],
-        "tolerance": cfg.prune_tolerance,
+        "val_balanced_accuracy_full": outcome.baseline["balanced_accuracy"],
+        "val_balanced_accuracy_pruned": row["val_balanced_accuracy"],
+        "select_by": cfg.select_by,
+        "test": outcome.rule["test"],
+        "alpha": cfg.alpha,
+        "val_p_worse": row["p_worse"],
+        "min_class_recall": cfg.min_class_recall,
+        "val_largest_class_recall_drop": row["largest_class_recall_drop"],
         "vote": cfg.vote,
         "sweep_seconds": round(sum(outcome.seconds.values()), 3),
     }
     ctx.notes.append(
-        f"pruning: T={outcome.threshold:.2f} keeps {len(pruned_ids)}/{len(x)} items "
-        f"(val accuracy {100 * row['val_accuracy']:.2f}% vs {100 * outcome.baseline['accuracy']:.2f}% unpruned) → {root.uri}/{A.LUT_PRUNE_SWEEP}"
+        f"pruning: T={outcome.threshold:.2f} keeps {len(pruned_ids)}/{len(x)} items; on val against train, {cfg.select_by} "
+        f"not significantly below unpruned (p={row['p_worse']:.3g} >= {cfg.alpha:g}) and no class loses more than "
+        f"{100 * cfg.min_class_recall:g} points of recall (largest loss {100 * row['largest_class_recall_drop']:.1f}); "
+        f"val accuracy {100 * row['val_accuracy']:.2f}% vs {100 * outcome.baseline['accuracy']:.2f}% unpruned → {root.uri}/{A.LUT_PRUNE_SWEEP}"
     )
     ctx.metrics.gauge("lut_prune_threshold", outcome.threshold, "Chosen pruning threshold.")
     ctx.metrics.gauge("lut_pruned_gallery_items", len(pruned_ids), "Items in the pruned gallery.")
@@ -297,7 +353,7 @@ def _prune(
         "threshold": outcome.threshold,
         "count": int(len(pruned_ids)),
         "fraction_kept": round(len(pruned_ids) / len(x), 6),
-        "neighbour_pairs": outcome.graph_pairs,
+        "neighbour_pairs": full_graph.pairs,
         "sweep_seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
         **meta,
     }

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plankton_core.lut.prune import choose_threshold, greedy_keep, greedy_order, neighbour_graph, threshold_grid
+from plankton_core.lut.prune import greedy_keep, greedy_order, neighbour_graph, threshold_grid
+from plankton_core.lut.selection import choose_threshold
 
 
 def clustered(n: int, d: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,13 +79,16 @@ def test_greedy_order_is_deterministic_and_a_permutation():
     assert not np.array_equal(a, np.arange(50))  # not the naming order
 
 
-def test_choose_threshold_most_pruning_within_tolerance():
+def test_choose_threshold_most_pruning_not_significantly_worse_and_within_the_recall_guard():
     t = np.array([0.8, 0.85, 0.9, 0.95, 1.0])
     kept = np.array([10, 40, 60, 60, 100])
-    acc = np.array([0.70, 0.89, 0.90, 0.91, 0.91])
-    assert t[choose_threshold(t, kept, acc, baseline=0.91, tolerance=0.02)] == 0.85
-    assert t[choose_threshold(t, kept, acc, baseline=0.91, tolerance=0.01)] == 0.95  # tie in size → gentler T
-    assert t[choose_threshold(t, kept, acc, baseline=0.91, tolerance=0.0)] == 0.95
+    p = np.array([0.001, 0.20, 0.5, 0.6, 1.0])
+    drop = np.array([0.5, 0.0, 0.05, 0.0, 0.0])
+    assert t[choose_threshold(t, kept, p, drop, alpha=0.05, max_recall_drop=0.1)] == 0.85
+    assert t[choose_threshold(t, kept, p, drop, alpha=0.25, max_recall_drop=0.1)] == 0.95  # tie in size → gentler T
+    assert t[choose_threshold(t, kept, p, np.array([0.5, 0.2, 0.0, 0.0, 0.0]), alpha=0.05, max_recall_drop=0.1)] == 0.95  # guard
+    assert t[choose_threshold(t, kept, p, drop, alpha=0.0001, max_recall_drop=1.0)] == 0.8
+    assert t[choose_threshold(t, kept, np.zeros(5), drop, alpha=0.05, max_recall_drop=0.1)] == 1.0  # none eligible
 
 
 def test_threshold_grid():
@@ -92,11 +96,12 @@ def test_threshold_grid():
     assert len(grid) == 21 and grid[0] == 0.80 and grid[-1] == 1.00 and grid[3] == 0.83
 
 
-@pytest.mark.parametrize("candidates", [5, 100])
-def test_sweep_rows_match_brute_force(candidates):
+@pytest.mark.parametrize("candidates,select_by", [(5, "accuracy"), (100, "macro_f1")])
+def test_sweep_rows_match_brute_force(candidates, select_by):
     """Every row of the sweep against naive pruning + brute-force kNN; candidates=k forces the re-search path."""
     from plankton_core.lut.evaluation import QuerySet
     from plankton_core.lut.prune_sweep import sweep_thresholds
+    from plankton_core.lut.selection import bootstrap_metric, mcnemar_worse_p
     from plankton_core.scoring import classification_metrics
 
     x, labels = clustered(240, 24, 3, seed=3)
@@ -105,21 +110,55 @@ def test_sweep_rows_match_brute_force(candidates):
     val_idx = np.arange(0, len(x), 5)
     val = QuerySet("val", x[val_idx], labels[val_idx], groups[val_idx])
     grid = threshold_grid(0.80, 1.00, 0.02)
-    out = sweep_thresholds(x, labels, keys, groups, val, 3, grid, vote="weighted", k=5, candidates=candidates, tolerance=0.01, latency_queries=2)
+    out = sweep_thresholds(
+        x,
+        labels,
+        keys,
+        groups,
+        val,
+        3,
+        grid,
+        vote="weighted",
+        k=5,
+        candidates=candidates,
+        select_by=select_by,
+        alpha=0.05,
+        max_recall_drop=0.2,
+        draws=300,
+        latency_queries=2,
+    )
     rank = greedy_order(keys)
     x64 = x.astype(np.float64)
+    preds = {}
     for row in out.table.to_pylist():
         kept = naive_keep(x, labels, rank, row["threshold"])
         assert row["gallery_size"] == kept.sum()
-        preds = []
+        pred = []
         for i in val_idx:
             sims = x64 @ x64[i]
             order = [j for j in np.argsort(-sims, kind="stable") if kept[j] and groups[j] != groups[i]][:5]
             votes = np.bincount(labels[order], weights=np.clip(sims[order], 0, None), minlength=3)
-            preds.append(int(np.argmax(votes)))
-        want = classification_metrics(labels[val_idx], np.array(preds), 3)
+            pred.append(int(np.argmax(votes)))
+        preds[row["threshold"]] = np.array(pred)
+        want = classification_metrics(labels[val_idx], np.array(pred), 3)
         assert row["val_accuracy"] == pytest.approx(want["accuracy"]), row
         assert row["val_macro_f1"] == pytest.approx(want["macro_f1"]), row
+        assert row["val_balanced_accuracy"] == pytest.approx(want["balanced_accuracy"]), row
         assert row["query_latency_ms"] > 0
+    y, full = labels[val_idx], preds[1.0]
+    for row in out.table.to_pylist():
+        pred = preds[row["threshold"]]
+        if select_by == "accuracy":
+            assert row["p_worse"] == pytest.approx(mcnemar_worse_p(full == y, pred == y))
+        else:  # the paired bootstrap: share of the same 300 stratified draws where the pruned index is not worse
+            draws = bootstrap_metric(y, [full, pred], 3, "macro_f1", 300, 0)
+            assert row["p_worse"] == pytest.approx((1 + np.sum(draws[1] - draws[0] >= -1e-12)) / 301)
+        recall = [((pred == c) & (y == c)).sum() / (y == c).sum() for c in range(3)]
+        recall_full = [((full == c) & (y == c)).sum() / (y == c).sum() for c in range(3)]
+        assert row["largest_class_recall_drop"] == pytest.approx(max(0.0, max(np.subtract(recall_full, recall))))
+        assert row["eligible"] == (row["p_worse"] >= 0.05 and row["largest_class_recall_drop"] <= 0.2 + 1e-12)
     assert out.table.column("chosen").to_pylist().count(True) == 1
+    eligible = [r for r in out.table.to_pylist() if r["eligible"]]
+    assert out.threshold == max(r["threshold"] for r in eligible if r["gallery_size"] == min(e["gallery_size"] for e in eligible))
     assert np.array_equal(out.keep, naive_keep(x, labels, rank, out.threshold))
+    assert out.table.column("fraction_kept").to_pylist()[0] < 0.9  # the data exercises pruning

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import faiss
 import numpy as np
@@ -88,6 +89,21 @@ def test_build_outputs_are_aligned_and_figures_match_references(built_lut):
         assert row["metrics"]["accuracy"] == pytest.approx(want["accuracy"])
         assert row["metrics"]["macro_f1"] == pytest.approx(want["macro_f1"])
     assert retrieval["prune"]["threshold"] == info["pruned"]["threshold"]
+    for row in retrieval["rows"]:  # every headline figure carries its 95% interval
+        m, iv = row["metrics"], row["intervals"]
+        assert iv["accuracy"][0] <= m["accuracy"] <= iv["accuracy"][1] and iv["macro_f1"][0] <= m["macro_f1"] <= iv["macro_f1"][1]
+
+    # the chosen T's effect on test: full vs pruned (top-1, the sweep's vote), by brute force
+    pruned_ids = np.array(read_parquet(store, "lut/gallery_pruned.parquet").column("full_id").to_pylist())
+    full_pred = naive_predict(test_x, q_src, emb, g_labels, g_src, 5, "top1", 3)
+    pruned_pred = naive_predict(test_x, q_src, emb[pruned_ids], g_labels[pruned_ids], g_src[pruned_ids], 5, "top1", 3)
+    effect = retrieval["prune_effect"]
+    assert (effect["split"], effect["vote"], effect["threshold"], effect["count"]) == ("test", "top1", info["pruned"]["threshold"], len(y))
+    acc = effect["metrics"]["accuracy"]
+    assert acc["full"] == pytest.approx((full_pred == y).mean()) and acc["pruned"] == pytest.approx((pruned_pred == y).mean())
+    assert effect["within_interval"] == (acc["full_ci"][0] <= acc["pruned"] <= acc["full_ci"][1])
+    assert effect["metrics"]["macro_f1"]["pruned"] == pytest.approx(classification_metrics(y, pruned_pred, 3)["macro_f1"])
+    assert effect["metrics"]["worst_class_recall"]["full"] == pytest.approx(min(((full_pred == y) & (y == c)).sum() / (y == c).sum() for c in range(3)))
 
 
 def naive_pruned(emb, labels, keys, t):
@@ -101,37 +117,70 @@ def naive_pruned(emb, labels, keys, t):
     return out
 
 
+def mcnemar_worse(correct_full, correct):
+    """P(Bin(b + c, 1/2) >= b), b = lost, c = gained: the exact one-sided McNemar p-value, by hand."""
+    b = int((correct_full & ~correct).sum())
+    n = b + int((~correct_full & correct).sum())
+    return 1.0 if n == 0 else sum(math.comb(n, i) for i in range(b, n + 1)) / 2**n
+
+
 def test_prune_sweep_choice_and_pruned_index(built_lut):
     store = open_store(built_lut.uri, built_lut.endpoint)
     sweep = read_parquet(store, "lut/prune_sweep.parquet")
-    assert sweep.column_names == ["threshold", "gallery_size", "fraction_kept", "val_accuracy", "val_macro_f1", "query_latency_ms", "chosen"]
+    assert sweep.column_names == [
+        "threshold",
+        "gallery_size",
+        "fraction_kept",
+        "val_accuracy",
+        "val_macro_f1",
+        "query_latency_ms",
+        "chosen",
+        "val_balanced_accuracy",
+        "p_worse",
+        "largest_class_recall_drop",
+        "recall_drop_label",
+        "eligible",
+    ]
     assert sweep.num_rows == 21 and sweep.column("threshold")[0].as_py() == 0.8 and sweep.column("threshold")[-1].as_py() == 1.0
     rows = sweep.to_pylist()
-    assert rows[-1]["gallery_size"] == 54 and rows[-1]["fraction_kept"] == 1.0
-    assert all(r["query_latency_ms"] > 0 for r in rows)
     gallery = read_parquet(store, "lut/gallery.parquet")
     emb = read_npy(store, "lut/embeddings.npy")
     labels = np.array(gallery.column("label").to_pylist())
-    keys = gallery.column("crop_key").to_pylist()
-    for r in rows[::4]:  # sizes agree with the naive pairwise pruning
-        assert r["gallery_size"] == naive_pruned(emb, labels, keys, r["threshold"]).sum()
-
-    # the unpruned val accuracy, by brute force over val (in the gallery, own source left out)
-    val = np.flatnonzero(np.array(gallery.column("split").to_pylist()) == "val")
+    keys = np.array(gallery.column("crop_key").to_pylist())
+    split = np.array(gallery.column("split").to_pylist())
     src = np.array(gallery.column("source_key").to_pylist())
-    pred = naive_predict(emb[val], src[val], emb, labels, src, 5, "top1", 3)
-    baseline = float((pred == labels[val]).mean())
-    assert read_json(store, "lut/retrieval.json")["prune"]["val_accuracy_full"] == pytest.approx(baseline)
-    ok = [r for r in rows if r["val_accuracy"] >= baseline - 0.005 - 1e-12]
+    train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    # the sweep's gallery is train only (36 of the 54 gallery items), never val
+    assert rows[-1]["gallery_size"] == len(train) == 36 and rows[-1]["fraction_kept"] == 1.0
+    assert all(r["query_latency_ms"] > 0 for r in rows)
+    for r in rows[::4]:  # sizes agree with the naive pairwise pruning of train alone
+        assert r["gallery_size"] == naive_pruned(emb[train], labels[train], keys[train].tolist(), r["threshold"]).sum()
+
+    # every row against brute force: val queried against the pruned train gallery, own source left out
+    full_pred = naive_predict(emb[val], src[val], emb[train], labels[train], src[train], 5, "top1", 3)
+    summary = read_json(store, "lut/retrieval.json")["prune"]
+    assert summary["val_accuracy_full"] == pytest.approx(float((full_pred == labels[val]).mean()))
+    for r in rows:
+        kept = train[naive_pruned(emb[train], labels[train], keys[train].tolist(), r["threshold"])]
+        pred = naive_predict(emb[val], src[val], emb[kept], labels[kept], src[kept], 5, "top1", 3)
+        assert r["val_accuracy"] == pytest.approx(float((pred == labels[val]).mean()))
+        assert r["p_worse"] == pytest.approx(mcnemar_worse(full_pred == labels[val], pred == labels[val]))
+        drops = [(full_pred[labels[val] == c] == c).mean() - (pred[labels[val] == c] == c).mean() for c in range(3)]
+        assert r["largest_class_recall_drop"] == pytest.approx(max(max(drops), 0.0))
+        assert r["eligible"] == (r["p_worse"] >= 0.05 and r["largest_class_recall_drop"] <= 0.10 + 1e-12)
+    ok = [r for r in rows if r["eligible"]]
     smallest = min(r["gallery_size"] for r in ok)
     chosen = [r for r in rows if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["gallery_size"] == smallest
     assert chosen[0]["threshold"] == max(r["threshold"] for r in ok if r["gallery_size"] == smallest)
+    assert (summary["select_by"], summary["alpha"], summary["min_class_recall"], summary["sweep_gallery"]) == ("accuracy", 0.05, 0.1, "train")
 
+    # the written pruned LUT is the whole gallery (train + val) pruned at the chosen T
     pruned = read_parquet(store, "lut/gallery_pruned.parquet")
-    want = np.flatnonzero(naive_pruned(emb, labels, keys, chosen[0]["threshold"]))
+    want = np.flatnonzero(naive_pruned(emb, labels, keys.tolist(), chosen[0]["threshold"]))
     assert pruned.column("full_id").to_pylist() == want.tolist()
     assert pruned.column("id").to_pylist() == list(range(len(want)))
+    assert summary["gallery_pruned"] == len(want) and summary["gallery_full"] == 54
     index = faiss.deserialize_index(np.frombuffer(store.read_bytes("lut/index_pruned.faiss"), dtype=np.uint8))
     assert index.ntotal == len(want)
     np.testing.assert_allclose(index.reconstruct(0), emb[want[0]], atol=1e-6)
@@ -285,3 +334,18 @@ def test_reuses_linear_sweep_features_only_when_they_match(tmp_path, run_cli):
     res = run_cli("lut", "--root", root, "--no-prune", "--force")
     assert res.exit_code == 0 and "disagree with the checkpoint" in res.output
     np.testing.assert_allclose(read_npy(store, "lut/embeddings.npy"), truth, atol=1e-5)
+
+
+def test_sweep_queries_val_against_train_even_when_train_is_not_in_the_gallery(tmp_path, run_cli):
+    root = str(tmp_path / "artifacts")
+    store = make_lut_upstream(root, per_class=12)
+    res = run_cli("lut", "--root", root, "--gallery-splits", "val,test", "--select-by", "macro_f1", "--bootstrap", "200")
+    assert res.exit_code == 0, res.output
+    splits = read_parquet(store, "stats/splits.parquet").column("split").to_pylist()
+    sweep = read_parquet(store, "lut/prune_sweep.parquet").to_pylist()
+    assert sweep[-1]["gallery_size"] == splits.count("train")  # the sweep's gallery: train, embedded for it
+    info = read_json(store, "lut/index.json")
+    assert info["count"] == splits.count("val") + splits.count("test")  # the written LUT: the splits asked for
+    prune = read_json(store, LUT_RETRIEVAL)["prune"]
+    assert prune["select_by"] == "macro_f1" and prune["test"].startswith("paired stratified bootstrap")
+    assert prune["gallery_full"] == info["count"] and prune["sweep_gallery_full"] == splits.count("train")

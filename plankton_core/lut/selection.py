@@ -1,0 +1,241 @@
+"""Choosing the pruning threshold so that noise cannot pass for "no loss", and measuring what it cost on test.
+
+The unpruned and a pruned gallery classify the SAME val items, so the
+comparison is paired:
+
+- `--select-by accuracy`: McNemar's exact test (one-sided binomial test on
+  the discordant items: val items the pruned index gets wrong and the full one
+  right vs the reverse; Dietterich 1998 recommends it for comparing two
+  classifiers on one test set). Exact for any number of items, no resampling.
+- `--select-by balanced_accuracy | macro_f1`: these are not sums over items,
+  so McNemar does not apply; a paired stratified bootstrap over val items
+  (the same draws for the full and every pruned gallery, class counts kept)
+  gives the one-sided p-value P*(pruned − full >= 0).
+
+A T is eligible when the pruned index is not significantly worse at `alpha`
+AND no class loses more than `max_recall_drop` of val recall (the guard for
+rare taxa, which a pooled test cannot see). The chosen T is the eligible one
+that prunes most; ties go to the larger (gentler) T.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+
+from .config import SelectBy
+from .evaluation import score_predictions
+
+SELECT_BY: tuple[str, ...] = typing.get_args(SelectBy)
+DRAW_BLOCK = 4_000_000  # sampled item positions held at once (bounded memory for a large val/test)
+
+
+def metric_value(y: np.ndarray, pred: np.ndarray, n_classes: int, name: str) -> float:
+    """accuracy / balanced_accuracy / macro_f1 as the sweep and classification_metrics report them."""
+    return float(score_predictions(y, pred, n_classes)[name])
+
+
+def class_recall(y: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, support) per class; a prediction of -1 (no neighbour) is wrong."""
+    y = np.asarray(y, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    support = np.bincount(y, minlength=n_classes)[:n_classes]
+    hits = np.bincount(y[pred == y], minlength=n_classes)[:n_classes]
+    return np.divide(hits, support, out=np.zeros(n_classes), where=support > 0), support
+
+
+def largest_recall_drop(y: np.ndarray, pred_full: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple[float, int]:
+    """The largest loss of recall (full − pruned, 0–1) over classes with items, and that class (-1 when none)."""
+    r_full, support = class_recall(y, pred_full, n_classes)
+    r, _ = class_recall(y, pred, n_classes)
+    drop = np.where(support > 0, r_full - r, -np.inf)
+    if not (support > 0).any():
+        return 0.0, -1
+    c = int(np.argmax(drop))
+    return float(max(drop[c], 0.0)), c
+
+
+def mcnemar_worse_p(correct_full: np.ndarray, correct: np.ndarray) -> float:
+    """One-sided exact McNemar p-value for "the second classifier is worse": P(Bin(b + c, ½) >= b),
+    b = items only the first gets right, c = items only the second gets right; 1 when no item differs."""
+    correct_full = np.asarray(correct_full, bool)
+    correct = np.asarray(correct, bool)
+    lost = int((correct_full & ~correct).sum())
+    gained = int((~correct_full & correct).sum())
+    if lost + gained == 0:
+        return 1.0
+    return float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue)
+
+
+def stratified_draws(y: np.ndarray, draws: int, seed: int) -> typing.Iterator[np.ndarray]:
+    """Blocks of (b, n) item positions: each row resamples every class's items with replacement (class counts kept)."""
+    y = np.asarray(y, dtype=np.int64)
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
+    block = max(1, DRAW_BLOCK // max(n, 1))
+    for start in range(0, draws, block):
+        b = min(block, draws - start)
+        out = np.empty((b, n), np.int64)
+        at = 0
+        for ids in by_class:
+            out[:, at : at + len(ids)] = ids[rng.integers(0, len(ids), (b, len(ids)))]
+            at += len(ids)
+        yield out
+
+
+def _draw_metric(y: np.ndarray, pred: np.ndarray, idx: np.ndarray, n_classes: int, name: str) -> np.ndarray:
+    """The metric of each resample (rows of `idx`), with -1 predictions counted as an extra, wrong class."""
+    b, n = idx.shape
+    c_all = n_classes + 1
+    pred = np.where(pred < 0, n_classes, pred)
+    yy, pp = y[idx], pred[idx]
+    correct = yy == pp
+    if name == "accuracy":
+        return correct.mean(axis=1)
+    rows = np.arange(b)[:, None] * c_all
+    support = np.bincount((rows + yy).ravel(), minlength=b * c_all).reshape(b, c_all)
+    tp = np.bincount((rows + yy).ravel(), weights=correct.ravel(), minlength=b * c_all).reshape(b, c_all)
+    if name == "balanced_accuracy":
+        has = support > 0
+        recall = np.divide(tp, support, out=np.zeros_like(tp), where=has)
+        return recall.sum(axis=1) / np.maximum(has.sum(axis=1), 1)
+    if name == "macro_f1":
+        predicted = np.bincount((rows + pp).ravel(), minlength=b * c_all).reshape(b, c_all)
+        present = (support + predicted) > 0
+        f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=present)
+        return f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+    raise ValueError(f"unknown metric {name!r}: use one of {', '.join(SELECT_BY)}")
+
+
+def bootstrap_metric(y: np.ndarray, preds: Sequence[np.ndarray], n_classes: int, name: str, draws: int, seed: int) -> np.ndarray:
+    """(len(preds), draws) metric values over the same stratified resamples of the items (paired)."""
+    y = np.asarray(y, dtype=np.int64)
+    preds = [np.asarray(p, dtype=np.int64) for p in preds]
+    out = np.empty((len(preds), draws))
+    at = 0
+    for idx in stratified_draws(y, draws, seed):
+        for i, p in enumerate(preds):
+            out[i, at : at + len(idx)] = _draw_metric(y, p, idx, n_classes, name)
+        at += len(idx)
+    return out
+
+
+def paired_worse_p(draws_full: np.ndarray, draws: np.ndarray) -> float:
+    """One-sided paired-bootstrap p-value for "worse": the share of resamples where it is not (+1 smoothing)."""
+    diff = np.asarray(draws) - np.asarray(draws_full)
+    if not len(diff):
+        return 1.0
+    return float((1 + np.sum(diff >= -1e-12)) / (1 + len(diff)))
+
+
+def worse_p_values(y: np.ndarray, pred_full: np.ndarray, preds: Sequence[np.ndarray], n_classes: int, select_by: str, draws: int, seed: int) -> list[float]:
+    """For each candidate prediction vector, the one-sided p-value that it is worse than `pred_full` on `select_by`."""
+    if select_by == "accuracy":
+        full = pred_full == y
+        return [mcnemar_worse_p(full, p == y) for p in preds]
+    values = bootstrap_metric(y, [pred_full, *preds], n_classes, select_by, draws, seed)
+    return [paired_worse_p(values[0], values[i + 1]) for i in range(len(preds))]
+
+
+def choose_threshold(
+    thresholds: np.ndarray, kept_counts: np.ndarray, p_values: np.ndarray, recall_drops: np.ndarray, alpha: float, max_recall_drop: float
+) -> int:
+    """Index of the T that prunes most among those not significantly worse (p >= alpha) whose largest class
+    recall loss is at most `max_recall_drop`. Ties in size go to the larger T; with none eligible (cannot happen
+    when the grid reaches 1.0, which prunes nothing), the largest T."""
+    thresholds = np.asarray(thresholds)
+    ok = np.flatnonzero((np.asarray(p_values) >= alpha) & (np.asarray(recall_drops) <= max_recall_drop + 1e-12))
+    if not len(ok):
+        return int(np.argmax(thresholds))
+    kept = np.asarray(kept_counts)[ok]
+    best = ok[kept == kept.min()]
+    return int(best[np.argmax(thresholds[best])])
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default); (0, 1) when n = 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = hits / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    lo, hi = np.quantile(np.asarray(values), [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def pruning_effect(y: np.ndarray, pred_full: np.ndarray, pred_pruned: np.ndarray, classes: Sequence[str], *, draws: int, seed: int) -> dict[str, Any]:
+    """What the chosen pruning does on a held-out split: accuracy, macro F1 and worst class recall, full vs
+    pruned, each with a 95% interval, the paired difference with its interval, and a verdict the report can show."""
+    y = np.asarray(y, dtype=np.int64)
+    n_classes = len(classes)
+    n = len(y)
+    out: dict[str, Any] = {"count": int(n), "level": 0.95, "bootstrap_draws": int(draws), "seed": int(seed)}
+    if n == 0:
+        return out
+    metrics: dict[str, Any] = {}
+    for name in ("accuracy", "macro_f1", "balanced_accuracy"):
+        values = bootstrap_metric(y, [pred_full, pred_pruned], n_classes, name, draws, seed)
+        full, pruned = metric_value(y, pred_full, n_classes, name), metric_value(y, pred_pruned, n_classes, name)
+        entry: dict[str, Any] = {"full": full, "pruned": pruned, "difference": pruned - full}
+        if name == "accuracy":  # a proportion: Wilson
+            entry["full_ci"] = list(wilson_interval(int((pred_full == y).sum()), n))
+            entry["pruned_ci"] = list(wilson_interval(int((pred_pruned == y).sum()), n))
+            entry["interval"] = "Wilson"
+        else:
+            entry["full_ci"] = list(percentile_interval(values[0]))
+            entry["pruned_ci"] = list(percentile_interval(values[1]))
+            entry["interval"] = "stratified bootstrap percentile"
+        entry["difference_ci"] = list(percentile_interval(values[1] - values[0]))
+        metrics[name] = entry
+    recall_full, support = class_recall(y, pred_full, n_classes)
+    recall_pruned, _ = class_recall(y, pred_pruned, n_classes)
+    tested = support > 0
+    worst: dict[str, Any] = {"interval": "Wilson, of that class's recall"}
+    for which, recall, pred in (("full", recall_full, pred_full), ("pruned", recall_pruned, pred_pruned)):
+        c = int(np.flatnonzero(tested)[np.argmin(recall[tested])])
+        hits = int(((pred == y) & (y == c)).sum())
+        worst[which] = float(recall[c])
+        worst[f"{which}_class"] = classes[c]
+        worst[f"{which}_ci"] = list(wilson_interval(hits, int(support[c])))
+        worst[f"{which}_support"] = int(support[c])
+    metrics["worst_class_recall"] = worst
+    drop, c = largest_recall_drop(y, pred_full, pred_pruned, n_classes)
+    metrics["largest_class_recall_drop"] = {"drop": drop, "class": classes[c] if c >= 0 else None}
+    out["metrics"] = metrics
+    out["mcnemar_worse_p"] = mcnemar_worse_p(pred_full == y, pred_pruned == y)
+
+    acc = metrics["accuracy"]
+    lo, hi = acc["full_ci"]
+    within = bool(lo - 1e-12 <= acc["pruned"] <= hi + 1e-12)
+    out["within_interval"] = within
+    out["verdict"] = (
+        f"pruned test accuracy {100 * acc['pruned']:.1f}% is {'within' if within else 'OUTSIDE'} the unpruned index's 95% interval "
+        f"[{100 * lo:.1f}%, {100 * hi:.1f}%] (unpruned {100 * acc['full']:.1f}%; paired difference "
+        f"{100 * acc['difference']:+.1f} points, 95% interval [{100 * acc['difference_ci'][0]:+.1f}, {100 * acc['difference_ci'][1]:+.1f}], "
+        f"{n} test items)" + ("" if within else ": the pruned index costs accuracy on test")
+    )
+    return out
+
+
+def headline_intervals(y: np.ndarray, pred: np.ndarray, classes: Sequence[str], draws: int, seed: int) -> dict[str, Any]:
+    """95% intervals of a retrieval row's headline figures: accuracy (Wilson), balanced accuracy and macro F1
+    (stratified bootstrap percentile over the items, `draws` draws, seeded)."""
+    y = np.asarray(y, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    out: dict[str, Any] = {"level": 0.95, "bootstrap_draws": int(draws), "seed": int(seed)}
+    if not len(y):
+        return out
+    out["accuracy"] = list(wilson_interval(int((pred == y).sum()), len(y)))
+    for name in ("balanced_accuracy", "macro_f1"):
+        out[name] = list(percentile_interval(bootstrap_metric(y, [pred], len(classes), name, draws, seed)[0]))
+    return out
