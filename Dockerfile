@@ -5,11 +5,15 @@
 # CUDA-capable: the official PyTorch runtime image of the torch pinned in pyproject.toml
 # (torch 2.14.1 built for CUDA 13.0 with cuDNN 9); the build stops if the two disagree.
 # The GPU driver comes from the node (NVIDIA container toolkit).
+# `make image-test` builds this same file on a local stand-in base (BASE_IMAGE: Debian bookworm
+# with Python 3.11 from debootstrap) with WHEELHOUSE naming a folder of wheels mounted into the
+# build, so pip installs torch and everything else from there and nothing is fetched.
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
 ARG VERSION=0+unknown
 ARG GIT_COMMIT=unknown
+ARG WHEELHOUSE=
 
 LABEL org.opencontainers.image.title="plankton" \
       org.opencontainers.image.description="Plankton images to a SupCon feature extractor, a validated classifier and a FAISS look-up table" \
@@ -34,8 +38,9 @@ COPY pyproject.toml README.md ./
 COPY plankton_core ./plankton_core
 COPY jobs ./jobs
 
-# torch stays the base image's (it satisfies the pin); the rest comes from pyproject.toml
-RUN python -m pip install --no-cache-dir . \
+# torch stays the base image's when it has the pinned one; the rest comes from pyproject.toml
+# (from the wheelhouse only, when WHEELHOUSE is set)
+RUN python -m pip install --no-cache-dir ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} . \
  && python -c "import tomllib, torch; pin = next(d.split('==')[1] for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith('torch==')); have = torch.__version__.split('+')[0]; assert have == pin, f'base image torch {have} != pinned {pin}'" \
  && plankton --help > /dev/null \
  && useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin plankton

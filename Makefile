@@ -56,13 +56,22 @@ SUBMIT        = $(BIN)/plankton submit --values $(K8S_VALUES) --set image=$(IMAG
 # the stages come from the stage registry: `submit-STAGE` works for whatever `plankton k8s stages` lists
 STAGES        = $(shell $(BIN)/plankton k8s stages)
 
-.PHONY: image push kind-up kind-load kind-down pipeline hadolint stages
+# docker when it is installed, else podman (same Dockerfile, same arguments)
+ENGINE       ?= $(if $(shell command -v docker 2>/dev/null),docker,podman)
 
-image: ## build the one image of every stage as $(IMAGE), with version and git commit labels
-	docker build --build-arg VERSION=$(PKG_VERSION) --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE) .
+.PHONY: image push image-tools image-test kind-up kind-load kind-down pipeline hadolint stages
+
+image: ## build the one image of every stage as $(IMAGE), with version and git commit labels (docker, else podman)
+	$(ENGINE) build --build-arg VERSION=$(PKG_VERSION) --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE) .
 
 push: ## push $(IMAGE) to its registry (for a real cluster)
-	docker push $(IMAGE)
+	$(ENGINE) push $(IMAGE)
+
+image-tools: ## programs make image-test needs (podman, runc, debootstrap): installed here when root on Debian, else one line saying what to install
+	@bash scripts/tools.sh image
+
+image-test: $(STAMP) image-tools ## build the image with podman on a local debootstrap base from a host-filled wheelhouse (cached in .image-test/), then run every stage's Job from it against a local S3 server
+	BIN=$(BIN) bash scripts/image_test.sh
 
 kind-up: ## local cluster: kind, MinIO + bucket, Pushgateway, kube-state-metrics, Prometheus with the alerts
 	kind get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER) || kind create cluster --name $(KIND_CLUSTER) --config k8s/local/kind.yaml

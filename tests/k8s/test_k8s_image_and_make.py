@@ -103,19 +103,19 @@ def test_dockerignore_sends_only_what_pip_install_needs():
             assert any(p == name or p.startswith(name.rstrip("/") + "/") for p in ctx), name
 
 
-def shim_bin(tmp_path: Path) -> tuple[Path, Path]:
+def shim_bin(tmp_path: Path, tools: tuple[str, ...] = ("docker", "kind", "kubectl")) -> tuple[Path, Path]:
     """Fake docker/kind/kubectl that log their arguments (there is no Docker engine or cluster here)."""
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
     bin_dir.mkdir()
-    for tool in ("docker", "kind", "kubectl"):
+    for tool in tools:
         script = bin_dir / tool
         script.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\n')
         script.chmod(0o755)
     return bin_dir, log
 
 
-def make(tmp_path: Path, *targets: str) -> list[str]:
-    bin_dir, log = shim_bin(tmp_path)
+def make(tmp_path: Path, *targets: str, tools: tuple[str, ...] = ("docker", "kind", "kubectl")) -> list[str]:
+    bin_dir, log = shim_bin(tmp_path, tools)
     env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
     proc = subprocess.run(
         ["make", "--no-print-directory", "-s", "-o", ".venv/.installed", *targets], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
@@ -146,6 +146,24 @@ def test_make_image_push_kind_load_and_kind_down(tmp_path):
         "kind load docker-image plankton:t1 --name plankton",
         "kind delete cluster --name plankton",
     ]
+
+
+def test_make_image_uses_podman_when_docker_is_absent(tmp_path):
+    assert not (Path("/usr/bin/docker").exists() or Path("/bin/docker").exists()), "the test needs a PATH without docker"
+    calls = make(tmp_path, "image", "push", "IMAGE=plankton:t2", tools=("podman",))
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert calls == [f"podman build --build-arg VERSION={version} --build-arg GIT_COMMIT={commit} -t plankton:t2 .", "podman push plankton:t2"]
+
+
+def test_make_image_test_builds_with_podman_from_the_wheelhouse_on_the_local_base():
+    """The image-test build: the project's Dockerfile, the local base and the wheelhouse, no network inside."""
+    script = (REPO / "scripts/image_test.sh").read_text()
+    assert "--build-arg BASE_IMAGE=" in script and "--build-arg WHEELHOUSE=/wheels" in script
+    assert "--network none" in script and "--runtime runc" in script
+    proc = subprocess.run(["make", "-n", "-o", ".venv/.installed", "image-test"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "bash scripts/tools.sh image" in proc.stdout and "bash scripts/image_test.sh" in proc.stdout
 
 
 def test_make_has_a_submit_target_for_every_stage():
