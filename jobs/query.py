@@ -16,6 +16,16 @@ from plankton_core.query.service import QueryConfig, run_query
 from plankton_core.store import open_store
 
 
+def _held_out_line(record: dict) -> str:
+    """What the val-chosen threshold reaches on test, for the --calibrate line."""
+    if not record.get("test_count"):
+        return "no test crops to check it on"
+    if record.get("test_precision") is None:
+        return f"on test it accepts none of {record['test_count']} crops"
+    lo, hi = record["test_precision_ci"]
+    return f"on test: precision {record['test_precision']:.4f} (95% {lo:.3f}–{hi:.3f}) on {record['test_coverage']:.1%} of {record['test_count']} crops"
+
+
 @click.command(name="query")
 @click.argument("images", nargs=-1)
 @click.option("--root", envvar="PLANKTON_ROOT", default="./artifacts", show_default=True, help="Pipeline root: a folder, file:// or s3://bucket/prefix.")
@@ -84,7 +94,7 @@ def command(
         record = calibrate_threshold(store, cfg, target_precision)
         click.echo(
             f"query: threshold {record['threshold']:.4f} gives precision {record['val_precision']:.4f} on "
-            f"{record['val_coverage']:.1%} of {record['val_count']} val crops → {store.uri}/{LUT_INDEX_JSON}",
+            f"{record['val_coverage']:.1%} of {record['val_count']} val crops (which chose it); {_held_out_line(record)} → {store.uri}/{LUT_INDEX_JSON}",
             err=True,
         )
         if not images:

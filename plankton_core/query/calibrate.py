@@ -1,4 +1,9 @@
-"""Calibrating the rejection threshold on val: the lowest best-similarity that keeps precision at a target."""
+"""Calibrating the rejection threshold on val: the lowest best-similarity that keeps precision at a target.
+
+The threshold is chosen on val, so val's precision is the figure that chose
+it; the record also gives the precision and coverage the same threshold
+reaches on test (never used for the choice), each with a Wilson 95% interval.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import pyarrow as pa
 from ..artifacts import LUT_EMBEDDINGS, LUT_GALLERY
 from ..errors import BadInputError
 from ..lut.retrieval import search_excluding, source_keys, vote
+from ..lut.selection import wilson_interval
 from ..store import Store
 from ..tables import read_npy, read_parquet
 from .lut import load_heldout, save_calibration
@@ -26,31 +32,58 @@ def calibrate(root: Store, cfg: QueryConfig, target_precision: float) -> dict[st
     if not 0.0 < target_precision <= 1.0:
         raise BadInputError(f"--target-precision must lie in (0, 1], got {target_precision}")
     clf = Classifier(root, cfg)
-    x, labels, groups, gallery_groups = _val_queries(root, clf)
+    x, labels, groups, gallery_groups = _split_queries(root, clf, "val")
     if len(labels) == 0:
         raise BadInputError(f"no val crops to calibrate on in {root.uri}/lut (stats/splits.parquet has no val split)")
-    nb = search_excluding(clf.lut.index, x, cfg.k, gallery_groups, groups)
-    nb_labels = np.where(nb.ids >= 0, clf.gallery_labels[np.maximum(nb.ids, 0)], -1)
-    pred, _, _ = vote(nb_labels, nb.sims, len(clf.classes), cfg.vote)
-    best = np.where(nb.ids[:, 0] >= 0, nb.sims[:, 0], -np.inf)
-    threshold, precision, coverage = pick_threshold(best, pred == labels, target_precision)
+    best, correct = _best_and_correct(clf, cfg, x, labels, groups, gallery_groups)
+    threshold, precision, coverage = pick_threshold(best, correct, target_precision)
     if threshold is None:
         raise BadInputError(
             f"no threshold reaches precision {target_precision} on val ({len(labels)} crops; the best is {precision:.4f} "
             f"at coverage {coverage:.4f}): lower --target-precision"
         )
-    record = {
+    accepted = best >= threshold
+    record: dict[str, Any] = {
         "threshold": threshold,
         "target_precision": target_precision,
         "val_precision": precision,
         "val_coverage": coverage,
         "val_count": int(len(labels)),
-        "vote": cfg.vote,
-        "k": cfg.k,
-        "calibrated_at": datetime.now(timezone.utc).isoformat(),
+        "val_precision_ci": list(wilson_interval(int(correct[accepted].sum()), int(accepted.sum()))),
+        "val_coverage_ci": list(wilson_interval(int(accepted.sum()), len(labels))),
     }
+    record.update(_held_out_figures(root, clf, cfg, threshold, "test"))
+    record.update({"vote": cfg.vote, "k": cfg.k, "calibrated_at": datetime.now(timezone.utc).isoformat()})
     save_calibration(root, cfg.variant, record)
     return record
+
+
+def _best_and_correct(
+    clf: Classifier, cfg: QueryConfig, x: np.ndarray, labels: np.ndarray, groups: np.ndarray, gallery_groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best similarity (its own source left out) and whether the vote is right."""
+    nb = search_excluding(clf.lut.index, x, cfg.k, gallery_groups, groups)
+    nb_labels = np.where(nb.ids >= 0, clf.gallery_labels[np.maximum(nb.ids, 0)], -1)
+    pred, _, _ = vote(nb_labels, nb.sims, len(clf.classes), cfg.vote)
+    best = np.where(nb.ids[:, 0] >= 0, nb.sims[:, 0], -np.inf)
+    return best, pred == labels
+
+
+def _held_out_figures(root: Store, clf: Classifier, cfg: QueryConfig, threshold: float, split: str) -> dict[str, Any]:
+    """Precision and coverage the val-chosen threshold reaches on `split` (None when it has no crops)."""
+    x, labels, groups, gallery_groups = _split_queries(root, clf, split)
+    n = len(labels)
+    out: dict[str, Any] = {f"{split}_precision": None, f"{split}_coverage": None, f"{split}_count": int(n)}
+    if not n:
+        return out
+    best, correct = _best_and_correct(clf, cfg, x, labels, groups, gallery_groups)
+    accepted = best >= threshold
+    k = int(accepted.sum())
+    out[f"{split}_coverage"] = k / n
+    out[f"{split}_coverage_ci"] = list(wilson_interval(k, n))
+    out[f"{split}_precision"] = float(correct[accepted].mean()) if k else None  # nothing accepted: no precision
+    out[f"{split}_precision_ci"] = list(wilson_interval(int(correct[accepted].sum()), k))
+    return out
 
 
 def pick_threshold(best: np.ndarray, correct: np.ndarray, target: float) -> tuple[float | None, float, float]:
@@ -75,11 +108,11 @@ def pick_threshold(best: np.ndarray, correct: np.ndarray, target: float) -> tupl
     return None, float(precision[i]), float(n[i] / len(s))
 
 
-def _val_queries(root: Store, clf: Classifier) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Val embeddings (from the full gallery and the held-out set) with labels and source codes,
+def _split_queries(root: Store, clf: Classifier, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`split`'s embeddings (from the full gallery and the held-out set) with labels and source codes,
     and the source codes of the searched gallery, for leave-source-out."""
     full = read_parquet(root, LUT_GALLERY["full"], columns=["split", "label", "crop_key", "source_key"])
-    rows = np.flatnonzero(np.asarray(full.column("split").to_pylist(), dtype=object) == "val")
+    rows = np.flatnonzero(np.asarray(full.column("split").to_pylist(), dtype=object) == split)
     parts_x, parts_y, parts_src = [], [], []
     if len(rows):
         parts_x.append(read_npy(root, LUT_EMBEDDINGS)[rows])
@@ -87,7 +120,7 @@ def _val_queries(root: Store, clf: Classifier) -> tuple[np.ndarray, np.ndarray, 
         parts_src.append(_sources(full)[rows])
     heldout, heldout_x = load_heldout(root)
     if heldout.num_rows:
-        rows = np.flatnonzero(np.asarray(heldout.column("split").to_pylist(), dtype=object) == "val")
+        rows = np.flatnonzero(np.asarray(heldout.column("split").to_pylist(), dtype=object) == split)
         parts_x.append(heldout_x[rows])
         parts_y.append(np.asarray(heldout.column("label").to_numpy(zero_copy_only=False))[rows])
         parts_src.append(_sources(heldout)[rows])

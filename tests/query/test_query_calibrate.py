@@ -37,6 +37,26 @@ def test_calibrate_stores_threshold_and_query_uses_it(fresh_lut, root_uri, run_c
     thr, precision, coverage = pick_threshold(np.array(best), np.array(correct), 0.5)
     assert record["threshold"] == pytest.approx(thr, abs=1e-5) and record["val_count"] == len(val)
     assert record["val_precision"] == pytest.approx(precision) and record["val_coverage"] == pytest.approx(coverage)
+    assert record["val_precision_ci"][0] <= record["val_precision"] <= record["val_precision_ci"][1]
+
+    # the same threshold on test (held out of the gallery, never used to choose it), by brute force
+    heldout = read_parquet(store, "lut/heldout.parquet")
+    test_x = read_npy(store, "lut/heldout.npy")
+    is_test = np.array(heldout.column("split").to_pylist()) == "test"
+    t_labels, t_src = np.array(heldout.column("label").to_pylist()), np.array(heldout.column("source_key").to_pylist())
+    accepted, right = [], []
+    for i in np.flatnonzero(is_test):
+        sims = emb.astype(np.float64) @ test_x[i].astype(np.float64)
+        sims[src == t_src[i]] = -np.inf
+        j = int(np.argmax(sims))
+        accepted.append(sims[j] >= record["threshold"] - 1e-6)
+        right.append(labels[j] == t_labels[i])
+    accepted, right = np.array(accepted), np.array(right)
+    assert record["test_count"] == is_test.sum() > 0 and accepted.any()
+    assert record["test_coverage"] == pytest.approx(accepted.mean())
+    assert record["test_precision"] == pytest.approx(right[accepted].mean())
+    lo, hi = record["test_precision_ci"]
+    assert lo <= record["test_precision"] <= hi and "on test: precision" in res.stderr
 
     res = run_cli("query", "--root", root_uri, "--no-crop", "--format", "jsonl", "crop/crops/cross/cross_0003_0.png")
     [row] = jsonl(res.stdout)
