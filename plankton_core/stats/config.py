@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from ..config import option, stage_config
 from ..errors import BadInputError
@@ -20,6 +21,11 @@ class StatsConfig:
     size: int = option(224, "Training resolution in pixels: crops are letterboxed to size×size before measuring.", ge=8)
     split: tuple[float, float, float] = option((0.7, 0.15, 0.15), "train,val,test fractions, summing to 1.")
     seed: int = option(0, "Seed of the split.", ge=0)
+    group_by: Literal["auto", "source", "sample", "acquisition"] = option(
+        "auto",
+        "Crops of one group go to one split: source image, sample (EcoTaxa sample_id) or acquisition (acq_id); "
+        "auto = sample when every kept crop has one, else source.",
+    )
     cache: bool = option(True, "Also fill the local decode cache of the train split, which supcon reuses.", digest=False)
     workers: int = option(0, "Decoding threads; 0 = automatic.", ge=0, digest=False)
 

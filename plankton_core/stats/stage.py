@@ -25,26 +25,32 @@ from ..tables import read_parquet, write_json, write_parquet
 from .config import StatsConfig
 from .moments import ChannelHistogram
 from ..splitting import SPLITS, assign_splits, min_frames_to_split
+from .grouped import assign_grouped_splits
 
 MANIFEST_KEY = "crop/manifest.parquet"
 MANIFEST_COLUMNS = ("crop_key", "class", "source_key", "status")
 CHUNK = 64  # crops summed per task: bounds memory to CHUNK letterboxed crops per thread
 
 
+GROUP_COLUMNS = {"source": "source_key", "sample": "sample_id", "acquisition": "acq_id"}
+
+
 def read_kept_crops(root: Store) -> pa.Table:
-    """The kept rows of the crop manifest (crop_key, class, source_key), sorted by crop_key."""
+    """The kept rows of the crop manifest (crop_key, class, source_key, and sample_id/acq_id where the manifest
+    has them), sorted by crop_key."""
     table = read_parquet(root, MANIFEST_KEY)
+    extra = [c for c in ("sample_id", "acq_id") if c in table.column_names]
     missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
     if missing:
         raise BadInputError(f"{root.uri}/{MANIFEST_KEY} lacks column(s) {', '.join(missing)}; rerun `plankton crop --force`")
     try:  # dictionary or large strings (a manifest written by another tool) read the same
-        table = pa.table({c: pc.cast(table.column(c), pa.string()) for c in MANIFEST_COLUMNS})
+        table = pa.table({c: pc.cast(table.column(c), pa.string()) for c in (*MANIFEST_COLUMNS, *extra)})
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadInputError(f"{root.uri}/{MANIFEST_KEY}: columns {', '.join(MANIFEST_COLUMNS)} must be strings ({exc})") from None
-    kept = table.filter(pc.equal(table.column("status"), "kept")).select(["crop_key", "class", "source_key"])
+    kept = table.filter(pc.equal(table.column("status"), "kept")).select(["crop_key", "class", "source_key", *extra])
     if kept.num_rows == 0:
         raise BadInputError(f"no kept crops in {root.uri}/{MANIFEST_KEY} ({table.num_rows} rows, none with status 'kept'): nothing to split")
-    for name in kept.column_names:
+    for name in ("crop_key", "class", "source_key"):
         col = kept.column(name)
         if col.null_count or pc.any(pc.equal(pc.utf8_length(col), 0)).as_py():
             raise BadInputError(f"{root.uri}/{MANIFEST_KEY} has kept rows with an empty {name}; rerun `plankton crop --force`")
@@ -92,7 +98,20 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
     sources = kept.column("source_key").to_numpy(zero_copy_only=False)
     ctx.metrics.count("kept_crops", len(keys))
 
-    assignment = assign_splits(classes, sources, cfg.split, cfg.seed)
+    group_by, groups = split_groups(kept, cfg.group_by)
+    ctx.log.info("splitting grouped by %s (%d groups)", group_by, len(set(groups.tolist())))
+    if group_by == "source":  # a source image belongs to one class: assign_splits checks that
+        assignment, missing = assign_splits(classes, groups, cfg.split, cfg.seed), {}
+    else:
+        assignment, missing = assign_grouped_splits(classes, groups, cfg.split, cfg.seed)
+    if missing:
+        listed = ", ".join(f"{c} (no {'/'.join(s)})" for c, s in sorted(missing.items())[:10])
+        note = (
+            f"grouped by {group_by}: {len(missing)} class(es) are missing from a split, their crops lying in too few "
+            f"{group_by}s: {listed}" + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        )
+        ctx.notes.append(note)
+        ctx.log.warning(note)
     if assignment.unsplit_classes:
         listed = ", ".join(f"{c} ({n})" for c, n in sorted(assignment.unsplit_classes.items())[:10])
         more = len(assignment.unsplit_classes) - 10
@@ -117,6 +136,7 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
                 "label": pa.array(labels, pa.int64()),
                 "split": pa.array(split_names.tolist(), pa.string()),
                 "source_key": kept.column("source_key"),
+                "group": pa.array(groups.tolist(), pa.string()),
             }
         ),
     )
@@ -142,12 +162,33 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
             "pixels_per_channel": hist.pixels,
             "split_fractions": list(cfg.split),
             "seed": cfg.seed,
+            "group_by": group_by,
             "counts": counts,
         },
     )
     summary = {s: counts[s] for s in SPLITS}
     summary.update(crops=len(keys), classes=len(class_names), sources=counts["sources"]["total"], unsplit_classes=len(assignment.unsplit_classes))
+    summary["group_by"] = group_by
     return summary
+
+
+def split_groups(kept: pa.Table, group_by: str) -> tuple[str, np.ndarray]:
+    """(the grouping used, each kept crop's group): `auto` is sample when every kept crop has a sample_id, else source."""
+    if group_by == "auto":
+        col = kept.column("sample_id") if "sample_id" in kept.column_names else None
+        group_by = "sample" if col is not None and not _empty(col) else "source"
+    name = GROUP_COLUMNS[group_by]
+    if name not in kept.column_names:
+        raise BadInputError(f"--group-by {group_by} needs {name} in {MANIFEST_KEY} (an EcoTaxa input has it); use --group-by source")
+    col = kept.column(name)
+    if _empty(col):
+        raise BadInputError(f"--group-by {group_by}: {_empty(col)} kept crop(s) have no {name} in {MANIFEST_KEY}; use --group-by source")
+    return group_by, col.to_numpy(zero_copy_only=False)
+
+
+def _empty(col) -> int:
+    """Null or empty strings in a string column."""
+    return int(pc.sum(pc.equal(pc.utf8_length(col.fill_null("")), 0)).as_py() or 0)
 
 
 def _counts(class_names: list[str], classes: np.ndarray, sources: np.ndarray, split: np.ndarray) -> dict:

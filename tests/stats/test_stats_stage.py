@@ -36,7 +36,7 @@ def test_stage_writes_splits_classes_and_exact_stats(root_uri):
         assert store.exists(key), key
 
     splits = load_splits(store)
-    assert splits.column_names == ["crop_key", "class", "label", "split", "source_key"]
+    assert splits.column_names == ["crop_key", "class", "label", "split", "source_key", "group"]
     kept = kept_rows(store)
     assert sorted(splits.column("crop_key").to_pylist()) == sorted(kept.column("crop_key").to_pylist())
     assert splits.column("crop_key").to_pylist() == sorted(splits.column("crop_key").to_pylist())
