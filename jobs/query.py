@@ -10,9 +10,8 @@ from plankton_core.artifacts import LUT_INDEX_JSON
 from plankton_core.errors import BadInputError
 from plankton_core.lut.retrieval import VOTES
 from plankton_core.query.calibrate import calibrate as calibrate_threshold
-from plankton_core.query.inputs import resolve_inputs
-from plankton_core.query.output import FORMATS, pick_format, render_rows, write_output
-from plankton_core.query.service import QueryConfig, run_query
+from plankton_core.query.output import FORMATS, pick_format, render_ecotaxa, render_rows, write_output
+from plankton_core.query.service import QueryConfig, expand_inputs, run_query
 from plankton_core.store import open_store
 
 
@@ -50,7 +49,13 @@ def _held_out_line(record: dict) -> str:
     help="Segment each image as the crop stage did and embed its largest object; --no-crop embeds images whole.",
 )
 @click.option("--out", default=None, help="Write the rows to this path or URI instead of stdout.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="table (stdout default), csv, jsonl or parquet [from --out's suffix].")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="table (stdout default), csv, jsonl, parquet, or ecotaxa (--out PATH.zip: an EcoTaxa import archive with the images) [from --out's suffix].",
+)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 def command(
@@ -100,14 +105,20 @@ def command(
         if not images:
             click.echo(json.dumps(record, indent=2))
             return
-    refs = resolve_inputs(images, store, s3_endpoint)
-    rows = run_query(store, refs, cfg)
-    data = render_rows(rows, fmt, k)
-    if out:
+    refs, metas = expand_inputs(images, store, s3_endpoint)
+    rows = run_query(store, refs, cfg, ["single" if m is not None else None for m in metas])
+    if fmt == "ecotaxa":
+        assert out is not None  # pick_format checked
+        name = out.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        data, written = render_ecotaxa(rows, metas, [ref.read for ref in refs], k, name)
+        where = write_output(data, out, s3_endpoint)
+        click.echo(f"query: {written} object(s) and their images in an EcoTaxa archive → {where}", err=True)
+    elif out:
+        data = render_rows(rows, fmt, k)
         where = write_output(data, out, s3_endpoint)
         click.echo(f"query: {len(rows)} row(s) → {where}", err=True)
     else:
-        click.echo(data.decode(), nl=False)
+        click.echo(render_rows(rows, fmt, k).decode(), nl=False)
     errors = [r for r in rows if r["status"] == "error"]
     if errors:
         click.echo(f"query: {len(errors)} of {len(rows)} image(s) could not be read, e.g. {errors[0]['image']}: {errors[0]['error']}", err=True)

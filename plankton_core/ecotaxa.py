@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .errors import BadInputError
-from .store import Store, StoreURI, open_store, split_uri
+from .store import StoreURI, open_store, split_uri
 
 TSV_PATTERN = re.compile(r"(^|/)ecotaxa_[^/]*\.tsv$", re.IGNORECASE)
 TYPE_MARKERS = ("[t]", "[f]")
@@ -201,11 +201,11 @@ def _cells(line: str) -> list[str]:
     return next(csv.reader([line], delimiter="\t"), [])
 
 
-def read_objects(archive: Any, label_column: str = CATEGORY, label_depth: int = 0) -> EcoTaxaTable:
+def read_objects(archive: Any, label_column: str | None = CATEGORY, label_depth: int = 0) -> EcoTaxaTable:
     """Parse every TSV of `archive`. Rows that cannot be used keep a reason in `bad` (in this order: not UTF-8,
     a cell count unlike the header's, no img_file_name or object_id, an image the archive lacks, an object_id
     seen before); a file that cannot be used at all (no header, not UTF-8 anywhere, no label column) is in
-    `file_errors`."""
+    `file_errors`. `label_column=None` reads unlabelled objects (no label checks)."""
     keys = tsv_keys(archive)
     present = {k for k, _ in archive.list_sizes("")}
     columns: list[str] = []
@@ -231,8 +231,13 @@ def read_objects(archive: Any, label_column: str = CATEGORY, label_depth: int = 
         if missing:
             file_errors.append((key, f"no {' or '.join(missing)} column"))
             continue
-        if label_column not in header:
-            file_errors.append((key, f"no usable label column: {label_column} is not among its columns ({', '.join(c for c in header if c in LABEL_COLUMNS) or 'no annotation columns'})"))
+        if label_column is not None and label_column not in header:
+            file_errors.append(
+                (
+                    key,
+                    f"no usable label column: {label_column} is not among its columns ({', '.join(c for c in header if c in LABEL_COLUMNS) or 'no annotation columns'})",
+                )
+            )
             continue
         start = 1
         file_types: dict[str, str] = {}
@@ -252,7 +257,9 @@ def read_objects(archive: Any, label_column: str = CATEGORY, label_depth: int = 
             if line is not None and not line.strip():
                 continue
             if line is None:
-                rows.append(EcoTaxaObject(key, number, "", "", None, None, "", None, bad=f"{key}:{number} is not UTF-8 (mixed encodings: the file's other lines are)"))
+                rows.append(
+                    EcoTaxaObject(key, number, "", "", None, None, "", None, bad=f"{key}:{number} is not UTF-8 (mixed encodings: the file's other lines are)")
+                )
                 continue
             cells = _cells(line)
             if len(cells) != len(header):
@@ -269,7 +276,7 @@ def read_objects(archive: Any, label_column: str = CATEGORY, label_depth: int = 
                 values.get("sample_id", "").strip() or None,
                 values.get("acq_id", "").strip() or None,
                 values.get(STATUS, "").strip().lower(),
-                label_of(values, label_column, label_depth),
+                label_of(values, label_column, label_depth) if label_column else None,
                 values,
             )
             if not name or not obj.object_id:
@@ -277,10 +284,7 @@ def read_objects(archive: Any, label_column: str = CATEGORY, label_depth: int = 
             elif image not in present:
                 obj.bad = f"{key}:{number} names image {name}, which the archive does not hold"
             rows.append(obj)
-        if not_utf8:
-            # the bad lines are recorded above; the file's label column may still be usable
-            pass
-        if rows and label_column in header and not any(r.label for r in rows if not r.bad):
+        if rows and label_column is not None and not any(r.label for r in rows if not r.bad):
             file_errors.append((key, f"no usable label column: {label_column} is empty on every row"))
         for obj in rows:
             if obj.bad or not obj.object_id:
@@ -375,7 +379,9 @@ def tsv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]], hints: dict
     return buf.getvalue()
 
 
-def archive_bytes(name: str, columns: Sequence[str], rows: Sequence[dict[str, Any]], images: Iterable[tuple[str, bytes]], hints: dict[str, str] | None = None) -> bytes:
+def archive_bytes(
+    name: str, columns: Sequence[str], rows: Sequence[dict[str, Any]], images: Iterable[tuple[str, bytes]], hints: dict[str, str] | None = None
+) -> bytes:
     """A zip holding `ecotaxa_<name>.tsv` and the images (at the img_file_name the rows give)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "export"
     text = tsv_text(columns, rows, hints)
@@ -389,7 +395,3 @@ def archive_bytes(name: str, columns: Sequence[str], rows: Sequence[dict[str, An
             seen.add(path)
             zf.writestr(path, data, compress_type=zipfile.ZIP_STORED)  # images are compressed already
     return buf.getvalue()
-
-
-def write_archive(store: Store, key: str, data: bytes) -> None:
-    store.write_bytes(key, data)

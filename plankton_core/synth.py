@@ -39,7 +39,9 @@ class SynthConfig:
     Build one with `load_config` (which validates); the constructor alone checks types only.
     """
 
-    kind: Literal["frames", "vignettes"] = option("frames", "frames (several objects per image) or vignettes (one object per image, as imaging instruments cut them).")
+    kind: Literal["frames", "vignettes"] = option(
+        "frames", "frames (several objects per image) or vignettes (one object per image, as imaging instruments cut them)."
+    )
     classes: int = option(5, "Shape classes (1-8).")
     per_class: int = option(40, "Frames of the largest class; others get fewer.")
     mode: Literal["dark", "bright", "both"] = option("both", "dark-field, bright-field or both.")

@@ -7,6 +7,7 @@ from typing import Literal
 from ..artifacts import CROP_RUN
 from ..config import from_recorded, option, stage_config
 from ..errors import BadInputError
+from ..imageio import MAX_PIXELS, PIL_HARD_LIMIT
 from ..store import Store
 from ..tables import read_json
 
@@ -47,6 +48,12 @@ class CropConfig:
     binning: int = option(0, "Search objects on frames shrunk this many times (boxes measured at full size); 0 = by frame size.", ge=0)
     speck_area: int = option(4, "Components smaller than this are noise, not objects.", ge=1)
     max_bad_fraction: float = option(0.05, "Fail when more of the input is unreadable.", ge=0.0, le=1.0)
+    max_pixels: int = option(
+        MAX_PIXELS,
+        "Frames with more pixels (width × height, read from the header before decoding) are unreadable (decompression_bomb).",
+        ge=1,
+        le=PIL_HARD_LIMIT,
+    )
     sam2_checkpoint: str = option("", "SAM2 checkpoint URI (path, file:// or s3://), for --segmenter sam2.", metavar="URI")
     detector_checkpoint: str = option("", "Detector checkpoint URI (detect/ckpt/best.pt), for --segmenter detector.", metavar="URI")
     detector_score: float = option(0.5, "--segmenter detector: keep boxes scoring at least this.", ge=0.0, le=1.0)
@@ -65,7 +72,6 @@ class CropConfig:
         bad = [s for s in self.status_set() if s not in allowed]
         if bad or not self.status_set():
             raise BadInputError(f"--statuses takes {', '.join(allowed)} (comma-separated), not {','.join(bad) or '(none)'}")
-
 
     def status_set(self) -> set[str]:
         """--statuses as a set of lower-case names."""

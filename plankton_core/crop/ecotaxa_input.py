@@ -100,7 +100,9 @@ def read_input(archive: Any, cfg: CropConfig) -> EcoTaxaInput:
 def bad_input_error(inp: EcoTaxaInput, manifest_uri: str) -> BadInputError:
     kinds = Counter(_kind(b) for b in inp.bad)
     summary = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
-    return BadInputError(f"the EcoTaxa input {inp.archive.uri} has {len(inp.bad)} bad row(s) or file(s) ({summary}), e.g. {inp.bad[0]}; every one is in {manifest_uri}")
+    return BadInputError(
+        f"the EcoTaxa input {inp.archive.uri} has {len(inp.bad)} bad row(s) or file(s) ({summary}), e.g. {inp.bad[0]}; every one is in {manifest_uri}"
+    )
 
 
 def _kind(reason: str) -> str:

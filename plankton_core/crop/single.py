@@ -95,7 +95,7 @@ class SingleObject:
             low, high = float(gray[~upper].mean()), float(gray[upper].mean())
             bright_object = low < 255.0 - high  # dark-field backgrounds are near black, bright-field near white
         else:
-            bright_object = up_share < 0.5  # the ring is mostly below: objects are above
+            bright_object = bool(up_share < 0.5)  # the ring is mostly below: objects are above
         mask = upper if bright_object else ~upper
         if not mask.any() or mask.all():
             return None, gray, noise

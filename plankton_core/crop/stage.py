@@ -34,13 +34,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..ecotaxa import ZipSpec, open_archive, reopen
 from ..errors import BadInputError
 from ..imageio import UnreadableImage, decode_image, encode_png
 from ..progress import progress
 from ..shards import SHARDS, ShardOutput, ShardSet, shard_of
 from ..stage import StageContext
-from ..store import Store, StoreURI, open_store
-from ..ecotaxa import ZipSpec, open_archive, reopen
+from ..store import Listed, Store, StoreURI, open_store
 from .config import CropConfig
 from .ecotaxa_input import BAD_ROW, EXCLUDED, EcoTaxaInput, bad_input_error, is_ecotaxa, read_input, safe_part
 from .extract import KEPT, Segmenter, extract_crops, make_segmenter
@@ -85,28 +85,32 @@ class Task:
     recorded: tuple[str, str] | None = None  # (status, reason) of a row decided without reading the file
 
 
-def input_files(store: Store) -> Iterator[tuple[str, int]]:
-    """(key, size) of every file inside a class folder; hidden files and files at the top level are skipped."""
-    for key, size in store.list_sizes(""):
-        parts = key.split("/")
-        if len(parts) < 2 or any(p.startswith(".") for p in parts):
+def input_files(store: Store) -> Iterator[Listed]:
+    """(key, size, version, problem) of every entry inside a class folder (files at the top level are skipped).
+
+    Entries the store's safe listing flags (links out of the input, loops, dot or odd names) come with a
+    `problem`: they become unreadable manifest rows, never read and never skipped silently.
+    """
+    for entry in store.list_inputs(""):
+        if "/" not in entry.key.strip("/") and not entry.problem:
             continue
-        yield key, size
+        yield entry
 
 
 def input_fingerprint(store: Store) -> dict[str, Any]:
-    """What identifies the input for the up-to-date check: its URI and a hash of its listing (keys and sizes)."""
+    """What identifies the input for the up-to-date check: its URI and a hash of its listing (keys, sizes,
+    and mtime or ETag, so a same-size rewrite counts as a change)."""
     digest = hashlib.sha256()
     files = 0
-    for key, size in input_files(store):
-        digest.update(f"{key}\t{size}\n".encode())
+    for key, size, version, problem in input_files(store):
+        digest.update(f"{key}\t{size}\t{version}\t{problem}\n".encode())
         files += 1
     return {"input": store.uri, "files": files, "listing_sha256": digest.hexdigest()[:16]}
 
 
 def owned_files(store: Store, index: int, count: int) -> int:
     """How many input files belong to shard `index` of `count` (the stable hash of their key)."""
-    return sum(shard_of(key, count) == index for key, _ in input_files(store))
+    return sum(shard_of(entry.key, count) == index for entry in input_files(store))
 
 
 def plan(store: Store, prefix: str, inp: EcoTaxaInput | None = None) -> Iterator[Task]:
@@ -116,8 +120,11 @@ def plan(store: Store, prefix: str, inp: EcoTaxaInput | None = None) -> Iterator
         return
     recent: deque[str] = deque(maxlen=512)  # sorted listings put such siblings next to each other
     seen: set[str] = set()
-    for key, _ in input_files(store):
+    for key, _, _, problem in input_files(store):
         cls, _, rest = key.partition("/")
+        if problem:
+            yield Task(key, cls, "", recorded=(UNREADABLE, problem))
+            continue
         folder, _, name = rest.rpartition("/")
         stem = name.rsplit(".", 1)[0] if "." in name else name
         base = "/".join(p for p in (prefix, cls, folder, stem) if p)
@@ -138,9 +145,9 @@ def ecotaxa_plan(inp: EcoTaxaInput, prefix: str) -> Iterator[Task]:
         folder = obj.image.rpartition("/")[0]
         base = "/".join(p for p in (prefix, safe_part(obj.label or "_"), folder, safe_part(obj.object_id)) if p)
         tasks.append(Task(obj.image, obj.label or "", base, "single", (obj.object_id, obj.sample_id, obj.acq_id)))
-    for obj, key, status, reason in inp.recorded:
-        ids = (obj.object_id or None, obj.sample_id, obj.acq_id) if obj is not None else (None, None, None)
-        label = (obj.label or "") if obj is not None else ""
+    for row, key, status, reason in inp.recorded:
+        ids = (row.object_id or None, row.sample_id, row.acq_id) if row is not None else (None, None, None)
+        label = (row.label or "") if row is not None else ""
         tasks.append(Task(key, label, "", None, ids, (status, reason)))
     tasks.sort(key=lambda t: t.key)
     yield from tasks
@@ -152,7 +159,7 @@ def crop_file(task: Task, source: Store, root: Store, cfg: CropConfig, segmenter
         return [_row(task, *task.recorded)]
     mode = task.objects if task.objects and cfg.objects == "auto" else cfg.objects
     try:
-        arr = decode_image(source.read_bytes(task.key))
+        arr = decode_image(source.read_bytes(task.key), max_pixels=cfg.max_pixels)
     except UnreadableImage as exc:
         return [_row(task, UNREADABLE, str(exc))]
     height, width = arr.shape[:2]
@@ -351,9 +358,7 @@ def shard(cfg: CropConfig, ctx: StageContext, index: int, count: int) -> ShardOu
     output = ShardOutput(rows=local)
     weakref.finalize(output, shutil.rmtree, tmp, ignore_errors=True)  # the contract uploads the rows after we return
     owned = (
-        sum(shard_of(t.key, count) == index for t in plan(source, "", ctx.plan.ecotaxa))
-        if ctx.plan.ecotaxa is not None
-        else owned_files(source, index, count)
+        sum(shard_of(t.key, count) == index for t in plan(source, "", ctx.plan.ecotaxa)) if ctx.plan.ecotaxa is not None else owned_files(source, index, count)
     )
     tally, too_many_bad = crop_into(local, tasks, owned, total, cfg, ctx)
     if too_many_bad:

@@ -14,11 +14,13 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import ecotaxa
+from ..ecotaxa import CATEGORY, HIERARCHY, STATUS
 from ..errors import BadInputError
 from ..store import split_uri
 
-FORMATS = ("table", "csv", "jsonl", "parquet")
-SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "table"}
+FORMATS = ("table", "csv", "jsonl", "parquet", "ecotaxa")
+SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "table", ".zip": "ecotaxa"}
 
 
 def pick_format(fmt: str | None, out: str | None) -> str:
@@ -28,6 +30,8 @@ def pick_format(fmt: str | None, out: str | None) -> str:
             raise BadInputError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
         if fmt == "parquet" and not out:
             raise BadInputError("--format parquet needs --out URI (Parquet is not printed to a terminal)")
+        if fmt == "ecotaxa" and not (out and Path(urlparse(out).path).suffix.lower() == ".zip"):
+            raise BadInputError("--format ecotaxa needs --out PATH.zip (an EcoTaxa import archive: TSV and images)")
         return fmt
     if out:
         return SUFFIX_FORMATS.get(Path(urlparse(out).path).suffix.lower(), "jsonl")
@@ -161,3 +165,90 @@ def render_rows(rows: Sequence[dict[str, Any]], fmt: str, k: int) -> bytes:
             }
         )
     return text_table(shown, ["image", "predicted", "score", "best_sim", "crop", "neighbours (class similarity)"], max_width=80).encode()
+
+
+# ---------------------------------------------------------------- EcoTaxa archives
+
+PREDICTION_PREFIX = "object_plankton_"
+
+
+def ecotaxa_rows(
+    rows: Sequence[dict[str, Any]], metas: Sequence[dict[str, Any] | None], k: int
+) -> tuple[list[str], list[dict[str, Any]], dict[str, str], list[int]]:
+    """The query rows as EcoTaxa rows: (columns, rows, type hints of carried columns, index of each row's query row).
+
+    Error rows (no image read) are left out. `metas[i]` is the EcoTaxa row query row i came from (its values and
+    types), or None for a plain image; its object_id, image name and metadata are carried, its old annotation is not.
+    """
+    ours = ["img_file_name", "object_id", CATEGORY, HIERARCHY, STATUS]
+    ours += [f"{PREDICTION_PREFIX}{c}" for c in ("score", "margin", "best_similarity", "threshold")]
+    ours += [f"{PREDICTION_PREFIX}nn{r}_{f}" for r in range(1, k + 1) for f in ("class", "similarity")]
+    carried: list[str] = []
+    hints: dict[str, str] = {}
+    out: list[dict[str, Any]] = []
+    taken: list[int] = []
+    names: set[str] = set()
+    ids: set[str] = set()
+    for i, (row, meta) in enumerate(zip(rows, metas)):
+        if row.get("status") == "error":
+            continue
+        item: dict[str, Any] = {}
+        if meta:
+            for c, v in meta["values"].items():
+                if c in ours or c.startswith("object_annotation_") or not c.startswith(ecotaxa.PREFIXES):
+                    continue
+                if c not in hints:
+                    carried.append(c)
+                    hints[c] = meta["types"].get(c, "t")
+                item[c] = v
+            name, object_id = meta["values"]["img_file_name"], meta["values"]["object_id"]
+        else:
+            base = Path(urlparse(row["image"]).path).name
+            stem = base.rsplit(".", 1)[0]
+            name, object_id, n = f"images/{base}", stem, 1
+            while name in names or object_id in ids:
+                n += 1
+                name, object_id = f"images/{stem}_{n}{Path(base).suffix}", f"{stem}_{n}"
+        names.add(name)
+        ids.add(object_id)
+        predicted = row.get("predicted")
+        item.update(img_file_name=name, object_id=object_id)
+        if isinstance(predicted, str) and row.get("status") == "ok":
+            item[CATEGORY] = predicted.rsplit(">", 1)[-1].strip()
+            item[HIERARCHY] = predicted if ">" in predicted else None
+            item[STATUS] = "predicted"
+        item[f"{PREDICTION_PREFIX}score"] = row.get("score")
+        item[f"{PREDICTION_PREFIX}margin"] = margin(row)
+        item[f"{PREDICTION_PREFIX}best_similarity"] = row.get("best_similarity")
+        item[f"{PREDICTION_PREFIX}threshold"] = row.get("threshold")
+        for nb in row.get("neighbours") or []:
+            item[f"{PREDICTION_PREFIX}nn{nb['rank']}_class"] = nb["class"]
+            item[f"{PREDICTION_PREFIX}nn{nb['rank']}_similarity"] = nb["similarity"]
+        out.append(item)
+        taken.append(i)
+    if not any(r.get(HIERARCHY) for r in out):
+        ours.remove(HIERARCHY)
+    columns = ours + carried
+    return columns, out, hints, taken
+
+
+def margin(row: dict[str, Any]) -> float | None:
+    """Similarity of the nearest neighbour of the predicted class minus that of the nearest neighbour of any other
+    class, among the k; None when all k share one class or there is no prediction."""
+    nbs = row.get("neighbours") or []
+    if not nbs:
+        return None
+    best = nbs[0]["class"]
+    same = [nb["similarity"] for nb in nbs if nb["class"] == best]
+    other = [nb["similarity"] for nb in nbs if nb["class"] != best]
+    if not other:
+        return None
+    return round(max(same) - max(other), 6)
+
+
+def render_ecotaxa(rows: Sequence[dict[str, Any]], metas: Sequence[dict[str, Any] | None], images: Sequence[Any], k: int, name: str) -> tuple[bytes, int]:
+    """(an EcoTaxa import archive of the predictions: ecotaxa_<name>.tsv with the images, the rows it holds).
+    `images[i]` reads query row i's image again (the original file goes into the archive)."""
+    columns, out, hints, taken = ecotaxa_rows(rows, metas, k)
+    files = ((item["img_file_name"], images[i]()) for item, i in zip(out, taken))
+    return ecotaxa.archive_bytes(name, columns, out, files, hints), len(out)

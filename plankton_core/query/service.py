@@ -10,19 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
+from .. import ecotaxa
 from ..crop.config import recorded_config
 from ..crop.extract import extract_crops, make_segmenter
-from ..data import letterbox
+from ..data import preprocess_crop
 from ..embedding import Embedder, check_compatible, load_embedder
 from ..errors import BadInputError
 from ..imageio import UnreadableImage, decode_image
 from ..lut.retrieval import VOTES, search_excluding, vote
-from ..store import Store
-from .inputs import ImageRef
+from ..store import Store, split_uri
+from .inputs import ImageRef, resolve_inputs
 from .lut import LoadedLut, load_lut
 
 UNKNOWN = "unknown"
@@ -57,11 +61,13 @@ class Cropper:
             self.cfg = recorded_config(root)
             self.segmenter = make_segmenter(self.cfg)
 
-    def __call__(self, arr: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def __call__(self, arr: np.ndarray, objects: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """`objects`: the mode this image calls for under the recorded --objects auto (single for an EcoTaxa row)."""
         h, w = arr.shape[:2]
         if not self.enabled:
             return arr, {"crop": "as_given", "box": [0, 0, w, h], "objects": None}
-        kept = [(r, r.crop) for r in extract_crops(arr, self.cfg, self.segmenter) if r.status == "kept" and r.crop is not None]
+        mode = objects if objects and self.cfg.objects == "auto" else None
+        kept = [(r, r.crop) for r in extract_crops(arr, self.cfg, self.segmenter, mode) if r.status == "kept" and r.crop is not None]
         if not kept:
             return arr, {"crop": "whole_frame (no whole object found)", "box": [0, 0, w, h], "objects": 0}
         best, crop = max(kept, key=lambda rc: rc[0].area)
@@ -121,26 +127,28 @@ class Querier:
         self.classifier = Classifier(root, cfg)
         self.cropper = Cropper(root, cfg.crop)
 
-    def run(self, inputs: Sequence[ImageRef]) -> list[dict[str, Any]]:
-        """One row per input image, in input order."""
+    def run(self, inputs: Sequence[ImageRef], modes: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+        """One row per input image, in input order; `modes[i]` is input i's --objects mode under auto (None: by image)."""
         clf, cfg = self.classifier, self.cfg
         rows: list[dict[str, Any]] = []
-        for batch in _batches(inputs, cfg.batch_size):
+        modes = list(modes) if modes is not None else [None] * len(inputs)
+        for start, batch in enumerate(_batches(inputs, cfg.batch_size)):
             pending, crops = [], []
-            for ref in batch:
+            for offset, ref in enumerate(batch):
+                mode = modes[start * cfg.batch_size + offset]
                 row = _row(ref.name)
                 rows.append(row)
                 try:
                     if ref.read is None:
                         raise UnreadableImage("not_found", ref.missing)
                     arr = decode_image(ref.read())
-                    crop, how = self.cropper(arr)
+                    crop, how = self.cropper(arr, mode)
                 except (UnreadableImage, BadInputError) as exc:  # BadInputError: e.g. a store error reading this object
                     row.update(status="error", error=str(exc))
                     continue
                 row.update(how)
                 pending.append(row)
-                crops.append(letterbox(crop, clf.embedder.size))
+                crops.append(preprocess_crop(crop, clf.embedder.size, clf.embedder.preprocess))
             if crops:
                 embeddings = clf.embedder.embed(np.stack(crops), cfg.device)
                 for row, result in zip(pending, clf.classify(embeddings)):
@@ -150,9 +158,9 @@ class Querier:
         return rows
 
 
-def run_query(root: Store, inputs: Sequence[ImageRef], cfg: QueryConfig) -> list[dict[str, Any]]:
-    """One row per input image, in input order."""
-    return Querier(root, cfg).run(inputs)
+def run_query(root: Store, inputs: Sequence[ImageRef], cfg: QueryConfig, modes: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+    """One row per input image, in input order (`modes`: see `Querier.run`)."""
+    return Querier(root, cfg).run(inputs, modes)
 
 
 def _row(name: str) -> dict[str, Any]:
@@ -174,3 +182,47 @@ def _row(name: str) -> dict[str, Any]:
 def _batches(items: Sequence[ImageRef], size: int) -> Iterable[Sequence[ImageRef]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def expand_inputs(args: Sequence[str], root: Store, s3_endpoint: str | None = None) -> tuple[list[ImageRef], list[dict[str, Any] | None]]:
+    """The images `args` name, as `resolve_inputs` finds them, except that an EcoTaxa export (a .zip, or a folder or
+    s3:// prefix holding ecotaxa_*.tsv) gives one reference per TSV row, with the row's values and column types
+    (carried into an EcoTaxa export of the predictions). A row that cannot be used gets an error row."""
+    refs: list[ImageRef] = []
+    metas: list[dict[str, Any] | None] = []
+    for arg in args:
+        archive = _ecotaxa_archive(arg, s3_endpoint)
+        if archive is None:
+            found = resolve_inputs([arg], root, s3_endpoint)
+            refs.extend(found)
+            metas.extend([None] * len(found))
+            continue
+        table = ecotaxa.read_objects(archive, label_column=None)
+        if table.file_errors:
+            key, reason = table.file_errors[0]
+            raise BadInputError(f"EcoTaxa input {archive.uri}: {key}: {reason}")
+        for obj in table.objects:
+            name = f"{archive.uri}/{obj.image}"
+            if obj.bad:
+                refs.append(ImageRef(name, None, obj.bad))
+            else:
+                refs.append(ImageRef(name, partial(archive.read_bytes, obj.image)))
+            metas.append({"values": obj.values, "types": table.types} if not obj.bad else None)
+    return refs, metas
+
+
+def _ecotaxa_archive(arg: str, s3_endpoint: str | None) -> Any:
+    """The EcoTaxa archive `arg` names, or None when it names something else."""
+    if ecotaxa.is_zip_uri(arg):
+        return ecotaxa.open_archive(arg, s3_endpoint)
+    parsed = urlparse(arg)
+    if parsed.scheme == "s3":
+        store, key = split_uri(arg, s3_endpoint)
+        if key and store.exists(key):
+            return None
+        sub = store.child(key) if key else store
+        return sub if ecotaxa.tsv_keys(sub) else None
+    path = Path(parsed.path if parsed.scheme == "file" else arg).expanduser()
+    if path.is_dir() and any(path.rglob("ecotaxa_*.tsv")):
+        return ecotaxa.open_archive(str(path))
+    return None

@@ -21,8 +21,7 @@ from ..splitting import SPLITS, SplitAssignment, _codes, assign_splits
 def assign_grouped_splits(classes: Sequence[str], groups: Sequence[str], fractions: Sequence[float], seed: int) -> tuple[SplitAssignment, dict[str, list[str]]]:
     """(the assignment, class -> the non-zero splits it is missing from). With few groups a class can miss a split:
     the caller says so."""
-    classes_arr = np.asarray(classes, dtype=object)
-    groups_arr = np.asarray(groups, dtype=object)
+    classes_arr, groups_arr = list(classes), list(groups)
     if len(classes_arr) != len(groups_arr):
         raise ValueError("classes and groups must be row-aligned")
     if len(classes_arr) == 0:

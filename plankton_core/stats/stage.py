@@ -19,13 +19,13 @@ import pyarrow.compute as pc
 from ..data import CLASSES_KEY, SPLITS_KEY, STATS_KEY, ImageCache, load_crop
 from ..errors import BadInputError
 from ..progress import progress
+from ..splitting import SPLITS, assign_splits, min_frames_to_split
 from ..stage import StageContext
 from ..store import Store
 from ..tables import read_parquet, write_json, write_parquet
 from .config import StatsConfig
-from .moments import ChannelHistogram
-from ..splitting import SPLITS, assign_splits, min_frames_to_split
 from .grouped import assign_grouped_splits
+from .moments import ChannelHistogram
 
 MANIFEST_KEY = "crop/manifest.parquet"
 MANIFEST_COLUMNS = ("crop_key", "class", "source_key", "status")
@@ -98,17 +98,17 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
     sources = kept.column("source_key").to_numpy(zero_copy_only=False)
     ctx.metrics.count("kept_crops", len(keys))
 
+    missing: dict[str, list[str]]
     group_by, groups = split_groups(kept, cfg.group_by)
     ctx.log.info("splitting grouped by %s (%d groups)", group_by, len(set(groups.tolist())))
     if group_by == "source":  # a source image belongs to one class: assign_splits checks that
-        assignment, missing = assign_splits(classes, groups, cfg.split, cfg.seed), {}
+        assignment, missing = assign_splits(classes, groups.tolist(), cfg.split, cfg.seed), {}
     else:
-        assignment, missing = assign_grouped_splits(classes, groups, cfg.split, cfg.seed)
+        assignment, missing = assign_grouped_splits(classes, groups.tolist(), cfg.split, cfg.seed)
     if missing:
         listed = ", ".join(f"{c} (no {'/'.join(s)})" for c, s in sorted(missing.items())[:10])
-        note = (
-            f"grouped by {group_by}: {len(missing)} class(es) are missing from a split, their crops lying in too few "
-            f"{group_by}s: {listed}" + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        note = f"grouped by {group_by}: {len(missing)} class(es) are missing from a split, their crops lying in too few {group_by}s: {listed}" + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         )
         ctx.notes.append(note)
         ctx.log.warning(note)
