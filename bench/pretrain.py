@@ -57,7 +57,11 @@ def main() -> None:
         ):
             counts = run_stage(stage, cfg, store, force=True).counts
             rows.append((name, counts.get("train_images"), counts["images_per_s"], counts.get("queue_bytes")))
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    device = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    )
     print(f"\nbench/pretrain.py: {args.model} at {args.size} px, global batch {args.batch_size}, {args.epochs} epochs, {device}")
     print("| run | images | images/s (last epoch) | queue memory |")
     print("|---|---:|---:|---:|")

@@ -157,7 +157,7 @@ def crop_unlabeled(cfg: PretrainConfig, ctx: StageContext) -> list[str]:
     """`--crop`: the crop stage, under the contract, on pretrain/unlabeled/; its kept crops as keys under the root."""
     crop = get_stage("crop")
     recorded = read_json(ctx.root, CROP_RUN).get("config") if ctx.root.exists(CROP_RUN) else None
-    crop_cfg = replace(from_recorded(crop.config, recorded), input=cfg.unlabeled)
+    crop_cfg: Any = replace(from_recorded(crop.config, recorded), input=cfg.unlabeled)
     sub = ctx.root.child(PRETRAIN_UNLABELED)
     result = run_stage(crop, crop_cfg, sub, force=ctx.force, s3_endpoint=ctx.s3_endpoint, rank=0)
     ctx.notes.append(f"--unlabeled cropped into {result.uri}" + (" (up to date)" if result.up_to_date else ""))
@@ -348,7 +348,7 @@ def distribute(
         if module is not None:
             module.to(device)
             if cuda:
-                module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+                module.to(memory_format=torch.channels_last)
     for st in optimizer.state.values():
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
