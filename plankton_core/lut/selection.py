@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
+from ..scoring import bootstrap_replicates, metric_intervals, percentile_interval, wilson_interval
 from .config import SelectBy
-from .evaluation import score_predictions
+from .evaluation import TOP_K, score_predictions
+from .retrieval import top_k_hits
 
 SELECT_BY: tuple[str, ...] = typing.get_args(SelectBy)
-DRAW_BLOCK = 4_000_000  # sampled item positions held at once (bounded memory for a large val/test)
 
 
 def metric_value(y: np.ndarray, pred: np.ndarray, n_classes: int, name: str) -> float:
@@ -71,57 +72,19 @@ def mcnemar_worse_p(correct_full: np.ndarray, correct: np.ndarray) -> float:
     return float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue)
 
 
-def stratified_draws(y: np.ndarray, draws: int, seed: int) -> typing.Iterator[np.ndarray]:
-    """Blocks of (b, n) item positions: each row resamples every class's items with replacement (class counts kept)."""
-    y = np.asarray(y, dtype=np.int64)
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
-    block = max(1, DRAW_BLOCK // max(n, 1))
-    for start in range(0, draws, block):
-        b = min(block, draws - start)
-        out = np.empty((b, n), np.int64)
-        at = 0
-        for ids in by_class:
-            out[:, at : at + len(ids)] = ids[rng.integers(0, len(ids), (b, len(ids)))]
-            at += len(ids)
-        yield out
-
-
-def _draw_metric(y: np.ndarray, pred: np.ndarray, idx: np.ndarray, n_classes: int, name: str) -> np.ndarray:
-    """The metric of each resample (rows of `idx`), with -1 predictions counted as an extra, wrong class."""
-    b, n = idx.shape
-    c_all = n_classes + 1
-    pred = np.where(pred < 0, n_classes, pred)
-    yy, pp = y[idx], pred[idx]
-    correct = yy == pp
-    if name == "accuracy":
-        return correct.mean(axis=1)
-    rows = np.arange(b)[:, None] * c_all
-    support = np.bincount((rows + yy).ravel(), minlength=b * c_all).reshape(b, c_all)
-    tp = np.bincount((rows + yy).ravel(), weights=correct.ravel(), minlength=b * c_all).reshape(b, c_all)
-    if name == "balanced_accuracy":
-        has = support > 0
-        recall = np.divide(tp, support, out=np.zeros_like(tp), where=has)
-        return recall.sum(axis=1) / np.maximum(has.sum(axis=1), 1)
-    if name == "macro_f1":
-        predicted = np.bincount((rows + pp).ravel(), minlength=b * c_all).reshape(b, c_all)
-        present = (support + predicted) > 0
-        f1 = np.divide(2 * tp, support + predicted, out=np.zeros_like(tp), where=present)
-        return f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
-    raise ValueError(f"unknown metric {name!r}: use one of {', '.join(SELECT_BY)}")
-
-
 def bootstrap_metric(y: np.ndarray, preds: Sequence[np.ndarray], n_classes: int, name: str, draws: int, seed: int) -> np.ndarray:
-    """(len(preds), draws) metric values over the same stratified resamples of the items (paired)."""
+    """(len(preds), draws) values of `name` over stratified resamples of the items (scoring.bootstrap_replicates).
+
+    The same seed gives every prediction vector the same resamples, so the
+    rows are paired. A prediction of -1 (no neighbour) is an extra, wrong class.
+    """
+    if name not in SELECT_BY:
+        raise ValueError(f"unknown metric {name!r}: use one of {', '.join(SELECT_BY)}")
     y = np.asarray(y, dtype=np.int64)
-    preds = [np.asarray(p, dtype=np.int64) for p in preds]
     out = np.empty((len(preds), draws))
-    at = 0
-    for idx in stratified_draws(y, draws, seed):
-        for i, p in enumerate(preds):
-            out[i, at : at + len(idx)] = _draw_metric(y, p, idx, n_classes, name)
-        at += len(idx)
+    for i, p in enumerate(preds):
+        p = np.asarray(p, dtype=np.int64)
+        out[i] = bootstrap_replicates(y, np.where(p < 0, n_classes, p), n_classes + 1, reps=draws, seed=seed)[name]
     return out
 
 
@@ -155,22 +118,6 @@ def choose_threshold(
     kept = np.asarray(kept_counts)[ok]
     best = ok[kept == kept.min()]
     return int(best[np.argmax(thresholds[best])])
-
-
-def wilson_interval(hits: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95% by default); (0, 1) when n = 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = hits / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
-
-
-def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    lo, hi = np.quantile(np.asarray(values), [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 def pruning_effect(y: np.ndarray, pred_full: np.ndarray, pred_pruned: np.ndarray, classes: Sequence[str], *, draws: int, seed: int) -> dict[str, Any]:
@@ -227,15 +174,16 @@ def pruning_effect(y: np.ndarray, pred_full: np.ndarray, pred_pruned: np.ndarray
     return out
 
 
-def headline_intervals(y: np.ndarray, pred: np.ndarray, classes: Sequence[str], draws: int, seed: int) -> dict[str, Any]:
-    """95% intervals of a retrieval row's headline figures: accuracy (Wilson), balanced accuracy and macro F1
-    (stratified bootstrap percentile over the items, `draws` draws, seeded)."""
+def headline_intervals(y: np.ndarray, pred: np.ndarray, ranked: np.ndarray, n_classes: int, draws: int, seed: int) -> dict[str, Any]:
+    """scoring.metric_intervals of a retrieval row, with top-5 accuracy's Wilson interval from the ranked classes
+    (scoring's own top-5 would rank classes no neighbour voted for)."""
     y = np.asarray(y, dtype=np.int64)
     pred = np.asarray(pred, dtype=np.int64)
-    out: dict[str, Any] = {"level": 0.95, "bootstrap_draws": int(draws), "seed": int(seed)}
-    if not len(y):
-        return out
-    out["accuracy"] = list(wilson_interval(int((pred == y).sum()), len(y)))
-    for name in ("balanced_accuracy", "macro_f1"):
-        out[name] = list(percentile_interval(bootstrap_metric(y, [pred], len(classes), name, draws, seed)[0]))
+    if (pred < 0).any():
+        out = metric_intervals(y, np.where(pred < 0, n_classes, pred), n_classes + 1, reps=draws, seed=seed)
+        out["per_class"] = {name: values[:n_classes] for name, values in out["per_class"].items()}
+    else:
+        out = metric_intervals(y, pred, n_classes, reps=draws, seed=seed)
+    lo, hi = wilson_interval(int(top_k_hits(y, ranked, min(TOP_K, n_classes)).sum()), len(y))
+    out["overall"]["top5_accuracy"] = {"low": lo, "high": hi, "method": "wilson"}
     return out

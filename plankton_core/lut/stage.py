@@ -228,7 +228,11 @@ def _evaluate_test(
             for method, name in (("top1", f"top-1, {label}"), ("weighted", f"{cfg.k}-NN weighted vote, {label}")):
                 metrics = score_predictions(test.labels, preds[method].pred, n_classes, preds[method].ranked)
                 retrieval["rows"].append(
-                    {"name": name, "metrics": metrics, "intervals": headline_intervals(test.labels, preds[method].pred, classes, cfg.bootstrap, cfg.seed)}
+                    {
+                        "name": name,
+                        "metrics": metrics,
+                        "intervals": headline_intervals(test.labels, preds[method].pred, preds[method].ranked, n_classes, cfg.bootstrap, cfg.seed),
+                    }
                 )
         ctx.metrics.gauge("lut_test_top1_accuracy", retrieval["rows"][0]["metrics"]["accuracy"], "Test accuracy of the LUT's nearest neighbour.")
     if pruned is not None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 from ..artifacts import LUT_EMBEDDINGS, LUT_GALLERY
 from ..errors import BadInputError
 from ..lut.retrieval import search_excluding, source_keys, vote
-from ..lut.selection import wilson_interval
+from ..scoring import wilson_interval
 from ..store import Store
 from ..tables import read_npy, read_parquet
 from .lut import load_heldout, save_calibration

@@ -5,17 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plankton_core.lut.selection import (
-    _draw_metric,
-    bootstrap_metric,
-    headline_intervals,
-    largest_recall_drop,
-    mcnemar_worse_p,
-    pruning_effect,
-    stratified_draws,
-    wilson_interval,
-)
-from plankton_core.scoring import classification_metrics
+from plankton_core.lut.retrieval import ranked_classes, vote
+from plankton_core.lut.selection import bootstrap_metric, headline_intervals, largest_recall_drop, mcnemar_worse_p, pruning_effect
+from plankton_core.scoring import classification_metrics, stratified_indices, wilson_interval
 
 
 def test_mcnemar_by_hand():
@@ -26,30 +18,15 @@ def test_mcnemar_by_hand():
     assert mcnemar_worse_p(full, full) == 1.0
 
 
-def test_wilson_by_hand():
-    lo, hi = wilson_interval(8, 10)  # the textbook example: 0.490 – 0.943
-    assert (round(lo, 3), round(hi, 3)) == (0.49, 0.943)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    assert wilson_interval(5, 5)[1] == 1.0
-
-
-def test_stratified_draws_keep_class_counts():
-    y = np.array([0, 0, 0, 1, 2, 2, 1, 0])
-    for idx in stratified_draws(y, 50, seed=1):
-        assert all(np.array_equal(np.bincount(y[row], minlength=3), np.bincount(y, minlength=3)) for row in idx)
-
-
 @pytest.mark.parametrize("name", ["accuracy", "balanced_accuracy", "macro_f1"])
-def test_draw_metric_equals_classification_metrics_on_each_resample(name):
+def test_bootstrap_metric_equals_classification_metrics_on_each_resample(name):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 60)
     pred = np.where(rng.random(60) < 0.6, y, rng.integers(-1, 4, 60))  # some "no neighbour" (-1) predictions
-    idx = next(stratified_draws(y, 20, seed=2))
-    got = _draw_metric(y, pred, idx, 4, name)
-    for row, value in zip(idx, got):
+    got = bootstrap_metric(y, [pred], 4, name, 20, seed=2)[0]
+    for row, value in zip(next(stratified_indices(y, 20, np.random.default_rng(2))), got):  # the same draws
         p = pred[row]
-        want = classification_metrics(y[row], np.where(p < 0, 4, p), 5)[name]
-        assert value == pytest.approx(want)
+        assert value == pytest.approx(classification_metrics(y[row], np.where(p < 0, 4, p), 5)[name])
 
 
 def test_largest_recall_drop_by_hand():
@@ -89,5 +66,10 @@ def test_bootstrap_is_seeded_and_paired():
     one = bootstrap_metric(y, [a, a], 3, "macro_f1", 100, seed=3)
     assert np.array_equal(one[0], one[1])  # same draws for every prediction vector
     assert np.array_equal(one, bootstrap_metric(y, [a, a], 3, "macro_f1", 100, seed=3))
-    iv = headline_intervals(y, a, ["a", "b", "c"], 200, 0)
-    assert iv["macro_f1"][0] <= classification_metrics(y, a, 3)["macro_f1"] <= iv["macro_f1"][1]
+    labels = np.stack([a, a, (a + 1) % 3], axis=1)  # 3 neighbours, 2 classes; every third row one class only
+    labels[::3, 1:] = labels[::3, :1]
+    _, _, scores = vote(labels, np.tile([0.9, 0.8, 0.7], (30, 1)), 3, "top1")
+    iv = headline_intervals(y, a, ranked_classes(labels, scores), 3, 200, 0)["overall"]
+    assert iv["macro_f1"]["low"] <= classification_metrics(y, a, 3)["macro_f1"] <= iv["macro_f1"]["high"]
+    hits = int((labels == y[:, None]).any(axis=1).sum())
+    assert (iv["top5_accuracy"]["low"], iv["top5_accuracy"]["high"]) == wilson_interval(hits, 30)
