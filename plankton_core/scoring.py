@@ -34,7 +34,9 @@ def per_class_table(cm: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, scores: np.ndarray | None = None) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro/weighted P/R/F1, top-5 (from `scores`, (N, n_classes)) and counts.
+    """Accuracy, balanced accuracy, worst class recall, macro/weighted P/R/F1, top-5 (from `scores`, (N, n_classes)) and counts.
+
+    worst_class_recall: the lowest recall over the classes present in y_true (the taxon the classifier serves worst).
 
     Macro and weighted averages run over the classes present in y_true or
     y_pred, like scikit-learn's default `labels=None`.
@@ -52,6 +54,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
         "n_classes": int(n_classes),
         "accuracy": float(np.trace(cm) / max(len(y_true), 1)),
         "balanced_accuracy": float(table["recall"][in_true].mean()) if in_true.any() else 0.0,
+        "worst_class_recall": float(table["recall"][in_true].min()) if in_true.any() else 0.0,
     }
     for name in ("precision", "recall", "f1"):
         values = table[name][present]
@@ -73,6 +76,7 @@ BOOTSTRAP_CHUNK_ITEMS = 2_000_000  # resampled items held at once: bounds memory
 BOOTSTRAP_METRICS = (
     "accuracy",
     "balanced_accuracy",
+    "worst_class_recall",
     "macro_precision",
     "macro_recall",
     "macro_f1",
@@ -148,6 +152,7 @@ def _batched_metrics(y: np.ndarray, p: np.ndarray, hit: np.ndarray | None, n_cla
     out: dict[str, np.ndarray] = {
         "accuracy": tp.sum(axis=1) / max(n, 1),
         "balanced_accuracy": np.divide((recall * in_true).sum(axis=1), in_true.sum(axis=1), out=np.zeros(b), where=in_true.sum(axis=1) > 0),
+        "worst_class_recall": np.where(in_true.any(axis=1), np.where(in_true, recall, np.inf).min(axis=1), 0.0),
     }
     for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
         out[f"macro_{name}"] = np.divide((values * present).sum(axis=1), n_present, out=np.zeros(b), where=n_present > 0)

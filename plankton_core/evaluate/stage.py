@@ -6,6 +6,13 @@ head never saw) is checked by `check`, before the contract touches any output,
 so a bad input exits 2 and leaves the previous results, `_SUCCESS` included,
 untouched. Outputs are computed in memory first and written only at the end,
 the report (composed from every finished stage) last.
+
+Every headline figure gets a 95% interval (`scoring.metric_intervals`:
+Wilson for proportions, a seeded stratified bootstrap for averaged metrics),
+per_class.parquet carries interval columns, and metrics.json lists the classes
+that have no test crops (too few source images, kept in train by stats) with
+their counts. Beside the sweep's choice, the choice each other `--select-by`
+rule made on val is scored on test too (`selections` in metrics.json).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from ..features import pick_device
 from ..heads import load_head
 from ..reporting.plots import confusion_png, worst_confusions
 from ..reporting.report import write_report
-from ..scoring import classification_metrics, confusion_matrix, per_class_table
+from ..scoring import classification_metrics, confusion_matrix, metric_intervals, per_class_table
 from ..stage import StageContext
 from ..tables import read_json, write_json, write_parquet
 from .config import EvaluateConfig
@@ -50,6 +57,20 @@ class EvalPlan:
     classes: list[str]
     test: pa.Table
     labels: np.ndarray
+    alternatives: dict[str, Alternative]
+    not_in_test: list[dict[str, Any]]
+
+
+@dataclass
+class Alternative:
+    """What one --select-by rule chose on val: its checkpoint's embedder and its head (None with `problem` if unusable)."""
+
+    rule: str
+    choice: dict[str, Any]
+    embedder: Embedder | None = None
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    problem: str = ""
 
 
 def check(cfg: EvaluateConfig, ctx: StageContext) -> EvalPlan:
@@ -97,7 +118,63 @@ def check(cfg: EvaluateConfig, ctx: StageContext) -> EvalPlan:
             + f"; the head knows {', '.join(classes)}. Rerun stats → supcon → linear-sweep so train covers every class"
         )
     labels = np.array([index[c] for c in names], dtype=np.int64)
-    return EvalPlan(selection, embedder, epoch, weight, bias, classes, test, labels)
+    plan = EvalPlan(selection, embedder, epoch, weight, bias, classes, test, labels, {}, classes_not_in_test(store))
+    plan.alternatives = _alternatives(store, selection, plan)
+    return plan
+
+
+def classes_not_in_test(store: Any) -> list[dict[str, Any]]:
+    """Classes with no test crop (stats kept them whole in train: too few source images), with their counts."""
+    splits = load_splits(store)
+    names = [str(c) for c in splits.column("class").to_pylist()]
+    parts = [str(s) for s in splits.column("split").to_pylist()]
+    sources = [str(s) for s in splits.column("source_key").to_pylist()] if "source_key" in splits.column_names else [""] * len(names)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, part, source in zip(names, parts, sources):
+        r = rows.setdefault(name, {"class": name, "crops": 0, "train": 0, "val": 0, "test": 0, "sources": set()})
+        r["crops"] += 1
+        r[part] = r.get(part, 0) + 1
+        r["sources"].add(source)
+    out = []
+    for name in sorted(rows):
+        r = rows[name]
+        if r["test"] == 0:
+            out.append({"class": name, "crops": r["crops"], "source_images": len(r["sources"]), "train": r["train"], "val": r["val"]})
+    return out
+
+
+def _alternatives(store: Any, selection: dict[str, Any], plan: EvalPlan) -> dict[str, Alternative]:
+    """Each --select-by rule's choice (selection.json by_rule); the one the sweep used shares the checked plan."""
+    out: dict[str, Alternative] = {}
+    embedders: dict[str, Embedder] = {selection["checkpoint_key"]: plan.embedder}
+    for rule, choice in (selection.get("by_rule") or {}).items():
+        alt = Alternative(rule, choice)
+        out[rule] = alt
+        if choice.get("checkpoint_key") == selection["checkpoint_key"] and choice.get("head_key") == selection["head_key"]:
+            alt.embedder, alt.weight, alt.bias = plan.embedder, plan.weight, plan.bias
+            continue
+        try:
+            ckpt = str(choice["checkpoint_key"])
+            if ckpt not in embedders:
+                embedders[ckpt] = load_embedder(store, ckpt)
+            state, meta = load_head(store, str(choice["head_key"]))
+            w, b = state["weight"].float(), state["bias"].float()
+            if w.shape != plan.weight.shape or [str(c) for c in meta.get("classes", [])] != plan.classes:
+                raise BadInputError(f"head {choice['head_key']} does not fit the classes of the chosen head")
+            alt.embedder, alt.weight, alt.bias = embedders[ckpt], w, b
+        except (BadInputError, KeyError) as exc:  # an alternative is a comparison: it never blocks the chosen model's results
+            alt.problem = str(exc)
+    return out
+
+
+def _predict(feats: np.ndarray, weight: torch.Tensor, bias: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    logits = torch.from_numpy(feats).double() @ weight.double().T + bias.double()
+    probs = torch.softmax(logits, dim=1).numpy()
+    return probs, probs.argmax(axis=1).astype(np.int64)
+
+
+def _scored(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, n_classes: int, cfg: EvaluateConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    return classification_metrics(y, pred, n_classes, scores=probs), metric_intervals(y, pred, n_classes, probs, cfg.bootstrap, cfg.seed)
 
 
 def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
@@ -105,24 +182,34 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
     store, plan = ctx.root, ctx.plan
     embedder = plan.embedder
     keys = [str(k) for k in plan.test.column("crop_key").to_pylist()]
-    cache = ImageCache.build(store, keys, embedder.size, workers=cfg.workers)
     device = pick_device(cfg.device)
-    feats = embedder.features(cache, cfg.batch_size, device, desc="test features")
+    feats_of: dict[int, np.ndarray] = {}
+
+    def features(emb: Embedder) -> np.ndarray:
+        if id(emb) not in feats_of:
+            cache = ImageCache.build(store, keys, emb.size, workers=cfg.workers, preprocess=emb.preprocess)
+            feats_of[id(emb)] = emb.features(cache, cfg.batch_size, device, desc="test features")
+        return feats_of[id(emb)]
+
+    feats = features(embedder)
     ctx.metrics.count("test_crops", len(keys))
-    logits = torch.from_numpy(feats).double() @ plan.weight.double().T + plan.bias.double()
-    probs = torch.softmax(logits, dim=1).numpy()
-    pred = probs.argmax(axis=1).astype(np.int64)
+    probs, pred = _predict(feats, plan.weight, plan.bias)
     score = probs[np.arange(len(pred)), pred]
     n_classes = len(plan.classes)
     y = plan.labels
 
-    metrics = classification_metrics(y, pred, n_classes, scores=probs)
+    metrics, intervals = _scored(y, pred, probs, n_classes, cfg)
     cm = confusion_matrix(y, pred, n_classes)
     table = per_class_table(cm)
     sel = plan.selection
     metrics.update(
         {
+            "intervals": intervals["overall"],
+            "interval_level": intervals["level"],
+            "bootstrap": intervals["bootstrap"],
+            "interval_methods": intervals["methods"],
             "counts": {"test": int(len(y)), "per_class": {c: int(n) for c, n in zip(plan.classes, table["support"])}},
+            "classes_not_in_test": plan.not_in_test,
             "checkpoint": sel["checkpoint"],
             "checkpoint_key": sel["checkpoint_key"],
             "head_key": sel["head_key"],
@@ -131,10 +218,14 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
             "head_epoch": sel.get("best_head_epoch"),
             "backbone_batch_size": embedder.config.get("batch_size"),
             "val_acc": sel.get("val_acc"),
+            "select_by": sel.get("select_by", "accuracy"),
+            "chosen_on": "val split (linear-sweep)",
+            "scored_on": "test split",
             "classes": plan.classes,
             "averages": "macro: unweighted mean over classes present in labels or predictions; weighted: by true support (as scikit-learn)",
         }
     )
+    metrics["selections"] = _selections(cfg, plan, features, metrics, intervals)
     class_col = np.asarray(plan.classes, dtype=object)
     predictions = pa.table(
         {
@@ -146,17 +237,17 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
             "pred_class": pa.array(class_col[pred].tolist(), pa.string()),
         }
     )
-    per_class = pa.table(
-        {
-            "label": pa.array(np.arange(n_classes), pa.int64()),
-            "class": pa.array(plan.classes, pa.string()),
-            "support": pa.array(table["support"], pa.int64()),
-            "predicted": pa.array(cm.sum(axis=0), pa.int64()),
-            "precision": pa.array(table["precision"]),
-            "recall": pa.array(table["recall"]),
-            "f1": pa.array(table["f1"]),
-        }
-    )
+    columns: dict[str, pa.Array] = {
+        "label": pa.array(np.arange(n_classes), pa.int64()),
+        "class": pa.array(plan.classes, pa.string()),
+        "support": pa.array(table["support"], pa.int64()),
+        "predicted": pa.array(cm.sum(axis=0), pa.int64()),
+    }
+    for name in ("precision", "recall", "f1"):
+        columns[name] = pa.array(table[name])
+        columns[f"{name}_low"] = pa.array([lo for lo, _ in intervals["per_class"][name]], pa.float64())
+        columns[f"{name}_high"] = pa.array([hi for _, hi in intervals["per_class"][name]], pa.float64())
+    per_class = pa.table(columns)
     pairs = worst_confusions(cm, plan.classes)
     confusions = pa.Table.from_pylist(
         pairs,
@@ -178,7 +269,51 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
     write_parquet(store, EVAL_CONFUSIONS, confusions)
     store.write_bytes(EVAL_CONFUSION_PNG, png)
     write_json(store, EVAL_METRICS, metrics)
-    report = write_report(store, ctx.prefix)
+    report = write_report(store, ctx.prefix, cfg.report_max_mb)
     ctx.metrics.gauge("evaluate_test_accuracy", metrics["accuracy"], "Test accuracy of the chosen checkpoint and head.")
-    ctx.notes.append(f"test accuracy {100 * metrics['accuracy']:.2f}%, macro F1 {100 * metrics['macro_f1']:.2f}% → report {store.uri}/{report['html']}")
+    acc_iv, f1_iv = metrics["intervals"]["accuracy"], metrics["intervals"]["macro_f1"]
+    f1_text = f" ({100 * f1_iv['low']:.1f}–{100 * f1_iv['high']:.1f})" if f1_iv.get("low") is not None else ""
+    ctx.notes.append(
+        f"test accuracy {100 * metrics['accuracy']:.2f}% (95% CI {100 * acc_iv['low']:.1f}–{100 * acc_iv['high']:.1f}), "
+        f"macro F1 {100 * metrics['macro_f1']:.2f}%{f1_text} → report {store.uri}/{report['html']}"
+        + (f" ({report['pictures_left_out']} picture(s) left out under --report-max-mb)" if report["pictures_left_out"] else "")
+    )
+    if plan.not_in_test:
+        ctx.notes.append(
+            f"{len(plan.not_in_test)} class(es) have no test crops (kept in train by stats): "
+            + ", ".join(f"{m['class']} ({m['crops']} crops, {m['source_images']} source images)" for m in plan.not_in_test[:10])
+        )
     return {"test": int(len(y)), "accuracy": round(metrics["accuracy"], 6), "macro_f1": round(metrics["macro_f1"], 6), "checkpoint": sel["checkpoint"]}
+
+
+SELECTION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall")
+
+
+def _selections(cfg: EvaluateConfig, plan: EvalPlan, features: Any, metrics: dict[str, Any], intervals: dict[str, Any]) -> dict[str, Any]:
+    """Per --select-by rule: what it chose on val, and that choice's test figures with their intervals."""
+    out: dict[str, Any] = {}
+    used = plan.selection.get("select_by", "accuracy")
+    n_classes = len(plan.classes)
+    for rule, alt in plan.alternatives.items():
+        c = alt.choice
+        entry: dict[str, Any] = {
+            "checkpoint": c.get("checkpoint"),
+            "head_epoch": c.get("best_head_epoch"),
+            "head_key": c.get("head_key"),
+            "used": rule == used,
+            "chosen_on": "val",
+            "val": {m: c.get(f"val_{m}") for m in ("accuracy", "balanced_accuracy", "macro_f1")},
+            "scored_on": "test",
+        }
+        if alt.problem or alt.embedder is None or alt.weight is None or alt.bias is None:
+            entry["problem"] = alt.problem or "not available"
+        elif alt.weight is plan.weight:
+            entry["test"] = {m: metrics[m] for m in SELECTION_METRICS}
+            entry["test_intervals"] = {m: intervals["overall"][m] for m in SELECTION_METRICS}
+        else:
+            probs, pred = _predict(features(alt.embedder), alt.weight, alt.bias)
+            m, iv = _scored(plan.labels, pred, probs, n_classes, cfg)
+            entry["test"] = {k: m[k] for k in SELECTION_METRICS}
+            entry["test_intervals"] = {k: iv["overall"][k] for k in SELECTION_METRICS}
+        out[rule] = entry
+    return out

@@ -1,10 +1,13 @@
-"""The report stage has no options: what it shows is what the finished stages left."""
+"""The report stage's one option: what it shows is what the finished stages left."""
 
 from __future__ import annotations
 
-from ..config import stage_config
+from ..config import option, stage_config
+from ..reporting.report import DEFAULT_MAX_MB
 
 
 @stage_config
 class ReportConfig:
-    """No options (the contract's --root, --force … only)."""
+    """The size cap of report.html (the contract's --root, --force … besides)."""
+
+    report_max_mb: float = option(DEFAULT_MAX_MB, "Size cap of report.html in MB: thumbnails are left out (and said so) beyond it.", gt=0)

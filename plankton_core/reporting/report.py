@@ -9,6 +9,12 @@ evaluate/ at its end; the report stage writes it under report/ from everything
 finished. No stage rewrites another stage's report.
 Images are embedded in the HTML as base64 data URIs so the file works when
 opened straight from S3; the Markdown links them by path relative to the report.
+Every figure carries its 95% interval (evaluate's metrics.json), says which
+split chose it and which scored it, and the crops behind the mistakes are shown
+as downscaled thumbnails (`pictures`): per confused pair, per class, and, once
+lut has finished, each wrong crop beside its nearest gallery neighbours. The
+HTML is kept under `max_mb`: plots first, then confusion crops, neighbours and
+class strips, each left out (and said so) once the next would not fit.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from ..artifacts import (
     EVAL_CONFUSIONS,
     EVAL_METRICS,
     EVAL_PER_CLASS,
+    EVAL_PREDICTIONS,
     LUT_PRUNE_PLOT,
     LUT_RETRIEVAL,
     SWEEP_PLOT,
@@ -36,15 +43,36 @@ from ..artifacts import (
 from ..stage import RUN_JSON, SUCCESS
 from ..store import Store, join
 from ..tables import read_json, read_parquet
+from .pictures import Thumb, class_examples, confusion_examples, gallery_neighbours, load_thumbnails
 
 REPORT_HTML = "report.html"  # under the writing stage's prefix
 REPORT_MD = "report.md"
 LUT_PREFIX = posixpath.dirname(LUT_RETRIEVAL)
 WORST_CONFUSIONS = 10
+DEFAULT_MAX_MB = 8.0
+PICTURED_PAIRS = 8  # confused pairs shown with their crops
+PER_PAIR = 4  # crops per confused pair
+NEIGHBOUR_QUERIES = 12  # wrong crops shown beside their gallery neighbours
+NEIGHBOURS = 5
+PER_CLASS = 4  # correct and incorrect crops per class strip
+RULE_LABEL = {"accuracy": "val accuracy", "balanced_accuracy": "val balanced accuracy", "macro_f1": "val macro F1"}
 
 
 def pct(x: Any) -> str:
     return "–" if x is None else f"{100 * float(x):.2f}%"
+
+
+def ci(iv: Any) -> str:
+    """A 95% interval in percent, e.g. "91.2–96.3"; "" when there is none."""
+    if not isinstance(iv, dict) or iv.get("low") is None or iv.get("high") is None:
+        return ""
+    return f"{100 * float(iv['low']):.1f}–{100 * float(iv['high']):.1f}"
+
+
+def pct_ci(x: Any, iv: Any) -> str:
+    """A figure with its 95% interval: "94.86% (93.1–96.2)"."""
+    text = ci(iv)
+    return pct(x) + (f" ({text})" if text else "")
 
 
 @dataclass
@@ -59,17 +87,29 @@ class Image:
     key: str  # store key, e.g. "sweep/sweep.png"
     alt: str
     data: bytes
+    priority: int = 0  # plots are the last pictures the size cap leaves out
 
 
-Block = tuple  # ("h1"|"h2"|"p", text) | ("table", Table) | ("img", Image)
+@dataclass
+class Gallery:
+    """A row of thumbnails (a confused pair, a class strip, a wrong crop and its neighbours)."""
+
+    title: str
+    thumbs: list[Thumb]
 
 
-def write_report(store: Store, prefix: str) -> dict[str, str]:
-    """Render `<prefix>/report.html` and `<prefix>/report.md` from the stored results; returns their keys."""
+Block = tuple  # ("h1"|"h2"|"p", text) | ("table", Table) | ("img", Image) | ("gallery", Gallery)
+
+
+def write_report(store: Store, prefix: str, max_mb: float = DEFAULT_MAX_MB) -> dict[str, Any]:
+    """Render `<prefix>/report.html` (at most `max_mb` MB) and `<prefix>/report.md`; returns their keys and what was left out."""
     blocks = build_blocks(store)
-    keys = {"html": join(prefix, REPORT_HTML), "md": join(prefix, REPORT_MD)}
+    keys: dict[str, Any] = {"html": join(prefix, REPORT_HTML), "md": join(prefix, REPORT_MD)}
+    html_text, left_out = render_capped(blocks, int(max_mb * 1024 * 1024))
     store.write_bytes(keys["md"], render_markdown(blocks, prefix).encode())
-    store.write_bytes(keys["html"], render_html(blocks).encode())
+    store.write_bytes(keys["html"], html_text.encode())
+    keys["pictures_left_out"] = left_out
+    keys["html_bytes"] = len(html_text.encode())
     return keys
 
 
@@ -97,15 +137,16 @@ def headline_table(metrics: dict[str, Any]) -> Table:
     """The user's test table: bs / backbone epoch / head epoch, Accuracy, Precision, Recall, F1 Score, Network."""
     bs = metrics.get("backbone_batch_size")
     first = f"{bs if bs is not None else '–'} / {metrics.get('backbone_epoch', '–')} / {metrics.get('head_epoch', '–')}"
+    iv = metrics.get("intervals", {})
     row = [
         first,
-        pct(metrics["accuracy"]),
-        pct(metrics["macro_precision"]),
-        pct(metrics["macro_recall"]),
-        pct(metrics["macro_f1"]),
+        pct_ci(metrics["accuracy"], iv.get("accuracy")),
+        pct_ci(metrics["macro_precision"], iv.get("macro_precision")),
+        pct_ci(metrics["macro_recall"], iv.get("macro_recall")),
+        pct_ci(metrics["macro_f1"], iv.get("macro_f1")),
         str(metrics.get("model", "–")),
     ]
-    return Table(["bs / backbone epoch / head epoch", "Accuracy", "Precision", "Recall", "F1 Score", "Network"], [row])
+    return Table(["bs / backbone epoch / head epoch", "Accuracy (95% CI)", "Precision (95% CI)", "Recall (95% CI)", "F1 Score (95% CI)", "Network"], [row])
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:
@@ -120,10 +161,74 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
         ("weighted_f1", "Weighted F1"),
         ("top5_accuracy", "Top-5 accuracy"),
     ]
-    rows = [[label, pct(metrics[key])] for key, label in names if key in metrics]
-    rows.append(["Test crops", str(metrics.get("count", "–"))])
-    rows.append(["Classes", str(metrics.get("n_classes", "–"))])
-    return Table(["Metric", "Value"], rows)
+    iv = metrics.get("intervals", {})
+    rows = [[label, pct(metrics[key]), ci(iv.get(key)) or "–", str(iv.get(key, {}).get("method", "–"))] for key, label in names if key in metrics]
+    rows.append(["Test crops", str(metrics.get("count", "–")), "", ""])
+    rows.append(["Classes", str(metrics.get("n_classes", "–")), "", ""])
+    return Table(["Metric", "Value", "95% interval", "Interval"], rows)
+
+
+def interval_note(metrics: dict[str, Any]) -> str:
+    """One sentence saying how the intervals were made."""
+    boot = metrics.get("bootstrap") or {}
+    reps = boot.get("reps", 0)
+    text = "95% intervals: Wilson's score interval for proportions (accuracy, top-5 accuracy; per class: recall and precision)"
+    if reps:
+        text += f"; a percentile bootstrap over the test crops, resampled within each true class, {reps} resamples, seed {boot.get('seed')}, for the averaged metrics and per-class F1."
+    else:
+        text += "; no bootstrap (--bootstrap 0), so the averaged metrics have none."
+    return text
+
+
+def selections_table(metrics: dict[str, Any]) -> Table | None:
+    """Each --select-by rule's choice on val, and its test figures with intervals, side by side."""
+    sel = metrics.get("selections")
+    if not sel:
+        return None
+    rows, bold = [], set()
+    for i, (rule, s) in enumerate(sel.items()):
+        t, iv, v = s.get("test", {}), s.get("test_intervals", {}), s.get("val", {})
+        rows.append(
+            [
+                rule + (" (used)" if s.get("used") else ""),
+                f"{s.get('checkpoint')} / {s.get('head_epoch')}",
+                f"{pct(v.get('accuracy'))} / {pct(v.get('balanced_accuracy'))} / {pct(v.get('macro_f1'))}",
+                pct_ci(t.get("accuracy"), iv.get("accuracy")),
+                pct_ci(t.get("balanced_accuracy"), iv.get("balanced_accuracy")),
+                pct_ci(t.get("macro_f1"), iv.get("macro_f1")),
+                pct_ci(t.get("worst_class_recall"), iv.get("worst_class_recall")),
+            ]
+        )
+        if s.get("used"):
+            bold.add(i)
+    headers = [
+        "--select-by",
+        "ckpt / head epoch (chosen on val)",
+        "val acc / bal. acc / macro F1 (chose it)",
+        "test accuracy (95% CI)",
+        "test balanced accuracy (95% CI)",
+        "test macro F1 (95% CI)",
+        "test worst class recall (95% CI)",
+    ]
+    return Table(headers, rows, bold)
+
+
+def not_in_test_blocks(metrics: dict[str, Any]) -> list[Block]:
+    """The classes kept out of test (too few source images to split), by name with their counts."""
+    missing = metrics.get("classes_not_in_test")
+    if missing is None:
+        return []
+    if not missing:
+        return [("p", "Every class has test crops.")]
+    rows = [[m["class"], str(m.get("crops", "–")), str(m.get("source_images", "–")), str(m.get("train", "–")), str(m.get("val", "–"))] for m in missing]
+    return [
+        ("h2", "Classes not tested"),
+        (
+            "p",
+            f"{len(missing)} class(es) have no test crops: too few source images to split, they stayed in train (stats). No figure above covers them.",
+        ),
+        ("table", Table(["Class", "Crops", "Source images", "In train", "In val"], rows)),
+    ]
 
 
 def sweep_table(rows: Sequence[dict[str, Any]], chosen: str | None) -> Table:
@@ -197,7 +302,21 @@ def build_blocks(store: Store) -> list[Block]:
             ),
             ("table", headline_table(metrics)),
             ("table", metrics_table(metrics)),
+            ("p", interval_note(metrics)),
         ]
+        table = selections_table(metrics)
+        if table:
+            blocks += [
+                ("h2", "What each selection rule chose"),
+                (
+                    "p",
+                    "Each --select-by rule picked a checkpoint and head epoch from the val split (val figures: what chose it); "
+                    "the test split scored each choice (test figures, with 95% intervals). The rule in bold is the one used above. "
+                    "Overlapping intervals mean the test split cannot tell the rules apart.",
+                ),
+                ("table", table),
+            ]
+        blocks += not_in_test_blocks(metrics)
     else:
         blocks.append(("p", "No test results yet: run `plankton evaluate`."))
     if sweep_rows:
@@ -207,7 +326,9 @@ def build_blocks(store: Store) -> list[Block]:
             blocks.append(
                 (
                     "p",
-                    f"Chosen {selection['checkpoint']} (backbone epoch {selection['epoch']}, head epoch {selection['best_head_epoch']}); rule: {selection.get('rule', '')}.",
+                    f"Chosen on the val split by --select-by {selection.get('select_by', 'accuracy')}: {selection['checkpoint']} "
+                    f"(backbone epoch {selection['epoch']}, head epoch {selection['best_head_epoch']}); rule: {selection.get('rule', '')}. "
+                    "The val figures below chose it; they are not an estimate of test performance.",
                 )
             )
         img = _maybe_image(store, SWEEP_PLOT, "val accuracy per checkpoint")
@@ -227,12 +348,86 @@ def build_blocks(store: Store) -> list[Block]:
             blocks.append(("p", "No test crop was misclassified."))
     per_class = _maybe_rows(store, EVAL_PER_CLASS)
     if per_class:
-        rows = [[r["class"], str(r["support"]), pct(r["precision"]), pct(r["recall"]), pct(r["f1"])] for r in per_class]
-        blocks += [("h2", "Per-class results (test split)"), ("table", Table(["Class", "Support", "Precision", "Recall", "F1"], rows))]
+        rows = [
+            [
+                r["class"],
+                str(r["support"]),
+                pct_ci(r["precision"], {"low": r.get("precision_low"), "high": r.get("precision_high")}),
+                pct_ci(r["recall"], {"low": r.get("recall_low"), "high": r.get("recall_high")}),
+                pct_ci(r["f1"], {"low": r.get("f1_low"), "high": r.get("f1_high")}),
+            ]
+            for r in per_class
+        ]
+        blocks += [
+            ("h2", "Per-class results (test split)"),
+            ("table", Table(["Class", "Support", "Precision (95% CI)", "Recall (95% CI)", "F1 (95% CI)"], rows)),
+        ]
+    blocks += picture_blocks(store, confusions or [])
     blocks += retrieval_blocks(store)
     from .detect import detect_blocks  # the detect stage's section (reporting/detect.py imports this module)
 
     blocks += detect_blocks(store)
+    return blocks
+
+
+def _score(row: dict[str, Any]) -> str:
+    return f"p={float(row['score']):.2f}"
+
+
+def picture_blocks(store: Store, confusions: Sequence[dict[str, Any]]) -> list[Block]:
+    """Thumbnails: the worst confusions' crops, wrong crops beside their LUT neighbours, and a strip per class."""
+    predictions = _maybe_rows(store, EVAL_PREDICTIONS)
+    if not predictions:
+        return []
+    blocks: list[Block] = []
+    examples = confusion_examples(predictions, confusions[:PICTURED_PAIRS], PER_PAIR)
+    if examples:
+        blocks += [
+            ("h2", "The crops behind the worst confusions"),
+            (
+                "p",
+                f"Per confused pair (most frequent first), up to {PER_PAIR} of its test crops, most confident mistakes first; p is the head's probability of the predicted class.",
+            ),
+        ]
+        for pair, rows in examples:
+            thumbs = [Thumb(r["crop_key"], f"{r['class']} → {r['pred_class']}, {_score(r)}", 1, "wrong") for r in rows]
+            title = f"true {pair['true_class']} predicted as {pair['pred_class']}: {pair['count']} crop(s)"
+            blocks.append(("gallery", Gallery(title, load_thumbnails(store, thumbs))))
+    wrong = [r for _, rows in examples for r in rows][:NEIGHBOUR_QUERIES]
+    lut = finished_lut(store)
+    if wrong and lut is not None:
+        neighbours = gallery_neighbours(store, [r["crop_key"] for r in wrong], NEIGHBOURS)
+        if neighbours:
+            blocks += [
+                ("h2", "Wrong test crops and their nearest gallery neighbours"),
+                (
+                    "p",
+                    f"Each wrong test crop (first) beside its {NEIGHBOURS} nearest crops in the LUT's gallery (exact cosine similarity of "
+                    "the lut stage's embeddings); a neighbour of the crop's true class has a green frame, any other class a red one.",
+                ),
+            ]
+            for r in wrong:
+                if r["crop_key"] not in neighbours:
+                    continue
+                thumbs = [Thumb(r["crop_key"], f"test: {r['class']} → {r['pred_class']}, {_score(r)}", 2, "query")]
+                thumbs += [
+                    Thumb(n["crop_key"], f"{n['class']}, sim {n['similarity']:.3f}", 2, "right" if n["class"] == r["class"] else "wrong")
+                    for n in neighbours[r["crop_key"]]
+                ]
+                blocks.append(("gallery", Gallery(f"{r['crop_key']}", load_thumbnails(store, thumbs))))
+    strips = class_examples(predictions, PER_CLASS)
+    if strips:
+        blocks += [
+            ("h2", "Examples per class (test split)"),
+            (
+                "p",
+                f"Per class, up to {PER_CLASS} correctly classified crops (green, from least to most confident) and up to {PER_CLASS} misclassified ones (red, most confident first).",
+            ),
+        ]
+        for name, (ok, bad) in strips.items():
+            thumbs = [Thumb(r["crop_key"], f"{_score(r)}", 3, "right") for r in ok]
+            thumbs += [Thumb(r["crop_key"], f"→ {r['pred_class']}, {_score(r)}", 3, "wrong") for r in bad]
+            blocks.append(("gallery", Gallery(f"{name}: {len(ok)} correct, {len(bad)} incorrect shown", load_thumbnails(store, thumbs))))
     return blocks
 
 
@@ -253,6 +448,9 @@ def render_markdown(blocks: Sequence[Block], prefix: str) -> str:
             out += [block[1], ""]
         elif kind == "img":
             out += [f"![{block[1].alt}]({posixpath.relpath(block[1].key, prefix)})", ""]
+        elif kind == "gallery":
+            g: Gallery = block[1]
+            out += [f"**{g.title}** (thumbnails in report.html): " + "; ".join(f"{t.caption} `{t.key}`" for t in g.thumbs), ""]
         elif kind == "table":
             t: Table = block[1]
             out.append("| " + " | ".join(_md_cell(h) for h in t.headers) + " |")
@@ -271,10 +469,68 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 h1{border-bottom:2px solid #2a6;padding-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.8em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:center}
 th{background:#f2f5f3}tr.best td{font-weight:bold;background:#eef8f0}img{max-width:100%;height:auto;border:1px solid #eee}
+.strip{display:flex;flex-wrap:wrap;gap:6px;margin:.3em 0 1em}.strip h3{flex-basis:100%;font-size:.95em;margin:.4em 0 0}
+.strip figure{margin:0;width:112px;font-size:.72em;text-align:center;word-break:break-word}
+.strip img{width:auto;height:auto;max-width:104px;max-height:104px;border:3px solid #bbb}
+.strip .right img{border-color:#3a3}.strip .wrong img{border-color:#c33}.strip .query img{border-color:#36c}
+.omitted{color:#a60;font-style:italic}
 """
 
 
-def render_html(blocks: Sequence[Block]) -> str:
+def _pictures(blocks: Sequence[Block]) -> list[Any]:
+    """Every picture the size cap may leave out (plots and thumbnails), in (priority, order of appearance) order."""
+    items: list[tuple[int, int, Any]] = []
+    for block in blocks:
+        if block[0] == "img":
+            items.append((block[1].priority, len(items), block[1]))
+        elif block[0] == "gallery":
+            items += [(t.priority, len(items) + i, t) for i, t in enumerate(block[1].thumbs)]
+    return [item for _, _, item in sorted(items, key=lambda x: (x[0], x[1]))]
+
+
+def render_capped(blocks: Sequence[Block], max_bytes: int) -> tuple[str, int]:
+    """report.html at most `max_bytes` long (text is never cut): pictures by priority while they fit; (html, pictures left out)."""
+    pictures = _pictures(blocks)
+    everything = {id(p) for p in pictures}
+    text = render_html(blocks, everything, max_bytes)
+    if len(text.encode()) <= max_bytes:
+        return text, 0
+    base = len(render_html(blocks, set(), max_bytes).encode())
+    keep: list[int] = []
+    used = base
+    for p in pictures:
+        cost = len(_picture_html(p).encode()) + 1
+        if used + cost <= max_bytes:
+            keep.append(id(p))
+            used += cost
+    while True:
+        text = render_html(blocks, set(keep), max_bytes)
+        if len(text.encode()) <= max_bytes or not keep:
+            return text, len(pictures) - len(keep)
+        keep.pop()
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _picture_html(p: Any) -> str:
+    if isinstance(p, Image):
+        return f'<figure><img alt="{html.escape(p.alt)}" src="{_data_uri(p.data, "image/png")}"><figcaption>{html.escape(p.alt)}</figcaption></figure>'
+    t: Thumb = p
+    cls = f' class="{t.kind}"' if t.kind else ""
+    return (
+        f'<figure{cls}><img alt="{html.escape(t.caption)}" title="{html.escape(t.key)}" src="{_data_uri(t.data or b"", "image/jpeg")}">'
+        f"<figcaption>{html.escape(t.caption)}</figcaption></figure>"
+    )
+
+
+def _omitted(n: int, max_bytes: int) -> str:
+    return f'<p class="omitted">{n} picture(s) left out to keep report.html under {max_bytes / 1024 / 1024:g} MB (raise --report-max-mb to see them).</p>'
+
+
+def render_html(blocks: Sequence[Block], include: set[int] | None = None, max_bytes: int = 0) -> str:
+    """The page; pictures whose id() is not in `include` (None: all) are left out with a note saying so."""
     out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">', "<title>plankton — test report</title>", f"<style>{CSS}</style></head><body>"]
     for block in blocks:
         kind = block[0]
@@ -282,8 +538,13 @@ def render_html(blocks: Sequence[Block]) -> str:
             out.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
         elif kind == "img":
             img: Image = block[1]
-            data = base64.b64encode(img.data).decode()
-            out.append(f'<figure><img alt="{html.escape(img.alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(img.alt)}</figcaption></figure>')
+            out.append(_picture_html(img) if include is None or id(img) in include else _omitted(1, max_bytes))
+        elif kind == "gallery":
+            g: Gallery = block[1]
+            shown = [t for t in g.thumbs if include is None or id(t) in include]
+            out.append(f'<div class="strip"><h3>{html.escape(g.title)}</h3>' + "".join(_picture_html(t) for t in shown) + "</div>")
+            if len(shown) < len(g.thumbs):
+                out.append(_omitted(len(g.thumbs) - len(shown), max_bytes))
         elif kind == "table":
             t: Table = block[1]
             out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in t.headers) + "</tr></thead><tbody>")

@@ -65,6 +65,7 @@ def test_hand_counted_case():
     assert got["macro_precision"] == pytest.approx((1 + 0.5 + 0.5) / 3)
     assert got["macro_recall"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
     assert got["balanced_accuracy"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
+    assert got["worst_class_recall"] == pytest.approx(0.5)
     f1 = [2 * 1 * (2 / 3) / (1 + 2 / 3), 0.5, 2 * 0.5 / 1.5]
     assert got["weighted_f1"] == pytest.approx((3 * f1[0] + 2 * f1[1] + 1 * f1[2]) / 6)
     assert "top5_accuracy" not in got

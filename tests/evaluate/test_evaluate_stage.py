@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -77,11 +78,14 @@ def test_evaluate_writes_metrics_equal_to_sklearn_and_a_report(root_uri, run_cli
     html = store.read_bytes("evaluate/report.html").decode()
     md = store.read_bytes("evaluate/report.md").decode()
     assert html.count("data:image/png;base64,") == 2  # sweep plot + confusion matrix
-    assert 'src="http' not in html and '.png"' not in html
+    assert html.count("data:image/jpeg;base64,") >= 3  # crop thumbnails: at least a strip per class
+    assert all(src.startswith("data:") for src in re.findall(r'src="([^"]*)"', html))  # nothing linked from outside
     headline = f"{100 * m['accuracy']:.2f}%"
     for text in ("bs / backbone epoch / head epoch", "F1 Score", "Network", "Per-class results", "Checkpoint sweep", "Worst confusions", headline):
         assert text in html and text in md, text
-    assert f"| 32 / {m['backbone_epoch']} / {m['head_epoch']} | {headline} |" in md
+    acc = m["intervals"]["accuracy"]
+    assert f"| 32 / {m['backbone_epoch']} / {m['head_epoch']} | {headline} ({100 * acc['low']:.1f}–{100 * acc['high']:.1f}) |" in md
+    assert "Examples per class" in html and "What each selection rule chose" in html
     assert "](../sweep/sweep.png)" in md and "](confusion.png)" in md
     assert "Retrieval (LUT)" not in html
 
@@ -203,3 +207,54 @@ def test_refuses_before_the_sweep(tmp_path, run_cli):
     make_supcon_root(root, epochs=(2,), last=False)
     result = run_cli("evaluate", "--root", root)
     assert result.exit_code == 3 and "upstream stage 'linear-sweep' has not finished" in result.stderr
+
+
+def test_intervals_selections_and_classes_not_in_test(tmp_path, run_cli):
+    root = str(tmp_path / "root")
+    store = swept(root, run_cli)
+    # a class too small to split: its crops all stay in train (as stats leaves it); the head still knows it
+    splits = parquet(store, "stats/splits.parquet").to_pylist()
+    for r in splits:
+        if r["class"] == "cross":
+            r["split"] = "train"
+    write_parquet(store, "stats/splits.parquet", pa.Table.from_pylist(splits))
+    result = run_cli("evaluate", "--root", root, "--bootstrap", "200", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert "1 class(es) have no test crops" in result.stdout and "cross (" in result.stdout and "95% CI" in result.stdout
+    m = json.loads(store.read_bytes("evaluate/metrics.json"))
+    c2 = [r for r in splits if r["class"] == "cross"]
+    assert m["classes_not_in_test"] == [{"class": "cross", "crops": len(c2), "source_images": len({r["source_key"] for r in c2}), "train": len(c2), "val": 0}]
+    assert m["bootstrap"]["reps"] == 200 and m["bootstrap"]["seed"] == 3
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1", "worst_class_recall"):
+        iv = m["intervals"][name]
+        assert iv["low"] <= m[name] <= iv["high"], name
+    assert m["intervals"]["accuracy"]["method"] == "wilson" and m["intervals"]["macro_f1"]["method"] == "bootstrap"
+
+    per_class = parquet(store, "evaluate/per_class.parquet").to_pylist()
+    for r in per_class:
+        for name in ("precision", "recall", "f1"):
+            assert r[f"{name}_low"] <= r[name] <= r[f"{name}_high"], (r["class"], name)
+
+    # every rule's choice scored on test; the used one's figures are the headline's, the others recomputed here
+    sel = json.loads(store.read_bytes("sweep/selection.json"))
+    assert set(m["selections"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
+    used = m["selections"]["accuracy"]
+    assert used["used"] and used["test"]["accuracy"] == m["accuracy"] and used["chosen_on"] == "val" and used["scored_on"] == "test"
+    test = load_splits(store, "test")
+    keys = test.column("crop_key").to_pylist()
+    y = np.asarray(test.column("label"))
+    for rule, entry in m["selections"].items():
+        choice = sel["by_rule"][rule]
+        assert (entry["checkpoint"], entry["head_epoch"]) == (choice["checkpoint"], choice["best_head_epoch"])
+        ckpt = load_checkpoint(store, choice["checkpoint_key"])
+        feats = extract_features(model_from_checkpoint(ckpt), ImageCache.build(store, keys, 32), ckpt["config"]["mean"], ckpt["config"]["std"], device="cpu")
+        head = torch.load(io.BytesIO(store.read_bytes(choice["head_key"])), weights_only=True)["state_dict"]
+        p = (torch.from_numpy(feats).double() @ head["weight"].double().T + head["bias"].double()).argmax(1).numpy()
+        assert entry["test"]["accuracy"] == pytest.approx(skm.accuracy_score(y, p)), rule
+        assert entry["test"]["macro_f1"] == pytest.approx(skm.f1_score(y, p, average="macro", labels=sorted(set(y) | set(p)), zero_division=0)), rule
+        assert entry["test_intervals"]["accuracy"]["low"] <= entry["test"]["accuracy"] <= entry["test_intervals"]["accuracy"]["high"]
+
+    html = store.read_bytes("evaluate/report.html").decode()
+    md = store.read_bytes("evaluate/report.md").decode()
+    for text in ("Classes not tested", "cross", "What each selection rule chose", "chosen on val", "95% intervals"):
+        assert text in html and text in md, text
