@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Programs that pip cannot install. On Debian as root they are installed from the distribution's
 # packages; anywhere else this stops with one line saying what to install.
-#   tools.sh        what `make test` needs (promtool)
+#   tools.sh        what `make test` needs (promtool, chromium)
 #   tools.sh image  what `make image-test` needs (podman, runc, debootstrap)
 set -euo pipefail
 what=${1:-test}
@@ -9,7 +9,8 @@ missing=()
 case "$what" in
   test)
     command -v promtool >/dev/null 2>&1 || missing+=("prometheus")   # promtool checks and unit-tests the alert rules
-    hint="make test needs promtool: install Debian's prometheus package (sudo apt-get install prometheus) or put promtool on PATH" ;;
+    command -v chromium >/dev/null 2>&1 || missing+=("chromium")     # opens report.html headless: every image decodes
+    hint="make test needs promtool and chromium: install Debian's prometheus and chromium packages (sudo apt-get install prometheus chromium) or put them on PATH" ;;
   image)
     command -v podman >/dev/null 2>&1 || missing+=("podman")           # builds and runs the image (no daemon)
     command -v runc >/dev/null 2>&1 || missing+=("runc")               # the OCI runtime podman is told to use here

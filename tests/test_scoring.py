@@ -49,7 +49,17 @@ def test_bootstrap_equals_a_naive_loop(seed):
     hits = top5_hits(y, rng.random((len(y), n_classes)))
     got = bootstrap_replicates(y, p, n_classes, hits, reps=25, seed=seed, chunk=1)
     ref = naive_replicates(y, p, n_classes, hits, 25, seed)
-    for name in ("accuracy", "balanced_accuracy", "worst_class_recall", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "weighted_precision", "top5_accuracy"):
+    for name in (
+        "accuracy",
+        "balanced_accuracy",
+        "worst_class_recall",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "weighted_f1",
+        "weighted_precision",
+        "top5_accuracy",
+    ):
         np.testing.assert_allclose(got[name], [r[name] for r in ref], atol=1e-12, err_msg=name)
     # larger chunks draw in another order, but every row is still a stratified resample scored the same way
     rows = next(stratified_indices(y, 40, np.random.default_rng(seed)))

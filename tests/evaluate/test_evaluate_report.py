@@ -27,7 +27,12 @@ def lut_outputs(store, finished: bool = True):
 def test_report_from_retrieval_results_alone(tmp_path):
     store = LocalStore(tmp_path)
     lut_outputs(store)
-    assert write_report(store, "evaluate") == {"html": "evaluate/report.html", "md": "evaluate/report.md", "pictures_left_out": 0, "html_bytes": len(store.read_bytes("evaluate/report.html"))}
+    assert write_report(store, "evaluate") == {
+        "html": "evaluate/report.html",
+        "md": "evaluate/report.md",
+        "pictures_left_out": 0,
+        "html_bytes": len(store.read_bytes("evaluate/report.html")),
+    }
     html = store.read_bytes("evaluate/report.html").decode()
     assert "No test results yet" in html and "Retrieval (LUT)" in html
     assert "exact &lt;top-1&gt;" in html and "<top-1>" not in html
