@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -12,7 +13,7 @@ import sys
 import click
 
 from plankton_core.errors import InterruptedRun, PlanktonError
-from plankton_core.progress import setup_logging
+from plankton_core.progress import redact, setup_logging
 from plankton_core.version import git_commit, package_version
 
 # commands that are not stages (they read stage outputs or drive the cluster); stages come from the registry
@@ -24,6 +25,9 @@ TOOLS = {
     "submit": "jobs.submit",
     "detect-predict": "jobs.detect_predict",
 }
+
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES)
 
 
 class LazyGroup(click.Group):
@@ -65,11 +69,16 @@ class LazyGroup(click.Group):
             self._fail(ctx, str(exc), exc.exit_code)
         except click.BadParameter as exc:  # a wrong type or choice: one line naming the option, like a bad bound
             self._fail(ctx, exc.format_message(), 2)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            # a full, read-only or forbidden disk outside the store (a temporary file, a cache): one line naming the path
+            self._fail(ctx, f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}", 2)
 
     @staticmethod
     def _fail(ctx: click.Context, message: str, code: int) -> None:
         stage = ctx.invoked_subcommand or "plankton"
-        one_line = " ".join(message.split())  # e.g. YAML and SQL errors carry multi-line context
+        one_line = redact(" ".join(message.split()))  # e.g. YAML and SQL errors carry multi-line context
         click.echo(f"plankton {stage}: error: {one_line}", err=True)
         sys.exit(code)
 

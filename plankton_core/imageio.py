@@ -4,17 +4,28 @@ Dark-field and bright-field instruments write JPEG, PNG or TIFF in 1-, 8- or
 16-bit, grayscale or colour, with or without alpha. Everything downstream sees
 uint8 arrays: (H, W) for grayscale, (H, W, 3) for colour. 16-bit data is scaled
 by its full range (value / 257). Decompression bombs are refused.
+
+The pixel cap is `max_pixels` (MAX_PIXELS, 100 MP, unless a caller passes
+another), checked on the header's width × height before any pixel is decoded.
+PIL's own warning at its 89.5 MP limit is not what applies; its hard stop at
+twice that (`PIL_HARD_LIMIT`) stays as a backstop, so a cap cannot exceed it.
+Deep images (16-bit, 32-bit, float) are converted to uint8 a strip of rows at a
+time, so a decode needs the decoded frame plus its uint8 copy, not several
+float64 copies of it.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 100_000_000  # ~10k x 10k: larger frames are refused as decompression bombs
+PIL_HARD_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)  # PIL refuses more than this in Image.open
+STRIP_PIXELS = 1 << 22  # pixels per strip when deep images are scaled to uint8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -36,15 +47,15 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise UnreadableImage("empty", "zero bytes")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our cap applies, not PIL's 89.5 MP
+            img = Image.open(io.BytesIO(data))  # reads the header only
             w, h = img.size
             if w * h > max_pixels:
-                raise UnreadableImage("decompression_bomb", f"{w}x{h} pixels exceeds {max_pixels}")
+                raise UnreadableImage("decompression_bomb", f"{w}x{h} pixels exceeds the cap of {max_pixels}")
             img.load()
     except UnreadableImage:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise UnreadableImage("decompression_bomb", str(exc)) from None
     except UnidentifiedImageError:
         raise UnreadableImage("not_an_image", "unknown image format") from None
@@ -66,19 +77,45 @@ def to_uint8(img: Image.Image) -> np.ndarray:
         return np.asarray(img.getchannel("L"))
     if mode in ("RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         return np.asarray(img.convert("RGB"))
-    arr = np.asarray(img)
-    if arr.dtype == np.uint8:
-        return arr if arr.ndim == 2 else arr[..., :3]
-    if arr.dtype.kind in "ui":
-        # 16-bit containers (I;16, and I for 16-bit PNG) are scaled by their full range, never per image
-        top = 255.0 if arr.dtype.itemsize == 1 else 65535.0
-        arr = arr.astype(np.float64)
-        return np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
-    if arr.dtype.kind == "f":
-        finite = np.nan_to_num(arr.astype(np.float64))
-        top = 1.0 if finite.max(initial=0) <= 1.0 else 65535.0
-        return np.clip(np.rint(finite * (255.0 / top)), 0, 255).astype(np.uint8)
-    raise UnreadableImage("unsupported_mode", mode)
+    return _deep_to_uint8(img)
+
+
+def _strips(img: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, array) of horizontal strips of `img`: one strip's copy at a time, never the whole frame's."""
+    w, h = img.size
+    rows = max(1, STRIP_PIXELS // max(w, 1))
+    for top in range(0, h, rows):
+        yield top, np.asarray(img.crop((0, top, w, min(h, top + rows))))
+
+
+def _deep_to_uint8(img: Image.Image) -> np.ndarray:
+    """16-bit, 32-bit and float images → uint8, strip by strip (bounded memory)."""
+    w, h = img.size
+    out: np.ndarray | None = None
+    top_value = None
+    for top, strip in _strips(img):
+        if strip.ndim == 3:
+            strip = strip[..., :3]
+        if strip.dtype.kind == "f":
+            if top_value is None:  # one pass for the scale: 0–1 data, else the 16-bit range
+                top_value = 1.0 if max(float(np.nan_to_num(s).max(initial=0)) for _, s in _strips(img)) <= 1.0 else 65535.0
+            scaled = np.clip(np.rint(np.nan_to_num(strip.astype(np.float64)) * (255.0 / top_value)), 0, 255).astype(np.uint8)
+        elif strip.dtype.kind in "ui":
+            if strip.dtype.itemsize == 1:
+                scaled = np.clip(strip, 0, 255).astype(np.uint8)
+            else:
+                # 16-bit containers (I;16, and I for 16-bit PNG) are scaled by their full range, never per image:
+                # round(v / 257) in integers (v / 257 is never exactly halfway)
+                v = np.clip(strip.astype(np.int64), 0, 65535)
+                scaled = ((2 * v + 257) // 514).astype(np.uint8)
+        else:
+            raise UnreadableImage("unsupported_mode", img.mode)
+        if out is None:
+            out = np.empty((h, w) + scaled.shape[2:], np.uint8)
+        out[top : top + scaled.shape[0]] = scaled
+    if out is None:
+        raise UnreadableImage("empty", "zero-sized image")
+    return out
 
 
 def to_gray(arr: np.ndarray) -> np.ndarray:

@@ -11,6 +11,8 @@ import logging
 import os
 import time
 
+from .progress import redact
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest, pushadd_to_gateway
 
 disable_created_metrics()
@@ -75,6 +77,6 @@ class StageMetrics:
             pushadd_to_gateway(url, job=f"{PREFIX}_{self.stage}", registry=self.registry, timeout=PUSH_TIMEOUT_S)
             return True
         except Exception as exc:  # a monitoring outage must not fail a training run
-            log.warning("could not push metrics to %s: %s", url, exc)
+            log.warning("could not push metrics to %s: %s", redact(url), redact(str(exc)))
             self._push_retry_at = time.monotonic() + PUSH_BACKOFF_S
             return False

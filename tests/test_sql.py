@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import lut_fixtures
 import pytest
@@ -114,3 +120,52 @@ def test_views_come_from_the_registry():
         assert "toy_rows" in referenced_views("SHOW TABLES")
     finally:
         unregister("toy-sql")
+
+
+# --- issue 15, finding 8: truly read-only, one statement, a time limit, SIGTERM → 75 -------------------
+
+
+def test_duckdb_temp_folder_is_private_not_the_working_folder(tmp_path, monkeypatch, run_cli):
+    """DuckDB's default temp folder `./.tmp` was readable and writable by a query; now it is a fresh private one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "planted.txt").write_text("from the working folder")
+    root = open_store(str(tmp_path / "artifacts"))
+    where = run_sql(root, "SELECT current_setting('temp_directory') AS t").to_pylist()[0]["t"]
+    assert not where.startswith(str(tmp_path)) and "plankton-sql-" in where
+    assert not os.path.exists(where)  # removed afterwards
+    res = run_cli("sql", "--root", str(tmp_path / "artifacts"), "SELECT * FROM read_text('.tmp/planted.txt')")
+    assert res.exit_code == 2 and "planted" not in res.stdout
+    res = run_cli("sql", "--root", str(tmp_path / "artifacts"), "COPY (SELECT 1) TO '.tmp/x.csv'")
+    assert res.exit_code == 2 and "read-only" in res.stderr
+    assert sorted(os.listdir(tmp_path / ".tmp")) == ["planted.txt"]
+
+
+def test_one_statement_only(tmp_path, run_cli):
+    res = run_cli("sql", "--root", str(tmp_path), "SELECT 1; SELECT 2")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "plankton sql: error: plankton sql runs one statement at a time; this query has 2"
+
+
+def test_timeout_stops_a_long_query(tmp_path, run_cli):
+    t0 = time.monotonic()
+    res = run_cli("sql", "--root", str(tmp_path), "--timeout", "0.5", "SELECT sum(a.range * b.range) FROM range(200000) a, range(200000) b")
+    assert res.exit_code == 2 and res.stderr.strip() == "plankton sql: error: SQL query stopped after --timeout 0.5s"
+    assert time.monotonic() - t0 < 20
+
+
+def test_sigterm_stops_a_query_with_one_line_and_exit_75(tmp_path):
+    query = "SELECT sum(a.range * b.range) FROM range(300000) a, range(300000) b"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from jobs.cli import main; main()", "sql", "--root", str(tmp_path), query],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(5)  # imports, then the query is running
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75
+    assert err.strip() == "plankton sql: error: stopped by a signal; the query was interrupted, nothing was written"
