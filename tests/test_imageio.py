@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
+import textwrap
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +158,57 @@ def test_helpers():
     assert to_rgb(GREY).shape == (2, 3, 3) and np.array_equal(to_rgb(COLOUR), COLOUR)
     assert to_gray(COLOUR)[0, 0] == pytest.approx(0.299 * 0 + 0.587 * 255 + 0.114 * 0, abs=1e-3)
     assert np.array_equal(decode_image(encode_png(COLOUR)), COLOUR)
+
+
+# --- issue 15, finding 9: the documented pixel cap, checked on the header; 16-bit decoding in bounded memory
+
+
+def test_the_cap_is_checked_on_the_header_before_any_pixel_is_decoded(monkeypatch):
+    from PIL import ImageFile
+
+    data = encode(Image.new("L", (100, 100)), "PNG")
+
+    def no_decoding(self):
+        raise AssertionError("pixels decoded before the cap was checked")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(UnreadableImage, match=r"100x100 pixels exceeds the cap of 9999"):
+        decode_image(data, max_pixels=9_999)
+
+
+def test_the_documented_100_mp_cap_applies_not_pils_89_mp():
+    from plankton_core.imageio import MAX_PIXELS
+
+    assert MAX_PIXELS == 100_000_000
+    data = encode(Image.new("1", (9_500, 9_500)), "PNG")  # 90.25 MP: above PIL's 89.5 MP warning, under the cap
+    assert decode_image(data).shape == (9_500, 9_500)
+    big = encode(Image.new("1", (10_050, 10_000)), "PNG")  # 100.5 MP
+    assert reason_of(big) == "decompression_bomb"
+
+
+def test_16_bit_scaling_is_round_of_value_over_257_for_every_value():
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    out = decode_image(encode(Image.fromarray(values), "PNG"))
+    assert np.array_equal(out, np.clip(np.rint(values.astype(np.float64) * (255.0 / 65535.0)), 0, 255).astype(np.uint8))
+
+
+def test_16_bit_decoding_memory_stays_near_the_frame():
+    """A 6000×6000 16-bit PNG (a few hundred KB) used to take ~25 bytes per pixel at peak; now about 3 (frame + uint8 copy)."""
+    code = textwrap.dedent(
+        """
+        import io, resource
+        import numpy as np
+        from PIL import Image
+        arr = np.zeros((6000, 6000), np.uint16); arr[::97, ::89] = 40000
+        buf = io.BytesIO(); Image.fromarray(arr).save(buf, format="PNG"); data = buf.getvalue(); del arr, buf
+        from plankton_core.imageio import decode_image
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out = decode_image(data)
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+        print(len(data), out.shape, grew * 1024 / out.size)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    size, per_pixel = int(result.stdout.split()[0]), float(result.stdout.split()[-1])
+    assert size < 1_000_000
+    assert per_pixel < 5.0, result.stdout
