@@ -9,6 +9,21 @@ normalisation with the stats-stage mean/std.
 Random parameters come from a generator seeded by (seed, epoch, step) for the
 whole global batch, so a resumed run and a run on more processes draw exactly
 the same augmentations.
+
+An `AugmentSpec` chooses the recipe and the crop mode (supcon and pretrain pass theirs):
+
+- recipe `plankton` (default, the above) or `supcontrast`: SupContrast's training
+  transform, i.e. RandomResizedCrop(scale=(crop_scale_min, 1)) of the crop's own pixels
+  (not of the letterbox padding), horizontal flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with
+  p=0.8 and RandomGrayscale(p=0.2) (`colour.py`); no vertical flips, no rotations;
+- crop mode `random` (the recipe's crop) or `localized`: crops of the context crop
+  around the object box (`boxes.localized_crops`, threshold `loc_thr`).
+
+Both the supcontrast crop and the localized one need each image's geometry: the
+rectangle its pixels occupy in the letterboxed square and its object box
+(`ImageCache.geometry`, 8 numbers per image). The uniforms are drawn for the whole
+global batch and turned into crops with each process's own rows' geometry, so the
+views still do not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -19,6 +34,35 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .boxes import localized_crops, random_resized_crops
+from .colour import ColourParams, apply_colour, sample_colour
+
+RECIPES = ("plankton", "supcontrast")
+CROP_MODES = ("random", "localized")
+RRC_TRIES = 10  # torchvision's RandomResizedCrop tries 10 times before falling back to a centre crop
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Which augmentation: recipe, crop mode and their settings (what a stage's config chooses)."""
+
+    recipe: str = "plankton"
+    crop_mode: str = "random"
+    scale_min: float = 0.2  # crop area fraction lower bound (RandomResizedCrop scale)
+    jitter: float = 0.2  # plankton recipe: brightness/contrast factors in [1 - jitter, 1 + jitter]
+    loc_thr: float = 0.5  # localized crops: the threshold thr of the user's formulas
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+
+    @property
+    def needs_geometry(self) -> bool:
+        """True when crops depend on each image's pixel rectangle and object box (`ImageCache.geometry`)."""
+        return self.recipe != "plankton" or self.crop_mode != "random"
 
 
 @dataclass
@@ -120,11 +164,13 @@ def augment_views(
     mean: Sequence[float],
     std: Sequence[float],
     memory_format: torch.memory_format = torch.channels_last,
+    colours: Sequence[ColourParams | None] | None = None,
 ) -> torch.Tensor:
     """Several views of the same uint8 batch, concatenated view after view: (len(views)·n, 3, S, S).
 
     The images are turned into floats once for all views; jitter and normalisation are
-    folded into two fused passes per view.
+    folded into two fused passes per view. A view with `ColourParams` gets SupContrast's
+    colour jitter and greyscale instead of the brightness/contrast jitter.
     """
     device = images.device
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
@@ -132,10 +178,14 @@ def augment_views(
     inv_std = 1.0 / torch.tensor(std, device=device, dtype=x.dtype).view(1, 3, 1, 1)
     shift = -torch.tensor(mean, device=device, dtype=x.dtype).view(1, 3, 1, 1) * inv_std
     out = []
-    for params in views:
+    for i, params in enumerate(views):
         p = params.to(device)
         grid = sampling_grid(affine_theta(p).to(x.dtype), out_size)
         v = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        colour = colours[i] if colours is not None else None
+        if colour is not None:
+            out.append(torch.addcmul(shift, apply_colour(v, colour.to(device)), inv_std))
+            continue
         # contrast around the image's mean grey, then brightness: ((v - g)·c + g)·b = v·cb + g(1 - c)b
         g = (v.mean(dim=(2, 3), keepdim=True) * gray).sum(dim=1, keepdim=True)
         c = p.contrast.to(x.dtype).view(-1, 1, 1, 1)
@@ -150,6 +200,45 @@ def two_view_params(global_batch: int, seed: int, epoch: int, step: int, scale_m
     g = torch.Generator().manual_seed(batch_seed(seed, epoch, step))
     both = sample_params(2 * global_batch, g, scale_min, jitter)
     return both.rows(slice(0, global_batch)), both.rows(slice(global_batch, 2 * global_batch))
+
+
+def view_params(
+    spec: AugmentSpec, global_batch: int, seed: int, epoch: int, step: int, rows: slice, geometry: torch.Tensor | None = None
+) -> list[tuple[ViewParams, ColourParams | None]]:
+    """Both views' parameters for this process's `rows` of one global batch.
+
+    geometry: (rows, 8) float, each row's pixel rectangle then object box (fractions of
+    the side), needed when `spec.needs_geometry`. The plankton recipe's random crops
+    draw exactly what `two_view_params` draws.
+    """
+    if not spec.needs_geometry:
+        p0, p1 = two_view_params(global_batch, seed, epoch, step, spec.scale_min, spec.jitter)
+        return [(p0.rows(rows), None), (p1.rows(rows), None)]
+    if geometry is None:
+        raise ValueError(f"recipe {spec.recipe!r} with crop mode {spec.crop_mode!r} needs each image's geometry")
+    g = torch.Generator().manual_seed(batch_seed(seed, epoch, step))
+    n = 2 * global_batch
+    base = sample_params(n, g, spec.scale_min, spec.jitter)
+    u = torch.rand(n, 4 * RRC_TRIES, generator=g, dtype=torch.float64)
+    colour = sample_colour(n, g) if spec.recipe == "supcontrast" else None
+    geometry = geometry.double().cpu()
+    image, box = geometry[:, :4], geometry[:, 4:]
+    out: list[tuple[ViewParams, ColourParams | None]] = []
+    for view in range(2):
+        whole = slice(view * global_batch, (view + 1) * global_batch)
+        p = base.rows(whole).rows(rows)
+        uu = u[whole][rows]
+        if spec.crop_mode == "localized":
+            p.width, p.height, p.cx, p.cy = localized_crops(uu[:, :4], image, box, spec.loc_thr, (spec.scale_min, 1.0))
+        else:
+            p.width, p.height, p.cx, p.cy = random_resized_crops(uu, image, (spec.scale_min, 1.0))
+        c = None
+        if colour is not None:  # SupContrast: horizontal flips only, its own colour jitter
+            ones = torch.ones_like(p.width)
+            p.flip_v, p.rot, p.brightness, p.contrast = ones, torch.zeros_like(p.rot), ones.clone(), ones.clone()
+            c = colour.rows(whole).rows(rows)
+        out.append((p, c))
+    return out
 
 
 @dataclass
@@ -169,9 +258,18 @@ class TwoViews:
     mean: Sequence[float]
     std: Sequence[float]
     device: torch.device
+    spec: AugmentSpec | None = None  # default: the plankton recipe, random crops, with scale_min and jitter above
 
-    def __call__(self, images: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
-        p0, p1 = two_view_params(self.global_batch, self.seed, epoch, step, self.scale_min, self.jitter)
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            self.spec = AugmentSpec(scale_min=self.scale_min, jitter=self.jitter)
+
+    def __call__(self, images: torch.Tensor, epoch: int, step: int, geometry: torch.Tensor | None = None) -> torch.Tensor:
+        """geometry: this process's rows' (b, 8) pixel rectangles and boxes, when the spec needs them."""
+        assert self.spec is not None
+        views = view_params(self.spec, self.global_batch, self.seed, epoch, step, self.rows, geometry)
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         with torch.no_grad():
-            return augment_views(images.to(self.device, non_blocking=True), [p0.rows(self.rows), p1.rows(self.rows)], self.size, self.mean, self.std, fmt)
+            return augment_views(
+                images.to(self.device, non_blocking=True), [p for p, _ in views], self.size, self.mean, self.std, fmt, colours=[c for _, c in views]
+            )

@@ -239,7 +239,9 @@ class ImageCache:
         if context is not None:
             fallback_count = int(json.loads(done.read_text()).get("context_fallbacks", 0))
             if fallback_count:
-                notes.append(f"{fallback_count} of {len(keys)} context crops came from the tight crop (source frame not readable): their context is only the crop's padding")
+                notes.append(
+                    f"{fallback_count} of {len(keys)} context crops came from the tight crop (source frame not readable): their context is only the crop's padding"
+                )
         array = np.memmap(path, mode="r", dtype=np.uint8, shape=shape) if keys else np.zeros(shape, np.uint8)
         geom_arr = np.load(geom_path) if geometry and keys else (np.zeros((0, 8), np.float32) if geometry else None)
         return cls(keys=keys, size=size, array=array, path=path, preprocess=preprocess, geometry=geom_arr, context=context, notes=notes)
@@ -339,9 +341,7 @@ def grown_box(box: tuple[int, int, int, int], context: float, width: int, height
     return max(0, int(np.floor(x0 - gx))), max(0, int(np.floor(y0 - gy))), min(width, int(np.ceil(x1 + gx))), min(height, int(np.ceil(y1 + gy)))
 
 
-def context_crop(
-    root: Store, key: str, mbox: ManifestBox | None, size: int, context: float, frames: _FrameReader
-) -> tuple[np.ndarray, np.ndarray, bool]:
+def context_crop(root: Store, key: str, mbox: ManifestBox | None, size: int, context: float, frames: _FrameReader) -> tuple[np.ndarray, np.ndarray, bool]:
     """(letterboxed context crop, its geometry, whether it came from the source frame)."""
     frame = frames.get(mbox.source_key) if mbox is not None else None
     if mbox is not None and frame is not None and (mbox.frame is None or mbox.frame == (frame.shape[1], frame.shape[0])):

@@ -21,7 +21,7 @@ import torch
 
 from .artifacts import STATS_JSON, SWEEP_SELECTION
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import ImageCache, load_normalisation
+from .data import ImageCache, check_preprocess, load_normalisation
 from .errors import BadInputError
 from .features import extract_features, pick_device, to_model_input
 from .models import SupConModel
@@ -48,6 +48,7 @@ class Embedder:
     std: list[float]
     epoch: int | None
     config: dict[str, Any] = field(default_factory=dict)  # the training config the checkpoint records
+    preprocess: str = "letterbox"  # how a crop becomes the square input (data.preprocess_crop), as the checkpoint records
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -59,11 +60,12 @@ class Embedder:
             "mean": self.mean,
             "std": self.std,
             "epoch": self.epoch,
+            "preprocess": self.preprocess,
         }
 
     @torch.no_grad()
     def embed(self, batch_u8: np.ndarray, device: str | torch.device | None = None) -> np.ndarray:
-        """(N, size, size, 3) uint8 letterboxed crops → (N, dimension) L2-normalised float32."""
+        """(N, size, size, 3) uint8 crops made by `data.preprocess_crop(…, self.preprocess)` → (N, dimension) L2-normalised float32."""
         device = pick_device(device) if not isinstance(device, torch.device) else device
         model = self.model.to(device).eval()
         feats = model.encode(to_model_input(batch_u8, self.mean, self.std, device)).float().cpu().numpy()
@@ -136,7 +138,15 @@ def load_embedder(root: Store, checkpoint: str | None = None) -> Embedder:
         std=std,
         epoch=int(epoch) if epoch is not None else None,
         config=cfg,
+        preprocess=checkpoint_preprocess(cfg),
     )
+
+
+def checkpoint_preprocess(ccfg: dict[str, Any]) -> str:
+    """The evaluation preprocessing a checkpoint's training config records (`letterbox` before it was recorded)."""
+    preprocess = str(ccfg.get("preprocess") or "letterbox")
+    check_preprocess(preprocess)
+    return preprocess
 
 
 def check_compatible(info: dict[str, Any], embedder: Embedder, where: str) -> None:

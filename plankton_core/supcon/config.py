@@ -13,6 +13,11 @@ from typing import Literal
 from ..config import option, stage_config
 from ..errors import BadInputError
 
+# SupContrast's main_supcon.py: warm-up (from lr 0.01, 10 epochs) only when the batch is larger than 256.
+SUPCONTRAST_WARM_BATCH = 256
+SUPCONTRAST_WARM_EPOCHS = 10
+SUPCONTRAST_WARMUP_FROM = 0.01
+
 # Fields that decide the training trajectory: `--resume auto` only continues a
 # checkpoint whose recorded values of these match the current config.
 TRAJECTORY_FIELDS = (
@@ -34,6 +39,14 @@ TRAJECTORY_FIELDS = (
     "crop_scale_min",
     "jitter",
     "sync_bn",
+    "recipe",
+    "base_temperature",
+    "crop_mode",
+    "loc_thr",
+    "context",
+    "boxes",
+    "box_model",
+    "box_weights",
 )
 
 
@@ -55,10 +68,31 @@ class SupConConfig:
     method: Literal["supcon", "simclr"] = option("supcon", "supcon uses labels; simclr ignores them.")
     seed: int = option(0, "Seed for weights, data order and augmentation.")
     pretrained: str | None = option(None, "Backbone weights file or URI (state dict, safetensors or plankton checkpoint); default random init.")
-    init: Literal["random", "pretrain"] = option("random", "pretrain: start from the pretrain stage's pretrain/ckpt/last.pt; random: --pretrained or random weights.")
+    init: Literal["random", "pretrain"] = option(
+        "random", "pretrain: start from the pretrain stage's pretrain/ckpt/last.pt; random: --pretrained or random weights."
+    )
     crop_scale_min: float = option(0.2, "The random resized crop keeps this to 100% of the area.", gt=0, le=1)
     jitter: float = option(0.2, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1)
     sync_bn: bool = option(True, "SyncBatchNorm across GPUs under torchrun.")
+    recipe: Literal["plankton", "supcontrast"] = option(
+        "plankton",
+        "Training recipe. plankton: crops of the letterboxed square, flips, 90° turns, brightness/contrast jitter, "
+        "warm-up + per-step cosine. supcontrast: SupContrast's (RandomResizedCrop of the crop's own pixels, "
+        "horizontal flip, ColorJitter 0.4/0.4/0.4/0.1 p=0.8, RandomGrayscale 0.2; per-epoch cosine, "
+        "warm-up only for batches over 256).",
+    )
+    preprocess: Literal["letterbox", "resize-center-crop"] | None = option(
+        None,
+        "How crops are made square for every feature extraction downstream (recorded in the checkpoint); "
+        "default: letterbox for --recipe plankton, resize-center-crop (Resize 256 + CenterCrop 224, scaled) for supcontrast.",
+    )
+    base_temperature: float | None = option(None, "SupContrast's base_temperature: the loss is scaled by temperature / this; default = --temperature.", gt=0)
+    crop_mode: Literal["random", "localized"] = option("random", "random: the recipe's crops; localized: crops of a context crop around the object box.")
+    loc_thr: float = option(0.5, "Localized crops: threshold thr (1 keeps the whole box in every crop; mean kept share ≈ 0.5 + thr^0.4/2).", ge=0, le=1)
+    context: float = option(0.5, "Localized crops: the context crop is the box grown by this × its size on each side.", ge=0)
+    boxes: Literal["manifest", "attention"] = option("manifest", "Object boxes for localized crops: the crop manifest's, or pseudo boxes from ViT attention.")
+    box_model: str = option("vit_small_patch14_dinov2.lvd142m", "--boxes attention: timm ViT name.")
+    box_weights: str | None = option(None, "--boxes attention: the ViT's weights (file or URI); required with --boxes attention.")
     save_every: int = option(50, "Write supcon/ckpt/epoch_NNNN.pt every K epochs; last.pt every epoch.", ge=1)
     resume: str = option("auto", "auto (newest readable checkpoint), never (start over), last, epoch_NNNN or a checkpoint URI.", digest=False)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", digest=False)
@@ -72,11 +106,24 @@ class SupConConfig:
             raise BadInputError(f"supcon: --device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not self.resume:
             raise BadInputError("supcon: --resume must be auto, never, a checkpoint name or a URI")
+        if self.boxes == "attention" and not self.box_weights:
+            raise BadInputError("supcon: --boxes attention needs --box-weights (a file or URI of the ViT's weights; nothing is downloaded)")
+        if self.boxes == "attention" and self.crop_mode != "localized":
+            raise BadInputError("supcon: --boxes attention only matters with --crop-mode localized")
+
+    def effective_preprocess(self) -> str:
+        """The evaluation preprocessing this run records: --preprocess, else the recipe's."""
+        if self.preprocess is not None:
+            return self.preprocess
+        return "resize-center-crop" if self.recipe == "supcontrast" else "letterbox"
 
     def lr(self) -> float:
         """Peak learning rate for the global batch (linear scaling rule)."""
         return self.base_lr * self.batch_size / 256
 
     def warmup(self) -> int:
-        """Warm-up epochs actually used: at most 10% of the run, so short runs are not all warm-up."""
+        """Warm-up epochs actually used. plankton: at most 10% of the run, so short runs are not all warm-up.
+        supcontrast: SupContrast's 10 epochs, only for batches over 256 (main_supcon.py), none otherwise."""
+        if self.recipe == "supcontrast":
+            return SUPCONTRAST_WARM_EPOCHS if self.batch_size > SUPCONTRAST_WARM_BATCH else 0
         return min(self.warmup_epochs, self.epochs // 10)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import PRETRAIN_CKPT, STATS_SPLITS, SUPCON_CKPT, SUPCON_METRICS
-from ..augment import TwoViews
+from ..artifacts import CROP_RUN, PRETRAIN_CKPT, STATS_SPLITS, SUPCON_CKPT, SUPCON_METRICS
+from ..augment import AugmentSpec, TwoViews
 from ..checkpoint import checkpoint_key, load_pretrained_state, state_dict_from_file
 from ..config import config_dict
 from ..data import ImageCache, load_normalisation, load_splits
@@ -32,7 +32,8 @@ from ..losses import supcon_loss
 from ..models import SupConModel, create_model
 from ..progress import progress
 from ..stage import StageContext, require_upstream
-from ..store import Store
+from ..store import Store, open_store
+from ..tables import read_json
 from ..training import (
     DistInfo,
     EpochStats,
@@ -49,7 +50,8 @@ from ..training import (
 from ..training.distributed import barrier, gather_with_grad, process_group
 from ..training.loader import Batch, CachedBatchLoader, EpochPlan
 from ..training.runtime import deterministic_kernels, training_device
-from .config import TRAJECTORY_FIELDS, SupConConfig
+from ..training.schedule import supcontrast_schedule
+from .config import SUPCONTRAST_WARMUP_FROM, TRAJECTORY_FIELDS, SupConConfig
 
 log = logging.getLogger("plankton.supcon")
 
@@ -98,6 +100,7 @@ def check(cfg: SupConConfig, ctx: StageContext) -> SupConPlan:
         "std": list(std),
         "lr": cfg.lr(),
         "warmup_epochs_used": cfg.warmup(),
+        "preprocess": cfg.effective_preprocess(),  # what every downstream feature extraction uses (embedding.py)
         "stats_digest": ctx.upstream.get("stats", ""),
         "train_images": len(keys),
         "steps_per_epoch": steps_per_epoch,
@@ -115,7 +118,12 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
     plan: SupConPlan = ctx.plan
     device, cuda = plan.device, plan.device.type == "cuda"
     with process_group(use_cuda=cuda) as dist, stop_on_signals(StopRequest()) as stop, deterministic_kernels(cfg.deterministic, device):
-        cache = decode_cache(ctx.root, plan.keys, plan.size, dist)
+        spec = augment_spec(cfg)
+        cache = decode_cache(ctx.root, plan.keys, plan.size, dist, spec, cfg.context, crop_input(ctx))
+        ctx.notes.extend(cache.notes)
+        geometry = cache.geometry
+        if geometry is not None and cfg.boxes == "attention":
+            geometry = with_attention_boxes(cache, cfg, ctx, device)
         run = TrainingRun(
             stage="supcon",
             ckpt_prefix=SUPCON_CKPT,
@@ -131,13 +139,25 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
 
         net = build_model(cfg, ctx, fresh=plan.resume.ckpt is None)
         optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        schedule = partial(
-            warmup_cosine,
-            peak_lr=cfg.lr(),
-            total_steps=cfg.epochs * run.steps_per_epoch,
-            warmup_steps=cfg.warmup() * run.steps_per_epoch,
-            min_ratio=cfg.min_lr_ratio,
-        )
+        schedule: Callable[..., Any]
+        if cfg.recipe == "supcontrast":  # SupContrast's per-epoch cosine, warm-up only for batches over 256
+            schedule = partial(
+                supcontrast_schedule,
+                peak_lr=cfg.lr(),
+                epochs=cfg.epochs,
+                steps_per_epoch=run.steps_per_epoch,
+                warm_epochs=cfg.warmup(),
+                warmup_from=SUPCONTRAST_WARMUP_FROM,
+                min_ratio=cfg.min_lr_ratio,
+            )
+        else:
+            schedule = partial(
+                warmup_cosine,
+                peak_lr=cfg.lr(),
+                total_steps=cfg.epochs * run.steps_per_epoch,
+                warmup_steps=cfg.warmup() * run.steps_per_epoch,
+                min_ratio=cfg.min_lr_ratio,
+            )
         scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling; kept for the checkpoint format
         scheduler = trainer.restore(
             plan.resume, {"model": net.backbone, "head": net.head, "scaler": scaler}, optimizer, schedule, extra={"feature_dim": net.feature_dim}
@@ -146,15 +166,22 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
         model = distribute(net, optimizer, cfg, dist, device, ctx)
 
         loader = CachedBatchLoader(
-            cache.array, plan.labels, EpochPlan(len(plan.keys), cfg.batch_size, cfg.seed), dist.rank, dist.world, prefetch=cfg.workers, pin_memory=cuda
+            cache.array,
+            plan.labels,
+            EpochPlan(len(plan.keys), cfg.batch_size, cfg.seed),
+            dist.rank,
+            dist.world,
+            prefetch=cfg.workers,
+            pin_memory=cuda,
+            geometry=geometry,
         )
         b = loader.local_batch
         views = TwoViews(
-            cfg.batch_size, slice(dist.rank * b, (dist.rank + 1) * b), cfg.seed, cfg.crop_scale_min, cfg.jitter, plan.size, plan.mean, plan.std, device
+            cfg.batch_size, slice(dist.rank * b, (dist.rank + 1) * b), cfg.seed, cfg.crop_scale_min, cfg.jitter, plan.size, plan.mean, plan.std, device, spec
         )
         if not cuda and cfg.workers > 0:  # augment on the loader threads, overlapping the model step
             loader.transform = partial(with_views, views=views)
-        loss_fn = ContrastiveStep(views, dist, cfg.temperature, cfg.method, amp=cfg.amp and cuda)
+        loss_fn = ContrastiveStep(views, dist, cfg.temperature, cfg.method, amp=cfg.amp and cuda, base_temperature=cfg.base_temperature)
         if dist.is_main:
             log.info(
                 "supcon: %s, %d train crops, global batch %d on %d process(es), lr %.4g (base %.4g per 256), %d steps/epoch, device %s",
@@ -188,14 +215,72 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
     return counts | {"train_images": len(plan.keys)}
 
 
-def decode_cache(root: Store, keys: list[str], size: int, dist: DistInfo) -> ImageCache:
-    """The uint8 decode cache of the train crops: the first process of each node fills it, the others open it."""
+def augment_spec(cfg: SupConConfig) -> AugmentSpec:
+    return AugmentSpec(recipe=cfg.recipe, crop_mode=cfg.crop_mode, scale_min=cfg.crop_scale_min, jitter=cfg.jitter, loc_thr=cfg.loc_thr)
+
+
+def crop_input(ctx: StageContext) -> Store | None:
+    """The crop stage's input (source frames for context crops), when its run.json names one that can be opened."""
+    try:
+        uri = (read_json(ctx.root, CROP_RUN).get("config") or {}).get("input")
+        return open_store(str(uri), ctx.s3_endpoint) if uri else None
+    except (BadInputError, OSError, ValueError):
+        return None
+
+
+def decode_cache(
+    root: Store, keys: list[str], size: int, dist: DistInfo, spec: AugmentSpec | None = None, context: float = 0.5, source: Store | None = None
+) -> ImageCache:
+    """The uint8 decode cache of the train crops: the first process of each node fills it, the others open it.
+
+    With a spec that needs geometry: tight crops with their pixel rectangles and boxes (supcontrast
+    recipe), or context crops around the boxes (localized crop mode).
+    """
+    geometry = spec is not None and spec.needs_geometry
+    ctx_grow = context if spec is not None and spec.crop_mode == "localized" else None
+
+    def build() -> ImageCache:
+        return ImageCache.build(root, keys, size, geometry=geometry, context=ctx_grow, source=source if ctx_grow is not None else None)
+
     if dist.local_rank == 0:
-        cache = ImageCache.build(root, keys, size)
+        cache = build()
     barrier(dist)
     if dist.local_rank != 0:
-        cache = ImageCache.build(root, keys, size)
+        cache = build()
     return cache
+
+
+def with_attention_boxes(cache: ImageCache, cfg: SupConConfig, ctx: StageContext, device: torch.device) -> np.ndarray:
+    """The cache's geometry with the object boxes replaced by ViT-attention pseudo boxes (kept inside each pixel rectangle)."""
+    import timm
+
+    from ..boxes import attention_boxes
+
+    assert cache.geometry is not None and cfg.box_weights
+    try:
+        vit = timm.create_model(cfg.box_model, pretrained=False, num_classes=0)
+    except Exception as exc:  # timm raises RuntimeError/KeyError for unknown names
+        raise BadInputError(f"supcon: --box-model {cfg.box_model!r} is not a timm model ({exc})") from None
+    state = load_pretrained_state(cfg.box_weights, ctx.s3_endpoint)
+    missing, unexpected = vit.load_state_dict(state, strict=False)
+    if len(missing) > len(state) // 2:
+        raise BadInputError(f"supcon: --box-weights {cfg.box_weights} does not fit {cfg.box_model} ({len(missing)} missing tensors)")
+    data_cfg = getattr(vit, "pretrained_cfg", {}) or {}
+    side = int(getattr(vit.patch_embed, "img_size", (224, 224))[0])
+    images = torch.from_numpy(np.ascontiguousarray(cache.array)).permute(0, 3, 1, 2).float()
+    resized = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", align_corners=False).round().clamp(0, 255)
+    u8 = resized.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    found = attention_boxes(vit, u8, data_cfg.get("mean", (0.485, 0.456, 0.406)), data_cfg.get("std", (0.229, 0.224, 0.225)), device=device)
+    geometry = np.array(cache.geometry, dtype=np.float32, copy=True)
+    image = geometry[:, :4]
+    boxes = found.boxes
+    geometry[:, 4] = np.clip(boxes[:, 0], image[:, 0], image[:, 2])
+    geometry[:, 5] = np.clip(boxes[:, 1], image[:, 1], image[:, 3])
+    geometry[:, 6] = np.clip(boxes[:, 2], image[:, 0], image[:, 2])
+    geometry[:, 7] = np.clip(boxes[:, 3], image[:, 1], image[:, 3])
+    ctx.notes.append(f"localized crops around ViT-attention pseudo boxes ({cfg.box_model}, weights {cfg.box_weights})")
+    del unexpected
+    return geometry
 
 
 def build_model(cfg: SupConConfig, ctx: StageContext, fresh: bool) -> SupConModel:
@@ -238,7 +323,7 @@ def distribute(net: SupConModel, optimizer: torch.optim.Optimizer, cfg: SupConCo
 
 def with_views(batch: Batch, views: TwoViews) -> Batch:
     """Loader-thread transform for CPU training: the next batches are augmented while this one trains."""
-    batch.views = views(batch.images, batch.epoch, batch.step)
+    batch.views = views(batch.images, batch.epoch, batch.step, batch.geometry)
     return batch
 
 
@@ -251,15 +336,18 @@ class ContrastiveStep:
     temperature: float
     method: str
     amp: bool  # bf16 autocast of the forward pass (GPU)
+    base_temperature: float | None = None  # SupContrast's: loss × temperature / base_temperature
 
     def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        x = batch.views if batch.views is not None else self.views(batch.images, batch.epoch, batch.step)
+        x = batch.views if batch.views is not None else self.views(batch.images, batch.epoch, batch.step, batch.geometry)
         device = self.views.device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
             z = model(x)
         z = torch.stack(z.float().split(len(batch.images)), dim=1)  # (b, 2 views, dim)
         z_all = gather_with_grad(z, self.dist)
-        return contrastive_loss(z_all, batch.global_labels.to(device), self.temperature, self.method, anchor_rows=self.views.rows)
+        return contrastive_loss(
+            z_all, batch.global_labels.to(device), self.temperature, self.method, anchor_rows=self.views.rows, base_temperature=self.base_temperature
+        )
 
 
 __all__ = ["GAUGES", "ContrastiveStep", "SupConPlan", "body", "check", "contrastive_loss"]

@@ -27,6 +27,7 @@ class Batch:
     labels: torch.Tensor  # (b,) int64, this process's rows
     global_labels: torch.Tensor  # (B,) int64, the whole global batch (every process's rows, in rank order)
     views: torch.Tensor | None = None  # augmented model input, when the loader's `transform` made it
+    geometry: torch.Tensor | None = None  # (b, 8) pixel rectangles and object boxes of this process's rows, when given
 
 
 class EpochPlan:
@@ -61,6 +62,7 @@ class CachedBatchLoader:
         prefetch: int = 4,
         pin_memory: bool = False,
         transform: Callable[[Batch], Batch] | None = None,
+        geometry: np.ndarray | None = None,
     ):
         if plan.global_batch % world:
             raise ValueError(f"global batch {plan.global_batch} is not divisible by {world} processes")
@@ -68,6 +70,7 @@ class CachedBatchLoader:
         self.rank, self.world = rank, world
         self.local_batch = plan.global_batch // world
         self.prefetch, self.pin_memory, self.transform = prefetch, pin_memory, transform
+        self.geometry = geometry  # (N, 8) per cache row (ImageCache.geometry), handed out with each batch
 
     def __len__(self) -> int:
         return self.plan.steps_per_epoch
@@ -82,6 +85,8 @@ class CachedBatchLoader:
         if self.pin_memory:
             tensor = tensor.pin_memory()
         batch = Batch(epoch, step, tensor, torch.from_numpy(self.labels[rows]), torch.from_numpy(self.labels[global_rows]))
+        if self.geometry is not None:
+            batch.geometry = torch.from_numpy(np.asarray(self.geometry[rows], dtype=np.float64))
         return self.transform(batch) if self.transform else batch
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
