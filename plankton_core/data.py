@@ -217,7 +217,7 @@ class ImageCache:
             else:
 
                 def fill(i: int) -> None:
-                    out[i] = load_crop(root, keys[i], size, preprocess)
+                    out[i] = load_crop(root, keys[i], size) if preprocess == "letterbox" else load_crop(root, keys[i], size, preprocess)
 
             try:
                 with ThreadPoolExecutor(workers) as pool:
