@@ -34,14 +34,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PLANKTON_GIT_COMMIT=${GIT_COMMIT}
 
 WORKDIR /opt/plankton
-COPY pyproject.toml README.md ./
+# The pinned dependencies first, in a layer of their own: a change to the project's code rebuilds
+# only the small layer after it. torch stays the base image's when it has the pinned one (the
+# build stops if they differ); with WHEELHOUSE set, pip installs from that folder only.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print(chr(10).join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+ && python -m pip install --no-cache-dir ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt \
+ && python -c "import tomllib, torch; pin = next(d.split('==')[1] for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith('torch==')); have = torch.__version__.split('+')[0]; assert have == pin, f'base image torch {have} != pinned {pin}'"
+
+COPY README.md ./
 COPY plankton_core ./plankton_core
 COPY jobs ./jobs
-
-# torch stays the base image's when it has the pinned one; the rest comes from pyproject.toml
-# (from the wheelhouse only, when WHEELHOUSE is set)
-RUN python -m pip install --no-cache-dir ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} . \
- && python -c "import tomllib, torch; pin = next(d.split('==')[1] for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith('torch==')); have = torch.__version__.split('+')[0]; assert have == pin, f'base image torch {have} != pinned {pin}'" \
+RUN python -m pip install --no-cache-dir --no-deps ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} . \
  && plankton --help > /dev/null \
  && useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin plankton
 

@@ -20,13 +20,16 @@ t1=$(date +%s)
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 echo "image-test: podman build of $IMAGE on $BASE_TAG (wheelhouse $CACHE_DIR/wheels mounted at /wheels)"
-"${PODMAN[@]}" build --quiet --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --network none \
+previous=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+"${PODMAN[@]}" build --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --network none \
   --volume "$PWD/$CACHE_DIR/wheels:/wheels:ro" \
   --build-arg BASE_IMAGE="$BASE_TAG" --build-arg WHEELHOUSE=/wheels \
   --build-arg VERSION="$version" --build-arg GIT_COMMIT="$commit" \
   -t "$IMAGE" . > "$CACHE_DIR/build.log" 2>&1 || { tail -30 "$CACHE_DIR/build.log" >&2; exit 1; }
 t2=$(date +%s)
 size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE")
+now=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE")
+if [ -n "$previous" ] && [ "$previous" != "$now" ]; then "${PODMAN[@]}" rmi "$previous" > /dev/null 2>&1 || true; fi  # the replaced build's layers
 echo "image-test: built $IMAGE in $((t2 - t1))s (base + wheelhouse ready in $((t1 - t0))s); image size $((size / 1000000)) MB"
 "$BIN/python" scripts/image_run.py --image "$IMAGE" --podman podman
 t3=$(date +%s)
