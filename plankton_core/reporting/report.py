@@ -254,19 +254,18 @@ def retrieval_blocks(store: Store) -> list[Block]:
     rows = []
     for item in data.get("rows", []):
         m = item.get("metrics", {})
+        iv = (item.get("intervals") or {}).get("overall", {})
         rows.append(
-            [
-                str(item.get("name", "")),
-                pct(m.get("accuracy")),
-                pct(m.get("macro_precision")),
-                pct(m.get("macro_recall")),
-                pct(m.get("macro_f1")),
-                pct(m.get("balanced_accuracy")),
-                pct(m.get("top5_accuracy")),
-            ]
+            [str(item.get("name", ""))]
+            + [pct_ci(m.get(k), iv.get(k)) for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "balanced_accuracy", "top5_accuracy")]
         )
     if rows:
-        blocks.append(("table", Table(["Index / vote", "Accuracy", "Precision", "Recall", "F1 Score", "Balanced accuracy", "Top-5 accuracy"], rows)))
+        headers = ["Index / vote", "Accuracy", "Precision", "Recall", "F1 Score", "Balanced accuracy", "Top-5 accuracy"]
+        blocks.append(("table", Table(headers, rows)))
+        blocks.append(("p", "Test split; 95% intervals in brackets (Wilson for accuracy and top-5, stratified bootstrap for the averaged metrics)."))
+    effect = data.get("prune_effect")
+    if isinstance(effect, dict) and effect.get("metrics"):
+        blocks += prune_effect_blocks(effect)
     prune = data.get("prune")
     if isinstance(prune, dict) and prune:
         blocks.append(("p", "Pruning:"))
@@ -274,6 +273,44 @@ def retrieval_blocks(store: Store) -> list[Block]:
     img = _maybe_image(store, LUT_PRUNE_PLOT, "LUT pruning sweep")
     if img:
         blocks.append(("img", img))
+    return blocks
+
+
+def _pair(lo_hi: Any) -> str:
+    return f"{100 * float(lo_hi[0]):.1f}–{100 * float(lo_hi[1]):.1f}" if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 else ""
+
+
+def prune_effect_blocks(effect: dict[str, Any]) -> list[Block]:
+    """The chosen pruning threshold on test: full vs pruned with intervals, and lut's verdict."""
+    m = effect["metrics"]
+    rows = []
+    for name, label in (("accuracy", "Accuracy"), ("macro_f1", "Macro F1"), ("balanced_accuracy", "Balanced accuracy")):
+        e = m.get(name)
+        if e:
+            rows.append(
+                [
+                    label,
+                    f"{pct(e['full'])} ({_pair(e.get('full_ci'))})",
+                    f"{pct(e['pruned'])} ({_pair(e.get('pruned_ci'))})",
+                    f"{100 * e['difference']:+.1f} ({_pair(e.get('difference_ci'))})",
+                ]
+            )
+    w = m.get("worst_class_recall")
+    if w:
+        rows.append(
+            [
+                "Worst class recall",
+                f"{pct(w['full'])} ({_pair(w.get('full_ci'))}), {w.get('full_class')}",
+                f"{pct(w['pruned'])} ({_pair(w.get('pruned_ci'))}), {w.get('pruned_class')}",
+                "",
+            ]
+        )
+    blocks: list[Block] = [
+        ("p", f"Pruning at T={effect.get('threshold')} (chosen on val) scored on the test split ({effect.get('count')} crops):"),
+        ("table", Table(["Test metric", "Full index (95% CI)", "Pruned index (95% CI)", "Difference, points (95% CI)"], rows)),
+    ]
+    if effect.get("verdict"):
+        blocks.append(("p", str(effect["verdict"])))
     return blocks
 
 

@@ -87,3 +87,25 @@ def test_per_class_and_confusions_tables(tmp_path):
     assert "](confusion.png)" in md
     write_report(store, "report")  # the same content under another prefix links the images from there
     assert "](../evaluate/confusion.png)" in store.read_bytes("report/report.md").decode()
+
+
+def test_retrieval_intervals_and_the_pruning_effect_on_test(tmp_path):
+    store = LocalStore(tmp_path)
+    lut_outputs(store)
+    row = dict(RETRIEVAL["rows"][0], intervals={"overall": {"accuracy": {"low": 0.25, "high": 0.75, "method": "wilson"}}})
+    effect = {
+        "threshold": 0.93,
+        "count": 40,
+        "verdict": "pruned test accuracy 80.0% is within the unpruned index's 95% interval",
+        "metrics": {
+            "accuracy": {"full": 0.85, "pruned": 0.8, "difference": -0.05, "full_ci": [0.71, 0.93], "pruned_ci": [0.65, 0.9], "difference_ci": [-0.1, 0.0]},
+            "worst_class_recall": {"full": 0.5, "pruned": 0.25, "full_class": "rare", "pruned_class": "rare", "full_ci": [0.1, 0.9], "pruned_ci": [0.05, 0.7]},
+        },
+    }
+    write_json(store, "lut/retrieval.json", {"rows": [row], "prune_effect": effect})
+    write_report(store, "report")
+    md = store.read_bytes("report/report.md").decode()
+    assert "| exact <top-1> | 50.00% (25.0–75.0) |" in md
+    assert "| Accuracy | 85.00% (71.0–93.0) | 80.00% (65.0–90.0) | -5.0 (-10.0–0.0) |" in md
+    assert "| Worst class recall | 50.00% (10.0–90.0), rare | 25.00% (5.0–70.0), rare |" in md
+    assert "Pruning at T=0.93 (chosen on val) scored on the test split (40 crops)" in md and effect["verdict"] in md
