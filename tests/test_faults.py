@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import logging
 import os
 import signal
@@ -532,3 +533,33 @@ def test_cli_error_lines_are_redacted(run_cli, monkeypatch):
     assert result.exit_code == EXIT_INTERRUPTED  # unreachable: transient
     assert "user:***@" not in result.stderr and "topsecret" not in result.stderr
     assert "http://***@127.0.0.1:1" in result.stderr
+
+
+@pytest.mark.parametrize("failing", ["epoch_0001.pt", "last.pt", "metrics.jsonl"])
+def test_a_resumed_run_after_a_full_disk_writes_every_checkpoint_and_metrics_row(tmp_path, monkeypatch, failing):
+    """The disk filled while epoch 1 was being saved; after space came back the resumed run must leave every
+    epoch's checkpoint and metrics row (epoch_0001.pt and epoch 1's row were missing)."""
+    sys.path.insert(0, str(Path(__file__).parent / "training"))
+    from training_toy import EPOCHS, METRICS, PREFIX, fit
+
+    from plankton_core.checkpoint import checkpoint_key, epoch_name
+    from plankton_core.training import choose_resume
+
+    store = open_store(str(tmp_path / "root"))
+    real_replace = store_module.os.replace
+    state = {"armed": True}
+
+    def full_once(src, dst):
+        if state["armed"] and str(dst).endswith(failing):
+            state["armed"] = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store_module.os, "replace", full_once)
+    with pytest.raises(StoreError, match=rf"^cannot write .*{failing}: no space left on device$"):
+        fit(store, choose_resume(store, PREFIX, "auto", {"lr": 0.05, "epochs": EPOCHS}, ("lr", "epochs")))
+    fit(store, choose_resume(store, PREFIX, "auto", {"lr": 0.05, "epochs": EPOCHS}, ("lr", "epochs")))
+    for epoch in range(1, EPOCHS + 1):
+        assert store.exists(checkpoint_key(epoch_name(epoch), PREFIX)), epoch
+    lines = [json.loads(line) for line in store.read_bytes(METRICS).decode().splitlines()]
+    assert [row["epoch"] for row in lines] == list(range(1, EPOCHS + 1))

@@ -256,14 +256,16 @@ class Trainer:
         }
         if self.device.type == "cuda":
             row["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
-        names = [self.last_key]
-        if (epoch + 1) % run.save_every == 0:
-            names.append(checkpoint_key(epoch_name(epoch + 1), run.ckpt_prefix))
+        # the metrics row, then epoch_NNNN.pt, then last.pt: whatever write fails (a full disk), a resume
+        # continues from a checkpoint whose epoch has its row and its numbered checkpoint, or redoes the epoch
+        names = [checkpoint_key(epoch_name(epoch + 1), run.ckpt_prefix)] if (epoch + 1) % run.save_every == 0 else []
+        names.append(self.last_key)
+        if self.dist.is_main:
+            self.rows.append(row)
+            write_metrics(self.ctx.root, run.metrics_key, self.rows)
         self._save(names, self.snapshot(epoch + 1))
         if not self.dist.is_main:
             return
-        self.rows.append(row)
-        write_metrics(self.ctx.root, run.metrics_key, self.rows)
         values = {**row, "epochs_total": run.epochs}
         for name, key in {**_ROW_OF_GAUGE, "epochs_total": "epochs_total"}.items():
             if key in values:
