@@ -238,7 +238,12 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
         }
         for rule in RULES[1:]:  # the other rules' heads first: the accuracy head, whose record the reuse check reads, last
             best = result.by_rule[rule]
-            save_head(store, head_key(name, rule), best.state_dict(), meta | {"rule": rule, "best_head_epoch": int(best.epoch), "val_acc": best.val_accuracy, "val_macro_f1": best.val_macro_f1})
+            save_head(
+                store,
+                head_key(name, rule),
+                best.state_dict(),
+                meta | {"rule": rule, "best_head_epoch": int(best.epoch), "val_acc": best.val_accuracy, "val_macro_f1": best.val_macro_f1},
+            )
         save_head(store, hkey, result.state_dict(), meta | {"rule": "accuracy"})
         ctx.metrics.count("checkpoints")
         ctx.metrics.gauge("sweep_last_val_accuracy", row["val_acc"], "Val accuracy of the last checkpoint swept.")
