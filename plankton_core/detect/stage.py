@@ -48,7 +48,7 @@ from .annotations import Annotations, Frame, assign_frame_splits, load_coco, loa
 from .coco import CocoResult, evaluate
 from .config import TRAJECTORY_FIELDS, DetectConfig
 from .data import Batch, TrainBatches, decoded
-from .schedule import round_schedule
+from .schedule import lr_at, round_schedule
 
 log = logging.getLogger("plankton.detect")
 GAUGES = epoch_gauges("detect")
@@ -226,6 +226,11 @@ def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
         schedule = partial(round_schedule, rounds=rounds, steps_per_epoch=len(batches), warmup_steps=min(cfg.warmup_iters, len(batches)), decay=cfg.decay)
         fresh = plan.resume.ckpt is None
         scheduler = trainer.restore(plan.resume, {"model": net}, optimizer, schedule)
+        # a chain continued with added rounds: the restored optimiser holds the old schedule's next lr
+        current = lr_at(scheduler.last_epoch, rounds, len(batches), min(cfg.warmup_iters, len(batches)), cfg.decay)
+        for group in optimizer.param_groups:
+            group["lr"] = current
+        scheduler._last_lr = [current] * len(optimizer.param_groups)  # what get_last_lr() reports
         plan.resume.ckpt = None
         if fresh and dist.is_main:
             for key in (DETECT_BEST, DETECT_VAL):
