@@ -22,9 +22,7 @@ VIEW_HELP = ", ".join(f"{name} ({key})" for name, key in views().items())
 @click.option("--out", default=None, help="Write the result to this path or URI instead of stdout.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="table (stdout default), csv, jsonl or parquet [from --out's suffix].")
 @click.option("--max-rows", type=int, default=100, show_default=True, help="Rows shown in table format (all rows go to csv/jsonl/parquet).")
-@click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S", help="Stop the query after S seconds (exit 2) [no limit]."
-)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S", help="Stop the query after S seconds (exit 2) [no limit].")
 def command(query: str, root: str, s3_endpoint: str | None, out: str | None, fmt: str | None, max_rows: int, timeout: float | None) -> None:
     fmt = pick_format(fmt, out)
     result = run_sql(open_store(root, s3_endpoint), query, timeout=timeout)

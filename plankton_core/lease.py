@@ -111,7 +111,7 @@ class LocalLease(Lease):
             if same:
                 break
             os.close(fd)  # the holder unlinked it between our open and our lock: take the new file
-        self.fd = fd
+        self.fd: int | None = fd
         data = json.dumps(_holder(run_id)).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
@@ -123,11 +123,12 @@ class LocalLease(Lease):
             return {}
 
     def release(self) -> None:
-        if getattr(self, "fd", None) is None:
+        fd = getattr(self, "fd", None)
+        if fd is None:
             return
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        os.close(self.fd)
+            self.path.unlink()  # while still locked: a waiting taker sees the inode change and reopens
+        os.close(fd)
         self.fd = None
 
 

@@ -11,9 +11,9 @@ import logging
 import os
 import time
 
-from .progress import redact
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest, pushadd_to_gateway
+
+from .progress import redact
 
 disable_created_metrics()
 

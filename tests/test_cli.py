@@ -56,11 +56,12 @@ def test_unreachable_endpoint_from_the_flag(run_cli, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("PLANKTON_S3_MAX_ATTEMPTS", "2")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     result = run_cli("stats", "--root", "s3://bucket/x", "--s3-endpoint", f"http://127.0.0.1:{port}")
-    assert result.exit_code == 2
+    assert result.exit_code == 75  # transient: the Job retries later (issue 15, finding 3)
     assert one_error_line(result).startswith(f"plankton stats: error: cannot reach S3 endpoint http://127.0.0.1:{port}")
 
 

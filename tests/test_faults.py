@@ -100,7 +100,9 @@ def test_a_second_run_of_a_stage_refuses_naming_holder_host_and_age(store):
         release.wait(30)
         return {"parts": 1}
 
-    first = threading.Thread(target=lambda: outcome.setdefault("first", run_stage(Stage(name="fault-a", prefix="fault-a", config=ToyConfig, body=slow), ToyConfig(), store)))
+    first = threading.Thread(
+        target=lambda: outcome.setdefault("first", run_stage(Stage(name="fault-a", prefix="fault-a", config=ToyConfig, body=slow), ToyConfig(), store))
+    )
     first.start()
     try:
         assert started.wait(30)
@@ -367,7 +369,15 @@ def test_local_listing_records_links_loops_dot_entries_and_odd_names(tmp_path):
 
 def test_s3_listing_records_odd_keys(s3_bucket, s3_env):
     client = boto3.client("s3", endpoint_url=s3_env)
-    for key in ("in/cls/ok.png", "in/cls//double.png", "in/cls/./dot.png", "in/cls/../up.png", "in/cls/.hidden.png", "in/cls/back\\slash.png", "in/cls/folder/"):
+    for key in (
+        "in/cls/ok.png",
+        "in/cls//double.png",
+        "in/cls/./dot.png",
+        "in/cls/../up.png",
+        "in/cls/.hidden.png",
+        "in/cls/back\\slash.png",
+        "in/cls/folder/",
+    ):
         client.put_object(Bucket=s3_bucket, Key=key, Body=b"" if key.endswith("/") else b"png")
     listed = {e.key: e.problem.split(":")[0] for e in open_store(f"s3://{s3_bucket}/in").list_inputs("")}
     assert listed == {
