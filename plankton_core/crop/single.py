@@ -7,12 +7,11 @@ translucent cell whose faint inside breaks into pieces, or a chain with gaps. So
 1. background and object are separated by Otsu's threshold on the smoothed grey image;
    the background is the side holding most of the image's outer ring of pixels (in a
    vignette the border is mostly background, whatever the polarity); when neither side
-   holds 70% of the ring (the object reaches much of the border) it is the side nearer
-   black or white (dark-field backgrounds are dark, bright-field ones light); unless that side
-   varies far more than the other (background is flat: an object filling the image
-   around a hole, like a ring, has its texture at the border);
-2. the object must stand out: the two sides' means differ by at least
-   max(min_contrast, noise_k × noise sigma); otherwise the image is either blank (flat,
+   holds 90% of the ring (the object reaches much of the border), or when the side the ring
+   calls the object is only bits at the border (corners around a filling object), it is the side nearer
+   black or white (dark-field backgrounds are dark, bright-field ones light), if clearly so;
+2. the object must stand out: its 90th-percentile pixel lies at least
+   max(min_contrast, noise_k × noise sigma) from the background's median; otherwise the image is either blank (flat,
    `no_object`) or the object fills it (texture inside: the whole image, `fills_image`);
 3. foreground components closer than `merge_gap` pixels are one object (a translucent
    cell's rim and inner texture, a chain's cells), and the object is the largest such
@@ -32,10 +31,10 @@ from scipy import ndimage
 from ..imageio import to_gray
 from .threshold import EIGHT_CONNECTED, Detection
 
-RING_CLEAR = 0.3  # a ring with less than this share on one side has its background on the other
+RING_CLEAR = 0.1  # a ring with less than this share on one side has its background on the other
+EXTREME_MARGIN = 25.0  # grey levels by which one side must be nearer black or white than the other to decide
 RING = 2  # pixels of the outer ring taken as the background sample
 MERGE_SHARE = 0.2  # other groups at least this share of the largest one's pixels join the object
-TEXTURE_RATIO = 2.0  # a "background" varying this many times more than the object is the object (background is flat)
 FLAT_STD = 2.0  # grey levels: a smoothed image varying less than this is blank
 AUTO_MAX_SIDE = 1024  # auto: larger images are frames (vignettes are tens to hundreds of pixels)
 AUTO_REACH = 1  # auto: parts this many pixels apart (each side) are one object
@@ -60,6 +59,19 @@ def otsu(values: np.ndarray) -> float:
 
 def ring(gray: np.ndarray, width: int = RING) -> np.ndarray:
     return np.concatenate([gray[:width].ravel(), gray[-width:].ravel(), gray[width:-width, :width].ravel(), gray[width:-width, -width:].ravel()])
+
+
+def only_at_border(mask: np.ndarray) -> bool:
+    """Every sizeable component of `mask` (at least MERGE_SHARE of the largest) touches the image border."""
+    labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    if n == 0:
+        return False
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    areas[0] = 0
+    sizeable = np.flatnonzero(areas >= MERGE_SHARE * areas.max())
+    edge = np.zeros_like(mask)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    return bool(np.isin(sizeable, labels[edge & mask]).all())
 
 
 class SingleObject:
@@ -91,17 +103,19 @@ class SingleObject:
         upper = gray > level
         border = ring(upper)
         up_share = np.count_nonzero(border) / border.size
-        if RING_CLEAR <= up_share <= 1 - RING_CLEAR:  # the object covers much of the border: the extremes decide
+        bright_object = bool(up_share < 0.5)  # the ring is mostly below: objects are above
+        if RING_CLEAR <= up_share <= 1 - RING_CLEAR or only_at_border(upper if bright_object else ~upper):
+            # the object covers much of the border, or what the ring calls the object is only bits at the border
+            # (the corners around an object filling the image): the extremes decide
             low, high = float(gray[~upper].mean()), float(gray[upper].mean())
-            bright_object = low < 255.0 - high  # dark-field backgrounds are near black, bright-field near white
-        else:
-            bright_object = bool(up_share < 0.5)  # the ring is mostly below: objects are above
+            if abs(low - (255.0 - high)) > EXTREME_MARGIN:  # clearly one side is nearer its extreme
+                bright_object = low < 255.0 - high  # dark-field backgrounds are near black, bright-field near white
         mask = upper if bright_object else ~upper
         if not mask.any() or mask.all():
             return None, gray, noise
-        if float(gray[~mask].std()) > TEXTURE_RATIO * float(gray[mask].std()):
-            mask = ~mask  # the side at the border is textured, the other flat: an object filling the image around a hole
-        contrast = abs(float(gray[mask].mean()) - float(gray[~mask].mean()))
+        # how far the object's clearly different pixels (its 90th percentile) lie from the background's median:
+        # a translucent cell's faint inside does not hide its rim, while Otsu's split of pure noise stays small
+        contrast = float(np.percentile(np.abs(gray[mask] - float(np.median(gray[~mask]))), 90))
         smoothed_noise = noise / (2.0 * np.sqrt(np.pi) * self.smooth)  # a Gaussian of sigma s averages ~4πs² pixels
         if contrast < max(self.min_contrast, self.noise_k * smoothed_noise):
             return None, gray, noise
@@ -157,13 +171,11 @@ def choose(arr: np.ndarray, finder: SingleObject) -> tuple[str, str]:
         if finder.flat(gray, noise):
             return "frames", "auto: a flat image"
         return "single", "auto: no object stands out of a textured image (it fills the image)"
-    obj, parts = finder.object_mask(mask, reach=AUTO_REACH, share=1.0)  # the largest group alone, gaps of 2 px bridged
+    obj, _ = finder.object_mask(mask, reach=AUTO_REACH, share=1.0)  # the largest group alone, gaps of 2 px bridged
     if obj is None:
         return "frames", "auto: only specks"
     x0, y0, x1, y1 = box_of(obj)
     share = (x1 - x0) * (y1 - y0) / gray.size
     if share >= AUTO_SHARE:
         return "single", f"auto: the object covers {share:.0%} of the image"
-    if parts > 1:
-        return "single", f"auto: {parts} parts within {2 * AUTO_REACH} px of each other are one object"
     return "frames", f"auto: the object covers {share:.0%} of the image"
