@@ -32,7 +32,9 @@ SCHEMA = pa.schema(
 @click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Keep boxes scoring at least this.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-def command(frames: tuple[str, ...], root: str, s3_endpoint: str | None, out: str, checkpoint: str | None, score_threshold: float, batch_size: int, device: str) -> None:
+def command(
+    frames: tuple[str, ...], root: str, s3_endpoint: str | None, out: str, checkpoint: str | None, score_threshold: float, batch_size: int, device: str
+) -> None:
     """Detect objects on FRAMES (paths, folders, URIs, or keys under the root); one row per box in detections.parquet."""
     if not frames:
         raise BadInputError("name the frames to detect on (paths, folders, file:// or s3:// URIs)")

@@ -98,11 +98,12 @@ class TimmFPN(nn.Module):
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
         try:
-            levels = len(timm.create_model(name, pretrained=False, features_only=True).feature_info)
-            self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(range(max(0, levels - 4), levels)))
+            levels = len(timm.create_model(name, pretrained=False, features_only=True).feature_info)  # type: ignore[arg-type]
+            self.body: Any = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(range(max(0, levels - 4), levels)))
         except (RuntimeError, ValueError, TypeError) as exc:
             raise BadInputError(f"timm model {name!r} cannot serve as a detection backbone (features_only): {str(exc).splitlines()[0]}") from None
-        channels = list(self.body.feature_info.channels())
+        info: Any = self.body.feature_info
+        channels = list(info.channels())
         self.fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = fpn_channels
         self.levels = len(channels)
@@ -179,7 +180,23 @@ def detector_spec(ckpt_config: dict[str, Any]) -> dict[str, Any]:
     missing = [k for k in ("model", "classes", "min_size", "max_size", "anchor_sizes", "mean", "std") if k not in ckpt_config]
     if missing:
         raise BadInputError(f"not a detector checkpoint: its config lacks {', '.join(missing)}")
-    return {k: ckpt_config.get(k) for k in ("model", "classes", "min_size", "max_size", "anchor_sizes", "mean", "std", "trainable_layers", "frozen_bn", "fpn_channels", "representation_size", "rois_per_image")}
+    return {
+        k: ckpt_config.get(k)
+        for k in (
+            "model",
+            "classes",
+            "min_size",
+            "max_size",
+            "anchor_sizes",
+            "mean",
+            "std",
+            "trainable_layers",
+            "frozen_bn",
+            "fpn_channels",
+            "representation_size",
+            "rois_per_image",
+        )
+    }
 
 
 def frames_to_tensors(frames: Sequence[np.ndarray], device: torch.device | str = "cpu") -> list[torch.Tensor]:

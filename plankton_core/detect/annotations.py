@@ -148,7 +148,9 @@ def load_coco(data: bytes, what: str, image_keys: set[str]) -> Annotations:
         key = posixpath.normpath(str(img["file_name"]).lstrip("/"))
         if key not in image_keys:
             raise BadInputError(f"COCO file {what}: image {img['file_name']!r} (id {img['id']}) is missing from --input")
-        images[int(img["id"])] = Frame(key, np.zeros((0, 4)), np.zeros(0, dtype=np.int64), width=int(img["width"]), height=int(img["height"]), image_id=int(img["id"]))
+        images[int(img["id"])] = Frame(
+            key, np.zeros((0, 4)), np.zeros(0, dtype=np.int64), width=int(img["width"]), height=int(img["height"]), image_id=int(img["id"])
+        )
     per_image: dict[int, list[tuple[list[float], int, bool]]] = {i: [] for i in images}
     for ann in doc["annotations"]:
         if not isinstance(ann, dict) or not all(k in ann for k in ("image_id", "category_id", "bbox")):

@@ -43,7 +43,8 @@ class CocoResult:
 
 def ground_truth(frames: Sequence[Frame], classes: Sequence[str]) -> dict[str, Any]:
     """COCO ground truth of `frames` (image ids are the frames' image_id)."""
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for f in frames:
         images.append({"id": int(f.image_id), "file_name": f.key, "width": int(f.width), "height": int(f.height)})
         crowd = f.crowd if f.crowd is not None else np.zeros(len(f.labels), dtype=bool)

@@ -70,9 +70,7 @@ class DetectConfig:
     input: str = option("", "Folder/URI of the frames (default for manifest: the crop stage's --input).", metavar="URI")
     coco: str = option("", "COCO JSON file/URI (--annotations coco); file_name is relative to --input.", metavar="URI")
     model: str = option("resnet50", "timm backbone (features_only) under the FPN.")
-    init: str = option(
-        "pretrain", "Backbone weights: pretrain (pretrain/ckpt/last.pt), supcon (the checkpoint linear-sweep selected), none, or a file URI."
-    )
+    init: str = option("pretrain", "Backbone weights: pretrain (pretrain/ckpt/last.pt), supcon (the checkpoint linear-sweep selected), none, or a file URI.")
     trainable_layers: int = option(3, "Backbone layer groups trained (stem + 4 levels = 5 all; 0 freezes the backbone); all with --init none.", ge=0, le=5)
     schedule: str = option("12:0.02,8:0.002,4:0.0002", "Rounds epochs:lr, resumed along one checkpoint chain (lr per --lr-batch images).")
     decay: Literal["step", "cosine"] = option("step", "step: each round at its lr; cosine: each round decays to the next round's lr (the last to a tenth).")

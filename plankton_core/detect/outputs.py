@@ -81,9 +81,7 @@ def detections_table(frames: Sequence[Frame], dets: Sequence[Detections], classe
             rows["class"].append(classes[int(label) - 1] if 1 <= int(label) <= len(classes) else f"class_{int(label)}")
             rows["label"].append(int(label))
     schema = pa.schema(
-        [("image_key", pa.string())]
-        + [(c, pa.float32()) for c in ("x0", "y0", "x1", "y1", "score")]
-        + [("class", pa.string()), ("label", pa.int32())]
+        [("image_key", pa.string())] + [(c, pa.float32()) for c in ("x0", "y0", "x1", "y1", "score")] + [("class", pa.string()), ("label", pa.int32())]
     )
     return pa.table(rows, schema=schema)
 
@@ -135,7 +133,7 @@ def page_png(images: Store, frames: Sequence[Frame], dets: Sequence[Detections],
     for ax, f, d in zip(axes.ravel(), frames, dets):
         arr = load_frame(images, f)
         ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=255)
-        for (x0, y0, x1, y1), label in zip(f.boxes, f.labels):
+        for x0, y0, x1, y1 in f.boxes:
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1.5))
         for (x0, y0, x1, y1), score, label in zip(d.boxes, d.scores, d.labels):
             if score < PAGE_SCORE:

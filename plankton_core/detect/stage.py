@@ -27,7 +27,6 @@ from ..artifacts import (
     CROP_RUN,
     DETECT_BEST,
     DETECT_CKPT,
-    DETECT_METRICS,
     DETECT_TRAIN_METRICS,
     DETECT_VAL,
     PRETRAIN_CKPT,
@@ -95,7 +94,9 @@ def resolve_init(cfg: DetectConfig, ctx: StageContext) -> tuple[str, str | None,
     if cfg.init == "pretrain":
         key = checkpoint_key("last", PRETRAIN_CKPT)
         if not root.exists(join("pretrain", SUCCESS)) or not root.exists(key):
-            raise UpstreamNotReadyError(f"--init pretrain needs a finished pretrain stage ({root.uri}/{key}); run `plankton pretrain`, or use --init supcon|none|URI")
+            raise UpstreamNotReadyError(
+                f"--init pretrain needs a finished pretrain stage ({root.uri}/{key}); run `plankton pretrain`, or use --init supcon|none|URI"
+            )
         return f"pretrain {key}", f"{root.uri}/{key}", str(recorded_run(root, "pretrain").get("digest", ""))
     if cfg.init == "supcon":
         from ..embedding import selected_checkpoint
@@ -264,7 +265,7 @@ def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
             targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 losses = m(imgs, targets)
-            return sum(v.float() for v in losses.values())  # type: ignore[return-value]
+            return torch.stack([v.float() for v in losses.values()]).sum()
 
         def run_epoch(epoch: int, start_step: int) -> EpochStats:
             if epoch in round_ends and dist.is_main:  # the chain keeps every round's last epoch
@@ -372,7 +373,9 @@ def best_row(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return next(r for r in scored if float(r["AP"]) == top)
 
 
-def record_val(root: Store, history: list[dict[str, Any]], epoch: int, result: tuple[CocoResult, list[Detections]] | None, net: nn.Module, resolved: dict[str, Any]) -> None:
+def record_val(
+    root: Store, history: list[dict[str, Any]], epoch: int, result: tuple[CocoResult, list[Detections]] | None, net: nn.Module, resolved: dict[str, Any]
+) -> None:
     """Append the epoch's val figures to detect/val.jsonl; a new best val AP rewrites best.pt."""
     if result is None:
         return

@@ -159,7 +159,9 @@ def test_detect_predict_writes_detections_parquet_above_the_threshold(images, re
 def test_crop_with_the_detector_as_segmenter_keeps_the_border_rule(images, reference, tmp_path):
     from plankton_core.crop.config import CropConfig
 
-    cfg = CropConfig(input=images, objects="frames", segmenter="detector", detector_checkpoint=f"{reference}/detect/ckpt/best.pt", detector_score=0.05, workers=1)
+    cfg = CropConfig(
+        input=images, objects="frames", segmenter="detector", detector_checkpoint=f"{reference}/detect/ckpt/best.pt", detector_score=0.05, workers=1
+    )
     root = open_store(str(tmp_path / "root"))
     run_stage("crop", cfg, root)
     manifest = pq.read_table(str(tmp_path / "root" / "crop" / "manifest.parquet")).to_pylist()
