@@ -14,10 +14,15 @@ from plankton_core.synth import SynthConfig, generate
 @config_options(SynthConfig)
 @click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")
 def command(out: str, s3_endpoint: str | None, **params) -> None:
-    """Write generated dark-/bright-field plankton frames and their ground truth."""
+    """Write generated dark-/bright-field plankton frames (or one-object vignettes) and their ground truth."""
     cfg = resolve_config(SynthConfig, params)
     store = open_store(out, s3_endpoint)
     counts = generate(store, cfg)
+    if cfg.kind == "vignettes":
+        click.echo(
+            f"synth: {counts['frames']} vignettes, one object each ({counts['cut_by_border']} touching the border) in {counts['classes']} classes → {store.uri}"
+        )
+        return
     click.echo(
         f"synth: {counts['frames']} frames, {counts['objects']} objects ({counts['cut_by_border']} cut by the border) "
         f"in {counts['classes']} classes → {store.uri}"

@@ -165,3 +165,37 @@ def test_cli_bad_option(run_cli, tmp_path):
     result = run_cli("synth", "--out", tmp_path, "--classes", 99)
     assert result.exit_code == 2
     assert "synth makes 1 to 8 classes" in result.stderr
+
+
+def test_vignettes_one_object_each_with_every_case(tmp_path):
+    from plankton_core.synth import VIGNETTE_CASES
+
+    store = open_store(str(tmp_path / "one"))
+    counts = generate(store, SynthConfig(kind="vignettes", classes=4, per_class=12, imbalance=1.0, seed=3))
+    gt = read_parquet(store, "ground_truth.parquet")
+    assert gt.column_names == ["image_key", "class", "case", "x0", "y0", "x1", "y1", "width", "height", "touches_border", "dark_field"]
+    rows = gt.to_pylist()
+    assert counts["frames"] == counts["objects"] == len(rows) == len(_files(store)) == 48
+    assert len({r["image_key"] for r in rows}) == 48  # one object per image
+    assert {r["case"] for r in rows} == set(VIGNETTE_CASES) and {r["dark_field"] for r in rows} == {True, False}
+    for r in rows:
+        img = decode_image(store.read_bytes(r["image_key"]))
+        assert img.shape == (r["height"], r["width"]) and 8 <= max(img.shape) <= 400
+        assert 0 <= r["x0"] < r["x1"] <= r["width"] and 0 <= r["y0"] < r["y1"] <= r["height"]
+        if r["case"] == "filled":  # the object is larger than the image (a thin part may be cut away, like an antenna)
+            assert r["touches_border"] and (r["x1"] - r["x0"]) * (r["y1"] - r["y0"]) >= 0.8 * r["width"] * r["height"]
+        if r["case"] in ("padded", "translucent", "chain"):
+            assert not r["touches_border"]
+        if r["case"] == "border":
+            assert r["touches_border"]
+    sizes = [max(r["width"], r["height"]) for r in rows]
+    assert min(sizes) < 60 and max(sizes) > 200  # from tens to hundreds of pixels
+    again = open_store(str(tmp_path / "again"))
+    generate(again, SynthConfig(kind="vignettes", classes=4, per_class=12, imbalance=1.0, seed=3))
+    assert all(again.read_bytes(k) == store.read_bytes(k) for k in _files(store))
+
+
+def test_vignette_cli(run_cli, tmp_path):
+    result = run_cli("synth", "--out", tmp_path / "v", "--kind", "vignettes", "--classes", 2, "--per-class", 3)
+    assert result.exit_code == 0, result.output
+    assert "6 vignettes" in result.stdout
