@@ -198,4 +198,4 @@ def test_vignettes_one_object_each_with_every_case(tmp_path):
 def test_vignette_cli(run_cli, tmp_path):
     result = run_cli("synth", "--out", tmp_path / "v", "--kind", "vignettes", "--classes", 2, "--per-class", 3)
     assert result.exit_code == 0, result.output
-    assert "6 vignettes" in result.stdout
+    assert "4 vignettes, one object each" in result.stdout  # 3 and 1 (imbalance 0.4)
