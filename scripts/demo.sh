@@ -34,6 +34,22 @@ mapfile -t SAMPLES < <(for d in "$IMAGES"/*/; do find "$d" -type f | sort | tail
 step "sql"
 "$P" sql --root "$ROOT" "SELECT class, count(*) AS n FROM gallery GROUP BY 1 ORDER BY 1"
 
+# --- vignettes: one object per image (as FlowCam, IFCB, UVP, ZooScan cut them) out to an EcoTaxa archive ---
+VROOT="$ROOT/vignettes"
+VIMAGES="$ROOT/vignette-images"
+step "vignettes: synth one-object images → $VIMAGES"
+"$P" synth --out "$VIMAGES" --kind vignettes --classes 3 --per-class 24 --imbalance 1 --seed 1
+step "vignettes: crop (one object per image) → stats → supcon → linear-sweep → evaluate → lut"
+"$P" crop --root "$VROOT" --input "$VIMAGES" --objects single
+"$P" stats --root "$VROOT" --size 64
+"$P" supcon --root "$VROOT" --model test_resnet --size 64 --epochs 10 --batch-size 32 --base-lr 0.5 --save-every 5 --device cpu
+"$P" linear-sweep --root "$VROOT"
+"$P" evaluate --root "$VROOT"
+"$P" lut --root "$VROOT"
+step "vignettes: query six of them, predictions as an EcoTaxa import archive"
+mapfile -t VSAMPLES < <(for d in "$VIMAGES"/*/; do find "$d" -type f | sort | tail -n 2; done)
+"$P" query --root "$VROOT" --k 3 "${VSAMPLES[@]}" --format ecotaxa --out "$VROOT/predictions.zip"
+
 ABS=$(cd "$ROOT" && pwd)
 cat <<TXT
 
@@ -45,4 +61,5 @@ Done. Results under $ABS:
   checkpoint sweep     $ABS/sweep/sweep.md
   test report          $ABS/report/report.html
   look-up table        $ABS/lut/index.json
+  EcoTaxa archive      $ABS/vignettes/predictions.zip (vignette predictions, ready for EcoTaxa's import)
 TXT
