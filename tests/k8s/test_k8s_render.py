@@ -76,7 +76,7 @@ def test_every_job_has_the_contract_fields(stage):
     assert c["command"] == ["plankton"] and c["args"][0] == stage
 
 
-@pytest.mark.parametrize("stage", ["supcon", "linear-sweep", "lut"])
+@pytest.mark.parametrize("stage", ["supcon", "linear-sweep", "lut", "detect"])
 def test_gpu_stages_on_a_gpu_cluster(stage):
     job = render(stage, [GPU])[0]
     pod = job["spec"]["template"]["spec"]
@@ -89,7 +89,7 @@ def test_gpu_stages_on_a_gpu_cluster(stage):
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
 
 
-@pytest.mark.parametrize("stage", ["synth"] + [s.name for s in stages() if s.name not in ("supcon", "linear-sweep", "lut")])
+@pytest.mark.parametrize("stage", ["synth"] + [s.name for s in stages() if s.name not in ("supcon", "linear-sweep", "lut", "detect")])
 def test_cpu_stages_ask_for_no_gpu(stage):
     job = render(stage, [GPU])[0]
     assert "nvidia.com/gpu" not in container(job)["resources"].get("limits", {})
@@ -204,9 +204,9 @@ def test_render_cli_prints_the_same_documents(run_cli, tmp_path):
         (["render", "nosuch"], f"unknown stage 'nosuch'; one of: {', '.join(STAGES)}"),
         (["render", "crop", "--set", "gpu=1"], "--set gpu: unknown setting 'gpu'; known: namespace"),
         (["render", "crop", "--set", "noequals"], "--set wants key=value, got 'noequals'"),
-        (["render", "crop", "--set", "nodes=2"], "crop: only a torchrun stage (supcon) runs on several nodes; set nodes: 1"),
-        (["render", "lut", "--set", "gpus=2"], "lut: uses one GPU per pod; only supcon (torchrun) uses several"),
-        (["render", "lut", "--set", "torchrun=true"], "lut: does not run under torchrun (only supcon); set torchrun: false"),
+        (["render", "crop", "--set", "nodes=2"], "crop: only a torchrun stage (pretrain, supcon, detect) runs on several nodes; set nodes: 1"),
+        (["render", "lut", "--set", "gpus=2"], "lut: uses one GPU per pod; only pretrain, supcon, detect (torchrun) uses several"),
+        (["render", "lut", "--set", "torchrun=true"], "lut: does not run under torchrun (only pretrain, supcon, detect); set torchrun: false"),
         (["render", "stats", "--set", "shards=2"], "stats: is not shardable (only crop and linear-sweep); set shards: 1"),
         (["render", "synth", "--set", "shards=2"], "synth: is not shardable"),
         (["render", "supcon", "--set", "gpus=-1"], "supcon: setting gpus must be a whole number >= 0, got -1"),
