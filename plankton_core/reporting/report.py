@@ -153,6 +153,7 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     names = [
         ("accuracy", "Accuracy"),
         ("balanced_accuracy", "Balanced accuracy"),
+        ("worst_class_recall", "Worst class recall"),
         ("macro_precision", "Macro precision"),
         ("macro_recall", "Macro recall"),
         ("macro_f1", "Macro F1"),

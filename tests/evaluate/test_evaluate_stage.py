@@ -256,5 +256,5 @@ def test_intervals_selections_and_classes_not_in_test(tmp_path, run_cli):
 
     html = store.read_bytes("evaluate/report.html").decode()
     md = store.read_bytes("evaluate/report.md").decode()
-    for text in ("Classes not tested", "cross", "What each selection rule chose", "chosen on val", "95% intervals"):
+    for text in ("Classes not tested", "cross", "What each selection rule chose", "chosen on val", "95% intervals", "Worst class recall"):
         assert text in html and text in md, text
