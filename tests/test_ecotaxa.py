@@ -246,6 +246,7 @@ def test_export_rows_carry_metadata_and_leave_unknown_unannotated():
     assert out[2]["object_annotation_category"] == "B" and out[2]["object_annotation_hierarchy"] == "l>B"
     assert out[2]["sample_id"] == "s1" and out[2]["object_depth"] == "5" and "foo" not in columns and hints["object_depth"] == "f"
     assert margin(rows[0]) == pytest.approx(0.2) and margin(rows[3]) is None
+    assert hints["object_plankton_threshold"] == "f" and hints["object_plankton_nn1_similarity"] == "f" and "object_plankton_nn1_class" not in hints
     assert len(columns) == len(set(columns)) and all(c == c.lower() for c in columns)
 
 

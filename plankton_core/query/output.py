@@ -183,8 +183,9 @@ def ecotaxa_rows(
     ours = ["img_file_name", "object_id", CATEGORY, HIERARCHY, STATUS]
     ours += [f"{PREDICTION_PREFIX}{c}" for c in ("score", "margin", "best_similarity", "threshold")]
     ours += [f"{PREDICTION_PREFIX}nn{r}_{f}" for r in range(1, k + 1) for f in ("class", "similarity")]
+    own = set(ours)
     carried: list[str] = []
-    hints: dict[str, str] = {}
+    hints: dict[str, str] = {c: "f" for c in ours if c.startswith(PREDICTION_PREFIX) and not c.endswith("_class")}  # numbers, even when empty
     out: list[dict[str, Any]] = []
     taken: list[int] = []
     names: set[str] = set()
@@ -195,9 +196,9 @@ def ecotaxa_rows(
         item: dict[str, Any] = {}
         if meta:
             for c, v in meta["values"].items():
-                if c in ours or c.startswith("object_annotation_") or not c.startswith(ecotaxa.PREFIXES):
+                if c in own or c.startswith("object_annotation_") or not c.startswith(ecotaxa.PREFIXES):
                     continue
-                if c not in hints:
+                if c not in hints:  # hints holds our own columns and the carried ones seen so far
                     carried.append(c)
                     hints[c] = meta["types"].get(c, "t")
                 item[c] = v
