@@ -72,6 +72,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
 LEVEL = 0.95  # every interval in the reports is a 95% interval
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 BOOTSTRAP_CHUNK_ITEMS = 2_000_000  # resampled items held at once: bounds memory to ~16 MB of indices per chunk
+BOOTSTRAP_CHUNK_CELLS = 4_000_000  # confusion-matrix cells (replicates × classes²) held at once: ~32 MB
 
 BOOTSTRAP_METRICS = (
     "accuracy",
@@ -178,6 +179,8 @@ def bootstrap_replicates(
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     rng = np.random.default_rng(seed)
+    if chunk is None:  # bounded memory whatever the test size and class count
+        chunk = max(1, min(BOOTSTRAP_CHUNK_ITEMS // max(len(y_true), 1), BOOTSTRAP_CHUNK_CELLS // max(n_classes * n_classes, 1)))
     parts: list[dict[str, np.ndarray]] = []
     for idx in stratified_indices(y_true, reps, rng, chunk):
         parts.append(_batched_metrics(y_true[idx], y_pred[idx], None if hits is None else np.asarray(hits)[idx], n_classes))

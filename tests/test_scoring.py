@@ -103,3 +103,15 @@ def test_metric_intervals_methods_and_per_class():
     assert all(lo <= hi for lo, hi in out["per_class"]["f1"])
     none = metric_intervals(y, p, 4, reps=0)
     assert none["overall"]["macro_f1"]["low"] is None and none["overall"]["accuracy"]["method"] == "wilson"
+
+
+def test_many_classes_are_bootstrapped_in_small_chunks(monkeypatch):
+    import plankton_core.scoring as scoring
+
+    sizes = []
+    real = scoring._batched_metrics
+    monkeypatch.setattr(scoring, "_batched_metrics", lambda y, *a: sizes.append(y.shape[0]) or real(y, *a))
+    y = np.arange(600) % 300  # 300 classes: 90 000 confusion cells per replicate
+    out = bootstrap_replicates(y, y, 300, reps=100, seed=0)
+    assert max(sizes) * 300 * 300 <= scoring.BOOTSTRAP_CHUNK_CELLS and sum(sizes) == 100
+    assert out["macro_f1"].shape == (100,) and (out["macro_f1"] == 1).all()
