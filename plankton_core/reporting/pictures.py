@@ -20,7 +20,7 @@ import numpy as np
 
 THUMB_PX = 96  # longest side of a thumbnail in report.html
 JPEG_QUALITY = 80
-GALLERY_CHUNK = 65536  # gallery rows scored at once when searching neighbours
+GALLERY_CHUNK_BYTES = 32 * 1024 * 1024  # gallery embeddings read at once when searching neighbours
 
 
 @dataclass
@@ -98,14 +98,16 @@ def class_examples(predictions: Sequence[dict[str, Any]], per_class: int = 4) ->
     return out
 
 
-def nearest_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = GALLERY_CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k inner products of each query against the gallery rows, streamed `chunk` rows at a time.
+def nearest_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products of each query against the gallery rows, streamed `chunk` rows at a time
+    (default: as many rows as fit in GALLERY_CHUNK_BYTES of float32).
 
     Returns (similarities, gallery row ids), both (n_queries, min(k, n_gallery)), best first.
     """
     q = np.asarray(queries, dtype=np.float32)
     n = int(gallery.shape[0])
     k = min(k, n)
+    chunk = chunk or max(1, GALLERY_CHUNK_BYTES // (4 * max(int(gallery.shape[1]), 1)))
     best_s = np.full((len(q), 0), -np.inf, np.float32)
     best_i = np.zeros((len(q), 0), np.int64)
     for start in range(0, n, chunk):
