@@ -361,9 +361,14 @@ def render_vignette(shape: str, case: str, rng: np.random.Generator, dark: bool,
     else:
         radius = float(np.exp(rng.uniform(np.log(15), np.log(150))))
     mask = _chain_of(shape, radius, rng) if case == "chain" else object_mask(shape, radius, rng)
-    if case == "translucent":  # a thick dark rim around a faint inside (a large cell, like Noctiluca)
-        inside = ndimage.binary_erosion(mask, iterations=max(2, int(radius * rng.uniform(0.04, 0.08))))
-        weight = np.where(inside, rng.uniform(0.12, 0.25), 1.0) * mask
+    if case == "translucent":  # a large cell (like Noctiluca): a rim fading in and out around a faint, granular inside
+        inside = ndimage.binary_erosion(mask, iterations=max(2, int(radius * rng.uniform(0.03, 0.06))))
+        yy, xx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+        theta = np.arctan2(yy - mask.shape[0] / 2, xx - mask.shape[1] / 2)
+        rim = 0.3 + 0.7 * np.abs(np.sin(rng.integers(2, 5) * theta + rng.uniform(0, np.pi)))  # faint in places
+        granules = ndimage.gaussian_filter(rng.random(mask.shape).astype(np.float32), 2.0)
+        granules = (granules > np.quantile(granules, 0.9)) * rng.uniform(0.3, 0.5)  # scattered inner bodies
+        weight = np.where(inside, rng.uniform(0.08, 0.15) + granules, rim) * mask
     else:
         weight = mask.astype(np.float32)
     h, w = mask.shape

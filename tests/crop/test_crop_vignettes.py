@@ -100,3 +100,37 @@ def test_stage_records_fills_image_and_objects_per_row(tmp_path):
     assert (rows["a/filled.png"]["status"], rows["a/filled.png"]["reason"], rows["a/filled.png"]["objects"]) == ("kept", "fills_image", "single")
     assert box(rows["a/filled.png"]) == (0, 0, 64, 64)
     assert (rows["a/blank.png"]["status"], rows["a/blank.png"]["objects"]) == ("no_object", "single")
+
+
+def vignette_figures(objects: str, per_class: int, seed: int) -> str:
+    """The crop figures by case on generated vignettes (8 classes × per_class), as a text table: share giving exactly one
+    kept crop, share with one kept crop at IoU ≥ 0.8 to the true box, and vignettes giving more than one kept crop."""
+    import tempfile
+
+    from plankton_core.imageio import decode_image
+
+    stats: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(tmp)
+        generate(store, SynthConfig(kind="vignettes", classes=8, per_class=per_class, imbalance=1.0, seed=seed))
+        cfg = CropConfig(objects=objects)
+        for g in read_parquet(store, "ground_truth.parquet").to_pylist():
+            kept = [r for r in extract_crops(decode_image(store.read_bytes(g["image_key"])), cfg) if r.status == "kept"]
+            one = len(kept) == 1
+            hit = one and iou(kept[0].box, box(g)) >= 0.8
+            size = "side < 100 px" if max(g["width"], g["height"]) < 100 else "side >= 100 px"
+            keys = ("all", g["case"], "dark-field" if g["dark_field"] else "bright-field", "touches border" if g["touches_border"] else "inside", size)
+            for key in keys:
+                s = stats[key]
+                s[0], s[1], s[2], s[3] = s[0] + 1, s[1] + one, s[2] + hit, s[3] + (len(kept) > 1)
+    lines = [f"--objects {objects}, seed {seed}: {stats['all'][0]} vignettes", f"{'case':16s} {'n':>5s} {'one kept':>9s} {'IoU>=0.8':>9s} {'>1 kept':>8s}"]
+    for key, (n, one, hit, more) in sorted(stats.items(), key=lambda kv: (kv[0] != "all", kv[0])):
+        lines.append(f"{key:16s} {n:5d} {one / n:9.3f} {hit / n:9.3f} {more:8d}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python tests/crop/test_crop_vignettes.py [single|auto|frames] [per_class] [seed]
+    import sys
+
+    args = sys.argv[1:]
+    print(vignette_figures(args[0] if args else "single", int(args[1]) if len(args) > 1 else 60, int(args[2]) if len(args) > 2 else 5))
