@@ -195,3 +195,15 @@ def test_end_to_end_on_the_s3_server_through_the_cli(s3_root, s3_bucket, run_cli
 
     blocks = detect_blocks(store)
     assert blocks[0] == ("h2", "Detection (test split)") and any(b[0] == "img" for b in blocks)
+
+
+def test_manifest_annotations_end_to_end_after_a_real_crop_run(images, tmp_path):
+    from plankton_core.crop.config import CropConfig
+
+    root = open_store(str(tmp_path / "root"))
+    run_stage("crop", CropConfig(input=images, objects="frames", workers=1), root)
+    result = run_stage("detect", small_cfg("", annotations="manifest", schedule="1:0.04"), root)  # frames from crop's recorded --input
+    kept = [r for r in pq.read_table(str(tmp_path / "root" / "crop" / "manifest.parquet")).to_pylist() if r["status"] == "kept"]
+    assert result.counts["frames"] == len({r["source_key"] for r in kept})
+    assert json.loads(root.read_bytes("detect/metrics.json"))["annotations"] == "manifest"
+    assert any("unlabelled" in n for n in result.notes)
