@@ -82,3 +82,9 @@ def recorded_config(root: Store) -> CropConfig:
     """The CropConfig the finished crop stage under `root` ran with (from crop/run.json), so query images are
     cropped exactly as the gallery was; defaults for anything it does not record."""
     return from_recorded(CropConfig, read_json(root, CROP_RUN).get("config") if root.exists(CROP_RUN) else None)
+
+
+def recorded_objects(root: Store) -> str | None:
+    """What `--objects auto` chose for the whole input in the finished crop stage (frames or single), if it chose."""
+    counts = read_json(root, CROP_RUN).get("counts") if root.exists(CROP_RUN) else None
+    return (counts or {}).get("objects")

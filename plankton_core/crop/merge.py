@@ -23,12 +23,13 @@ from ..shards import PartRecord, ShardSet
 from ..stage import StageContext
 from ..store import Store
 from .config import CropConfig
-from .stage import COLUMNS, CROPS, MANIFEST, SCHEMA, UNREADABLE, Tally, finish, log, too_many_bad_error, write_rows
+from .stage import COLUMNS, CROPS, MANIFEST, SCHEMA, Tally, finish, log, note_objects, too_many_bad_error, write_rows
 
 
 def merge(cfg: CropConfig, ctx: StageContext, parts: list[PartRecord]) -> dict[str, Any]:
     """Gather the parts into crop/manifest.parquet, delete crops no row names, and finish as an unsharded run."""
     root, total = ctx.root, ctx.plan.fingerprint["files"]
+    note_objects(ctx)
     owned = sum(int(p.extra.get("files", 0)) for p in parts)
     if owned != total:
         where = ShardSet(root, ctx.stage, ctx.prefix).where
@@ -56,7 +57,7 @@ def merge(cfg: CropConfig, ctx: StageContext, parts: list[PartRecord]) -> dict[s
         stale = remove_unnamed(root, ctx.key(CROPS), local)
     if stale:
         log.info("removed %d crops no manifest row names (an earlier run's)", stale)
-    if tally.status[UNREADABLE] > cfg.max_bad_fraction * total:
+    if tally.bad > cfg.max_bad_fraction * total:
         raise too_many_bad_error(tally, total, cfg, manifest_uri)
     ctx.notes.append(f"merged {len(parts)} shard(s)")
     return finish(tally, cfg, ctx, manifest_uri)

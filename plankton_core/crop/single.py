@@ -18,9 +18,11 @@ translucent cell whose faint inside breaks into pieces, or a chain with gaps. So
    group plus any other group at least MERGE_SHARE of its size (a chain broken wider);
    specks stay out.
 
-`choose` is `--objects auto`: single when the input is an EcoTaxa export (one object per
-row by definition), else per image from its size and the share of the image the main
-object's box covers (frames of many small objects keep the frames behaviour).
+`choose` judges one image for `--objects auto`: single when it is at most AUTO_MAX_SIDE px and
+the main object's box covers at least AUTO_SHARE of it. The crop stage applies it to AUTO_SAMPLE
+images spread over a class-folder tree and reads the whole input the way most of them look
+(one odd image, a long chain in wide margins or three small cells in a frame, does not flip
+the reading); an EcoTaxa export is single by definition (one object per row).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ MERGE_SHARE = 0.2  # other groups at least this share of the largest one's pixel
 FLAT_STD = 2.0  # grey levels: a smoothed image varying less than this is blank
 AUTO_MAX_SIDE = 1024  # auto: larger images are frames (vignettes are tens to hundreds of pixels)
 AUTO_REACH = 1  # auto: parts this many pixels apart (each side) are one object
-AUTO_SHARE = 0.3  # auto: a main object whose box covers at least this share of the image makes it a vignette
+AUTO_SHARE = 0.3
+AUTO_SAMPLE = 32  # auto on a class-folder tree: images judged to choose for the whole input  # auto: a main object whose box covers at least this share of the image makes it a vignette
 
 
 def otsu(values: np.ndarray) -> float:

@@ -44,6 +44,7 @@ from ..store import Listed, Store, StoreURI, open_store
 from .config import CropConfig
 from .ecotaxa_input import BAD_ROW, EXCLUDED, EcoTaxaInput, bad_input_error, is_ecotaxa, read_input, safe_part
 from .extract import KEPT, Segmenter, extract_crops, make_segmenter
+from .single import AUTO_SAMPLE, SingleObject, choose
 
 log = logging.getLogger("plankton.crop")
 
@@ -113,7 +114,7 @@ def owned_files(store: Store, index: int, count: int) -> int:
     return sum(shard_of(entry.key, count) == index for entry in input_files(store))
 
 
-def plan(store: Store, prefix: str, inp: EcoTaxaInput | None = None) -> Iterator[Task]:
+def plan(store: Store, prefix: str, inp: EcoTaxaInput | None = None, objects: str | None = None) -> Iterator[Task]:
     """Tasks in listing order. Same-stem files of one folder (a.png, a.tif) get the suffix in the crop name."""
     if inp is not None:
         yield from ecotaxa_plan(inp, prefix)
@@ -134,7 +135,7 @@ def plan(store: Store, prefix: str, inp: EcoTaxaInput | None = None) -> Iterator
             seen.discard(recent[0])
         recent.append(base)
         seen.add(base)
-        yield Task(key, cls, base)
+        yield Task(key, cls, base, objects)
 
 
 def ecotaxa_plan(inp: EcoTaxaInput, prefix: str) -> Iterator[Task]:
@@ -238,11 +239,20 @@ class Tally:
         self.files = 0
         self.by_class: dict[str, Counter] = defaultdict(Counter)
         self.bad_examples: list[str] = []
+        self.hidden = 0  # dot files and folders: recorded as unreadable, never counted against --max-bad-fraction
+
+    @property
+    def bad(self) -> int:
+        """Unreadable files that count against --max-bad-fraction (a .DS_Store is recorded, not held against the input)."""
+        return self.status[UNREADABLE] - self.hidden
 
     def add(self, rows: list[tuple]) -> None:
         self.files += 1
         statuses = [r[2] for r in rows]
         self.status.update(statuses)
+        if statuses[0] == UNREADABLE and str(rows[0][3] or "").startswith(("hidden_file", "hidden_folder")):
+            self.hidden += 1
+            return
         if statuses[0] in (EXCLUDED, BAD_ROW):
             return  # an EcoTaxa row left out on purpose or recorded as bad: not a class's cropping result
         per_class = self.by_class[rows[0][1]]
@@ -292,6 +302,7 @@ class CropInput:
     source: Any  # a Store, or a ZipStore for a zipped EcoTaxa export
     fingerprint: dict[str, Any]
     ecotaxa: EcoTaxaInput | None = None
+    objects: tuple[str, str] | None = None  # --objects auto on a class-folder tree: (frames or single, why)
 
 
 def check(cfg: CropConfig, ctx: StageContext) -> CropInput:
@@ -315,7 +326,27 @@ def check(cfg: CropConfig, ctx: StageContext) -> CropInput:
             + (" (the folder does not exist)" if missing else "")
             + ": expected class folders <class>/<image> of JPEG, PNG or TIFF files"
         )
-    return CropInput(source, fingerprint)
+    chosen = choose_objects(source, fingerprint["files"], cfg) if cfg.objects == "auto" else None
+    return CropInput(source, fingerprint, None, chosen)
+
+
+def choose_objects(source: Store, files: int, cfg: CropConfig) -> tuple[str, str]:
+    """--objects auto on a class-folder tree: frames or single for the whole input, from AUTO_SAMPLE images spread
+    over the listing (each judged by `single.choose`: its size and the share of it the main object covers)."""
+    step = max(1, files // AUTO_SAMPLE)
+    finder = SingleObject.from_config(cfg)
+    votes: Counter = Counter()
+    for n, entry in enumerate(input_files(source)):
+        if n % step or entry.problem or sum(votes.values()) >= AUTO_SAMPLE:
+            continue
+        try:
+            arr = decode_image(source.read_bytes(entry.key), cfg.max_pixels)
+        except (UnreadableImage, BadInputError):
+            continue
+        votes[choose(arr, finder)[0]] += 1
+    total = sum(votes.values())
+    mode = "single" if total and votes["single"] * 2 > total else "frames"
+    return mode, f"--objects auto: {mode} for this input ({votes['single']} of {total} sampled images look like one object each)"
 
 
 def fingerprint(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
@@ -327,6 +358,7 @@ def body(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
     """The whole input in one run: clear the earlier run's crops and shard parts, crop, write the manifest."""
     root, source, total = ctx.root, ctx.plan.source, ctx.plan.fingerprint["files"]
     stop_on_bad_rows(ctx)
+    note_objects(ctx)
     crops_prefix = ctx.key(CROPS)
     stale = root.delete_prefix(crops_prefix)  # a rerun must not leave crops the new manifest does not name
     if stale:
@@ -335,7 +367,7 @@ def body(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
     manifest_uri = f"{root.uri}/{ctx.key(MANIFEST)}"
     with tempfile.TemporaryDirectory(prefix="plankton-crop-") as tmp:
         local = Path(tmp) / MANIFEST
-        tally, too_many_bad = crop_into(local, plan(source, crops_prefix, ctx.plan.ecotaxa), total, total, cfg, ctx)
+        tally, too_many_bad = crop_into(local, plan(source, crops_prefix, ctx.plan.ecotaxa, chosen_mode(ctx)), total, total, cfg, ctx)
         root.put_file(local, ctx.key(MANIFEST))  # on failure too: it names every bad file's reason
     if too_many_bad:
         raise too_many_bad_error(tally, total, cfg, manifest_uri, "already")
@@ -350,9 +382,10 @@ def shard(cfg: CropConfig, ctx: StageContext, index: int, count: int) -> ShardOu
     """
     root, source, total = ctx.root, ctx.plan.source, ctx.plan.fingerprint["files"]
     stop_on_bad_rows(ctx)
+    note_objects(ctx)
     failed_key = ShardSet(root, ctx.stage, ctx.prefix).part_key(index, count, "failed.parquet")
     root.delete(failed_key)
-    tasks = (t for t in plan(source, ctx.key(CROPS), ctx.plan.ecotaxa) if shard_of(t.key, count) == index)
+    tasks = (t for t in plan(source, ctx.key(CROPS), ctx.plan.ecotaxa, chosen_mode(ctx)) if shard_of(t.key, count) == index)
     tmp = Path(tempfile.mkdtemp(prefix="plankton-crop-shard-"))
     local = tmp / MANIFEST
     output = ShardOutput(rows=local)
@@ -392,13 +425,23 @@ def crop_into(local: Path, tasks: Iterable[Task], total: int, input_files_total:
                 batch.extend(rows)
                 if len(batch) >= 4096:
                     write_rows(writer, batch, ctx)
-                if tally.status[UNREADABLE] > limit:
+                if tally.bad > limit:
                     too_many_bad = True
                     break
             write_rows(writer, batch, ctx)
         finally:
             results.close()
     return tally, too_many_bad
+
+
+def chosen_mode(ctx: StageContext) -> str | None:
+    return ctx.plan.objects[0] if ctx.plan.objects else None
+
+
+def note_objects(ctx: StageContext) -> None:
+    if ctx.plan.objects:
+        ctx.notes.append(ctx.plan.objects[1])
+        log.info("%s", ctx.plan.objects[1])
 
 
 def stop_on_bad_rows(ctx: StageContext) -> None:
@@ -422,7 +465,7 @@ def stop_on_bad_rows(ctx: StageContext) -> None:
 
 def too_many_bad_error(tally: Tally, total: int, cfg: CropConfig, manifest_uri: str, already: str = "") -> BadInputError:
     return BadInputError(
-        f"too many unreadable input files: {tally.status[UNREADABLE]} of {total}{' ' + already if already else ''}, more than "
+        f"too many unreadable input files: {tally.bad} of {total}{' ' + already if already else ''}, more than "
         f"--max-bad-fraction {cfg.max_bad_fraction} allows, e.g. {', '.join(tally.bad_examples)}; "
         f"reasons in {manifest_uri}"
     )
@@ -432,6 +475,8 @@ def finish(tally: Tally, cfg: CropConfig, ctx: StageContext, manifest_uri: str) 
     """The notes, the kept-fraction gauge and the counts of a finished (whole or merged) manifest."""
     ctx.notes.extend(tally.notes(cfg, manifest_uri))  # printed in the summary and kept in run.json
     counts = tally.counts()
+    if cfg.objects == "auto" and (ctx.plan.objects or ctx.plan.ecotaxa is not None):
+        counts["objects"] = ctx.plan.objects[0] if ctx.plan.objects else "single"  # what auto chose (query reuses it)
     objects = counts["kept"] + counts["edge"] + counts["too_small"]
     ctx.metrics.gauge("crop_kept_fraction", counts["kept"] / max(1, objects), "Fraction of found objects kept as crops.")
     return counts

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .. import ecotaxa
-from ..crop.config import recorded_config
+from ..crop.config import recorded_config, recorded_objects
 from ..crop.extract import extract_crops, make_segmenter
 from ..data import preprocess_crop
 from ..embedding import Embedder, check_compatible, load_embedder
@@ -59,6 +59,7 @@ class Cropper:
         self.enabled = enabled
         if enabled:
             self.cfg = recorded_config(root)
+            self.objects = recorded_objects(root) if self.cfg.objects == "auto" else None  # the gallery's reading
             self.segmenter = make_segmenter(self.cfg)
 
     def __call__(self, arr: np.ndarray, objects: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -66,7 +67,7 @@ class Cropper:
         h, w = arr.shape[:2]
         if not self.enabled:
             return arr, {"crop": "as_given", "box": [0, 0, w, h], "objects": None}
-        mode = objects if objects and self.cfg.objects == "auto" else None
+        mode = (objects or self.objects) if self.cfg.objects == "auto" else None
         kept = [(r, r.crop) for r in extract_crops(arr, self.cfg, self.segmenter, mode) if r.status == "kept" and r.crop is not None]
         if not kept:
             return arr, {"crop": "whole_frame (no whole object found)", "box": [0, 0, w, h], "objects": 0}

@@ -211,7 +211,9 @@ def test_top_level_and_hidden_files_are_not_inputs(tmp_path, one_object_png):
     images.write_bytes("c/.DS_Store", b"\0\0")
     root = str(tmp_path / "art")
     run_stage("crop", CropConfig(input=images.uri, workers=1), open_store(root))
-    assert [r["source_key"] for r in manifest_rows(root)] == ["c/a.png"]
+    rows = {r["source_key"]: r for r in manifest_rows(root)}
+    assert sorted(rows) == ["c/.DS_Store", "c/a.png"]  # a dot file is recorded (never read), not counted as bad
+    assert rows["c/.DS_Store"]["status"] == "unreadable" and rows["c/.DS_Store"]["reason"].startswith("hidden_file")
 
 
 def test_input_must_not_contain_the_root(run_cli, tmp_path, synth_input):
