@@ -474,7 +474,7 @@ def too_many_bad_error(tally: Tally, total: int, cfg: CropConfig, manifest_uri: 
 def finish(tally: Tally, cfg: CropConfig, ctx: StageContext, manifest_uri: str) -> dict[str, Any]:
     """The notes, the kept-fraction gauge and the counts of a finished (whole or merged) manifest."""
     ctx.notes.extend(tally.notes(cfg, manifest_uri))  # printed in the summary and kept in run.json
-    counts = tally.counts()
+    counts: dict[str, Any] = dict(tally.counts())
     if cfg.objects == "auto" and (ctx.plan.objects or ctx.plan.ecotaxa is not None):
         counts["objects"] = ctx.plan.objects[0] if ctx.plan.objects else "single"  # what auto chose (query reuses it)
     objects = counts["kept"] + counts["edge"] + counts["too_small"]
