@@ -181,7 +181,7 @@ class LocalStore:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 yield from self._walk(Path(entry.path))
-            elif entry.is_file() and not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            elif _is_file(entry) and not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
                 yield Path(entry.path).relative_to(self.path).as_posix()
 
     def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
@@ -623,6 +623,14 @@ def _local_errors(op: str, path: Path, disk_only: bool = True) -> Iterator[None]
         if known is None and disk_only:
             raise
         raise StoreError(f"cannot {op} {path}: {known or exc.strerror or exc}") from None
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """A regular file (or a link to one); a link loop is not (input listings record it: `list_inputs`)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _odd_name(name: str) -> str:

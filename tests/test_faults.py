@@ -573,3 +573,37 @@ def test_a_resumed_run_after_a_full_disk_writes_every_checkpoint_and_metrics_row
         assert store.exists(checkpoint_key(epoch_name(epoch), PREFIX)), epoch
     lines = [json.loads(line) for line in store.read_bytes(METRICS).decode().splitlines()]
     assert [row["epoch"] for row in lines] == list(range(1, EPOCHS + 1))
+
+
+def test_crop_records_every_odd_input_as_an_unreadable_row(tmp_path):
+    """Finding 4 end to end: a loop, links out of the input, a linked folder, a dot folder and a backslash name
+    are manifest rows with their reason; nothing outside the input is read; the good images are cropped."""
+    from lut_fixtures import frame_png
+
+    from plankton_core.crop.config import CropConfig
+    from plankton_core.tables import read_parquet
+
+    src = tmp_path / "in"
+    (src / "cls").mkdir(parents=True)
+    for i in range(6):
+        (src / "cls" / f"img{i}.png").write_bytes(frame_png("disc", seed=i))
+    secret = tmp_path / "account.png"
+    secret.write_bytes(frame_png("ring"))
+    (src / "cls" / "loop.png").symlink_to(src / "cls" / "loop.png")
+    (src / "cls" / "out.png").symlink_to(secret)
+    (src / "cls" / "linked").symlink_to(src / "cls")
+    (src / "cls" / ".thumbs").mkdir()
+    (src / "cls" / ".thumbs" / "t.png").write_bytes(frame_png("disc"))
+    (src / "cls" / "a\\b.png").write_bytes(frame_png("disc"))
+    root = open_store(str(tmp_path / "artifacts"))
+    run_stage("crop", CropConfig(input=str(src), workers=1, max_bad_fraction=0.5), root)
+    rows = {r["source_key"]: r for r in read_parquet(root, "crop/manifest.parquet").to_pylist()}
+    reasons = {k: (r["status"], r["reason"].split(":")[0]) for k, r in rows.items() if r["status"] == "unreadable"}
+    assert reasons == {
+        "cls/.thumbs": ("unreadable", "hidden_folder"),
+        "cls/a\\b.png": ("unreadable", "odd_name"),
+        "cls/linked": ("unreadable", "symlinked_folder"),
+        "cls/loop.png": ("unreadable", "symlink_loop"),
+        "cls/out.png": ("unreadable", "symlink_outside_root"),
+    }
+    assert {k for k, r in rows.items() if r["status"] == "kept"} == {f"cls/img{i}.png" for i in range(6)}
