@@ -111,6 +111,7 @@ def vignette_figures(objects: str, per_class: int, seed: int) -> str:
     kept crop, share with one kept crop at IoU ≥ 0.8 to the true box, and vignettes giving more than one kept crop."""
     import tempfile
 
+    from plankton_core.crop.stage import choose_objects
     from plankton_core.imageio import decode_image
 
     stats: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
@@ -118,8 +119,10 @@ def vignette_figures(objects: str, per_class: int, seed: int) -> str:
         store = open_store(tmp)
         generate(store, SynthConfig(kind="vignettes", classes=8, per_class=per_class, imbalance=1.0, seed=seed))
         cfg = CropConfig(objects=objects)
-        for g in read_parquet(store, "ground_truth.parquet").to_pylist():
-            kept = [r for r in extract_crops(decode_image(store.read_bytes(g["image_key"])), cfg) if r.status == "kept"]
+        truth = read_parquet(store, "ground_truth.parquet").to_pylist()
+        mode, why = choose_objects(store, len(truth), cfg) if objects == "auto" else (objects, "")  # as the stage does
+        for g in truth:
+            kept = [r for r in extract_crops(decode_image(store.read_bytes(g["image_key"])), cfg, None, mode) if r.status == "kept"]
             one = len(kept) == 1
             hit = one and iou(kept[0].box, box(g)) >= 0.8
             size = "side < 100 px" if max(g["width"], g["height"]) < 100 else "side >= 100 px"
@@ -127,7 +130,10 @@ def vignette_figures(objects: str, per_class: int, seed: int) -> str:
             for key in keys:
                 s = stats[key]
                 s[0], s[1], s[2], s[3] = s[0] + 1, s[1] + one, s[2] + hit, s[3] + (len(kept) > 1)
-    lines = [f"--objects {objects}, seed {seed}: {stats['all'][0]} vignettes", f"{'case':16s} {'n':>5s} {'one kept':>9s} {'IoU>=0.8':>9s} {'>1 kept':>8s}"]
+    lines = [
+        f"--objects {objects}, seed {seed}: {stats['all'][0]} vignettes {why}".rstrip(),
+        f"{'case':16s} {'n':>5s} {'one kept':>9s} {'IoU>=0.8':>9s} {'>1 kept':>8s}",
+    ]
     for key, (n, one, hit, more) in sorted(stats.items(), key=lambda kv: (kv[0] != "all", kv[0])):
         lines.append(f"{key:16s} {n:5d} {one / n:9.3f} {hit / n:9.3f} {more:8d}")
     return "\n".join(lines)
