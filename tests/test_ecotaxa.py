@@ -309,3 +309,15 @@ def test_export_through_every_stage_grouped_by_sample_and_back(run_cli, tmp_path
     assert kept == {k: v for k, v in predicted.items() if v}
     summary = json.loads((tmp_path / "again" / "crop" / "run.json").read_text())
     assert summary["stage"] == "crop"
+
+
+def test_folder_export_on_s3_is_an_input(tmp_path, s3_bucket, s3_env):
+    export, rows = make_export(tmp_path / "export", samples=2, per_class=2)
+    client = boto3.client("s3", endpoint_url=s3_env)
+    for path in Path(export).rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), s3_bucket, f"exports/one/{path.relative_to(export)}")
+    root = tmp_path / "art"
+    crop(root, f"s3://{s3_bucket}/exports/one", s3_endpoint=s3_env)
+    manifest = read_parquet(open_store(str(root)), "crop/manifest.parquet").to_pylist()
+    assert sorted(m["object_id"] for m in manifest if m["status"] == "kept") == sorted(r["object_id"] for r in rows)
