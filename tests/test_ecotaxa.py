@@ -321,3 +321,9 @@ def test_folder_export_on_s3_is_an_input(tmp_path, s3_bucket, s3_env):
     crop(root, f"s3://{s3_bucket}/exports/one", s3_endpoint=s3_env)
     manifest = read_parquet(open_store(str(root)), "crop/manifest.parquet").to_pylist()
     assert sorted(m["object_id"] for m in manifest if m["status"] == "kept") == sorted(r["object_id"] for r in rows)
+
+
+def test_ecotaxa_format_needs_a_zip_out(run_cli, tmp_path):
+    for extra in ([], ["--out", str(tmp_path / "p.tsv")]):
+        result = run_cli("query", "--root", tmp_path / "art", "x.png", "--format", "ecotaxa", *extra)
+        assert result.exit_code == 2 and "--format ecotaxa needs --out PATH.zip" in result.stderr
