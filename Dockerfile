@@ -11,15 +11,7 @@
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
-ARG VERSION=0+unknown
-ARG GIT_COMMIT=unknown
 ARG WHEELHOUSE=
-
-LABEL org.opencontainers.image.title="plankton" \
-      org.opencontainers.image.description="Plankton images to a SupCon feature extractor, a validated classifier and a FAISS look-up table" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${GIT_COMMIT}" \
-      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 # Only /tmp is written at run time (Jobs mount an emptyDir there, the root filesystem is
 # read-only): home, caches and the decode cache all live under it.
@@ -30,8 +22,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     XDG_CACHE_HOME=/tmp/.cache \
     MPLCONFIGDIR=/tmp/matplotlib \
     TORCH_HOME=/tmp/torch \
-    PLANKTON_CACHE_DIR=/tmp/plankton-cache \
-    PLANKTON_GIT_COMMIT=${GIT_COMMIT}
+    PLANKTON_CACHE_DIR=/tmp/plankton-cache
 
 WORKDIR /opt/plankton
 # The pinned dependencies first, in a layer of their own: a change to the project's code rebuilds
@@ -42,6 +33,17 @@ RUN python -c "import tomllib; print(chr(10).join(tomllib.load(open('pyproject.t
  && python -m pip install --no-cache-dir ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt \
  && python -c "import tomllib, torch; pin = next(d.split('==')[1] for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith('torch==')); have = torch.__version__.split('+')[0]; assert have == pin, f'base image torch {have} != pinned {pin}'"
+
+# Version and commit only after the dependencies' layer, so a new commit does not rebuild it
+ARG BASE_IMAGE
+ARG VERSION=0+unknown
+ARG GIT_COMMIT=unknown
+LABEL org.opencontainers.image.title="plankton" \
+      org.opencontainers.image.description="Plankton images to a SupCon feature extractor, a validated classifier and a FAISS look-up table" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
+ENV PLANKTON_GIT_COMMIT=${GIT_COMMIT}
 
 COPY README.md ./
 COPY plankton_core ./plankton_core

@@ -32,6 +32,7 @@ import boto3
 import yaml
 
 from plankton_core.jobspec.local import expand
+from plankton_core.stage import stages
 
 REPO = Path(__file__).resolve().parents[1]
 PLANKTON = str(Path(sys.executable).parent / "plankton")
@@ -132,6 +133,19 @@ class Podman:
         self.names.append(name)
         return name
 
+    def running(self, name: str) -> bool:
+        proc = subprocess.run(self.base + ["inspect", "--format", "{{.State.Running}}", name], capture_output=True, text=True)
+        return proc.stdout.strip() == "true"
+
+    def wait_for(self, name: str, needle: str, what: str, timeout_s: float = 600) -> None:
+        """Until `needle` is in the container's log; fail when it exits first."""
+        deadline = time.monotonic() + timeout_s
+        while needle not in self.logs(name):
+            if time.monotonic() > deadline or not self.running(name):
+                print(self.logs(name)[-4000:], file=sys.stderr)
+                fail(what)
+            time.sleep(1)
+
     def logs(self, name: str) -> str:
         proc = subprocess.run(self.base + ["logs", name], capture_output=True, text=True)
         return proc.stdout + proc.stderr
@@ -215,31 +229,31 @@ def main() -> None:
 
         # 1. the whole pipeline, Job after Job, as `plankton submit pipeline` would create them
         jobs = render("pipeline", opts.values, sets, "it")
-        codes: dict[str, int] = {}
         for job in jobs:
             expect(pm, job, 0, "pipeline")
-            codes[job["metadata"]["labels"]["plankton.io/stage"] + ("/" + job["metadata"]["labels"].get("plankton.io/step", "")).rstrip("/")] = 0
         keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page.get("Contents", [])}
-        stages = [j["metadata"]["labels"]["plankton.io/stage"] for j in jobs if j["metadata"]["labels"]["plankton.io/stage"] != "synth"]
-        missing = [s for s in dict.fromkeys(stages) if not any(k.startswith("pipeline/") and k.endswith("/_SUCCESS") and f"/{s}" in k for k in keys)]
-        success = sorted(k for k in keys if k.endswith("_SUCCESS"))
-        if len(success) < len(set(stages)):
-            fail(f"pipeline finished but _SUCCESS missing; have {success}; stages {missing}")
-        say(f"pipeline: every Job exited 0 ({len(jobs)} Jobs); _SUCCESS: {', '.join(success)}")
+        root = next(v["value"] for v in jobs[0]["spec"]["template"]["spec"]["containers"][0]["env"] if v["name"] == "PLANKTON_ROOT")
+        prefix = root.removeprefix(f"s3://{BUCKET}/").strip("/")
+        success = [f"{prefix}/{s.prefix}/_SUCCESS" for s in stages()]
+        missing = [k for k in success if k not in keys]
+        if missing:
+            fail(f"pipeline Jobs exited 0 but these are missing: {', '.join(missing)}")
+        say(f"pipeline: every Job exited 0 ({len(jobs)} Jobs); every stage's _SUCCESS is there: {', '.join(success)}")
 
         # 2. a rerun of a finished stage is up to date; a stage without its upstream exits 3
         expect(pm, render("stats", opts.values, sets, "re")[0], 0, "rerun", needle="up to date")
         expect(pm, render("stats", opts.values, sets + ["root=s3://plankton/empty"], "up")[0], 3, "no upstream", needle="has not finished")
 
         # 3. SIGTERM from `podman stop` while supcon trains: checkpoint saved, exit 75; the next pod resumes
-        job = render("supcon", opts.values, sets + [f"args.epochs={opts.sigterm_epochs}", "args.force=true"], "st")[0]
+        # one Job, two pods: the first is stopped, the second (the Job's retry, same args) resumes. The pipeline's
+        # supcon outputs go first, so the longer run starts from nothing (its 6-epoch checkpoint is another run's).
+        supcon_prefix = f"{prefix}/{next(s.prefix for s in stages() if s.name == 'supcon')}/"
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=supcon_prefix):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+        job = render("supcon", opts.values, sets + [f"args.epochs={opts.sigterm_epochs}"], "st")[0]
         name = pm.start(job, "-a1")
-        deadline = time.monotonic() + 600
-        while "epoch 1/" not in pm.logs(name):
-            if time.monotonic() > deadline or subprocess.run(pm.base + ["container", "exists", name]).returncode:
-                print(pm.logs(name)[-4000:], file=sys.stderr)
-                fail("supcon did not finish its first epoch")
-            time.sleep(1)
+        pm.wait_for(name, "epoch 1/", "supcon did not finish its first epoch")
         grace = int(job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
         t0 = time.monotonic()
         subprocess.run(pm.base + ["stop", "--time", str(grace), name], check=True, capture_output=True)
@@ -257,14 +271,8 @@ def main() -> None:
         s3.head_object(Bucket=BUCKET, Key=key)
         say(f"sigterm: {saved.group(1)} is in the store; log: {next(line for line in logs.splitlines() if 'stopped by SIGTERM' in line).strip()}")
         # the Job's next pod (75 is ignored by the podFailurePolicy) resumes from it; stop it again
-        job = render("supcon", opts.values, sets + [f"args.epochs={opts.sigterm_epochs}"], "st")[0]
         name = pm.start(job, "-a2")
-        deadline = time.monotonic() + 600
-        while "resuming from" not in pm.logs(name):
-            if time.monotonic() > deadline or subprocess.run(pm.base + ["container", "exists", name]).returncode:
-                print(pm.logs(name)[-4000:], file=sys.stderr)
-                fail("the next supcon pod did not resume")
-            time.sleep(1)
+        pm.wait_for(name, "resuming from", "the next supcon pod did not resume")
         subprocess.run(pm.base + ["stop", "--time", str(grace), name], check=True, capture_output=True)
         code = int(subprocess.run(pm.base + ["wait", name], capture_output=True, text=True).stdout.strip() or -1)
         resumed = next(line for line in pm.logs(name).splitlines() if "resuming from" in line).strip()

@@ -10,7 +10,7 @@ import yaml
 from plankton_core.errors import BadInputError
 from plankton_core.jobspec import Settings, render_stage
 from plankton_core.jobspec.settings import deep_merge, job_names, parse_set
-from plankton_core.stage import stages
+from plankton_core.stage import pipeline_order, stages
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "k8s/local/values.yaml"
@@ -76,7 +76,11 @@ def test_every_job_has_the_contract_fields(stage):
     assert c["command"] == ["plankton"] and c["args"][0] == stage
 
 
-@pytest.mark.parametrize("stage", ["supcon", "linear-sweep", "lut", "detect"])
+# GPU stages: what the registry says (gpu=True), plus lut (a GPU only in k8s/stages.yaml, for FAISS)
+GPU_STAGES = [s.name for s in stages() if s.gpu] + ["lut"]
+
+
+@pytest.mark.parametrize("stage", GPU_STAGES)
 def test_gpu_stages_on_a_gpu_cluster(stage):
     job = render(stage, [GPU])[0]
     pod = job["spec"]["template"]["spec"]
@@ -89,7 +93,7 @@ def test_gpu_stages_on_a_gpu_cluster(stage):
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
 
 
-@pytest.mark.parametrize("stage", ["synth"] + [s.name for s in stages() if s.name not in ("supcon", "linear-sweep", "lut", "detect")])
+@pytest.mark.parametrize("stage", ["synth"] + [s.name for s in stages() if s.name not in GPU_STAGES])
 def test_cpu_stages_ask_for_no_gpu(stage):
     job = render(stage, [GPU])[0]
     assert "nvidia.com/gpu" not in container(job)["resources"].get("limits", {})
@@ -195,7 +199,10 @@ def test_render_cli_prints_the_same_documents(run_cli, tmp_path):
     result = run_cli("k8s", "render", "pipeline", "-f", str(LOCAL), "--run-id", "c1", "--from", "stats", "--to", "evaluate", "-o", str(out))
     assert result.exit_code == 0, result.output
     names = [d["metadata"]["name"] for d in yaml.safe_load_all(out.read_text())]
-    assert names == ["plankton-stats-c1", "plankton-supcon-c1", "plankton-linear-sweep-c1", "plankton-linear-sweep-merge-c1", "plankton-evaluate-c1"]
+    order = pipeline_order()
+    expected = [f"plankton-{s}-c1" for s in order[order.index("stats") : order.index("evaluate") + 1]]
+    expected.insert(expected.index("plankton-linear-sweep-c1") + 1, "plankton-linear-sweep-merge-c1")
+    assert names == expected
 
 
 @pytest.mark.parametrize(

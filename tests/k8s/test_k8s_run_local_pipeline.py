@@ -27,10 +27,13 @@ def tiny_values(tmp_path: Path, bucket: str) -> Path:
             "synth": {"args": {"classes": 3, "per-class": 10, "size": 64, "seed": 1, "mode": "dark"}},
             "crop": {"args": {"workers": 1}},
             "stats": {"args": {"size": 32, "workers": 1}},
+            "pretrain": {"args": {"model": "test_resnet", "size": 32, "epochs": 1, "batch-size": 16, "queue": 64, "device": "cpu", "workers": 0}},
             "supcon": {"gpus": 2, "args": {"model": "test_resnet", "size": 32, "epochs": 2, "batch-size": 16, "save-every": 1, "device": "cpu", "workers": 0}},
             "linear-sweep": {"shards": 2, "args": {"device": "cpu", "head-epochs": 5, "batch-size": 64}},
             "evaluate": {"args": {"device": "cpu", "batch-size": 64}},
             "lut": {"args": {"device": "cpu", "batch-size": 64}},
+            "detect": {"args": {"model": "test_resnet", "init": "none", "schedule": "1:0.04", "min-size": 64, "max-size": 64, "anchor-sizes": "8,16,32,64,128",
+                                "fpn-channels": 16, "representation-size": 32, "rois-per-image": 32, "device": "cpu", "workers": 0}},
         },
     }
     path = tmp_path / "tiny.yaml"
