@@ -32,8 +32,21 @@ def tiny_values(tmp_path: Path, bucket: str) -> Path:
             "linear-sweep": {"shards": 2, "args": {"device": "cpu", "head-epochs": 5, "batch-size": 64}},
             "evaluate": {"args": {"device": "cpu", "batch-size": 64}},
             "lut": {"args": {"device": "cpu", "batch-size": 64}},
-            "detect": {"args": {"model": "test_resnet", "init": "none", "schedule": "1:0.04", "min-size": 64, "max-size": 64, "anchor-sizes": "8,16,32,64,128",
-                                "fpn-channels": 16, "representation-size": 32, "rois-per-image": 32, "device": "cpu", "workers": 0}},
+            "detect": {
+                "args": {
+                    "model": "test_resnet",
+                    "init": "none",
+                    "schedule": "1:0.04",
+                    "min-size": 64,
+                    "max-size": 64,
+                    "anchor-sizes": "8,16,32,64,128",
+                    "fpn-channels": 16,
+                    "representation-size": 32,
+                    "rois-per-image": 32,
+                    "device": "cpu",
+                    "workers": 0,
+                }
+            },
         },
     }
     path = tmp_path / "tiny.yaml"
