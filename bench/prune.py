@@ -1,18 +1,19 @@
 """Pruning sweep speed: the blocked sweep on a 100,000 × 2048 gallery vs a straightforward one (subsample, extrapolated).
 
-    .venv/bin/python bench/prune.py [--n 100000] [--dim 2048] [--sub 10000,20000]
+    .venv/bin/python bench/prune.py [--n 100000] [--dim 2048] [--sub 10000,20000 | --sub ""] [--profile FILE]
 
 Synthetic gallery: 20 classes with a Zipf-like mix (the largest ~28%), each
 made of "specimen" sub-clusters of geometric size whose spread varies, so
 the 0.80–1.00 grid prunes from ~35% to 100% kept. Val is 15% of the gallery
-(in it, as with the default train+val gallery; each val item leaves itself
-out). One run, side by side:
+(the default train+val gallery); as in the lut stage, the neighbour graph is
+built once over the whole gallery, restricted to train, and val is queried
+against train only. One run, side by side:
 
-  floor     every within-class similarity once (tiled GEMM over lower triangles, nothing kept)
-  blocked   plankton_core.lut: neighbour lists once for T_min, val candidates once, then 21 thresholds
-            (greedy pass, val accuracy/F1, single-query latency)
+  floor     every within-class similarity of the gallery once (float32 tiled GEMM over lower triangles, nothing kept)
+  blocked   plankton_core.lut as the stage runs it: neighbour graph of the gallery, restricted to train, val
+            candidates once, then 21 thresholds (greedy pass, val accuracy/F1, single-query latency)
   straight  per T: visit items in order, compare each with the kept items of its class (numpy per item),
-            then brute-force val search of the pruned gallery; timed on two subsamples large enough
+            then brute-force val search of the pruned train gallery; timed on two subsamples large enough
             for the pairwise term to dominate (class blocks out of cache), extrapolated with
             t(n) = a·n + b·n² fitted on them
 """
@@ -20,6 +21,7 @@ out). One run, side by side:
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import resource
 import sys
@@ -33,7 +35,7 @@ import torch  # noqa: E402
 
 from plankton_core.lut.evaluation import QuerySet  # noqa: E402
 from plankton_core.lut.prune import greedy_order, neighbour_graph, threshold_grid  # noqa: E402
-from plankton_core.lut.prune_sweep import sweep_thresholds  # noqa: E402
+from plankton_core.lut.prune_sweep import restrict_graph, sweep_thresholds  # noqa: E402
 
 
 def synthetic_gallery(n: int, dim: int, n_classes: int = 20, seed: int = 0, confusable: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
@@ -84,27 +86,43 @@ def floor_seconds(x: np.ndarray, labels: np.ndarray, row_block: int = 1024, col_
 
 
 def straightforward_sweep(x, labels, keys, val_idx, thresholds):
-    """Per T, the greedy pass item by item (numpy dot against the class's kept items), then a brute-force val search."""
-    rank = greedy_order(keys)
+    """Per T, the greedy pass over train item by item (numpy dot against the class's kept items), then a brute-force val search."""
+    train = np.setdiff1d(np.arange(len(x)), val_idx)
+    xt, lt = x[train], labels[train]
+    rank = greedy_order([keys[i] for i in train])
     order = np.argsort(rank)
     masks, accs = [], []
     for t in thresholds:
-        buffers = {c: np.empty((int((labels == c).sum()), x.shape[1]), np.float32) for c in np.unique(labels)}
+        buffers = {c: np.empty((int((lt == c).sum()), x.shape[1]), np.float32) for c in np.unique(lt)}
         counts = dict.fromkeys(buffers, 0)
-        kept = np.zeros(len(x), bool)
+        kept = np.zeros(len(xt), bool)
         for i in order:
-            c = labels[i]
+            c = lt[i]
             m = counts[c]
-            if m == 0 or not (np.minimum(buffers[c][:m] @ x[i], 1.0) > t).any():
-                buffers[c][m] = x[i]
+            if m == 0 or not (np.minimum(buffers[c][:m] @ xt[i], 1.0) > t).any():
+                buffers[c][m] = xt[i]
                 counts[c] = m + 1
                 kept[i] = True
         ids = np.flatnonzero(kept)
-        sims = x[val_idx] @ x[ids].T
-        sims[ids[None, :] == val_idx[:, None]] = -np.inf  # leave the query itself out
-        accs.append(float((labels[ids[np.argmax(sims, axis=1)]] == labels[val_idx]).mean()))
+        sims = x[val_idx] @ xt[ids].T
+        accs.append(float((lt[ids[np.argmax(sims, axis=1)]] == labels[val_idx]).mean()))
         masks.append(kept)
     return masks, accs
+
+
+def blocked_sweep(x, labels, keys, groups, val_idx, n_classes, grid, **kw):
+    """What the lut stage runs: the gallery's neighbour graph, restricted to train, then the sweep of val against train."""
+    in_train = np.ones(len(x), bool)
+    in_train[val_idx] = False
+    t0, c0 = time.perf_counter(), time.process_time()
+    graph = neighbour_graph(x, labels, greedy_order(keys), float(grid.min()))
+    graph_s, graph_c = time.perf_counter() - t0, time.process_time() - c0
+    train = np.flatnonzero(in_train)
+    val = QuerySet("val", x[val_idx], labels[val_idx], groups[val_idx])
+    outcome = sweep_thresholds(
+        x[train], labels[train], [keys[i] for i in train], groups[train], val, n_classes, grid, graph=restrict_graph(graph, in_train), **kw
+    )
+    return graph, outcome, graph_s, graph_c
 
 
 def main() -> None:
@@ -112,11 +130,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--val-fraction", type=float, default=0.15)
-    ap.add_argument("--sub", default="10000,20000", help="two subsample sizes for the straightforward sweep")
+    ap.add_argument("--sub", default="10000,20000", help="two subsample sizes for the straightforward sweep ('' skips it)")
     ap.add_argument("--sub-thresholds", default="0.90", help="thresholds timed for the straightforward sweep (the time per threshold is their mean)")
+    ap.add_argument("--profile", default="", help="write a cProfile of the blocked sweep to this file (adds overhead)")
     args = ap.parse_args()
     threads = torch.get_num_threads()
     grid = threshold_grid(0.80, 1.00, 0.01)
+    kw = dict(k=5, candidates=100, latency_queries=5)
 
     t0 = time.perf_counter()
     x, labels = synthetic_gallery(args.n, args.dim)
@@ -124,31 +144,36 @@ def main() -> None:
     rng = np.random.default_rng(1)
     val_idx = np.sort(rng.choice(args.n, int(args.n * args.val_fraction), replace=False))
     groups = np.arange(args.n)  # each item its own source image
-    val = QuerySet("val", x[val_idx], labels[val_idx], groups[val_idx])
     sizes = np.bincount(labels)
     print(f"bench/prune.py on {os.cpu_count()} CPU(s), torch threads {threads}, load average {os.getloadavg()[0]:.1f} at start")
     print(
         f"gallery {args.n:,} × {args.dim}, {len(sizes)} classes (largest {sizes.max():,} = {sizes.max() / args.n:.0%}, smallest {sizes.min():,}), "
-        f"val {len(val_idx):,} (inside the gallery), {len(grid)} thresholds {grid[0]:.2f}–{grid[-1]:.2f}; generated in {time.perf_counter() - t0:.1f}s"
+        f"val {len(val_idx):,} queried against the {args.n - len(val_idx):,} train items, {len(grid)} thresholds {grid[0]:.2f}–{grid[-1]:.2f}; "
+        f"generated in {time.perf_counter() - t0:.1f}s"
     )
 
     c0 = time.process_time()
     floor = floor_seconds(x, labels)
     c_floor = time.process_time() - c0
-    print(f"floor    every within-class similarity once (tiled GEMM)          {floor:7.1f} s   (CPU {c_floor:.0f} s over {threads} threads)")
+    print(f"floor    every within-class similarity once (float32 tiled GEMM)  {floor:7.1f} s   (CPU {c_floor:.0f} s over {threads} threads)")
 
+    profiler = cProfile.Profile() if args.profile else None
     t0, c0 = time.perf_counter(), time.process_time()
-    graph = neighbour_graph(x, labels, greedy_order(keys), float(grid.min()))
-    t_graph, c_graph = time.perf_counter() - t0, time.process_time() - c0
-    outcome = sweep_thresholds(x, labels, keys, groups, val, len(sizes), grid, graph=graph, k=5, candidates=100, latency_queries=5)
+    if profiler:
+        profiler.enable()
+    graph, outcome, t_graph, c_graph = blocked_sweep(x, labels, keys, groups, val_idx, len(sizes), grid, **kw)
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
     blocked, c_blocked = time.perf_counter() - t0, time.process_time() - c0
     s = outcome.seconds
     print(
         f"blocked  full sweep                                               {blocked:7.1f} s   ({blocked / floor:.2f}× the floor; CPU {c_blocked:.0f} s vs {c_floor:.0f} s)"
     )
     print(
-        f"         neighbour lists {t_graph:.1f} s (CPU {c_graph:.0f} s; {graph.pairs:,} same-class pairs ≥ {grid.min():.2f}), "
-        f"val top-100 candidates {s['val_candidates']:.1f} s, {len(grid)} thresholds {s['thresholds']:.1f} s"
+        f"         neighbour graph {t_graph:.1f} s (CPU {c_graph:.0f} s; {graph.pairs:,} same-class pairs ≥ {grid.min():.2f}), "
+        f"val top-100 candidates {s['val_candidates']:.1f} s, {len(grid)} thresholds {s['thresholds']:.1f} s "
+        f"(of which exact lists of hard val queries {s.get('hard_queries', 0.0):.1f} s), selection {s['selection']:.1f} s"
     )
     rows = outcome.table.to_pylist()
     for r in rows[::4] + ([rows[-1]] if (len(rows) - 1) % 4 else []):
@@ -156,9 +181,10 @@ def main() -> None:
             f"         T={r['threshold']:.2f}  kept {r['gallery_size']:6,} ({r['fraction_kept']:.1%})  val acc {r['val_accuracy']:.4f}  "
             f"macro F1 {r['val_macro_f1']:.4f}  latency {r['query_latency_ms']:.1f} ms{'  ← chosen' if r['chosen'] else ''}"
         )
-    print(f"         chosen T={outcome.threshold:.2f} (most pruning within 0.005 of unpruned val accuracy {outcome.baseline['accuracy']:.4f})")
+    print(f"         chosen T={outcome.threshold:.2f} (unpruned val accuracy {outcome.baseline['accuracy']:.4f})")
+    print(f"peak RSS after the blocked sweep {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
-    subs = [int(v) for v in args.sub.split(",")]
+    subs = [int(v) for v in args.sub.split(",") if v]
     sub_t = [float(v) for v in args.sub_thresholds.split(",")]
     per_t = {}
     for n_sub in subs:
@@ -167,22 +193,29 @@ def main() -> None:
         ks = [keys[i] for i in pick]
         vs = np.flatnonzero(np.isin(pick, val_idx))
         t0 = time.perf_counter()
-        masks, _ = straightforward_sweep(xs, ls, ks, vs, sub_t)
+        masks, accs = straightforward_sweep(xs, ls, ks, vs, sub_t)
         per_t[n_sub] = (time.perf_counter() - t0) / len(sub_t)
-        g = neighbour_graph(xs, ls, greedy_order(ks), 0.80)
+        _, sub_out, _, _ = blocked_sweep(xs, ls, ks, groups[pick], vs, len(sizes), np.asarray(sub_t), **kw)
+        got = sub_out.table.to_pylist()
+        in_train = ~np.isin(np.arange(n_sub), vs)
+        g = neighbour_graph(xs[in_train], ls[in_train], greedy_order([k for k, t in zip(ks, in_train) if t]), min(sub_t))
         assert all(np.array_equal(m, g.keep_mask(t)) for m, t in zip(masks, sub_t)), "blocked and straightforward pruning disagree"
-        print(f"straight {n_sub:,}-item subsample: {per_t[n_sub]:.2f} s per threshold (same kept sets as the blocked sweep: checked)")
-    # t(n) = a·n + b·n² (per-item Python work + pairwise/val products), fitted on the two subsamples
-    (n1, n2), (t1, t2) = sorted(subs)[:2], (per_t[sorted(subs)[0]], per_t[sorted(subs)[1]])
-    b = max((t2 - t1 * n2 / n1) / (n2 * n2 - n1 * n2), 0.0)
-    a = max((t1 - b * n1 * n1) / n1, 0.0)
-    per_t_full = a * args.n + b * args.n**2
-    extrapolated = per_t_full * len(grid)
-    print(
-        f"straight extrapolated with t(n) = a·n + b·n² fitted on the subsamples: {per_t_full:,.0f} s per threshold, "
-        f"× {len(grid)} thresholds = {extrapolated:,.0f} s = {extrapolated / 3600:.1f} h"
-    )
-    print(f"speed-up blocked vs straightforward: {extrapolated / blocked:,.0f}×")
+        assert all(r["gallery_size"] == m.sum() and r["val_accuracy"] == a for r, m, a in zip(got, masks, accs)), (
+            "blocked and straightforward val accuracy disagree"
+        )
+        print(f"straight {n_sub:,}-item subsample: {per_t[n_sub]:.2f} s per threshold (same kept sets and val accuracy as the blocked sweep: checked)")
+    if len(subs) >= 2:
+        # t(n) = a·n + b·n² (per-item Python work + pairwise/val products), fitted on the two subsamples
+        (n1, n2), (t1, t2) = sorted(subs)[:2], (per_t[sorted(subs)[0]], per_t[sorted(subs)[1]])
+        b = max((t2 - t1 * n2 / n1) / (n2 * n2 - n1 * n2), 0.0)
+        a = max((t1 - b * n1 * n1) / n1, 0.0)
+        per_t_full = a * args.n + b * args.n**2
+        extrapolated = per_t_full * len(grid)
+        print(
+            f"straight extrapolated with t(n) = a·n + b·n² fitted on the subsamples: {per_t_full:,.0f} s per threshold, "
+            f"× {len(grid)} thresholds = {extrapolated:,.0f} s = {extrapolated / 3600:.1f} h"
+        )
+        print(f"speed-up blocked vs straightforward: {extrapolated / blocked:,.0f}×")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; load average at end {os.getloadavg()[0]:.1f}")
 
 

@@ -7,11 +7,14 @@ The T it chooses is applied to the gallery that is written (train + val by
 default). The choice is selection.choose_threshold's noise-aware rule.
 
 Two things are computed once and reused for every T: the same-class
-neighbour graph (prune.neighbour_graph) and each val query's `candidates`
-nearest items in the full gallery. A query's nearest items in a pruned
-gallery are the first kept entries of its full list, so evaluating a T is a
-masking operation; only queries whose list runs out of kept items are
-searched again, against the pruned gallery.
+neighbour graph (prune.neighbour_graph) and each val query's nearest items in
+the full gallery (prune.approx_lists: bfloat16 products, 2 × `candidates`
+deep). A query's nearest items in a pruned gallery are the first kept entries
+of its full list, so evaluating a T is a masking operation: the list's prefix
+that can hold them is recomputed in float32 once (prune.first_kept_exact),
+and the few queries whose list cannot settle some T are searched exactly
+against the whole gallery once, then masked per T (prune.dense_first_kept).
+Every row equals a float32 brute-force search of each pruned gallery.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from .evaluation import QuerySet, predict_neighbours, score_predictions
-from .prune import NeighbourGraph, greedy_order, neighbour_graph
-from .retrieval import ArraySearcher, Neighbours, first_kept, search_excluding
+from .prune import Bf16Rows, NeighbourGraph, approx_lists, dense_first_kept, first_kept_exact, greedy_order, neighbour_graph
+from .retrieval import ArraySearcher, Neighbours
 from .selection import choose_threshold, largest_recall_drop, worse_p_values
 
 log = logging.getLogger("plankton.lut")
@@ -92,24 +95,36 @@ def sweep_thresholds(
     log.info("prune: %d same-class pairs with cosine >= %.2f in %.1fs", graph.pairs, float(np.min(grid)), seconds["neighbour_graph"])
 
     t1 = time.perf_counter()
-    full = ArraySearcher(x)
-    cand = search_excluding(full, val.x, max(candidates, k), gallery_groups, val.groups)
-    base = predict_neighbours(cand, labels, n_classes, vote, k)
-    baseline = score_predictions(val.labels, base.pred, n_classes, base.ranked)
+    # each val query's nearest train items once, by bfloat16 products (read exactly: prune.first_kept_exact); the
+    # lists are twice `candidates` deep because the rounding band around the candidates-th item holds about as many
+    # items again: with depth = candidates, ~12% of val queries on the bench's gallery could not be settled by their list
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    lists = approx_lists(Bf16Rows.of(x), Bf16Rows.of(val.x), 2 * max(candidates, k), gallery_groups, val.groups)
     seconds["val_candidates"] = time.perf_counter() - t1
 
     # accuracy and F1 of a top-1 vote need only the nearest kept item; a weighted vote needs all k
     need = 1 if vote == "top1" else k
     t2 = time.perf_counter()
     rows: dict[str, list] = {name: [] for name in SWEEP_SCHEMA.names}
-    masks, preds = [], []
-    for t in grid:
-        kept = graph.keep_mask(float(t))
+    masks = [graph.keep_mask(float(t)) for t in grid]
+    every = np.ones(len(x), bool)
+    firsts = first_kept_exact(lists, x, val.x, [every, *masks], [k] + [need] * len(masks), k)
+    t_hard = time.perf_counter()
+    hard = np.flatnonzero(np.any([inc for _, _, inc in firsts], axis=0))
+    if len(hard):
+        # queries whose list cannot settle some mask (a flat neighbourhood, or all its items pruned): exactly, densely
+        dense = dense_first_kept(x, val.x[hard], [every, *masks], k, gallery_groups, val.groups[hard])
+        for (ids, sims, _), (d_ids, d_sims) in zip(firsts, dense):
+            ids[hard], sims[hard] = d_ids, d_sims
+    seconds["hard_queries"] = time.perf_counter() - t_hard
+    log.info("prune: %d of %d val queries searched exactly (their bfloat16 lists could not settle every T)", len(hard), len(val))
+    cand = Neighbours(firsts[0][0], firsts[0][1])
+    base = predict_neighbours(cand, labels, n_classes, vote, k)
+    baseline = score_predictions(val.labels, base.pred, n_classes, base.ranked)
+    preds = []
+    for t, kept, (ids, sims, _) in zip(grid, masks, firsts[1:]):
         kept_ids = np.flatnonzero(kept)
-        nb, incomplete = first_kept(cand, kept, k, need=need)
-        if incomplete.any():
-            nb = _research(nb, incomplete, x[kept_ids], kept_ids, val, gallery_groups, k)
-        p = predict_neighbours(nb, labels, n_classes, vote, k)
+        p = predict_neighbours(Neighbours(ids, sims), labels, n_classes, vote, k)
         metrics = score_predictions(val.labels, p.pred, n_classes, p.ranked)
         drop, drop_label = largest_recall_drop(val.labels, base.pred, p.pred, n_classes)
         rows["threshold"].append(float(t))
@@ -122,7 +137,6 @@ def sweep_thresholds(
         rows["recall_drop_label"].append(drop_label)
         # exact search time depends on the gallery's size only: time the first n rows instead of copying the kept ones
         rows["query_latency_ms"].append(single_query_latency_ms(x[: len(kept_ids)], val.x[:latency_queries], k))
-        masks.append(kept)
         preds.append(p.pred)
     seconds["thresholds"] = time.perf_counter() - t2
 
@@ -176,15 +190,6 @@ def restrict_graph(graph: NeighbourGraph, mask: np.ndarray) -> NeighbourGraph:
         sim=graph.sim[both],
         t_min=graph.t_min,
     )
-
-
-def _research(nb: Neighbours, rows: np.ndarray, pruned_x: np.ndarray, kept_ids: np.ndarray, val: QuerySet, gallery_groups: np.ndarray, k: int) -> Neighbours:
-    """Search the pruned gallery for the queries whose candidate lists ran out of kept items."""
-    redo = search_excluding(ArraySearcher(pruned_x), val.x[rows], k, gallery_groups, val.groups[rows], gallery_id_map=kept_ids)
-    ids, sims = nb.ids.copy(), nb.sims.copy()
-    ids[rows] = np.where(redo.ids >= 0, kept_ids[np.maximum(redo.ids, 0)], -1)
-    sims[rows] = redo.sims
-    return Neighbours(ids, sims)
 
 
 def single_query_latency_ms(gallery: np.ndarray, queries: np.ndarray, k: int) -> float:

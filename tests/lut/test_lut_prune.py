@@ -162,3 +162,55 @@ def test_sweep_rows_match_brute_force(candidates, select_by):
     assert out.threshold == max(r["threshold"] for r in eligible if r["gallery_size"] == min(e["gallery_size"] for e in eligible))
     assert np.array_equal(out.keep, naive_keep(x, labels, rank, out.threshold))
     assert out.table.column("fraction_kept").to_pylist()[0] < 0.9  # the data exercises pruning
+
+
+@pytest.mark.parametrize("d", [24, 2048])
+def test_bf16_margin_bounds_the_rounding(d):
+    """bfloat16 products never stray from the float64 product by more than bf16_margin."""
+    import torch
+
+    from plankton_core.lut.prune import Bf16Rows, bf16_margin
+
+    rng = np.random.default_rng(d)
+    a = rng.standard_normal((300, d)) + 3 * rng.standard_normal(d)  # shared direction: similarities near 1 as well
+    a[:, 0] *= 20  # one large component
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    a = a.astype(np.float32)
+    rows = Bf16Rows.of(a)
+    approx = (rows.h @ rows.h.T).float().numpy()
+    exact = a.astype(np.float64) @ a.T.astype(np.float64)
+    err = np.abs(approx - exact).max()
+    assert 0 < err <= bf16_margin(rows, rows)
+    assert rows.h.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("depth", [3, 12, 400])
+def test_first_kept_exact_and_its_dense_fallback_match_brute_force(depth):
+    from plankton_core.lut.prune import Bf16Rows, approx_lists, dense_first_kept, first_kept_exact
+
+    x, labels = clustered(400, 32, 3, seed=4)
+    rng = np.random.default_rng(5)
+    q_idx = rng.choice(len(x), 60, replace=False)
+    gallery = np.setdiff1d(np.arange(len(x)), q_idx[:40])  # 20 queries are in the gallery: their own group is left out
+    groups = np.arange(len(x)) // 2
+    g_x, g_groups, q_x, q_groups = x[gallery], groups[gallery], x[q_idx], groups[q_idx]
+    masks = [np.ones(len(gallery), bool)] + [rng.random(len(gallery)) < p for p in (0.5, 0.1, 0.01)]
+    need = [5, 1, 1, 2]
+    lists = approx_lists(Bf16Rows.of(g_x), Bf16Rows.of(q_x), depth, g_groups, q_groups)
+    got = first_kept_exact(lists, g_x, q_x, masks, need, 5)
+    hard = np.flatnonzero(np.any([inc for _, _, inc in got], axis=0))
+    dense = dense_first_kept(g_x, q_x, masks, 5, g_groups, q_groups)
+    sims64 = q_x.astype(np.float64) @ g_x.T.astype(np.float64)
+    for (ids, sims, incomplete), (d_ids, d_sims), mask, nd in zip(got, dense, masks, need):
+        for qi in range(len(q_x)):
+            ok = mask & (g_groups != q_groups[qi])
+            want = [j for j in np.argsort(-sims64[qi], kind="stable") if ok[j]][:5]
+            assert d_ids[qi][: len(want)].tolist() == want and (d_ids[qi][len(want) :] == -1).all()
+            np.testing.assert_allclose(d_sims[qi][: len(want)], sims64[qi, want], atol=1e-5)
+            if not incomplete[qi]:
+                assert ids[qi][:nd].tolist() == want[:nd], (qi, ids[qi], want)
+                np.testing.assert_allclose(sims[qi][: len(want[:nd])], sims64[qi, want[:nd]], atol=1e-5)
+    if depth == 3:
+        assert len(hard) > 0  # the fallback is exercised
+    if depth == 400:
+        assert len(hard) == 0  # lists holding the whole gallery settle every query
