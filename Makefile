@@ -70,7 +70,7 @@ push: ## push $(IMAGE) to its registry (for a real cluster)
 image-tools: ## programs make image-test needs (podman, runc, debootstrap): installed here when root on Debian, else one line saying what to install
 	@bash scripts/tools.sh image
 
-image-test: $(STAMP) image-tools ## build the image with podman on a local debootstrap base from a host-filled wheelhouse (cached in .image-test/), then run every stage's Job from it against a local S3 server
+image-test: $(STAMP) image-tools ## build the image with podman on a local debootstrap base from a host-filled wheelhouse (cached in ~/.cache/plankton/image-test), then run every stage's Job from it against a local S3 server
 	BIN=$(BIN) bash scripts/image_test.sh
 
 kind-up: ## local cluster: kind, MinIO + bucket, Pushgateway, kube-state-metrics, Prometheus with the alerts

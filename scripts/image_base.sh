@@ -6,7 +6,7 @@
 # the wheelhouse (scripts/wheelhouse.sh). The root filesystem tarball is cached in $CACHE_DIR, so a rerun
 # only imports it (or does nothing when podman already has the image).
 set -euo pipefail
-CACHE_DIR=${CACHE_DIR:-.image-test}
+CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/plankton/image-test}
 BASE_TAG=${BASE_TAG:-localhost/plankton-base:bookworm-py311}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PODMAN=${PODMAN:-podman}

@@ -3,10 +3,10 @@
 # then run every stage from it the way the rendered Jobs run (scripts/image_run.py).
 # Nothing is fetched inside the build: the base comes from debootstrap (scripts/image_base.sh), torch and
 # every other dependency from a wheelhouse filled on the host (scripts/wheelhouse.sh), mounted read-only.
-# Both are cached under $CACHE_DIR (gitignored), so a rerun rebuilds only the project's layer.
+# Both are cached under $CACHE_DIR (outside the clone, so fresh clones on one machine share them), so a rerun rebuilds only the project's layer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CACHE_DIR=${CACHE_DIR:-.image-test}
+CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/plankton/image-test}
 BIN=${BIN:-.venv/bin}
 IMAGE=${IMAGE_TEST_TAG:-localhost/plankton:image-test}
 BASE_TAG=${BASE_TAG:-localhost/plankton-base:bookworm-py311}
@@ -22,7 +22,7 @@ commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 echo "image-test: podman build of $IMAGE on $BASE_TAG (wheelhouse $CACHE_DIR/wheels mounted at /wheels)"
 previous=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 "${PODMAN[@]}" build --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --network none \
-  --volume "$PWD/$CACHE_DIR/wheels:/wheels:ro" \
+  --volume "$(cd "$CACHE_DIR/wheels" && pwd):/wheels:ro" \
   --build-arg BASE_IMAGE="$BASE_TAG" --build-arg WHEELHOUSE=/wheels \
   --build-arg VERSION="$version" --build-arg GIT_COMMIT="$commit" \
   -t "$IMAGE" . > "$CACHE_DIR/build.log" 2>&1 || { tail -30 "$CACHE_DIR/build.log" >&2; exit 1; }

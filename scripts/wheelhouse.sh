@@ -5,7 +5,7 @@
 # plus setuptools and wheel for building the project itself, so the build needs no network.
 # Cached: a rerun with the same dependency list does nothing.
 set -euo pipefail
-CACHE_DIR=${CACHE_DIR:-.image-test}
+CACHE_DIR=${CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/plankton/image-test}
 PIP=${PIP:-.venv/bin/pip}
 PYTHON=${PYTHON:-.venv/bin/python}
 out="$CACHE_DIR/wheels"
