@@ -14,6 +14,7 @@ import argparse
 import logging
 import multiprocessing
 import os
+import resource
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -43,6 +44,12 @@ def pool_startup_s(workers: int) -> float:
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_warm, range(workers)))
     return time.perf_counter() - t0
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (pool workers are joined before it is read)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def decode_fps(uri: str, keys: list[str], workers: int, chunk: int = 256) -> float:
@@ -82,10 +89,16 @@ def main() -> None:
         print(f"synth: {n} frames of {args.size}x{args.size} ({counts['objects']} objects) in {synth_s:.1f}s = {n / synth_s:.0f} frames/s")
         results = {}
         for workers in sorted({1, args.workers}):
+            c0 = cpu_seconds()
             dec = decode_fps(images.uri, keys, workers)
+            c1 = cpu_seconds()
             crop = crop_fps(images.uri, n, workers, os.path.join(tmp, f"art-{workers}"))
+            c2 = cpu_seconds()
             results[workers] = (dec, crop)
-            print(f"workers={workers}: decode only {dec:7.0f} frames/s | crop stage {crop:7.0f} frames/s | crop / decode = {crop / dec:.2f}")
+            print(
+                f"workers={workers}: decode only {dec:7.0f} frames/s | crop stage {crop:7.0f} frames/s | crop / decode = {crop / dec:.2f} "
+                f"(CPU: decode {(c1 - c0) / n * 1e3:.2f} ms/frame, crop {(c2 - c1) / n * 1e3:.2f} ms/frame, ratio {(c1 - c0) / (c2 - c1):.2f})"
+            )
         if len(results) > 1:
             (d1, c1), (dn, cn) = results[1], results[args.workers]
             print(

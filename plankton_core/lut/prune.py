@@ -247,32 +247,46 @@ class ApproxLists:
 
 
 def approx_lists(
-    gallery: Bf16Rows,
-    queries: Bf16Rows,
+    gallery: np.ndarray,
+    queries: np.ndarray,
     depth: int,
     gallery_groups: np.ndarray | None = None,
     query_groups: np.ndarray | None = None,
-    block: int = 512,
+    block: int = 2048,
+    gallery_block: int = 16384,
 ) -> ApproxLists:
-    """Top-`depth` (+ the largest own group, so `depth` valid ones remain) per query from blocked bfloat16 products."""
-    n, q = len(gallery.h), len(queries.h)
+    """Top-`depth` (+ the largest own group, so `depth` valid ones remain) per query from blocked bfloat16 products.
+
+    The gallery is converted to bfloat16 one block at a time (never a whole
+    bfloat16 copy of it) and each query block keeps a running top list.
+    """
+    n, q = len(gallery), len(queries)
     extra = 0
     if gallery_groups is not None and query_groups is not None and n and q:
         sizes = np.bincount(gallery_groups, minlength=int(max(gallery_groups.max(initial=0), query_groups.max(initial=0))) + 1)
         extra = int(sizes[query_groups].max(initial=0))
     d = min(depth + extra, n)
-    ids = np.empty((q, d), np.int64)
-    approx = np.empty((q, d), np.float32)
-    for s in range(0, q, block):
-        e = min(s + block, q)
-        vals, idx = torch.topk(queries.h[s:e] @ gallery.h.T, d, dim=1, sorted=True)
-        ids[s:e] = idx.numpy()
-        approx[s:e] = vals.float().numpy()
+    qrows = Bf16Rows.of(queries)
+    vals = torch.full((q, d), -np.inf, dtype=torch.bfloat16)
+    idx = torch.full((q, d), -1, dtype=torch.int64)
+    margin = 0.0
+    for g0 in range(0, n, gallery_block):
+        grows = Bf16Rows.of(gallery[g0 : g0 + gallery_block])
+        margin = max(margin, bf16_margin(qrows, grows))
+        for s in range(0, q, block):
+            e = min(s + block, q)
+            v, i = torch.topk(qrows.h[s:e] @ grows.h.T, min(d, len(grows.h)), dim=1, sorted=False)
+            v, i = torch.cat([vals[s:e], v], dim=1), torch.cat([idx[s:e], i + g0], dim=1)
+            top, pos = torch.topk(v, d, dim=1, sorted=False)
+            vals[s:e], idx[s:e] = top, torch.gather(i, 1, pos)
+    approx, ids = vals.float().numpy(), idx.numpy()
+    order = np.lexsort((ids, -approx), axis=1)  # most similar first, ties by id (deterministic)
+    approx, ids = np.take_along_axis(approx, order, 1), np.take_along_axis(ids, order, 1)
     valid = np.ones((q, d), bool)
     if extra and gallery_groups is not None and query_groups is not None:
         valid = gallery_groups[ids] != np.asarray(query_groups)[:, None]
     floor = approx[:, -1].copy() if d < n else np.full(q, -np.inf, np.float32)
-    return ApproxLists(ids, approx, valid, floor, bf16_margin(queries, gallery))
+    return ApproxLists(ids, approx, valid, floor, margin)
 
 
 def first_kept_exact(

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from .evaluation import QuerySet, predict_neighbours, score_predictions
-from .prune import Bf16Rows, NeighbourGraph, approx_lists, dense_first_kept, first_kept_exact, greedy_order, neighbour_graph
+from .prune import NeighbourGraph, approx_lists, dense_first_kept, first_kept_exact, greedy_order, neighbour_graph
 from .retrieval import ArraySearcher, Neighbours
 from .selection import choose_threshold, largest_recall_drop, worse_p_values
 
@@ -99,7 +99,7 @@ def sweep_thresholds(
     # lists are twice `candidates` deep because the rounding band around the candidates-th item holds about as many
     # items again: with depth = candidates, ~12% of val queries on the bench's gallery could not be settled by their list
     x = np.ascontiguousarray(x, dtype=np.float32)
-    lists = approx_lists(Bf16Rows.of(x), Bf16Rows.of(val.x), 2 * max(candidates, k), gallery_groups, val.groups)
+    lists = approx_lists(x, val.x, 2 * max(candidates, k), gallery_groups, val.groups)
     seconds["val_candidates"] = time.perf_counter() - t1
 
     # accuracy and F1 of a top-1 vote need only the nearest kept item; a weighted vote needs all k

@@ -186,7 +186,7 @@ def test_bf16_margin_bounds_the_rounding(d):
 
 @pytest.mark.parametrize("depth", [3, 12, 400])
 def test_first_kept_exact_and_its_dense_fallback_match_brute_force(depth):
-    from plankton_core.lut.prune import Bf16Rows, approx_lists, dense_first_kept, first_kept_exact
+    from plankton_core.lut.prune import approx_lists, dense_first_kept, first_kept_exact
 
     x, labels = clustered(400, 32, 3, seed=4)
     rng = np.random.default_rng(5)
@@ -196,7 +196,7 @@ def test_first_kept_exact_and_its_dense_fallback_match_brute_force(depth):
     g_x, g_groups, q_x, q_groups = x[gallery], groups[gallery], x[q_idx], groups[q_idx]
     masks = [np.ones(len(gallery), bool)] + [rng.random(len(gallery)) < p for p in (0.5, 0.1, 0.01)]
     need = [5, 1, 1, 2]
-    lists = approx_lists(Bf16Rows.of(g_x), Bf16Rows.of(q_x), depth, g_groups, q_groups)
+    lists = approx_lists(g_x, q_x, depth, g_groups, q_groups, block=16, gallery_block=100)
     got = first_kept_exact(lists, g_x, q_x, masks, need, 5)
     hard = np.flatnonzero(np.any([inc for _, _, inc in got], axis=0))
     dense = dense_first_kept(g_x, q_x, masks, 5, g_groups, q_groups)
