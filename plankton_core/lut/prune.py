@@ -378,8 +378,8 @@ def dense_first_kept(
         if gallery_groups is not None and query_groups is not None:
             sims.masked_fill_(torch.from_numpy(np.asarray(gallery_groups)[None, :] == np.asarray(query_groups)[s:e, None]), -np.inf)
         for (ids, vals), drop in zip(out, drops):
-            v, i = torch.topk(sims.masked_fill(drop, -np.inf), kk, dim=1)
-            v, i = v.numpy(), i.numpy()
+            top = torch.topk(sims.masked_fill(drop, -np.inf), kk, dim=1)
+            v, i = top.values.numpy(), top.indices.numpy()
             found = np.isfinite(v)
             ids[s:e, :kk] = np.where(found, i, -1)
             vals[s:e, :kk] = np.where(found, v, -np.inf)
