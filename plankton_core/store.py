@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 from urllib.parse import unquote, urlparse
 
 from .errors import StoreError, TransientStoreError
@@ -378,8 +378,8 @@ class S3Store:
         for key, _ in self.list_sizes(prefix):
             yield key
 
-    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
-        """(key, size in bytes) of every object under `prefix`, from the listing itself (no HEAD per object)."""
+    def _objects(self, prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(key relative to this store, listing entry) of every object under `prefix` (a key or a folder), page by page."""
         full = self._k(prefix)
         if full and not full.endswith("/") and not self.exists(prefix):
             full += "/"
@@ -388,27 +388,24 @@ class S3Store:
         with self._errors(prefix, "list"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 for obj in page.get("Contents", []):
-                    yield obj["Key"][strip:], int(obj["Size"])
+                    yield obj["Key"][strip:], obj
+
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size in bytes) of every object under `prefix`, from the listing itself (no HEAD per object)."""
+        for key, obj in self._objects(prefix):
+            yield key, int(obj["Size"])
 
     def list_inputs(self, prefix: str = "") -> Iterator[Listed]:
         """The input listing (see `Store.list_inputs`): keys with `.`/`..`/empty segments, dot names or
         backslashes come back with a problem instead of being read; folder markers (`…/`) are skipped."""
-        full = self._k(prefix)
-        if full and not full.endswith("/") and not self.exists(prefix):
-            full += "/"
-        paginator = self._client.get_paginator("list_objects_v2")
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        with self._errors(prefix, "list"):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-                for obj in page.get("Contents", []):
-                    key = obj["Key"][strip:]
-                    if key.endswith("/") and int(obj["Size"]) == 0:
-                        continue  # a folder marker some consoles create
-                    problem = _odd_key(key)
-                    if problem:
-                        yield Listed(key, 0, "", problem)
-                    else:
-                        yield Listed(key, int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
+        for key, obj in self._objects(prefix):
+            if key.endswith("/") and int(obj["Size"]) == 0:
+                continue  # a folder marker some consoles create
+            problem = _odd_key(key)
+            if problem:
+                yield Listed(key, 0, "", problem)
+            else:
+                yield Listed(key, int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
 
     def is_dir(self, prefix: str = "") -> bool:
         full = self._k(prefix)
