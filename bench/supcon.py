@@ -72,11 +72,10 @@ def stage_epoch(model, loader: CachedBatchLoader, step: ContrastiveStep, opt, sc
     return train_one_epoch(model, loader.epoch(epoch), step, opt, sched, epoch=epoch, steps_per_epoch=len(loader), check_every=25 if cuda else 1)
 
 
-def baseline(store, train_keys: set[str], cfg: SupConConfig, mean, std, device, workers: int) -> tuple[float, float]:
-    """(images/s, seconds) of the research-script loop: PIL decode + per-image transforms every epoch."""
+def research_dataset(store, train_keys: set[str], cfg: SupConConfig, mean, std):
+    """The research script's dataset: ImageFolder over crop/crops (train crops only), SupContrast's per-image transforms, two views each."""
     from torchvision import datasets, transforms
 
-    root = store.path / "crop/crops"
     tf = transforms.Compose(
         [
             transforms.RandomResizedCrop(size=cfg.size, scale=(0.2, 1.0)),
@@ -88,7 +87,12 @@ def baseline(store, train_keys: set[str], cfg: SupConConfig, mean, std, device, 
         ]
     )
     wanted = {str(store.path / k) for k in train_keys}
-    dataset = datasets.ImageFolder(str(root), transform=TwoCropTransform(tf), is_valid_file=lambda p: p in wanted)
+    return datasets.ImageFolder(str(store.path / "crop/crops"), transform=TwoCropTransform(tf), is_valid_file=lambda p: p in wanted)
+
+
+def baseline(store, train_keys: set[str], cfg: SupConConfig, mean, std, device, workers: int) -> tuple[float, float]:
+    """(images/s, seconds) of the research-script loop: PIL decode + per-image transforms every epoch."""
+    dataset = research_dataset(store, train_keys, cfg, mean, std)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda", drop_last=True
     )
@@ -133,20 +137,7 @@ def ours(cache: ImageCache, labels: np.ndarray, cfg: SupConConfig, mean, std, de
 
 def baseline_loader_only(store, train_keys: set[str], cfg: SupConConfig, mean, std, workers: int) -> float:
     """Images/s the research-script DataLoader can deliver (two views each), no model."""
-    from torchvision import datasets, transforms
-
-    tf = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(size=cfg.size, scale=(0.2, 1.0)),
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            transforms.RandomGrayscale(p=0.2),
-            transforms.ToTensor(),
-            transforms.Normalize(mean=mean, std=std),
-        ]
-    )
-    wanted = {str(store.path / k) for k in train_keys}
-    dataset = datasets.ImageFolder(str(store.path / "crop/crops"), transform=TwoCropTransform(tf), is_valid_file=lambda p: p in wanted)
+    dataset = research_dataset(store, train_keys, cfg, mean, std)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True)
     images, t0 = 0, time.perf_counter()
     for _ in range(cfg.epochs):
