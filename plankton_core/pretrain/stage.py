@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import partial
@@ -39,26 +38,21 @@ from ..errors import BadInputError
 from ..imageio import is_image_key
 from ..losses import supcon_loss
 from ..models import SupConModel, create_model
-from ..progress import progress
 from ..stage import StageContext, get_stage, run_stage
 from ..store import Store, open_store
 from ..tables import read_json, read_parquet
 from ..training import (
     DistInfo,
-    EpochStats,
     ResumePoint,
-    StopRequest,
     Trainer,
     TrainingRun,
     choose_resume,
     epoch_gauges,
-    stop_on_signals,
-    train_one_epoch,
     warmup_cosine,
 )
-from ..training.distributed import barrier, gather_with_grad, process_group
+from ..training.distributed import barrier, gather_with_grad, node_first
+from ..training.glue import distribute, epoch_runner, process_device, training_process
 from ..training.loader import Batch, CachedBatchLoader, EpochPlan
-from ..training.runtime import deterministic_kernels, training_device
 from .augment import V2Views
 from .config import TRAJECTORY_FIELDS, PretrainConfig
 from .moco import MoCoKeys, MoCoStep
@@ -114,8 +108,7 @@ def check(cfg: PretrainConfig, ctx: StageContext) -> PretrainPlan:
     """Validate config and inputs, and choose the resume point; touches no output."""
     cfg.validate()
     root = ctx.root
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = training_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")), distributed=world > 1)
+    world, device = process_device(cfg.device)
     mean, std, stats_size = load_normalisation(root)
     size = cfg.size or stats_size
     manifest = read_parquet(root, CROP_MANIFEST, columns=["status", "crop_key"]) if root.exists(CROP_MANIFEST) else None
@@ -190,19 +183,14 @@ class RootAndUnlabeled:
 def decode_cache(reader: RootAndUnlabeled, keys: list[str], size: int, dist: DistInfo) -> ImageCache:
     """The uint8 decode cache: the first process of each node fills it, the others open it."""
     store = cast(Store, reader)
-    if dist.local_rank == 0:
-        cache = ImageCache.build(store, keys, size)
-    barrier(dist)
-    if dist.local_rank != 0:
-        cache = ImageCache.build(store, keys, size)
-    return cache
+    return node_first(dist, lambda: ImageCache.build(store, keys, size))
 
 
 def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
     """Pretrain to `cfg.epochs` from the resume point, on this process's share of every global batch."""
     plan: PretrainPlan = ctx.plan
     device, cuda = plan.device, plan.device.type == "cuda"
-    with process_group(use_cuda=cuda) as dist, stop_on_signals(StopRequest()) as stop, deterministic_kernels(cfg.deterministic, device):
+    with training_process(device, cfg.deterministic) as (dist, stop):
         extra_keys: list[str] = [UNLABELED_TAG + k for k in plan.unlabeled_keys]
         if cfg.crop:
             if dist.is_main:
@@ -250,7 +238,10 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
         extra = {"feature_dim": net.feature_dim} | ({"queue_bytes": keys_state.queue_bytes} if keys_state is not None else {})
         scheduler = trainer.restore(plan.resume, state, optimizer, schedule, extra=extra)
         plan.resume.ckpt = None
-        model = distribute(net, keys_state, optimizer, cfg, dist, device, ctx)
+        # MoCo keeps per-rank BatchNorm in the query encoder and shuffles the key encoder's across ranks (moco.py);
+        # SimCLR uses SyncBatchNorm on GPUs, as in the SimCLR paper's global BN.
+        also = [keys_state] if keys_state is not None else []
+        model = distribute(net, optimizer, dist, device, sync_bn=cfg.method == "simclr", compile=cfg.compile, notes=ctx.notes, also=also)
 
         loader = CachedBatchLoader(
             cache.array,
@@ -298,24 +289,9 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
                 device,
                 f", queue {cfg.queue} ({keys_state.queue_bytes / 2**20:.1f} MiB)" if keys_state is not None else "",
             )
-
-        def run_epoch(epoch: int, start_step: int) -> EpochStats:
-            batches = progress(loader.epoch(epoch, start_step), total=len(loader) - start_step, desc=f"pretrain epoch {epoch + 1}/{cfg.epochs}")
-            return train_one_epoch(
-                model,
-                batches,
-                loss_fn,
-                optimizer,
-                scheduler,
-                epoch=epoch,
-                steps_per_epoch=len(loader),
-                start_step=start_step,
-                dist=dist,
-                stop=stop,
-                check_every=25 if cuda else 1,
-            )
-
-        counts = trainer.fit(run_epoch)
+        counts = trainer.fit(
+            epoch_runner(model, loader, loss_fn, optimizer, scheduler, dist=dist, stop=stop, device=device, desc="pretrain", epochs=cfg.epochs)
+        )
     return counts | {
         "method": cfg.method,
         "train_images": len(keys),
@@ -333,36 +309,6 @@ def build_model(cfg: PretrainConfig, ctx: StageContext, fresh: bool) -> SupConMo
     if pretrained is not None:
         ctx.notes.append(f"backbone initialised from {cfg.pretrained}")
     return net
-
-
-def distribute(
-    net: SupConModel, keys: MoCoKeys | None, optimizer: torch.optim.Optimizer, cfg: PretrainConfig, dist: DistInfo, device: torch.device, ctx: StageContext
-) -> nn.Module:
-    """The query model the loop calls: on the device (channels_last on GPU), DDP-wrapped under torchrun, compiled if asked.
-
-    MoCo keeps per-rank BatchNorm in the query encoder and shuffles the key encoder's across ranks
-    (see moco.py); SimCLR uses SyncBatchNorm on GPUs, as in the SimCLR paper's global BN.
-    """
-    cuda = device.type == "cuda"
-    for module in (net, keys):
-        if module is not None:
-            module.to(device)
-            if cuda:
-                module.to(memory_format=torch.channels_last)
-    for st in optimizer.state.values():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                st[k] = v.to(device)
-    model: nn.Module = net
-    if dist.enabled:
-        if cfg.method == "simclr" and cuda:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        elif cfg.method == "simclr":
-            ctx.notes.append("CPU processes keep their own BatchNorm statistics (SyncBatchNorm needs GPUs)")
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    if cfg.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
-    return model
 
 
 def with_views(batch: Batch, views: V2Views) -> Batch:

@@ -12,7 +12,6 @@ views, the contrastive loss, the optimiser and its schedule.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -30,26 +29,21 @@ from ..data import ImageCache, load_normalisation, load_splits
 from ..errors import BadInputError
 from ..losses import supcon_loss
 from ..models import SupConModel, create_model
-from ..progress import progress
 from ..stage import StageContext, require_upstream
 from ..store import Store, open_store
 from ..tables import read_json
 from ..training import (
     DistInfo,
-    EpochStats,
     ResumePoint,
-    StopRequest,
     Trainer,
     TrainingRun,
     choose_resume,
     epoch_gauges,
-    stop_on_signals,
-    train_one_epoch,
     warmup_cosine,
 )
-from ..training.distributed import barrier, gather_with_grad, process_group
+from ..training.distributed import gather_with_grad, node_first
+from ..training.glue import distribute, epoch_runner, process_device, training_process
 from ..training.loader import Batch, CachedBatchLoader, EpochPlan
-from ..training.runtime import deterministic_kernels, training_device
 from ..training.schedule import supcontrast_schedule
 from .config import SUPCONTRAST_WARMUP_FROM, TRAJECTORY_FIELDS, SupConConfig
 
@@ -80,8 +74,7 @@ class SupConPlan:
 def check(cfg: SupConConfig, ctx: StageContext) -> SupConPlan:
     """Validate the config against the train split and choose the resume point; touches no output."""
     root = ctx.root
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = training_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")), distributed=world > 1)
+    world, device = process_device(cfg.device)
     mean, std, stats_size = load_normalisation(root)
     size = cfg.size or stats_size
     train = load_splits(root, "train")
@@ -117,7 +110,7 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
     """Train to `cfg.epochs` from the resume point, on this process's share of every global batch."""
     plan: SupConPlan = ctx.plan
     device, cuda = plan.device, plan.device.type == "cuda"
-    with process_group(use_cuda=cuda) as dist, stop_on_signals(StopRequest()) as stop, deterministic_kernels(cfg.deterministic, device):
+    with training_process(device, cfg.deterministic) as (dist, stop):
         spec = augment_spec(cfg)
         cache = decode_cache(ctx.root, plan.keys, plan.size, dist, spec, cfg.context, crop_input(ctx))
         ctx.notes.extend(cache.notes)
@@ -163,7 +156,7 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
             plan.resume, {"model": net.backbone, "head": net.head, "scaler": scaler}, optimizer, schedule, extra={"feature_dim": net.feature_dim}
         )
         plan.resume.ckpt = None  # restored: let the memory go
-        model = distribute(net, optimizer, cfg, dist, device, ctx)
+        model = distribute(net, optimizer, dist, device, sync_bn=cfg.sync_bn, compile=cfg.compile, notes=ctx.notes)
 
         loader = CachedBatchLoader(
             cache.array,
@@ -194,24 +187,7 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
                 run.steps_per_epoch,
                 device,
             )
-
-        def run_epoch(epoch: int, start_step: int) -> EpochStats:
-            batches = progress(loader.epoch(epoch, start_step), total=len(loader) - start_step, desc=f"supcon epoch {epoch + 1}/{cfg.epochs}")
-            return train_one_epoch(
-                model,
-                batches,
-                loss_fn,
-                optimizer,
-                scheduler,
-                epoch=epoch,
-                steps_per_epoch=len(loader),
-                start_step=start_step,
-                dist=dist,
-                stop=stop,
-                check_every=25 if cuda else 1,
-            )
-
-        counts = trainer.fit(run_epoch)
+        counts = trainer.fit(epoch_runner(model, loader, loss_fn, optimizer, scheduler, dist=dist, stop=stop, device=device, desc="supcon", epochs=cfg.epochs))
     return counts | {"train_images": len(plan.keys)}
 
 
@@ -242,12 +218,7 @@ def decode_cache(
     def build() -> ImageCache:
         return ImageCache.build(root, keys, size, geometry=geometry, context=ctx_grow, source=source if ctx_grow is not None else None)
 
-    if dist.local_rank == 0:
-        cache = build()
-    barrier(dist)
-    if dist.local_rank != 0:
-        cache = build()
-    return cache
+    return node_first(dist, build)
 
 
 def with_attention_boxes(cache: ImageCache, cfg: SupConConfig, ctx: StageContext, device: torch.device) -> np.ndarray:
@@ -297,28 +268,6 @@ def build_model(cfg: SupConConfig, ctx: StageContext, fresh: bool) -> SupConMode
     if pretrained is not None:
         ctx.notes.append(f"backbone initialised from {source}")
     return net
-
-
-def distribute(net: SupConModel, optimizer: torch.optim.Optimizer, cfg: SupConConfig, dist: DistInfo, device: torch.device, ctx: StageContext) -> nn.Module:
-    """The model the loop calls: on the device (channels_last on GPU), DDP-wrapped under torchrun, compiled if asked."""
-    cuda = device.type == "cuda"
-    net.to(device)
-    if cuda:
-        net.to(memory_format=torch.channels_last)
-    for state in optimizer.state.values():  # momentum buffers restored on the CPU follow the weights
-        for k, v in state.items():
-            if isinstance(v, torch.Tensor):
-                state[k] = v.to(device)
-    model: nn.Module = net
-    if dist.enabled:
-        if cfg.sync_bn and cuda:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        elif not cuda:
-            ctx.notes.append("CPU processes keep their own BatchNorm statistics (SyncBatchNorm needs GPUs)")
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    if cfg.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
-    return model
 
 
 def with_views(batch: Batch, views: TwoViews) -> Batch:

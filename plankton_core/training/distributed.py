@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -111,3 +111,16 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier(group=info.control)
+
+
+T = TypeVar("T")
+
+
+def node_first(info: DistInfo, build: Callable[[], T]) -> T:
+    """`build()` on the first process of each node, then, after a barrier, on the others (a decode cache the first fills and they open)."""
+    if info.local_rank == 0:
+        made = build()
+    barrier(info)
+    if info.local_rank != 0:
+        made = build()
+    return made
