@@ -41,7 +41,7 @@ class LutConfig:
         "accuracy", "Criterion the pruned index is compared on (val): accuracy (McNemar exact) or balanced_accuracy / macro_f1 (paired bootstrap)."
     )
     alpha: float = option(
-        0.05, "Significance level: a T whose val criterion is significantly below the unpruned index's (one-sided, paired) is not eligible.", gt=0.0, lt=1.0
+        0.05, "Significance level: a T whose val criterion is significantly below the unpruned index's (one sided, paired) is not eligible.", gt=0.0, lt=1.0
     )
     min_class_recall: float = option(
         0.10, "Class-recall guard: no class may lose more than this much val recall (0–1; 0.10 = 10 points) at the chosen T.", ge=0.0, le=1.0
