@@ -12,6 +12,7 @@ from typing import Literal
 
 from ..config import option, stage_config
 from ..errors import BadInputError
+from ..training.options import RuntimeOptions, SGDOptions
 
 # Fields that decide the training trajectory: `--resume auto` only continues a checkpoint whose recorded
 # values of these match (the schedule is checked apart: a run may add rounds to a finished chain).
@@ -61,7 +62,7 @@ def parse_schedule(text: str) -> list[tuple[int, float]]:
 
 
 @stage_config
-class DetectConfig:
+class DetectConfig(SGDOptions, RuntimeOptions):
     """How the detector is trained and evaluated; `resume`, `device`, `workers`, `amp`, `deterministic` do not change the digest."""
 
     annotations: Literal["synth", "coco", "manifest"] = option(
@@ -76,8 +77,6 @@ class DetectConfig:
     decay: Literal["step", "cosine"] = option("step", "step: each round at its lr; cosine: each round decays to the next round's lr (the last to a tenth).")
     batch_size: int = option(2, "Images per device per step; global batch = this × processes.", ge=1)
     lr_batch: int = option(16, "Global batch the --schedule lrs are meant for (linear scaling).", ge=1)
-    momentum: float = option(0.9, "SGD momentum.", ge=0)
-    weight_decay: float = option(1e-4, "SGD weight decay.", ge=0)
     warmup_iters: int = option(1000, "Linear warm-up steps at the start (capped at the first epoch).", ge=0)
     min_size: int = option(800, "Frames are resized so their short side is this (Faster R-CNN's transform).", ge=32)
     max_size: int = option(1333, "… and their long side at most this.", ge=32)
@@ -91,16 +90,11 @@ class DetectConfig:
     save_every: int = option(4, "Write detect/ckpt/epoch_NNNN.pt every K epochs and at each round's end; last.pt every epoch.", ge=1)
     eval_score: float = option(0.05, "Score floor of the detections COCOeval sees.", ge=0, le=1)
     page_frames: int = option(12, "Test frames drawn on the predicted-vs-true page.", ge=0)
-    resume: str = option("auto", "auto (newest readable checkpoint), never (start over), last, epoch_NNNN or a checkpoint URI.", digest=False)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N.", digest=False)
-    workers: int = option(2, "Frame-decoding threads.", ge=0, digest=False)
-    amp: bool = option(True, "bf16 autocast on GPU.", digest=False)
-    deterministic: bool = option(False, "Deterministic kernels (reproducible runs, slower).", digest=False)
+    workers: int = option(2, "Frame-decoding threads.", ge=0, digest=False)  # not RuntimeOptions' 4 batch prefetch threads
 
     def validate(self) -> None:
         parse_schedule(self.schedule)
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise BadInputError(f"detect: --device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        self.check_device("detect")
         if self.annotations == "coco" and not self.coco:
             raise BadInputError("--annotations coco needs --coco URI (the COCO JSON) and --input (its images)")
         if self.annotations in ("synth", "coco") and not self.input:

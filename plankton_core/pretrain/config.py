@@ -13,6 +13,7 @@ from typing import Literal
 
 from ..config import option, stage_config
 from ..errors import BadInputError
+from ..training.options import ContrastiveOptions
 
 # Fields that decide the training trajectory: `--resume auto` only continues a checkpoint whose recorded values match.
 TRAJECTORY_FIELDS = (
@@ -43,25 +44,19 @@ TRAJECTORY_FIELDS = (
 
 
 @stage_config
-class PretrainConfig:
+class PretrainConfig(ContrastiveOptions):
     """How the backbone is pretrained without labels; `resume`, `device`, `workers`, `compile`, `amp`, `deterministic` do not change the digest."""
 
     method: Literal["moco", "simclr"] = option("moco", "moco: MoCo v2 (momentum key encoder + queue); simclr: NT-Xent over the global batch.")
-    model: str = option("resnet50", "timm model name.")
     proj_dim: int = option(128, "Projection head (MLP) output size.", ge=1)
     queue: int = option(65536, "moco: negatives kept in the queue; a multiple of --batch-size.", ge=1)
     key_momentum: float = option(0.999, "moco: key encoder θ_k ← m θ_k + (1 − m) θ_q.", ge=0, lt=1)
     temperature: float = option(0.2, "Contrastive temperature.", gt=0)
     epochs: int = option(200, "Epochs to train.", ge=1)
-    batch_size: int = option(256, "Global batch (images per step over all processes).", ge=2)
-    size: int | None = option(None, "Training crop side in pixels; default: size in stats/stats.json.", ge=8)
     base_lr: float = option(0.03, "Learning rate per 256 images (MoCo v2: 0.03).", gt=0)
-    momentum: float = option(0.9, "SGD momentum.", ge=0)
-    weight_decay: float = option(1e-4, "SGD weight decay.", ge=0)
     warmup_epochs: int = option(0, "Linear warm-up epochs, capped at 10% of --epochs.", ge=0)
     min_lr_ratio: float = option(0.0, "The cosine decays to lr × this.", ge=0, le=1)
     seed: int = option(0, "Seed for weights, queue, data order and augmentation.")
-    crop_scale_min: float = option(0.2, "The random resized crop keeps this to 100% of the area.", gt=0, le=1)
     jitter: float = option(0.4, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1)
     blur: float = option(0.5, "Probability of a Gaussian blur (σ 0.1–2 px at 224 px, scaled with --size).", ge=0, le=1)
     grayscale: float = option(0.2, "Probability of turning a view grey.", ge=0, le=1)
@@ -72,18 +67,10 @@ class PretrainConfig:
     crop: bool = option(False, "Run the --unlabeled images through the crop stage's segmenter first (its recorded settings).")
     pretrained: str | None = option(None, "Backbone weights file or URI to start from; default random init.")
     save_every: int = option(50, "Write pretrain/ckpt/epoch_NNNN.pt every K epochs; last.pt every epoch.", ge=1)
-    resume: str = option("auto", "auto (newest readable checkpoint), never (start over), last, epoch_NNNN or a checkpoint URI.", digest=False)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N.", digest=False)
-    workers: int = option(4, "Batch prefetch threads.", ge=0, digest=False)
-    compile: bool = option(False, "torch.compile the model.", digest=False)
-    amp: bool = option(True, "bf16 autocast on GPU.", digest=False)
-    deterministic: bool = option(False, "Deterministic kernels (reproducible runs, slower).", digest=False)
 
     def validate(self) -> None:
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise BadInputError(f"pretrain: --device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if not self.resume:
-            raise BadInputError("pretrain: --resume must be auto, never, a checkpoint name or a URI")
+        self.check_device("pretrain")
+        self.check_resume("pretrain")
         if self.crop and not self.unlabeled:
             raise BadInputError("pretrain: --crop segments the --unlabeled images; give --unlabeled URI too")
         if self.method == "moco" and self.queue % self.batch_size:

@@ -12,6 +12,7 @@ from typing import Literal
 
 from ..config import option, stage_config
 from ..errors import BadInputError
+from ..training.options import ContrastiveOptions
 
 # SupContrast's main_supcon.py: warm-up (from lr 0.01, 10 epochs) only when the batch is larger than 256.
 SUPCONTRAST_WARM_BATCH = 256
@@ -51,17 +52,12 @@ TRAJECTORY_FIELDS = (
 
 
 @stage_config
-class SupConConfig:
+class SupConConfig(ContrastiveOptions):
     """How the backbone is trained; `resume`, `device`, `workers`, `compile`, `amp`, `deterministic` do not change the digest."""
 
-    model: str = option("resnet50", "timm model name.")
     proj_dim: int = option(128, "Projection head output size.", ge=1)
     epochs: int = option(1000, "Epochs to train.", ge=1)
-    batch_size: int = option(256, "Global batch (images per step over all processes).", ge=2)
-    size: int | None = option(None, "Training crop side in pixels; default: size in stats/stats.json.", ge=8)
     base_lr: float = option(0.125, "Learning rate per 256 images.", gt=0)
-    momentum: float = option(0.9, "SGD momentum.", ge=0)
-    weight_decay: float = option(1e-4, "SGD weight decay.", ge=0)
     warmup_epochs: int = option(10, "Linear warm-up epochs, capped at 10% of --epochs.", ge=0)
     min_lr_ratio: float = option(0.001, "The cosine decays to lr × this (SupContrast's eta_min).", ge=0, le=1)
     temperature: float = option(0.07, "Contrastive temperature.", gt=0)
@@ -71,7 +67,6 @@ class SupConConfig:
     init: Literal["random", "pretrain"] = option(
         "random", "pretrain: start from the pretrain stage's pretrain/ckpt/last.pt; random: --pretrained or random weights."
     )
-    crop_scale_min: float = option(0.2, "The random resized crop keeps this to 100% of the area.", gt=0, le=1)
     jitter: float = option(0.2, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1)
     sync_bn: bool = option(True, "SyncBatchNorm across GPUs under torchrun.")
     recipe: Literal["plankton", "supcontrast"] = option(
@@ -94,18 +89,10 @@ class SupConConfig:
     box_model: str = option("vit_small_patch14_dinov2.lvd142m", "--boxes attention: timm ViT name.")
     box_weights: str | None = option(None, "--boxes attention: the ViT's weights (file or URI); required with --boxes attention.")
     save_every: int = option(50, "Write supcon/ckpt/epoch_NNNN.pt every K epochs; last.pt every epoch.", ge=1)
-    resume: str = option("auto", "auto (newest readable checkpoint), never (start over), last, epoch_NNNN or a checkpoint URI.", digest=False)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N.", digest=False)
-    workers: int = option(4, "Batch prefetch threads.", ge=0, digest=False)
-    compile: bool = option(False, "torch.compile the model.", digest=False)
-    amp: bool = option(True, "bf16 autocast on GPU.", digest=False)
-    deterministic: bool = option(False, "Deterministic kernels (reproducible runs, slower).", digest=False)
 
     def validate(self) -> None:
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise BadInputError(f"supcon: --device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if not self.resume:
-            raise BadInputError("supcon: --resume must be auto, never, a checkpoint name or a URI")
+        self.check_device("supcon")
+        self.check_resume("supcon")
         if self.boxes == "attention" and not self.box_weights:
             raise BadInputError("supcon: --boxes attention needs --box-weights (a file or URI of the ViT's weights; nothing is downloaded)")
         if self.boxes == "attention" and self.crop_mode != "localized":
