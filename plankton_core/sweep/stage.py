@@ -137,7 +137,9 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
     for name in names:
-        unit = _fingerprint({"head": head_settings(cfg), "record": HEAD_RECORD, "supcon": source_digest, "supcon_run": supcon_run, "checkpoint": name, "data": data_ident})
+        unit = _fingerprint(
+            {"head": head_settings(cfg), "record": HEAD_RECORD, "supcon": source_digest, "supcon_run": supcon_run, "checkpoint": name, "data": data_ident}
+        )
         hkey = head_key(name)
         if not ctx.force and store.exists(hkey):
             try:
@@ -159,7 +161,9 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
         epoch = embedder.epoch if embedder.epoch is not None else int(name.rsplit("_", 1)[-1]) if name != "last" else -1
         if (size, embedder.preprocess) not in caches:  # decoding crops is a one-off for the whole sweep: not charged to this checkpoint
             tc = time.monotonic()
-            caches[(size, embedder.preprocess)] = {s: ImageCache.build(store, keys[s], size, workers=cfg.workers, preprocess=embedder.preprocess) for s in SPLITS}
+            caches[(size, embedder.preprocess)] = {
+                s: ImageCache.build(store, keys[s], size, workers=cfg.workers, preprocess=embedder.preprocess) for s in SPLITS
+            }
             t0 += time.monotonic() - tc
         cache = caches[(size, embedder.preprocess)]
         reused = False
