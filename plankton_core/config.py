@@ -97,7 +97,8 @@ def option_specs(cls: type) -> list[OptionSpec]:
     if fields is None:
         raise TypeError(f"{cls.__name__} is not a stage config (use @stage_config)")
     specs = []
-    for name, info in fields.items():
+    for name in _declaration_order(cls, fields):
+        info = fields[name]
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         bounds = {}
         for meta in info.metadata:
@@ -119,6 +120,14 @@ def option_specs(cls: type) -> list[OptionSpec]:
             )
         )
     return specs
+
+
+def _declaration_order(cls: type, fields: dict[str, Any]) -> list[str]:
+    """A config's own options first, then those it inherits (shared runtime options like --device last)."""
+    order: list[str] = []
+    for klass in cls.__mro__:
+        order += [n for n in getattr(klass, "__annotations__", {}) if n in fields and n not in order]
+    return order + [n for n in fields if n not in order]
 
 
 def load_config(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
