@@ -9,7 +9,9 @@ import click
 from plankton_core.artifacts import LUT_INDEX_JSON
 from plankton_core.errors import BadInputError
 from plankton_core.lut.retrieval import VOTES
+from plankton_core.lut.selection import SELECT_BY
 from plankton_core.query.calibrate import calibrate as calibrate_threshold
+from plankton_core.query.calibrate import check_criterion
 from plankton_core.query.output import FORMATS, pick_format, render_ecotaxa, render_rows, write_output
 from plankton_core.query.service import QueryConfig, expand_inputs, run_query
 from plankton_core.store import open_store
@@ -22,7 +24,20 @@ def _held_out_line(record: dict) -> str:
     if record.get("test_precision") is None:
         return f"on test it accepts none of {record['test_count']} crops"
     lo, hi = record["test_precision_ci"]
-    return f"on test: precision {record['test_precision']:.4f} (95% {lo:.3f}–{hi:.3f}) on {record['test_coverage']:.1%} of {record['test_count']} crops"
+    return (
+        f"on test: {_precision_word(record['select_by'])} {record['test_precision']:.4f} (95% {lo:.3f}–{hi:.3f}) on {record['test_coverage']:.1%} of {record['test_count']} crops, "
+        f"{_drop_words(record, 'test')}"
+    )
+
+
+def _precision_word(select_by: str) -> str:
+    return "precision" if select_by == "accuracy" else f"{select_by} precision"
+
+
+def _drop_words(record: dict, split: str) -> str:
+    drop = record.get(f"{split}_largest_class_recall_drop") or 0.0
+    cls = record.get(f"{split}_largest_drop_class")
+    return f"largest class recall loss {100 * drop:.1f} points ({cls})" if cls is not None and drop > 0 else "no class loses recall"
 
 
 @click.command(name="query")
@@ -39,7 +54,28 @@ def _held_out_line(record: dict) -> str:
 )
 @click.option("--reject-below", type=float, default=None, help="Answer 'unknown' when the best similarity is below this [the calibrated threshold, if any].")
 @click.option("--calibrate", is_flag=True, help="Pick the threshold on val for --target-precision and store it in lut/index.json.")
-@click.option("--target-precision", type=float, default=0.95, show_default=True, help="Precision of accepted val predictions that --calibrate aims for.")
+@click.option(
+    "--target-precision",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Precision of accepted val predictions (as --select-by defines it) that --calibrate aims for.",
+)
+@click.option(
+    "--select-by",
+    type=click.Choice(SELECT_BY),
+    default="accuracy",
+    show_default=True,
+    help="--calibrate's precision: accuracy = share of accepted predictions right; balanced_accuracy = mean over true classes; "
+    "macro_f1 = mean over predicted classes (macro precision).",
+)
+@click.option(
+    "--min-class-recall",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="--calibrate's guard: no class may lose more than this much val recall to rejection (0-1; 0.10 = 10 points; 1 = off).",
+)
 @click.option("--pruned", is_flag=True, help="Search the pruned index instead of the full one.")
 @click.option("--checkpoint", default=None, help="Checkpoint key to embed with [sweep/selection.json's]; must match the index.")
 @click.option(
@@ -67,6 +103,8 @@ def command(
     reject_below: float | None,
     calibrate: bool,
     target_precision: float,
+    select_by: str,
+    min_class_recall: float,
     pruned: bool,
     checkpoint: str | None,
     crop: bool,
@@ -95,11 +133,13 @@ def command(
         device=device,
     )
     cfg.validate()
+    check_criterion(select_by, min_class_recall)
     if calibrate:
-        record = calibrate_threshold(store, cfg, target_precision)
+        record = calibrate_threshold(store, cfg, target_precision, select_by, min_class_recall)
         click.echo(
-            f"query: threshold {record['threshold']:.4f} gives precision {record['val_precision']:.4f} on "
-            f"{record['val_coverage']:.1%} of {record['val_count']} val crops (which chose it); {_held_out_line(record)} → {store.uri}/{LUT_INDEX_JSON}",
+            f"query: threshold {record['threshold']:.4f} gives {_precision_word(select_by)} {record['val_precision']:.4f} on "
+            f"{record['val_coverage']:.1%} of {record['val_count']} val crops (which chose it), {_drop_words(record, 'val')} "
+            f"(guard {min_class_recall:g}); {_held_out_line(record)} → {store.uri}/{LUT_INDEX_JSON}",
             err=True,
         )
         if not images:

@@ -61,7 +61,10 @@ def load_heldout(root: Store) -> tuple[pa.Table, np.ndarray]:
 
 
 def save_calibration(root: Store, variant: str, record: dict[str, Any]) -> dict[str, Any]:
-    """Store a calibrated threshold in lut/index.json (per index variant), where every later query finds it."""
+    """Store a calibrated threshold in lut/index.json (per index variant), where every later query finds it.
+
+    The record (query.calibrate) keeps the rule that chose it (target_precision, select_by, min_class_recall)
+    beside the val figures that chose it and the test figures that check it."""
     info = read_json(root, LUT_INDEX_JSON)
     info.setdefault("calibration", {})[variant] = record
     write_json(root, LUT_INDEX_JSON, info)
