@@ -22,7 +22,7 @@ import numpy as np
 from plankton_core.crop import CropConfig
 from plankton_core.data import load_crop, load_splits
 from plankton_core.stage import run_stage
-from plankton_core.stats import StatsConfig, run_stats
+from plankton_core.stats import StatsConfig
 from plankton_core.stats.stage import train_histogram
 from plankton_core.store import open_store
 from plankton_core.synth import SynthConfig, generate
@@ -47,7 +47,7 @@ def main() -> None:
         generate(images, SynthConfig(classes=5, per_class=args.frames // 4, seed=0))
         root = open_store(os.path.join(tmp, "root"))
         run_stage("crop", CropConfig(input=images.uri, workers=args.workers), root)
-        _, split_s = timed(lambda: run_stats(StatsConfig(size=args.size, cache=False), root))
+        _, split_s = timed(lambda: run_stage("stats", StatsConfig(size=args.size, cache=False), root))
         keys = load_splits(root, "train").column("crop_key").to_pylist()
         n, s = len(keys), args.size
 
