@@ -1,4 +1,5 @@
 """Every bench script still imports and parses its options (the benches are run by hand, not by pytest)."""
+
 from __future__ import annotations
 
 import subprocess
