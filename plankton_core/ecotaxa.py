@@ -141,7 +141,11 @@ def open_archive(uri: str, s3_endpoint: str | None = None) -> Any:
 
 def tsv_keys(archive: Any) -> list[str]:
     """The `ecotaxa_*.tsv` files of an archive, sorted (hidden folders and macOS resource forks skipped)."""
-    return sorted(k for k, _ in archive.list_sizes("") if TSV_PATTERN.search(k) and not any(p.startswith((".", "__MACOSX")) for p in k.split("/")))
+    return _tsv_keys(k for k, _ in archive.list_sizes(""))
+
+
+def _tsv_keys(keys: Iterable[str]) -> list[str]:
+    return sorted(k for k in keys if TSV_PATTERN.search(k) and not any(p.startswith((".", "__MACOSX")) for p in k.split("/")))
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -171,6 +175,8 @@ class EcoTaxaTable:
     types: dict[str, str]  # column -> "t" / "f" (from the type rows; inferred where none)
     objects: list[EcoTaxaObject]
     file_errors: list[tuple[str, str]]  # (tsv key, reason) of files that could not be read at all
+    tsvs: list[str] = field(default_factory=list)  # the TSV keys read (`tsv_keys`)
+    listing: dict[str, int] = field(default_factory=dict)  # key -> size of every archive member, in listing order
 
 
 def label_of(values: dict[str, str], column: str, depth: int) -> str | None:
@@ -206,8 +212,8 @@ def read_objects(archive: Any, label_column: str | None = CATEGORY, label_depth:
     a cell count unlike the header's, no img_file_name or object_id, an image the archive lacks, an object_id
     seen before); a file that cannot be used at all (no header, not UTF-8 anywhere, no label column) is in
     `file_errors`. `label_column=None` reads unlabelled objects (no label checks)."""
-    keys = tsv_keys(archive)
-    present = {k for k, _ in archive.list_sizes("")}
+    present = dict(archive.list_sizes(""))  # listed once: the TSVs, the images they name, the caller's fingerprint
+    keys = _tsv_keys(present)
     columns: list[str] = []
     types: dict[str, str] = {}
     objects: list[EcoTaxaObject] = []
@@ -297,7 +303,7 @@ def read_objects(archive: Any, label_column: str | None = CATEGORY, label_depth:
         objects.extend(rows)
     for c in columns:
         types.setdefault(c, "f" if c not in TEXT_ALWAYS and _all_numeric(o.values.get(c, "") for o in objects) else "t")
-    return EcoTaxaTable(columns, types, objects, file_errors)
+    return EcoTaxaTable(columns, types, objects, file_errors, keys, present)
 
 
 def _is_number(text: str) -> bool:

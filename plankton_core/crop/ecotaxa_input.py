@@ -45,11 +45,12 @@ def is_ecotaxa(uri: str, store: Any) -> bool:
     return ecotaxa.is_zip_uri(uri) or bool(ecotaxa.tsv_keys(store))
 
 
-def listing_digest(archive: Any) -> str:
+def listing_digest(archive: Any, listing: dict[str, int]) -> str:
+    """A hash of the archive's listing (`listing`: key -> size, as `read_objects` listed it; a zip hashes CRCs too)."""
     if isinstance(archive, ecotaxa.ZipStore):
         return archive.listing_digest()
     digest = hashlib.sha256()
-    for key, size in archive.list_sizes(""):
+    for key, size in listing.items():
         digest.update(f"{key}\t{size}\n".encode())
     return digest.hexdigest()[:16]
 
@@ -91,8 +92,8 @@ def read_input(archive: Any, cfg: CropConfig) -> EcoTaxaInput:
     out.fingerprint = {
         "input": archive.uri,
         "files": len(out.objects) + len(out.recorded),
-        "listing_sha256": listing_digest(archive),
-        "ecotaxa": {"tsv": len(ecotaxa.tsv_keys(archive)), "rows": len(table.objects), "cropped": len(out.objects)},
+        "listing_sha256": listing_digest(archive, table.listing),
+        "ecotaxa": {"tsv": len(table.tsvs), "rows": len(table.objects), "cropped": len(out.objects)},
     }
     return out
 
