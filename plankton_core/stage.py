@@ -229,7 +229,7 @@ def require_upstream(root: Store, upstream: Iterable[str]) -> dict[str, str]:
         needed = f" (needed by {below})" if below else ""
         if not root.exists(join(prefix, SUCCESS)):
             raise UpstreamNotReadyError(f"upstream stage '{name}'{needed} has not finished: no {root.uri}/{prefix}/{SUCCESS}; run `plankton {name}` first")
-        record = read_json(root, join(prefix, RUN_JSON)) if root.exists(join(prefix, RUN_JSON)) else {}
+        record = recorded_run(root, name)
         recorded = record.get("inputs", {}) or {}
         for up in get_stage(name).upstream:
             now = current(up, name)
@@ -315,9 +315,10 @@ def _run_leased(stage: Stage, cfg: Any, ctx: StageContext, uri: str, *, merge: b
     if count > 1:
         return _run_shard(stage, cfg, ctx, digest, fingerprint, index, count)
 
-    if not force and _recorded_digest(root, stage) == digest:
+    record = None if force else _finished_record(root, stage)
+    if record is not None and record.get("digest") == digest:
         log.info("%s is up to date (%s); --force redoes it", stage.name, uri)
-        return StageResult(stage.name, uri, up_to_date=True, counts=read_json(root, stage.key(RUN_JSON)).get("counts", {}), primary=ctx.primary)
+        return StageResult(stage.name, uri, up_to_date=True, counts=record.get("counts", {}), primary=ctx.primary)
     if merge:
         shard_set = ShardSet(root, stage.name, stage.prefix)
         parts = shard_set.complete(digest, ctx.upstream, fingerprint, digestable_config(cfg))
@@ -431,7 +432,8 @@ def plan_digest(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str |
 def is_up_to_date(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str | None = None) -> tuple[bool, str]:
     """(True, why) when a run of `stage` with `cfg` would find its outputs up to date (`_SUCCESS` and the same digest); else (False, why)."""
     stage = stage if isinstance(stage, Stage) else get_stage(stage)
-    recorded = _recorded_digest(root, stage)
+    record = _finished_record(root, stage)
+    recorded = None if record is None else record.get("digest")
     if recorded is None:
         return False, f"no {root.uri}/{stage.key(SUCCESS)}"
     try:
@@ -443,10 +445,12 @@ def is_up_to_date(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str
     return True, f"{root.uri}/{stage.key(RUN_JSON)} records the same digest {digest[:12]}"
 
 
-def _recorded_digest(root: Store, stage: Stage) -> str | None:
+def _finished_record(root: Store, stage: Stage) -> dict[str, Any] | None:
+    """The run.json of a finished stage (read once: its digest and counts); None without `_SUCCESS` or run.json."""
     if not root.exists(stage.key(SUCCESS)) or not root.exists(stage.key(RUN_JSON)):
         return None
-    return read_json(root, stage.key(RUN_JSON)).get("digest")
+    record: dict[str, Any] = read_json(root, stage.key(RUN_JSON))
+    return record
 
 
 def _run_body(
