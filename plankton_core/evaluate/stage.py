@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from ..artifacts import (
@@ -103,7 +104,8 @@ def check(cfg: EvaluateConfig, ctx: StageContext) -> EvalPlan:
         raise BadInputError(
             f"linear head {store.uri}/{head_key} has {weight.shape[0]} outputs but records {len(classes)} class names; rerun `plankton linear-sweep --force`"
         )
-    test = load_splits(store, "test")
+    splits = load_splits(store)  # read once: the test rows and the classes with none
+    test = splits.filter(pc.equal(splits.column("split"), "test"))
     if test.num_rows == 0:
         raise BadInputError("the test split is empty: nothing to evaluate; rerun `plankton stats` with a test fraction")
     names = [str(c) for c in test.column("class").to_pylist()]
@@ -118,14 +120,13 @@ def check(cfg: EvaluateConfig, ctx: StageContext) -> EvalPlan:
             + f"; the head knows {', '.join(classes)}. Rerun stats → supcon → linear-sweep so train covers every class"
         )
     labels = np.array([index[c] for c in names], dtype=np.int64)
-    plan = EvalPlan(selection, embedder, epoch, weight, bias, classes, test, labels, {}, classes_not_in_test(store))
+    plan = EvalPlan(selection, embedder, epoch, weight, bias, classes, test, labels, {}, classes_not_in_test(splits))
     plan.alternatives = _alternatives(store, selection, plan)
     return plan
 
 
-def classes_not_in_test(store: Any) -> list[dict[str, Any]]:
-    """Classes with no test crop (stats kept them whole in train: too few source images), with their counts."""
-    splits = load_splits(store)
+def classes_not_in_test(splits: pa.Table) -> list[dict[str, Any]]:
+    """Classes with no test crop (stats kept them whole in train: too few source images), with their counts (`splits`: every split's rows)."""
     names = [str(c) for c in splits.column("class").to_pylist()]
     parts = [str(s) for s in splits.column("split").to_pylist()]
     sources = [str(s) for s in splits.column("source_key").to_pylist()] if "source_key" in splits.column_names else [""] * len(names)
