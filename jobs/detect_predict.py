@@ -11,7 +11,6 @@ import click
 import pyarrow as pa
 
 from plankton_core.artifacts import DETECT_BEST
-from plankton_core.detection import DETECTIONS_COLUMNS, Detector, predict_rows
 from plankton_core.errors import BadInputError
 from plankton_core.imageio import UnreadableImage, decode_image
 from plankton_core.query.inputs import resolve_inputs
@@ -36,6 +35,9 @@ def command(
     frames: tuple[str, ...], root: str, s3_endpoint: str | None, out: str, checkpoint: str | None, score_threshold: float, batch_size: int, device: str
 ) -> None:
     """Detect objects on FRAMES (paths, folders, URIs, or keys under the root); one row per box in detections.parquet."""
+    # Loaded here, not at module level: it pulls in torch, and `plankton --help` imports this module.
+    from plankton_core.detection import DETECTIONS_COLUMNS, Detector, predict_rows
+
     if not frames:
         raise BadInputError("name the frames to detect on (paths, folders, file:// or s3:// URIs)")
     store = open_store(root, s3_endpoint)

@@ -10,10 +10,7 @@ from plankton_core.artifacts import LUT_INDEX_JSON
 from plankton_core.errors import BadInputError
 from plankton_core.lut.retrieval import VOTES
 from plankton_core.lut.selection import SELECT_BY
-from plankton_core.query.calibrate import calibrate as calibrate_threshold
-from plankton_core.query.calibrate import check_criterion
 from plankton_core.query.output import FORMATS, pick_format, render_ecotaxa, render_rows, write_output
-from plankton_core.query.service import QueryConfig, expand_inputs, run_query
 from plankton_core.store import open_store
 
 
@@ -116,6 +113,11 @@ def command(
     """Classify IMAGES (files, folders, file:// or s3:// URIs, or keys/prefixes under the root) by their
     nearest gallery neighbours: one row per image with the predicted class, its score and the k neighbours
     (class, similarity, crop key); 'unknown' below the threshold; an error row for an unreadable image."""
+    # Loaded here, not at module level: they pull in torch, and `plankton --help` imports this module.
+    from plankton_core.query.calibrate import calibrate as calibrate_threshold
+    from plankton_core.query.calibrate import check_criterion
+    from plankton_core.query.service import QueryConfig, expand_inputs, run_query
+
     if not images and not calibrate:
         raise BadInputError("name at least one image, folder or prefix to query (or use --calibrate)")
     if batch_size < 1:

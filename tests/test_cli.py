@@ -85,6 +85,18 @@ def test_help_and_unknown_commands(run_cli):
     assert result.exit_code == 2 and "No such command" in result.stderr
 
 
+def test_help_does_not_import_torch():
+    """`plankton --help` lists every command's first help line by importing its module: none may load torch."""
+    code = (
+        "import sys; from jobs.cli import cli\n"
+        "try: cli.main(['--help'], prog_name='plankton')\n"
+        "except SystemExit: pass\n"
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
 def test_a_multi_line_error_is_printed_on_one_line(run_cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("size: [1\n")  # YAML's own message spans several lines
