@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..artifacts import PRETRAIN_CKPT, PRETRAIN_RUN, SUPCON_CKPT, SUPCON_RUN, SWEEP_HEADS, SWEEP_MARKDOWN
 from ..checkpoint import checkpoint_key, list_checkpoints
@@ -122,7 +123,8 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
     source_digest = upstream.get("supcon") if cfg.source == "supcon" else f"{cfg.source}:{read_json(store, run_key).get('digest', '')}"
     classes = load_classes(store)
     n_classes = len(classes)
-    splits = {s: load_splits(store, s) for s in SPLITS}
+    every = load_splits(store)  # read once, then split
+    splits = {s: every.filter(pc.equal(every.column("split"), s)) for s in SPLITS}
     labels = {s: np.asarray(splits[s].column("label").to_numpy(zero_copy_only=False), dtype=np.int64) for s in SPLITS}
     keys = {s: [str(k) for k in splits[s].column("crop_key").to_pylist()] for s in SPLITS}
     for s in SPLITS:
