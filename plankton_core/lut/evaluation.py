@@ -80,11 +80,3 @@ def predict_index(
     """Top-1 and weighted kNN predictions of `queries` against an index (or an ArraySearcher), own source left out."""
     nb = search_excluding(index, queries.x, k, gallery_groups, queries.groups, id_map)
     return {method: predict_neighbours(nb, gallery_labels, n_classes, method, k, id_map) for method in ("top1", "weighted")}
-
-
-def evaluate_index(
-    index: Searcher, queries: QuerySet, gallery_labels: np.ndarray, gallery_groups: np.ndarray, n_classes: int, k: int, id_map: np.ndarray | None = None
-) -> dict[str, dict[str, Any]]:
-    """Top-1 and weighted kNN metrics of `queries` against an index (or an ArraySearcher)."""
-    preds = predict_index(index, queries, gallery_labels, gallery_groups, n_classes, k, id_map)
-    return {method: score_predictions(queries.labels, p.pred, n_classes, p.ranked) for method, p in preds.items()}
