@@ -208,10 +208,6 @@ class StageResult:
     primary: bool = True
 
 
-def is_done(root: Store, name: str) -> bool:
-    return root.exists(join(stage_prefix(name), SUCCESS))
-
-
 def require_upstream(root: Store, upstream: Iterable[str]) -> dict[str, str]:
     """The digests of the upstream stages; raise UpstreamNotReadyError (exit 3) unless the whole chain is current.
 
