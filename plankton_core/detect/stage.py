@@ -272,7 +272,17 @@ def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
                 keep_numbered(ctx.root, trainer, epoch)
             it = progress(batches.epoch(epoch, start_step), total=len(batches) - start_step, desc=f"detect epoch {epoch + 1}/{epochs}")
             stats = train_one_epoch(
-                model, it, loss_fn, optimizer, scheduler, epoch=epoch, steps_per_epoch=len(batches), start_step=start_step, dist=dist, stop=stop
+                model,
+                it,
+                loss_fn,
+                optimizer,
+                scheduler,
+                epoch=epoch,
+                steps_per_epoch=len(batches),
+                start_step=start_step,
+                dist=dist,
+                stop=stop,
+                lr_option="--schedule",
             )
             if not stats.interrupted:
                 result = evaluate_frames(net, images, val_frames, ann.classes, device, dist, cfg, amp) if val_frames else None

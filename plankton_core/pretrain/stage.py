@@ -290,7 +290,9 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
                 f", queue {cfg.queue} ({keys_state.queue_bytes / 2**20:.1f} MiB)" if keys_state is not None else "",
             )
         counts = trainer.fit(
-            epoch_runner(model, loader, loss_fn, optimizer, scheduler, dist=dist, stop=stop, device=device, desc="pretrain", epochs=cfg.epochs)
+            epoch_runner(
+                model, loader, loss_fn, optimizer, scheduler, dist=dist, stop=stop, device=device, desc="pretrain", epochs=cfg.epochs, lr_option="--base-lr"
+            )
         )
     return counts | {
         "method": cfg.method,

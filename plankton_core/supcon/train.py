@@ -187,7 +187,11 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
                 run.steps_per_epoch,
                 device,
             )
-        counts = trainer.fit(epoch_runner(model, loader, loss_fn, optimizer, scheduler, dist=dist, stop=stop, device=device, desc="supcon", epochs=cfg.epochs))
+        counts = trainer.fit(
+            epoch_runner(
+                model, loader, loss_fn, optimizer, scheduler, dist=dist, stop=stop, device=device, desc="supcon", epochs=cfg.epochs, lr_option="--base-lr"
+            )
+        )
     return counts | {"train_images": len(plan.keys)}
 
 

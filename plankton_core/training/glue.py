@@ -89,9 +89,11 @@ def epoch_runner(
     device: torch.device,
     desc: str,
     epochs: int,
+    lr_option: str,
 ) -> Callable[[int, int], EpochStats]:
     """`Trainer.fit`'s `run_epoch(epoch, start_step)`: one `train_one_epoch` over the loader with a progress bar
-    ("<desc> epoch N/epochs"); on GPU the NaN check syncs every 25 steps, on CPU every step."""
+    ("<desc> epoch N/epochs"); on GPU the NaN check syncs every 25 steps, on CPU every step; a NaN's message names
+    `lr_option`, the stage's learning-rate flag."""
 
     def run_epoch(epoch: int, start_step: int) -> EpochStats:
         batches = progress(loader.epoch(epoch, start_step), total=len(loader) - start_step, desc=f"{desc} epoch {epoch + 1}/{epochs}")
@@ -107,6 +109,7 @@ def epoch_runner(
             dist=dist,
             stop=stop,
             check_every=25 if device.type == "cuda" else 1,
+            lr_option=lr_option,
         )
 
     return run_epoch

@@ -63,13 +63,14 @@ def train_one_epoch(
     dist: DistInfo | None = None,
     stop: StopRequest | None = None,
     check_every: int = 1,
+    lr_option: str | None = None,
 ) -> EpochStats:
     """Train on `batches` (the steps `start_step`… of epoch `epoch`); the scheduler steps once per optimiser step.
 
     Stops early, after a whole step, when `stop` is requested on any process
     (`interrupted` is then set). Raises TrainingDiverged as soon as a non-finite
     loss is seen: checked every `check_every` steps (a GPU sync each time) and
-    always before returning.
+    always before returning; its message points at `lr_option`, the stage's learning-rate flag, when given.
     """
     dist = dist or DistInfo()
     model.train()
@@ -93,21 +94,22 @@ def train_one_epoch(
         stats.steps += 1
         stats.next_step += 1
         if stats.steps % check_every == 0 or stats.next_step == steps_per_epoch:
-            _check_finite(loss_sum, dist, epoch, stats.next_step)
+            _check_finite(loss_sum, dist, epoch, stats.next_step, lr_option)
         if any_rank(stop is not None and stop.requested, dist) and stats.next_step < steps_per_epoch:
             stats.interrupted = True
             break
     if loss_sum is not None:
-        _check_finite(loss_sum, dist, epoch, stats.next_step)
+        _check_finite(loss_sum, dist, epoch, stats.next_step, lr_option)
         stats.loss_sum = float(loss_sum.item())
     stats.seconds = time.perf_counter() - t0
     return stats
 
 
-def _check_finite(loss_sum: torch.Tensor, dist: DistInfo, epoch: int, step: int) -> None:
+def _check_finite(loss_sum: torch.Tensor, dist: DistInfo, epoch: int, step: int, lr_option: str | None) -> None:
     bad = not bool(torch.isfinite(loss_sum).item())
     if any_rank(bad, dist):
+        lower = f"the learning rate ({lr_option})" if lr_option else "the learning rate"
         raise TrainingDiverged(
             f"loss became NaN or infinite in epoch {epoch + 1} (by step {step}); stopped without saving, "
-            "the last good checkpoint is kept; lower the learning rate (--base-lr) or check the inputs"
+            f"the last good checkpoint is kept; lower {lower} or check the inputs"
         )

@@ -149,6 +149,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert result.exit_code == EXIT_BAD_INPUT == TrainingDiverged.exit_code
     assert "plankton supcon: error: loss became NaN or infinite in epoch 2" in result.stderr
     assert "last good checkpoint is kept" in result.stderr
+    assert "lower the learning rate (--base-lr)" in result.stderr
     assert final_state(store)["epoch"] == 1
     assert [name for name, _ in list_checkpoints(store)] == ["epoch_0001", "last"]
     assert not store.exists("supcon/_SUCCESS")

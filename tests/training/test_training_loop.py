@@ -78,6 +78,13 @@ def test_nan_loss_raises_training_diverged(check_every):
     step = 2 if check_every == 1 else STEPS  # checked every step, or at the latest at the end of the epoch
     assert f"loss became NaN or infinite in epoch 5 (by step {step})" in str(info.value)
     assert "last good checkpoint is kept" in str(info.value)
+    assert "lower the learning rate or check the inputs" in str(info.value)  # no stage's flag unless the stage names it
+
+
+def test_nan_message_names_the_stages_learning_rate_flag():
+    model, optimizer, scheduler = setup()
+    with pytest.raises(TrainingDiverged, match=r"lower the learning rate \(--schedule\) or check the inputs"):
+        train_one_epoch(model, batches(0), lambda m, b: mse(m, b) * float("nan"), optimizer, scheduler, epoch=0, steps_per_epoch=STEPS, lr_option="--schedule")
 
 
 def test_epoch_stats_continue_an_interrupted_part():
