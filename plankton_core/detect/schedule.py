@@ -9,11 +9,12 @@ half cosine down to the next round's lr (the last round down to a tenth of its o
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+from ..training.schedule import at_step
 
 WARMUP_FACTOR = 1e-3
 
@@ -45,8 +46,4 @@ def round_schedule(
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = peak
     scheduler = LambdaLR(optimizer, lambda s: lr_at(s, rounds, steps_per_epoch, warmup_steps, decay) / peak)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
-        for _ in range(start_step):
-            scheduler.step()
-    return scheduler
+    return at_step(scheduler, start_step)

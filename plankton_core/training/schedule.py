@@ -16,6 +16,15 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, LRScheduler, SequentialLR
 
 
+def at_step(scheduler: LRScheduler, start_step: int) -> LRScheduler:
+    """`scheduler` stepped `start_step` times, so the optimizer holds that step's lr (the resume position)."""
+    with warnings.catch_warnings():  # stepping without optimiser steps is the point here
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+        for _ in range(start_step):
+            scheduler.step()
+    return scheduler
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, peak_lr: float, total_steps: int, warmup_steps: int, min_ratio: float, start_step: int = 0) -> LRScheduler:
     """`SequentialLR(LinearLR, CosineAnnealingLR)` at `start_step` (the lr of that step is set in the optimizer).
 
@@ -29,11 +38,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, peak_lr: float, total_steps:
     if warmup_steps > 0:
         warmup = LinearLR(optimizer, start_factor=1 / warmup_steps, end_factor=1.0, total_iters=warmup_steps - 1)
         scheduler = SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
-    with warnings.catch_warnings():  # stepping without optimiser steps is the point here
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
-        for _ in range(start_step):
-            scheduler.step()
-    return scheduler
+    return at_step(scheduler, start_step)
 
 
 def supcontrast_lr(step: int, peak_lr: float, epochs: int, steps_per_epoch: int, warm_epochs: int, warmup_from: float, min_ratio: float) -> float:
@@ -72,11 +77,7 @@ def supcontrast_schedule(
         group["lr"] = group["initial_lr"] = peak_lr
     spe = max(1, steps_per_epoch)
     scheduler = LambdaLR(optimizer, partial(_supcontrast_factor, peak_lr=peak_lr, epochs=epochs, spe=spe, warm=warm_epochs, start=warmup_from, ratio=min_ratio))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
-        for _ in range(start_step):
-            scheduler.step()
-    return scheduler
+    return at_step(scheduler, start_step)
 
 
 def _supcontrast_factor(step: int, *, peak_lr: float, epochs: int, spe: int, warm: int, start: float, ratio: float) -> float:
