@@ -170,9 +170,13 @@ class Trainer:
         return self.scheduler
 
     def snapshot(self, epochs_done: int, progress: EpochStats | None = None) -> dict[str, Any]:
-        """The checkpoint of this moment (a CPU copy); a collective under DDP (every rank's RNG state)."""
+        """The checkpoint of this moment (a CPU copy); a collective under DDP (every rank's RNG state).
+
+        Only the primary process, the one that writes it, builds it; the others get an empty dict."""
         assert self.optimizer is not None and self.scheduler is not None, "restore() first"
         rngs = gather_objects(rng_state(), self.dist)
+        if not self.dist.is_main:  # _save writes nothing here: no CPU copy of the whole state to throw away
+            return {}
         sums = None if progress is None else {k: getattr(progress, k) for k in ("loss_sum", "steps", "seconds", "wait_seconds")}
         return to_cpu(
             {
