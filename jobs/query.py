@@ -8,8 +8,7 @@ import click
 
 from plankton_core.artifacts import LUT_INDEX_JSON
 from plankton_core.errors import BadInputError
-from plankton_core.lut.retrieval import VOTES
-from plankton_core.lut.selection import SELECT_BY
+from plankton_core.lut.config import SELECT_BY, VOTES  # choice lists only: no scipy/faiss at --help
 from plankton_core.query.output import FORMATS, pick_format, render_ecotaxa, render_rows, write_output
 from plankton_core.store import open_store
 

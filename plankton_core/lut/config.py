@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from ..config import option, stage_config
 from ..errors import BadInputError
@@ -10,6 +10,8 @@ from ..errors import BadInputError
 IndexType = Literal["flat", "ivf", "hnsw"]
 Vote = Literal["top1", "weighted"]
 SelectBy = Literal["accuracy", "balanced_accuracy", "macro_f1"]
+VOTES: tuple[str, ...] = get_args(Vote)
+SELECT_BY: tuple[str, ...] = get_args(SelectBy)
 
 
 @stage_config

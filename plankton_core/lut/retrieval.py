@@ -9,17 +9,12 @@ generalisation, not memory.
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from .config import Vote
-
-VOTES: tuple[str, ...] = typing.get_args(Vote)
 
 
 class ArraySearcher:

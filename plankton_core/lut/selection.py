@@ -20,7 +20,6 @@ that prunes most; ties go to the larger (gentler) T.
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,11 +27,9 @@ import numpy as np
 from scipy.stats import binomtest
 
 from ..scoring import bootstrap_replicates, metric_intervals, percentile_interval, wilson_interval
-from .config import SelectBy
+from .config import SELECT_BY
 from .evaluation import TOP_K, score_predictions
 from .retrieval import top_k_hits
-
-SELECT_BY: tuple[str, ...] = typing.get_args(SelectBy)
 
 
 def metric_value(y: np.ndarray, pred: np.ndarray, n_classes: int, name: str) -> float:

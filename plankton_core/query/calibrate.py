@@ -32,8 +32,9 @@ import pyarrow as pa
 
 from ..artifacts import LUT_EMBEDDINGS, LUT_GALLERY
 from ..errors import BadInputError
+from ..lut.config import SELECT_BY
 from ..lut.retrieval import search_excluding, source_keys, vote
-from ..lut.selection import SELECT_BY, largest_recall_drop
+from ..lut.selection import largest_recall_drop
 from ..scoring import confusion_matrix, per_class_table, percentile_interval, stratified_indices, wilson_interval
 from ..store import Store
 from ..tables import read_npy, read_parquet

@@ -24,7 +24,8 @@ from ..data import preprocess_crop
 from ..embedding import Embedder, check_compatible, load_embedder
 from ..errors import BadInputError
 from ..imageio import UnreadableImage, decode_image
-from ..lut.retrieval import VOTES, search_excluding, vote
+from ..lut.config import VOTES
+from ..lut.retrieval import search_excluding, vote
 from ..store import Store, split_uri
 from .inputs import ImageRef, resolve_inputs
 from .lut import LoadedLut, load_lut
