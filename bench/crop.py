@@ -82,11 +82,15 @@ def main() -> None:
         images = open_store(os.path.join(tmp, "images"))
         classes = 8
         t0 = time.perf_counter()
-        counts = generate(images, SynthConfig(classes=classes, per_class=args.frames // classes * 10 // 7 + 1, size=args.size, seed=0))
+        counts = generate(
+            images, SynthConfig(classes=classes, per_class=args.frames // classes * 10 // 7 + 1, size=args.size, seed=0)
+        )
         synth_s = time.perf_counter() - t0
         keys = sorted(k for k in images.list() if "/" in k)
         n = len(keys)
-        print(f"synth: {n} frames of {args.size}x{args.size} ({counts['objects']} objects) in {synth_s:.1f}s = {n / synth_s:.0f} frames/s")
+        print(
+            f"synth: {n} frames of {args.size}x{args.size} ({counts['objects']} objects) in {synth_s:.1f}s = {n / synth_s:.0f} frames/s"
+        )
         results = {}
         for workers in sorted({1, args.workers}):
             c0 = cpu_seconds()

@@ -45,7 +45,9 @@ from plankton_core.tables import read_parquet, write_parquet
 def make_frames(out: Path, classes: int, per_class: int, size: int, seed: int) -> int:
     """synth's layout (<class>/<class>_NNNNN.png + ground_truth.parquet), 1–5 objects per frame."""
     store = open_store(str(out))
-    rows: dict[str, list] = {k: [] for k in ("image_key", "class", "x0", "y0", "x1", "y1", "touches_border", "dark_field")}
+    rows: dict[str, list] = {
+        k: [] for k in ("image_key", "class", "x0", "y0", "x1", "y1", "touches_border", "dark_field")
+    }
     for c, name in enumerate(list(SHAPES)[:classes]):
         for i in range(per_class):
             rng = np.random.default_rng([seed, c, i])
@@ -94,7 +96,15 @@ def compare_segmenters(images: str, test_keys: list[str], truth: dict[str, np.nd
             kept += len(boxes)
             whole += len(truth[k])
             hits += match(boxes, truth[k])
-        out.append({"segmenter": name, "whole objects": whole, "kept boxes": kept, "matched": hits, "frames/s": len(frames) / seconds})
+        out.append(
+            {
+                "segmenter": name,
+                "whole objects": whole,
+                "kept boxes": kept,
+                "matched": hits,
+                "frames/s": len(frames) / seconds,
+            }
+        )
     return out
 
 
@@ -124,7 +134,9 @@ def main() -> None:
         images, root_uri = f"{tmp}/images", f"{tmp}/root"
         n_obj = make_frames(Path(images), args.classes, args.per_class, args.size, args.seed)
         frames = args.classes * args.per_class
-        print(f"frames: {frames} ({args.classes} classes × {args.per_class}), {n_obj} objects, {args.size} px, 1–5 objects per frame")
+        print(
+            f"frames: {frames} ({args.classes} classes × {args.per_class}), {n_obj} objects, {args.size} px, 1–5 objects per frame"
+        )
         cfg = load_config(
             DetectConfig,
             overrides=dict(
@@ -164,15 +176,25 @@ def main() -> None:
         detector(arrays)
         infer_fps = len(arrays) / (time.perf_counter() - t1)
 
-        print(f"\n== speed ({torch.get_num_threads()} torch threads, CPU; detect stage wall {wall:.0f}s incl. val/test evaluation)")
-        print(f"training   {statistics.mean(ips):6.2f} images/s (sd {statistics.pstdev(ips):.2f} over {len(ips)} epochs, batch {cfg.batch_size})")
+        print(
+            f"\n== speed ({torch.get_num_threads()} torch threads, CPU; detect stage wall {wall:.0f}s incl. val/test evaluation)"
+        )
+        print(
+            f"training   {statistics.mean(ips):6.2f} images/s (sd {statistics.pstdev(ips):.2f} over {len(ips)} epochs, batch {cfg.batch_size})"
+        )
         print(f"inference  {infer_fps:6.2f} frames/s (batch 4, {len(arrays)} test frames)")
 
         truth = {
-            k: np.array([[r["x0"], r["y0"], r["x1"], r["y1"]] for r in gt if r["image_key"] == k and not r["touches_border"]], dtype=np.float64).reshape(-1, 4)
+            k: np.array(
+                [[r["x0"], r["y0"], r["x1"], r["y1"]] for r in gt if r["image_key"] == k and not r["touches_border"]],
+                dtype=np.float64,
+            ).reshape(-1, 4)
             for k in test_keys
         }
-        segs = {"threshold": make_segmenter(CropConfig(input=images, objects="frames")), f"detector (score ≥ {args.score})": DetectorSegmenter(detector)}
+        segs = {
+            "threshold": make_segmenter(CropConfig(input=images, objects="frames")),
+            f"detector (score ≥ {args.score})": DetectorSegmenter(detector),
+        }
         table = compare_segmenters(images, test_keys, truth, segs)
         print(f"\n== whole objects on the {len(test_keys)} test frames, IoU ≥ 0.5 (95% Wilson intervals)")
         print(f"{'segmenter':<24}{'recall':>22}{'precision':>22}{'frames/s':>10}")
@@ -185,11 +207,16 @@ def main() -> None:
                 f"{prec:>7.3f} [{pl:.2f}, {ph:.2f}] {r['matched']:>3}/{r['kept boxes']:<3}{r['frames/s']:>8.1f}"
             )
 
-        print(f"\n== COCO, test split ({metrics.get('images')} frames, {metrics.get('objects')} objects; epoch {metrics.get('best_epoch')} chosen by val AP)")
+        print(
+            f"\n== COCO, test split ({metrics.get('images')} frames, {metrics.get('objects')} objects; epoch {metrics.get('best_epoch')} chosen by val AP)"
+        )
         print("| " + " | ".join(COCO_NAMES) + " |")
         print("|" + "---|" * len(COCO_NAMES))
         print("| " + " | ".join("–" if metrics.get(k) is None else f"{metrics[k]:.3f}" for k in COCO_NAMES) + " |")
-        print("per-class AP: " + ", ".join(f"{c} {'–' if v is None else f'{v:.3f}'}" for c, v in metrics["per_class_AP"].items()))
+        print(
+            "per-class AP: "
+            + ", ".join(f"{c} {'–' if v is None else f'{v:.3f}'}" for c, v in metrics["per_class_AP"].items())
+        )
         print("\n" + root.read_bytes(DETECT_EVAL_TXT).decode())
 
 

@@ -30,12 +30,18 @@ from plankton_core.supcon.config import SupConConfig  # noqa: E402
 from plankton_core.sweep.config import SweepConfig  # noqa: E402
 from plankton_core.tables import read_json  # noqa: E402
 
-WAYS = [("random crop", "random", 0.5), ("localized thr 0.5", "localized", 0.5), ("localized thr 1.0", "localized", 1.0)]
+WAYS = [
+    ("random crop", "random", 0.5),
+    ("localized thr 0.5", "localized", 0.5),
+    ("localized thr 1.0", "localized", 1.0),
+]
 
 
 def measured_maiou(store, spec: AugmentSpec, size: int, context: float) -> float:
     keys = [str(k) for k in load_splits(store, "train").column("crop_key").to_pylist()]
-    cache = ImageCache.build(store, keys, size, geometry=True, context=context if spec.crop_mode == "localized" else None)
+    cache = ImageCache.build(
+        store, keys, size, geometry=True, context=context if spec.crop_mode == "localized" else None
+    )
     geom = torch.from_numpy(cache.geometry).double()
     idx = torch.arange(10_000) % len(keys)
     g = geom[idx]
@@ -55,7 +61,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             store = make_stats_root(str(Path(tmp) / "root"), per_class=args.per_class)
             cfg = SupConConfig(
-                model=args.model, epochs=args.epochs, batch_size=args.batch_size, save_every=1, device="cpu", workers=0, crop_mode=mode, loc_thr=thr
+                model=args.model,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                save_every=1,
+                device="cpu",
+                workers=0,
+                crop_mode=mode,
+                loc_thr=thr,
             )
             run_stage("supcon", cfg, store)
             run_stage("linear-sweep", SweepConfig(head_epochs=20, device="cpu"), store)

@@ -77,7 +77,9 @@ def end_to_end(gallery: np.ndarray, index, model: str, size: int, n_images: int)
         write_json(store, A.SWEEP_SELECTION, {"checkpoint_key": "supcon/ckpt/last.pt", "model": model})
         embedder = load_embedder(store)
         if embedder.dimension != gallery.shape[1]:
-            raise SystemExit(f"--model {model} gives {embedder.dimension}-d features but the gallery is {gallery.shape[1]}-d: pass --dim {embedder.dimension}")
+            raise SystemExit(
+                f"--model {model} gives {embedder.dimension}-d features but the gallery is {gallery.shape[1]}-d: pass --dim {embedder.dimension}"
+            )
         n = len(gallery)
         classes = [f"class{i}" for i in range(20)]
         labels = np.arange(n) % 20
@@ -144,13 +146,17 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     args = ap.parse_args()
     threads = faiss.omp_get_max_threads()
-    print(f"bench/lut.py on {os.cpu_count()} CPU(s), faiss threads {threads}, load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"bench/lut.py on {os.cpu_count()} CPU(s), faiss threads {threads}, load average {os.getloadavg()[0]:.1f} at start"
+    )
     x, _ = synthetic_gallery(args.n + 1000, args.dim, seed=3)
     rng = np.random.default_rng(0)
     perm = rng.permutation(len(x))
     gallery, queries = np.ascontiguousarray(x[perm[: args.n]]), np.ascontiguousarray(x[perm[args.n :]])
     tune_q, eval_q = queries[:500], queries[500:]
-    print(f"gallery {args.n:,} × {args.dim} float32 ({gallery.nbytes / 1e6:.0f} MB), 500 tuning + 500 evaluation queries held out")
+    print(
+        f"gallery {args.n:,} × {args.dim} float32 ({gallery.nbytes / 1e6:.0f} MB), 500 tuning + 500 evaluation queries held out"
+    )
 
     exact = build_index(gallery, "flat")
     _, exact_ids = exact.search(eval_q, 10)
@@ -175,14 +181,18 @@ def main() -> None:
             f"{np.percentile(b256, 50):12.1f} {np.percentile(b256, 99):12.1f} {np.percentile(b256, 50) / 256:13.3f}"
         )
         results[kind] = (index, np.percentile(b1, 50))
-    print(f"batch-1 p50 speed-up over exact: ivf {results['flat'][1] / results['ivf'][1]:.0f}×, hnsw {results['flat'][1] / results['hnsw'][1]:.0f}×")
+    print(
+        f"batch-1 p50 speed-up over exact: ivf {results['flat'][1] / results['ivf'][1]:.0f}×, hnsw {results['flat'][1] / results['hnsw'][1]:.0f}×"
+    )
     if args.images:
         rate, load_s = end_to_end(gallery, results["hnsw"][0], args.model, args.size, args.images)
         print(
             f"query end to end ({args.model} at {args.size} px on CPU, HNSW index, {args.images} frames of 256 px, batch 32): "
             f"{rate:.1f} images/s (+ {load_s:.1f} s once per call to load the LUT and checkpoint)"
         )
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; load average at end {os.getloadavg()[0]:.1f}")
+    print(
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; load average at end {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("PLANKTON_CACHE_DIR", str(Path(tmp) / "cache"))
         store = make_stats_root(str(Path(tmp) / "root"), per_class=args.per_class, size=args.size)
-        common = dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size, save_every=args.epochs, device=args.device, workers=args.workers)
+        common = dict(
+            model=args.model,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            save_every=args.epochs,
+            device=args.device,
+            workers=args.workers,
+        )
         for name, stage, cfg in (
             ("supcon", "supcon", SupConConfig(**common)),  # type: ignore[arg-type]
             ("pretrain moco", "pretrain", PretrainConfig(method="moco", queue=args.queue, resume="never", **common)),  # type: ignore[arg-type]
@@ -62,14 +69,18 @@ def main() -> None:
         if args.device.startswith("cuda")
         else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     )
-    print(f"\nbench/pretrain.py: {args.model} at {args.size} px, global batch {args.batch_size}, {args.epochs} epochs, {device}")
+    print(
+        f"\nbench/pretrain.py: {args.model} at {args.size} px, global batch {args.batch_size}, {args.epochs} epochs, {device}"
+    )
     print("| run | images | images/s (last epoch) | queue memory |")
     print("|---|---:|---:|---:|")
     base = rows[0][2]
     for name, n, ips, qb in rows:
         queue = f"{qb / 2**20:.2f} MiB" if qb else "—"
         print(f"| {name} | {n} | {ips:.1f} ({ips / base:.2f}× supcon) | {queue} |")
-    print(f"queue at the defaults (128 × 65536 float32): {128 * 65536 * 4 / 2**20:.0f} MiB, the same on every GPU (plus its copy for the logits)")
+    print(
+        f"queue at the defaults (128 × 65536 float32): {128 * 65536 * 4 / 2**20:.0f} MiB, the same on every GPU (plus its copy for the logits)"
+    )
     print("one run each, no repeats: differences under ~10% are within run-to-run noise on a shared CPU")
 
 

@@ -38,7 +38,9 @@ from plankton_core.lut.prune import greedy_order, neighbour_graph, threshold_gri
 from plankton_core.lut.prune_sweep import restrict_graph, sweep_thresholds  # noqa: E402
 
 
-def synthetic_gallery(n: int, dim: int, n_classes: int = 20, seed: int = 0, confusable: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_gallery(
+    n: int, dim: int, n_classes: int = 20, seed: int = 0, confusable: float = 0.15
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, n_classes + 1)
     labels = rng.choice(n_classes, n, p=p / p.sum())
@@ -62,12 +64,20 @@ def synthetic_gallery(n: int, dim: int, n_classes: int = 20, seed: int = 0, conf
     for s_id in lookalike:
         others = np.flatnonzero(sub_class != sub_class[s_id])
         twin = others[rng.integers(len(others))]
-        sub_centres[s_id] = sub_centres[twin] + (centres[sub_class[twin]] - centres[sub_class[s_id]]) / 0.8 + 0.6 * rng.standard_normal(dim, dtype=np.float32)
+        sub_centres[s_id] = (
+            sub_centres[twin]
+            + (centres[sub_class[twin]] - centres[sub_class[s_id]]) / 0.8
+            + 0.6 * rng.standard_normal(dim, dtype=np.float32)
+        )
     spread = rng.uniform(0.15, 0.9, n_sub).astype(np.float32)
     x = np.empty((n, dim), np.float32)
     for i0 in range(0, n, 10_000):
         s = slice(i0, min(i0 + 10_000, n))
-        x[s] = centres[labels[s]] + 0.8 * sub_centres[sub[s]] + spread[sub[s], None] * rng.standard_normal((s.stop - s.start, dim), dtype=np.float32)
+        x[s] = (
+            centres[labels[s]]
+            + 0.8 * sub_centres[sub[s]]
+            + spread[sub[s], None] * rng.standard_normal((s.stop - s.start, dim), dtype=np.float32)
+        )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x, labels
 
@@ -120,7 +130,15 @@ def blocked_sweep(x, labels, keys, groups, val_idx, n_classes, grid, **kw):
     train = np.flatnonzero(in_train)
     val = QuerySet("val", x[val_idx], labels[val_idx], groups[val_idx])
     outcome = sweep_thresholds(
-        x[train], labels[train], [keys[i] for i in train], groups[train], val, n_classes, grid, graph=restrict_graph(graph, in_train), **kw
+        x[train],
+        labels[train],
+        [keys[i] for i in train],
+        groups[train],
+        val,
+        n_classes,
+        grid,
+        graph=restrict_graph(graph, in_train),
+        **kw,
     )
     return graph, outcome, graph_s, graph_c
 
@@ -130,8 +148,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--val-fraction", type=float, default=0.15)
-    ap.add_argument("--sub", default="10000,20000", help="two subsample sizes for the straightforward sweep ('' skips it)")
-    ap.add_argument("--sub-thresholds", default="0.90", help="thresholds timed for the straightforward sweep (the time per threshold is their mean)")
+    ap.add_argument(
+        "--sub", default="10000,20000", help="two subsample sizes for the straightforward sweep ('' skips it)"
+    )
+    ap.add_argument(
+        "--sub-thresholds",
+        default="0.90",
+        help="thresholds timed for the straightforward sweep (the time per threshold is their mean)",
+    )
     ap.add_argument("--profile", default="", help="write a cProfile of the blocked sweep to this file (adds overhead)")
     args = ap.parse_args()
     threads = torch.get_num_threads()
@@ -145,7 +169,9 @@ def main() -> None:
     val_idx = np.sort(rng.choice(args.n, int(args.n * args.val_fraction), replace=False))
     groups = np.arange(args.n)  # each item its own source image
     sizes = np.bincount(labels)
-    print(f"bench/prune.py on {os.cpu_count()} CPU(s), torch threads {threads}, load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"bench/prune.py on {os.cpu_count()} CPU(s), torch threads {threads}, load average {os.getloadavg()[0]:.1f} at start"
+    )
     print(
         f"gallery {args.n:,} × {args.dim}, {len(sizes)} classes (largest {sizes.max():,} = {sizes.max() / args.n:.0%}, smallest {sizes.min():,}), "
         f"val {len(val_idx):,} queried against the {args.n - len(val_idx):,} train items, {len(grid)} thresholds {grid[0]:.2f}–{grid[-1]:.2f}; "
@@ -155,7 +181,9 @@ def main() -> None:
     c0 = time.process_time()
     floor = floor_seconds(x, labels)
     c_floor = time.process_time() - c0
-    print(f"floor    every within-class similarity once (float32 tiled GEMM)  {floor:7.1f} s   (CPU {c_floor:.0f} s over {threads} threads)")
+    print(
+        f"floor    every within-class similarity once (float32 tiled GEMM)  {floor:7.1f} s   (CPU {c_floor:.0f} s over {threads} threads)"
+    )
 
     profiler = cProfile.Profile() if args.profile else None
     t0, c0 = time.perf_counter(), time.process_time()
@@ -198,12 +226,18 @@ def main() -> None:
         _, sub_out, _, _ = blocked_sweep(xs, ls, ks, groups[pick], vs, len(sizes), np.asarray(sub_t), **kw)
         got = sub_out.table.to_pylist()
         in_train = ~np.isin(np.arange(n_sub), vs)
-        g = neighbour_graph(xs[in_train], ls[in_train], greedy_order([k for k, t in zip(ks, in_train) if t]), min(sub_t))
-        assert all(np.array_equal(m, g.keep_mask(t)) for m, t in zip(masks, sub_t)), "blocked and straightforward pruning disagree"
+        g = neighbour_graph(
+            xs[in_train], ls[in_train], greedy_order([k for k, t in zip(ks, in_train) if t]), min(sub_t)
+        )
+        assert all(np.array_equal(m, g.keep_mask(t)) for m, t in zip(masks, sub_t)), (
+            "blocked and straightforward pruning disagree"
+        )
         assert all(r["gallery_size"] == m.sum() and r["val_accuracy"] == a for r, m, a in zip(got, masks, accs)), (
             "blocked and straightforward val accuracy disagree"
         )
-        print(f"straight {n_sub:,}-item subsample: {per_t[n_sub]:.2f} s per threshold (same kept sets and val accuracy as the blocked sweep: checked)")
+        print(
+            f"straight {n_sub:,}-item subsample: {per_t[n_sub]:.2f} s per threshold (same kept sets and val accuracy as the blocked sweep: checked)"
+        )
     if len(subs) >= 2:
         # t(n) = a·n + b·n² (per-item Python work + pairwise/val products), fitted on the two subsamples
         (n1, n2), (t1, t2) = sorted(subs)[:2], (per_t[sorted(subs)[0]], per_t[sorted(subs)[1]])
@@ -216,7 +250,9 @@ def main() -> None:
             f"× {len(grid)} thresholds = {extrapolated:,.0f} s = {extrapolated / 3600:.1f} h"
         )
         print(f"speed-up blocked vs straightforward: {extrapolated / blocked:,.0f}×")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; load average at end {os.getloadavg()[0]:.1f}")
+    print(
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; load average at end {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

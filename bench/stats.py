@@ -59,7 +59,9 @@ def main() -> None:
 
         (ref_mean, ref_std), ref_s = timed(reference)
         rows = [("decode + letterbox only, 1 thread", floor, "")]
-        rows.append(("numpy float64 reference, 1 thread", ref_s, f"holds {n * s * s * 3 * 8 / 2**20:.0f} MiB of pixels"))
+        rows.append(
+            ("numpy float64 reference, 1 thread", ref_s, f"holds {n * s * s * 3 * 8 / 2**20:.0f} MiB of pixels")
+        )
         for label, kwargs in (
             ("stats, streamed, 1 thread", dict(cache=False, workers=1)),
             (f"stats, streamed, {args.workers} threads", dict(cache=False, workers=args.workers)),
@@ -70,7 +72,9 @@ def main() -> None:
             err = max(np.abs(np.array(mean) - ref_mean).max(), np.abs(np.array(std) - ref_std).max())
             rows.append((label, secs, f"max |diff| to numpy {err:.1e}"))
         frames = sum(1 for k in images.list("") if not k.endswith(".parquet"))
-        print(f"stats bench: {n} train crops at {s}px (from {frames} synth frames), {os.cpu_count()} CPUs, {args.workers} workers")
+        print(
+            f"stats bench: {n} train crops at {s}px (from {frames} synth frames), {os.cpu_count()} CPUs, {args.workers} workers"
+        )
         print(f"whole stage (split + streamed measurement): {split_s:.2f}s")
         for label, secs, extra in rows:
             print(f"  {label:<44} {n / secs:8.1f} crops/s  {floor / secs:5.2f}x of decode-only  {extra}")

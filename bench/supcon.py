@@ -58,9 +58,21 @@ def make_optimizer(model, cfg: SupConConfig, steps_per_epoch: int):
     return opt, sched
 
 
-def stage_step(cfg: SupConConfig, loader: CachedBatchLoader, size: int, mean, std, device, workers: int) -> ContrastiveStep:
+def stage_step(
+    cfg: SupConConfig, loader: CachedBatchLoader, size: int, mean, std, device, workers: int
+) -> ContrastiveStep:
     """The stage's loss step on one process: its two-view augmentation (on the loader threads on a CPU) and loss."""
-    views = TwoViews(cfg.batch_size, slice(0, cfg.batch_size), cfg.seed, cfg.crop_scale_min, cfg.jitter, size, list(mean), list(std), device)
+    views = TwoViews(
+        cfg.batch_size,
+        slice(0, cfg.batch_size),
+        cfg.seed,
+        cfg.crop_scale_min,
+        cfg.jitter,
+        size,
+        list(mean),
+        list(std),
+        device,
+    )
     if device.type != "cuda" and workers > 0:
         loader.transform = partial(with_views, views=views)  # as the stage does on CPU
     return ContrastiveStep(views, DistInfo(), cfg.temperature, cfg.method, amp=device.type == "cuda")
@@ -69,7 +81,16 @@ def stage_step(cfg: SupConConfig, loader: CachedBatchLoader, size: int, mean, st
 def stage_epoch(model, loader: CachedBatchLoader, step: ContrastiveStep, opt, sched, epoch: int) -> EpochStats:
     """One epoch through the stage's own `train_one_epoch`."""
     cuda = step.views.device.type == "cuda"
-    return train_one_epoch(model, loader.epoch(epoch), step, opt, sched, epoch=epoch, steps_per_epoch=len(loader), check_every=25 if cuda else 1)
+    return train_one_epoch(
+        model,
+        loader.epoch(epoch),
+        step,
+        opt,
+        sched,
+        epoch=epoch,
+        steps_per_epoch=len(loader),
+        check_every=25 if cuda else 1,
+    )
 
 
 def research_dataset(store, train_keys: set[str], cfg: SupConConfig, mean, std):
@@ -87,14 +108,21 @@ def research_dataset(store, train_keys: set[str], cfg: SupConConfig, mean, std):
         ]
     )
     wanted = {str(store.path / k) for k in train_keys}
-    return datasets.ImageFolder(str(store.path / "crop/crops"), transform=TwoCropTransform(tf), is_valid_file=lambda p: p in wanted)
+    return datasets.ImageFolder(
+        str(store.path / "crop/crops"), transform=TwoCropTransform(tf), is_valid_file=lambda p: p in wanted
+    )
 
 
 def baseline(store, train_keys: set[str], cfg: SupConConfig, mean, std, device, workers: int) -> tuple[float, float]:
     """(images/s, seconds) of the research-script loop: PIL decode + per-image transforms every epoch."""
     dataset = research_dataset(store, train_keys, cfg, mean, std)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda", drop_last=True
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
     )
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model).to(device)
@@ -118,10 +146,14 @@ def baseline(store, train_keys: set[str], cfg: SupConConfig, mean, std, device, 
     return images / seconds, seconds
 
 
-def ours(cache: ImageCache, labels: np.ndarray, cfg: SupConConfig, mean, std, device, workers: int) -> tuple[float, float, float]:
+def ours(
+    cache: ImageCache, labels: np.ndarray, cfg: SupConConfig, mean, std, device, workers: int
+) -> tuple[float, float, float]:
     """(images/s, seconds, data-wait fraction) of the stage's cached loader + batched augmentation + step."""
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model).to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format)
+    model = create_model(cfg.model).to(
+        device, memory_format=torch.channels_last if device.type == "cuda" else torch.preserve_format
+    )
     plan = EpochPlan(len(labels), cfg.batch_size, cfg.seed)
     loader = CachedBatchLoader(cache.array, labels, plan, prefetch=workers, pin_memory=device.type == "cuda")
     opt, sched = make_optimizer(model, cfg, len(loader))
@@ -138,7 +170,9 @@ def ours(cache: ImageCache, labels: np.ndarray, cfg: SupConConfig, mean, std, de
 def baseline_loader_only(store, train_keys: set[str], cfg: SupConConfig, mean, std, workers: int) -> float:
     """Images/s the research-script DataLoader can deliver (two views each), no model."""
     dataset = research_dataset(store, train_keys, cfg, mean, std)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True
+    )
     images, t0 = 0, time.perf_counter()
     for _ in range(cfg.epochs):
         for views, labels in loader:
@@ -147,7 +181,9 @@ def baseline_loader_only(store, train_keys: set[str], cfg: SupConConfig, mean, s
     return images / (time.perf_counter() - t0)
 
 
-def ours_loader_only(cache: ImageCache, labels: np.ndarray, cfg: SupConConfig, mean, std, device, workers: int) -> float:
+def ours_loader_only(
+    cache: ImageCache, labels: np.ndarray, cfg: SupConConfig, mean, std, device, workers: int
+) -> float:
     """Images/s of the stage's cached loader + batched two-view augmentation, no model."""
     loader = CachedBatchLoader(cache.array, labels, EpochPlan(len(labels), cfg.batch_size, cfg.seed), prefetch=workers)
     views = stage_step(cfg, loader, cfg.size, mean, std, device, workers).views
@@ -162,7 +198,13 @@ def ours_loader_only(cache: ImageCache, labels: np.ndarray, cfg: SupConConfig, m
 
 
 def gpu_resnet50(
-    workers: int, batch: int = 256, steps: int = 40, n_cached: int = 4096, model_name: str = "resnet50", size: int = 224, device: torch.device | None = None
+    workers: int,
+    batch: int = 256,
+    steps: int = 40,
+    n_cached: int = 4096,
+    model_name: str = "resnet50",
+    size: int = 224,
+    device: torch.device | None = None,
 ) -> None:
     """ResNet50 at 224 px, bf16 + channels_last, from a uint8 memmap through the stage's loader and step."""
     device = device or torch.device("cuda")
@@ -171,12 +213,16 @@ def gpu_resnet50(
         torch.backends.cudnn.benchmark = True
     cfg = SupConConfig(model=model_name, batch_size=batch, size=size, epochs=1000, device=device.type)
     with tempfile.TemporaryDirectory() as tmp:
-        arr = np.lib.format.open_memmap(os.path.join(tmp, "u8.npy"), mode="w+", dtype=np.uint8, shape=(n_cached, size, size, 3))
+        arr = np.lib.format.open_memmap(
+            os.path.join(tmp, "u8.npy"), mode="w+", dtype=np.uint8, shape=(n_cached, size, size, 3)
+        )
         arr[:] = np.random.default_rng(0).integers(0, 256, size=(1, size, size, 3), dtype=np.uint8)
         arr.flush()
         labels = np.arange(n_cached) % 50
         torch.manual_seed(0)
-        model = create_model(model_name).to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+        model = create_model(model_name).to(
+            device, memory_format=torch.channels_last if cuda else torch.preserve_format
+        )
         plan = EpochPlan(n_cached, batch, 0)
         loader = CachedBatchLoader(arr, labels, plan, prefetch=workers, pin_memory=cuda)
         opt, sched = make_optimizer(model, cfg, len(loader))
@@ -196,7 +242,9 @@ def gpu_resnet50(
     hours = 1000 * 33_000 / ips / 3600
     name = torch.cuda.get_device_name(0) if cuda else "cpu"
     peak = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
-    print(f"GPU {name}: {model_name} {size} px bf16 channels_last, batch {batch}: {ips:,.0f} images/s, data wait {100 * wait / seconds:.0f}%{peak}")
+    print(
+        f"GPU {name}: {model_name} {size} px bf16 channels_last, batch {batch}: {ips:,.0f} images/s, data wait {100 * wait / seconds:.0f}%{peak}"
+    )
     print(f"projected: 1000 epochs x 33,000 images = {hours:.1f} h on this GPU (the user's runs: 4-6 days)")
 
 
@@ -209,7 +257,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="training crop side")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (baseline) / prefetch threads (ours)")
+    ap.add_argument(
+        "--workers", type=int, default=2, help="DataLoader worker processes (baseline) / prefetch threads (ours)"
+    )
     ap.add_argument("--device", default="cpu", help="device for the side-by-side comparison")
     ap.add_argument("--skip-gpu", action="store_true")
     args = ap.parse_args()
@@ -218,12 +268,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PLANKTON_CACHE_DIR"] = os.path.join(tmp, "cache")
-        store = make_stats_root(os.path.join(tmp, "root"), n_classes=args.classes, per_class=args.per_class, size=args.source_size)
+        store = make_stats_root(
+            os.path.join(tmp, "root"), n_classes=args.classes, per_class=args.per_class, size=args.source_size
+        )
         mean, std, _ = load_normalisation(store)
         train = load_splits(store, "train")
         keys = train.column("crop_key").to_pylist()
         labels = np.asarray(train.column("label").to_pylist(), dtype=np.int64)
-        cfg = SupConConfig(model=args.model, batch_size=args.batch_size, size=args.size, epochs=args.epochs, device=args.device)
+        cfg = SupConConfig(
+            model=args.model, batch_size=args.batch_size, size=args.size, epochs=args.epochs, device=args.device
+        )
 
         t0 = time.perf_counter()
         cache = ImageCache.build(store, keys, args.source_size)
@@ -233,14 +287,20 @@ def main() -> None:
         ours_feed = ours_loader_only(cache, labels, cfg, mean, std, device, args.workers)
         base_feed = baseline_loader_only(store, set(keys), cfg, mean, std, args.workers)
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}"
+    )
     print(
         f"data: {len(keys)} train crops of {args.source_size} px PNG, {args.classes} classes; model {args.model}, "
         f"batch {args.batch_size}, {args.size} px views, {args.epochs} epochs, {args.workers} workers"
     )
     print(f"one-time decode cache build: {cache_s:.2f} s ({len(keys) / cache_s:,.0f} images/s)")
-    print(f"baseline (ImageFolder + PIL + torchvision transforms every epoch): {base_ips:8.1f} images/s ({base_s:.1f} s)")
-    print(f"supcon stage (uint8 cache + batched augmentation):                  {ours_ips:8.1f} images/s ({ours_s:.1f} s, data wait {100 * ours_wait:.0f}%)")
+    print(
+        f"baseline (ImageFolder + PIL + torchvision transforms every epoch): {base_ips:8.1f} images/s ({base_s:.1f} s)"
+    )
+    print(
+        f"supcon stage (uint8 cache + batched augmentation):                  {ours_ips:8.1f} images/s ({ours_s:.1f} s, data wait {100 * ours_wait:.0f}%)"
+    )
     print(f"training ratio (loader + step): {ours_ips / base_ips:.2f}x")
     print(
         f"loader only (two augmented views, no model): baseline {base_feed:,.0f} images/s, "

@@ -31,7 +31,12 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=int, default=2)
     ap.add_argument("--head-epochs", type=int, default=100, help="the stage's default")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for both modes (0: torch's default); 1 avoids thread contention on a shared machine")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for both modes (0: torch's default); 1 avoids thread contention on a shared machine",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,8 +59,12 @@ def main() -> None:
         results = {}
         for mode in ("cached", "augmented"):
             root = str(Path(tmp) / mode)
-            store = make_supcon_root(root, epochs=epochs, last=False, per_class=args.per_class, n_classes=args.classes, size=args.size)
-            cfg = load_config(SweepConfig, overrides={"head_mode": mode, "head_epochs": args.head_epochs, "device": args.device})
+            store = make_supcon_root(
+                root, epochs=epochs, last=False, per_class=args.per_class, n_classes=args.classes, size=args.size
+            )
+            cfg = load_config(
+                SweepConfig, overrides={"head_mode": mode, "head_epochs": args.head_epochs, "device": args.device}
+            )
             t = time.monotonic()
             run_stage("linear-sweep", cfg, store)
             wall = time.monotonic() - t
@@ -74,7 +83,9 @@ def main() -> None:
         f"{args.head_epochs} head epochs, device {args.device}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"
     )
     for mode, (per_ckpt, acc, wall, _, _) in results.items():
-        print(f"  {mode:<9} {per_ckpt:8.2f} s per checkpoint   mean val accuracy {100 * acc:6.2f}%   (stage wall {wall:.1f} s)")
+        print(
+            f"  {mode:<9} {per_ckpt:8.2f} s per checkpoint   mean val accuracy {100 * acc:6.2f}%   (stage wall {wall:.1f} s)"
+        )
     ratio = results["augmented"][0] / results["cached"][0]
     print(f"  ratio: cached-feature sweep is {ratio:.1f}x faster per checkpoint than training through the backbone")
 

@@ -22,20 +22,43 @@ CONTRACT = ("root", "config", "force", "s3_endpoint", "shard_index", "num_shards
 
 def stage_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options every stage (and every command reading the pipeline root) has."""
-    fn = click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")(fn)
-    fn = click.option("--force", is_flag=True, help="Redo the stage even when its outputs are up to date.")(fn)
-    fn = click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="YAML file of options; flags win.")(fn)
     fn = click.option(
-        "--root", envvar="PLANKTON_ROOT", default="./artifacts", show_default=True, help="Pipeline root: a folder, file:// or s3://bucket/prefix."
+        "--s3-endpoint",
+        envvar="AWS_ENDPOINT_URL",
+        default=None,
+        help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).",
+    )(fn)
+    fn = click.option("--force", is_flag=True, help="Redo the stage even when its outputs are up to date.")(fn)
+    fn = click.option(
+        "--config", "config", type=click.Path(dir_okay=False), default=None, help="YAML file of options; flags win."
+    )(fn)
+    fn = click.option(
+        "--root",
+        envvar="PLANKTON_ROOT",
+        default="./artifacts",
+        show_default=True,
+        help="Pipeline root: a folder, file:// or s3://bucket/prefix.",
     )(fn)
     return fn
 
 
 def shard_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options of a shardable stage (an Indexed Job's pods, then one merge)."""
-    fn = click.option("--merge", is_flag=True, help="Gather the finished shards' parts into the stage's outputs (same config).")(fn)
-    fn = click.option("--num-shards", type=click.IntRange(min=1), default=None, help="Shard count (default $NUM_SHARDS, else $JOB_COMPLETIONS, else 1).")(fn)
-    fn = click.option("--shard-index", type=click.IntRange(min=0), default=None, help="This shard (default $JOB_COMPLETION_INDEX, else 0).")(fn)
+    fn = click.option(
+        "--merge", is_flag=True, help="Gather the finished shards' parts into the stage's outputs (same config)."
+    )(fn)
+    fn = click.option(
+        "--num-shards",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Shard count (default $NUM_SHARDS, else $JOB_COMPLETIONS, else 1).",
+    )(fn)
+    fn = click.option(
+        "--shard-index",
+        type=click.IntRange(min=0),
+        default=None,
+        help="This shard (default $JOB_COMPLETION_INDEX, else 0).",
+    )(fn)
     return fn
 
 
@@ -52,7 +75,9 @@ def click_option(spec: OptionSpec) -> Callable[[Callable[..., Any]], Callable[..
     click_type: Any = {"int": int, "float": float}.get(spec.kind, str)
     if spec.kind == "choice":
         click_type = click.Choice(spec.choices)
-    return click.option(spec.flag, spec.name, type=click_type, default=None, help=help_text, hidden=spec.hidden, metavar=spec.metavar)
+    return click.option(
+        spec.flag, spec.name, type=click_type, default=None, help=help_text, hidden=spec.hidden, metavar=spec.metavar
+    )
 
 
 def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -23,7 +23,15 @@ from urllib3.exceptions import HTTPError as TransportError
 
 from plankton_core.errors import BadInputError, PlanktonError
 from plankton_core.jobspec.render import CONTAINER, JOB_NAME_LABEL
-from plankton_core.jobspec.status import STUCK_REASONS, Outcome, container_status, job_counts, job_outcome, pod_state, started
+from plankton_core.jobspec.status import (
+    STUCK_REASONS,
+    Outcome,
+    container_status,
+    job_counts,
+    job_outcome,
+    pod_state,
+    started,
+)
 
 
 class KubeError(PlanktonError):
@@ -36,12 +44,16 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> client
         return config.new_client_from_config(config_file=kubeconfig, context=context)
     except (config.ConfigException, FileNotFoundError, TypeError) as exc:
         if kubeconfig or context:
-            raise BadInputError(f"cannot load kube context {context or '(current)'} from {kubeconfig or '~/.kube/config'}: {exc}") from None
+            raise BadInputError(
+                f"cannot load kube context {context or '(current)'} from {kubeconfig or '~/.kube/config'}: {exc}"
+            ) from None
         try:
             config.load_incluster_config()
             return client.ApiClient()
         except config.ConfigException:
-            raise BadInputError(f"no Kubernetes cluster configured (kubeconfig: {exc}); set KUBECONFIG or use --kubeconfig/--context") from None
+            raise BadInputError(
+                f"no Kubernetes cluster configured (kubeconfig: {exc}); set KUBECONFIG or use --kubeconfig/--context"
+            ) from None
 
 
 @dataclass
@@ -79,7 +91,12 @@ class Kube:
 
     def own(self, doc: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
         """`doc` with an ownerReference to the created `owner` Job, so it is deleted with it."""
-        ref = {"apiVersion": "batch/v1", "kind": "Job", "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"]}
+        ref = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"],
+        }
         return {**doc, "metadata": {**doc["metadata"], "ownerReferences": [ref]}}
 
     # -- follow ------------------------------------------------------------------
@@ -89,7 +106,9 @@ class Kube:
         except ApiException as exc:
             raise KubeError(f"reading Job {ns}/{name} failed: {_api_reason(exc)}") from None
         except (OSError, TransportError) as exc:
-            raise KubeError(f"lost the Kubernetes API server while following {ns}/{name}: {_transport_reason(exc)}") from None
+            raise KubeError(
+                f"lost the Kubernetes API server while following {ns}/{name}: {_transport_reason(exc)}"
+            ) from None
         return json.loads(resp.data)
 
     def list_pods(self, name: str, ns: str) -> list[dict[str, Any]]:
@@ -97,7 +116,9 @@ class Kube:
         pods = json.loads(resp.data).get("items") or []
         return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
 
-    def follow(self, name: str, ns: str, timeout_s: float | None = None, sync_s: int = 10, multi: bool = False) -> FollowResult:
+    def follow(
+        self, name: str, ns: str, timeout_s: float | None = None, sync_s: int = 10, multi: bool = False
+    ) -> FollowResult:
         """Print the Job's progress and its pods' logs until it is Complete or Failed."""
         tracker = _PodTracker(self, ns, multi)
         deadline = time.monotonic() + timeout_s if timeout_s else None
@@ -127,7 +148,9 @@ class Kube:
                     raise KubeError(f"watching Job {ns}/{name} failed: {_api_reason(exc)}") from None
                 rv = None
             except (OSError, TransportError) as exc:
-                raise KubeError(f"lost the Kubernetes API server while following {ns}/{name}: {_transport_reason(exc)}") from None
+                raise KubeError(
+                    f"lost the Kubernetes API server while following {ns}/{name}: {_transport_reason(exc)}"
+                ) from None
             if not job or not job_outcome(job).done:
                 job = self.read_job(name, ns)
                 last_counts = self._report(name, job, last_counts)
@@ -139,7 +162,9 @@ class Kube:
                 return FollowResult(outcome, job, pods)
             if deadline and time.monotonic() > deadline:
                 tracker.join(0)
-                raise KubeError(f"gave up following Job {ns}/{name} after {timeout_s:.0f}s; it keeps running (kubectl -n {ns} get job {name})")
+                raise KubeError(
+                    f"gave up following Job {ns}/{name} after {timeout_s:.0f}s; it keeps running (kubectl -n {ns} get job {name})"
+                )
 
     def _report(self, name: str, job: dict[str, Any], last: str) -> str:
         counts = job_counts(job)
@@ -171,7 +196,9 @@ class _PodTracker:
                 self.kube.echo(f"pod {pod_name}: {state}")
                 waiting = (container_status(pod).get("state") or {}).get("waiting") or {}
                 if waiting.get("reason") in STUCK_REASONS:
-                    self.kube.echo(f"pod {pod_name}: will not start by itself ({waiting.get('reason')}); check the image, Secret and ConfigMap")
+                    self.kube.echo(
+                        f"pod {pod_name}: will not start by itself ({waiting.get('reason')}); check the image, Secret and ConfigMap"
+                    )
             if started(pod) and pod_name not in self.threads:
                 thread = threading.Thread(target=self._logs, args=(pod_name, pod), daemon=True)
                 self.threads[pod_name] = thread
@@ -182,7 +209,9 @@ class _PodTracker:
         index = (pod["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index")
         prefix = f"[{index if index is not None else pod_name}] " if self.multi else ""
         try:
-            for line in watch.Watch().stream(self.kube.core.read_namespaced_pod_log, pod_name, self.ns, container=CONTAINER):
+            for line in watch.Watch().stream(
+                self.kube.core.read_namespaced_pod_log, pod_name, self.ns, container=CONTAINER
+            ):
                 self.kube.log_line(prefix + line)
         except ApiException as exc:
             self.kube.echo(f"pod {pod_name}: cannot read its log: {_api_reason(exc)}")

@@ -85,7 +85,13 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-@click.version_option(package_version(), "-V", "--version", prog_name="plankton", message="%(prog)s %(version)s (git " + git_commit()[:12] + ")")
+@click.version_option(
+    package_version(),
+    "-V",
+    "--version",
+    prog_name="plankton",
+    message="%(prog)s %(version)s (git " + git_commit()[:12] + ")",
+)
 def cli(verbose: bool) -> None:
     """plankton: crop → stats → supcon → linear-sweep → evaluate → lut, each a restartable batch stage (`plankton STAGE --help`)."""
     setup_logging(logging.DEBUG if verbose else logging.INFO)

@@ -18,21 +18,52 @@ from plankton_core.store import open_store, split_uri
 from plankton_core.tables import write_parquet
 
 SCHEMA = pa.schema(
-    [("image_key", pa.string())] + [(c, pa.float32()) for c in ("x0", "y0", "x1", "y1", "score")] + [("class", pa.string()), ("label", pa.int32())]
+    [("image_key", pa.string())]
+    + [(c, pa.float32()) for c in ("x0", "y0", "x1", "y1", "score")]
+    + [("class", pa.string()), ("label", pa.int32())]
 )
 
 
 @click.command(name="detect-predict")
 @click.argument("frames", nargs=-1)
-@click.option("--root", envvar="PLANKTON_ROOT", default="./artifacts", show_default=True, help="Pipeline root: a folder, file:// or s3://bucket/prefix.")
-@click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")
-@click.option("--out", required=True, metavar="URI", help="detections.parquet to write (a path, file:// or s3:// URI ending in .parquet).")
+@click.option(
+    "--root",
+    envvar="PLANKTON_ROOT",
+    default="./artifacts",
+    show_default=True,
+    help="Pipeline root: a folder, file:// or s3://bucket/prefix.",
+)
+@click.option(
+    "--s3-endpoint",
+    envvar="AWS_ENDPOINT_URL",
+    default=None,
+    help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).",
+)
+@click.option(
+    "--out",
+    required=True,
+    metavar="URI",
+    help="detections.parquet to write (a path, file:// or s3:// URI ending in .parquet).",
+)
 @click.option("--checkpoint", default=None, metavar="URI", help=f"Detector checkpoint [<root>/{DETECT_BEST}].")
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Keep boxes scoring at least this.")
+@click.option(
+    "--score-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Keep boxes scoring at least this.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 def command(
-    frames: tuple[str, ...], root: str, s3_endpoint: str | None, out: str, checkpoint: str | None, score_threshold: float, batch_size: int, device: str
+    frames: tuple[str, ...],
+    root: str,
+    s3_endpoint: str | None,
+    out: str,
+    checkpoint: str | None,
+    score_threshold: float,
+    batch_size: int,
+    device: str,
 ) -> None:
     """Detect objects on FRAMES (paths, folders, URIs, or keys under the root); one row per box in detections.parquet."""
     # Loaded here, not at module level: it pulls in torch, and `plankton --help` imports this module.
@@ -62,4 +93,6 @@ def command(
     if not key.endswith(".parquet"):
         raise BadInputError(f"--out must name a .parquet file, got {out}")
     write_parquet(dest, key, pa.table(rows, schema=SCHEMA))
-    click.echo(f"detect-predict: {len(rows['image_key'])} boxes scoring >= {score_threshold} on {len(refs)} frame(s) → {dest.uri}/{key}")
+    click.echo(
+        f"detect-predict: {len(rows['image_key'])} boxes scoring >= {score_threshold} on {len(refs)} frame(s) → {dest.uri}/{key}"
+    )

@@ -21,15 +21,32 @@ PIPELINE = "pipeline"
 
 def render_options(fn: Callable) -> Callable:
     """Options shared by render, run-local and submit."""
-    fn = click.option("--to", "to_stage", default=None, metavar="STAGE", help="With pipeline: stop after this stage.")(fn)
-    fn = click.option("--from", "from_stage", default=None, metavar="STAGE", help="With pipeline: start at this stage.")(fn)
-    fn = click.option("--k8s-dir", type=click.Path(file_okay=False), default=None, help="Folder with job.yaml and stages.yaml [the checkout's k8s/].")(fn)
-    fn = click.option("--run-id", default=None, help="Run id in the Job names and labels [time + random].")(fn)
+    fn = click.option("--to", "to_stage", default=None, metavar="STAGE", help="With pipeline: stop after this stage.")(
+        fn
+    )
     fn = click.option(
-        "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. image=reg/plankton:1, gpus=4, args.epochs=2 (repeatable)."
+        "--from", "from_stage", default=None, metavar="STAGE", help="With pipeline: start at this stage."
     )(fn)
     fn = click.option(
-        "-f", "--values", multiple=True, type=click.Path(dir_okay=False), help="Settings file over k8s/stages.yaml, e.g. k8s/local/values.yaml (repeatable)."
+        "--k8s-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Folder with job.yaml and stages.yaml [the checkout's k8s/].",
+    )(fn)
+    fn = click.option("--run-id", default=None, help="Run id in the Job names and labels [time + random].")(fn)
+    fn = click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a setting, e.g. image=reg/plankton:1, gpus=4, args.epochs=2 (repeatable).",
+    )(fn)
+    fn = click.option(
+        "-f",
+        "--values",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        help="Settings file over k8s/stages.yaml, e.g. k8s/local/values.yaml (repeatable).",
     )(fn)
     fn = click.argument("stage")(fn)
     return fn
@@ -68,7 +85,9 @@ def command() -> None:
 
 @command.command(name="render")
 @render_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None, help="Write the YAML here [stdout].")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None, help="Write the YAML here [stdout]."
+)
 def render_cmd(output: str | None, **params) -> None:
     """Print the Kubernetes manifests of STAGE (or of every stage of `pipeline`).
 
@@ -85,7 +104,12 @@ def render_cmd(output: str | None, **params) -> None:
 
 @command.command(name="run-local")
 @render_options
-@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Local stand-ins for the pod's volumes [a temporary folder].")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local stand-ins for the pod's volumes [a temporary folder].",
+)
 def run_local_cmd(workdir: str | None, **params) -> None:
     """Run STAGE's rendered Job here: its container command and args, its env (ConfigMap and
     Secret values from this environment), its podFailurePolicy; `pipeline` runs the stages in order."""
@@ -108,13 +132,33 @@ def stages_cmd() -> None:
 
 @command.command(name="setup")
 @click.option(
-    "-f", "--values", multiple=True, type=click.Path(dir_okay=False), help="Settings file over k8s/stages.yaml (namespace, ConfigMap and Secret names)."
+    "-f",
+    "--values",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Settings file over k8s/stages.yaml (namespace, ConfigMap and Secret names).",
 )
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting (repeatable).")
 @click.option("--k8s-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint the pods use [$AWS_ENDPOINT_URL; none = AWS].")
-@click.option("--region", envvar="AWS_DEFAULT_REGION", default="us-east-1", show_default=True, help="S3 region [$AWS_DEFAULT_REGION].")
-@click.option("--pushgateway", envvar="PUSHGATEWAY_URL", default=None, help="Prometheus Pushgateway URL the pods push to [$PUSHGATEWAY_URL].")
+@click.option(
+    "--s3-endpoint",
+    envvar="AWS_ENDPOINT_URL",
+    default=None,
+    help="S3 endpoint the pods use [$AWS_ENDPOINT_URL; none = AWS].",
+)
+@click.option(
+    "--region",
+    envvar="AWS_DEFAULT_REGION",
+    default="us-east-1",
+    show_default=True,
+    help="S3 region [$AWS_DEFAULT_REGION].",
+)
+@click.option(
+    "--pushgateway",
+    envvar="PUSHGATEWAY_URL",
+    default=None,
+    help="Prometheus Pushgateway URL the pods push to [$PUSHGATEWAY_URL].",
+)
 def setup_cmd(values, sets, k8s_dir, s3_endpoint, region, pushgateway) -> None:
     """Print the Namespace, ConfigMap and Secret the Jobs read (S3 keys from $AWS_ACCESS_KEY_ID and
     $AWS_SECRET_ACCESS_KEY); pipe it to `kubectl apply -f -`."""
@@ -132,7 +176,12 @@ def setup_cmd(values, sets, k8s_dir, s3_endpoint, region, pushgateway) -> None:
     labels = {"app.kubernetes.io/name": "plankton", "app.kubernetes.io/part-of": "plankton"}
     docs = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": s["namespace"], "labels": labels}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": s["configMap"], "namespace": s["namespace"], "labels": labels}, "data": data},
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": s["configMap"], "namespace": s["namespace"], "labels": labels},
+            "data": data,
+        },
         {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -144,7 +193,11 @@ def setup_cmd(values, sets, k8s_dir, s3_endpoint, region, pushgateway) -> None:
     click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
 
 
-@command.command(name="torchrun", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}, add_help_option=False)
+@command.command(
+    name="torchrun",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    add_help_option=False,
+)
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def torchrun_cmd(argv: tuple[str, ...]) -> None:
     """torchrun ARGS… keeping the workers' exit code (2, 3, 75; torchrun alone exits 1), for the Job's podFailurePolicy."""

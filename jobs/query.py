@@ -33,13 +33,28 @@ def _precision_word(select_by: str) -> str:
 def _drop_words(record: dict, split: str) -> str:
     drop = record.get(f"{split}_largest_class_recall_drop") or 0.0
     cls = record.get(f"{split}_largest_drop_class")
-    return f"largest class recall loss {100 * drop:.1f} points ({cls})" if cls is not None and drop > 0 else "no class loses recall"
+    return (
+        f"largest class recall loss {100 * drop:.1f} points ({cls})"
+        if cls is not None and drop > 0
+        else "no class loses recall"
+    )
 
 
 @click.command(name="query")
 @click.argument("images", nargs=-1)
-@click.option("--root", envvar="PLANKTON_ROOT", default="./artifacts", show_default=True, help="Pipeline root: a folder, file:// or s3://bucket/prefix.")
-@click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")
+@click.option(
+    "--root",
+    envvar="PLANKTON_ROOT",
+    default="./artifacts",
+    show_default=True,
+    help="Pipeline root: a folder, file:// or s3://bucket/prefix.",
+)
+@click.option(
+    "--s3-endpoint",
+    envvar="AWS_ENDPOINT_URL",
+    default=None,
+    help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).",
+)
 @click.option("--k", type=int, default=5, show_default=True, help="Neighbours to return (and to vote with).")
 @click.option(
     "--vote",
@@ -48,8 +63,15 @@ def _drop_words(record: dict, split: str) -> str:
     show_default=True,
     help="top1: the nearest neighbour's class; weighted: similarity-weighted vote of the k.",
 )
-@click.option("--reject-below", type=float, default=None, help="Answer 'unknown' when the best similarity is below this [the calibrated threshold, if any].")
-@click.option("--calibrate", is_flag=True, help="Pick the threshold on val for --target-precision and store it in lut/index.json.")
+@click.option(
+    "--reject-below",
+    type=float,
+    default=None,
+    help="Answer 'unknown' when the best similarity is below this [the calibrated threshold, if any].",
+)
+@click.option(
+    "--calibrate", is_flag=True, help="Pick the threshold on val for --target-precision and store it in lut/index.json."
+)
 @click.option(
     "--target-precision",
     type=float,
@@ -73,7 +95,9 @@ def _drop_words(record: dict, split: str) -> str:
     help="--calibrate's guard: no class may lose more than this much val recall to rejection (0-1; 0.10 = 10 points; 1 = off).",
 )
 @click.option("--pruned", is_flag=True, help="Search the pruned index instead of the full one.")
-@click.option("--checkpoint", default=None, help="Checkpoint key to embed with [sweep/selection.json's]; must match the index.")
+@click.option(
+    "--checkpoint", default=None, help="Checkpoint key to embed with [sweep/selection.json's]; must match the index."
+)
 @click.option(
     "--crop/--no-crop",
     default=True,
@@ -162,4 +186,7 @@ def command(
         click.echo(render_rows(rows, fmt, k).decode(), nl=False)
     errors = [r for r in rows if r["status"] == "error"]
     if errors:
-        click.echo(f"query: {len(errors)} of {len(rows)} image(s) could not be read, e.g. {errors[0]['image']}: {errors[0]['error']}", err=True)
+        click.echo(
+            f"query: {len(errors)} of {len(rows)} image(s) could not be read, e.g. {errors[0]['image']}: {errors[0]['error']}",
+            err=True,
+        )

@@ -17,13 +17,50 @@ VIEW_HELP = ", ".join(f"{name} ({key})" for name, key in views().items())
 {VIEW_HELP}. Works for a local root and an S3 root. One statement per call; SIGTERM stops it (exit 75).""",
 )
 @click.argument("query")
-@click.option("--root", envvar="PLANKTON_ROOT", default="./artifacts", show_default=True, help="Pipeline root: a folder, file:// or s3://bucket/prefix.")
-@click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")
+@click.option(
+    "--root",
+    envvar="PLANKTON_ROOT",
+    default="./artifacts",
+    show_default=True,
+    help="Pipeline root: a folder, file:// or s3://bucket/prefix.",
+)
+@click.option(
+    "--s3-endpoint",
+    envvar="AWS_ENDPOINT_URL",
+    default=None,
+    help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).",
+)
 @click.option("--out", default=None, help="Write the result to this path or URI instead of stdout.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="table (stdout default), csv, jsonl or parquet [from --out's suffix].")
-@click.option("--max-rows", type=int, default=100, show_default=True, help="Rows shown in table format (all rows go to csv/jsonl/parquet).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S", help="Stop the query after S seconds (exit 2) [no limit].")
-def command(query: str, root: str, s3_endpoint: str | None, out: str | None, fmt: str | None, max_rows: int, timeout: float | None) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="table (stdout default), csv, jsonl or parquet [from --out's suffix].",
+)
+@click.option(
+    "--max-rows",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Rows shown in table format (all rows go to csv/jsonl/parquet).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="S",
+    help="Stop the query after S seconds (exit 2) [no limit].",
+)
+def command(
+    query: str,
+    root: str,
+    s3_endpoint: str | None,
+    out: str | None,
+    fmt: str | None,
+    max_rows: int,
+    timeout: float | None,
+) -> None:
     fmt = pick_format(fmt, out)
     result = run_sql(open_store(root, s3_endpoint), query, timeout=timeout)
     if result is None:

@@ -25,14 +25,41 @@ class JobFailed(PlanktonError):
 @click.command(name="submit")
 @render_options
 @click.option("--dry-run", is_flag=True, help="Print the YAML that would be created instead.")
-@click.option("--kubeconfig", type=click.Path(dir_okay=False), envvar="KUBECONFIG", default=None, help="Kubeconfig file [$KUBECONFIG or ~/.kube/config].")
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False),
+    envvar="KUBECONFIG",
+    default=None,
+    help="Kubeconfig file [$KUBECONFIG or ~/.kube/config].",
+)
 @click.option("--context", default=None, help="Kube context [the current one].")
-@click.option("--timeout", type=float, default=None, help="Stop following after this many seconds (the Job keeps running).")
-@click.option("--sync", "sync_s", type=int, default=10, show_default=True, help="Seconds between re-reads of the Job's pods while nothing changes.")
+@click.option(
+    "--timeout", type=float, default=None, help="Stop following after this many seconds (the Job keeps running)."
+)
+@click.option(
+    "--sync",
+    "sync_s",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Seconds between re-reads of the Job's pods while nothing changes.",
+)
 @click.option("--force", is_flag=True, help="Submit every stage, also those whose outputs are up to date.")
-@click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint to read the root from here [$AWS_ENDPOINT_URL].")
+@click.option(
+    "--s3-endpoint",
+    envvar="AWS_ENDPOINT_URL",
+    default=None,
+    help="S3 endpoint to read the root from here [$AWS_ENDPOINT_URL].",
+)
 def command(
-    dry_run: bool, kubeconfig: str | None, context: str | None, timeout: float | None, sync_s: int, force: bool, s3_endpoint: str | None, **params
+    dry_run: bool,
+    kubeconfig: str | None,
+    context: str | None,
+    timeout: float | None,
+    sync_s: int,
+    force: bool,
+    s3_endpoint: str | None,
+    **params,
 ) -> None:
     """Create STAGE's Job(s) with the kubernetes client and follow them: phase changes, pod logs,
     exit reason; exits non-zero when a Job fails. `pipeline` runs the stages in order, each after
@@ -77,10 +104,15 @@ def command(
             try:
                 result = kube.follow(name, ns, timeout_s=timeout, sync_s=sync_s, multi=multi)
             except KeyboardInterrupt:
-                click.echo(f"stopped following; job {name} keeps running (kubectl -n {ns} delete job {name} stops it)", err=True)
+                click.echo(
+                    f"stopped following; job {name} keeps running (kubectl -n {ns} delete job {name} stops it)",
+                    err=True,
+                )
                 sys.exit(130)
             if not result.outcome.succeeded:
-                raise JobFailed(f"job {name} failed: {failure_summary(result.job, result.pods)}", failure_exit_code(result.pods))
+                raise JobFailed(
+                    f"job {name} failed: {failure_summary(result.job, result.pods)}", failure_exit_code(result.pods)
+                )
             click.echo(f"job {name}: succeeded", err=True)
     if len(groups) > 1:
         done = f"{len(ran)} stage(s) ran: {', '.join(ran) or 'none'}"

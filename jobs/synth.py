@@ -10,9 +10,19 @@ from plankton_core.synth import SynthConfig, generate
 
 
 @click.command("synth")
-@click.option("--out", required=True, metavar="URI", help="Where to write <class>/<id>.png and ground_truth.parquet: a folder, file:// or s3://.")
+@click.option(
+    "--out",
+    required=True,
+    metavar="URI",
+    help="Where to write <class>/<id>.png and ground_truth.parquet: a folder, file:// or s3://.",
+)
 @config_options(SynthConfig)
-@click.option("--s3-endpoint", envvar="AWS_ENDPOINT_URL", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).")
+@click.option(
+    "--s3-endpoint",
+    envvar="AWS_ENDPOINT_URL",
+    default=None,
+    help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).",
+)
 def command(out: str, s3_endpoint: str | None, **params) -> None:
     """Write generated dark-/bright-field plankton frames (or one-object vignettes) and their ground truth."""
     cfg = resolve_config(SynthConfig, params)

@@ -20,7 +20,9 @@ STATS_JSON = "stats/stats.json"
 PRETRAIN_CKPT = "pretrain/ckpt"
 PRETRAIN_METRICS = "pretrain/metrics.jsonl"
 PRETRAIN_RUN = "pretrain/run.json"
-PRETRAIN_UNLABELED = "pretrain/unlabeled"  # `--unlabeled … --crop`: a crop run of the unlabelled images (its own crop/ below this)
+PRETRAIN_UNLABELED = (
+    "pretrain/unlabeled"  # `--unlabeled … --crop`: a crop run of the unlabelled images (its own crop/ below this)
+)
 
 # supcon
 SUPCON_CKPT = "supcon/ckpt"
@@ -57,7 +59,9 @@ LUT_RETRIEVAL = "lut/retrieval.json"
 
 # detect
 DETECT_CKPT = "detect/ckpt"
-DETECT_BEST = "detect/ckpt/best.pt"  # the epoch with the best val AP: what detect-predict and crop --segmenter detector load
+DETECT_BEST = (
+    "detect/ckpt/best.pt"  # the epoch with the best val AP: what detect-predict and crop --segmenter detector load
+)
 DETECT_TRAIN_METRICS = "detect/train.jsonl"  # the trainer's line per epoch (loss, lr, images/s)
 DETECT_VAL = "detect/val.jsonl"  # COCO figures on val after each epoch
 DETECT_METRICS = "detect/metrics.json"  # test: the 12 COCO figures, per-class AP, best epoch

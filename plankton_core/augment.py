@@ -91,7 +91,13 @@ def batch_seed(seed: int, epoch: int, step: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_033 + step) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def sample_params(n: int, generator: torch.Generator, scale_min: float = 0.2, jitter: float = 0.2, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> ViewParams:
+def sample_params(
+    n: int,
+    generator: torch.Generator,
+    scale_min: float = 0.2,
+    jitter: float = 0.2,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> ViewParams:
     """Random parameters for n views (CPU): area fraction in [scale_min, 1], log-uniform aspect ratio."""
     u = torch.rand(n, 8, generator=generator, dtype=torch.float64)
     area = scale_min + (1 - scale_min) * u[:, 0]
@@ -111,7 +117,9 @@ def sample_params(n: int, generator: torch.Generator, scale_min: float = 0.2, ji
 def identity_params(n: int) -> ViewParams:
     """Parameters that leave images unchanged (for tests and evaluation-style views)."""
     ones, zeros = torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-    return ViewParams(ones, ones.clone(), ones / 2, ones / 2, ones.clone(), ones.clone(), zeros.long(), ones.clone(), ones.clone())
+    return ViewParams(
+        ones, ones.clone(), ones / 2, ones / 2, ones.clone(), ones.clone(), zeros.long(), ones.clone(), ones.clone()
+    )
 
 
 def affine_theta(p: ViewParams) -> torch.Tensor:
@@ -195,7 +203,9 @@ def augment_views(
     return torch.cat(out).contiguous(memory_format=memory_format)
 
 
-def two_view_params(global_batch: int, seed: int, epoch: int, step: int, scale_min: float, jitter: float) -> tuple[ViewParams, ViewParams]:
+def two_view_params(
+    global_batch: int, seed: int, epoch: int, step: int, scale_min: float, jitter: float
+) -> tuple[ViewParams, ViewParams]:
     """Parameters for both views of every image of one global batch (view 0 then view 1)."""
     g = torch.Generator().manual_seed(batch_seed(seed, epoch, step))
     both = sample_params(2 * global_batch, g, scale_min, jitter)
@@ -203,7 +213,13 @@ def two_view_params(global_batch: int, seed: int, epoch: int, step: int, scale_m
 
 
 def view_params(
-    spec: AugmentSpec, global_batch: int, seed: int, epoch: int, step: int, rows: slice, geometry: torch.Tensor | None = None
+    spec: AugmentSpec,
+    global_batch: int,
+    seed: int,
+    epoch: int,
+    step: int,
+    rows: slice,
+    geometry: torch.Tensor | None = None,
 ) -> list[tuple[ViewParams, ColourParams | None]]:
     """Both views' parameters for this process's `rows` of one global batch.
 
@@ -264,12 +280,20 @@ class TwoViews:
         if self.spec is None:
             self.spec = AugmentSpec(scale_min=self.scale_min, jitter=self.jitter)
 
-    def __call__(self, images: torch.Tensor, epoch: int, step: int, geometry: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, epoch: int, step: int, geometry: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """geometry: this process's rows' (b, 8) pixel rectangles and boxes, when the spec needs them."""
         assert self.spec is not None
         views = view_params(self.spec, self.global_batch, self.seed, epoch, step, self.rows, geometry)
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         with torch.no_grad():
             return augment_views(
-                images.to(self.device, non_blocking=True), [p for p, _ in views], self.size, self.mean, self.std, fmt, colours=[c for _, c in views]
+                images.to(self.device, non_blocking=True),
+                [p for p, _ in views],
+                self.size,
+                self.mean,
+                self.std,
+                fmt,
+                colours=[c for _, c in views],
             )

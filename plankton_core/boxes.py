@@ -71,7 +71,10 @@ def localized_crops(
 
 
 def random_resized_crops(
-    u: torch.Tensor, image: torch.Tensor, scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    u: torch.Tensor,
+    image: torch.Tensor,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """torchvision's `RandomResizedCrop.get_params` inside each image rectangle, batched.
 

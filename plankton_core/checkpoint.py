@@ -128,7 +128,9 @@ def state_dict_from_file(data: bytes, what: str) -> dict[str, torch.Tensor]:
     while changed:
         changed = False
         for prefix in _WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) or k.startswith("head.") for k in state) and any(k.startswith(prefix) for k in state):
+            if all(k.startswith(prefix) or k.startswith("head.") for k in state) and any(
+                k.startswith(prefix) for k in state
+            ):
                 state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
                 changed = True
     return state

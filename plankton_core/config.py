@@ -31,7 +31,12 @@ T = TypeVar("T")
 
 # config= for every stage config: unknown keys are an error; values are re-checked on assignment
 # (a number read from YAML for a text option is that text, as `name: 50` always was)
-CONFIG = {"extra": "forbid", "validate_assignment": True, "arbitrary_types_allowed": True, "coerce_numbers_to_str": True}
+CONFIG = {
+    "extra": "forbid",
+    "validate_assignment": True,
+    "arbitrary_types_allowed": True,
+    "coerce_numbers_to_str": True,
+}
 
 
 def stage_config(cls: type[T]) -> type[T]:

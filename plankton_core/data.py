@@ -190,7 +190,12 @@ class ImageCache:
         shape = (len(keys), size, size, 3)
         if caches_bypassed() and (caches_bypassed(), path) not in _REBUILT:
             done.unlink(missing_ok=True)
-        complete = done.exists() and path.exists() and path.stat().st_size == int(np.prod(shape)) and (not geometry or geom_path.exists())
+        complete = (
+            done.exists()
+            and path.exists()
+            and path.stat().st_size == int(np.prod(shape))
+            and (not geometry or geom_path.exists())
+        )
         notes: list[str] = []
         if not complete:
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -217,7 +222,11 @@ class ImageCache:
             else:
 
                 def fill(i: int) -> None:
-                    out[i] = load_crop(root, keys[i], size) if preprocess == "letterbox" else load_crop(root, keys[i], size, preprocess)
+                    out[i] = (
+                        load_crop(root, keys[i], size)
+                        if preprocess == "letterbox"
+                        else load_crop(root, keys[i], size, preprocess)
+                    )
 
             try:
                 with ThreadPoolExecutor(workers) as pool:
@@ -232,10 +241,19 @@ class ImageCache:
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)  # a failed build must not leave an N×S×S×3 file behind
-            info = {"root": root.uri, "size": size, "count": len(keys), "preprocess": preprocess, "context": context, "context_fallbacks": fallbacks[0]}
+            info = {
+                "root": root.uri,
+                "size": size,
+                "count": len(keys),
+                "preprocess": preprocess,
+                "context": context,
+                "context_fallbacks": fallbacks[0],
+            }
             done.write_text(json.dumps(info))
             if caches_bypassed():
-                _REBUILT.add((caches_bypassed(), path))  # once per forced run: its later builds of the same keys reuse it
+                _REBUILT.add(
+                    (caches_bypassed(), path)
+                )  # once per forced run: its later builds of the same keys reuse it
         if context is not None:
             fallback_count = int(json.loads(done.read_text()).get("context_fallbacks", 0))
             if fallback_count:
@@ -244,7 +262,16 @@ class ImageCache:
                 )
         array = np.memmap(path, mode="r", dtype=np.uint8, shape=shape) if keys else np.zeros(shape, np.uint8)
         geom_arr = np.load(geom_path) if geometry and keys else (np.zeros((0, 8), np.float32) if geometry else None)
-        return cls(keys=keys, size=size, array=array, path=path, preprocess=preprocess, geometry=geom_arr, context=context, notes=notes)
+        return cls(
+            keys=keys,
+            size=size,
+            array=array,
+            path=path,
+            preprocess=preprocess,
+            geometry=geom_arr,
+            context=context,
+            notes=notes,
+        )
 
 
 # ---- object geometry: tight crops with their boxes, context crops -----------------------------------
@@ -268,14 +295,23 @@ def _manifest_boxes(root: Store, keys: Sequence[str], crop_run: dict) -> dict[st
     names = set(table.column_names)
     wanted = set(keys)
     pad = int((crop_run.get("config") or {}).get("pad", 0) or 0)
-    cols = {c: table.column(c).to_pylist() for c in ("crop_key", "source_key", "x0", "y0", "x1", "y1", "width", "height") if c in names}
+    cols = {
+        c: table.column(c).to_pylist()
+        for c in ("crop_key", "source_key", "x0", "y0", "x1", "y1", "width", "height")
+        if c in names
+    }
     out: dict[str, ManifestBox] = {}
     for i, key in enumerate(cols.get("crop_key", [])):
         if key not in wanted or any(cols.get(c, [None])[i] is None for c in ("x0", "y0", "x1", "y1")):
             continue
         x0, y0, x1, y1 = (int(cols[c][i]) for c in ("x0", "y0", "x1", "y1"))
         w, h = cols.get("width", [None] * (i + 1))[i], cols.get("height", [None] * (i + 1))[i]
-        out[key] = ManifestBox(str(cols["source_key"][i]), (x0, y0, x1, y1), (max(0, x0 - pad), max(0, y0 - pad)), (int(w), int(h)) if w and h else None)
+        out[key] = ManifestBox(
+            str(cols["source_key"][i]),
+            (x0, y0, x1, y1),
+            (max(0, x0 - pad), max(0, y0 - pad)),
+            (int(w), int(h)) if w and h else None,
+        )
     return out
 
 
@@ -324,7 +360,9 @@ class _FrameReader:
             if key in self._frames:
                 return self._frames[key]
         try:
-            frame: np.ndarray | None = to_rgb(decode_image(self.source.read_bytes(key))) if self.source.exists(key) else None
+            frame: np.ndarray | None = (
+                to_rgb(decode_image(self.source.read_bytes(key))) if self.source.exists(key) else None
+            )
         except (UnreadableImage, OSError):
             frame = None
         with self._lock:
@@ -338,13 +376,24 @@ def grown_box(box: tuple[int, int, int, int], context: float, width: int, height
     """The box grown by `context` times its width/height on each side, clipped to a width×height frame (whole pixels)."""
     x0, y0, x1, y1 = box
     gx, gy = context * (x1 - x0), context * (y1 - y0)
-    return max(0, int(np.floor(x0 - gx))), max(0, int(np.floor(y0 - gy))), min(width, int(np.ceil(x1 + gx))), min(height, int(np.ceil(y1 + gy)))
+    return (
+        max(0, int(np.floor(x0 - gx))),
+        max(0, int(np.floor(y0 - gy))),
+        min(width, int(np.ceil(x1 + gx))),
+        min(height, int(np.ceil(y1 + gy))),
+    )
 
 
-def context_crop(root: Store, key: str, mbox: ManifestBox | None, size: int, context: float, frames: _FrameReader) -> tuple[np.ndarray, np.ndarray, bool]:
+def context_crop(
+    root: Store, key: str, mbox: ManifestBox | None, size: int, context: float, frames: _FrameReader
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """(letterboxed context crop, its geometry, whether it came from the source frame)."""
     frame = frames.get(mbox.source_key) if mbox is not None else None
-    if mbox is not None and frame is not None and (mbox.frame is None or mbox.frame == (frame.shape[1], frame.shape[0])):
+    if (
+        mbox is not None
+        and frame is not None
+        and (mbox.frame is None or mbox.frame == (frame.shape[1], frame.shape[0]))
+    ):
         fx0, fy0, fx1, fy1 = grown_box(mbox.box, context, frame.shape[1], frame.shape[0])
         region = frame[fy0:fy1, fx0:fx1]
         box = (mbox.box[0] - fx0, mbox.box[1] - fy0, mbox.box[2] - fx0, mbox.box[3] - fy0)

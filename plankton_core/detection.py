@@ -99,9 +99,13 @@ class TimmFPN(nn.Module):
 
         try:
             levels = len(timm.create_model(name, pretrained=False, features_only=True).feature_info)  # type: ignore[arg-type]
-            self.body: Any = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(range(max(0, levels - 4), levels)))
+            self.body: Any = timm.create_model(
+                name, pretrained=False, features_only=True, out_indices=tuple(range(max(0, levels - 4), levels))
+            )
         except (RuntimeError, ValueError, TypeError) as exc:
-            raise BadInputError(f"timm model {name!r} cannot serve as a detection backbone (features_only): {str(exc).splitlines()[0]}") from None
+            raise BadInputError(
+                f"timm model {name!r} cannot serve as a detection backbone (features_only): {str(exc).splitlines()[0]}"
+            ) from None
         info: Any = self.body.feature_info
         channels = list(info.channels())
         self.fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=LastLevelMaxPool())
@@ -159,7 +163,9 @@ def build_detector(spec: dict[str, Any], backbone_state: dict[str, torch.Tensor]
     freeze_layers(backbone, int(spec.get("trainable_layers", 5)))
     sizes = tuple(int(s) for s in spec["anchor_sizes"])
     if len(sizes) != backbone.levels + 1:
-        raise BadInputError(f"--anchor-sizes needs {backbone.levels + 1} sizes (one per pyramid level), got {len(sizes)}")
+        raise BadInputError(
+            f"--anchor-sizes needs {backbone.levels + 1} sizes (one per pyramid level), got {len(sizes)}"
+        )
     anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
     width = int(spec.get("representation_size") or 1024)
     return FasterRCNN(
@@ -177,7 +183,9 @@ def build_detector(spec: dict[str, Any], backbone_state: dict[str, torch.Tensor]
 
 def detector_spec(ckpt_config: dict[str, Any]) -> dict[str, Any]:
     """The entries of a detect checkpoint's config that `build_detector` needs."""
-    missing = [k for k in ("model", "classes", "min_size", "max_size", "anchor_sizes", "mean", "std") if k not in ckpt_config]
+    missing = [
+        k for k in ("model", "classes", "min_size", "max_size", "anchor_sizes", "mean", "std") if k not in ckpt_config
+    ]
     if missing:
         raise BadInputError(f"not a detector checkpoint: its config lacks {', '.join(missing)}")
     return {
@@ -212,7 +220,11 @@ def frames_to_tensors(frames: Sequence[np.ndarray], device: torch.device | str =
             a = np.repeat(a[:, :, :1], 3, axis=2)
         elif a.shape[2] == 1:
             a = np.repeat(a, 3, axis=2)
-        out.append(torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).to(device=device, dtype=torch.float32).div_(255.0))
+        out.append(
+            torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+            .to(device=device, dtype=torch.float32)
+            .div_(255.0)
+        )
     return out
 
 
@@ -231,13 +243,27 @@ def detect(model: nn.Module, frames: Sequence[np.ndarray], device: torch.device,
     model.eval()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
         outputs = model(frames_to_tensors(frames, device))
-    return [Detections(o["boxes"].float().cpu().numpy(), o["scores"].float().cpu().numpy(), o["labels"].cpu().numpy().astype(np.int64)) for o in outputs]
+    return [
+        Detections(
+            o["boxes"].float().cpu().numpy(),
+            o["scores"].float().cpu().numpy(),
+            o["labels"].cpu().numpy().astype(np.int64),
+        )
+        for o in outputs
+    ]
 
 
 class Detector:
     """A trained detector loaded from a checkpoint: frames in, boxes with scores and class names out."""
 
-    def __init__(self, model: nn.Module, classes: Sequence[str], device: torch.device, score_threshold: float = 0.5, batch_size: int = 4):
+    def __init__(
+        self,
+        model: nn.Module,
+        classes: Sequence[str],
+        device: torch.device,
+        score_threshold: float = 0.5,
+        batch_size: int = 4,
+    ):
         self.model = model.to(device).eval()
         self.classes = list(classes)
         self.device = device
@@ -246,7 +272,9 @@ class Detector:
         self.model.roi_heads.score_thresh = score_threshold  # type: ignore[union-attr]
 
     @classmethod
-    def load(cls, uri: str, s3_endpoint: str | None = None, device: str = "cpu", score_threshold: float = 0.5) -> Detector:
+    def load(
+        cls, uri: str, s3_endpoint: str | None = None, device: str = "cpu", score_threshold: float = 0.5
+    ) -> Detector:
         """The detector of a detect checkpoint at `uri` (path, file:// or s3://)."""
         from .checkpoint import load_checkpoint
         from .features import pick_device
@@ -261,7 +289,9 @@ class Detector:
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
-            raise BadInputError(f"detector checkpoint {uri} does not fit its recorded model: {str(exc).splitlines()[0]}") from None
+            raise BadInputError(
+                f"detector checkpoint {uri} does not fit its recorded model: {str(exc).splitlines()[0]}"
+            ) from None
         return cls(model, spec["classes"], pick_device(device), score_threshold)
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[Detections]:

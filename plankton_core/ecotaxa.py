@@ -48,7 +48,9 @@ MAX_OBJECT_COLUMNS = 500
 CATEGORY, HIERARCHY, STATUS = "object_annotation_category", "object_annotation_hierarchy", "object_annotation_status"
 LABEL_COLUMNS = (CATEGORY, HIERARCHY)
 ANNOTATION_STATUSES = ("predicted", "validated", "dubious")
-TEXT_ALWAYS = frozenset({"img_file_name", "object_id", "sample_id", "acq_id", "process_id", CATEGORY, HIERARCHY, STATUS})
+TEXT_ALWAYS = frozenset(
+    {"img_file_name", "object_id", "sample_id", "acq_id", "process_id", CATEGORY, HIERARCHY, STATUS}
+)
 
 
 # --- archives: a zip or a folder, local or S3 ---------------------------------------------------------------
@@ -145,7 +147,9 @@ def tsv_keys(archive: Any) -> list[str]:
 
 
 def _tsv_keys(keys: Iterable[str]) -> list[str]:
-    return sorted(k for k in keys if TSV_PATTERN.search(k) and not any(p.startswith((".", "__MACOSX")) for p in k.split("/")))
+    return sorted(
+        k for k in keys if TSV_PATTERN.search(k) and not any(p.startswith((".", "__MACOSX")) for p in k.split("/"))
+    )
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -264,12 +268,34 @@ def read_objects(archive: Any, label_column: str | None = CATEGORY, label_depth:
                 continue
             if line is None:
                 rows.append(
-                    EcoTaxaObject(key, number, "", "", None, None, "", None, bad=f"{key}:{number} is not UTF-8 (mixed encodings: the file's other lines are)")
+                    EcoTaxaObject(
+                        key,
+                        number,
+                        "",
+                        "",
+                        None,
+                        None,
+                        "",
+                        None,
+                        bad=f"{key}:{number} is not UTF-8 (mixed encodings: the file's other lines are)",
+                    )
                 )
                 continue
             cells = _cells(line)
             if len(cells) != len(header):
-                rows.append(EcoTaxaObject(key, number, "", "", None, None, "", None, bad=f"{key}:{number} has {len(cells)} cells, the header {len(header)}"))
+                rows.append(
+                    EcoTaxaObject(
+                        key,
+                        number,
+                        "",
+                        "",
+                        None,
+                        None,
+                        "",
+                        None,
+                        bad=f"{key}:{number} has {len(cells)} cells, the header {len(header)}",
+                    )
+                )
                 continue
             values = dict(zip(header, cells))
             name = values["img_file_name"].strip()
@@ -339,7 +365,9 @@ def cell(value: Any) -> str:
     return re.sub(r"[\t\r\n]+", " ", str(value))
 
 
-def column_types(columns: Sequence[str], rows: Sequence[dict[str, Any]], hints: dict[str, str] | None = None) -> dict[str, str]:
+def column_types(
+    columns: Sequence[str], rows: Sequence[dict[str, Any]], hints: dict[str, str] | None = None
+) -> dict[str, str]:
     """`[t]`/`[f]` per column, matching the values: a hinted `f` stays only if every non-empty value is a number;
     an unhinted column is `f` when every non-empty value is an int or float (not text that looks like one)."""
     hints = hints or {}
@@ -352,7 +380,9 @@ def column_types(columns: Sequence[str], rows: Sequence[dict[str, Any]], hints: 
         elif c in hints:
             out[c] = "f" if hints[c] == "f" and all(_is_number(cell(v)) for v in filled) else "t"
         else:
-            out[c] = "f" if filled and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in filled) else "t"
+            out[c] = (
+                "f" if filled and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in filled) else "t"
+            )
     return out
 
 
@@ -386,7 +416,11 @@ def tsv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]], hints: dict
 
 
 def archive_bytes(
-    name: str, columns: Sequence[str], rows: Sequence[dict[str, Any]], images: Iterable[tuple[str, bytes]], hints: dict[str, str] | None = None
+    name: str,
+    columns: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+    images: Iterable[tuple[str, bytes]],
+    hints: dict[str, str] | None = None,
 ) -> bytes:
     """A zip holding `ecotaxa_<name>.tsv` and the images (at the img_file_name the rows give)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "export"

@@ -48,7 +48,9 @@ class Embedder:
     std: list[float]
     epoch: int | None
     config: dict[str, Any] = field(default_factory=dict)  # the training config the checkpoint records
-    preprocess: str = "letterbox"  # how a crop becomes the square input (data.preprocess_crop), as the checkpoint records
+    preprocess: str = (
+        "letterbox"  # how a crop becomes the square input (data.preprocess_crop), as the checkpoint records
+    )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -71,7 +73,9 @@ class Embedder:
         feats = model.encode(to_model_input(batch_u8, self.mean, self.std, device)).float().cpu().numpy()
         return l2_normalise(feats)
 
-    def features(self, cache: ImageCache, batch_size: int = 256, device: str | torch.device | None = None, desc: str = "features") -> np.ndarray:
+    def features(
+        self, cache: ImageCache, batch_size: int = 256, device: str | torch.device | None = None, desc: str = "features"
+    ) -> np.ndarray:
         """(N, dimension) raw pre-projection float32 features of every cached crop, in cache order."""
         return extract_features(self.model, cache, self.mean, self.std, batch_size, device, desc=desc)
 
@@ -79,7 +83,9 @@ class Embedder:
 def selected_checkpoint(root: Store) -> str:
     """The checkpoint key linear-sweep selected."""
     if not root.exists(SWEEP_SELECTION):
-        raise BadInputError(f"no {root.uri}/{SWEEP_SELECTION}: run `plankton linear-sweep` first, or name a checkpoint with --checkpoint")
+        raise BadInputError(
+            f"no {root.uri}/{SWEEP_SELECTION}: run `plankton linear-sweep` first, or name a checkpoint with --checkpoint"
+        )
     selection = read_json(root, SWEEP_SELECTION)
     key = selection.get("checkpoint_key")
     if not key:
@@ -103,9 +109,15 @@ def checkpoint_normalisation(root: Store, ccfg: dict[str, Any]) -> tuple[list[fl
     if all(k in ccfg for k in ("mean", "std", "size")):
         return [float(x) for x in ccfg["mean"]], [float(x) for x in ccfg["std"]], int(ccfg["size"])
     if not root.exists(STATS_JSON):
-        raise BadInputError(f"the checkpoint's config lacks size/mean/std and there is no {root.uri}/{STATS_JSON} to fill them")
+        raise BadInputError(
+            f"the checkpoint's config lacks size/mean/std and there is no {root.uri}/{STATS_JSON} to fill them"
+        )
     mean, std, size = load_normalisation(root)
-    return [float(x) for x in ccfg.get("mean", mean)], [float(x) for x in ccfg.get("std", std)], int(ccfg.get("size", size))
+    return (
+        [float(x) for x in ccfg.get("mean", mean)],
+        [float(x) for x in ccfg.get("std", std)],
+        int(ccfg.get("size", size)),
+    )
 
 
 def load_embedder(root: Store, checkpoint: str | None = None) -> Embedder:
@@ -161,4 +173,6 @@ def check_compatible(info: dict[str, Any], embedder: Embedder, where: str) -> No
             f"LUT {where} holds {info.get('dimension')}-d embeddings but checkpoint {embedder.checkpoint} gives {embedder.dimension}-d; {rebuild}"
         )
     if info.get("weights_sha256") and info["weights_sha256"] != embedder.fingerprint:
-        raise BadInputError(f"LUT {where} was built with other weights ({info.get('checkpoint')}) than checkpoint {embedder.checkpoint}; {rebuild}")
+        raise BadInputError(
+            f"LUT {where} was built with other weights ({info.get('checkpoint')}) than checkpoint {embedder.checkpoint}; {rebuild}"
+        )

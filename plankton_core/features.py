@@ -23,7 +23,9 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def to_model_input(batch_u8: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device) -> torch.Tensor:
+def to_model_input(
+    batch_u8: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> torch.Tensor:
     """uint8 (N, H, W, 3) → normalised float (N, 3, H, W) on `device`, channels_last."""
     x = batch_u8 if isinstance(batch_u8, torch.Tensor) else torch.from_numpy(np.array(batch_u8, copy=True))
     x = x.to(device, non_blocking=True)

@@ -31,10 +31,14 @@ def load_head(store: Store, key: str) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt or unsafe
-        raise BadInputError(f"linear head {store.uri}/{key} is corrupt or unsafe: {str(exc).splitlines()[0]}; rerun `plankton linear-sweep --force`") from None
+        raise BadInputError(
+            f"linear head {store.uri}/{key} is corrupt or unsafe: {str(exc).splitlines()[0]}; rerun `plankton linear-sweep --force`"
+        ) from None
     state = obj.get("state_dict") if isinstance(obj, dict) else None
     if not isinstance(state, dict) or "weight" not in state or "bias" not in state:
-        raise BadInputError(f"linear head {store.uri}/{key} has no weight/bias state dict; rerun `plankton linear-sweep --force`")
+        raise BadInputError(
+            f"linear head {store.uri}/{key} has no weight/bias state dict; rerun `plankton linear-sweep --force`"
+        )
     return state, dict(obj.get("meta", {}))
 
 

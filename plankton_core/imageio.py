@@ -101,8 +101,12 @@ def _deep_to_uint8(img: Image.Image) -> np.ndarray:
             strip = strip[..., :3]
         if strip.dtype.kind == "f":
             if top_value is None:  # one pass for the scale: 0–1 data, else the 16-bit range
-                top_value = 1.0 if max(float(np.nan_to_num(s).max(initial=0)) for _, s in _strips(img)) <= 1.0 else 65535.0
-            scaled = np.clip(np.rint(np.nan_to_num(strip.astype(np.float64)) * (255.0 / top_value)), 0, 255).astype(np.uint8)
+                top_value = (
+                    1.0 if max(float(np.nan_to_num(s).max(initial=0)) for _, s in _strips(img)) <= 1.0 else 65535.0
+                )
+            scaled = np.clip(np.rint(np.nan_to_num(strip.astype(np.float64)) * (255.0 / top_value)), 0, 255).astype(
+                np.uint8
+            )
         elif strip.dtype.kind in "ui":
             if strip.dtype.itemsize == 1:
                 scaled = np.clip(strip, 0, 255).astype(np.uint8)
@@ -149,7 +153,12 @@ def encode_png(arr: np.ndarray) -> bytes:
         rows = np.zeros((h, 1 + arr[0].size), np.uint8)  # each row: filter type 0, then its bytes
         rows[:, 1:] = arr.reshape(h, -1)
         header = struct.pack(">IIBBBBB", w, h, 8, 0 if arr.ndim == 2 else 2, 0, 0, 0)
-        return PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows.data, 1)) + _png_chunk(b"IEND", b"")
+        return (
+            PNG_SIGNATURE
+            + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows.data, 1))
+            + _png_chunk(b"IEND", b"")
+        )
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

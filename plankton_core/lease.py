@@ -51,7 +51,12 @@ def lease_ttl() -> float:
 
 
 def _holder(run_id: str) -> dict[str, Any]:
-    return {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": datetime.now(timezone.utc).isoformat()}
+    return {
+        "run_id": run_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": datetime.now(timezone.utc).isoformat(),
+    }
 
 
 def _describe(what: str, root: Store, info: dict[str, Any], age_s: float | None) -> str:
@@ -87,7 +92,9 @@ class Lease:
     def check(self) -> None:
         """Raise InterruptedRun when the lease was taken over (the run must not commit)."""
         if self.lost:
-            raise InterruptedRun(f"{self.name}: lost its lease {self.root.uri}/{self.key} (not renewed in time); nothing committed, rerun it")
+            raise InterruptedRun(
+                f"{self.name}: lost its lease {self.root.uri}/{self.key} (not renewed in time); nothing committed, rerun it"
+            )
 
 
 class LocalLease(Lease):
@@ -149,9 +156,17 @@ class S3Lease(Lease):
                     raise StageBusyError(_describe(what, root, info, age))
                 etag = root.put_if_match(self.key, self.body, old_etag)
                 if etag is not None:
-                    log.warning("%s: took over an expired lease of run %s on %s (not renewed for %.0fs)", what, info.get("run_id"), info.get("host"), age)
+                    log.warning(
+                        "%s: took over an expired lease of run %s on %s (not renewed for %.0fs)",
+                        what,
+                        info.get("run_id"),
+                        info.get("host"),
+                        age,
+                    )
             if etag is None:
-                raise StageBusyError(_describe(what, root, _json((root.read_versioned(self.key) or (b"{}", "", 0.0))[0]), None))
+                raise StageBusyError(
+                    _describe(what, root, _json((root.read_versioned(self.key) or (b"{}", "", 0.0))[0]), None)
+                )
         self.etag = etag
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"lease-{name}", daemon=True)

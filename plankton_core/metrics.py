@@ -11,7 +11,14 @@ import logging
 import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest, pushadd_to_gateway
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+    pushadd_to_gateway,
+)
 
 from .progress import redact
 
@@ -31,12 +38,29 @@ class StageMetrics:
         self.run_id = run_id
         self.registry = CollectorRegistry()
         labels = ["stage"]
-        self.duration = Gauge(f"{PREFIX}_stage_duration_seconds", "Wall time of the last run of the stage.", labels, registry=self.registry)
-        self.items = Counter(f"{PREFIX}_stage_items", "Items a stage processed, by kind.", labels + ["kind"], registry=self.registry)
-        self.failures = Counter(f"{PREFIX}_stage_failures", "Runs of the stage that failed.", labels, registry=self.registry)
-        self.last_success = Gauge(f"{PREFIX}_stage_last_success_timestamp_seconds", "Unix time the stage last succeeded.", labels, registry=self.registry)
+        self.duration = Gauge(
+            f"{PREFIX}_stage_duration_seconds",
+            "Wall time of the last run of the stage.",
+            labels,
+            registry=self.registry,
+        )
+        self.items = Counter(
+            f"{PREFIX}_stage_items", "Items a stage processed, by kind.", labels + ["kind"], registry=self.registry
+        )
+        self.failures = Counter(
+            f"{PREFIX}_stage_failures", "Runs of the stage that failed.", labels, registry=self.registry
+        )
+        self.last_success = Gauge(
+            f"{PREFIX}_stage_last_success_timestamp_seconds",
+            "Unix time the stage last succeeded.",
+            labels,
+            registry=self.registry,
+        )
         self.last_progress = Gauge(
-            f"{PREFIX}_stage_last_progress_timestamp_seconds", "Unix time the stage last reported progress.", labels, registry=self.registry
+            f"{PREFIX}_stage_last_progress_timestamp_seconds",
+            "Unix time the stage last reported progress.",
+            labels,
+            registry=self.registry,
         )
         self._gauges: dict[str, Gauge] = {}
         self._push_retry_at = 0.0
@@ -49,7 +73,9 @@ class StageMetrics:
     def gauge(self, name: str, value: float, doc: str = "") -> None:
         """Set a stage-specific gauge, e.g. `supcon_loss`; named `plankton_<name>{stage=…}`."""
         if name not in self._gauges:
-            self._gauges[name] = Gauge(f"{PREFIX}_{name}", doc or name.replace("_", " "), ["stage"], registry=self.registry)
+            self._gauges[name] = Gauge(
+                f"{PREFIX}_{name}", doc or name.replace("_", " "), ["stage"], registry=self.registry
+            )
         self._gauges[name].labels(self.stage).set(value)
         self.last_progress.labels(self.stage).set(time.time())
 

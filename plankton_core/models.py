@@ -39,7 +39,9 @@ class SupConModel(nn.Module):
         return F.normalize(self.head(self.encode(x)).float(), dim=1)
 
 
-def create_model(name: str = "resnet50", proj_dim: int = 128, pretrained_state: dict[str, Any] | None = None, **timm_kwargs: Any) -> SupConModel:
+def create_model(
+    name: str = "resnet50", proj_dim: int = 128, pretrained_state: dict[str, Any] | None = None, **timm_kwargs: Any
+) -> SupConModel:
     """A SupConModel on timm backbone `name`, randomly initialised unless a state dict is given.
 
     Weights never come from a hub: `pretrained_state` is read by the caller from a
@@ -64,6 +66,8 @@ def load_backbone_weights(backbone: nn.Module, state: dict[str, Any], name: str 
     own = backbone.state_dict()
     usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if len(usable) < max(1, len(own) // 2):
-        raise BadInputError(f"pretrained weights do not fit {name}: only {len(usable)} of its {len(own)} tensors found with matching names and shapes")
+        raise BadInputError(
+            f"pretrained weights do not fit {name}: only {len(usable)} of its {len(own)} tensors found with matching names and shapes"
+        )
     backbone.load_state_dict(usable, strict=False)
     return len(usable)

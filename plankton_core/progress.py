@@ -40,10 +40,19 @@ _PATTERNS = (
     (re.compile(r"(?P<keep>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@"), r"\g<keep>***@"),  # URL userinfo
     (re.compile(r"(?P<keep>Credential=)[^/,\s]+"), r"\g<keep>***"),  # SigV4 Authorization header
     (re.compile(r"(?P<keep>Signature=)[0-9a-fA-F]+"), r"\g<keep>***"),
-    (re.compile(r"(?P<keep>X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s'\"]+"), r"\g<keep>***"),  # presigned URLs
-    (re.compile(r"(?P<keep>['\"]?(?:x-amz-security-token|authorization)['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+", re.I), r"\g<keep>***"),
     (
-        re.compile(r"(?P<keep>(?:aws_secret_access_key|aws_session_token|secret_key|password|passwd|token)['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+", re.I),
+        re.compile(r"(?P<keep>X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s'\"]+"),
+        r"\g<keep>***",
+    ),  # presigned URLs
+    (
+        re.compile(r"(?P<keep>['\"]?(?:x-amz-security-token|authorization)['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+", re.I),
+        r"\g<keep>***",
+    ),
+    (
+        re.compile(
+            r"(?P<keep>(?:aws_secret_access_key|aws_session_token|secret_key|password|passwd|token)['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+",
+            re.I,
+        ),
         r"\g<keep>***",
     ),
 )

@@ -33,7 +33,9 @@ def per_class_table(cm: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, scores: np.ndarray | None = None) -> dict[str, Any]:
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, scores: np.ndarray | None = None
+) -> dict[str, Any]:
     """Accuracy, balanced accuracy, worst class recall, macro/weighted P/R/F1, top-5 (from `scores`, (N, n_classes)) and counts.
 
     worst_class_recall: the lowest recall over the classes present in y_true (the taxon the classifier serves worst).
@@ -152,11 +154,15 @@ def _batched_metrics(y: np.ndarray, p: np.ndarray, hit: np.ndarray | None, n_cla
     weights = np.divide(weights, wsum, out=np.zeros_like(weights), where=wsum > 0)
     out: dict[str, np.ndarray] = {
         "accuracy": tp.sum(axis=1) / max(n, 1),
-        "balanced_accuracy": np.divide((recall * in_true).sum(axis=1), in_true.sum(axis=1), out=np.zeros(b), where=in_true.sum(axis=1) > 0),
+        "balanced_accuracy": np.divide(
+            (recall * in_true).sum(axis=1), in_true.sum(axis=1), out=np.zeros(b), where=in_true.sum(axis=1) > 0
+        ),
         "worst_class_recall": np.where(in_true.any(axis=1), np.where(in_true, recall, np.inf).min(axis=1), 0.0),
     }
     for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
-        out[f"macro_{name}"] = np.divide((values * present).sum(axis=1), n_present, out=np.zeros(b), where=n_present > 0)
+        out[f"macro_{name}"] = np.divide(
+            (values * present).sum(axis=1), n_present, out=np.zeros(b), where=n_present > 0
+        )
         out[f"weighted_{name}"] = (values * weights).sum(axis=1)
         out[f"class_{name}"] = values
     if hit is not None:
@@ -173,17 +179,27 @@ def top5_hits(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_replicates(
-    y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, hits: np.ndarray | None = None, reps: int = 1000, seed: int = 0, chunk: int | None = None
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    n_classes: int,
+    hits: np.ndarray | None = None,
+    reps: int = 1000,
+    seed: int = 0,
+    chunk: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Each metric on `reps` stratified resamples of the test items: {name: (reps,)} and {class_*: (reps, n_classes)}."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     rng = np.random.default_rng(seed)
     if chunk is None:  # bounded memory whatever the test size and class count
-        chunk = max(1, min(BOOTSTRAP_CHUNK_ITEMS // max(len(y_true), 1), BOOTSTRAP_CHUNK_CELLS // max(n_classes * n_classes, 1)))
+        chunk = max(
+            1, min(BOOTSTRAP_CHUNK_ITEMS // max(len(y_true), 1), BOOTSTRAP_CHUNK_CELLS // max(n_classes * n_classes, 1))
+        )
     parts: list[dict[str, np.ndarray]] = []
     for idx in stratified_indices(y_true, reps, rng, chunk):
-        parts.append(_batched_metrics(y_true[idx], y_pred[idx], None if hits is None else np.asarray(hits)[idx], n_classes))
+        parts.append(
+            _batched_metrics(y_true[idx], y_pred[idx], None if hits is None else np.asarray(hits)[idx], n_classes)
+        )
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
 
 
@@ -194,7 +210,12 @@ def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float
 
 
 def metric_intervals(
-    y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, scores: np.ndarray | None = None, reps: int = 1000, seed: int = 0
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    n_classes: int,
+    scores: np.ndarray | None = None,
+    reps: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """95% intervals of every headline metric and of each class's precision, recall and F1.
 
@@ -239,7 +260,12 @@ def metric_intervals(
         "overall": overall,
         "per_class": per_class,
         "level": LEVEL,
-        "bootstrap": {"reps": int(reps), "seed": int(seed), "resampling": "test items, within each true class (stratified)", "interval": "percentile"},
+        "bootstrap": {
+            "reps": int(reps),
+            "seed": int(seed),
+            "resampling": "test items, within each true class (stratified)",
+            "interval": "percentile",
+        },
         "methods": {
             "wilson": "Wilson score interval of a proportion (accuracy, top-5 accuracy; per class: recall of its test crops, precision of the crops predicted as it)",
             "bootstrap": f"percentile interval over {int(reps)} stratified bootstrap resamples of the test items (seed {int(seed)})",

@@ -35,7 +35,9 @@ SHARDS = "shards"  # under the stage prefix
 _PART_RE = re.compile(r"(?:^|/)(\d+)-of-(\d+)\.json$")
 
 
-def resolve_shard(shard_index: int | None, num_shards: int | None, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+def resolve_shard(
+    shard_index: int | None, num_shards: int | None, environ: Mapping[str, str] | None = None
+) -> tuple[int, int]:
     """(index, count) from the flags, else the environment, else (0, 1)."""
     env = os.environ if environ is None else environ
     count = num_shards
@@ -112,7 +114,15 @@ class ShardSet:
         return join(self.prefix, SHARDS, f"{index}-of-{count}.{ext}")
 
     def write(
-        self, index: int, count: int, output: ShardOutput, *, digest: str, upstream: dict[str, str], fingerprint: Any, config: dict[str, Any]
+        self,
+        index: int,
+        count: int,
+        output: ShardOutput,
+        *,
+        digest: str,
+        upstream: dict[str, str],
+        fingerprint: Any,
+        config: dict[str, Any],
     ) -> PartRecord:
         """Upload the rows, then the record (last: a part without its JSON is unfinished)."""
         rows_key = None
@@ -152,9 +162,13 @@ class ShardSet:
         try:
             return PartRecord(**read_json(self.root, key))
         except (TypeError, ValueError) as exc:
-            raise BadInputError(f"{self.root.uri}/{key} is not a {self.stage} shard record ({exc}); delete it and rerun that shard") from None
+            raise BadInputError(
+                f"{self.root.uri}/{key} is not a {self.stage} shard record ({exc}); delete it and rerun that shard"
+            ) from None
 
-    def complete(self, digest: str, upstream: dict[str, str], fingerprint: Any, config: dict[str, Any]) -> list[PartRecord]:
+    def complete(
+        self, digest: str, upstream: dict[str, str], fingerprint: Any, config: dict[str, Any]
+    ) -> list[PartRecord]:
         """The newest complete set of parts made with `digest`, ordered by index.
 
         Exit 3 (UpstreamNotReadyError) when parts are missing or predate the current upstream; exit 2
@@ -186,7 +200,9 @@ class ShardSet:
             f"{', '.join(map(str, missing))}; run those shards, then `plankton {self.stage} --merge`"
         )
 
-    def _refuse(self, part: PartRecord, upstream: dict[str, str], fingerprint: Any, config: dict[str, Any], what: str) -> list[PartRecord]:
+    def _refuse(
+        self, part: PartRecord, upstream: dict[str, str], fingerprint: Any, config: dict[str, Any], what: str
+    ) -> list[PartRecord]:
         name = f"{self.stage} shard {part.index}-of-{part.count} under {self.where}"
         if part.fingerprint == fingerprint and part.config == config and part.upstream != upstream:
             raise UpstreamNotReadyError(
@@ -206,5 +222,9 @@ def _why(part: PartRecord, fingerprint: Any, config: dict[str, Any]) -> str:
                 f"now {now.get('input')}: {now.get('files')} files, listing {now.get('listing_sha256')})"
             )
         return "a different input"
-    diffs = [f"{k} {part.config.get(k)!r} vs {config.get(k)!r} now" for k in sorted(set(part.config) | set(config)) if part.config.get(k) != config.get(k)]
+    diffs = [
+        f"{k} {part.config.get(k)!r} vs {config.get(k)!r} now"
+        for k in sorted(set(part.config) | set(config))
+        if part.config.get(k) != config.get(k)
+    ]
     return f"a different config ({', '.join(diffs)})" if diffs else "a different run (digest differs)"

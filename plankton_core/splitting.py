@@ -58,7 +58,9 @@ def class_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
 
 
-def assign_splits(classes: Sequence[str], sources: Sequence[str], fractions: Sequence[float], seed: int) -> SplitAssignment:
+def assign_splits(
+    classes: Sequence[str], sources: Sequence[str], fractions: Sequence[float], seed: int
+) -> SplitAssignment:
     """Assign each row (a crop with its class and source frame) to train (0), val (1) or test (2)."""
     fraction_arr = np.asarray(fractions, dtype=np.float64)
     classes = np.asarray(classes, dtype=object)  # type: ignore[assignment]
@@ -76,7 +78,9 @@ def assign_splits(classes: Sequence[str], sources: Sequence[str], fractions: Seq
     mixed = np.flatnonzero(group_class[group_of_row] != class_of_row)
     if mixed.size:
         row = mixed[0]
-        raise BadInputError(f"source image {sources[row]!r} has crops of more than one class; a frame must belong to one class")
+        raise BadInputError(
+            f"source image {sources[row]!r} has crops of more than one class; a frame must belong to one class"
+        )
 
     needed = min_frames_to_split(fractions)
     group_split = np.zeros(len(group_size), dtype=np.int8)

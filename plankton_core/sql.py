@@ -72,11 +72,15 @@ def run_sql(root: Store, query: str, timeout: float | None = None) -> pa.Table |
         raise BadInputError(f"plankton sql runs one statement at a time; this query has {len(statements)}")
     kind = str(statements[0].type).rsplit(".", 1)[-1]
     if kind in REFUSED_STATEMENTS:
-        raise BadInputError(f"SQL error: {kind} statements are refused (plankton sql is read-only: it can only query the views)")
+        raise BadInputError(
+            f"SQL error: {kind} statements are refused (plankton sql is read-only: it can only query the views)"
+        )
     keys = views()
     names = referenced_views(query)
     with ExitStack() as stack:
-        paths: dict[str, Path] = {n: stack.enter_context(root.local_path(keys[n])) for n in names if root.exists(keys[n])}
+        paths: dict[str, Path] = {
+            n: stack.enter_context(root.local_path(keys[n])) for n in names if root.exists(keys[n])
+        }
         scratch = tempfile.mkdtemp(prefix="plankton-sql-")  # mode 0700: DuckDB spills here, and only here
         stack.callback(shutil.rmtree, scratch, True)
         con = duckdb.connect(":memory:", config={"temp_directory": scratch})

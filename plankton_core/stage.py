@@ -144,7 +144,9 @@ def stages() -> list[Stage]:
         seen.add(stage.name)
         ordered.append(stage)
 
-    for stage in [s for s in builtin if _REGISTRY.get(s.name) is s] + [s for s in _REGISTRY.values() if s not in builtin]:
+    for stage in [s for s in builtin if _REGISTRY.get(s.name) is s] + [
+        s for s in _REGISTRY.values() if s not in builtin
+    ]:
         visit(stage, ())
     return ordered
 
@@ -224,13 +226,17 @@ def require_upstream(root: Store, upstream: Iterable[str]) -> dict[str, str]:
         prefix = stage_prefix(name)
         needed = f" (needed by {below})" if below else ""
         if not root.exists(join(prefix, SUCCESS)):
-            raise UpstreamNotReadyError(f"upstream stage '{name}'{needed} has not finished: no {root.uri}/{prefix}/{SUCCESS}; run `plankton {name}` first")
+            raise UpstreamNotReadyError(
+                f"upstream stage '{name}'{needed} has not finished: no {root.uri}/{prefix}/{SUCCESS}; run `plankton {name}` first"
+            )
         record = recorded_run(root, name)
         recorded = record.get("inputs", {}) or {}
         for up in get_stage(name).upstream:
             now = current(up, name)
             if recorded.get(up) != now:
-                raise UpstreamNotReadyError(f"upstream stage '{name}'{needed} is stale: '{up}' changed since it ran; rerun `plankton {name}` first")
+                raise UpstreamNotReadyError(
+                    f"upstream stage '{name}'{needed} is stale: '{up}' changed since it ran; rerun `plankton {name}` first"
+                )
         checked[name] = record.get("digest", "")
         return checked[name]
 
@@ -302,7 +308,9 @@ def run_stage(
         _BYPASS_CACHES.reset(token)
 
 
-def _run_leased(stage: Stage, cfg: Any, ctx: StageContext, uri: str, *, merge: bool, index: int, count: int) -> StageResult:
+def _run_leased(
+    stage: Stage, cfg: Any, ctx: StageContext, uri: str, *, merge: bool, index: int, count: int
+) -> StageResult:
     root, log, force = ctx.root, ctx.log, ctx.force
     fingerprint, digest = _plan(stage, cfg, ctx)
 
@@ -437,7 +445,10 @@ def is_up_to_date(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str
     except UpstreamNotReadyError as exc:
         return False, str(exc)
     if digest != recorded:
-        return False, f"its inputs or options changed since {root.uri}/{stage.key(RUN_JSON)} (digest {recorded[:12]} → {digest[:12]})"
+        return (
+            False,
+            f"its inputs or options changed since {root.uri}/{stage.key(RUN_JSON)} (digest {recorded[:12]} → {digest[:12]})",
+        )
     return True, f"{root.uri}/{stage.key(RUN_JSON)} records the same digest {digest[:12]}"
 
 
@@ -474,13 +485,17 @@ def _run_body(
         raise
     seconds = time.monotonic() - t0
     if not ctx.primary:
-        return StageResult(stage.name, uri, up_to_date=False, seconds=seconds, counts=counts, notes=ctx.notes, primary=False)
+        return StageResult(
+            stage.name, uri, up_to_date=False, seconds=seconds, counts=counts, notes=ctx.notes, primary=False
+        )
     ctx.metrics.finish(ok=True, seconds=seconds)
     if ctx.lease is not None:
         ctx.lease.check()  # a run whose lease was taken over must not commit over the new holder's outputs
     if final:
         if isinstance(ctx.root, InvalidatingStore) and not ctx.root.invalidated:
-            store.delete(stage.key(SUCCESS))  # a body that wrote nothing: the new run.json must not pair with the old _SUCCESS
+            store.delete(
+                stage.key(SUCCESS)
+            )  # a body that wrote nothing: the new run.json must not pair with the old _SUCCESS
         write_json(
             store,
             stage.key(RUN_JSON),
@@ -494,7 +509,11 @@ def _run_body(
                 "fingerprint": fingerprint,
                 "digest": digest,
                 "counts": counts,
-                "timings": {"started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(), "seconds": round(seconds, 3)},
+                "timings": {
+                    "started": started.isoformat(),
+                    "finished": datetime.now(timezone.utc).isoformat(),
+                    "seconds": round(seconds, 3),
+                },
                 "host": socket.gethostname(),
                 "notes": ctx.notes,
             },
@@ -505,7 +524,9 @@ def _run_body(
     return StageResult(stage.name, uri, up_to_date=False, seconds=seconds, counts=counts, notes=ctx.notes)
 
 
-def _run_shard(stage: Stage, cfg: Any, ctx: StageContext, digest: str, fingerprint: Any, index: int, count: int) -> StageResult:
+def _run_shard(
+    stage: Stage, cfg: Any, ctx: StageContext, digest: str, fingerprint: Any, index: int, count: int
+) -> StageResult:
     """One shard: its part under <prefix>/shards/ (rows, then the JSON record last), and no `_SUCCESS`.
 
     A part already recorded with the same digest is up to date, so a retried Indexed Job redoes only
@@ -525,7 +546,15 @@ def _run_shard(stage: Stage, cfg: Any, ctx: StageContext, digest: str, fingerpri
             x.root.delete(stage.key(SUCCESS))  # the merged outputs are about to be superseded
         output: ShardOutput = shard_fn(c, x, index, count)
         if x.primary:
-            shard_set.write(index, count, output, digest=digest, upstream=x.upstream, fingerprint=fingerprint, config=digestable_config(c))
+            shard_set.write(
+                index,
+                count,
+                output,
+                digest=digest,
+                upstream=x.upstream,
+                fingerprint=fingerprint,
+                config=digestable_config(c),
+            )
         return output.counts
 
     return _run_body(stage, cfg, ctx, body, digest, fingerprint, uri, final=False)

@@ -243,7 +243,9 @@ class LocalStore:
         if not target.is_relative_to(self.path):
             return Listed(key, 0, "", "symlink_outside_root: links out of the input folder are not followed")
         if target.is_dir():
-            return Listed(key, 0, "", "symlinked_folder: folders reached through a link are not read (loops, duplicates)")
+            return Listed(
+                key, 0, "", "symlinked_folder: folders reached through a link are not read (loops, duplicates)"
+            )
         st = target.stat()
         if not stat.S_ISREG(st.st_mode):
             return Listed(key, 0, "", "not_a_file: the link points at a device, socket or pipe")
@@ -260,7 +262,11 @@ class LocalStore:
             shutil.copyfileobj(src, dst, 1 << 20)
 
     def get_file(self, key: str, local_path: str | os.PathLike) -> None:
-        with self.open_read(key) as src, _local_errors("write", Path(local_path), disk_only=False), open(local_path, "wb") as dst:
+        with (
+            self.open_read(key) as src,
+            _local_errors("write", Path(local_path), disk_only=False),
+            open(local_path, "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst, 1 << 20)
 
     def delete(self, key: str) -> None:
@@ -315,7 +321,9 @@ class S3Store:
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except NoCredentialsError:
-            raise StoreError(f"no S3 credentials for {self.uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
+            raise StoreError(
+                f"no S3 credentials for {self.uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            ) from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchBucket"):
@@ -323,7 +331,9 @@ class S3Store:
             if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
                 raise StoreError(f"access denied to s3://{self.bucket}: check the S3 credentials") from None
             if _is_transient(exc):
-                raise TransientStoreError(f"S3 check of s3://{self.bucket} failed after {s3_attempts()} attempts: {code}; retry later") from None
+                raise TransientStoreError(
+                    f"S3 check of s3://{self.bucket} failed after {s3_attempts()} attempts: {code}; retry later"
+                ) from None
             raise StoreError(f"cannot use s3://{self.bucket}: {code or exc}") from None
         except BotoCoreError as exc:
             if _is_transient(exc):
@@ -454,7 +464,9 @@ class S3Store:
         reply = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         if reply.get("Errors"):
             first = reply["Errors"][0]
-            raise StoreError(f"S3 refused to delete {len(reply['Errors'])} object(s), e.g. {first.get('Key')}: {first.get('Code')}")
+            raise StoreError(
+                f"S3 refused to delete {len(reply['Errors'])} object(s), e.g. {first.get('Key')}: {first.get('Code')}"
+            )
         return len(batch)
 
     def size(self, key: str) -> int:
@@ -524,7 +536,15 @@ class S3Store:
 
 
 _CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
-_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "Throttling", "ThrottlingException"}
+_TRANSIENT_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+}
 _DENIED_CODES = ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken")
 
 
@@ -559,7 +579,9 @@ class _S3ErrorContext:
             return False
         where = f"{self.store.uri}/{self.key}"
         if isinstance(exc, (BotoCoreError, ClientError)) and _is_transient(exc):
-            raise TransientStoreError(f"S3 {self.op} of {where} failed after {s3_attempts()} attempts: {_short(exc)}; retry later") from None
+            raise TransientStoreError(
+                f"S3 {self.op} of {where} failed after {s3_attempts()} attempts: {_short(exc)}; retry later"
+            ) from None
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
@@ -596,11 +618,17 @@ def _make_client(endpoint_url: str | None):
 
     # adaptive: standard retries (exponential backoff with jitter on connection errors, timeouts, 5xx and
     # throttling) plus client-side rate limiting when the server throttles
-    cfg = Config(retries={"total_max_attempts": s3_attempts(), "mode": "adaptive"}, connect_timeout=10, read_timeout=120)
+    cfg = Config(
+        retries={"total_max_attempts": s3_attempts(), "mode": "adaptive"}, connect_timeout=10, read_timeout=120
+    )
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=cfg)
 
 
-_DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system", errno.EDQUOT: "disk quota exceeded"}
+_DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EROFS: "read-only file system",
+    errno.EDQUOT: "disk quota exceeded",
+}
 _ACCESS_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
 
 

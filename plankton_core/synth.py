@@ -40,7 +40,8 @@ class SynthConfig:
     """
 
     kind: Literal["frames", "vignettes"] = option(
-        "frames", "frames (several objects per image) or vignettes (one object per image, as imaging instruments cut them)."
+        "frames",
+        "frames (several objects per image) or vignettes (one object per image, as imaging instruments cut them).",
     )
     classes: int = option(5, "Shape classes (1-8).")
     per_class: int = option(40, "Frames of the largest class; others get fewer.")
@@ -97,7 +98,9 @@ def _copepod(u, v, r, rng):
     head = 0.4 * r
     spread = rng.uniform(0.5, 0.9)
     width = max(1.6, 0.08 * r)
-    antennae = _segment(u, v, (head, 0.0), (r, spread * r), width) | _segment(u, v, (head, 0.0), (r, -spread * r), width)
+    antennae = _segment(u, v, (head, 0.0), (r, spread * r), width) | _segment(
+        u, v, (head, 0.0), (r, -spread * r), width
+    )
     tail = _segment(u, v, (-0.7 * r, 0.0), (-r, 0.25 * r * rng.choice([-1, 1])), width)
     return body | antennae | tail
 
@@ -153,7 +156,9 @@ def object_mask(shape: str, radius: float, rng: np.random.Generator) -> np.ndarr
     return mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
 
 
-def _place(mask: np.ndarray, size: int, cut: bool, taken: list[tuple[int, int, int, int]], rng) -> tuple[int, int] | None:
+def _place(
+    mask: np.ndarray, size: int, cut: bool, taken: list[tuple[int, int, int, int]], rng
+) -> tuple[int, int] | None:
     """Top-left corner for `mask`: whole and apart from `taken` boxes, or overhanging one border when `cut`."""
     h, w = mask.shape
     for _ in range(20):
@@ -177,7 +182,9 @@ def _place(mask: np.ndarray, size: int, cut: bool, taken: list[tuple[int, int, i
             left = int(rng.integers(INSIDE_GAP, size - w - INSIDE_GAP + 1))
         box = (left, top, left + w, top + h)
         gap = INSIDE_GAP + 2
-        if all(box[2] + gap <= t[0] or t[2] + gap <= box[0] or box[3] + gap <= t[1] or t[3] + gap <= box[1] for t in taken):
+        if all(
+            box[2] + gap <= t[0] or t[2] + gap <= box[0] or box[3] + gap <= t[1] or t[3] + gap <= box[1] for t in taken
+        ):
             return top, left
     return None
 
@@ -277,7 +284,9 @@ def generate(out: Store, cfg: SynthConfig) -> dict[str, int]:
     cfg.validate()
     if cfg.kind == "vignettes":
         return generate_vignettes(out, cfg)
-    rows: dict[str, list] = {k: [] for k in ("image_key", "class", "x0", "y0", "x1", "y1", "touches_border", "dark_field")}
+    rows: dict[str, list] = {
+        k: [] for k in ("image_key", "class", "x0", "y0", "x1", "y1", "touches_border", "dark_field")
+    }
     frames = 0
     for c, (name, count) in enumerate(class_counts(cfg).items()):
         for i in range(count):
@@ -348,7 +357,9 @@ def _chain_of(shape: str, radius: float, rng: np.random.Generator) -> np.ndarray
     return np.rot90(out, int(rng.integers(4)))
 
 
-def render_vignette(shape: str, case: str, rng: np.random.Generator, dark: bool, noise: float) -> tuple[np.ndarray, dict]:
+def render_vignette(
+    shape: str, case: str, rng: np.random.Generator, dark: bool, noise: float
+) -> tuple[np.ndarray, dict]:
     """One uint8 vignette of `case` and its object's ground truth: box (ends exclusive), touches_border."""
     if dark:
         background, contrast = rng.uniform(4, 30), rng.uniform(70, 220)
@@ -414,7 +425,13 @@ def render_vignette(shape: str, case: str, rng: np.random.Generator, dark: bool,
     rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
     box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
     touches = box[0] == 0 or box[1] == 0 or box[2] == width or box[3] == height
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), {"x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3], "touches_border": touches}
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), {
+        "x0": box[0],
+        "y0": box[1],
+        "x1": box[2],
+        "y1": box[3],
+        "touches_border": touches,
+    }
 
 
 def generate_vignettes(out: Store, cfg: SynthConfig) -> dict[str, int]:
@@ -431,7 +448,15 @@ def generate_vignettes(out: Store, cfg: SynthConfig) -> dict[str, int]:
             key = f"{name}/{name}_{i:05d}{suffix}"
             out.write_bytes(key, data)
             n += 1
-            row = {"image_key": key, "class": name, "case": case, "width": image.shape[1], "height": image.shape[0], "dark_field": dark, **obj}
+            row = {
+                "image_key": key,
+                "class": name,
+                "case": case,
+                "width": image.shape[1],
+                "height": image.shape[0],
+                "dark_field": dark,
+                **obj,
+            }
             for col in VIGNETTE_SCHEMA.names:
                 rows[col].append(row[col])
     write_parquet(out, GROUND_TRUTH_KEY, pa.table(rows, schema=VIGNETTE_SCHEMA))

@@ -87,7 +87,17 @@ class Podman:
                 env[var["name"]] = str(index or 0)
         cmd = [expand(str(a), env) for a in c.get("command") or []]
         args = [expand(str(a), env) for a in c.get("args") or []]
-        out = self.base + ["run", "--name", name, "--network", "host", "--user", f"{uid}:{gid or uid}", "--ulimit", "nofile=1024:1024"]
+        out = self.base + [
+            "run",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--user",
+            f"{uid}:{gid or uid}",
+            "--ulimit",
+            "nofile=1024:1024",
+        ]
         out += ["--ulimit", "nproc=1024:1024", "--pull", "never"]
         if csc.get("readOnlyRootFilesystem"):
             out += ["--read-only", "--read-only-tmpfs=false"]
@@ -129,12 +139,18 @@ class Podman:
         name = job["metadata"]["name"] + tag
         self.rm(name)
         argv = self.argv(job, None, name)
-        subprocess.run(argv[: argv.index("run") + 1] + ["--detach"] + argv[argv.index("run") + 1 :], check=True, capture_output=True)
+        subprocess.run(
+            argv[: argv.index("run") + 1] + ["--detach"] + argv[argv.index("run") + 1 :],
+            check=True,
+            capture_output=True,
+        )
         self.names.append(name)
         return name
 
     def running(self, name: str) -> bool:
-        proc = subprocess.run(self.base + ["inspect", "--format", "{{.State.Running}}", name], capture_output=True, text=True)
+        proc = subprocess.run(
+            self.base + ["inspect", "--format", "{{.State.Running}}", name], capture_output=True, text=True
+        )
         return proc.stdout.strip() == "true"
 
     def wait_for(self, name: str, needle: str, what: str, timeout_s: float = 600) -> None:
@@ -158,7 +174,17 @@ def _bytes(q: Any) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i?)?", str(q))
     if not m:
         fail(f"quantity {q!r}")
-    mult = {None: 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+    mult = {
+        None: 1,
+        "K": 1000,
+        "M": 1000**2,
+        "G": 1000**3,
+        "T": 1000**4,
+        "Ki": 1024,
+        "Mi": 1024**2,
+        "Gi": 1024**3,
+        "Ti": 1024**4,
+    }
     return int(float(m.group(1)) * mult[m.group(2)])
 
 
@@ -201,22 +227,38 @@ def main() -> None:
     ap.add_argument("--image", required=True)
     ap.add_argument("--podman", default="podman")
     ap.add_argument("-f", "--values", action="append", default=[str(REPO / "k8s/local/values.yaml")])
-    ap.add_argument("--sigterm-epochs", type=int, default=400, help="supcon epochs of the stopped run (it must still be training when stopped)")
+    ap.add_argument(
+        "--sigterm-epochs",
+        type=int,
+        default=400,
+        help="supcon epochs of the stopped run (it must still be training when stopped)",
+    )
     opts = ap.parse_args()
     sets = [f"image={opts.image}", "imagePullPolicy=Never"]
 
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    creds = {"AWS_ACCESS_KEY_ID": "image-test", "AWS_SECRET_ACCESS_KEY": "image-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    creds = {
+        "AWS_ACCESS_KEY_ID": "image-test",
+        "AWS_SECRET_ACCESS_KEY": "image-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     moto = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     workdir = Path(tempfile.mkdtemp(prefix="plankton-image-test-"))
     os.chmod(workdir, 0o755)
     pm = Podman(opts.podman, opts.image, workdir, {**creds, "AWS_ENDPOINT_URL": endpoint})
     t_all = time.monotonic()
     try:
-        s3 = boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in creds.items() if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            **{k.lower(): v for k, v in creds.items() if k != "AWS_DEFAULT_REGION"},
+            region_name="us-east-1",
+        )
         for _ in range(100):
             try:
                 s3.create_bucket(Bucket=BUCKET)
@@ -231,8 +273,16 @@ def main() -> None:
         jobs = render("pipeline", opts.values, sets, "it")
         for job in jobs:
             expect(pm, job, 0, "pipeline")
-        keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page.get("Contents", [])}
-        root = next(v["value"] for v in jobs[0]["spec"]["template"]["spec"]["containers"][0]["env"] if v["name"] == "PLANKTON_ROOT")
+        keys = {
+            o["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for o in page.get("Contents", [])
+        }
+        root = next(
+            v["value"]
+            for v in jobs[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+            if v["name"] == "PLANKTON_ROOT"
+        )
         prefix = root.removeprefix(f"s3://{BUCKET}/").strip("/")
         success = [f"{prefix}/{s.prefix}/_SUCCESS" for s in stages()]
         missing = [k for k in success if k not in keys]
@@ -242,7 +292,13 @@ def main() -> None:
 
         # 2. a rerun of a finished stage is up to date; a stage without its upstream exits 3
         expect(pm, render("stats", opts.values, sets, "re")[0], 0, "rerun", needle="up to date")
-        expect(pm, render("stats", opts.values, sets + ["root=s3://plankton/empty"], "up")[0], 3, "no upstream", needle="has not finished")
+        expect(
+            pm,
+            render("stats", opts.values, sets + ["root=s3://plankton/empty"], "up")[0],
+            3,
+            "no upstream",
+            needle="has not finished",
+        )
 
         # 3. SIGTERM from `podman stop` while supcon trains: checkpoint saved, exit 75; the next pod resumes
         # one Job, two pods: the first is stopped, the second (the Job's retry, same args) resumes. The pipeline's
@@ -269,7 +325,9 @@ def main() -> None:
             fail("the stop message names no saved checkpoint")
         key = saved.group(1).removeprefix(f"s3://{BUCKET}/")
         s3.head_object(Bucket=BUCKET, Key=key)
-        say(f"sigterm: {saved.group(1)} is in the store; log: {next(line for line in logs.splitlines() if 'stopped by SIGTERM' in line).strip()}")
+        say(
+            f"sigterm: {saved.group(1)} is in the store; log: {next(line for line in logs.splitlines() if 'stopped by SIGTERM' in line).strip()}"
+        )
         # the Job's next pod (75 is ignored by the podFailurePolicy) resumes from it; stop it again
         name = pm.start(job, "-a2")
         pm.wait_for(name, "resuming from", "the next supcon pod did not resume")

@@ -4,6 +4,7 @@
 (`make docs`). tests/test_readme.py checks README.md against this, so the option lists
 cannot drift from `--help`.
 """
+
 from __future__ import annotations
 
 import re
@@ -54,8 +55,13 @@ def usage(name: str, command: click.Command) -> str:
             words.append(_option_words(param))
     head = f"plankton {name}" + (" --root URI" if any(p.name == "root" for p in command.params) else "")
     words = [w.replace(" ", "\xa0") for w in words]  # never break inside one option's brackets
-    lines = textwrap.wrap(" ".join([head] + words), WIDTH, subsequent_indent=" " * (len(name) + 10), break_long_words=False,
-                          break_on_hyphens=False)
+    lines = textwrap.wrap(
+        " ".join([head] + words),
+        WIDTH,
+        subsequent_indent=" " * (len(name) + 10),
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
     return "\n".join("    " + line.replace("\xa0", " ") for line in lines)
 
 

@@ -76,7 +76,9 @@ def frame_png(kind: str, seed: int = 0, frame: int = 64, size: int = 32) -> byte
     canvas = np.clip(10 + rng.normal(0, 3, (frame, frame)), 0, 255).astype(np.uint8)
     obj = draw_shape(kind, size, rng, dark_field=True)
     top = (frame - size) // 2
-    canvas[top : top + size, top : top + size] = np.maximum(canvas[top : top + size, top : top + size], np.where(obj > 100, obj, 0))
+    canvas[top : top + size, top : top + size] = np.maximum(
+        canvas[top : top + size, top : top + size], np.where(obj > 100, obj, 0)
+    )
     return encode_png(canvas)
 
 

@@ -42,7 +42,9 @@ def finish_stage(store, name: str, cfg: Any, body: Callable[[Any, Any], Any], pr
     try:
         stage = get_stage(name)
     except BadInputError:
-        stage = register(Stage(name=name, prefix=prefix or name, config=dict, body=body, upstream=STANDIN_UPSTREAM.get(name, ())))
+        stage = register(
+            Stage(name=name, prefix=prefix or name, config=dict, body=body, upstream=STANDIN_UPSTREAM.get(name, ()))
+        )
     run_stage(replace(stage, body=body, check=None, fingerprint=None, shard=None, merge=None), cfg, store, force=True)
 
 
@@ -59,7 +61,9 @@ def draw_shape(kind: str, size: int, rng: np.random.Generator, dark_field: bool)
     elif kind == "bar":
         mask = (np.abs(yy - cy) < r * 0.3) & (np.abs(xx - cx) < r)
     elif kind == "cross":
-        mask = ((np.abs(yy - cy) < r * 0.25) & (np.abs(xx - cx) < r)) | ((np.abs(xx - cx) < r * 0.25) & (np.abs(yy - cy) < r))
+        mask = ((np.abs(yy - cy) < r * 0.25) & (np.abs(xx - cx) < r)) | (
+            (np.abs(xx - cx) < r * 0.25) & (np.abs(yy - cy) < r)
+        )
     else:  # triangle
         mask = (yy - cy < r) & (yy - cy > -r) & (np.abs(xx - cx) < (yy - cy + r) / 2)
     fg, bg = (220.0, 10.0) if dark_field else (40.0, 225.0)
@@ -73,7 +77,9 @@ MANIFEST_COLUMNS = ("source_key", "class", "status", "reason", "crop_key", *MANI
 
 def write_crop_root(store, rows: dict[str, list], config: dict[str, Any]) -> None:
     """The crop stage's outputs from manifest `rows` (crops already written): crop/manifest.parquet and crop finished."""
-    table = pa.table({k: pa.array(rows[k], pa.int64() if k in MANIFEST_INT_COLUMNS else pa.string()) for k in MANIFEST_COLUMNS})
+    table = pa.table(
+        {k: pa.array(rows[k], pa.int64() if k in MANIFEST_INT_COLUMNS else pa.string()) for k in MANIFEST_COLUMNS}
+    )
     write_parquet(store, "crop/manifest.parquet", table)
     kept = sum(1 for s in rows["status"] if s == "kept")
     finish_stage(store, "crop", {"fabricated": True, **config}, lambda cfg, ctx: {"kept": kept})
@@ -96,7 +102,9 @@ def frames_spec(n_frames: int, crops_per_frame: Sequence[int] | int = 1) -> list
     return [cycle[i % len(cycle)] for i in range(n_frames)]
 
 
-def make_crop_root(root_uri: str, classes: Mapping[str, Sequence[int]], seed: int = 0, max_side: int = 40, write_crops: bool = True):
+def make_crop_root(
+    root_uri: str, classes: Mapping[str, Sequence[int]], seed: int = 0, max_side: int = 40, write_crops: bool = True
+):
     """A crop root of varied frames; `classes` maps class → crops per frame. Returns the store.
 
     Each class gets frames holding 1..k kept crops of varied, non-square sizes, grey and
@@ -136,7 +144,9 @@ def kept_rows(store) -> pa.Table:
     return t.filter(pc.equal(t.column("status"), "kept"))
 
 
-def make_stats_root(root_uri: str, n_classes: int = 3, per_class: int = 24, size: int = 32, seed: int = 0, dark_field: bool = True):
+def make_stats_root(
+    root_uri: str, n_classes: int = 3, per_class: int = 24, size: int = 32, seed: int = 0, dark_field: bool = True
+):
     """Fabricate crop/ (one square crop per frame) and stats/ outputs under root_uri; returns the store."""
     store = open_store(root_uri)
     rng = np.random.default_rng(seed)
@@ -170,7 +180,9 @@ def make_stats_root(root_uri: str, n_classes: int = 3, per_class: int = 24, size
     return store
 
 
-def fake_checkpoint(size: int, mean, std, seed: int = 0, model: str = "test_resnet", *, epoch: int = 3, net=None, proj_dim: int = 16) -> dict:
+def fake_checkpoint(
+    size: int, mean, std, seed: int = 0, model: str = "test_resnet", *, epoch: int = 3, net=None, proj_dim: int = 16
+) -> dict:
     """A SupCon checkpoint as the supcon stage saves it: the one fake checkpoint of every stage's tests.
 
     `net` (a SupConModel) is saved as given; otherwise one is built from `seed`.
@@ -188,7 +200,14 @@ def fake_checkpoint(size: int, mean, std, seed: int = 0, model: str = "test_resn
         "optimizer": {},
         "epoch": epoch,
         "step": epoch * 10,
-        "config": {"model": model, "proj_dim": int(net.head[-1].out_features), "size": size, "mean": list(mean), "std": list(std), "batch_size": 32},
+        "config": {
+            "model": model,
+            "proj_dim": int(net.head[-1].out_features),
+            "size": size,
+            "mean": list(mean),
+            "std": list(std),
+            "batch_size": 32,
+        },
         "feature_dim": net.feature_dim,
     }
 

@@ -88,7 +88,9 @@ def test_random_resized_crops_match_torchvision_statistics():
 
     torch.manual_seed(0)
     img = Image.new("RGB", (300, 100))
-    ref = np.array([tv.RandomResizedCrop.get_params(img, [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)], dtype=np.float64)
+    ref = np.array(
+        [tv.RandomResizedCrop.get_params(img, [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)], dtype=np.float64
+    )
     ref_w, ref_h = ref[:, 3] / 300, ref[:, 2] / 300  # fractions of the letterbox side (300)
     g = torch.Generator().manual_seed(0)
     u = torch.rand(4000, 40, generator=g, dtype=torch.float64)

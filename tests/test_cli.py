@@ -37,7 +37,9 @@ def test_bad_credentials(s3_bucket, run_cli, monkeypatch):
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server now checks keys; 'testing' is no user
     result = run_cli("stats", "--root", f"s3://{s3_bucket}/x")
     assert result.exit_code == 2
-    assert one_error_line(result) == f"plankton stats: error: access denied to s3://{s3_bucket}: check the S3 credentials"
+    assert (
+        one_error_line(result) == f"plankton stats: error: access denied to s3://{s3_bucket}: check the S3 credentials"
+    )
 
 
 def test_no_credentials(s3_bucket, run_cli, monkeypatch, tmp_path):
@@ -65,7 +67,9 @@ def test_unreachable_endpoint_from_the_flag(run_cli, monkeypatch):
     assert one_error_line(result).startswith(f"plankton stats: error: cannot reach S3 endpoint http://127.0.0.1:{port}")
 
 
-@pytest.mark.parametrize("uri, message", [("gs://b/x", "unsupported store URI scheme 'gs'"), ("s3:///x", "S3 URI needs a bucket")])
+@pytest.mark.parametrize(
+    "uri, message", [("gs://b/x", "unsupported store URI scheme 'gs'"), ("s3:///x", "S3 URI needs a bucket")]
+)
 def test_bad_root_uris(run_cli, uri, message):
     result = run_cli("stats", "--root", uri)
     assert result.exit_code == 2 and message in one_error_line(result)
@@ -119,7 +123,9 @@ def test_the_console_script_flushes_piped_output_and_keeps_exit_codes(tmp_path):
     plankton = Path(sys.executable).parent / "plankton"
     ok = subprocess.run([str(plankton), "--version"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and ok.stdout.startswith("plankton ")
-    missing = subprocess.run([str(plankton), "stats", "--root", str(tmp_path / "root")], capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [str(plankton), "stats", "--root", str(tmp_path / "root")], capture_output=True, text=True, timeout=120
+    )
     assert missing.returncode == 3
     assert missing.stderr.strip().endswith("run `plankton crop` first")
     usage = subprocess.run([str(plankton), "no-such-stage"], capture_output=True, text=True, timeout=60)
@@ -162,7 +168,11 @@ def test_sigterm_gives_exit_75_and_no_success_marker(tmp_path: Path):
     script.write_text(SLOW_STAGE)
     root = tmp_path / "root"
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1]
+        [sys.executable, str(script), str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
     # wait for the body to start, then send what a node drain sends
     assert proc.stdout.readline().strip() == "started"

@@ -12,7 +12,15 @@ from typing import Literal
 import click
 import pytest
 
-from plankton_core.config import config_dict, digestable_config, from_recorded, load_config, option, option_specs, stage_config
+from plankton_core.config import (
+    config_dict,
+    digestable_config,
+    from_recorded,
+    load_config,
+    option,
+    option_specs,
+    stage_config,
+)
 from plankton_core.errors import BadInputError
 from plankton_core.stage import Stage, StageContext, register, stages, unregister
 
@@ -63,7 +71,9 @@ def help_text(run_cli, name: str) -> str:
 def test_specs_carry_the_declaration():
     specs = {s.name: s for s in option_specs(DemoConfig)}
     assert [s.name for s in option_specs(DemoConfig)] == [f.name for f in dataclasses.fields(DemoConfig)]
-    assert specs["fast"].kind == "bool" and specs["mode"].kind == "choice" and specs["mode"].choices == ("plain", "fancy")
+    assert (
+        specs["fast"].kind == "bool" and specs["mode"].kind == "choice" and specs["mode"].choices == ("plain", "fancy")
+    )
     assert specs["sizes"].kind == "list" and specs["sizes"].item_type is int and specs["sizes"].default == (32, 64)
     assert specs["level"].bounds == {"ge": 1, "le": 5} and specs["ratio"].bounds == {"gt": 0, "lt": 1}
     assert specs["threads"].digest is False and specs["level"].digest is True
@@ -94,7 +104,9 @@ def test_bool_flags_both_ways(demo, run_cli, tmp_path):
 def test_literal_is_a_choice(demo, run_cli, tmp_path):
     assert run_demo(run_cli, tmp_path, "--mode", "fancy")[1].mode == "fancy"
     result, _ = run_demo(run_cli, tmp_path, "--mode", "odd")
-    assert result.exit_code == 2 and "Invalid value for '--mode'" in result.stderr and "'plain', 'fancy'" in result.stderr
+    assert (
+        result.exit_code == 2 and "Invalid value for '--mode'" in result.stderr and "'plain', 'fancy'" in result.stderr
+    )
 
 
 def test_tuple_is_a_comma_list(demo, run_cli, tmp_path):

@@ -27,7 +27,13 @@ def naive_letterbox(arr: np.ndarray, size: int, fill) -> np.ndarray:
     h, w = rgb.shape[:2]
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2
-    padded = np.stack([np.pad(rgb[..., c], ((top, side - h - top), (left, side - w - left)), constant_values=fill[c]) for c in range(3)], axis=2)
+    padded = np.stack(
+        [
+            np.pad(rgb[..., c], ((top, side - h - top), (left, side - w - left)), constant_values=fill[c])
+            for c in range(3)
+        ],
+        axis=2,
+    )
     return np.asarray(Image.fromarray(padded).resize((size, size), Image.BILINEAR, reducing_gap=None))
 
 
@@ -165,7 +171,13 @@ def test_split_classes_and_normalisation_readers(tmp_path):
     from plankton_core.store import open_store
 
     store = open_store(str(tmp_path / "root"))
-    rows = {"crop_key": ["a", "b", "c"], "class": ["x", "y", "x"], "label": [0, 1, 0], "split": ["train", "val", "test"], "source_key": ["1", "2", "3"]}
+    rows = {
+        "crop_key": ["a", "b", "c"],
+        "class": ["x", "y", "x"],
+        "label": [0, 1, 0],
+        "split": ["train", "val", "test"],
+        "source_key": ["1", "2", "3"],
+    }
     write_parquet(store, "stats/splits.parquet", pa.table(rows))
     write_json(store, "stats/classes.json", {"classes": ["x", "y"]})
     write_json(store, "stats/stats.json", {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "size": 32})

@@ -45,7 +45,9 @@ COLUMNS = [
 TYPES = ["[t]", "[f]", "[t]", "[f]", "[f]", "[t]", "[t]", "[t]", "[t]", "[t]", "[t]", "[t]", "[t]"]
 
 
-def make_export(path: Path, samples: int = 3, per_class: int = 3, as_zip: bool = False, statuses=("validated",), seed: int = 0) -> tuple[str, list[dict]]:
+def make_export(
+    path: Path, samples: int = 3, per_class: int = 3, as_zip: bool = False, statuses=("validated",), seed: int = 0
+) -> tuple[str, list[dict]]:
     """An EcoTaxa export in the published format: one ecotaxa_<sample>.tsv per sample folder with its vignettes,
     a [t]/[f] type row, UTF-8. Returns (the export's path, its rows)."""
     files: dict[str, bytes] = {}
@@ -57,7 +59,9 @@ def make_export(path: Path, samples: int = 3, per_class: int = 3, as_zip: bool =
         for c, (category, (hierarchy, shape)) in enumerate(TAXA.items()):
             for i in range(per_class):
                 rng = np.random.default_rng([seed, s, c, i])
-                image, _ = render_vignette(shape, VIGNETTE_CASES[n % len(VIGNETTE_CASES)], rng, bool(rng.random() < 0.5), 4.0)
+                image, _ = render_vignette(
+                    shape, VIGNETTE_CASES[n % len(VIGNETTE_CASES)], rng, bool(rng.random() < 0.5), 4.0
+                )
                 name = f"{category.lower()}_{s}_{i}.png"
                 files[f"{sample}/{name}"] = encode_png(image)
                 rows.append(
@@ -130,7 +134,14 @@ def test_zip_on_s3_statuses_depth_and_min_per_class(tmp_path, s3_bucket, s3_env)
     export, rows = make_export(tmp_path / "export", as_zip=True, statuses=("validated", "predicted", "validated"))
     boto3.client("s3", endpoint_url=s3_env).upload_file(export, s3_bucket, "in/export.zip")
     root = tmp_path / "art"
-    counts = crop(root, f"s3://{s3_bucket}/in/export.zip", label_column="object_annotation_hierarchy", label_depth=3, min_per_class=10, s3_endpoint=s3_env)
+    counts = crop(
+        root,
+        f"s3://{s3_bucket}/in/export.zip",
+        label_column="object_annotation_hierarchy",
+        label_depth=3,
+        min_per_class=10,
+        s3_endpoint=s3_env,
+    )
     manifest = read_parquet(open_store(str(root)), "crop/manifest.parquet").to_pylist()
     kept = [m for m in manifest if m["status"] == "kept"]
     excluded = [m for m in manifest if m["status"] == "excluded"]
@@ -186,16 +197,28 @@ def test_bad_inputs_exit_2_and_each_bad_row_is_recorded(run_cli, tmp_path, kind,
     assert bad and all(message.split(":")[0] in m["reason"] for m in bad)
     assert not (root / "crop" / "_SUCCESS").exists() and not (root / "crop" / "crops").exists()
     if kind == "mixed encodings":
-        assert [m["source_key"] for m in bad] == ["cruise1_st00/ecotaxa_cruise1_st00.tsv:6"]  # the line with a latin-1 é only
+        assert [m["source_key"] for m in bad] == [
+            "cruise1_st00/ecotaxa_cruise1_st00.tsv:6"
+        ]  # the line with a latin-1 é only
     if kind == "duplicate object_id":
         assert [m["object_id"] for m in bad] == ["cruise1_st00_ceratium_0"]
 
 
 def test_reader_type_row_optional_and_bom(tmp_path):
-    rows = [{"img_file_name": "a.png", "object_id": "a", "object_annotation_category": "x", "object_area": "12.5", "sample_id": "7"}]
+    rows = [
+        {
+            "img_file_name": "a.png",
+            "object_id": "a",
+            "object_annotation_category": "x",
+            "object_area": "12.5",
+            "sample_id": "7",
+        }
+    ]
     cols = list(rows[0])
     (tmp_path / "a.png").write_bytes(encode_png(np.zeros((8, 8), np.uint8)))
-    (tmp_path / "ecotaxa_a.tsv").write_bytes(b"\xef\xbb\xbf" + tsv([c.upper() for c in cols], None, [{k.upper(): v for k, v in r.items()} for r in rows]))
+    (tmp_path / "ecotaxa_a.tsv").write_bytes(
+        b"\xef\xbb\xbf" + tsv([c.upper() for c in cols], None, [{k.upper(): v for k, v in r.items()} for r in rows])
+    )
     table = ecotaxa.read_objects(open_store(str(tmp_path)))
     assert table.columns == cols and not table.file_errors
     assert table.types["object_area"] == "f" and table.types["sample_id"] == "t"  # ids stay text
@@ -211,11 +234,15 @@ def test_writer_follows_the_published_rules():
         {"img_file_name": "a.png", "object_id": "a", "object_x": 1.5, "object_t": "1.5", "sample_id": "s"},
         {"img_file_name": "b.png", "object_id": "b", "object_x": None},
     ]
-    text = ecotaxa.tsv_text(["img_file_name", "object_id", "object_x", "object_t", "sample_id"], rows, {"object_t": "f"}).splitlines()
+    text = ecotaxa.tsv_text(
+        ["img_file_name", "object_id", "object_x", "object_t", "sample_id"], rows, {"object_t": "f"}
+    ).splitlines()
     assert text[0].split("\t") == ["img_file_name", "object_id", "object_x", "object_t", "sample_id"]
     assert text[1].split("\t") == ["[t]", "[t]", "[f]", "[f]", "[t]"]
     assert text[3].split("\t") == ["b.png", "b", "", "", ""]
-    assert ecotaxa.column_types(["object_t"], [{"object_t": "n/a"}], {"object_t": "f"}) == {"object_t": "t"}  # the marker follows the values
+    assert ecotaxa.column_types(["object_t"], [{"object_t": "n/a"}], {"object_t": "f"}) == {
+        "object_t": "t"
+    }  # the marker follows the values
     for bad, why in [
         (["img_file_name", "Object_X"], "lower-case"),
         (["img_file_name", "object_x", "object_x"], "once"),
@@ -227,26 +254,75 @@ def test_writer_follows_the_published_rules():
 
 
 def test_export_rows_carry_metadata_and_leave_unknown_unannotated():
-    nbs = [{"rank": 1, "class": "A", "similarity": 0.9, "crop_key": "k1"}, {"rank": 2, "class": "B", "similarity": 0.7, "crop_key": "k2"}]
+    nbs = [
+        {"rank": 1, "class": "A", "similarity": 0.9, "crop_key": "k1"},
+        {"rank": 2, "class": "B", "similarity": 0.7, "crop_key": "k2"},
+    ]
     rows = [
-        {"image": "/x/one.png", "status": "ok", "predicted": "A", "score": 1.0, "best_similarity": 0.9, "threshold": 0.5, "neighbours": nbs},
-        {"image": "/y/one.png", "status": "unknown", "predicted": "unknown", "score": 1.0, "best_similarity": 0.2, "threshold": 0.5, "neighbours": nbs},
+        {
+            "image": "/x/one.png",
+            "status": "ok",
+            "predicted": "A",
+            "score": 1.0,
+            "best_similarity": 0.9,
+            "threshold": 0.5,
+            "neighbours": nbs,
+        },
+        {
+            "image": "/y/one.png",
+            "status": "unknown",
+            "predicted": "unknown",
+            "score": 1.0,
+            "best_similarity": 0.2,
+            "threshold": 0.5,
+            "neighbours": nbs,
+        },
         {"image": "/z/bad.png", "status": "error", "predicted": None, "neighbours": []},
-        {"image": "e", "status": "ok", "predicted": "l>B", "score": 0.5, "best_similarity": 0.8, "threshold": 0.5, "neighbours": nbs[:1]},
+        {
+            "image": "e",
+            "status": "ok",
+            "predicted": "l>B",
+            "score": 0.5,
+            "best_similarity": 0.8,
+            "threshold": 0.5,
+            "neighbours": nbs[:1],
+        },
     ]
     meta = {
-        "values": {"img_file_name": "in/e.png", "object_id": "e1", "object_annotation_category": "old", "sample_id": "s1", "object_depth": "5", "foo": "x"},
+        "values": {
+            "img_file_name": "in/e.png",
+            "object_id": "e1",
+            "object_annotation_category": "old",
+            "sample_id": "s1",
+            "object_depth": "5",
+            "foo": "x",
+        },
         "types": {"object_depth": "f"},
     }
     columns, out, hints, taken = ecotaxa_rows(rows, [None, None, None, meta], 2)
     assert taken == [0, 1, 3]
-    assert [r["object_id"] for r in out] == ["one", "one_2", "e1"] and [r["img_file_name"] for r in out] == ["images/one.png", "images/one_2.png", "in/e.png"]
+    assert [r["object_id"] for r in out] == ["one", "one_2", "e1"] and [r["img_file_name"] for r in out] == [
+        "images/one.png",
+        "images/one_2.png",
+        "in/e.png",
+    ]
     assert out[0]["object_annotation_category"] == "A" and out[0]["object_annotation_status"] == "predicted"
-    assert "object_annotation_category" not in out[1] and "object_annotation_status" not in out[1]  # unknown: unannotated
+    assert (
+        "object_annotation_category" not in out[1] and "object_annotation_status" not in out[1]
+    )  # unknown: unannotated
     assert out[2]["object_annotation_category"] == "B" and out[2]["object_annotation_hierarchy"] == "l>B"
-    assert out[2]["sample_id"] == "s1" and out[2]["object_depth"] == "5" and "foo" not in columns and hints["object_depth"] == "f"
+    assert (
+        out[2]["sample_id"] == "s1"
+        and out[2]["object_depth"] == "5"
+        and "foo" not in columns
+        and hints["object_depth"] == "f"
+    )
     assert margin(rows[0]) == pytest.approx(0.2) and margin(rows[3]) is None
-    assert hints["object_plankton_threshold"] == "f" and hints["object_plankton_nn1_similarity"] == "f" and "object_plankton_nn1_class" not in hints
+    assert (
+        hints["object_plankton_threshold"] == "f"
+        and hints["object_plankton_nn1_similarity"] == "f"
+        and "object_plankton_nn1_class" not in hints
+    )
     assert len(columns) == len(set(columns)) and all(c == c.lower() for c in columns)
 
 
@@ -259,7 +335,21 @@ def test_export_through_every_stage_grouped_by_sample_and_back(run_cli, tmp_path
     steps = [
         ("crop", "--input", export, "--workers", 1),
         ("stats", "--size", 32, "--split", "0.5,0.25,0.25"),
-        ("supcon", "--model", "test_resnet", "--size", 32, "--epochs", 2, "--batch-size", 16, "--save-every", 1, "--device", "cpu"),
+        (
+            "supcon",
+            "--model",
+            "test_resnet",
+            "--size",
+            32,
+            "--epochs",
+            2,
+            "--batch-size",
+            16,
+            "--save-every",
+            1,
+            "--device",
+            "cpu",
+        ),
         ("linear-sweep",),
         ("evaluate",),
         ("lut",),
@@ -274,7 +364,9 @@ def test_export_through_every_stage_grouped_by_sample_and_back(run_cli, tmp_path
     split_of_sample: dict[str, set] = {}
     for r in splits:
         split_of_sample.setdefault(r["group"], set()).add(r["split"])
-    assert len(split_of_sample) == 4 and all(len(s) == 1 for s in split_of_sample.values())  # a sample never straddles splits
+    assert len(split_of_sample) == 4 and all(
+        len(s) == 1 for s in split_of_sample.values()
+    )  # a sample never straddles splits
     assert {r["source_key"].split("/")[0] for r in splits} == set(split_of_sample)
 
     out = tmp_path / "predictions.zip"

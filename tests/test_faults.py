@@ -101,7 +101,9 @@ def test_a_second_run_of_a_stage_refuses_naming_holder_host_and_age(store):
         return {"parts": 1}
 
     first = threading.Thread(
-        target=lambda: outcome.setdefault("first", run_stage(Stage(name="fault-a", prefix="fault-a", config=ToyConfig, body=slow), ToyConfig(), store))
+        target=lambda: outcome.setdefault(
+            "first", run_stage(Stage(name="fault-a", prefix="fault-a", config=ToyConfig, body=slow), ToyConfig(), store)
+        )
     )
     first.start()
     try:
@@ -209,7 +211,9 @@ def test_cli_second_run_exits_75_with_one_line(tmp_path, run_cli, stats_root):
         result = run_cli("stats", "--root", stats_root, "--force")
     assert result.exit_code == EXIT_INTERRUPTED
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith(f"plankton stats: error: stats is already running on {open_store(stats_root).uri}: run holder-run on host ")
+    assert lines[-1].startswith(
+        f"plankton stats: error: stats is already running on {open_store(stats_root).uri}: run holder-run on host "
+    )
 
 
 # --- 2: content-aware listing and decode cache ----------------------------------------------------------
@@ -232,7 +236,9 @@ def test_crop_fingerprint_sees_a_same_size_edit(tmp_path):
     source.write_bytes("cls/a.png", encode_png(np.full((8, 8), 10, np.uint8)))
     first = input_fingerprint(source)
     time.sleep(0.01)
-    source.write_bytes("cls/a.png", encode_png(np.full((8, 8), 200, np.uint8)))  # same size: constant images compress alike
+    source.write_bytes(
+        "cls/a.png", encode_png(np.full((8, 8), 200, np.uint8))
+    )  # same size: constant images compress alike
     assert source.size("cls/a.png") == len(encode_png(np.full((8, 8), 10, np.uint8)))
     assert input_fingerprint(source) != first
 
@@ -318,7 +324,9 @@ def test_a_body_store_error_is_reported_not_the_metrics_write(s3_root, monkeypat
         _fail_operation(store._client, "PutObject", 500, [])  # S3 goes away mid-run
         ctx.root.write_bytes(ctx.key("checkpoints/epoch_0001.pt"), b"weights")
 
-    with pytest.raises(TransientStoreError, match=r"^S3 write of .*/fault-a/checkpoints/epoch_0001.pt failed after 2 attempts"):
+    with pytest.raises(
+        TransientStoreError, match=r"^S3 write of .*/fault-a/checkpoints/epoch_0001.pt failed after 2 attempts"
+    ):
         run_stage(Stage(name="fault-a", prefix="fault-a", config=ToyConfig, body=body), ToyConfig(), store, force=True)
 
 
@@ -433,7 +441,9 @@ def test_supcon_batch_larger_than_the_split_keeps_the_last_checkpoints(stats_roo
 # --- 6: disk full, read-only ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("code", "words"), [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system")])
+@pytest.mark.parametrize(
+    ("code", "words"), [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system")]
+)
 def test_disk_full_or_read_only_is_one_line_naming_the_path(tmp_path, monkeypatch, code, words):
     store = open_store(str(tmp_path / "artifacts"))
     run("fault-a", store)
@@ -448,7 +458,10 @@ def test_disk_full_or_read_only_is_one_line_naming_the_path(tmp_path, monkeypatc
 
     with pytest.raises(StoreError) as err:
         run_stage(Stage(name="fault-a", prefix="fault-a", config=ToyConfig, body=body), ToyConfig(), store, force=True)
-    assert str(err.value) == f"cannot write {tmp_path / 'artifacts' / 'fault-a' / 'checkpoints' / 'epoch_0001.pt'}: {words}"
+    assert (
+        str(err.value)
+        == f"cannot write {tmp_path / 'artifacts' / 'fault-a' / 'checkpoints' / 'epoch_0001.pt'}: {words}"
+    )
     assert err.value.exit_code == EXIT_BAD_INPUT
 
 
@@ -473,7 +486,10 @@ def test_a_stage_whose_upstream_changed_since_is_stale_for_its_downstream(store)
     with pytest.raises(UpstreamNotReadyError) as err:
         run("fault-c", store)
     assert err.value.exit_code == EXIT_UPSTREAM
-    assert str(err.value) == "upstream stage 'fault-b' is stale: 'fault-a' changed since it ran; rerun `plankton fault-b` first"
+    assert (
+        str(err.value)
+        == "upstream stage 'fault-b' is stale: 'fault-a' changed since it ran; rerun `plankton fault-b` first"
+    )
     run("fault-b", store)
     assert not run("fault-c", store).up_to_date
 

@@ -208,7 +208,13 @@ def test_16_bit_decoding_memory_stays_near_the_frame():
         print(len(data), out.shape, grew * 1024 / out.size)
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     size, per_pixel = int(result.stdout.split()[0]), float(result.stdout.split()[-1])
     assert size < 1_000_000
     assert per_pixel < 5.0, result.stdout

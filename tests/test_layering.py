@@ -102,7 +102,9 @@ def fake_tree(tmp_path: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "__init__.py").write_text("")
     (pkg / "shared.py").write_text("import json\n")
-    (pkg / "alpha" / "stage.py").write_text("from ..shared import json\nfrom . import helpers\nfrom .helpers import x\n")
+    (pkg / "alpha" / "stage.py").write_text(
+        "from ..shared import json\nfrom . import helpers\nfrom .helpers import x\n"
+    )
     (pkg / "alpha" / "helpers.py").write_text("x = 1\n")
     (pkg / "beta" / "inner" / "deep.py").write_text("from ...shared import json\n")
     return tmp_path
@@ -125,7 +127,11 @@ def test_a_clean_tree_has_no_violations(fake_tree):
         ("alpha/stage.py", "from plankton_core.beta.stage import body\n", "plankton_core.beta.stage"),
         ("alpha/__init__.py", "from ..beta.stage import body\n", "plankton_core.beta.stage"),
         ("alpha/stage.py", "def late():\n    from ..beta import stage\n    return stage\n", "plankton_core.beta"),
-        ("beta/inner/deep.py", "class C:\n    def m(self):\n        from ...alpha.helpers import x\n", "plankton_core.alpha.helpers"),
+        (
+            "beta/inner/deep.py",
+            "class C:\n    def m(self):\n        from ...alpha.helpers import x\n",
+            "plankton_core.alpha.helpers",
+        ),
     ],
 )
 def test_a_stage_importing_another_is_caught(fake_tree, path, source, target):
@@ -136,7 +142,13 @@ def test_a_stage_importing_another_is_caught(fake_tree, path, source, target):
 
 
 @pytest.mark.parametrize(
-    "source", ["import click\n", "from click import echo\n", "def f():\n    import kubernetes.client\n", "from kubernetes import client\n"]
+    "source",
+    [
+        "import click\n",
+        "from click import echo\n",
+        "def f():\n    import kubernetes.client\n",
+        "from kubernetes import client\n",
+    ],
 )
 def test_click_or_kubernetes_anywhere_in_plankton_core_is_caught(fake_tree, source):
     (fake_tree / PACKAGE / "shared.py").write_text(source)
@@ -145,5 +157,7 @@ def test_click_or_kubernetes_anywhere_in_plankton_core_is_caught(fake_tree, sour
 
 
 def test_shared_modules_may_be_imported_by_every_stage(fake_tree):
-    (fake_tree / PACKAGE / "beta" / "stage.py").write_text("from ..shared import json\nfrom plankton_core import shared\n")
+    (fake_tree / PACKAGE / "beta" / "stage.py").write_text(
+        "from ..shared import json\nfrom plankton_core import shared\n"
+    )
     assert violations(fake_tree, STAGE_PACKAGES) == []

@@ -29,7 +29,12 @@ def test_generated_usage_lists_every_option_of_the_help():
     for name, command in commands.items():
         block = usage.usage(name, command)
         for param in command.params:
-            if getattr(param, "opts", None) and param.name not in usage.COMMON and not getattr(param, "hidden", False) and param.param_type_name == "option":
+            if (
+                getattr(param, "opts", None)
+                and param.name not in usage.COMMON
+                and not getattr(param, "hidden", False)
+                and param.param_type_name == "option"
+            ):
                 assert max(param.opts, key=len) in block, f"{name}: {param.opts} missing from its README usage"
 
 

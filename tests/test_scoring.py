@@ -33,7 +33,9 @@ def naive_replicates(y, p, n_classes, hits, reps, seed):
     members = {c: np.flatnonzero(y == c) for c in np.unique(y)}
     out = []
     for _ in range(reps):
-        idx = np.concatenate([members[c][rng.integers(0, len(members[c]), size=len(members[c]))] for c in sorted(members)])
+        idx = np.concatenate(
+            [members[c][rng.integers(0, len(members[c]), size=len(members[c]))] for c in sorted(members)]
+        )
         m = classification_metrics(y[idx], p[idx], n_classes)
         m["top5_accuracy"] = float(hits[idx].mean())
         out.append(m)
@@ -65,7 +67,9 @@ def test_bootstrap_equals_a_naive_loop(seed):
     rows = next(stratified_indices(y, 40, np.random.default_rng(seed)))
     batched = bootstrap_replicates(y, p, n_classes, hits, reps=40, seed=seed)
     for r, idx in enumerate(rows):
-        assert batched["macro_f1"][r] == pytest.approx(classification_metrics(y[idx], p[idx], n_classes)["macro_f1"], abs=1e-12)
+        assert batched["macro_f1"][r] == pytest.approx(
+            classification_metrics(y[idx], p[idx], n_classes)["macro_f1"], abs=1e-12
+        )
         np.testing.assert_array_equal(np.bincount(y[idx], minlength=n_classes), np.bincount(y, minlength=n_classes))
 
 
@@ -78,7 +82,9 @@ def test_bootstrap_known_cases():
     y1 = np.zeros(100, dtype=np.int64)
     p1 = np.where(np.arange(100) < 80, 0, 1)
     reps = bootstrap_replicates(y1, p1, 2, reps=4000, seed=0)
-    assert reps["accuracy"].mean() == pytest.approx(0.8, abs=0.005) and reps["accuracy"].std() == pytest.approx(0.04, abs=0.004)
+    assert reps["accuracy"].mean() == pytest.approx(0.8, abs=0.005) and reps["accuracy"].std() == pytest.approx(
+        0.04, abs=0.004
+    )
     lo, hi = percentile_interval(reps["accuracy"])
     assert lo == pytest.approx(0.72, abs=0.011) and hi == pytest.approx(0.88, abs=0.011)
     # the same seed gives the same interval; another seed a slightly different one

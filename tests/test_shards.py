@@ -24,7 +24,16 @@ def shard_set(tmp_path) -> ShardSet:
     return ShardSet(open_store(str(tmp_path / "root")), "demo", "demo")
 
 
-def write(shard_set: ShardSet, index: int, count: int, digest: str = "d1", config=CONFIG, upstream=UPSTREAM, fingerprint=FINGERPRINT, rows=None):
+def write(
+    shard_set: ShardSet,
+    index: int,
+    count: int,
+    digest: str = "d1",
+    config=CONFIG,
+    upstream=UPSTREAM,
+    fingerprint=FINGERPRINT,
+    rows=None,
+):
     table = pa.table({"i": [index]}) if rows is None else rows
     return shard_set.write(
         index,
@@ -47,7 +56,11 @@ def write(shard_set: ShardSet, index: int, count: int, digest: str = "d1", confi
         ((2, 4), {}, (2, 4)),
         ((None, None), {"JOB_COMPLETION_INDEX": "3", "NUM_SHARDS": "5"}, (3, 5)),
         ((None, None), {"JOB_COMPLETION_INDEX": "1", "JOB_COMPLETIONS": "2"}, (1, 2)),
-        ((None, None), {"JOB_COMPLETION_INDEX": "1", "NUM_SHARDS": "3", "JOB_COMPLETIONS": "9"}, (1, 3)),  # NUM_SHARDS first
+        (
+            (None, None),
+            {"JOB_COMPLETION_INDEX": "1", "NUM_SHARDS": "3", "JOB_COMPLETIONS": "9"},
+            (1, 3),
+        ),  # NUM_SHARDS first
         ((0, 2), {"JOB_COMPLETION_INDEX": "1", "NUM_SHARDS": "3"}, (0, 2)),  # flags win
         ((None, None), {"JOB_COMPLETION_INDEX": " ", "NUM_SHARDS": ""}, (0, 1)),  # blank is unset
     ],
@@ -61,7 +74,11 @@ def test_resolve_shard(flags, env, expected):
     [
         ((None, 0), {}, "the shard count must be at least 1, not 0"),
         ((3, 3), {}, "shard index 3 is out of range for 3 shard(s)"),
-        ((None, None), {"JOB_COMPLETION_INDEX": "2"}, "shard index 2 is out of range for 1 shard(s) (set --num-shards or $NUM_SHARDS"),
+        (
+            (None, None),
+            {"JOB_COMPLETION_INDEX": "2"},
+            "shard index 2 is out of range for 1 shard(s) (set --num-shards or $NUM_SHARDS",
+        ),
         ((None, None), {"NUM_SHARDS": "four"}, "$NUM_SHARDS='four' is not an integer"),
     ],
 )
@@ -85,7 +102,9 @@ def test_shard_of_is_stable_in_range_and_spreads_keys():
 def test_write_puts_rows_then_the_record(shard_set):
     record = write(shard_set, 1, 2)
     root = shard_set.root
-    assert record.rows_key == "demo/shards/1-of-2.parquet" and read_parquet(root, record.rows_key).to_pylist() == [{"i": 1}]
+    assert record.rows_key == "demo/shards/1-of-2.parquet" and read_parquet(root, record.rows_key).to_pylist() == [
+        {"i": 1}
+    ]
     stored = read_json(root, "demo/shards/1-of-2.json")
     assert stored["digest"] == "d1" and stored["counts"] == {"rows": 1} and stored["extra"] == {"best": 1}
     assert stored["upstream"] == UPSTREAM and stored["config"] == CONFIG and stored["fingerprint"] == FINGERPRINT
@@ -98,9 +117,13 @@ def test_rows_may_be_a_local_parquet_file_or_none(shard_set, tmp_path):
 
     local = tmp_path / "rows.parquet"
     pq.write_table(pa.table({"i": [7, 8]}), local)
-    record = shard_set.write(0, 2, ShardOutput(rows=local), digest="d1", upstream=UPSTREAM, fingerprint=None, config=CONFIG)
+    record = shard_set.write(
+        0, 2, ShardOutput(rows=local), digest="d1", upstream=UPSTREAM, fingerprint=None, config=CONFIG
+    )
     assert read_parquet(shard_set.root, record.rows_key).column("i").to_pylist() == [7, 8]
-    record = shard_set.write(1, 2, ShardOutput(rows=None), digest="d1", upstream=UPSTREAM, fingerprint=None, config=CONFIG)
+    record = shard_set.write(
+        1, 2, ShardOutput(rows=None), digest="d1", upstream=UPSTREAM, fingerprint=None, config=CONFIG
+    )
     assert record.rows_key is None and not shard_set.root.exists("demo/shards/1-of-2.parquet")
 
 
@@ -133,21 +156,28 @@ def test_complete_ignores_an_older_incomplete_set_beside_a_complete_one(shard_se
 
 
 def test_no_parts_is_upstream_not_ready(shard_set):
-    with pytest.raises(UpstreamNotReadyError, match="no demo shard parts under .*: run `plankton demo --shard-index I --num-shards N`"):
+    with pytest.raises(
+        UpstreamNotReadyError, match="no demo shard parts under .*: run `plankton demo --shard-index I --num-shards N`"
+    ):
         shard_set.complete("d1", UPSTREAM, FINGERPRINT, CONFIG)
 
 
 def test_missing_shards_are_named(shard_set):
     write(shard_set, 1, 4)
     write(shard_set, 3, 4)
-    with pytest.raises(UpstreamNotReadyError, match=r"demo shards incomplete: 2 of 4 done, missing shard index\(es\) 0, 2; run those shards"):
+    with pytest.raises(
+        UpstreamNotReadyError,
+        match=r"demo shards incomplete: 2 of 4 done, missing shard index\(es\) 0, 2; run those shards",
+    ):
         shard_set.complete("d1", UPSTREAM, FINGERPRINT, CONFIG)
 
 
 def test_parts_of_another_config_are_bad_input_naming_the_difference(shard_set):
     for index in (0, 1):
         write(shard_set, index, 2, digest="old", config={"size": 32})
-    with pytest.raises(BadInputError, match=r"demo shard \d-of-2 under .* was made from a different config \(size 32 vs 64 now\)"):
+    with pytest.raises(
+        BadInputError, match=r"demo shard \d-of-2 under .* was made from a different config \(size 32 vs 64 now\)"
+    ):
         shard_set.complete("d1", UPSTREAM, FINGERPRINT, CONFIG)
 
 
@@ -173,7 +203,9 @@ def test_a_missing_shard_redone_with_another_config_is_named(shard_set):
 
 def test_a_record_that_is_not_a_part_is_bad_input(shard_set):
     write_json(shard_set.root, "demo/shards/0-of-1.json", {"index": 0, "bogus": 1})
-    with pytest.raises(BadInputError, match="demo/shards/0-of-1.json is not a demo shard record .* delete it and rerun that shard"):
+    with pytest.raises(
+        BadInputError, match="demo/shards/0-of-1.json is not a demo shard record .* delete it and rerun that shard"
+    ):
         shard_set.records()
 
 

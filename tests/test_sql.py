@@ -23,7 +23,14 @@ lut_env = lut_fixtures.lut_env
 
 
 def test_group_by_matches_the_gallery_table(lut_env, run_cli):
-    res = run_cli("sql", "--root", lut_env.uri, "--format", "csv", "SELECT class, count(*) AS n FROM gallery GROUP BY 1 ORDER BY 1")
+    res = run_cli(
+        "sql",
+        "--root",
+        lut_env.uri,
+        "--format",
+        "csv",
+        "SELECT class, count(*) AS n FROM gallery GROUP BY 1 ORDER BY 1",
+    )
     assert res.exit_code == 0, res.output
     store = open_store(lut_env.uri, lut_env.endpoint)
     want = Counter(read_parquet(store, "lut/gallery.parquet").column("class").to_pylist())
@@ -38,10 +45,24 @@ def test_join_across_views_and_table_output(lut_env, run_cli):
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
     assert lines[0].split() == ["split", "n"] and lines[1].split() == ["test", "18"] and len(lines) == 2
-    res = run_cli("sql", "--root", lut_env.uri, "--format", "jsonl", "SELECT threshold, gallery_size FROM prune_sweep WHERE chosen")
+    res = run_cli(
+        "sql",
+        "--root",
+        lut_env.uri,
+        "--format",
+        "jsonl",
+        "SELECT threshold, gallery_size FROM prune_sweep WHERE chosen",
+    )
     [row] = [json.loads(line) for line in res.stdout.splitlines()]
     assert 0.8 <= row["threshold"] <= 1.0
-    res = run_cli("sql", "--root", lut_env.uri, "--format", "jsonl", "SELECT count(*) AS n FROM manifest m JOIN gallery g USING (crop_key) WHERE m.x0 = g.x0")
+    res = run_cli(
+        "sql",
+        "--root",
+        lut_env.uri,
+        "--format",
+        "jsonl",
+        "SELECT count(*) AS n FROM manifest m JOIN gallery g USING (crop_key) WHERE m.x0 = g.x0",
+    )
     assert json.loads(res.stdout)["n"] == 54
 
 
@@ -75,7 +96,14 @@ def test_sql_errors_exit_2_with_a_clear_message(lut_env, run_cli):
 
 def test_results_to_a_file(lut_env, run_cli, tmp_path):
     out = tmp_path / "by_split.parquet"
-    res = run_cli("sql", "--root", lut_env.uri, "--out", str(out), "SELECT split, count(*) AS n FROM gallery GROUP BY 1 ORDER BY 1")
+    res = run_cli(
+        "sql",
+        "--root",
+        lut_env.uri,
+        "--out",
+        str(out),
+        "SELECT split, count(*) AS n FROM gallery GROUP BY 1 ORDER BY 1",
+    )
     assert res.exit_code == 0, res.output
     import pyarrow.parquet as pq
 
@@ -93,7 +121,10 @@ def test_max_rows_cuts_the_text_table(lut_env, run_cli):
     "query,expected",
     [
         ("SELECT * FROM gallery", ["gallery"]),
-        ("select g.class from GALLERY g join Predictions p using (crop_key)", ["predictions", "gallery"]),  # pipeline order
+        (
+            "select g.class from GALLERY g join Predictions p using (crop_key)",
+            ["predictions", "gallery"],
+        ),  # pipeline order
         ("SHOW TABLES", None),
     ],
 )
@@ -114,7 +145,11 @@ def test_views_come_from_the_registry():
         for name, key in stage.views.items():
             assert got[name] == f"{stage.prefix}/{key}" and produced_by()[name] == stage.name
     assert got["gallery"] == "lut/gallery.parquet" and produced_by()["prune_sweep"] == "lut"
-    register(Stage(name="toy-sql", prefix="toy_sql", config=dict, body=lambda cfg, ctx: {}, views={"toy_rows": "rows.parquet"}))
+    register(
+        Stage(
+            name="toy-sql", prefix="toy_sql", config=dict, body=lambda cfg, ctx: {}, views={"toy_rows": "rows.parquet"}
+        )
+    )
     try:
         assert views()["toy_rows"] == "toy_sql/rows.parquet" and produced_by()["toy_rows"] == "toy-sql"
         assert "toy_rows" in referenced_views("SHOW TABLES")
@@ -149,7 +184,14 @@ def test_one_statement_only(tmp_path, run_cli):
 
 def test_timeout_stops_a_long_query(tmp_path, run_cli):
     t0 = time.monotonic()
-    res = run_cli("sql", "--root", str(tmp_path), "--timeout", "0.5", "SELECT sum(a.range * b.range) FROM range(200000) a, range(200000) b")
+    res = run_cli(
+        "sql",
+        "--root",
+        str(tmp_path),
+        "--timeout",
+        "0.5",
+        "SELECT sum(a.range * b.range) FROM range(200000) a, range(200000) b",
+    )
     assert res.exit_code == 2 and res.stderr.strip() == "plankton sql: error: SQL query stopped after --timeout 0.5s"
     assert time.monotonic() - t0 < 20
 

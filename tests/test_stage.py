@@ -124,7 +124,17 @@ def test_toy_stage_gets_a_command_with_its_generated_options(toy, run_cli):
     assert "toy" in result.stdout and "toy-seed" in result.stdout
     result = run_cli("toy", "--help")
     assert result.exit_code == 0, result.output
-    for flag in ("--count", "--workers", "--root", "--config", "--force", "--s3-endpoint", "--shard-index", "--num-shards", "--merge"):
+    for flag in (
+        "--count",
+        "--workers",
+        "--root",
+        "--config",
+        "--force",
+        "--s3-endpoint",
+        "--shard-index",
+        "--num-shards",
+        "--merge",
+    ):
         assert flag in result.stdout, flag
     assert "How many numbers to write. [6]" in " ".join(result.stdout.split())
 
@@ -152,7 +162,10 @@ def test_toy_command_without_its_upstream_exits_3(toy, run_cli, tmp_path):
     assert "run `plankton toy-seed` first" in result.stderr
 
 
-@pytest.mark.parametrize(("args", "flag"), [(["--count", "0"], "--count"), (["--count", "1001"], "--count"), (["--workers", "-1"], "--workers")])
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [(["--count", "0"], "--count"), (["--count", "1001"], "--count"), (["--workers", "-1"], "--workers")],
+)
 def test_toy_command_with_an_out_of_range_value_exits_2_on_one_line_naming_the_flag(toy, run_cli, tmp_path, args, flag):
     root = str(tmp_path / "root")
     run_cli("toy-seed", "--root", root)
@@ -299,7 +312,9 @@ def test_a_shard_run_unfinishes_the_merged_stage(seeded):
 
 def test_merge_refuses_an_incomplete_set_with_exit_3(seeded):
     run_stage("toy", ToyConfig(count=6), seeded, shard_index=0, num_shards=2)
-    with pytest.raises(UpstreamNotReadyError, match=r"toy shards incomplete: 1 of 2 done, missing shard index\(es\) 1") as exc:
+    with pytest.raises(
+        UpstreamNotReadyError, match=r"toy shards incomplete: 1 of 2 done, missing shard index\(es\) 1"
+    ) as exc:
         run_stage("toy", ToyConfig(count=6), seeded, merge=True)
     assert exc.value.exit_code == 3
     assert not seeded.exists("toy/_SUCCESS")
@@ -361,7 +376,18 @@ def test_run_json_records_what_the_contract_knows(seeded):
     run_stage("toy", load_config(ToyConfig, None, {"count": 2}), seeded)
     recorded = read_json(seeded, "toy/" + RUN_JSON)
     assert recorded["stage"] == "toy" and len(recorded["digest"]) == 64
-    assert set(recorded) >= {"run_id", "config", "version", "git_commit", "inputs", "fingerprint", "counts", "timings", "host", "notes"}
+    assert set(recorded) >= {
+        "run_id",
+        "config",
+        "version",
+        "git_commit",
+        "inputs",
+        "fingerprint",
+        "counts",
+        "timings",
+        "host",
+        "notes",
+    }
     assert seeded.exists("toy/" + SUCCESS)
 
 

@@ -36,7 +36,12 @@ def _toy_upstream_registered():
 
 def toy(body, upstream=(UP.name,), fingerprint=None) -> Stage:
     return Stage(
-        name="toy", prefix="toy", config=ToyConfig, body=body, upstream=upstream, fingerprint=None if fingerprint is None else (lambda cfg, ctx: fingerprint)
+        name="toy",
+        prefix="toy",
+        config=ToyConfig,
+        body=body,
+        upstream=upstream,
+        fingerprint=None if fingerprint is None else (lambda cfg, ctx: fingerprint),
     )
 
 
@@ -80,7 +85,10 @@ def test_refuses_to_start_without_upstream_success_and_names_it(store):
     with pytest.raises(UpstreamNotReadyError) as err:
         run_stage(toy(toy_body(calls)), ToyConfig(), store)
     assert err.value.exit_code == EXIT_UPSTREAM == 3
-    assert f"upstream stage 'toy-up' has not finished: no {store.uri}/toy-up/_SUCCESS; run `plankton toy-up` first" == str(err.value)
+    assert (
+        f"upstream stage 'toy-up' has not finished: no {store.uri}/toy-up/_SUCCESS; run `plankton toy-up` first"
+        == str(err.value)
+    )
     assert calls == [] and list(store.list("toy")) == []
 
 
@@ -93,7 +101,19 @@ def test_outputs_then_run_json_then_success_last(store):
     assert rec.events[0] == ("delete", "toy/_SUCCESS")  # an old marker goes before any output is touched
     assert not result.up_to_date and result.counts == {"parts": 2} and result.notes == ["a note"]
     run = read_json(store, "toy/run.json")
-    assert {"stage", "run_id", "config", "version", "git_commit", "inputs", "digest", "counts", "timings", "host", "notes"} <= set(run)
+    assert {
+        "stage",
+        "run_id",
+        "config",
+        "version",
+        "git_commit",
+        "inputs",
+        "digest",
+        "counts",
+        "timings",
+        "host",
+        "notes",
+    } <= set(run)
     assert run["config"] == {"n": 2, "workers": 1} and run["counts"] == {"parts": 2}
     assert run["inputs"] == {"toy-up": read_json(store, "toy-up/run.json")["digest"]}
     assert run["timings"]["seconds"] >= 0 and run["git_commit"]

@@ -210,7 +210,11 @@ def test_concurrent_writers_leave_one_whole_object(store):
 @pytest.fixture
 def small_multipart(monkeypatch):
     """Multipart from 5 MiB (the S3 minimum part size) instead of 64 MiB, so a test object of a few MiB uses it."""
-    monkeypatch.setattr(store_module, "_transfer_config", lambda: TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20, max_concurrency=2))
+    monkeypatch.setattr(
+        store_module,
+        "_transfer_config",
+        lambda: TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20, max_concurrency=2),
+    )
 
 
 def test_large_objects_go_multipart_and_stream_back(store, tmp_path, small_multipart):
@@ -307,7 +311,9 @@ def test_no_credentials(s3_bucket, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with pytest.raises(StoreError, match=r"^no S3 credentials for s3://.*: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY$"):
+    with pytest.raises(
+        StoreError, match=r"^no S3 credentials for s3://.*: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY$"
+    ):
         open_store(f"s3://{s3_bucket}/x")
 
 
@@ -322,7 +328,9 @@ def test_unreachable_endpoint(monkeypatch):
     port = _closed_port()
     with pytest.raises(TransientStoreError) as err:
         open_store("s3://bucket/x", s3_endpoint=f"http://127.0.0.1:{port}")
-    assert str(err.value).startswith(f"cannot reach S3 endpoint http://127.0.0.1:{port} for s3://bucket after 2 attempts: Could not connect")
+    assert str(err.value).startswith(
+        f"cannot reach S3 endpoint http://127.0.0.1:{port} for s3://bucket after 2 attempts: Could not connect"
+    )
     assert err.value.exit_code == 75
     assert "\n" not in str(err.value)
 

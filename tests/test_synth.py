@@ -12,7 +12,16 @@ from plankton_core.config import load_config
 from plankton_core.errors import BadInputError
 from plankton_core.imageio import decode_image
 from plankton_core.store import open_store
-from plankton_core.synth import FORMATS, SHAPES, SynthConfig, class_counts, encode_frame, generate, object_mask, render_frame
+from plankton_core.synth import (
+    FORMATS,
+    SHAPES,
+    SynthConfig,
+    class_counts,
+    encode_frame,
+    generate,
+    object_mask,
+    render_frame,
+)
 from plankton_core.tables import read_parquet
 
 SMALL = dict(classes=4, per_class=10, size=64, seed=7)
@@ -123,7 +132,14 @@ def test_formats_decode_to_the_frame(fmt):
     frame, _ = render_frame("diatom", np.random.default_rng(1), 48, True, 1, 0.0, 4.0)
     data, suffix = encode_frame(frame, fmt)
     img = Image.open(io.BytesIO(data))
-    expected_mode = {"png16": ("I;16", "I"), "tiff16": ("I;16",), "rgb": ("RGB",), "rgba": ("RGBA",), "la": ("LA",), "1bit": ("1",)}
+    expected_mode = {
+        "png16": ("I;16", "I"),
+        "tiff16": ("I;16",),
+        "rgb": ("RGB",),
+        "rgba": ("RGBA",),
+        "la": ("LA",),
+        "1bit": ("1",),
+    }
     assert img.mode in expected_mode.get(fmt, ("L",))
     assert suffix == {"tiff": ".tif", "tiff16": ".tif", "jpeg": ".jpg"}.get(fmt, ".png")
     arr = decode_image(data)
@@ -152,7 +168,23 @@ def test_bad_config():
 
 
 def test_cli_local_and_s3(run_cli, root_uri):
-    result = run_cli("synth", "--out", root_uri, "--classes", 3, "--per-class", 6, "--size", 48, "--mode", "both", "--seed", 4, "--formats", "png,tiff,jpeg")
+    result = run_cli(
+        "synth",
+        "--out",
+        root_uri,
+        "--classes",
+        3,
+        "--per-class",
+        6,
+        "--size",
+        48,
+        "--mode",
+        "both",
+        "--seed",
+        4,
+        "--formats",
+        "png,tiff,jpeg",
+    )
     assert result.exit_code == 0, result.output
     assert "frames" in result.stdout and "3 classes" in result.stdout
     store = open_store(root_uri)
@@ -173,7 +205,19 @@ def test_vignettes_one_object_each_with_every_case(tmp_path):
     store = open_store(str(tmp_path / "one"))
     counts = generate(store, SynthConfig(kind="vignettes", classes=4, per_class=12, imbalance=1.0, seed=3))
     gt = read_parquet(store, "ground_truth.parquet")
-    assert gt.column_names == ["image_key", "class", "case", "x0", "y0", "x1", "y1", "width", "height", "touches_border", "dark_field"]
+    assert gt.column_names == [
+        "image_key",
+        "class",
+        "case",
+        "x0",
+        "y0",
+        "x1",
+        "y1",
+        "width",
+        "height",
+        "touches_border",
+        "dark_field",
+    ]
     rows = gt.to_pylist()
     assert counts["frames"] == counts["objects"] == len(rows) == len(_files(store)) == 48
     assert len({r["image_key"] for r in rows}) == 48  # one object per image

@@ -52,7 +52,9 @@ def sigterm_during_call(monkeypatch: pytest.MonkeyPatch, module: Any, name: str,
     monkeypatch.setattr(module, name, signalling)
 
 
-def assert_same_parts(a: dict, b: dict, parts: Iterable[str] = ("model", "head"), optional: Iterable[str] = (), atol: float = 0.0) -> None:
+def assert_same_parts(
+    a: dict, b: dict, parts: Iterable[str] = ("model", "head"), optional: Iterable[str] = (), atol: float = 0.0
+) -> None:
     """The state dicts under `parts` (and under `optional` when either checkpoint has them) agree: exactly, or floats within atol."""
     present = [p for p in optional if p in a or p in b]
     for part in [*parts, *present]:
@@ -60,6 +62,10 @@ def assert_same_parts(a: dict, b: dict, parts: Iterable[str] = ("model", "head")
         for k in a[part]:
             x, y = a[part][k], b[part][k]
             if atol == 0.0 or not x.is_floating_point():
-                assert torch.equal(x, y), f"{part}.{k} differs" + (f" by {(x.double() - y.double()).abs().max().item()}" if x.shape == y.shape else "")
+                assert torch.equal(x, y), f"{part}.{k} differs" + (
+                    f" by {(x.double() - y.double()).abs().max().item()}" if x.shape == y.shape else ""
+                )
             else:
-                assert torch.allclose(x.double(), y.double(), atol=atol, rtol=0), f"{part}.{k} differs by {(x.double() - y.double()).abs().max().item()}"
+                assert torch.allclose(x.double(), y.double(), atol=atol, rtol=0), (
+                    f"{part}.{k} differs by {(x.double() - y.double()).abs().max().item()}"
+                )

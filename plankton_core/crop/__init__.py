@@ -41,7 +41,16 @@ _SEGMENTING = {
     "ThresholdSegmenter": ".threshold",
 }
 
-__all__ = ["STAGE", "CropConfig", "CropResult", "Detection", "ThresholdSegmenter", "extract_crops", "make_segmenter", "recorded_config"]
+__all__ = [
+    "STAGE",
+    "CropConfig",
+    "CropResult",
+    "Detection",
+    "ThresholdSegmenter",
+    "extract_crops",
+    "make_segmenter",
+    "recorded_config",
+]
 
 
 def __getattr__(name: str) -> Any:

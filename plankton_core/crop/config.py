@@ -23,29 +23,46 @@ class CropConfig:
     """
 
     input: str = option(
-        "", "Class-folder tree of images <class>/<image>, or an EcoTaxa export (.zip or folder of ecotaxa_*.tsv): a path, file:// or s3://.", metavar="URI"
+        "",
+        "Class-folder tree of images <class>/<image>, or an EcoTaxa export (.zip or folder of ecotaxa_*.tsv): a path, file:// or s3://.",
+        metavar="URI",
     )
     objects: Literal["auto", "frames", "single"] = option(
         "auto",
         "frames: many objects per image, border-cut ones dropped; single: each image is one object (a vignette); "
         "auto: chosen per image (single for EcoTaxa input).",
     )
-    label_column: str = option("object_annotation_category", "EcoTaxa input: the column holding the class.", metavar="NAME")
-    label_depth: int = option(0, "EcoTaxa input: cut a >-separated hierarchy label after this many levels; 0 = whole.", ge=0)
-    statuses: str = option("validated", "EcoTaxa input: annotation statuses to take, comma-separated (validated, predicted, dubious, unclassified).")
-    min_per_class: int = option(1, "EcoTaxa input: classes with fewer objects are reported and left out (rows excluded).", ge=1)
+    label_column: str = option(
+        "object_annotation_category", "EcoTaxa input: the column holding the class.", metavar="NAME"
+    )
+    label_depth: int = option(
+        0, "EcoTaxa input: cut a >-separated hierarchy label after this many levels; 0 = whole.", ge=0
+    )
+    statuses: str = option(
+        "validated",
+        "EcoTaxa input: annotation statuses to take, comma-separated (validated, predicted, dubious, unclassified).",
+    )
+    min_per_class: int = option(
+        1, "EcoTaxa input: classes with fewer objects are reported and left out (rows excluded).", ge=1
+    )
     segmenter: Literal["threshold", "sam2", "detector"] = option(
         "threshold", "threshold (default), sam2 (needs plankton[sam2]) or detector (a `plankton detect` checkpoint)."
     )
-    edge_margin: int = option(2, "Objects within this many pixels of the frame border are cut (status edge); 0 keeps them.", ge=0)
+    edge_margin: int = option(
+        2, "Objects within this many pixels of the frame border are cut (status edge); 0 keeps them.", ge=0
+    )
     min_area: int = option(30, "Objects with fewer pixels are too_small.", ge=1)
     pad: int = option(4, "Background pixels kept around each object's box.", ge=0)
     min_contrast: float = option(12.0, "Grey levels an object must stand out of the background.")
     smooth: float = option(1.0, "Gaussian sigma before thresholding, 0 = none.")
     noise_k: float = option(4.0, "The threshold is at least background + k × noise sigma.")
     merge_gap: int = option(4, "single: foreground parts closer than this many pixels are one object.", ge=0)
-    edge_fraction: float = option(0.3, "An object's outline: pixels above this fraction of its peak contrast.", gt=0.0, lt=1.0)
-    binning: int = option(0, "Search objects on frames shrunk this many times (boxes measured at full size); 0 = by frame size.", ge=0)
+    edge_fraction: float = option(
+        0.3, "An object's outline: pixels above this fraction of its peak contrast.", gt=0.0, lt=1.0
+    )
+    binning: int = option(
+        0, "Search objects on frames shrunk this many times (boxes measured at full size); 0 = by frame size.", ge=0
+    )
     speck_area: int = option(4, "Components smaller than this are noise, not objects.", ge=1)
     max_bad_fraction: float = option(0.05, "Fail when more of the input is unreadable.", ge=0.0, le=1.0)
     max_pixels: int = option(
@@ -54,8 +71,12 @@ class CropConfig:
         ge=1,
         le=PIL_HARD_LIMIT,
     )
-    sam2_checkpoint: str = option("", "SAM2 checkpoint URI (path, file:// or s3://), for --segmenter sam2.", metavar="URI")
-    detector_checkpoint: str = option("", "Detector checkpoint URI (detect/ckpt/best.pt), for --segmenter detector.", metavar="URI")
+    sam2_checkpoint: str = option(
+        "", "SAM2 checkpoint URI (path, file:// or s3://), for --segmenter sam2.", metavar="URI"
+    )
+    detector_checkpoint: str = option(
+        "", "Detector checkpoint URI (detect/ckpt/best.pt), for --segmenter detector.", metavar="URI"
+    )
     detector_score: float = option(0.5, "--segmenter detector: keep boxes scoring at least this.", ge=0.0, le=1.0)
     sam2_config: str = option("configs/sam2.1/sam2.1_hiera_t.yaml", "SAM2 model config name.", metavar="NAME")
     sam2_points_per_side: int = option(32, "SAM2 automatic mask generator grid.")
@@ -65,13 +86,17 @@ class CropConfig:
 
     def validate(self) -> None:
         if self.segmenter == "detector" and not self.detector_checkpoint:
-            raise BadInputError("the detector segmenter needs --detector-checkpoint URI (detect/ckpt/best.pt of a detect run)")
+            raise BadInputError(
+                "the detector segmenter needs --detector-checkpoint URI (detect/ckpt/best.pt of a detect run)"
+            )
         if self.segmenter == "sam2" and not self.sam2_checkpoint:
             raise BadInputError("the sam2 segmenter needs --sam2-checkpoint URI (a SAM2 .pt checkpoint)")
         allowed = ("validated", "predicted", "dubious", "unclassified")
         bad = [s for s in self.status_set() if s not in allowed]
         if bad or not self.status_set():
-            raise BadInputError(f"--statuses takes {', '.join(allowed)} (comma-separated), not {','.join(bad) or '(none)'}")
+            raise BadInputError(
+                f"--statuses takes {', '.join(allowed)} (comma-separated), not {','.join(bad) or '(none)'}"
+            )
 
     def status_set(self) -> set[str]:
         """--statuses as a set of lower-case names."""

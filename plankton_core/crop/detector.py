@@ -24,8 +24,12 @@ class DetectorSegmenter:
     @classmethod
     def from_config(cls, cfg, s3_endpoint: str | None = None) -> DetectorSegmenter:
         if not cfg.detector_checkpoint:
-            raise BadInputError("the detector segmenter needs --detector-checkpoint URI (detect/ckpt/best.pt of a detect run)")
-        return cls(Detector.load(cfg.detector_checkpoint, s3_endpoint, device=cfg.device, score_threshold=cfg.detector_score))
+            raise BadInputError(
+                "the detector segmenter needs --detector-checkpoint URI (detect/ckpt/best.pt of a detect run)"
+            )
+        return cls(
+            Detector.load(cfg.detector_checkpoint, s3_endpoint, device=cfg.device, score_threshold=cfg.detector_score)
+        )
 
     def find_objects(self, arr: np.ndarray) -> list[Detection]:
         import torch
@@ -35,7 +39,11 @@ class DetectorSegmenter:
         found = self.detector([arr])[0]
         if len(found.scores) == 0:
             return []
-        keep = nms(torch.as_tensor(found.boxes, dtype=torch.float32), torch.as_tensor(found.scores, dtype=torch.float32), NMS_IOU).numpy()
+        keep = nms(
+            torch.as_tensor(found.boxes, dtype=torch.float32),
+            torch.as_tensor(found.scores, dtype=torch.float32),
+            NMS_IOU,
+        ).numpy()
         out = []
         for box in found.boxes[keep]:
             x0, y0, x1, y1 = pixel_box(box, width, height)

@@ -71,7 +71,14 @@ def read_input(archive: Any, cfg: CropConfig) -> EcoTaxaInput:
             out.recorded.append((obj, obj.image or f"{obj.tsv}:{obj.line}", BAD_ROW, obj.bad))
             out.bad.append(obj.bad)
         elif (obj.status or "unclassified") not in statuses:
-            out.recorded.append((obj, obj.image, EXCLUDED, f"annotation status {obj.status or 'unclassified'!r} is not in --statuses {cfg.statuses}"))
+            out.recorded.append(
+                (
+                    obj,
+                    obj.image,
+                    EXCLUDED,
+                    f"annotation status {obj.status or 'unclassified'!r} is not in --statuses {cfg.statuses}",
+                )
+            )
         elif not obj.label:
             out.recorded.append((obj, obj.image, EXCLUDED, f"no label in {cfg.label_column}"))
         else:
@@ -80,13 +87,22 @@ def read_input(archive: Any, cfg: CropConfig) -> EcoTaxaInput:
     small = {c: n for c, n in sizes.items() if n < cfg.min_per_class}
     for obj in usable:
         if obj.label in small:
-            out.recorded.append((obj, obj.image, EXCLUDED, f"class {obj.label!r} has {small[obj.label]} object(s) < --min-per-class {cfg.min_per_class}"))
+            out.recorded.append(
+                (
+                    obj,
+                    obj.image,
+                    EXCLUDED,
+                    f"class {obj.label!r} has {small[obj.label]} object(s) < --min-per-class {cfg.min_per_class}",
+                )
+            )
         else:
             out.objects.append(obj)
     if small:
         listed = ", ".join(f"{c} ({n})" for c, n in sorted(small.items(), key=lambda kv: (-kv[1], kv[0]))[:10])
         more = f" and {len(small) - 10} more" if len(small) > 10 else ""
-        out.notes.append(f"{len(small)} class(es) with fewer than {cfg.min_per_class} objects left out of training (rows 'excluded'): {listed}{more}")
+        out.notes.append(
+            f"{len(small)} class(es) with fewer than {cfg.min_per_class} objects left out of training (rows 'excluded'): {listed}{more}"
+        )
     out.objects.sort(key=lambda o: o.image)
     out.recorded.sort(key=lambda r: r[1])
     out.fingerprint = {

@@ -68,7 +68,9 @@ def padded_box(box: tuple[int, int, int, int], pad: int, width: int, height: int
     return max(0, x0 - pad), max(0, y0 - pad), min(width, x1 + pad), min(height, y1 + pad)
 
 
-def extract_crops(arr: np.ndarray, cfg: CropConfig, segmenter: Segmenter | None = None, objects: str | None = None) -> list[CropResult]:
+def extract_crops(
+    arr: np.ndarray, cfg: CropConfig, segmenter: Segmenter | None = None, objects: str | None = None
+) -> list[CropResult]:
     """Every object in `arr` (uint8 (H, W) or (H, W, 3)), in reading order; an image without objects gives [].
 
     `objects` (default cfg.objects) is frames, single or auto (chosen here per image; the choice is in each
@@ -103,6 +105,15 @@ def single_crop(arr: np.ndarray, cfg: CropConfig, finder: SingleObject, why: str
         return []
     reason = "; ".join(p for p in (reason, why) if p)
     if det.area < cfg.min_area and reason != "fills_image":
-        return [CropResult(TOO_SMALL, "; ".join(p for p in (f"area {det.area} < min_area={cfg.min_area}", why) if p), det.box, det.area, None, "single")]
+        return [
+            CropResult(
+                TOO_SMALL,
+                "; ".join(p for p in (f"area {det.area} < min_area={cfg.min_area}", why) if p),
+                det.box,
+                det.area,
+                None,
+                "single",
+            )
+        ]
     x0, y0, x1, y1 = padded_box(det.box, cfg.pad, width, height)
     return [CropResult(KEPT, reason, det.box, det.area, np.ascontiguousarray(arr[y0:y1, x0:x1]), "single")]

@@ -33,7 +33,9 @@ def merge(cfg: CropConfig, ctx: StageContext, parts: list[PartRecord]) -> dict[s
     owned = sum(int(p.extra.get("files", 0)) for p in parts)
     if owned != total:
         where = ShardSet(root, ctx.stage, ctx.prefix).where
-        raise BadInputError(f"the crop shard parts under {where} account for {owned} input files, the input has {total}; rerun the shards")
+        raise BadInputError(
+            f"the crop shard parts under {where} account for {owned} input files, the input has {total}; rerun the shards"
+        )
     manifest_uri = f"{root.uri}/{ctx.key(MANIFEST)}"
     tally = Tally()
     with tempfile.TemporaryDirectory(prefix="plankton-crop-merge-") as tmp:
@@ -84,7 +86,9 @@ def remove_unnamed(root: Store, crops_prefix: str, manifest: Path) -> int:
 
     con = duckdb.connect()
     try:
-        cur = con.execute("SELECT crop_key FROM read_parquet(?) WHERE crop_key IS NOT NULL ORDER BY crop_key", [str(manifest)])
+        cur = con.execute(
+            "SELECT crop_key FROM read_parquet(?) WHERE crop_key IS NOT NULL ORDER BY crop_key", [str(manifest)]
+        )
 
         def named() -> Iterator[str]:
             while rows := cur.fetchmany(8192):

@@ -29,7 +29,13 @@ class MaskGenerator(Protocol):
 class Sam2Segmenter:
     """Objects from SAM2 masks: the largest of nested masks wins, frame-filling masks are background."""
 
-    def __init__(self, generator: MaskGenerator, max_frame_fraction: float = 0.8, contained_fraction: float = 0.7, speck_area: int = 4):
+    def __init__(
+        self,
+        generator: MaskGenerator,
+        max_frame_fraction: float = 0.8,
+        contained_fraction: float = 0.7,
+        speck_area: int = 4,
+    ):
         self.generator = generator
         self.max_frame_fraction = max_frame_fraction
         self.contained_fraction = contained_fraction
@@ -76,6 +82,8 @@ def load_sam2_model(checkpoint_uri: str, config: str, device: str = "cpu", s3_en
         try:
             model = build_sam2(config, str(path), device=device)
         except Exception as exc:  # hydra config errors, state-dict mismatches, unpickling errors
-            raise BadInputError(f"cannot load SAM2 checkpoint {checkpoint_uri} with config {config}: {type(exc).__name__}: {exc}") from None
+            raise BadInputError(
+                f"cannot load SAM2 checkpoint {checkpoint_uri} with config {config}: {type(exc).__name__}: {exc}"
+            ) from None
     log.info("SAM2 loaded from %s (%s) on %s", checkpoint_uri, config, device)
     return model

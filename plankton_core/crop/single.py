@@ -61,7 +61,14 @@ def otsu(values: np.ndarray) -> float:
 
 
 def ring(gray: np.ndarray, width: int = RING) -> np.ndarray:
-    return np.concatenate([gray[:width].ravel(), gray[-width:].ravel(), gray[width:-width, :width].ravel(), gray[width:-width, -width:].ravel()])
+    return np.concatenate(
+        [
+            gray[:width].ravel(),
+            gray[-width:].ravel(),
+            gray[width:-width, :width].ravel(),
+            gray[width:-width, -width:].ravel(),
+        ]
+    )
 
 
 def only_at_border(mask: np.ndarray) -> bool:
@@ -80,7 +87,14 @@ def only_at_border(mask: np.ndarray) -> bool:
 class SingleObject:
     """The one object of a vignette: `find(arr)` gives (Detection or None, reason)."""
 
-    def __init__(self, smooth: float = 1.0, min_contrast: float = 12.0, noise_k: float = 4.0, speck_area: int = 4, merge_gap: int = 4):
+    def __init__(
+        self,
+        smooth: float = 1.0,
+        min_contrast: float = 12.0,
+        noise_k: float = 4.0,
+        speck_area: int = 4,
+        merge_gap: int = 4,
+    ):
         self.smooth = max(smooth, 0.5)
         self.min_contrast = min_contrast
         self.noise_k = noise_k
@@ -124,7 +138,9 @@ class SingleObject:
             return None, gray, noise
         return mask, gray, noise
 
-    def object_mask(self, mask: np.ndarray, reach: int | None = None, share: float = MERGE_SHARE) -> tuple[np.ndarray | None, int]:
+    def object_mask(
+        self, mask: np.ndarray, reach: int | None = None, share: float = MERGE_SHARE
+    ) -> tuple[np.ndarray | None, int]:
         """The object's pixels in a foreground mask (specks out, groups merged across `merge_gap`) and how many
         separate parts it has; (None, 0) when only specks stand out."""
         labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)

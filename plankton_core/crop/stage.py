@@ -57,7 +57,10 @@ SCHEMA = pa.schema(
         ("class", pa.string()),
         ("status", pa.string()),  # kept / edge / too_small / no_object / unreadable
         ("reason", pa.string()),
-        ("crop_key", pa.string()),  # relative to the pipeline root (crop/crops/<class>/<stem>_<i>.png); null unless kept
+        (
+            "crop_key",
+            pa.string(),
+        ),  # relative to the pipeline root (crop/crops/<class>/<stem>_<i>.png); null unless kept
         ("object", pa.int32()),  # index of the object in its image; -1 on rows for a whole file
         ("x0", pa.int32()),
         ("y0", pa.int32()),
@@ -166,7 +169,16 @@ def crop_file(task: Task, source: Store, root: Store, cfg: CropConfig, segmenter
     height, width = arr.shape[:2]
     results = extract_crops(arr, cfg, segmenter, mode)
     if not results:
-        return [_row(task, NO_OBJECT, "no object stands out of the background", width=width, height=height, objects=mode if mode != "auto" else None)]
+        return [
+            _row(
+                task,
+                NO_OBJECT,
+                "no object stands out of the background",
+                width=width,
+                height=height,
+                objects=mode if mode != "auto" else None,
+            )
+        ]
     rows = []
     for i, res in enumerate(results):
         crop_key = None
@@ -177,7 +189,18 @@ def crop_file(task: Task, source: Store, root: Store, cfg: CropConfig, segmenter
     return rows
 
 
-def _row(task: Task, status: str, reason: str, crop_key=None, obj=-1, box=(None,) * 4, area=None, width=None, height=None, objects=None):
+def _row(
+    task: Task,
+    status: str,
+    reason: str,
+    crop_key=None,
+    obj=-1,
+    box=(None,) * 4,
+    area=None,
+    width=None,
+    height=None,
+    objects=None,
+):
     return (task.key, task.cls, status, reason, crop_key, obj, *box, area, width, height, objects, *task.ids)
 
 
@@ -260,7 +283,11 @@ class Tally:
         if KEPT in statuses:
             per_class["with_crop"] += 1
         else:
-            cause = statuses[0] if statuses[0] in (UNREADABLE, NO_OBJECT) else ("edge" if "edge" in statuses else "too_small")
+            cause = (
+                statuses[0]
+                if statuses[0] in (UNREADABLE, NO_OBJECT)
+                else ("edge" if "edge" in statuses else "too_small")
+            )
             per_class[cause] += 1
         if statuses[0] == UNREADABLE and len(self.bad_examples) < 3:
             self.bad_examples.append(f"{rows[0][0]} ({rows[0][3]})")
@@ -286,12 +313,16 @@ class Tally:
             dropped = c["files"] - c["with_crop"]
             if c["files"] and dropped / c["files"] > MOSTLY_DROPPED:
                 cause = max(hints, key=lambda k: c[k])
-                notes.append(f"class '{cls}': {dropped} of {c['files']} images ({dropped / c['files']:.0%}) gave no crop, {c[cause]} because {hints[cause]}")
+                notes.append(
+                    f"class '{cls}': {dropped} of {c['files']} images ({dropped / c['files']:.0%}) gave no crop, {c[cause]} because {hints[cause]}"
+                )
         if len(notes) > 10:
             notes = notes[:10] + [f"… and {len(notes) - 10} more classes mostly dropped; see {manifest_uri}"]
         bad = self.status.get(UNREADABLE, 0)
         if bad:
-            notes.append(f"{bad} unreadable input file(s), e.g. {', '.join(self.bad_examples)}; every reason is in {manifest_uri}")
+            notes.append(
+                f"{bad} unreadable input file(s), e.g. {', '.join(self.bad_examples)}; every reason is in {manifest_uri}"
+            )
         return notes
 
 
@@ -312,7 +343,9 @@ def check(cfg: CropConfig, ctx: StageContext) -> CropInput:
     source = open_archive(cfg.input, ctx.s3_endpoint)
     root = ctx.root
     if source.uri.rstrip("/") == root.uri.rstrip("/") or root.uri.startswith(source.uri.rstrip("/") + "/"):
-        raise BadInputError(f"--input {source.uri} must not contain the pipeline root {root.uri}: crops would become inputs")
+        raise BadInputError(
+            f"--input {source.uri} must not contain the pipeline root {root.uri}: crops would become inputs"
+        )
     if is_ecotaxa(cfg.input, source):
         inp = read_input(source, cfg)
         if not inp.objects and not inp.recorded:
@@ -346,7 +379,10 @@ def choose_objects(source: Store, files: int, cfg: CropConfig) -> tuple[str, str
         votes[choose(arr, finder)[0]] += 1
     total = sum(votes.values())
     mode = "single" if total and votes["single"] * 2 > total else "frames"
-    return mode, f"--objects auto: {mode} for this input ({votes['single']} of {total} sampled images look like one object each)"
+    return (
+        mode,
+        f"--objects auto: {mode} for this input ({votes['single']} of {total} sampled images look like one object each)",
+    )
 
 
 def fingerprint(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
@@ -367,7 +403,9 @@ def body(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
     manifest_uri = f"{root.uri}/{ctx.key(MANIFEST)}"
     with tempfile.TemporaryDirectory(prefix="plankton-crop-") as tmp:
         local = Path(tmp) / MANIFEST
-        tally, too_many_bad = crop_into(local, plan(source, crops_prefix, ctx.plan.ecotaxa, chosen_mode(ctx)), total, total, cfg, ctx)
+        tally, too_many_bad = crop_into(
+            local, plan(source, crops_prefix, ctx.plan.ecotaxa, chosen_mode(ctx)), total, total, cfg, ctx
+        )
         root.put_file(local, ctx.key(MANIFEST))  # on failure too: it names every bad file's reason
     if too_many_bad:
         raise too_many_bad_error(tally, total, cfg, manifest_uri, "already")
@@ -385,25 +423,33 @@ def shard(cfg: CropConfig, ctx: StageContext, index: int, count: int) -> ShardOu
     note_objects(ctx)
     failed_key = ShardSet(root, ctx.stage, ctx.prefix).part_key(index, count, "failed.parquet")
     root.delete(failed_key)
-    tasks = (t for t in plan(source, ctx.key(CROPS), ctx.plan.ecotaxa, chosen_mode(ctx)) if shard_of(t.key, count) == index)
+    tasks = (
+        t for t in plan(source, ctx.key(CROPS), ctx.plan.ecotaxa, chosen_mode(ctx)) if shard_of(t.key, count) == index
+    )
     tmp = Path(tempfile.mkdtemp(prefix="plankton-crop-shard-"))
     local = tmp / MANIFEST
     output = ShardOutput(rows=local)
     weakref.finalize(output, shutil.rmtree, tmp, ignore_errors=True)  # the contract uploads the rows after we return
     owned = (
-        sum(shard_of(t.key, count) == index for t in plan(source, "", ctx.plan.ecotaxa)) if ctx.plan.ecotaxa is not None else owned_files(source, index, count)
+        sum(shard_of(t.key, count) == index for t in plan(source, "", ctx.plan.ecotaxa))
+        if ctx.plan.ecotaxa is not None
+        else owned_files(source, index, count)
     )
     tally, too_many_bad = crop_into(local, tasks, owned, total, cfg, ctx)
     if too_many_bad:
         root.put_file(local, failed_key)
         raise too_many_bad_error(tally, total, cfg, f"{root.uri}/{failed_key}", f"in shard {index} of {count} alone")
-    ctx.notes.append(f"shard {index} of {count} done ({tally.files} of {total} input files); `plankton crop --merge` gathers the shards")
+    ctx.notes.append(
+        f"shard {index} of {count} done ({tally.files} of {total} input files); `plankton crop --merge` gathers the shards"
+    )
     output.counts = {"shard": f"{index}-of-{count}", **tally.counts()}
     output.extra = {"files": tally.files, "rows": pq.ParquetFile(local).metadata.num_rows}
     return output
 
 
-def crop_into(local: Path, tasks: Iterable[Task], total: int, input_files_total: int, cfg: CropConfig, ctx: StageContext) -> tuple[Tally, bool]:
+def crop_into(
+    local: Path, tasks: Iterable[Task], total: int, input_files_total: int, cfg: CropConfig, ctx: StageContext
+) -> tuple[Tally, bool]:
     """Crop `tasks` (`total` of them), writing crops to the root and the rows to the local Parquet file `local`;
     stops once the unreadable files exceed --max-bad-fraction of the whole input (they can only stay above it).
     Returns (tally, stopped)."""
@@ -463,7 +509,9 @@ def stop_on_bad_rows(ctx: StageContext) -> None:
     raise bad_input_error(inp, manifest_uri)
 
 
-def too_many_bad_error(tally: Tally, total: int, cfg: CropConfig, manifest_uri: str, already: str = "") -> BadInputError:
+def too_many_bad_error(
+    tally: Tally, total: int, cfg: CropConfig, manifest_uri: str, already: str = ""
+) -> BadInputError:
     return BadInputError(
         f"too many unreadable input files: {tally.bad} of {total}{' ' + already if already else ''}, more than "
         f"--max-bad-fraction {cfg.max_bad_fraction} allows, e.g. {', '.join(tally.bad_examples)}; "
@@ -478,7 +526,9 @@ def finish(tally: Tally, cfg: CropConfig, ctx: StageContext, manifest_uri: str) 
     if cfg.objects == "auto" and (ctx.plan.objects or ctx.plan.ecotaxa is not None):
         counts["objects"] = ctx.plan.objects[0] if ctx.plan.objects else "single"  # what auto chose (query reuses it)
     objects = counts["kept"] + counts["edge"] + counts["too_small"]
-    ctx.metrics.gauge("crop_kept_fraction", counts["kept"] / max(1, objects), "Fraction of found objects kept as crops.")
+    ctx.metrics.gauge(
+        "crop_kept_fraction", counts["kept"] / max(1, objects), "Fraction of found objects kept as crops."
+    )
     return counts
 
 

@@ -114,7 +114,13 @@ class ThresholdSegmenter:
     """Finds objects by thresholding; `find_objects(arr)` takes what `decode_image` returns."""
 
     def __init__(
-        self, smooth: float = 1.0, min_contrast: float = 12.0, noise_k: float = 4.0, speck_area: int = 4, edge_fraction: float = 0.3, binning: int = 1
+        self,
+        smooth: float = 1.0,
+        min_contrast: float = 12.0,
+        noise_k: float = 4.0,
+        speck_area: int = 4,
+        edge_fraction: float = 0.3,
+        binning: int = 1,
     ):
         self.smooth = smooth
         self.min_contrast = min_contrast
@@ -180,7 +186,9 @@ class ThresholdSegmenter:
             found.append(Detection((int(xs.start), int(ys.start), int(xs.stop), int(ys.stop)), int(areas[index])))
         return found
 
-    def _refine(self, full: np.ndarray, coarse: np.ndarray, factor: int, flip: bool, background: float, margin: float) -> list[Detection]:
+    def _refine(
+        self, full: np.ndarray, coarse: np.ndarray, factor: int, flip: bool, background: float, margin: float
+    ) -> list[Detection]:
         """Box and area of each coarse object, measured at full resolution within its (dilated) coarse footprint."""
         height, width = full.shape
         ch, cw = coarse.shape
@@ -203,5 +211,7 @@ class ThresholdSegmenter:
             if area < self.speck_area:
                 continue
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-            found.append(Detection((x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1), area))
+            found.append(
+                Detection((x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1), area)
+            )
         return found

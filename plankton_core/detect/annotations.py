@@ -80,7 +80,11 @@ def load_synth(images: Store) -> Annotations:
     if missing:
         raise BadInputError(f"{images.uri}/{GROUND_TRUTH} lacks column(s) {', '.join(missing)}")
     cols = {c: table.column(c).to_pylist() for c in need}
-    return _from_rows(cols["image_key"], cols["class"], np.array([cols[c] for c in ("x0", "y0", "x1", "y1")], dtype=np.float64).T.reshape(-1, 4))
+    return _from_rows(
+        cols["image_key"],
+        cols["class"],
+        np.array([cols[c] for c in ("x0", "y0", "x1", "y1")], dtype=np.float64).T.reshape(-1, 4),
+    )
 
 
 def load_manifest(root: Store) -> Annotations:
@@ -89,18 +93,29 @@ def load_manifest(root: Store) -> Annotations:
     need = ("source_key", "class", "status", "x0", "y0", "x1", "y1")
     missing = [c for c in need if c not in table.column_names]
     if missing:
-        raise BadInputError(f"{root.uri}/{CROP_MANIFEST} lacks column(s) {', '.join(missing)}; rerun `plankton crop --force`")
+        raise BadInputError(
+            f"{root.uri}/{CROP_MANIFEST} lacks column(s) {', '.join(missing)}; rerun `plankton crop --force`"
+        )
     kept = table.filter(pc.equal(table.column("status"), "kept"))
     if kept.num_rows == 0:
         raise BadInputError(f"no kept boxes in {root.uri}/{CROP_MANIFEST}: nothing to train a detector on")
     boxes = np.array([kept.column(c).to_pylist() for c in ("x0", "y0", "x1", "y1")], dtype=np.float64).T.reshape(-1, 4)
     ann = _from_rows(kept.column("source_key").to_pylist(), kept.column("class").to_pylist(), boxes)
     if "width" in kept.column_names and "height" in kept.column_names:
-        size = {k: (w, h) for k, w, h in zip(kept.column("source_key").to_pylist(), kept.column("width").to_pylist(), kept.column("height").to_pylist())}
+        size = {
+            k: (w, h)
+            for k, w, h in zip(
+                kept.column("source_key").to_pylist(),
+                kept.column("width").to_pylist(),
+                kept.column("height").to_pylist(),
+            )
+        }
         for f in ann.frames:
             w, h = size.get(f.key, (None, None))
             f.width, f.height = int(w or 0), int(h or 0)
-    ann.notes.append("manifest pseudo labels: objects crop dropped (border-cut, too small) are unlabelled, i.e. background")
+    ann.notes.append(
+        "manifest pseudo labels: objects crop dropped (border-cut, too small) are unlabelled, i.e. background"
+    )
     return ann
 
 
@@ -113,7 +128,14 @@ def _from_rows(keys: Sequence[str], classes: Sequence[str], boxes: np.ndarray) -
     frames = []
     for n, key in enumerate(sorted(by_key)):
         rows = by_key[key]
-        frames.append(Frame(key, boxes[rows].copy(), np.array([label[str(classes[r])] for r in rows], dtype=np.int64), image_id=n + 1))
+        frames.append(
+            Frame(
+                key,
+                boxes[rows].copy(),
+                np.array([label[str(classes[r])] for r in rows], dtype=np.int64),
+                image_id=n + 1,
+            )
+        )
     return Annotations(names, frames)
 
 
@@ -147,9 +169,16 @@ def load_coco(data: bytes, what: str, image_keys: set[str]) -> Annotations:
             raise BadInputError(f"COCO file {what}: an image lacks id, file_name, width or height: {img!r}")
         key = posixpath.normpath(str(img["file_name"]).lstrip("/"))
         if key not in image_keys:
-            raise BadInputError(f"COCO file {what}: image {img['file_name']!r} (id {img['id']}) is missing from --input")
+            raise BadInputError(
+                f"COCO file {what}: image {img['file_name']!r} (id {img['id']}) is missing from --input"
+            )
         images[int(img["id"])] = Frame(
-            key, np.zeros((0, 4)), np.zeros(0, dtype=np.int64), width=int(img["width"]), height=int(img["height"]), image_id=int(img["id"])
+            key,
+            np.zeros((0, 4)),
+            np.zeros(0, dtype=np.int64),
+            width=int(img["width"]),
+            height=int(img["height"]),
+            image_id=int(img["id"]),
         )
     per_image: dict[int, list[tuple[list[float], int, bool]]] = {i: [] for i in images}
     for ann in doc["annotations"]:
@@ -157,7 +186,9 @@ def load_coco(data: bytes, what: str, image_keys: set[str]) -> Annotations:
             raise BadInputError(f"COCO file {what}: an annotation lacks image_id, category_id or bbox: {ann!r}")
         aid = ann.get("id", "?")
         if int(ann["image_id"]) not in images:
-            raise BadInputError(f"COCO file {what}: annotation {aid} refers to image id {ann['image_id']}, which the file does not list")
+            raise BadInputError(
+                f"COCO file {what}: annotation {aid} refers to image id {ann['image_id']}, which the file does not list"
+            )
         frame = images[int(ann["image_id"])]
         if int(ann["category_id"]) not in cats:
             raise BadInputError(
@@ -166,14 +197,22 @@ def load_coco(data: bytes, what: str, image_keys: set[str]) -> Annotations:
             )
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise BadInputError(f"COCO file {what}: annotation {aid} of image {frame.key!r} has a bbox that is not [x, y, width, height]: {bbox!r}")
+            raise BadInputError(
+                f"COCO file {what}: annotation {aid} of image {frame.key!r} has a bbox that is not [x, y, width, height]: {bbox!r}"
+            )
         x, y, w, h = (float(v) for v in bbox)
         if w <= 0 or h <= 0:
-            raise BadInputError(f"COCO file {what}: annotation {aid} of image {frame.key!r} has an empty box {bbox} (width and height must be > 0)")
+            raise BadInputError(
+                f"COCO file {what}: annotation {aid} of image {frame.key!r} has an empty box {bbox} (width and height must be > 0)"
+            )
         t = BOX_TOLERANCE
         if x < -t or y < -t or x + w > frame.width + t or y + h > frame.height + t:
-            raise BadInputError(f"COCO file {what}: annotation {aid} box {bbox} lies outside image {frame.key!r} ({frame.width}×{frame.height})")
-        per_image[int(ann["image_id"])].append(([x, y, w, h], label[int(ann["category_id"])], bool(ann.get("iscrowd", 0))))
+            raise BadInputError(
+                f"COCO file {what}: annotation {aid} box {bbox} lies outside image {frame.key!r} ({frame.width}×{frame.height})"
+            )
+        per_image[int(ann["image_id"])].append(
+            ([x, y, w, h], label[int(ann["category_id"])], bool(ann.get("iscrowd", 0)))
+        )
     frames = []
     for image_id in sorted(images):
         f = images[image_id]
@@ -197,17 +236,26 @@ def assign_frame_splits(ann: Annotations, fractions: Sequence[float], seed: int,
     if root is not None and root.exists(STATS_SPLITS):
         table = read_parquet(root, STATS_SPLITS)
         if "source_key" in table.column_names and "split" in table.column_names:
-            known = dict(zip((str(k) for k in table.column("source_key").to_pylist()), (str(s) for s in table.column("split").to_pylist())))
+            known = dict(
+                zip(
+                    (str(k) for k in table.column("source_key").to_pylist()),
+                    (str(s) for s in table.column("split").to_pylist()),
+                )
+            )
     rest = [f for f in ann.frames if f.key not in known]
     for f in ann.frames:
         if f.key in known:
             f.split = known[f.key]
     if known and len(rest) < len(ann.frames):
-        ann.notes.append(f"{len(ann.frames) - len(rest)} frame(s) keep the split stats gave their crops; {len(rest)} split anew")
+        ann.notes.append(
+            f"{len(ann.frames) - len(rest)} frame(s) keep the split stats gave their crops; {len(rest)} split anew"
+        )
     if rest:
         assignment = assign_splits([f.main_class(ann.classes) for f in rest], [f.key for f in rest], fractions, seed)
         for f, s in zip(rest, assignment.names()):
             f.split = str(s)
         if assignment.unsplit_classes:
-            ann.notes.append(f"classes with too few frames to split, kept whole in train: {', '.join(sorted(assignment.unsplit_classes))}")
+            ann.notes.append(
+                f"classes with too few frames to split, kept whole in train: {', '.join(sorted(assignment.unsplit_classes))}"
+            )
     assert all(f.split in SPLITS for f in ann.frames)

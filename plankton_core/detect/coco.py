@@ -22,7 +22,20 @@ from ..detection import Detections, xyxy_to_xywh
 from .annotations import Frame
 
 # the 12 figures of COCOeval.stats, named as in the user's table
-COCO_NAMES = ("AP", "AP50", "AP75", "AP small", "AP medium", "AP large", "AR1", "AR10", "AR100", "AR small", "AR medium", "AR large")
+COCO_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP small",
+    "AP medium",
+    "AP large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR small",
+    "AR medium",
+    "AR large",
+)
 
 
 @dataclass
@@ -38,7 +51,13 @@ class CocoResult:
     detections: int
 
     def as_json(self) -> dict[str, Any]:
-        return {**self.stats, "per_class_AP": self.per_class, "images": self.images, "objects": self.objects, "detections": self.detections}
+        return {
+            **self.stats,
+            "per_class_AP": self.per_class,
+            "images": self.images,
+            "objects": self.objects,
+            "detections": self.detections,
+        }
 
 
 def ground_truth(frames: Sequence[Frame], classes: Sequence[str]) -> dict[str, Any]:
@@ -59,7 +78,11 @@ def ground_truth(frames: Sequence[Frame], classes: Sequence[str]) -> dict[str, A
                     "iscrowd": int(bool(is_crowd)),
                 }
             )
-    return {"images": images, "annotations": anns, "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)]}
+    return {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)],
+    }
 
 
 def results(frames: Sequence[Frame], detections: Sequence[Detections]) -> list[dict[str, Any]]:
@@ -67,7 +90,14 @@ def results(frames: Sequence[Frame], detections: Sequence[Detections]) -> list[d
     out = []
     for f, d in zip(frames, detections):
         for box, score, label in zip(xyxy_to_xywh(d.boxes), d.scores, d.labels):
-            out.append({"image_id": int(f.image_id), "category_id": int(label), "bbox": [float(v) for v in box], "score": float(score)})
+            out.append(
+                {
+                    "image_id": int(f.image_id),
+                    "category_id": int(label),
+                    "bbox": [float(v) for v in box],
+                    "score": float(score),
+                }
+            )
     return out
 
 

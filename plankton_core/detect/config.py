@@ -52,7 +52,9 @@ def parse_schedule(text: str) -> list[tuple[int, float]]:
         try:
             e, r = int(epochs), float(lr)
         except ValueError:
-            raise BadInputError(f"--schedule: cannot read round {token!r}; write epochs:lr rounds, e.g. 12:0.02,8:0.002,4:0.0002") from None
+            raise BadInputError(
+                f"--schedule: cannot read round {token!r}; write epochs:lr rounds, e.g. 12:0.02,8:0.002,4:0.0002"
+            ) from None
         if not sep or e < 1 or not r > 0:
             raise BadInputError(f"--schedule: round {token!r} needs epochs >= 1 and lr > 0 (epochs:lr)")
         rounds.append((e, r))
@@ -66,31 +68,52 @@ class DetectConfig(SGDOptions, RuntimeOptions):
     """How the detector is trained and evaluated; `resume`, `device`, `workers`, `amp`, `deterministic` do not change the digest."""
 
     annotations: Literal["synth", "coco", "manifest"] = option(
-        "synth", "synth: <input>/ground_truth.parquet; coco: a COCO JSON (--coco); manifest: the crop stage's kept boxes, frame class as label."
+        "synth",
+        "synth: <input>/ground_truth.parquet; coco: a COCO JSON (--coco); manifest: the crop stage's kept boxes, frame class as label.",
     )
     input: str = option("", "Folder/URI of the frames (default for manifest: the crop stage's --input).", metavar="URI")
     coco: str = option("", "COCO JSON file/URI (--annotations coco); file_name is relative to --input.", metavar="URI")
     model: str = option("resnet50", "timm backbone (features_only) under the FPN.")
-    init: str = option("pretrain", "Backbone weights: pretrain (pretrain/ckpt/last.pt), supcon (the checkpoint linear-sweep selected), none, or a file URI.")
-    trainable_layers: int = option(3, "Backbone layer groups trained (stem + 4 levels = 5 all; 0 freezes the backbone); all with --init none.", ge=0, le=5)
-    schedule: str = option("12:0.02,8:0.002,4:0.0002", "Rounds epochs:lr, resumed along one checkpoint chain (lr per --lr-batch images).")
-    decay: Literal["step", "cosine"] = option("step", "step: each round at its lr; cosine: each round decays to the next round's lr (the last to a tenth).")
+    init: str = option(
+        "pretrain",
+        "Backbone weights: pretrain (pretrain/ckpt/last.pt), supcon (the checkpoint linear-sweep selected), none, or a file URI.",
+    )
+    trainable_layers: int = option(
+        3,
+        "Backbone layer groups trained (stem + 4 levels = 5 all; 0 freezes the backbone); all with --init none.",
+        ge=0,
+        le=5,
+    )
+    schedule: str = option(
+        "12:0.02,8:0.002,4:0.0002", "Rounds epochs:lr, resumed along one checkpoint chain (lr per --lr-batch images)."
+    )
+    decay: Literal["step", "cosine"] = option(
+        "step", "step: each round at its lr; cosine: each round decays to the next round's lr (the last to a tenth)."
+    )
     batch_size: int = option(2, "Images per device per step; global batch = this × processes.", ge=1)
     lr_batch: int = option(16, "Global batch the --schedule lrs are meant for (linear scaling).", ge=1)
     warmup_iters: int = option(1000, "Linear warm-up steps at the start (capped at the first epoch).", ge=0)
     min_size: int = option(800, "Frames are resized so their short side is this (Faster R-CNN's transform).", ge=32)
     max_size: int = option(1333, "… and their long side at most this.", ge=32)
-    anchor_sizes: tuple[int, ...] = option((32, 64, 128, 256, 512), "Anchor side per pyramid level (5), in resized pixels.")
+    anchor_sizes: tuple[int, ...] = option(
+        (32, 64, 128, 256, 512), "Anchor side per pyramid level (5), in resized pixels."
+    )
     fpn_channels: int = option(256, "FPN channels.", ge=8)
     representation_size: int = option(1024, "Box head width (smaller is faster on a CPU).", ge=8)
     rois_per_image: int = option(512, "RoIs sampled per training image for the box head.", ge=8)
     flip: bool = option(True, "Random horizontal and vertical flips while training.")
-    split: tuple[float, float, float] = option((0.7, 0.15, 0.15), "train,val,test fractions of the frames (grouped split as stats).")
+    split: tuple[float, float, float] = option(
+        (0.7, 0.15, 0.15), "train,val,test fractions of the frames (grouped split as stats)."
+    )
     seed: int = option(0, "Seed of the split, weights and data order.", ge=0)
-    save_every: int = option(4, "Write detect/ckpt/epoch_NNNN.pt every K epochs and at each round's end; last.pt every epoch.", ge=1)
+    save_every: int = option(
+        4, "Write detect/ckpt/epoch_NNNN.pt every K epochs and at each round's end; last.pt every epoch.", ge=1
+    )
     eval_score: float = option(0.05, "Score floor of the detections COCOeval sees.", ge=0, le=1)
     page_frames: int = option(12, "Test frames drawn on the predicted-vs-true page.", ge=0)
-    workers: int = option(2, "Frame-decoding threads.", ge=0, digest=False)  # not RuntimeOptions' 4 batch prefetch threads
+    workers: int = option(
+        2, "Frame-decoding threads.", ge=0, digest=False
+    )  # not RuntimeOptions' 4 batch prefetch threads
 
     def validate(self) -> None:
         parse_schedule(self.schedule)
@@ -102,9 +125,13 @@ class DetectConfig(SGDOptions, RuntimeOptions):
         if not self.init:
             raise BadInputError("--init must be pretrain, supcon, none or a file URI")
         if any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6 or self.split[0] <= 0:
-            raise BadInputError(f"--split fractions must be >= 0, train > 0, summing to 1; got {','.join(map(str, self.split))}")
+            raise BadInputError(
+                f"--split fractions must be >= 0, train > 0, summing to 1; got {','.join(map(str, self.split))}"
+            )
         if len(self.anchor_sizes) != 5 or any(s < 1 for s in self.anchor_sizes):
-            raise BadInputError(f"--anchor-sizes needs 5 positive sizes (one per pyramid level), got {','.join(map(str, self.anchor_sizes))}")
+            raise BadInputError(
+                f"--anchor-sizes needs 5 positive sizes (one per pyramid level), got {','.join(map(str, self.anchor_sizes))}"
+            )
 
     def rounds(self) -> list[tuple[int, float]]:
         return parse_schedule(self.schedule)

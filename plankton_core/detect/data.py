@@ -56,7 +56,17 @@ def flipped(arr: np.ndarray, boxes: np.ndarray, hflip: bool, vflip: bool) -> tup
 class TrainBatches:
     """The training batches of one process: `epoch(e, start_step)` yields steps start_step… of epoch e."""
 
-    def __init__(self, images: Store, frames: Sequence[Frame], batch_size: int, rank: int, world: int, seed: int, flip: bool, workers: int = 2):
+    def __init__(
+        self,
+        images: Store,
+        frames: Sequence[Frame],
+        batch_size: int,
+        rank: int,
+        world: int,
+        seed: int,
+        flip: bool,
+        workers: int = 2,
+    ):
         self.images, self.frames = images, list(frames)
         self.batch_size, self.rank, self.world, self.seed, self.flip = batch_size, rank, world, seed, flip
         self.workers = workers
@@ -82,7 +92,12 @@ class TrainBatches:
                 h, v = np.random.default_rng([self.seed, epoch, i]).random(2) < 0.5
                 arr, boxes = flipped(arr, boxes, bool(h), bool(v))
             images += frames_to_tensors([arr])
-            targets.append({"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.as_tensor(labels, dtype=torch.int64)})
+            targets.append(
+                {
+                    "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                    "labels": torch.as_tensor(labels, dtype=torch.int64),
+                }
+            )
         return Batch(images, targets, step)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
@@ -100,7 +115,9 @@ class TrainBatches:
                 yield ahead.pop(0).result()
 
 
-def decoded(images: Store, frames: Sequence[Frame], chunk: int, workers: int = 2) -> Iterator[tuple[list[Frame], list[np.ndarray]]]:
+def decoded(
+    images: Store, frames: Sequence[Frame], chunk: int, workers: int = 2
+) -> Iterator[tuple[list[Frame], list[np.ndarray]]]:
     """Frames in chunks with their decoded images (decoding of the next chunk overlaps the caller's work)."""
     frames = list(frames)
     chunks = [frames[i : i + chunk] for i in range(0, len(frames), chunk)]

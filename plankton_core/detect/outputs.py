@@ -41,7 +41,9 @@ def write_outputs(
         "classes": ann.classes,
         "frames": {s: len(ann.split(s)) for s in ("train", "val", "test")},
         "best_epoch": best.get("epoch") if best else None,
-        "selected_by": "highest val AP (IoU .50:.95); earliest epoch among equals" if best else "no val results: last epoch",
+        "selected_by": "highest val AP (IoU .50:.95); earliest epoch among equals"
+        if best
+        else "no val results: last epoch",
         "val": {k: best.get(k) for k in COCO_NAMES} if best else None,
         "checkpoint": DETECT_BEST,
     }
@@ -81,7 +83,9 @@ def detections_table(frames: Sequence[Frame], dets: Sequence[Detections], classe
             rows["class"].append(classes[int(label) - 1] if 1 <= int(label) <= len(classes) else f"class_{int(label)}")
             rows["label"].append(int(label))
     schema = pa.schema(
-        [("image_key", pa.string())] + [(c, pa.float32()) for c in ("x0", "y0", "x1", "y1", "score")] + [("class", pa.string()), ("label", pa.int32())]
+        [("image_key", pa.string())]
+        + [(c, pa.float32()) for c in ("x0", "y0", "x1", "y1", "score")]
+        + [("class", pa.string()), ("label", pa.int32())]
     )
     return pa.table(rows, schema=schema)
 
@@ -102,7 +106,11 @@ def pr_png(result: CocoResult, classes: Sequence[str]) -> bytes:
     for prec, iou, style in ((result.precision50, ".50", "-"), (result.precision75, ".75", "--")):
         valid = prec > -1
         if valid.any():
-            mean = np.where(valid.any(axis=1), np.nansum(np.where(valid, prec, 0), axis=1) / np.maximum(valid.sum(axis=1), 1), np.nan)
+            mean = np.where(
+                valid.any(axis=1),
+                np.nansum(np.where(valid, prec, 0), axis=1) / np.maximum(valid.sum(axis=1), 1),
+                np.nan,
+            )
             ax.plot(r, mean, "k" + style, lw=2, label=f"mean, IoU {iou}")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision (interpolated)")
@@ -117,7 +125,9 @@ def pr_png(result: CocoResult, classes: Sequence[str]) -> bytes:
     return buf.getvalue()
 
 
-def page_png(images: Store, frames: Sequence[Frame], dets: Sequence[Detections], classes: Sequence[str], cols: int = 4) -> bytes:
+def page_png(
+    images: Store, frames: Sequence[Frame], dets: Sequence[Detections], classes: Sequence[str], cols: int = 4
+) -> bytes:
     """Test frames with the true boxes (green) under the predicted ones scoring ≥ PAGE_SCORE (red, with class and score)."""
     import matplotlib
 

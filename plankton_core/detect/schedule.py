@@ -39,7 +39,12 @@ def lr_at(step: int, rounds: Sequence[tuple[int, float]], steps_per_epoch: int, 
 
 
 def round_schedule(
-    optimizer: torch.optim.Optimizer, rounds: Sequence[tuple[int, float]], steps_per_epoch: int, warmup_steps: int, decay: str, start_step: int = 0
+    optimizer: torch.optim.Optimizer,
+    rounds: Sequence[tuple[int, float]],
+    steps_per_epoch: int,
+    warmup_steps: int,
+    decay: str,
+    start_step: int = 0,
 ) -> LRScheduler:
     """A LambdaLR giving `lr_at` at every step, positioned at `start_step` (the Trainer's schedule signature)."""
     peak = float(rounds[0][1])

@@ -39,7 +39,17 @@ from ..progress import progress
 from ..stage import SUCCESS, StageContext, recorded_run
 from ..store import Store, join, open_store
 from ..tables import read_json
-from ..training import EpochStats, ResumePoint, StopRequest, Trainer, TrainingRun, choose_resume, epoch_gauges, stop_on_signals, train_one_epoch
+from ..training import (
+    EpochStats,
+    ResumePoint,
+    StopRequest,
+    Trainer,
+    TrainingRun,
+    choose_resume,
+    epoch_gauges,
+    stop_on_signals,
+    train_one_epoch,
+)
 from ..training.checkpoints import to_cpu
 from ..training.distributed import DistInfo, barrier, gather_objects, process_group
 from ..training.runtime import deterministic_kernels, training_device
@@ -78,7 +88,9 @@ def images_store(cfg: DetectConfig, ctx: StageContext) -> Store:
 def load_annotations(cfg: DetectConfig, ctx: StageContext, images: Store) -> Annotations:
     if cfg.annotations == "manifest":
         if not ctx.root.exists(join("crop", SUCCESS)):
-            raise UpstreamNotReadyError(f"--annotations manifest needs a finished crop stage: no {ctx.root.uri}/crop/{SUCCESS}; run `plankton crop` first")
+            raise UpstreamNotReadyError(
+                f"--annotations manifest needs a finished crop stage: no {ctx.root.uri}/crop/{SUCCESS}; run `plankton crop` first"
+            )
         return load_manifest(ctx.root)
     if cfg.annotations == "coco":
         data = read_uri(cfg.coco, ctx.s3_endpoint, "COCO file")
@@ -118,7 +130,9 @@ def check(cfg: DetectConfig, ctx: StageContext) -> DetectPlan:
     train = ann.split("train")
     global_batch = cfg.batch_size * world
     if len(train) < global_batch:
-        raise BadInputError(f"{len(train)} train frames are fewer than the global batch {global_batch} (--batch-size {cfg.batch_size} × {world}); lower it")
+        raise BadInputError(
+            f"{len(train)} train frames are fewer than the global batch {global_batch} (--batch-size {cfg.batch_size} × {world}); lower it"
+        )
     init, init_uri, init_id = resolve_init(cfg, ctx)
     rounds = cfg.rounds()
     scale = global_batch / cfg.lr_batch
@@ -135,7 +149,9 @@ def check(cfg: DetectConfig, ctx: StageContext) -> DetectPlan:
         "trainable_layers": 5 if cfg.init == "none" else cfg.trainable_layers,
         "frozen_bn": cfg.init != "none",
     }
-    resume = choose_resume(ctx.root, DETECT_CKPT, cfg.resume, resolved, TRAJECTORY_FIELDS + ("classes", "train_frames"), ctx.s3_endpoint)
+    resume = choose_resume(
+        ctx.root, DETECT_CKPT, cfg.resume, resolved, TRAJECTORY_FIELDS + ("classes", "train_frames"), ctx.s3_endpoint
+    )
     if resume.ckpt is not None:
         check_rounds(resume, resolved, cfg.resume)
     digest = hashlib.sha256()
@@ -166,7 +182,9 @@ def fingerprint(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
     return ctx.plan.fingerprint
 
 
-def backbone_state(plan: DetectPlan, ctx: StageContext) -> tuple[dict[str, torch.Tensor] | None, list[float], list[float]]:
+def backbone_state(
+    plan: DetectPlan, ctx: StageContext
+) -> tuple[dict[str, torch.Tensor] | None, list[float], list[float]]:
     """The initial backbone weights and the normalisation they were trained with (ImageNet's when unknown)."""
     if plan.init_uri is None:
         return None, list(IMAGENET_MEAN), list(IMAGENET_STD)
@@ -193,7 +211,11 @@ def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
     images = open_store(plan.images_uri, ctx.s3_endpoint)
     ann = plan.ann
     ctx.notes.extend(ann.notes)
-    with process_group(use_cuda=cuda) as dist, stop_on_signals(StopRequest()) as stop, deterministic_kernels(cfg.deterministic, device):
+    with (
+        process_group(use_cuda=cuda) as dist,
+        stop_on_signals(StopRequest()) as stop,
+        deterministic_kernels(cfg.deterministic, device),
+    ):
         resolved = dict(plan.resolved)
         if plan.resume.ckpt is None:
             state, mean, std = backbone_state(plan, ctx)
@@ -207,7 +229,9 @@ def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
         net.roi_heads.score_thresh = cfg.eval_score  # type: ignore[union-attr]
         if state is not None:
             ctx.notes.append(f"backbone initialised from {plan.init}")
-        batches = TrainBatches(images, ann.split("train"), cfg.batch_size, dist.rank, dist.world, cfg.seed, cfg.flip, cfg.workers)
+        batches = TrainBatches(
+            images, ann.split("train"), cfg.batch_size, dist.rank, dist.world, cfg.seed, cfg.flip, cfg.workers
+        )
         rounds = [(int(e), float(lr)) for e, lr in resolved["rounds"]]
         epochs = sum(e for e, _ in rounds)
         run = TrainingRun(
@@ -224,7 +248,13 @@ def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
         trainer = Trainer(ctx, run, dist=dist, stop=stop, device=device)
         params = [p for p in net.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=rounds[0][1], momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        schedule = partial(round_schedule, rounds=rounds, steps_per_epoch=len(batches), warmup_steps=min(cfg.warmup_iters, len(batches)), decay=cfg.decay)
+        schedule = partial(
+            round_schedule,
+            rounds=rounds,
+            steps_per_epoch=len(batches),
+            warmup_steps=min(cfg.warmup_iters, len(batches)),
+            decay=cfg.decay,
+        )
         fresh = plan.resume.ckpt is None
         scheduler = trainer.restore(plan.resume, {"model": net}, optimizer, schedule)
         # a chain continued with added rounds: the restored optimiser holds the old schedule's next lr
@@ -241,7 +271,11 @@ def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
             for k, v in st.items():
                 if isinstance(v, torch.Tensor):
                     st[k] = v.to(device)
-        model: nn.Module = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None) if dist.enabled else net
+        model: nn.Module = (
+            nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
+            if dist.enabled
+            else net
+        )
         history = read_val(ctx.root, trainer.start_epoch) if dist.is_main else []
         round_ends = set(np.cumsum([e for e, _ in rounds]).tolist())
         val_frames = ann.split("val")
@@ -270,7 +304,11 @@ def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
         def run_epoch(epoch: int, start_step: int) -> EpochStats:
             if epoch in round_ends and dist.is_main:  # the chain keeps every round's last epoch
                 keep_numbered(ctx.root, trainer, epoch)
-            it = progress(batches.epoch(epoch, start_step), total=len(batches) - start_step, desc=f"detect epoch {epoch + 1}/{epochs}")
+            it = progress(
+                batches.epoch(epoch, start_step),
+                total=len(batches) - start_step,
+                desc=f"detect epoch {epoch + 1}/{epochs}",
+            )
             stats = train_one_epoch(
                 model,
                 it,
@@ -285,7 +323,11 @@ def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
                 lr_option="--schedule",
             )
             if not stats.interrupted:
-                result = evaluate_frames(net, images, val_frames, ann.classes, device, dist, cfg, amp) if val_frames else None
+                result = (
+                    evaluate_frames(net, images, val_frames, ann.classes, device, dist, cfg, amp)
+                    if val_frames
+                    else None
+                )
                 if dist.is_main:
                     record_val(ctx.root, history, epoch + 1, result, net, resolved)
             return stats
@@ -384,7 +426,12 @@ def best_row(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def record_val(
-    root: Store, history: list[dict[str, Any]], epoch: int, result: tuple[CocoResult, list[Detections]] | None, net: nn.Module, resolved: dict[str, Any]
+    root: Store,
+    history: list[dict[str, Any]],
+    epoch: int,
+    result: tuple[CocoResult, list[Detections]] | None,
+    net: nn.Module,
+    resolved: dict[str, Any],
 ) -> None:
     """Append the epoch's val figures to detect/val.jsonl; a new best val AP rewrites best.pt."""
     if result is None:
@@ -401,7 +448,9 @@ def record_val(
 
 
 def save_best(root: Store, net: nn.Module, resolved: dict[str, Any], epoch: int, row: dict[str, Any] | None) -> None:
-    save_checkpoint(root, DETECT_BEST, to_cpu({"model": net.state_dict(), "config": resolved, "epoch": epoch, "val": row}))
+    save_checkpoint(
+        root, DETECT_BEST, to_cpu({"model": net.state_dict(), "config": resolved, "epoch": epoch, "val": row})
+    )
 
 
 def _fmt(x: Any) -> str:

@@ -85,15 +85,21 @@ def check(cfg: EvaluateConfig, ctx: StageContext) -> EvalPlan:
             raise BadInputError(f"{store.uri}/{SWEEP_SELECTION} lacks {key!r}; rerun `plankton linear-sweep --force`")
     ckpt_key, head_key = selection["checkpoint_key"], selection["head_key"]
     if not store.exists(ckpt_key):
-        raise BadInputError(f"checkpoint {store.uri}/{ckpt_key} chosen by the sweep is missing; restore it or rerun `plankton linear-sweep --force`")
+        raise BadInputError(
+            f"checkpoint {store.uri}/{ckpt_key} chosen by the sweep is missing; restore it or rerun `plankton linear-sweep --force`"
+        )
     embedder = load_embedder(store, ckpt_key)
     epoch = embedder.epoch if embedder.epoch is not None else int(selection.get("epoch", -1))
     if not store.exists(head_key):
-        raise BadInputError(f"linear head {store.uri}/{head_key} chosen by the sweep is missing; rerun `plankton linear-sweep --force`")
+        raise BadInputError(
+            f"linear head {store.uri}/{head_key} chosen by the sweep is missing; rerun `plankton linear-sweep --force`"
+        )
     state, meta = load_head(store, head_key)
     weight, bias = state["weight"].float(), state["bias"].float()
     if weight.ndim != 2 or bias.shape != (weight.shape[0],):
-        raise BadInputError(f"linear head {store.uri}/{head_key} has weight {tuple(weight.shape)} and bias {tuple(bias.shape)}: not a linear layer")
+        raise BadInputError(
+            f"linear head {store.uri}/{head_key} has weight {tuple(weight.shape)} and bias {tuple(bias.shape)}: not a linear layer"
+        )
     if weight.shape[1] != embedder.dimension:
         raise BadInputError(
             f"feature width mismatch: head {head_key} takes {weight.shape[1]} features but checkpoint {ckpt_key} "
@@ -129,7 +135,11 @@ def classes_not_in_test(splits: pa.Table) -> list[dict[str, Any]]:
     """Classes with no test crop (stats kept them whole in train: too few source images), with their counts (`splits`: every split's rows)."""
     names = [str(c) for c in splits.column("class").to_pylist()]
     parts = [str(s) for s in splits.column("split").to_pylist()]
-    sources = [str(s) for s in splits.column("source_key").to_pylist()] if "source_key" in splits.column_names else [""] * len(names)
+    sources = (
+        [str(s) for s in splits.column("source_key").to_pylist()]
+        if "source_key" in splits.column_names
+        else [""] * len(names)
+    )
     rows: dict[str, dict[str, Any]] = {}
     for name, part, source in zip(names, parts, sources):
         r = rows.setdefault(name, {"class": name, "crops": 0, "train": 0, "val": 0, "test": 0, "sources": set()})
@@ -140,7 +150,15 @@ def classes_not_in_test(splits: pa.Table) -> list[dict[str, Any]]:
     for name in sorted(rows):
         r = rows[name]
         if r["test"] == 0:
-            out.append({"class": name, "crops": r["crops"], "source_images": len(r["sources"]), "train": r["train"], "val": r["val"]})
+            out.append(
+                {
+                    "class": name,
+                    "crops": r["crops"],
+                    "source_images": len(r["sources"]),
+                    "train": r["train"],
+                    "val": r["val"],
+                }
+            )
     return out
 
 
@@ -151,7 +169,10 @@ def _alternatives(store: Any, selection: dict[str, Any], plan: EvalPlan) -> dict
     for rule, choice in (selection.get("by_rule") or {}).items():
         alt = Alternative(rule, choice)
         out[rule] = alt
-        if choice.get("checkpoint_key") == selection["checkpoint_key"] and choice.get("head_key") == selection["head_key"]:
+        if (
+            choice.get("checkpoint_key") == selection["checkpoint_key"]
+            and choice.get("head_key") == selection["head_key"]
+        ):
             alt.embedder, alt.weight, alt.bias = plan.embedder, plan.weight, plan.bias
             continue
         try:
@@ -163,7 +184,10 @@ def _alternatives(store: Any, selection: dict[str, Any], plan: EvalPlan) -> dict
             if w.shape != plan.weight.shape or [str(c) for c in meta.get("classes", [])] != plan.classes:
                 raise BadInputError(f"head {choice['head_key']} does not fit the classes of the chosen head")
             alt.embedder, alt.weight, alt.bias = embedders[ckpt], w, b
-        except (BadInputError, KeyError) as exc:  # an alternative is a comparison: it never blocks the chosen model's results
+        except (
+            BadInputError,
+            KeyError,
+        ) as exc:  # an alternative is a comparison: it never blocks the chosen model's results
             alt.problem = str(exc)
     return out
 
@@ -174,8 +198,12 @@ def _predict(feats: np.ndarray, weight: torch.Tensor, bias: torch.Tensor) -> tup
     return probs, probs.argmax(axis=1).astype(np.int64)
 
 
-def _scored(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, n_classes: int, cfg: EvaluateConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    return classification_metrics(y, pred, n_classes, scores=probs), metric_intervals(y, pred, n_classes, probs, cfg.bootstrap, cfg.seed)
+def _scored(
+    y: np.ndarray, pred: np.ndarray, probs: np.ndarray, n_classes: int, cfg: EvaluateConfig
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    return classification_metrics(y, pred, n_classes, scores=probs), metric_intervals(
+        y, pred, n_classes, probs, cfg.bootstrap, cfg.seed
+    )
 
 
 def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
@@ -263,7 +291,11 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
             ]
         ),
     )
-    png = confusion_png(cm, plan.classes, title=f"Confusion matrix (test), {metrics['model']} {sel['checkpoint']}, normalised per true class")
+    png = confusion_png(
+        cm,
+        plan.classes,
+        title=f"Confusion matrix (test), {metrics['model']} {sel['checkpoint']}, normalised per true class",
+    )
 
     write_parquet(store, EVAL_PREDICTIONS, predictions)
     write_parquet(store, EVAL_PER_CLASS, per_class)
@@ -277,20 +309,33 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
     ctx.notes.append(
         f"test accuracy {100 * metrics['accuracy']:.2f}% (95% CI {100 * acc_iv['low']:.1f}–{100 * acc_iv['high']:.1f}), "
         f"macro F1 {100 * metrics['macro_f1']:.2f}%{f1_text} → report {store.uri}/{report['html']}"
-        + (f" ({report['pictures_left_out']} picture(s) left out under --report-max-mb)" if report["pictures_left_out"] else "")
+        + (
+            f" ({report['pictures_left_out']} picture(s) left out under --report-max-mb)"
+            if report["pictures_left_out"]
+            else ""
+        )
     )
     if plan.not_in_test:
         ctx.notes.append(
             f"{len(plan.not_in_test)} class(es) have no test crops (kept in train by stats): "
-            + ", ".join(f"{m['class']} ({m['crops']} crops, {m['source_images']} source images)" for m in plan.not_in_test[:10])
+            + ", ".join(
+                f"{m['class']} ({m['crops']} crops, {m['source_images']} source images)" for m in plan.not_in_test[:10]
+            )
         )
-    return {"test": int(len(y)), "accuracy": round(metrics["accuracy"], 6), "macro_f1": round(metrics["macro_f1"], 6), "checkpoint": sel["checkpoint"]}
+    return {
+        "test": int(len(y)),
+        "accuracy": round(metrics["accuracy"], 6),
+        "macro_f1": round(metrics["macro_f1"], 6),
+        "checkpoint": sel["checkpoint"],
+    }
 
 
 SELECTION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall")
 
 
-def _selections(cfg: EvaluateConfig, plan: EvalPlan, features: Any, metrics: dict[str, Any], intervals: dict[str, Any]) -> dict[str, Any]:
+def _selections(
+    cfg: EvaluateConfig, plan: EvalPlan, features: Any, metrics: dict[str, Any], intervals: dict[str, Any]
+) -> dict[str, Any]:
     """Per --select-by rule: what it chose on val, and that choice's test figures with their intervals."""
     out: dict[str, Any] = {}
     used = plan.selection.get("select_by", "accuracy")

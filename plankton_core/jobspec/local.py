@@ -164,7 +164,9 @@ class LocalRunner:
         c = _container(job)
         argv = [expand(str(a), env) for a in (c.get("command") or []) + (c.get("args") or [])]
         if not argv:
-            raise BadInputError(f"run-local: Job {job['metadata']['name']} has no command (the image's ENTRYPOINT is `plankton`)")
+            raise BadInputError(
+                f"run-local: Job {job['metadata']['name']} has no command (the image's ENTRYPOINT is `plankton`)"
+            )
         argv[0] = find_executable(argv[0])
         return argv
 
@@ -198,7 +200,9 @@ class LocalRunner:
         name = job["metadata"]["name"]
         indexed = spec.get("completionMode") == "Indexed"
         if indexed and spec.get("template", {}).get("spec", {}).get("subdomain"):
-            raise BadInputError(f"run-local: {name} is a multi-node torchrun Job (pods rendezvous over the network); it needs a cluster")
+            raise BadInputError(
+                f"run-local: {name} is a multi-node torchrun Job (pods rendezvous over the network); it needs a cluster"
+            )
         backoff = int(spec.get("backoffLimit", 6))
         counted = 0
         indexes: list[int | None] = list(range(int(spec.get("completions") or 1))) if indexed else [None]
@@ -218,13 +222,17 @@ class LocalRunner:
                 if action == "Ignore":
                     ignored += 1
                     if ignored > MAX_IGNORED:
-                        self.echo(f"run-local: {name}: exit {code} {ignored} times in a row; giving up (the cluster would keep retrying)")
+                        self.echo(
+                            f"run-local: {name}: exit {code} {ignored} times in a row; giving up (the cluster would keep retrying)"
+                        )
                         return code
                     self.echo(f"run-local: {name}: exit {code} is ignored by podFailurePolicy (not counted); retrying")
                     continue
                 counted += 1
                 if counted > backoff:
-                    self.echo(f"run-local: {name}: exit {code}; {counted} failed pods exceed backoffLimit {backoff}: the Job fails")
+                    self.echo(
+                        f"run-local: {name}: exit {code}; {counted} failed pods exceed backoffLimit {backoff}: the Job fails"
+                    )
                     return code or EXIT_BUG
                 self.echo(f"run-local: {name}: exit {code}; retrying ({counted} of backoffLimit {backoff})")
         self.echo(f"run-local: {name}: succeeded")

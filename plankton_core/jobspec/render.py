@@ -54,7 +54,9 @@ def job_name(stage: str, run_id: str, step: str = "") -> str:
     name = "-".join(p for p in ("plankton", stage, step, run_id) if p)
     # pods of an Indexed Job are named (and, with a subdomain, hostnamed) <job>-<index>: keep room
     if len(name) > 56 or not _DNS_LABEL.match(name):
-        raise BadInputError(f"run id {run_id!r} makes the Job name {name!r}, which is not a DNS label of at most 56 characters")
+        raise BadInputError(
+            f"run id {run_id!r} makes the Job name {name!r}, which is not a DNS label of at most 56 characters"
+        )
     return name
 
 
@@ -78,7 +80,9 @@ def cli_args(args: dict[str, Any], fill: dict[str, str]) -> list[str]:
     return out
 
 
-def render_stage(settings: Settings, stage: str, run_id: str | None = None, k8s_dir: str | Path | None = None) -> list[dict[str, Any]]:
+def render_stage(
+    settings: Settings, stage: str, run_id: str | None = None, k8s_dir: str | Path | None = None
+) -> list[dict[str, Any]]:
     """All documents of one stage, in creation order."""
     run_id = run_id or new_run_id()
     s = settings.for_stage(stage)
@@ -118,7 +122,9 @@ def _check(stage: str, s: dict[str, Any]) -> None:
     if s["nodes"] > 1 and s["gpus"] < 1:
         raise BadInputError(f"{stage}: multi-node torchrun needs gpus >= 1 per node")
     if s["gpus"] > 1 and not s["torchrun"]:
-        raise BadInputError(f"{stage}: uses one GPU per pod; only {distributed} (torchrun) uses several (set gpus: 1, or shards for {shardable})")
+        raise BadInputError(
+            f"{stage}: uses one GPU per pod; only {distributed} (torchrun) uses several (set gpus: 1, or shards for {shardable})"
+        )
     if s["shards"] > 1 and not (described and described.shardable):
         raise BadInputError(f"{stage}: is not shardable (only {shardable}); set shards: 1")
     if s["nodes"] > 1 and s["shards"] > 1:
@@ -156,7 +162,14 @@ def headless_service(s: dict[str, Any], stage: str, run_id: str, name: str) -> d
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": {JOB_NAME_LABEL: name},
-            "ports": [{"name": "rendezvous", "port": int(s["torchrunPort"]), "targetPort": int(s["torchrunPort"]), "protocol": "TCP"}],
+            "ports": [
+                {
+                    "name": "rendezvous",
+                    "port": int(s["torchrunPort"]),
+                    "targetPort": int(s["torchrunPort"]),
+                    "protocol": "TCP",
+                }
+            ],
         },
     }
 
@@ -173,18 +186,32 @@ def launcher(s: dict[str, Any], name: str, service_name: str | None) -> list[str
     cmd = ["plankton", "k8s", "torchrun", f"--nproc-per-node={max(gpus, 1)}"]
     if nodes > 1:
         # static rendezvous at node 0; each pod's node rank comes from PET_NODE_RANK (its completion index)
-        cmd += [f"--nnodes={nodes}", f"--master-addr={name}-0.{service_name}", f"--master-port={int(s['torchrunPort'])}"]
+        cmd += [
+            f"--nnodes={nodes}",
+            f"--master-addr={name}-0.{service_name}",
+            f"--master-port={int(s['torchrunPort'])}",
+        ]
     else:
         cmd += ["--standalone"]
     return cmd + ["--no-python", "plankton"]
 
 
 def build_job(
-    template: dict[str, Any], s: dict[str, Any], stage: str, run_id: str, name: str, step: str = "", service_name: str | None = None
+    template: dict[str, Any],
+    s: dict[str, Any],
+    stage: str,
+    run_id: str,
+    name: str,
+    step: str = "",
+    service_name: str | None = None,
 ) -> dict[str, Any]:
     job = copy.deepcopy(template)
     lab = labels(stage, run_id, step)
-    job["metadata"] = {"name": name, "namespace": s["namespace"], "labels": {**job["metadata"].get("labels", {}), **lab}}
+    job["metadata"] = {
+        "name": name,
+        "namespace": s["namespace"],
+        "labels": {**job["metadata"].get("labels", {}), **lab},
+    }
     spec = job["spec"]
     spec["backoffLimit"] = int(s["backoffLimit"])
     spec["activeDeadlineSeconds"] = int(s["activeDeadlineSeconds"])
@@ -208,9 +235,14 @@ def build_job(
     container["imagePullPolicy"] = s["imagePullPolicy"]
     container["command"] = launcher(s, name, service_name)
     container["args"] = [stage] + cli_args(s["args"], {"root": str(s["root"]), "images": str(s.get("images") or "")})
-    container["env"] = _env(container.get("env", []), s, run_id, pods if int(s["shards"]) > 1 else 0, multi_node=int(s["nodes"]) > 1)
+    container["env"] = _env(
+        container.get("env", []), s, run_id, pods if int(s["shards"]) > 1 else 0, multi_node=int(s["nodes"]) > 1
+    )
     # quantities are strings in the API ("2", "4Gi"); YAML may have read 2 as a number
-    resources = {kind: {res: str(q) for res, q in (amounts or {}).items()} for kind, amounts in (s.get("resources") or {}).items()}
+    resources = {
+        kind: {res: str(q) for res, q in (amounts or {}).items()}
+        for kind, amounts in (s.get("resources") or {}).items()
+    }
     if int(s["gpus"]) > 0:
         resources.setdefault("limits", {})["nvidia.com/gpu"] = str(int(s["gpus"]))
     container["resources"] = resources
@@ -231,7 +263,18 @@ def build_job(
     return job
 
 
-_CONTAINER_ORDER = ("name", "image", "imagePullPolicy", "command", "args", "env", "ports", "resources", "securityContext", "volumeMounts")
+_CONTAINER_ORDER = (
+    "name",
+    "image",
+    "imagePullPolicy",
+    "command",
+    "args",
+    "env",
+    "ports",
+    "resources",
+    "securityContext",
+    "volumeMounts",
+)
 
 
 def _ordered(container: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +283,9 @@ def _ordered(container: dict[str, Any]) -> dict[str, Any]:
     return {**head, **{k: v for k, v in container.items() if k not in head}}
 
 
-def _env(base: list[dict[str, Any]], s: dict[str, Any], run_id: str, shard_count: int, multi_node: bool) -> list[dict[str, Any]]:
+def _env(
+    base: list[dict[str, Any]], s: dict[str, Any], run_id: str, shard_count: int, multi_node: bool
+) -> list[dict[str, Any]]:
     env = []
     for var in copy.deepcopy(base):
         ref = var.get("valueFrom", {})
@@ -257,7 +302,12 @@ def _env(base: list[dict[str, Any]], s: dict[str, Any], run_id: str, shard_count
     if shard_count:
         env.append({"name": "NUM_SHARDS", "value": str(shard_count)})
     if multi_node:
-        env.append({"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}}})
+        env.append(
+            {
+                "name": "PET_NODE_RANK",
+                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}},
+            }
+        )
     known = {v["name"] for v in env}
     for key, value in (s.get("env") or {}).items():
         if key in known:

@@ -90,7 +90,9 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
         )
     extra = sorted(set(data) - {"defaults", "stages", "prelude"})
     if extra:
-        raise BadInputError(f"settings file {path}: unknown top-level key(s) {', '.join(extra)} (allowed: defaults, stages, prelude)")
+        raise BadInputError(
+            f"settings file {path}: unknown top-level key(s) {', '.join(extra)} (allowed: defaults, stages, prelude)"
+        )
     _check_keys(data.get("defaults") or {}, f"{path}: defaults")
     sections = data.get("stages") or {}
     if not isinstance(sections, dict):
@@ -142,7 +144,9 @@ def _check_keys(section: Any, where: str) -> None:
             raise BadInputError(f"{where}: {key} must be a list")
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any], replaced: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+def deep_merge(
+    base: dict[str, Any], over: dict[str, Any], replaced: frozenset[str] | set[str] = frozenset()
+) -> dict[str, Any]:
     """A new dict: mappings merged key by key (except the `replaced` keys), anything else replaced."""
     out = copy.deepcopy(base)
     for key, value in over.items():
@@ -186,7 +190,12 @@ class Settings:
         self.overrides = overrides or {}
 
     @classmethod
-    def load(cls, k8s_dir: str | os.PathLike | None = None, values: Iterable[str | os.PathLike] = (), sets: Iterable[str] = ()) -> Settings:
+    def load(
+        cls,
+        k8s_dir: str | os.PathLike | None = None,
+        values: Iterable[str | os.PathLike] = (),
+        sets: Iterable[str] = (),
+    ) -> Settings:
         base = Path(k8s_dir) if k8s_dir else default_k8s_dir()
         files = [load_file(base / STAGES_FILE)] + [load_file(v) for v in values]
         return cls(files, parse_set(sets))

@@ -65,7 +65,11 @@ def pod_state(pod: dict[str, Any]) -> str:
     if "terminated" in state:
         t = state["terminated"]
         return f"{phase} (exit {t.get('exitCode')}: {t.get('reason') or 'terminated'})"
-    if "waiting" in state and (state["waiting"].get("reason") or "") not in ("", "ContainerCreating", "PodInitializing"):
+    if "waiting" in state and (state["waiting"].get("reason") or "") not in (
+        "",
+        "ContainerCreating",
+        "PodInitializing",
+    ):
         w = state["waiting"]
         msg = f": {w['message']}" if w.get("message") else ""
         return f"{phase} ({w.get('reason')}{msg})"

@@ -92,5 +92,7 @@ class SupConLoss(nn.Module):
         self.method = method
         self.base_temperature = base_temperature
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None, anchor_rows: slice | None = None) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, labels: torch.Tensor | None = None, anchor_rows: slice | None = None
+    ) -> torch.Tensor:
         return supcon_loss(features, labels, self.temperature, self.method, anchor_rows, self.base_temperature)

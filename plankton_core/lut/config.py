@@ -40,17 +40,28 @@ class LutConfig:
     prune_max: float = option(1.00, "Highest T of the sweep.", ge=-1.0, le=1.0)
     prune_step: float = option(0.01, "Step of the sweep.", gt=0.0)
     select_by: SelectBy = option(
-        "accuracy", "Criterion the pruned index is compared on (val): accuracy (McNemar exact) or balanced_accuracy / macro_f1 (paired bootstrap)."
+        "accuracy",
+        "Criterion the pruned index is compared on (val): accuracy (McNemar exact) or balanced_accuracy / macro_f1 (paired bootstrap).",
     )
     alpha: float = option(
-        0.05, "Significance level: a T whose val criterion is significantly below the unpruned index's (one sided, paired) is not eligible.", gt=0.0, lt=1.0
+        0.05,
+        "Significance level: a T whose val criterion is significantly below the unpruned index's (one sided, paired) is not eligible.",
+        gt=0.0,
+        lt=1.0,
     )
     min_class_recall: float = option(
-        0.10, "Class-recall guard: no class may lose more than this much val recall (0–1; 0.10 = 10 points) at the chosen T.", ge=0.0, le=1.0
+        0.10,
+        "Class-recall guard: no class may lose more than this much val recall (0–1; 0.10 = 10 points) at the chosen T.",
+        ge=0.0,
+        le=1.0,
     )
-    bootstrap: int = option(1000, "Stratified bootstrap draws for the paired test and the test-split intervals.", ge=100)
+    bootstrap: int = option(
+        1000, "Stratified bootstrap draws for the paired test and the test-split intervals.", ge=100
+    )
     seed: int = option(0, "Seed of the bootstrap draws.", ge=0)
-    prune_candidates: int = option(100, "Nearest items per val query kept from the full gallery and reused for every T (>= --k).", ge=1)
+    prune_candidates: int = option(
+        100, "Nearest items per val query kept from the full gallery and reused for every T (>= --k).", ge=1
+    )
     batch_size: int = option(256, "Crops per forward pass.", ge=1, digest=False)
     device: str = option("auto", "auto, cpu, cuda, cuda:N.", digest=False)
     workers: int = option(0, "Decoding threads; 0 = automatic.", ge=0, digest=False)

@@ -32,7 +32,9 @@ def neighbour_labels(nb: Neighbours, gallery_labels: np.ndarray, id_map: np.ndar
 TOP_K = 5  # the report's "top-5 accuracy"
 
 
-def score_predictions(y_true: np.ndarray, pred: np.ndarray, n_classes: int, ranked: np.ndarray | None = None) -> dict[str, Any]:
+def score_predictions(
+    y_true: np.ndarray, pred: np.ndarray, n_classes: int, ranked: np.ndarray | None = None
+) -> dict[str, Any]:
     """classification_metrics, with 'no neighbour at all' (-1) counted wrong as an extra class.
 
     Top-5 accuracy comes from `ranked` (retrieval.ranked_classes): a hit only
@@ -61,22 +63,38 @@ class Predictions:
     ranked: np.ndarray
 
 
-def predict_neighbours(nb: Neighbours, gallery_labels: np.ndarray, n_classes: int, method: str, k: int, id_map: np.ndarray | None = None) -> Predictions:
+def predict_neighbours(
+    nb: Neighbours, gallery_labels: np.ndarray, n_classes: int, method: str, k: int, id_map: np.ndarray | None = None
+) -> Predictions:
     labels = neighbour_labels(nb, gallery_labels, id_map)[:, :k]
     pred, score, class_scores = vote(labels, nb.sims[:, :k], n_classes, method)
     return Predictions(pred, score, ranked_classes(labels, class_scores, max(k, TOP_K)))
 
 
 def evaluate_neighbours(
-    nb: Neighbours, queries: QuerySet, gallery_labels: np.ndarray, n_classes: int, method: str, k: int, id_map: np.ndarray | None = None
+    nb: Neighbours,
+    queries: QuerySet,
+    gallery_labels: np.ndarray,
+    n_classes: int,
+    method: str,
+    k: int,
+    id_map: np.ndarray | None = None,
 ) -> dict[str, Any]:
     p = predict_neighbours(nb, gallery_labels, n_classes, method, k, id_map)
     return score_predictions(queries.labels, p.pred, n_classes, p.ranked)
 
 
 def predict_index(
-    index: Searcher, queries: QuerySet, gallery_labels: np.ndarray, gallery_groups: np.ndarray, n_classes: int, k: int, id_map: np.ndarray | None = None
+    index: Searcher,
+    queries: QuerySet,
+    gallery_labels: np.ndarray,
+    gallery_groups: np.ndarray,
+    n_classes: int,
+    k: int,
+    id_map: np.ndarray | None = None,
 ) -> dict[str, Predictions]:
     """Top-1 and weighted kNN predictions of `queries` against an index (or an ArraySearcher), own source left out."""
     nb = search_excluding(index, queries.x, k, gallery_groups, queries.groups, id_map)
-    return {method: predict_neighbours(nb, gallery_labels, n_classes, method, k, id_map) for method in ("top1", "weighted")}
+    return {
+        method: predict_neighbours(nb, gallery_labels, n_classes, method, k, id_map) for method in ("top1", "weighted")
+    }

@@ -83,18 +83,28 @@ def embed_rows(
     return Embedded(out, reused, int(len(todo)), note)
 
 
-def _compute(root: Store, embedder: Embedder, keys: Sequence[str], batch_size: int, device: torch.device, workers: int | None) -> np.ndarray:
+def _compute(
+    root: Store, embedder: Embedder, keys: Sequence[str], batch_size: int, device: torch.device, workers: int | None
+) -> np.ndarray:
     cache = ImageCache.build(root, list(keys), embedder.size, workers=workers, preprocess=embedder.preprocess)
-    return l2_normalise(extract_features(embedder.model, cache, embedder.mean, embedder.std, batch_size, device, desc="lut embeddings"))
+    return l2_normalise(
+        extract_features(embedder.model, cache, embedder.mean, embedder.std, batch_size, device, desc="lut embeddings")
+    )
 
 
 def _cached_split(root: Store, checkpoint: str, split: str, keys: np.ndarray, dimension: int) -> np.ndarray | None:
     """linear-sweep's features of `split`, when they exist and list exactly `keys` in order."""
     prefix = join(SWEEP_FEATURES, checkpoint)
-    if not (root.exists(join(prefix, "meta.json")) and root.exists(join(prefix, f"{split}.npy")) and root.exists(join(prefix, f"{split}.parquet"))):
+    if not (
+        root.exists(join(prefix, "meta.json"))
+        and root.exists(join(prefix, f"{split}.npy"))
+        and root.exists(join(prefix, f"{split}.parquet"))
+    ):
         return None
     try:
-        cached_keys = read_parquet(root, join(prefix, f"{split}.parquet"), columns=["crop_key"]).column("crop_key").to_pylist()
+        cached_keys = (
+            read_parquet(root, join(prefix, f"{split}.parquet"), columns=["crop_key"]).column("crop_key").to_pylist()
+        )
         if cached_keys != list(keys):
             return None
         x = read_npy(root, join(prefix, f"{split}.npy"))

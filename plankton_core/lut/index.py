@@ -29,7 +29,15 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
-def build_index(x: np.ndarray, kind: str = "flat", *, nlist: int | None = None, hnsw_m: int = 32, ef_construction: int = 80, seed: int = 0) -> faiss.Index:
+def build_index(
+    x: np.ndarray,
+    kind: str = "flat",
+    *,
+    nlist: int | None = None,
+    hnsw_m: int = 32,
+    ef_construction: int = 80,
+    seed: int = 0,
+) -> faiss.Index:
     """An inner-product index holding `x` (rows already normalised), ids = row numbers."""
     if kind not in INDEX_TYPES:
         raise BadInputError(f"unknown index type {kind!r}: use one of {', '.join(INDEX_TYPES)}")
@@ -141,7 +149,13 @@ def tune_recall(
     kind = index_kind(index)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if kind == "flat" or len(queries) == 0:
-        return {"params": {}, "recall_at_1": 1.0, f"recall_at_{k}": 1.0, "queries": int(len(queries)), "exact": kind == "flat"}
+        return {
+            "params": {},
+            "recall_at_1": 1.0,
+            f"recall_at_{k}": 1.0,
+            "queries": int(len(queries)),
+            "exact": kind == "flat",
+        }
     k = min(k, index.ntotal)
     _, exact_ids = exact.search(queries, k)
     if kind == "ivf":
@@ -153,7 +167,11 @@ def tune_recall(
     for name, value in knobs:
         set_search_params(index, {name: value})
         _, ids = index.search(queries, k)
-        best = {"params": {name: value}, "recall_at_1": recall_at(ids, exact_ids, 1), f"recall_at_{k}": recall_at(ids, exact_ids, k)}
+        best = {
+            "params": {name: value},
+            "recall_at_1": recall_at(ids, exact_ids, 1),
+            f"recall_at_{k}": recall_at(ids, exact_ids, k),
+        }
         if best["recall_at_1"] >= target:
             break
     best.update(queries=int(len(queries)), target_recall_at_1=target, exact=False)

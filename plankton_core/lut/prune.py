@@ -28,7 +28,9 @@ def greedy_order(keys: Sequence[str]) -> np.ndarray:
     near-identical frames (same particle, successive images) do not form long
     chains, and adding items does not reshuffle the others.
     """
-    digests = np.array([int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys], dtype=np.uint64)
+    digests = np.array(
+        [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") for k in keys], dtype=np.uint64
+    )
     order = np.lexsort((np.arange(len(keys)), digests))  # ties (duplicate keys) by position
     rank = np.empty(len(keys), dtype=np.int64)
     rank[order] = np.arange(len(keys))
@@ -263,7 +265,9 @@ def approx_lists(
     n, q = len(gallery), len(queries)
     extra = 0
     if gallery_groups is not None and query_groups is not None and n and q:
-        sizes = np.bincount(gallery_groups, minlength=int(max(gallery_groups.max(initial=0), query_groups.max(initial=0))) + 1)
+        sizes = np.bincount(
+            gallery_groups, minlength=int(max(gallery_groups.max(initial=0), query_groups.max(initial=0))) + 1
+        )
         extra = int(sizes[query_groups].max(initial=0))
     d = min(depth + extra, n)
     qrows = Bf16Rows.of(queries)
@@ -331,7 +335,9 @@ def first_kept_exact(
     cols = np.arange(len(rows)) - np.repeat(np.cumsum(length) - length, length)
     exact = np.full((q, d), -np.inf, np.float32)
     if len(rows):
-        exact[rows, cols] = row_dots(np.asarray(queries, np.float32), np.asarray(gallery, np.float32), rows, ids[rows, cols], chunk)
+        exact[rows, cols] = row_dots(
+            np.asarray(queries, np.float32), np.asarray(gallery, np.float32), rows, ids[rows, cols], chunk
+        )
     order = np.argsort(-exact, axis=1, kind="stable")
     e_sims = np.take_along_axis(exact, order, 1)
     e_ids = np.take_along_axis(ids, order, 1)
@@ -376,7 +382,9 @@ def dense_first_kept(
         e = min(s + block, q)
         sims = torch.from_numpy(np.ascontiguousarray(queries[s:e], dtype=np.float32)) @ g.T
         if gallery_groups is not None and query_groups is not None:
-            sims.masked_fill_(torch.from_numpy(np.asarray(gallery_groups)[None, :] == np.asarray(query_groups)[s:e, None]), -np.inf)
+            sims.masked_fill_(
+                torch.from_numpy(np.asarray(gallery_groups)[None, :] == np.asarray(query_groups)[s:e, None]), -np.inf
+            )
         for (ids, vals), drop in zip(out, drops):
             top = torch.topk(sims.masked_fill(drop, -np.inf), kk, dim=1)
             v, i = top.values.numpy(), top.indices.numpy()

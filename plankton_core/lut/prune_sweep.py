@@ -92,7 +92,12 @@ def sweep_thresholds(
     if graph is None:
         graph = neighbour_graph(x, labels, greedy_order(keys), float(np.min(grid)))
     seconds["neighbour_graph"] = time.perf_counter() - t0
-    log.info("prune: %d same-class pairs with cosine >= %.2f in %.1fs", graph.pairs, float(np.min(grid)), seconds["neighbour_graph"])
+    log.info(
+        "prune: %d same-class pairs with cosine >= %.2f in %.1fs",
+        graph.pairs,
+        float(np.min(grid)),
+        seconds["neighbour_graph"],
+    )
 
     t1 = time.perf_counter()
     # each val query's nearest train items once, by bfloat16 products (read exactly: prune.first_kept_exact); the
@@ -117,7 +122,11 @@ def sweep_thresholds(
         for (ids, sims, _), (d_ids, d_sims) in zip(firsts, dense):
             ids[hard], sims[hard] = d_ids, d_sims
     seconds["hard_queries"] = time.perf_counter() - t_hard
-    log.info("prune: %d of %d val queries searched exactly (their bfloat16 lists could not settle every T)", len(hard), len(val))
+    log.info(
+        "prune: %d of %d val queries searched exactly (their bfloat16 lists could not settle every T)",
+        len(hard),
+        len(val),
+    )
     cand = Neighbours(firsts[0][0], firsts[0][1])
     base = predict_neighbours(cand, labels, n_classes, vote, k)
     baseline = score_predictions(val.labels, base.pred, n_classes, base.ranked)
@@ -142,7 +151,10 @@ def sweep_thresholds(
 
     t3 = time.perf_counter()
     rows["p_worse"] = worse_p_values(val.labels, base.pred, preds, n_classes, select_by, draws, seed)
-    rows["eligible"] = [bool(p >= alpha and d <= max_recall_drop + 1e-12) for p, d in zip(rows["p_worse"], rows["largest_class_recall_drop"])]
+    rows["eligible"] = [
+        bool(p >= alpha and d <= max_recall_drop + 1e-12)
+        for p, d in zip(rows["p_worse"], rows["largest_class_recall_drop"])
+    ]
     chosen = choose_threshold(
         np.asarray(rows["threshold"]),
         np.asarray(rows["gallery_size"]),
@@ -155,7 +167,9 @@ def sweep_thresholds(
     rows["chosen"] = [i == chosen for i in range(len(grid))]
     rule = {
         "select_by": select_by,
-        "test": "McNemar exact, one-sided" if select_by == "accuracy" else f"paired stratified bootstrap, one-sided ({draws} draws, seed {seed})",
+        "test": "McNemar exact, one-sided"
+        if select_by == "accuracy"
+        else f"paired stratified bootstrap, one-sided ({draws} draws, seed {seed})",
         "alpha": alpha,
         "min_class_recall": max_recall_drop,
         "val_count": int(len(val)),
@@ -228,7 +242,13 @@ def plot_sweep(table: pa.Table, chosen: int, baseline_accuracy: float, rule: str
         for ti, ok in zip(t, table.column("eligible").to_pylist()):
             if not ok:
                 ax.axvspan(ti - step / 2, ti + step / 2, color="0.9", linewidth=0)
-    ax.plot(t, table.column("fraction_kept").to_numpy(), color="tab:gray", marker=".", label="fraction of train gallery kept")
+    ax.plot(
+        t,
+        table.column("fraction_kept").to_numpy(),
+        color="tab:gray",
+        marker=".",
+        label="fraction of train gallery kept",
+    )
     ax.plot(t, table.column("val_accuracy").to_numpy(), color="tab:blue", marker=".", label="val accuracy")
     ax.plot(t, table.column("val_macro_f1").to_numpy(), color="tab:green", marker=".", label="val macro F1")
     ax.axhline(baseline_accuracy, color="tab:blue", linestyle=":", linewidth=1, label="unpruned val accuracy")
@@ -237,7 +257,9 @@ def plot_sweep(table: pa.Table, chosen: int, baseline_accuracy: float, rule: str
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    ax.set_title("LUT pruning sweep (val against train; grey: ruled out" + (f", {rule}" if rule else "") + ")", fontsize=9)
+    ax.set_title(
+        "LUT pruning sweep (val against train; grey: ruled out" + (f", {rule}" if rule else "") + ")", fontsize=9
+    )
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -99,7 +99,9 @@ def _pad(nb: Neighbours, k: int) -> Neighbours:
     )
 
 
-def vote(labels: np.ndarray, sims: np.ndarray, n_classes: int, method: str = "top1") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def vote(
+    labels: np.ndarray, sims: np.ndarray, n_classes: int, method: str = "top1"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(predicted label, score, per-class scores) from neighbour labels (-1 = none) and similarities.
 
     top1: the nearest neighbour's class; score its similarity; a class's score
@@ -167,7 +169,9 @@ def top_k_hits(y_true: np.ndarray, ranked: np.ndarray, k: int) -> np.ndarray:
     return (np.asarray(ranked)[:, :k] == np.asarray(y_true, dtype=np.int64)[:, None]).any(axis=1)
 
 
-def first_kept(candidates: Neighbours, kept: np.ndarray, k: int, need: int | None = None) -> tuple[Neighbours, np.ndarray]:
+def first_kept(
+    candidates: Neighbours, kept: np.ndarray, k: int, need: int | None = None
+) -> tuple[Neighbours, np.ndarray]:
     """Neighbours in a pruned gallery read off the full gallery's candidate lists.
 
     The nearest kept items of a query are the first kept entries of its

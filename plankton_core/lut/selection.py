@@ -69,7 +69,9 @@ def mcnemar_worse_p(correct_full: np.ndarray, correct: np.ndarray) -> float:
     return float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue)
 
 
-def bootstrap_metric(y: np.ndarray, preds: Sequence[np.ndarray], n_classes: int, name: str, draws: int, seed: int) -> np.ndarray:
+def bootstrap_metric(
+    y: np.ndarray, preds: Sequence[np.ndarray], n_classes: int, name: str, draws: int, seed: int
+) -> np.ndarray:
     """(len(preds), draws) values of `name` over stratified resamples of the items (scoring.bootstrap_replicates).
 
     The same seed gives every prediction vector the same resamples, so the
@@ -93,7 +95,15 @@ def paired_worse_p(draws_full: np.ndarray, draws: np.ndarray) -> float:
     return float((1 + np.sum(diff >= -1e-12)) / (1 + len(diff)))
 
 
-def worse_p_values(y: np.ndarray, pred_full: np.ndarray, preds: Sequence[np.ndarray], n_classes: int, select_by: str, draws: int, seed: int) -> list[float]:
+def worse_p_values(
+    y: np.ndarray,
+    pred_full: np.ndarray,
+    preds: Sequence[np.ndarray],
+    n_classes: int,
+    select_by: str,
+    draws: int,
+    seed: int,
+) -> list[float]:
     """For each candidate prediction vector, the one-sided p-value that it is worse than `pred_full` on `select_by`."""
     if select_by == "accuracy":
         full = pred_full == y
@@ -103,7 +113,12 @@ def worse_p_values(y: np.ndarray, pred_full: np.ndarray, preds: Sequence[np.ndar
 
 
 def choose_threshold(
-    thresholds: np.ndarray, kept_counts: np.ndarray, p_values: np.ndarray, recall_drops: np.ndarray, alpha: float, max_recall_drop: float
+    thresholds: np.ndarray,
+    kept_counts: np.ndarray,
+    p_values: np.ndarray,
+    recall_drops: np.ndarray,
+    alpha: float,
+    max_recall_drop: float,
 ) -> int:
     """Index of the T that prunes most among those not significantly worse (p >= alpha) whose largest class
     recall loss is at most `max_recall_drop`. Ties in size go to the larger T; with none eligible (cannot happen
@@ -117,7 +132,9 @@ def choose_threshold(
     return int(best[np.argmax(thresholds[best])])
 
 
-def pruning_effect(y: np.ndarray, pred_full: np.ndarray, pred_pruned: np.ndarray, classes: Sequence[str], *, draws: int, seed: int) -> dict[str, Any]:
+def pruning_effect(
+    y: np.ndarray, pred_full: np.ndarray, pred_pruned: np.ndarray, classes: Sequence[str], *, draws: int, seed: int
+) -> dict[str, Any]:
     """What the chosen pruning does on a held-out split: accuracy, macro F1 and worst class recall, full vs
     pruned, each with a 95% interval, the paired difference with its interval, and a verdict the report can show."""
     y = np.asarray(y, dtype=np.int64)
@@ -171,7 +188,9 @@ def pruning_effect(y: np.ndarray, pred_full: np.ndarray, pred_pruned: np.ndarray
     return out
 
 
-def headline_intervals(y: np.ndarray, pred: np.ndarray, ranked: np.ndarray, n_classes: int, draws: int, seed: int) -> dict[str, Any]:
+def headline_intervals(
+    y: np.ndarray, pred: np.ndarray, ranked: np.ndarray, n_classes: int, draws: int, seed: int
+) -> dict[str, Any]:
     """scoring.metric_intervals of a retrieval row, with top-5 accuracy's Wilson interval from the ranked classes
     (scoring's own top-5 would rank classes no neighbour voted for)."""
     y = np.asarray(y, dtype=np.int64)

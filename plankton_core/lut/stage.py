@@ -92,7 +92,9 @@ def check(cfg: LutConfig, ctx: StageContext) -> Plan:
     present = sorted(set(splits.column("split").to_pylist()))
     missing = [s for s in cfg.gallery_splits if s not in present]
     if missing:
-        raise BadInputError(f"gallery split(s) {', '.join(missing)} have no rows in {root.uri}/{A.STATS_SPLITS} (splits there: {', '.join(present) or 'none'})")
+        raise BadInputError(
+            f"gallery split(s) {', '.join(missing)} have no rows in {root.uri}/{A.STATS_SPLITS} (splits there: {', '.join(present) or 'none'})"
+        )
     return Plan(checkpoint, splits)
 
 
@@ -109,7 +111,9 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     heldout_rows = np.flatnonzero(heldout)
     # the pruning sweep queries val against train only: embed train too when it is not in the gallery
     extra_train = np.flatnonzero((split_col == "train") & ~in_gallery) if cfg.prune else np.zeros(0, np.int64)
-    needed = np.concatenate([gallery_rows, heldout_rows, extra_train])  # gallery first: its embeddings are a view, not a copy
+    needed = np.concatenate(
+        [gallery_rows, heldout_rows, extra_train]
+    )  # gallery first: its embeddings are a view, not a copy
 
     # one pass of the backbone over every crop the stage needs
     crop_keys = np.asarray(splits.column("crop_key").to_pylist(), dtype=object)
@@ -137,25 +141,36 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     manifest = read_parquet(root, A.CROP_MANIFEST) if root.exists(A.CROP_MANIFEST) else None
     gallery = gallery_table(splits.take(pa.array(gallery_rows)), manifest)
     labels_all = np.asarray(splits.column("label").to_numpy(zero_copy_only=False), dtype=np.int64)
-    groups_all = np.asarray(pc.dictionary_encode(source_keys(splits)).indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    groups_all = np.asarray(
+        pc.dictionary_encode(source_keys(splits)).indices.to_numpy(zero_copy_only=False), dtype=np.int64
+    )
     g_labels, g_groups = labels_all[gallery_rows], groups_all[gallery_rows]
 
     write_parquet(root, A.LUT_GALLERY["full"], gallery)
     save_npy(root, A.LUT_EMBEDDINGS, x)
-    heldout_table = splits.select(["crop_key", "class", "label", "split", "source_key"]).take(pa.array(heldout_rows, pa.int64()))
+    heldout_table = splits.select(["crop_key", "class", "label", "split", "source_key"]).take(
+        pa.array(heldout_rows, pa.int64())
+    )
     write_parquet(root, A.LUT_HELDOUT, heldout_table)
     save_npy(root, A.LUT_HELDOUT_EMBEDDINGS, heldout_x)
 
     def query_set(split: str) -> QuerySet:
         rows = np.flatnonzero(split_col == split)
-        return QuerySet(split, feats[position[rows]] if len(rows) else np.zeros((0, x.shape[1]), np.float32), labels_all[rows], groups_all[rows])
+        return QuerySet(
+            split,
+            feats[position[rows]] if len(rows) else np.zeros((0, x.shape[1]), np.float32),
+            labels_all[rows],
+            groups_all[rows],
+        )
 
     val, test = query_set("val"), query_set("test")
     recall_queries = _recall_queries(heldout_x, x)
 
     index, index_meta = _build(x, cfg, recall_queries)
     save_index(root, A.LUT_INDEX["full"], index)
-    ctx.log.info("lut: %s index of %d × %d built in %.1fs", cfg.index, index.ntotal, index.d, index_meta["build_seconds"])
+    ctx.log.info(
+        "lut: %s index of %d × %d built in %.1fs", cfg.index, index.ntotal, index.d, index_meta["build_seconds"]
+    )
 
     info: dict[str, Any] = {
         **embedder.describe(),
@@ -167,7 +182,12 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
         **index_meta,
         "embed_seconds": round(embed_seconds, 3),
         "built_at": datetime.now(timezone.utc).isoformat(),
-        "files": {"index": A.LUT_INDEX["full"], "gallery": A.LUT_GALLERY["full"], "embeddings": A.LUT_EMBEDDINGS, "heldout": A.LUT_HELDOUT},
+        "files": {
+            "index": A.LUT_INDEX["full"],
+            "gallery": A.LUT_GALLERY["full"],
+            "embeddings": A.LUT_EMBEDDINGS,
+            "heldout": A.LUT_HELDOUT,
+        },
         "k": cfg.k,
         "vote": cfg.vote,
         "pruned": None,
@@ -180,16 +200,27 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     train_rows = np.flatnonzero(split_col == "train")
     if cfg.prune and len(val) and len(x) and len(train_rows):
         train = SweepGallery(
-            feats[position[train_rows]], labels_all[train_rows], groups_all[train_rows], crop_keys[train_rows].tolist(), np.isin(gallery_rows, train_rows)
+            feats[position[train_rows]],
+            labels_all[train_rows],
+            groups_all[train_rows],
+            crop_keys[train_rows].tolist(),
+            np.isin(gallery_rows, train_rows),
         )
         pruned = _prune(cfg, ctx, x, gallery, g_labels, train, val, len(classes), recall_queries)
         info["pruned"] = pruned.meta
-        info["files"].update(pruned_index=A.LUT_INDEX["pruned"], pruned_gallery=A.LUT_GALLERY["pruned"], prune_sweep=A.LUT_PRUNE_SWEEP)
+        info["files"].update(
+            pruned_index=A.LUT_INDEX["pruned"], pruned_gallery=A.LUT_GALLERY["pruned"], prune_sweep=A.LUT_PRUNE_SWEEP
+        )
         counts.update(prune_threshold=pruned.summary["threshold"], pruned_gallery=int(len(pruned.ids)))
     else:
         if cfg.prune:
             ctx.notes.append("no val or train split (or an empty gallery): pruning skipped")
-        for key in (A.LUT_INDEX["pruned"], A.LUT_GALLERY["pruned"], A.LUT_PRUNE_SWEEP, A.LUT_PRUNE_PLOT):  # never leave a stale pruned LUT
+        for key in (
+            A.LUT_INDEX["pruned"],
+            A.LUT_GALLERY["pruned"],
+            A.LUT_PRUNE_SWEEP,
+            A.LUT_PRUNE_PLOT,
+        ):  # never leave a stale pruned LUT
             root.delete(key)
 
     retrieval = _evaluate_test(cfg, ctx, test, index, pruned, g_labels, g_groups, classes, len(x))
@@ -231,17 +262,33 @@ def _evaluate_test(
                     {
                         "name": name,
                         "metrics": metrics,
-                        "intervals": headline_intervals(test.labels, preds[method].pred, preds[method].ranked, n_classes, cfg.bootstrap, cfg.seed),
+                        "intervals": headline_intervals(
+                            test.labels, preds[method].pred, preds[method].ranked, n_classes, cfg.bootstrap, cfg.seed
+                        ),
                     }
                 )
-        ctx.metrics.gauge("lut_test_top1_accuracy", retrieval["rows"][0]["metrics"]["accuracy"], "Test accuracy of the LUT's nearest neighbour.")
+        ctx.metrics.gauge(
+            "lut_test_top1_accuracy",
+            retrieval["rows"][0]["metrics"]["accuracy"],
+            "Test accuracy of the LUT's nearest neighbour.",
+        )
     if pruned is not None:
         retrieval["prune"] = pruned.summary
         if "pruned" in predictions:
             effect = pruning_effect(
-                test.labels, predictions["full"][cfg.vote].pred, predictions["pruned"][cfg.vote].pred, classes, draws=cfg.bootstrap, seed=cfg.seed
+                test.labels,
+                predictions["full"][cfg.vote].pred,
+                predictions["pruned"][cfg.vote].pred,
+                classes,
+                draws=cfg.bootstrap,
+                seed=cfg.seed,
             )
-            retrieval["prune_effect"] = {"split": "test", "vote": cfg.vote, "threshold": pruned.summary["threshold"], **effect}
+            retrieval["prune_effect"] = {
+                "split": "test",
+                "vote": cfg.vote,
+                "threshold": pruned.summary["threshold"],
+                **effect,
+            }
             ctx.notes.append(f"pruning on test: {effect['verdict']}")
     return retrieval
 
@@ -257,7 +304,9 @@ def _sweep_checkpoint(root: Store, embedder: Embedder) -> str | None:
 def _build(x: np.ndarray, cfg: LutConfig, recall_queries: np.ndarray) -> tuple[faiss.Index, dict[str, Any]]:
     """Build the configured index and measure (and tune) its recall against exact search."""
     t0 = time.perf_counter()
-    index = build_index(x, cfg.index, nlist=cfg.ivf_nlist or None, hnsw_m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction)
+    index = build_index(
+        x, cfg.index, nlist=cfg.ivf_nlist or None, hnsw_m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction
+    )
     build_seconds = time.perf_counter() - t0
     meta: dict[str, Any] = {"build_seconds": round(build_seconds, 3)}
     if cfg.index != "flat":
@@ -312,10 +361,14 @@ def _prune(
     root = ctx.root
     write_parquet(root, A.LUT_PRUNE_SWEEP, outcome.table)
     rule_label = f"{cfg.select_by}, α={cfg.alpha:g}, recall guard {cfg.min_class_recall:g}"
-    root.write_bytes(A.LUT_PRUNE_PLOT, plot_sweep(outcome.table, outcome.chosen, outcome.baseline["accuracy"], rule_label))
+    root.write_bytes(
+        A.LUT_PRUNE_PLOT, plot_sweep(outcome.table, outcome.chosen, outcome.baseline["accuracy"], rule_label)
+    )
     keep = full_graph.keep_mask(outcome.threshold)
     pruned_ids = np.flatnonzero(keep)
-    pruned_gallery = gallery.take(pa.array(pruned_ids)).rename_columns(["full_id" if n == "id" else n for n in gallery.column_names])
+    pruned_gallery = gallery.take(pa.array(pruned_ids)).rename_columns(
+        ["full_id" if n == "id" else n for n in gallery.column_names]
+    )
     pruned_gallery = pruned_gallery.add_column(0, "id", pa.array(np.arange(len(pruned_ids), dtype=np.int64)))
     pruned_index, meta = _build(x[pruned_ids], cfg, recall_queries)
     save_index(root, A.LUT_INDEX["pruned"], pruned_index)
@@ -370,7 +423,9 @@ def _recall_queries(heldout: np.ndarray, gallery: np.ndarray) -> np.ndarray:
         return heldout[:RECALL_QUERIES]
     rng = np.random.default_rng(0)
     take = rng.choice(len(gallery), size=min(len(gallery), RECALL_QUERIES - len(heldout)), replace=False)
-    jitter = gallery[take] + rng.normal(0, 0.05 / np.sqrt(gallery.shape[1]), (len(take), gallery.shape[1])).astype(np.float32)
+    jitter = gallery[take] + rng.normal(0, 0.05 / np.sqrt(gallery.shape[1]), (len(take), gallery.shape[1])).astype(
+        np.float32
+    )
     return np.concatenate([heldout, l2_normalise(jitter)]) if len(heldout) else l2_normalise(jitter)
 
 
@@ -383,7 +438,9 @@ def gallery_table(rows: pa.Table, manifest: pa.Table | None) -> pa.Table:
         "class": rows.column("class").cast(pa.string()),
         "label": rows.column("label").cast(pa.int64()),
         "split": rows.column("split").cast(pa.string()),
-        "source_key": (rows.column("source_key") if "source_key" in rows.column_names else pa.nulls(n)).cast(pa.string()),
+        "source_key": (rows.column("source_key") if "source_key" in rows.column_names else pa.nulls(n)).cast(
+            pa.string()
+        ),
     }
     boxes = ("x0", "y0", "x1", "y1")
     if manifest is not None and "crop_key" in manifest.column_names and all(b in manifest.column_names for b in boxes):

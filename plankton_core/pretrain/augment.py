@@ -24,12 +24,16 @@ _GRAY = (0.299, 0.587, 0.114)
 SIGMA_224 = (0.1, 2.0)  # MoCo v2's GaussianBlur sigma range, for 224-px crops
 
 
-def extra_params(global_batch: int, seed: int, epoch: int, step: int, grayscale: float, blur: float) -> tuple[torch.Tensor, torch.Tensor]:
+def extra_params(
+    global_batch: int, seed: int, epoch: int, step: int, grayscale: float, blur: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(2B,) grey flags and (2B,) blur σ as a fraction of the side (0 = no blur), view 0 rows then view 1 rows."""
     g = torch.Generator().manual_seed(batch_seed(seed, epoch, step) ^ 0x5EED_B10B)
     u = torch.rand(2 * global_batch, 3, generator=g, dtype=torch.float64)
     grey = u[:, 0] < grayscale
-    sigma = torch.where(u[:, 1] < blur, (SIGMA_224[0] + (SIGMA_224[1] - SIGMA_224[0]) * u[:, 2]) / 224, torch.zeros_like(u[:, 2]))
+    sigma = torch.where(
+        u[:, 1] < blur, (SIGMA_224[0] + (SIGMA_224[1] - SIGMA_224[0]) * u[:, 2]) / 224, torch.zeros_like(u[:, 2])
+    )
     return grey, sigma
 
 
@@ -43,7 +47,9 @@ def gaussian_blur(x: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     s = sigma_px.to(device=x.device, dtype=x.dtype).clamp(min=1e-6).view(n, 1)
     kernel = torch.exp(-0.5 * (offsets.view(1, -1) / s) ** 2)
-    kernel = torch.where(sigma_px.to(x.device).view(n, 1) > 0, kernel, (offsets == 0).to(x.dtype).view(1, -1).expand(n, -1))
+    kernel = torch.where(
+        sigma_px.to(x.device).view(n, 1) > 0, kernel, (offsets == 0).to(x.dtype).view(1, -1).expand(n, -1)
+    )
     kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (n, 2r+1)
     weight = kernel.repeat_interleave(c, dim=0)  # one kernel per (image, channel): a depthwise convolution
     y = x.reshape(1, n * c, h, w)
@@ -75,7 +81,14 @@ class V2Views:
         local = torch.cat([torch.arange(b)[self.rows], torch.arange(b)[self.rows] + b])
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         with torch.no_grad():
-            x = augment_views(images.to(self.device, non_blocking=True), [p0.rows(self.rows), p1.rows(self.rows)], self.size, self.mean, self.std, fmt)
+            x = augment_views(
+                images.to(self.device, non_blocking=True),
+                [p0.rows(self.rows), p1.rows(self.rows)],
+                self.size,
+                self.mean,
+                self.std,
+                fmt,
+            )
             return self.finish(x, grey[local], sigma[local] * self.size).contiguous(memory_format=fmt)
 
     def finish(self, x: torch.Tensor, grey: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:

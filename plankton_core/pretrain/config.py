@@ -47,7 +47,9 @@ TRAJECTORY_FIELDS = (
 class PretrainConfig(ContrastiveOptions):
     """How the backbone is pretrained without labels; `resume`, `device`, `workers`, `compile`, `amp`, `deterministic` do not change the digest."""
 
-    method: Literal["moco", "simclr"] = option("moco", "moco: MoCo v2 (momentum key encoder + queue); simclr: NT-Xent over the global batch.")
+    method: Literal["moco", "simclr"] = option(
+        "moco", "moco: MoCo v2 (momentum key encoder + queue); simclr: NT-Xent over the global batch."
+    )
     proj_dim: int = option(128, "Projection head (MLP) output size.", ge=1)
     queue: int = option(65536, "moco: negatives kept in the queue; a multiple of --batch-size.", ge=1)
     key_momentum: float = option(0.999, "moco: key encoder θ_k ← m θ_k + (1 − m) θ_q.", ge=0, lt=1)
@@ -60,11 +62,17 @@ class PretrainConfig(ContrastiveOptions):
     jitter: float = option(0.4, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1)
     blur: float = option(0.5, "Probability of a Gaussian blur (σ 0.1–2 px at 224 px, scaled with --size).", ge=0, le=1)
     grayscale: float = option(0.2, "Probability of turning a view grey.", ge=0, le=1)
-    include_test: bool = option(True, "Pretrain on the test split's crops too (without labels); --no-include-test keeps them out.")
-    unlabeled: str | None = option(
-        None, "Folder, file:// or s3:// prefix of unlabelled images (vignettes or crops), used beside the crop stage's.", metavar="URI"
+    include_test: bool = option(
+        True, "Pretrain on the test split's crops too (without labels); --no-include-test keeps them out."
     )
-    crop: bool = option(False, "Run the --unlabeled images through the crop stage's segmenter first (its recorded settings).")
+    unlabeled: str | None = option(
+        None,
+        "Folder, file:// or s3:// prefix of unlabelled images (vignettes or crops), used beside the crop stage's.",
+        metavar="URI",
+    )
+    crop: bool = option(
+        False, "Run the --unlabeled images through the crop stage's segmenter first (its recorded settings)."
+    )
     pretrained: str | None = option(None, "Backbone weights file or URI to start from; default random init.")
     save_every: int = option(50, "Write pretrain/ckpt/epoch_NNNN.pt every K epochs; last.pt every epoch.", ge=1)
 
@@ -74,7 +82,9 @@ class PretrainConfig(ContrastiveOptions):
         if self.crop and not self.unlabeled:
             raise BadInputError("pretrain: --crop segments the --unlabeled images; give --unlabeled URI too")
         if self.method == "moco" and self.queue % self.batch_size:
-            raise BadInputError(f"pretrain: --queue {self.queue} must be a multiple of --batch-size {self.batch_size} (a batch never wraps the queue)")
+            raise BadInputError(
+                f"pretrain: --queue {self.queue} must be a multiple of --batch-size {self.batch_size} (a batch never wraps the queue)"
+            )
 
     def lr(self) -> float:
         """Peak learning rate for the global batch (linear scaling rule)."""

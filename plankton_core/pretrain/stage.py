@@ -98,9 +98,14 @@ def unlabeled_input(cfg: PretrainConfig, ctx: StageContext) -> tuple[Store | Non
         digest.update(f"{key}\t{size}\n".encode())
         keys.append(key)
     if not keys:
-        raise BadInputError(f"no images under --unlabeled {store.uri} (JPEG, PNG, TIFF or BMP files)" + ("" if store.is_dir() else ": it does not exist"))
+        raise BadInputError(
+            f"no images under --unlabeled {store.uri} (JPEG, PNG, TIFF or BMP files)"
+            + ("" if store.is_dir() else ": it does not exist")
+        )
     if cfg.crop and not any("/" in k for k in keys):
-        raise BadInputError(f"--crop reads --unlabeled {store.uri} as the crop stage reads its input: put the images in sub-folders (<folder>/<image>)")
+        raise BadInputError(
+            f"--crop reads --unlabeled {store.uri} as the crop stage reads its input: put the images in sub-folders (<folder>/<image>)"
+        )
     return store, keys, {"uri": store.uri, "files": len(keys), "listing_sha256": digest.hexdigest()[:16]}
 
 
@@ -138,7 +143,9 @@ def check(cfg: PretrainConfig, ctx: StageContext) -> PretrainPlan:
     }
     trajectory = TRAJECTORY_FIELDS + ("stats_digest", "crop_digest", "unlabeled_listing")
     resume = choose_resume(root, PRETRAIN_CKPT, cfg.resume, resolved, trajectory, ctx.s3_endpoint)
-    return PretrainPlan(device, size, list(mean), list(std), crop_keys, unlabeled, unlabeled_keys, fingerprint, resolved, resume)
+    return PretrainPlan(
+        device, size, list(mean), list(std), crop_keys, unlabeled, unlabeled_keys, fingerprint, resolved, resume
+    )
 
 
 def fingerprint(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any] | None:
@@ -199,9 +206,15 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
             extra_keys = unlabeled_crop_keys(ctx.root)
         keys = plan.crop_keys + extra_keys
         if len(keys) < cfg.batch_size:
-            raise BadInputError(f"--batch-size {cfg.batch_size} is larger than the {len(keys)} images to pretrain on; lower it")
+            raise BadInputError(
+                f"--batch-size {cfg.batch_size} is larger than the {len(keys)} images to pretrain on; lower it"
+            )
         steps_per_epoch = len(keys) // cfg.batch_size
-        resolved = plan.resolved | {"train_images": len(keys), "labelled_crops": len(plan.crop_keys), "unlabeled_images": len(extra_keys)}
+        resolved = plan.resolved | {
+            "train_images": len(keys),
+            "labelled_crops": len(plan.crop_keys),
+            "unlabeled_images": len(extra_keys),
+        }
         resolved["steps_per_epoch"] = steps_per_epoch
         saved = plan.resume.ckpt.get("config", {}) if plan.resume.ckpt else {}
         if plan.resume.ckpt is not None and plan.resume.exact and saved.get("train_images") not in (None, len(keys)):
@@ -235,13 +248,24 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
         state: dict[str, Any] = {"model": net.backbone, "head": net.head}
         if keys_state is not None:
             state["moco"] = keys_state
-        extra = {"feature_dim": net.feature_dim} | ({"queue_bytes": keys_state.queue_bytes} if keys_state is not None else {})
+        extra = {"feature_dim": net.feature_dim} | (
+            {"queue_bytes": keys_state.queue_bytes} if keys_state is not None else {}
+        )
         scheduler = trainer.restore(plan.resume, state, optimizer, schedule, extra=extra)
         plan.resume.ckpt = None
         # MoCo keeps per-rank BatchNorm in the query encoder and shuffles the key encoder's across ranks (moco.py);
         # SimCLR uses SyncBatchNorm on GPUs, as in the SimCLR paper's global BN.
         also = [keys_state] if keys_state is not None else []
-        model = distribute(net, optimizer, dist, device, sync_bn=cfg.method == "simclr", compile=cfg.compile, notes=ctx.notes, also=also)
+        model = distribute(
+            net,
+            optimizer,
+            dist,
+            device,
+            sync_bn=cfg.method == "simclr",
+            compile=cfg.compile,
+            notes=ctx.notes,
+            also=also,
+        )
 
         loader = CachedBatchLoader(
             cache.array,
@@ -271,7 +295,9 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
         amp = cfg.amp and cuda
         loss_fn: Any
         if keys_state is not None:
-            loss_fn = MoCoStep(views, keys_state, net, dist, cfg.temperature, cfg.key_momentum, cfg.batch_size, cfg.seed, amp, device)
+            loss_fn = MoCoStep(
+                views, keys_state, net, dist, cfg.temperature, cfg.key_momentum, cfg.batch_size, cfg.seed, amp, device
+            )
         else:
             loss_fn = SimCLRStep(views, dist, cfg.temperature, amp, device)
         if dist.is_main:
@@ -291,7 +317,17 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
             )
         counts = trainer.fit(
             epoch_runner(
-                model, loader, loss_fn, optimizer, scheduler, dist=dist, stop=stop, device=device, desc="pretrain", epochs=cfg.epochs, lr_option="--base-lr"
+                model,
+                loader,
+                loss_fn,
+                optimizer,
+                scheduler,
+                dist=dist,
+                stop=stop,
+                device=device,
+                desc="pretrain",
+                epochs=cfg.epochs,
+                lr_option="--base-lr",
             )
         )
     return counts | {

@@ -70,7 +70,9 @@ def check_criterion(select_by: str, min_class_recall: float) -> None:
     if select_by not in SELECT_BY:
         raise BadInputError(f"--select-by must be one of {', '.join(SELECT_BY)}, got {select_by!r}")
     if not 0.0 <= min_class_recall <= 1.0:
-        raise BadInputError(f"--min-class-recall must lie in [0, 1] (0.10 = 10 points of recall), got {min_class_recall}")
+        raise BadInputError(
+            f"--min-class-recall must lie in [0, 1] (0.10 = 10 points of recall), got {min_class_recall}"
+        )
 
 
 def accepted_precision(y: np.ndarray, pred: np.ndarray, n_classes: int, select_by: str) -> float | None:
@@ -116,7 +118,13 @@ def _running_precision(y: np.ndarray, pred: np.ndarray, select_by: str) -> np.nd
 
 
 def pick_threshold(
-    best: np.ndarray, y: np.ndarray, pred: np.ndarray, n_classes: int, target: float, select_by: str = "accuracy", min_class_recall: float = 1.0
+    best: np.ndarray,
+    y: np.ndarray,
+    pred: np.ndarray,
+    n_classes: int,
+    target: float,
+    select_by: str = "accuracy",
+    min_class_recall: float = 1.0,
 ) -> ThresholdPick:
     """Accept `best >= threshold`: the lowest threshold whose accepted predictions reach `target` under
     `select_by` and at which no class loses more than `min_class_recall` of its recall (rejected = miss).
@@ -131,7 +139,9 @@ def pick_threshold(
     s = best[order]
     precision = _running_precision(y[order], pred[order], select_by)
     coverage = np.arange(1, len(s) + 1) / max(len(s), 1)
-    cands = np.flatnonzero(np.r_[s[:-1] != s[1:], True] & np.isfinite(s)) if len(s) else np.zeros(0, np.int64)  # a threshold accepts every tie
+    cands = (
+        np.flatnonzero(np.r_[s[:-1] != s[1:], True] & np.isfinite(s)) if len(s) else np.zeros(0, np.int64)
+    )  # a threshold accepts every tie
     if not len(cands):
         return ThresholdPick(None, 0.0, 0.0, reason="target")
 
@@ -169,7 +179,9 @@ def pick_threshold(
     )
 
 
-def calibrate(root: Store, cfg: QueryConfig, target_precision: float, select_by: str = "accuracy", min_class_recall: float = 1.0) -> dict[str, Any]:
+def calibrate(
+    root: Store, cfg: QueryConfig, target_precision: float, select_by: str = "accuracy", min_class_recall: float = 1.0
+) -> dict[str, Any]:
     """The lowest best-similarity threshold whose accepted val predictions reach `target_precision` under
     `select_by`, with no class losing more than `min_class_recall` of its val recall; stored in index.json.
 
@@ -224,7 +236,15 @@ def _best_and_pred(
     return best, np.where(np.isfinite(best), np.asarray(pred, dtype=np.int64), -1)
 
 
-def _figures(clf: Classifier, best: np.ndarray, labels: np.ndarray, pred: np.ndarray, threshold: float, select_by: str, split: str) -> dict[str, Any]:
+def _figures(
+    clf: Classifier,
+    best: np.ndarray,
+    labels: np.ndarray,
+    pred: np.ndarray,
+    threshold: float,
+    select_by: str,
+    split: str,
+) -> dict[str, Any]:
     """Precision (the criterion's), coverage and the largest class-recall loss at `threshold` on `split`, with 95% intervals."""
     n_classes = len(clf.classes)
     n = len(labels)
@@ -235,7 +255,9 @@ def _figures(clf: Classifier, best: np.ndarray, labels: np.ndarray, pred: np.nda
         f"{split}_count": int(n),
         f"{split}_coverage": k / n,
         f"{split}_coverage_ci": list(wilson_interval(k, n)),
-        f"{split}_precision": accepted_precision(labels[accepted], pred[accepted], n_classes, select_by),  # None: nothing accepted
+        f"{split}_precision": accepted_precision(
+            labels[accepted], pred[accepted], n_classes, select_by
+        ),  # None: nothing accepted
         f"{split}_largest_class_recall_drop": drop,
         f"{split}_largest_drop_class": clf.classes[cls] if cls >= 0 else None,
     }
@@ -261,11 +283,17 @@ def _bootstrap_ci(y: np.ndarray, pred: np.ndarray, n_classes: int, select_by: st
     if not len(y):
         return [0.0, 1.0]
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    values = [accepted_precision(y[row], pred[row], n_classes, select_by) for idx in stratified_indices(y, BOOTSTRAP_DRAWS, rng) for row in idx]
+    values = [
+        accepted_precision(y[row], pred[row], n_classes, select_by)
+        for idx in stratified_indices(y, BOOTSTRAP_DRAWS, rng)
+        for row in idx
+    ]
     return list(percentile_interval(np.asarray(values, dtype=np.float64)))
 
 
-def _held_out_figures(root: Store, clf: Classifier, cfg: QueryConfig, threshold: float, select_by: str, split: str) -> dict[str, Any]:
+def _held_out_figures(
+    root: Store, clf: Classifier, cfg: QueryConfig, threshold: float, select_by: str, split: str
+) -> dict[str, Any]:
     """What the val-chosen threshold reaches on `split` (precision None when it has no crops or accepts none)."""
     x, labels, groups, gallery_groups = _split_queries(root, clf, split)
     if not len(labels):

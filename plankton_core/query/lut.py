@@ -38,7 +38,9 @@ def load_lut(root: Store, variant: str = "full") -> LoadedLut:
     require_upstream(root, ["lut"])
     info = read_json(root, LUT_INDEX_JSON)
     if variant == "pruned" and not info.get("pruned"):
-        raise BadInputError(f"{root.uri}/lut has no pruned index (pruning was off or there was no val split): drop --pruned")
+        raise BadInputError(
+            f"{root.uri}/lut has no pruned index (pruning was off or there was no val split): drop --pruned"
+        )
     index = load_index(root, LUT_INDEX[variant])
     meta = info if variant == "full" else info["pruned"]
     set_search_params(index, meta.get("search_params"))
@@ -49,7 +51,9 @@ def load_lut(root: Store, variant: str = "full") -> LoadedLut:
             f"index.json says {meta.get('count')}: the LUT is inconsistent; rerun `plankton lut --force`"
         )
     if index.d != int(info.get("dimension", -1)):
-        raise BadInputError(f"{root.uri}/{LUT_INDEX[variant]} is {index.d}-d but index.json says {info.get('dimension')}-d; rerun `plankton lut --force`")
+        raise BadInputError(
+            f"{root.uri}/{LUT_INDEX[variant]} is {index.d}-d but index.json says {info.get('dimension')}-d; rerun `plankton lut --force`"
+        )
     return LoadedLut(variant=variant, info=info, index=index, gallery=gallery)
 
 

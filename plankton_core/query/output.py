@@ -20,7 +20,15 @@ from ..errors import BadInputError
 from ..store import split_uri
 
 FORMATS = ("table", "csv", "jsonl", "parquet", "ecotaxa")
-SUFFIX_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".txt": "table", ".zip": "ecotaxa"}
+SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".txt": "table",
+    ".zip": "ecotaxa",
+}
 
 
 def pick_format(fmt: str | None, out: str | None) -> str:
@@ -38,7 +46,9 @@ def pick_format(fmt: str | None, out: str | None) -> str:
     return "table"
 
 
-def render(rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None, schema: pa.Schema | None = None) -> bytes:
+def render(
+    rows: Sequence[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None, schema: pa.Schema | None = None
+) -> bytes:
     """Rows as `fmt` (table, csv, jsonl or parquet); `schema` types the Parquet columns (inferred without)."""
     columns = list(columns or (rows[0].keys() if rows else []))
     if fmt == "jsonl":
@@ -118,8 +128,22 @@ def _jsonable(v: Any) -> Any:
 
 # ---------------------------------------------------------------- query rows
 
-QUERY_COLUMNS = ["image", "status", "predicted", "score", "best_similarity", "threshold", "crop", "box", "objects", "neighbours", "error"]
-NEIGHBOUR_TYPE = pa.struct([("rank", pa.int64()), ("class", pa.string()), ("similarity", pa.float64()), ("crop_key", pa.string())])
+QUERY_COLUMNS = [
+    "image",
+    "status",
+    "predicted",
+    "score",
+    "best_similarity",
+    "threshold",
+    "crop",
+    "box",
+    "objects",
+    "neighbours",
+    "error",
+]
+NEIGHBOUR_TYPE = pa.struct(
+    [("rank", pa.int64()), ("class", pa.string()), ("similarity", pa.float64()), ("crop_key", pa.string())]
+)
 QUERY_SCHEMA = pa.schema(
     [
         ("image", pa.string()),
@@ -148,7 +172,13 @@ def render_rows(rows: Sequence[dict[str, Any]], fmt: str, k: int) -> bytes:
             item = {c: row.get(c) for c in QUERY_COLUMNS if c not in ("box", "neighbours")}
             item.update(zip(("x0", "y0", "x1", "y1"), row.get("box") or [None] * 4))
             for nb in row.get("neighbours") or []:
-                item.update({f"n{nb['rank']}_class": nb["class"], f"n{nb['rank']}_similarity": nb["similarity"], f"n{nb['rank']}_crop_key": nb["crop_key"]})
+                item.update(
+                    {
+                        f"n{nb['rank']}_class": nb["class"],
+                        f"n{nb['rank']}_similarity": nb["similarity"],
+                        f"n{nb['rank']}_crop_key": nb["crop_key"],
+                    }
+                )
             flat.append(item)
         return render(flat, "csv", columns)
     shown = []
@@ -164,7 +194,9 @@ def render_rows(rows: Sequence[dict[str, Any]], fmt: str, k: int) -> bytes:
                 "neighbours (class similarity)": nbs if row["status"] != "error" else row["error"],
             }
         )
-    return text_table(shown, ["image", "predicted", "score", "best_sim", "crop", "neighbours (class similarity)"], max_width=80).encode()
+    return text_table(
+        shown, ["image", "predicted", "score", "best_sim", "crop", "neighbours (class similarity)"], max_width=80
+    ).encode()
 
 
 # ---------------------------------------------------------------- EcoTaxa archives
@@ -185,7 +217,9 @@ def ecotaxa_rows(
     ours += [f"{PREDICTION_PREFIX}nn{r}_{f}" for r in range(1, k + 1) for f in ("class", "similarity")]
     own = set(ours)
     carried: list[str] = []
-    hints: dict[str, str] = {c: "f" for c in ours if c.startswith(PREDICTION_PREFIX) and not c.endswith("_class")}  # numbers, even when empty
+    hints: dict[str, str] = {
+        c: "f" for c in ours if c.startswith(PREDICTION_PREFIX) and not c.endswith("_class")
+    }  # numbers, even when empty
     out: list[dict[str, Any]] = []
     taken: list[int] = []
     names: set[str] = set()
@@ -247,7 +281,9 @@ def margin(row: dict[str, Any]) -> float | None:
     return round(max(same) - max(other), 6)
 
 
-def render_ecotaxa(rows: Sequence[dict[str, Any]], metas: Sequence[dict[str, Any] | None], images: Sequence[Any], k: int, name: str) -> tuple[bytes, int]:
+def render_ecotaxa(
+    rows: Sequence[dict[str, Any]], metas: Sequence[dict[str, Any] | None], images: Sequence[Any], k: int, name: str
+) -> tuple[bytes, int]:
     """(an EcoTaxa import archive of the predictions: ecotaxa_<name>.tsv with the images, the rows it holds).
     `images[i]` reads query row i's image again (the original file goes into the archive)."""
     columns, out, hints, taken = ecotaxa_rows(rows, metas, k)

@@ -69,7 +69,11 @@ class Cropper:
         if not self.enabled:
             return arr, {"crop": "as_given", "box": [0, 0, w, h], "objects": None}
         mode = (objects or self.objects) if self.cfg.objects == "auto" else None
-        kept = [(r, r.crop) for r in extract_crops(arr, self.cfg, self.segmenter, mode) if r.status == "kept" and r.crop is not None]
+        kept = [
+            (r, r.crop)
+            for r in extract_crops(arr, self.cfg, self.segmenter, mode)
+            if r.status == "kept" and r.crop is not None
+        ]
         if not kept:
             return arr, {"crop": "whole_frame (no whole object found)", "box": [0, 0, w, h], "objects": 0}
         best, crop = max(kept, key=lambda rc: rc[0].area)
@@ -85,7 +89,9 @@ class Classifier:
         self.embedder: Embedder = load_embedder(root, cfg.checkpoint or None)
         check_compatible(self.lut.info, self.embedder, f"{root.uri}/lut")
         self.classes = self.lut.classes
-        self.gallery_labels = np.asarray(self.lut.gallery.column("label").to_numpy(zero_copy_only=False), dtype=np.int64)
+        self.gallery_labels = np.asarray(
+            self.lut.gallery.column("label").to_numpy(zero_copy_only=False), dtype=np.int64
+        )
         self.gallery_keys = self.lut.gallery.column("crop_key").to_pylist()
         self.threshold = self._threshold()
 
@@ -104,7 +110,12 @@ class Classifier:
         for i in range(len(embeddings)):
             best = float(nb.sims[i, 0]) if nb.ids[i, 0] >= 0 else None
             neighbours = [
-                {"rank": r + 1, "class": self.classes[labels[i, r]], "similarity": round(float(nb.sims[i, r]), 6), "crop_key": self.gallery_keys[nb.ids[i, r]]}
+                {
+                    "rank": r + 1,
+                    "class": self.classes[labels[i, r]],
+                    "similarity": round(float(nb.sims[i, r]), 6),
+                    "crop_key": self.gallery_keys[nb.ids[i, r]],
+                }
                 for r in range(nb.ids.shape[1])
                 if nb.ids[i, r] >= 0
             ]
@@ -160,7 +171,9 @@ class Querier:
         return rows
 
 
-def run_query(root: Store, inputs: Sequence[ImageRef], cfg: QueryConfig, modes: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+def run_query(
+    root: Store, inputs: Sequence[ImageRef], cfg: QueryConfig, modes: Sequence[str | None] | None = None
+) -> list[dict[str, Any]]:
     """One row per input image, in input order (`modes`: see `Querier.run`)."""
     return Querier(root, cfg).run(inputs, modes)
 
@@ -186,7 +199,9 @@ def _batches(items: Sequence[ImageRef], size: int) -> Iterable[Sequence[ImageRef
         yield items[start : start + size]
 
 
-def expand_inputs(args: Sequence[str], root: Store, s3_endpoint: str | None = None) -> tuple[list[ImageRef], list[dict[str, Any] | None]]:
+def expand_inputs(
+    args: Sequence[str], root: Store, s3_endpoint: str | None = None
+) -> tuple[list[ImageRef], list[dict[str, Any] | None]]:
     """The images `args` name, as `resolve_inputs` finds them, except that an EcoTaxa export (a .zip, or a folder or
     s3:// prefix holding ecotaxa_*.tsv) gives one reference per TSV row, with the row's values and column types
     (carried into an EcoTaxa export of the predictions). A row that cannot be used gets an error row."""

@@ -10,4 +10,6 @@ from ..reporting.report import DEFAULT_MAX_MB
 class ReportConfig:
     """The size cap of report.html (the contract's --root, --force … besides)."""
 
-    report_max_mb: float = option(DEFAULT_MAX_MB, "Size cap of report.html in MB: thumbnails are left out (and said so) beyond it.", gt=0)
+    report_max_mb: float = option(
+        DEFAULT_MAX_MB, "Size cap of report.html in MB: thumbnails are left out (and said so) beyond it.", gt=0
+    )

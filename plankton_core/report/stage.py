@@ -24,6 +24,12 @@ def fingerprint(cfg: ReportConfig, ctx: StageContext) -> dict[str, Any]:
 def body(cfg: ReportConfig, ctx: StageContext) -> dict[str, Any]:
     keys = write_report(ctx.root, ctx.prefix, cfg.report_max_mb)
     with_lut = finished_lut(ctx.root) is not None
-    left_out = f"; {keys['pictures_left_out']} picture(s) left out under --report-max-mb" if keys["pictures_left_out"] else ""
-    ctx.notes.append(f"report → {ctx.root.uri}/{keys['html']}" + ("" if with_lut else " (no LUT section: lut has not finished)") + left_out)
+    left_out = (
+        f"; {keys['pictures_left_out']} picture(s) left out under --report-max-mb" if keys["pictures_left_out"] else ""
+    )
+    ctx.notes.append(
+        f"report → {ctx.root.uri}/{keys['html']}"
+        + ("" if with_lut else " (no LUT section: lut has not finished)")
+        + left_out
+    )
     return {"lut": with_lut, "html_bytes": keys["html_bytes"], "pictures_left_out": keys["pictures_left_out"]}

@@ -13,7 +13,20 @@ from ..stage import SUCCESS
 from ..store import Store, join
 from .report import Block, Image, Table
 
-COCO_NAMES = ("AP", "AP50", "AP75", "AP small", "AP medium", "AP large", "AR1", "AR10", "AR100", "AR small", "AR medium", "AR large")
+COCO_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP small",
+    "AP medium",
+    "AP large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR small",
+    "AR medium",
+    "AR large",
+)
 
 
 def _num(x: Any) -> str:
@@ -43,7 +56,10 @@ def detect_blocks(store: Store) -> list[Block]:
         per_class = m.get("per_class_AP") or {}
         if per_class:
             blocks.append(("table", Table(["Class", "AP (IoU .50:.95)"], [[c, _num(v)] for c, v in per_class.items()])))
-    for key, alt in ((DETECT_PR, "test precision-recall"), (DETECT_PAGE, "test frames: true boxes green, predicted red")):
+    for key, alt in (
+        (DETECT_PR, "test precision-recall"),
+        (DETECT_PAGE, "test frames: true boxes green, predicted red"),
+    ):
         if store.exists(key):
             blocks.append(("img", Image(key, alt, store.read_bytes(key))))
     return blocks

@@ -76,13 +76,17 @@ def confusion_examples(
             by_pair[(row["class"], row["pred_class"])].append(row)
     out = []
     for pair in pairs:
-        rows = sorted(by_pair.get((pair["true_class"], pair["pred_class"]), []), key=lambda r: (-float(r["score"]), r["crop_key"]))
+        rows = sorted(
+            by_pair.get((pair["true_class"], pair["pred_class"]), []), key=lambda r: (-float(r["score"]), r["crop_key"])
+        )
         if rows:
             out.append((pair, rows[:per_pair]))
     return out
 
 
-def class_examples(predictions: Sequence[dict[str, Any]], per_class: int = 4) -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+def class_examples(
+    predictions: Sequence[dict[str, Any]], per_class: int = 4
+) -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
     """Per true class: (correct crops spread evenly from least to most confident, most confident wrong crops)."""
     right: dict[str, list[dict[str, Any]]] = defaultdict(list)
     wrong: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -98,7 +102,9 @@ def class_examples(predictions: Sequence[dict[str, Any]], per_class: int = 4) ->
     return out
 
 
-def nearest_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(
+    queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products of each query against the gallery rows, streamed `chunk` rows at a time
     (default: as many rows as fit in GALLERY_CHUNK_BYTES of float32).
 
@@ -149,6 +155,9 @@ def gallery_neighbours(store: Any, crop_keys: Sequence[str], k: int) -> dict[str
             return {}
         sims, ids = nearest_neighbours(q, emb, k)
     return {
-        key: [{"crop_key": str(gallery["crop_key"][j]), "class": str(gallery["class"][j]), "similarity": float(s)} for s, j in zip(sims[r], ids[r])]
+        key: [
+            {"crop_key": str(gallery["crop_key"][j]), "class": str(gallery["class"][j]), "similarity": float(s)}
+            for s, j in zip(sims[r], ids[r])
+        ]
         for r, key in enumerate(wanted)
     }

@@ -50,7 +50,15 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], title: str = "") -> by
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=max(font - 1, 5), color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{norm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=max(font - 1, 5),
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

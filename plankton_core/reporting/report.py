@@ -146,7 +146,17 @@ def headline_table(metrics: dict[str, Any]) -> Table:
         pct_ci(metrics["macro_f1"], iv.get("macro_f1")),
         str(metrics.get("model", "–")),
     ]
-    return Table(["bs / backbone epoch / head epoch", "Accuracy (95% CI)", "Precision (95% CI)", "Recall (95% CI)", "F1 Score (95% CI)", "Network"], [row])
+    return Table(
+        [
+            "bs / backbone epoch / head epoch",
+            "Accuracy (95% CI)",
+            "Precision (95% CI)",
+            "Recall (95% CI)",
+            "F1 Score (95% CI)",
+            "Network",
+        ],
+        [row],
+    )
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:
@@ -163,7 +173,11 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
         ("top5_accuracy", "Top-5 accuracy"),
     ]
     iv = metrics.get("intervals", {})
-    rows = [[label, pct(metrics[key]), ci(iv.get(key)) or "–", str(iv.get(key, {}).get("method", "–"))] for key, label in names if key in metrics]
+    rows = [
+        [label, pct(metrics[key]), ci(iv.get(key)) or "–", str(iv.get(key, {}).get("method", "–"))]
+        for key, label in names
+        if key in metrics
+    ]
     rows.append(["Test crops", str(metrics.get("count", "–")), "", ""])
     rows.append(["Classes", str(metrics.get("n_classes", "–")), "", ""])
     return Table(["Metric", "Value", "95% interval", "Interval"], rows)
@@ -221,7 +235,16 @@ def not_in_test_blocks(metrics: dict[str, Any]) -> list[Block]:
         return []
     if not missing:
         return [("p", "Every class has test crops.")]
-    rows = [[m["class"], str(m.get("crops", "–")), str(m.get("source_images", "–")), str(m.get("train", "–")), str(m.get("val", "–"))] for m in missing]
+    rows = [
+        [
+            m["class"],
+            str(m.get("crops", "–")),
+            str(m.get("source_images", "–")),
+            str(m.get("train", "–")),
+            str(m.get("val", "–")),
+        ]
+        for m in missing
+    ]
     return [
         ("h2", "Classes not tested"),
         (
@@ -237,7 +260,14 @@ def sweep_table(rows: Sequence[dict[str, Any]], chosen: str | None) -> Table:
     model = ordered[0].get("model", "") if ordered else ""
     out, bold = [], set()
     for i, r in enumerate(ordered):
-        out.append([r["checkpoint"], str(int(r["epoch"])), f"{pct(r['val_acc'])} / {int(r['best_head_epoch'])}", pct(r["val_macro_f1"])])
+        out.append(
+            [
+                r["checkpoint"],
+                str(int(r["epoch"])),
+                f"{pct(r['val_acc'])} / {int(r['best_head_epoch'])}",
+                pct(r["val_macro_f1"]),
+            ]
+        )
         if r["checkpoint"] == chosen:
             bold.add(i)
     return Table(["ckpt", "backbone epoch", f"{model} ACC / head epoch".strip(), "val macro F1"], out, bold)
@@ -250,7 +280,10 @@ def retrieval_blocks(store: Store) -> list[Block]:
         return []
     blocks: list[Block] = [
         ("h2", "Retrieval (LUT)"),
-        ("p", "Nearest-neighbour classification of the test split with the look-up table; precision, recall and F1 are macro averages."),
+        (
+            "p",
+            "Nearest-neighbour classification of the test split with the look-up table; precision, recall and F1 are macro averages.",
+        ),
     ]
     rows = []
     for item in data.get("rows", []):
@@ -258,12 +291,27 @@ def retrieval_blocks(store: Store) -> list[Block]:
         iv = (item.get("intervals") or {}).get("overall", {})
         rows.append(
             [str(item.get("name", ""))]
-            + [pct_ci(m.get(k), iv.get(k)) for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "balanced_accuracy", "top5_accuracy")]
+            + [
+                pct_ci(m.get(k), iv.get(k))
+                for k in (
+                    "accuracy",
+                    "macro_precision",
+                    "macro_recall",
+                    "macro_f1",
+                    "balanced_accuracy",
+                    "top5_accuracy",
+                )
+            ]
         )
     if rows:
         headers = ["Index / vote", "Accuracy", "Precision", "Recall", "F1 Score", "Balanced accuracy", "Top-5 accuracy"]
         blocks.append(("table", Table(headers, rows)))
-        blocks.append(("p", "Test split; 95% intervals in brackets (Wilson for accuracy and top-5, stratified bootstrap for the averaged metrics)."))
+        blocks.append(
+            (
+                "p",
+                "Test split; 95% intervals in brackets (Wilson for accuracy and top-5, stratified bootstrap for the averaged metrics).",
+            )
+        )
     effect = data.get("prune_effect")
     if isinstance(effect, dict) and effect.get("metrics"):
         blocks += prune_effect_blocks(effect)
@@ -278,7 +326,11 @@ def retrieval_blocks(store: Store) -> list[Block]:
 
 
 def _pair(lo_hi: Any) -> str:
-    return f"{100 * float(lo_hi[0]):.1f}–{100 * float(lo_hi[1]):.1f}" if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 else ""
+    return (
+        f"{100 * float(lo_hi[0]):.1f}–{100 * float(lo_hi[1]):.1f}"
+        if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2
+        else ""
+    )
 
 
 def prune_effect_blocks(effect: dict[str, Any]) -> list[Block]:
@@ -307,8 +359,14 @@ def prune_effect_blocks(effect: dict[str, Any]) -> list[Block]:
             ]
         )
     blocks: list[Block] = [
-        ("p", f"Pruning at T={effect.get('threshold')} (chosen on val) scored on the test split ({effect.get('count')} crops):"),
-        ("table", Table(["Test metric", "Full index (95% CI)", "Pruned index (95% CI)", "Difference, points (95% CI)"], rows)),
+        (
+            "p",
+            f"Pruning at T={effect.get('threshold')} (chosen on val) scored on the test split ({effect.get('count')} crops):",
+        ),
+        (
+            "table",
+            Table(["Test metric", "Full index (95% CI)", "Pruned index (95% CI)", "Difference, points (95% CI)"], rows),
+        ),
     ]
     if effect.get("verdict"):
         blocks.append(("p", str(effect["verdict"])))
@@ -380,7 +438,10 @@ def build_blocks(store: Store) -> list[Block]:
     if confusions is not None:
         blocks.append(("h2", "Worst confusions"))
         if confusions:
-            rows = [[c["true_class"], c["pred_class"], str(c["count"]), pct(c["fraction_of_true"])] for c in confusions[:WORST_CONFUSIONS]]
+            rows = [
+                [c["true_class"], c["pred_class"], str(c["count"]), pct(c["fraction_of_true"])]
+                for c in confusions[:WORST_CONFUSIONS]
+            ]
             blocks.append(("table", Table(["True class", "Predicted as", "Crops", "Share of the true class"], rows)))
         else:
             blocks.append(("p", "No test crop was misclassified."))
@@ -449,7 +510,12 @@ def picture_blocks(store: Store, confusions: Sequence[dict[str, Any]]) -> list[B
                     continue
                 thumbs = [Thumb(r["crop_key"], f"test: {r['class']} → {r['pred_class']}, {_score(r)}", 2, "query")]
                 thumbs += [
-                    Thumb(n["crop_key"], f"{n['class']}, sim {n['similarity']:.3f}", 2, "right" if n["class"] == r["class"] else "wrong")
+                    Thumb(
+                        n["crop_key"],
+                        f"{n['class']}, sim {n['similarity']:.3f}",
+                        2,
+                        "right" if n["class"] == r["class"] else "wrong",
+                    )
                     for n in neighbours[r["crop_key"]]
                 ]
                 blocks.append(("gallery", Gallery(f"{r['crop_key']}", load_thumbnails(store, thumbs))))
@@ -465,7 +531,12 @@ def picture_blocks(store: Store, confusions: Sequence[dict[str, Any]]) -> list[B
         for name, (ok, bad) in strips.items():
             thumbs = [Thumb(r["crop_key"], f"{_score(r)}", 3, "right") for r in ok]
             thumbs += [Thumb(r["crop_key"], f"→ {r['pred_class']}, {_score(r)}", 3, "wrong") for r in bad]
-            blocks.append(("gallery", Gallery(f"{name}: {len(ok)} correct, {len(bad)} incorrect shown", load_thumbnails(store, thumbs))))
+            blocks.append(
+                (
+                    "gallery",
+                    Gallery(f"{name}: {len(ok)} correct, {len(bad)} incorrect shown", load_thumbnails(store, thumbs)),
+                )
+            )
     return blocks
 
 
@@ -488,7 +559,10 @@ def render_markdown(blocks: Sequence[Block], prefix: str) -> str:
             out += [f"![{block[1].alt}]({posixpath.relpath(block[1].key, prefix)})", ""]
         elif kind == "gallery":
             g: Gallery = block[1]
-            out += [f"**{g.title}** (thumbnails in report.html): " + "; ".join(f"{t.caption} `{t.key}`" for t in g.thumbs), ""]
+            out += [
+                f"**{g.title}** (thumbnails in report.html): " + "; ".join(f"{t.caption} `{t.key}`" for t in g.thumbs),
+                "",
+            ]
         elif kind == "table":
             t: Table = block[1]
             out.append("| " + " | ".join(_md_cell(h) for h in t.headers) + " |")
@@ -569,7 +643,12 @@ def _omitted(n: int, max_bytes: int) -> str:
 
 def render_html(blocks: Sequence[Block], include: set[int] | None = None, max_bytes: int = 0) -> str:
     """The page; pictures whose id() is not in `include` (None: all) are left out with a note saying so."""
-    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">', "<title>plankton — test report</title>", f"<style>{CSS}</style></head><body>"]
+    out = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>plankton — test report</title>",
+        f"<style>{CSS}</style></head><body>",
+    ]
     for block in blocks:
         kind = block[0]
         if kind in ("h1", "h2", "p"):
@@ -580,12 +659,18 @@ def render_html(blocks: Sequence[Block], include: set[int] | None = None, max_by
         elif kind == "gallery":
             g: Gallery = block[1]
             shown = [t for t in g.thumbs if include is None or id(t) in include]
-            out.append(f'<div class="strip"><h3>{html.escape(g.title)}</h3>' + "".join(_picture_html(t) for t in shown) + "</div>")
+            out.append(
+                f'<div class="strip"><h3>{html.escape(g.title)}</h3>'
+                + "".join(_picture_html(t) for t in shown)
+                + "</div>"
+            )
             if len(shown) < len(g.thumbs):
                 out.append(_omitted(len(g.thumbs) - len(shown), max_bytes))
         elif kind == "table":
             t: Table = block[1]
-            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in t.headers) + "</tr></thead><tbody>")
+            out.append(
+                "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in t.headers) + "</tr></thead><tbody>"
+            )
             for i, row in enumerate(t.rows):
                 cls = ' class="best"' if i in t.bold_rows else ""
                 out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")

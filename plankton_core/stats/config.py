@@ -26,7 +26,9 @@ class StatsConfig:
         "Crops of one group go to one split: source image, sample (EcoTaxa sample_id) or acquisition (acq_id); "
         "auto = sample when every kept crop has one, else source.",
     )
-    cache: bool = option(True, "Also fill the local decode cache of the train split, which supcon reuses.", digest=False)
+    cache: bool = option(
+        True, "Also fill the local decode cache of the train split, which supcon reuses.", digest=False
+    )
     workers: int = option(0, "Decoding threads; 0 = automatic.", ge=0, digest=False)
 
     def validate(self) -> None:
@@ -36,4 +38,6 @@ class StatsConfig:
         if fractions[0] <= 0:
             raise BadInputError("split: the train fraction must be > 0")
         if abs(sum(fractions) - 1.0) > 1e-6:
-            raise BadInputError(f"split fractions must sum to 1, got {','.join(map(str, fractions))} (sum {sum(fractions):g})")
+            raise BadInputError(
+                f"split fractions must sum to 1, got {','.join(map(str, fractions))} (sum {sum(fractions):g})"
+            )

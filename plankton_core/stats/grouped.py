@@ -18,7 +18,9 @@ import numpy as np
 from ..splitting import SPLITS, SplitAssignment, _codes, assign_splits
 
 
-def assign_grouped_splits(classes: Sequence[str], groups: Sequence[str], fractions: Sequence[float], seed: int) -> tuple[SplitAssignment, dict[str, list[str]]]:
+def assign_grouped_splits(
+    classes: Sequence[str], groups: Sequence[str], fractions: Sequence[float], seed: int
+) -> tuple[SplitAssignment, dict[str, list[str]]]:
     """(the assignment, class -> the non-zero splits it is missing from). With few groups a class can miss a split:
     the caller says so."""
     classes_arr, groups_arr = list(classes), list(groups)

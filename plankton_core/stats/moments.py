@@ -33,7 +33,9 @@ class ChannelHistogram:
             raise ValueError(f"expected uint8 (..., {self.channels}), got {images.dtype} {images.shape}")
         flat = images.reshape(-1, self.channels)
         for c in range(self.channels):
-            self.counts[c] += np.bincount(np.ascontiguousarray(flat[:, c]), minlength=LEVELS)  # contiguous first: ~1.5x faster
+            self.counts[c] += np.bincount(
+                np.ascontiguousarray(flat[:, c]), minlength=LEVELS
+            )  # contiguous first: ~1.5x faster
         return self
 
     def merge(self, other: ChannelHistogram) -> ChannelHistogram:

@@ -42,26 +42,38 @@ def read_kept_crops(root: Store) -> pa.Table:
     extra = [c for c in ("sample_id", "acq_id") if c in table.column_names]
     missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
     if missing:
-        raise BadInputError(f"{root.uri}/{MANIFEST_KEY} lacks column(s) {', '.join(missing)}; rerun `plankton crop --force`")
+        raise BadInputError(
+            f"{root.uri}/{MANIFEST_KEY} lacks column(s) {', '.join(missing)}; rerun `plankton crop --force`"
+        )
     try:  # dictionary or large strings (a manifest written by another tool) read the same
         table = pa.table({c: pc.cast(table.column(c), pa.string()) for c in (*MANIFEST_COLUMNS, *extra)})
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadInputError(f"{root.uri}/{MANIFEST_KEY}: columns {', '.join(MANIFEST_COLUMNS)} must be strings ({exc})") from None
+        raise BadInputError(
+            f"{root.uri}/{MANIFEST_KEY}: columns {', '.join(MANIFEST_COLUMNS)} must be strings ({exc})"
+        ) from None
     kept = table.filter(pc.equal(table.column("status"), "kept")).select(["crop_key", "class", "source_key", *extra])
     if kept.num_rows == 0:
-        raise BadInputError(f"no kept crops in {root.uri}/{MANIFEST_KEY} ({table.num_rows} rows, none with status 'kept'): nothing to split")
+        raise BadInputError(
+            f"no kept crops in {root.uri}/{MANIFEST_KEY} ({table.num_rows} rows, none with status 'kept'): nothing to split"
+        )
     for name in ("crop_key", "class", "source_key"):
         col = kept.column(name)
         if col.null_count or pc.any(pc.equal(pc.utf8_length(col), 0)).as_py():
-            raise BadInputError(f"{root.uri}/{MANIFEST_KEY} has kept rows with an empty {name}; rerun `plankton crop --force`")
+            raise BadInputError(
+                f"{root.uri}/{MANIFEST_KEY} has kept rows with an empty {name}; rerun `plankton crop --force`"
+            )
     kept = kept.sort_by("crop_key")
     keys = kept.column("crop_key")
     if pc.count_distinct(keys).as_py() != kept.num_rows:
-        raise BadInputError(f"{root.uri}/{MANIFEST_KEY} lists the same crop_key more than once; rerun `plankton crop --force`")
+        raise BadInputError(
+            f"{root.uri}/{MANIFEST_KEY} lists the same crop_key more than once; rerun `plankton crop --force`"
+        )
     return kept
 
 
-def train_histogram(root: Store, keys: Sequence[str], size: int, cache: bool = True, workers: int = 0) -> ChannelHistogram:
+def train_histogram(
+    root: Store, keys: Sequence[str], size: int, cache: bool = True, workers: int = 0
+) -> ChannelHistogram:
     """Pixel histogram of the letterboxed crops `keys` at `size`, decoded in parallel.
 
     With `cache`, the crops go through `ImageCache.build` (the same file supcon
@@ -107,8 +119,9 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
         assignment, missing = assign_grouped_splits(classes, groups.tolist(), cfg.split, cfg.seed)
     if missing:
         listed = ", ".join(f"{c} (no {'/'.join(s)})" for c, s in sorted(missing.items())[:10])
-        note = f"grouped by {group_by}: {len(missing)} class(es) are missing from a split, their crops lying in too few {group_by}s: {listed}" + (
-            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        note = (
+            f"grouped by {group_by}: {len(missing)} class(es) are missing from a split, their crops lying in too few {group_by}s: {listed}"
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         )
         ctx.notes.append(note)
         ctx.log.warning(note)
@@ -117,7 +130,8 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
         more = len(assignment.unsplit_classes) - 10
         note = (
             f"{len(assignment.unsplit_classes)} class(es) have fewer than {min_frames_to_split(cfg.split)} source images, "
-            f"too few to split {','.join(f'{f:g}' for f in cfg.split)}, and stay whole in train: {listed}" + (f" and {more} more" if more > 0 else "")
+            f"too few to split {','.join(f'{f:g}' for f in cfg.split)}, and stay whole in train: {listed}"
+            + (f" and {more} more" if more > 0 else "")
         )
         ctx.notes.append(note)
         ctx.log.warning(note)
@@ -144,7 +158,9 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
 
     counts = _counts(class_names, classes, sources, assignment.split)
     train_keys = keys[assignment.split == 0].tolist()
-    ctx.log.info("splits: %s; measuring %d train crops at %dpx", {s: counts[s] for s in SPLITS}, len(train_keys), cfg.size)
+    ctx.log.info(
+        "splits: %s; measuring %d train crops at %dpx", {s: counts[s] for s in SPLITS}, len(train_keys), cfg.size
+    )
     hist = train_histogram(root, train_keys, cfg.size, cache=cfg.cache, workers=cfg.workers)
     ctx.metrics.count("train_crops_measured", len(train_keys))
     mean, std = hist.mean_std()
@@ -167,7 +183,12 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
         },
     )
     summary = {s: counts[s] for s in SPLITS}
-    summary.update(crops=len(keys), classes=len(class_names), sources=counts["sources"]["total"], unsplit_classes=len(assignment.unsplit_classes))
+    summary.update(
+        crops=len(keys),
+        classes=len(class_names),
+        sources=counts["sources"]["total"],
+        unsplit_classes=len(assignment.unsplit_classes),
+    )
     summary["group_by"] = group_by
     return summary
 
@@ -179,10 +200,14 @@ def split_groups(kept: pa.Table, group_by: str) -> tuple[str, np.ndarray]:
         group_by = "sample" if col is not None and not _empty(col) else "source"
     name = GROUP_COLUMNS[group_by]
     if name not in kept.column_names:
-        raise BadInputError(f"--group-by {group_by} needs {name} in {MANIFEST_KEY} (an EcoTaxa input has it); use --group-by source")
+        raise BadInputError(
+            f"--group-by {group_by} needs {name} in {MANIFEST_KEY} (an EcoTaxa input has it); use --group-by source"
+        )
     col = kept.column(name)
     if _empty(col):
-        raise BadInputError(f"--group-by {group_by}: {_empty(col)} kept crop(s) have no {name} in {MANIFEST_KEY}; use --group-by source")
+        raise BadInputError(
+            f"--group-by {group_by}: {_empty(col)} kept crop(s) have no {name} in {MANIFEST_KEY}; use --group-by source"
+        )
     return group_by, col.to_numpy(zero_copy_only=False)
 
 

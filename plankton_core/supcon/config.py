@@ -63,9 +63,12 @@ class SupConConfig(ContrastiveOptions):
     temperature: float = option(0.07, "Contrastive temperature.", gt=0)
     method: Literal["supcon", "simclr"] = option("supcon", "supcon uses labels; simclr ignores them.")
     seed: int = option(0, "Seed for weights, data order and augmentation.")
-    pretrained: str | None = option(None, "Backbone weights file or URI (state dict, safetensors or plankton checkpoint); default random init.")
+    pretrained: str | None = option(
+        None, "Backbone weights file or URI (state dict, safetensors or plankton checkpoint); default random init."
+    )
     init: Literal["random", "pretrain"] = option(
-        "random", "pretrain: start from the pretrain stage's pretrain/ckpt/last.pt; random: --pretrained or random weights."
+        "random",
+        "pretrain: start from the pretrain stage's pretrain/ckpt/last.pt; random: --pretrained or random weights.",
     )
     jitter: float = option(0.2, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1)
     sync_bn: bool = option(True, "SyncBatchNorm across GPUs under torchrun.")
@@ -81,20 +84,37 @@ class SupConConfig(ContrastiveOptions):
         "How crops are made square for every feature extraction downstream (recorded in the checkpoint); "
         "default: letterbox for --recipe plankton, resize-center-crop (Resize 256 + CenterCrop 224, scaled) for supcontrast.",
     )
-    base_temperature: float | None = option(None, "SupContrast's base_temperature: the loss is scaled by temperature / this; default = --temperature.", gt=0)
-    crop_mode: Literal["random", "localized"] = option("random", "random: the recipe's crops; localized: crops of a context crop around the object box.")
-    loc_thr: float = option(0.5, "Localized crops: threshold thr (1 keeps the whole box in every crop; mean kept share ≈ 0.5 + thr^0.4/2).", ge=0, le=1)
-    context: float = option(0.5, "Localized crops: the context crop is the box grown by this × its size on each side.", ge=0)
-    boxes: Literal["manifest", "attention"] = option("manifest", "Object boxes for localized crops: the crop manifest's, or pseudo boxes from ViT attention.")
+    base_temperature: float | None = option(
+        None, "SupContrast's base_temperature: the loss is scaled by temperature / this; default = --temperature.", gt=0
+    )
+    crop_mode: Literal["random", "localized"] = option(
+        "random", "random: the recipe's crops; localized: crops of a context crop around the object box."
+    )
+    loc_thr: float = option(
+        0.5,
+        "Localized crops: threshold thr (1 keeps the whole box in every crop; mean kept share ≈ 0.5 + thr^0.4/2).",
+        ge=0,
+        le=1,
+    )
+    context: float = option(
+        0.5, "Localized crops: the context crop is the box grown by this × its size on each side.", ge=0
+    )
+    boxes: Literal["manifest", "attention"] = option(
+        "manifest", "Object boxes for localized crops: the crop manifest's, or pseudo boxes from ViT attention."
+    )
     box_model: str = option("vit_small_patch14_dinov2.lvd142m", "--boxes attention: timm ViT name.")
-    box_weights: str | None = option(None, "--boxes attention: the ViT's weights (file or URI); required with --boxes attention.")
+    box_weights: str | None = option(
+        None, "--boxes attention: the ViT's weights (file or URI); required with --boxes attention."
+    )
     save_every: int = option(50, "Write supcon/ckpt/epoch_NNNN.pt every K epochs; last.pt every epoch.", ge=1)
 
     def validate(self) -> None:
         self.check_device("supcon")
         self.check_resume("supcon")
         if self.boxes == "attention" and not self.box_weights:
-            raise BadInputError("supcon: --boxes attention needs --box-weights (a file or URI of the ViT's weights; nothing is downloaded)")
+            raise BadInputError(
+                "supcon: --boxes attention needs --box-weights (a file or URI of the ViT's weights; nothing is downloaded)"
+            )
         if self.boxes == "attention" and self.crop_mode != "localized":
             raise BadInputError("supcon: --boxes attention only matters with --crop-mode localized")
 

@@ -102,7 +102,14 @@ def check(cfg: SupConConfig, ctx: StageContext) -> SupConPlan:
     if cfg.init == "pretrain":  # the pretrain run's digest enters supcon's: a new pretrain run means retraining
         ctx.upstream = ctx.upstream | require_upstream(root, ["pretrain"])
         resolved["pretrain_digest"] = ctx.upstream["pretrain"]
-    resume = choose_resume(root, SUPCON_CKPT, cfg.resume, resolved, TRAJECTORY_FIELDS + ("stats_digest", "train_images", "pretrain_digest"), ctx.s3_endpoint)
+    resume = choose_resume(
+        root,
+        SUPCON_CKPT,
+        cfg.resume,
+        resolved,
+        TRAJECTORY_FIELDS + ("stats_digest", "train_images", "pretrain_digest"),
+        ctx.s3_endpoint,
+    )
     return SupConPlan(device, size, list(mean), list(std), keys, labels, steps_per_epoch, resolved, resume)
 
 
@@ -151,9 +158,15 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
                 warmup_steps=cfg.warmup() * run.steps_per_epoch,
                 min_ratio=cfg.min_lr_ratio,
             )
-        scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling; kept for the checkpoint format
+        scaler = torch.amp.GradScaler(
+            device.type, enabled=False
+        )  # bf16 needs no loss scaling; kept for the checkpoint format
         scheduler = trainer.restore(
-            plan.resume, {"model": net.backbone, "head": net.head, "scaler": scaler}, optimizer, schedule, extra={"feature_dim": net.feature_dim}
+            plan.resume,
+            {"model": net.backbone, "head": net.head, "scaler": scaler},
+            optimizer,
+            schedule,
+            extra={"feature_dim": net.feature_dim},
         )
         plan.resume.ckpt = None  # restored: let the memory go
         model = distribute(net, optimizer, dist, device, sync_bn=cfg.sync_bn, compile=cfg.compile, notes=ctx.notes)
@@ -170,11 +183,22 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
         )
         b = loader.local_batch
         views = TwoViews(
-            cfg.batch_size, slice(dist.rank * b, (dist.rank + 1) * b), cfg.seed, cfg.crop_scale_min, cfg.jitter, plan.size, plan.mean, plan.std, device, spec
+            cfg.batch_size,
+            slice(dist.rank * b, (dist.rank + 1) * b),
+            cfg.seed,
+            cfg.crop_scale_min,
+            cfg.jitter,
+            plan.size,
+            plan.mean,
+            plan.std,
+            device,
+            spec,
         )
         if not cuda and cfg.workers > 0:  # augment on the loader threads, overlapping the model step
             loader.transform = partial(with_views, views=views)
-        loss_fn = ContrastiveStep(views, dist, cfg.temperature, cfg.method, amp=cfg.amp and cuda, base_temperature=cfg.base_temperature)
+        loss_fn = ContrastiveStep(
+            views, dist, cfg.temperature, cfg.method, amp=cfg.amp and cuda, base_temperature=cfg.base_temperature
+        )
         if dist.is_main:
             log.info(
                 "supcon: %s, %d train crops, global batch %d on %d process(es), lr %.4g (base %.4g per 256), %d steps/epoch, device %s",
@@ -189,14 +213,26 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
             )
         counts = trainer.fit(
             epoch_runner(
-                model, loader, loss_fn, optimizer, scheduler, dist=dist, stop=stop, device=device, desc="supcon", epochs=cfg.epochs, lr_option="--base-lr"
+                model,
+                loader,
+                loss_fn,
+                optimizer,
+                scheduler,
+                dist=dist,
+                stop=stop,
+                device=device,
+                desc="supcon",
+                epochs=cfg.epochs,
+                lr_option="--base-lr",
             )
         )
     return counts | {"train_images": len(plan.keys)}
 
 
 def augment_spec(cfg: SupConConfig) -> AugmentSpec:
-    return AugmentSpec(recipe=cfg.recipe, crop_mode=cfg.crop_mode, scale_min=cfg.crop_scale_min, jitter=cfg.jitter, loc_thr=cfg.loc_thr)
+    return AugmentSpec(
+        recipe=cfg.recipe, crop_mode=cfg.crop_mode, scale_min=cfg.crop_scale_min, jitter=cfg.jitter, loc_thr=cfg.loc_thr
+    )
 
 
 def crop_input(ctx: StageContext) -> Store | None:
@@ -209,7 +245,13 @@ def crop_input(ctx: StageContext) -> Store | None:
 
 
 def decode_cache(
-    root: Store, keys: list[str], size: int, dist: DistInfo, spec: AugmentSpec | None = None, context: float = 0.5, source: Store | None = None
+    root: Store,
+    keys: list[str],
+    size: int,
+    dist: DistInfo,
+    spec: AugmentSpec | None = None,
+    context: float = 0.5,
+    source: Store | None = None,
 ) -> ImageCache:
     """The uint8 decode cache of the train crops: the first process of each node fills it, the others open it.
 
@@ -220,7 +262,9 @@ def decode_cache(
     ctx_grow = context if spec is not None and spec.crop_mode == "localized" else None
 
     def build() -> ImageCache:
-        return ImageCache.build(root, keys, size, geometry=geometry, context=ctx_grow, source=source if ctx_grow is not None else None)
+        return ImageCache.build(
+            root, keys, size, geometry=geometry, context=ctx_grow, source=source if ctx_grow is not None else None
+        )
 
     return node_first(dist, build)
 
@@ -239,13 +283,21 @@ def with_attention_boxes(cache: ImageCache, cfg: SupConConfig, ctx: StageContext
     state = load_pretrained_state(cfg.box_weights, ctx.s3_endpoint)
     missing, unexpected = vit.load_state_dict(state, strict=False)
     if len(missing) > len(state) // 2:
-        raise BadInputError(f"supcon: --box-weights {cfg.box_weights} does not fit {cfg.box_model} ({len(missing)} missing tensors)")
+        raise BadInputError(
+            f"supcon: --box-weights {cfg.box_weights} does not fit {cfg.box_model} ({len(missing)} missing tensors)"
+        )
     data_cfg = getattr(vit, "pretrained_cfg", {}) or {}
     side = int(getattr(vit.patch_embed, "img_size", (224, 224))[0])
     images = torch.from_numpy(np.ascontiguousarray(cache.array)).permute(0, 3, 1, 2).float()
-    resized = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", align_corners=False).round().clamp(0, 255)
+    resized = (
+        torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+        .round()
+        .clamp(0, 255)
+    )
     u8 = resized.to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    found = attention_boxes(vit, u8, data_cfg.get("mean", (0.485, 0.456, 0.406)), data_cfg.get("std", (0.229, 0.224, 0.225)), device=device)
+    found = attention_boxes(
+        vit, u8, data_cfg.get("mean", (0.485, 0.456, 0.406)), data_cfg.get("std", (0.229, 0.224, 0.225)), device=device
+    )
     geometry = np.array(cache.geometry, dtype=np.float32, copy=True)
     image = geometry[:, :4]
     boxes = found.boxes
@@ -263,7 +315,9 @@ def build_model(cfg: SupConConfig, ctx: StageContext, fresh: bool) -> SupConMode
     torch.manual_seed(cfg.seed)
     source = checkpoint_key("last", PRETRAIN_CKPT) if cfg.init == "pretrain" else cfg.pretrained
     pretrained = None
-    if fresh and source and source.startswith(PRETRAIN_CKPT + "/") and ctx.root.exists(source):  # a pretrain checkpoint under the root
+    if (
+        fresh and source and source.startswith(PRETRAIN_CKPT + "/") and ctx.root.exists(source)
+    ):  # a pretrain checkpoint under the root
         pretrained = state_dict_from_file(ctx.root.read_bytes(source), f"{ctx.root.uri}/{source}")
         source = f"{ctx.root.uri}/{source}"
     elif fresh and source:
@@ -292,14 +346,23 @@ class ContrastiveStep:
     base_temperature: float | None = None  # SupContrast's: loss × temperature / base_temperature
 
     def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        x = batch.views if batch.views is not None else self.views(batch.images, batch.epoch, batch.step, batch.geometry)
+        x = (
+            batch.views
+            if batch.views is not None
+            else self.views(batch.images, batch.epoch, batch.step, batch.geometry)
+        )
         device = self.views.device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
             z = model(x)
         z = torch.stack(z.float().split(len(batch.images)), dim=1)  # (b, 2 views, dim)
         z_all = gather_with_grad(z, self.dist)
         return contrastive_loss(
-            z_all, batch.global_labels.to(device), self.temperature, self.method, anchor_rows=self.views.rows, base_temperature=self.base_temperature
+            z_all,
+            batch.global_labels.to(device),
+            self.temperature,
+            self.method,
+            anchor_rows=self.views.rows,
+            base_temperature=self.base_temperature,
         )
 
 

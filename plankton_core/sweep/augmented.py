@@ -63,7 +63,9 @@ def train_head_through_backbone(
     ty = torch.as_tensor(np.array(train_y, dtype=np.int64), device=device)
     vy = torch.as_tensor(np.array(val_y, dtype=np.int64), device=device)
     if params.standardize:  # the same z-scoring as cached mode, from one clean pass over train
-        clean = torch.from_numpy(extract_features(model, train_cache, mean, std, batch_size, device, desc="train features (standardiser)")).to(device)
+        clean = torch.from_numpy(
+            extract_features(model, train_cache, mean, std, batch_size, device, desc="train features (standardiser)")
+        ).to(device)
         f_mean, f_std = standardizer(clean, True)
         del clean
     else:
@@ -80,6 +82,8 @@ def train_head_through_backbone(
                 views = augment_batch(train_cache.array[idx], train_cache.size)
                 feats = (_encode(model, views, mean, std, device) - f_mean) / f_std
                 trainer.step(feats, ty[torch.as_tensor(idx, device=device)])
-            val = torch.from_numpy(extract_features(model, val_cache, mean, std, batch_size, device, desc="val features")).to(device)
+            val = torch.from_numpy(
+                extract_features(model, val_cache, mean, std, batch_size, device, desc="val features")
+            ).to(device)
             trainer.end_epoch((val - f_mean) / f_std, vy)
     return trainer.result(vy, n_classes, f_mean, f_std)

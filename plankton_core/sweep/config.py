@@ -18,7 +18,8 @@ class SweepConfig:
     """
 
     source: Literal["supcon", "pretrain"] = option(
-        "supcon", "Whose checkpoints: supcon, or pretrain (the linear probe of the self-supervised backbone, MoCo's protocol)."
+        "supcon",
+        "Whose checkpoints: supcon, or pretrain (the linear probe of the self-supervised backbone, MoCo's protocol).",
     )
     checkpoints: str = option("all", "Which checkpoints: all, 700: (700 to last), 700:900, or 700,800,last.")
     head_mode: Literal["cached", "augmented"] = option(

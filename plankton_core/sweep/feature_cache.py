@@ -45,7 +45,13 @@ def load_cached_features(store: Store, checkpoint: str, fingerprint: dict[str, A
         return None
 
 
-def write_features(store: Store, checkpoint: str, fingerprint: dict[str, Any], features: dict[str, np.ndarray], rows: dict[str, pa.Table]) -> None:
+def write_features(
+    store: Store,
+    checkpoint: str,
+    fingerprint: dict[str, Any],
+    features: dict[str, np.ndarray],
+    rows: dict[str, pa.Table],
+) -> None:
     """Write each split's array and key table, then `meta.json` (so a half-written cache never matches)."""
     prefix = features_prefix(checkpoint)
     store.delete(join(prefix, "meta.json"))
@@ -65,5 +71,9 @@ def write_features(store: Store, checkpoint: str, fingerprint: dict[str, Any], f
     write_json(
         store,
         join(prefix, "meta.json"),
-        {"fingerprint": fingerprint, "feature_dim": int(features["train"].shape[1]), "counts": {s: int(features[s].shape[0]) for s in SPLITS}},
+        {
+            "fingerprint": fingerprint,
+            "feature_dim": int(features["train"].shape[1]),
+            "counts": {s: int(features[s].shape[0]) for s in SPLITS},
+        },
     )

@@ -45,7 +45,10 @@ class RuleBest:
     bias: torch.Tensor
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"weight": self.weight.detach().cpu().float().contiguous(), "bias": self.bias.detach().cpu().float().contiguous()}
+        return {
+            "weight": self.weight.detach().cpu().float().contiguous(),
+            "bias": self.bias.detach().cpu().float().contiguous(),
+        }
 
 
 @dataclass
@@ -59,10 +62,15 @@ class HeadResult:
     val_macro_f1: float
     val_acc_per_epoch: list[float] = field(default_factory=list)
     by_rule: dict[str, RuleBest] = field(default_factory=dict)  # RULES → the head epoch each rule would keep
-    val_per_epoch: list[dict[str, float]] = field(default_factory=list)  # accuracy, balanced_accuracy, macro_f1 per epoch
+    val_per_epoch: list[dict[str, float]] = field(
+        default_factory=list
+    )  # accuracy, balanced_accuracy, macro_f1 per epoch
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"weight": self.weight.detach().cpu().float().contiguous(), "bias": self.bias.detach().cpu().float().contiguous()}
+        return {
+            "weight": self.weight.detach().cpu().float().contiguous(),
+            "bias": self.bias.detach().cpu().float().contiguous(),
+        }
 
 
 def standardizer(train_features: torch.Tensor, enabled: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +85,9 @@ def standardizer(train_features: torch.Tensor, enabled: bool) -> tuple[torch.Ten
     return mean.float(), std.float()
 
 
-def fold_standardizer(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_standardizer(
+    weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """W((x - m)/s) + b  =  (W/s) x + (b - (W/s) m): one plain linear layer on raw features."""
     w = weight.double() / std.double()[None, :]
     b = bias.double() - w @ mean.double()
@@ -87,12 +97,16 @@ def fold_standardizer(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tens
 class LinearHeadTrainer:
     """One linear head: call `step` per batch of (standardised) features, `end_epoch` with val logits inputs."""
 
-    def __init__(self, feature_dim: int, n_classes: int, steps_per_epoch: int, params: HeadParams, device: torch.device):
+    def __init__(
+        self, feature_dim: int, n_classes: int, steps_per_epoch: int, params: HeadParams, device: torch.device
+    ):
         self.params = params
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(params.seed)
             self.head = nn.Linear(feature_dim, n_classes).to(device)
-        self.opt = torch.optim.SGD(self.head.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+        self.opt = torch.optim.SGD(
+            self.head.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
+        )
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, params.epochs * steps_per_epoch))
         self.epoch = 0
         self.n_classes = n_classes
@@ -142,9 +156,20 @@ class LinearHeadTrainer:
         by_rule: dict[str, RuleBest] = {}
         for rule, (_, epoch, state, scores) in self.best.items():
             weight, bias = fold_standardizer(state["weight"].cpu(), state["bias"].cpu(), mean.cpu(), std.cpu())
-            by_rule[rule] = RuleBest(epoch, scores["accuracy"], scores["balanced_accuracy"], scores["macro_f1"], weight, bias)
+            by_rule[rule] = RuleBest(
+                epoch, scores["accuracy"], scores["balanced_accuracy"], scores["macro_f1"], weight, bias
+            )
         acc = by_rule["accuracy"]
-        return HeadResult(acc.weight, acc.bias, acc.epoch, acc.val_accuracy, acc.val_macro_f1, list(self.history), by_rule, list(self.val_history))
+        return HeadResult(
+            acc.weight,
+            acc.bias,
+            acc.epoch,
+            acc.val_accuracy,
+            acc.val_macro_f1,
+            list(self.history),
+            by_rule,
+            list(self.val_history),
+        )
 
 
 def train_head_on_features(
@@ -191,4 +216,6 @@ def check_sizes(n_train: int, n_val: int) -> None:
     if n_train == 0:
         raise BadInputError("the train split is empty: nothing to train a linear head on; check stats/splits.parquet")
     if n_val == 0:
-        raise BadInputError("the val split is empty: cannot choose a checkpoint without validation crops; rerun `plankton stats` with a val fraction")
+        raise BadInputError(
+            "the val split is empty: cannot choose a checkpoint without validation crops; rerun `plankton stats` with a val fraction"
+        )

@@ -48,7 +48,11 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
 
 
 def write_sweep_outputs(
-    store: Store, rows: Sequence[dict[str, Any]], head_settings: dict[str, Any], extra_selection: dict[str, Any], select_by: str = "accuracy"
+    store: Store,
+    rows: Sequence[dict[str, Any]],
+    head_settings: dict[str, Any],
+    extra_selection: dict[str, Any],
+    select_by: str = "accuracy",
 ) -> dict[str, Any]:
     """Write the four sweep outputs; returns the selection (the `select_by` rule's choice, every rule's in `by_rule`)."""
     best = choose_best(rows, select_by)
@@ -137,12 +141,33 @@ def sweep_plot(rows: Sequence[dict[str, Any]], selection: dict[str, Any]) -> byt
     ax = fig.add_subplot()
     numbered = sorted((r for r in rows if r["checkpoint"] != "last"), key=lambda r: int(r["epoch"]))
     if numbered:
-        ax.plot([int(r["epoch"]) for r in numbered], [100 * r["val_acc"] for r in numbered], "o-", color="tab:blue", label="epoch_NNNN")
+        ax.plot(
+            [int(r["epoch"]) for r in numbered],
+            [100 * r["val_acc"] for r in numbered],
+            "o-",
+            color="tab:blue",
+            label="epoch_NNNN",
+        )
     for r in rows:
         if r["checkpoint"] == "last":
-            ax.plot([int(r["epoch"])], [100 * r["val_acc"]], "s", mfc="none", color="tab:orange", markersize=10, label="last")
+            ax.plot(
+                [int(r["epoch"])],
+                [100 * r["val_acc"]],
+                "s",
+                mfc="none",
+                color="tab:orange",
+                markersize=10,
+                label="last",
+            )
     best = next(r for r in rows if r["checkpoint"] == selection["checkpoint"])
-    ax.plot([int(best["epoch"])], [100 * best["val_acc"]], "*", color="tab:red", markersize=16, label=f"chosen: {best['checkpoint']}")
+    ax.plot(
+        [int(best["epoch"])],
+        [100 * best["val_acc"]],
+        "*",
+        color="tab:red",
+        markersize=16,
+        label=f"chosen: {best['checkpoint']}",
+    )
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -41,7 +41,9 @@ def parse_checkpoint_spec(spec: str, available: Sequence[tuple[str, int | None]]
             epoch = _epoch(token, token)
             hits = [n for n, e in available if e == epoch]
             if not hits:
-                raise BadInputError(f"--checkpoints: no checkpoint for epoch {epoch} under supcon/ckpt/ (have epochs {have})")
+                raise BadInputError(
+                    f"--checkpoints: no checkpoint for epoch {epoch} under supcon/ckpt/ (have epochs {have})"
+                )
             wanted.update(hits)
     if not wanted:
         raise BadInputError(f"--checkpoints {spec!r} selects nothing")
@@ -55,7 +57,9 @@ def _epoch(text: str, token: str, allow_empty: bool = False) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise BadInputError(f"--checkpoints: cannot read {token!r}; use all, an epoch (700), a name (last, epoch_0700) or a range (700:, 700:900)") from None
+        raise BadInputError(
+            f"--checkpoints: cannot read {token!r}; use all, an epoch (700), a name (last, epoch_0700) or a range (700:, 700:900)"
+        ) from None
 
 
 RULES = ("accuracy", "balanced_accuracy", "macro_f1")  # --select-by choices; accuracy is the user's protocol
@@ -87,7 +91,9 @@ def _val(row: dict[str, Any], rule: str, metric: str) -> float:
     if value is None and rule == "accuracy":
         value = row.get({"accuracy": "val_acc", "macro_f1": "val_macro_f1"}.get(metric, ""))
     if value is None:
-        raise BadInputError(f"sweep row {row.get('checkpoint')!r} has no val {metric} for --select-by {rule}; rerun `plankton linear-sweep --force`")
+        raise BadInputError(
+            f"sweep row {row.get('checkpoint')!r} has no val {metric} for --select-by {rule}; rerun `plankton linear-sweep --force`"
+        )
     return float(value)
 
 

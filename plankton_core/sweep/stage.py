@@ -49,7 +49,15 @@ def head_key(checkpoint: str, rule: str = "accuracy") -> str:
 
 
 def head_params(cfg: SweepConfig) -> HeadParams:
-    return HeadParams(cfg.head_epochs, cfg.head_batch_size, cfg.head_lr, cfg.head_momentum, cfg.head_weight_decay, cfg.standardize, cfg.seed)
+    return HeadParams(
+        cfg.head_epochs,
+        cfg.head_batch_size,
+        cfg.head_lr,
+        cfg.head_momentum,
+        cfg.head_weight_decay,
+        cfg.standardize,
+        cfg.seed,
+    )
 
 
 def head_settings(cfg: SweepConfig) -> dict[str, Any]:
@@ -83,8 +91,14 @@ def shard(cfg: SweepConfig, ctx: StageContext, index: int, count: int) -> ShardO
     """Shard `index` of `count`: every count-th selected checkpoint, its rows left as this shard's part."""
     mine = list(ctx.plan[index::count])
     rows = sweep_checkpoints(cfg, ctx, mine)
-    ctx.notes.append(f"shard {index} of {count} done ({len(rows)} checkpoint(s)); `plankton linear-sweep --merge` gathers the shards")
-    return ShardOutput(rows=rows_table(rows), counts={"shard": f"{index}-of-{count}", "checkpoints": len(rows)}, extra={"checkpoints": mine})
+    ctx.notes.append(
+        f"shard {index} of {count} done ({len(rows)} checkpoint(s)); `plankton linear-sweep --merge` gathers the shards"
+    )
+    return ShardOutput(
+        rows=rows_table(rows),
+        counts={"shard": f"{index}-of-{count}", "checkpoints": len(rows)},
+        extra={"checkpoints": mine},
+    )
 
 
 def merge(cfg: SweepConfig, ctx: StageContext, parts: list[PartRecord]) -> dict[str, Any]:
@@ -97,7 +111,9 @@ def merge(cfg: SweepConfig, ctx: StageContext, parts: list[PartRecord]) -> dict[
 
 
 def _write_outputs(cfg: SweepConfig, ctx: StageContext, rows: list[dict[str, Any]], what: str) -> dict[str, Any]:
-    selection = write_sweep_outputs(ctx.root, rows, head_settings(cfg), _selection_extras(ctx.root, rows, cfg.select_by), cfg.select_by)
+    selection = write_sweep_outputs(
+        ctx.root, rows, head_settings(cfg), _selection_extras(ctx.root, rows, cfg.select_by), cfg.select_by
+    )
     ctx.notes.append(
         f"{what}chosen by val {cfg.select_by} {selection['checkpoint']}: val accuracy {100 * selection['val_acc']:.2f}%, "
         f"val macro F1 {100 * selection['val_macro_f1']:.2f}% at head epoch {selection['best_head_epoch']} → {ctx.root.uri}/{SWEEP_MARKDOWN}"
@@ -119,8 +135,14 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
     """One result row per checkpoint. A checkpoint that cannot be read is named at the end (exit 2) after the rest are done."""
     store, log, upstream = ctx.root, ctx.log, ctx.upstream
     prefix, run_key = SOURCES[cfg.source]
-    supcon_run = read_json(store, run_key).get("run_id", "") if store.exists(run_key) else ""  # the swept run (supcon's unless --source)
-    source_digest = upstream.get("supcon") if cfg.source == "supcon" else f"{cfg.source}:{read_json(store, run_key).get('digest', '')}"
+    supcon_run = (
+        read_json(store, run_key).get("run_id", "") if store.exists(run_key) else ""
+    )  # the swept run (supcon's unless --source)
+    source_digest = (
+        upstream.get("supcon")
+        if cfg.source == "supcon"
+        else f"{cfg.source}:{read_json(store, run_key).get('digest', '')}"
+    )
     classes = load_classes(store)
     n_classes = len(classes)
     every = load_splits(store)  # read once, then split
@@ -130,9 +152,14 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
     for s in SPLITS:
         bad = labels[s][(labels[s] < 0) | (labels[s] >= n_classes)]
         if bad.size:
-            raise BadInputError(f"stats/splits.parquet has {s} label {int(bad[0])} outside stats/classes.json ({n_classes} classes); rerun `plankton stats`")
+            raise BadInputError(
+                f"stats/splits.parquet has {s} label {int(bad[0])} outside stats/classes.json ({n_classes} classes); rerun `plankton stats`"
+            )
     train_counts = np.bincount(labels["train"], minlength=n_classes).tolist()
-    data_ident = {s: keys_digest(keys[s]) for s in SPLITS} | {"labels": keys_digest([str(x) for s in SPLITS for x in labels[s].tolist()]), "classes": classes}
+    data_ident = {s: keys_digest(keys[s]) for s in SPLITS} | {
+        "labels": keys_digest([str(x) for s in SPLITS for x in labels[s].tolist()]),
+        "classes": classes,
+    }
     params = head_params(cfg)
     device = pick_device(cfg.device)
     caches: dict[tuple[int, str], dict[str, ImageCache]] = {}  # by (size, preprocess) the checkpoint records
@@ -140,13 +167,24 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
     errors: list[str] = []
     for name in names:
         unit = _fingerprint(
-            {"head": head_settings(cfg), "record": HEAD_RECORD, "supcon": source_digest, "supcon_run": supcon_run, "checkpoint": name, "data": data_ident}
+            {
+                "head": head_settings(cfg),
+                "record": HEAD_RECORD,
+                "supcon": source_digest,
+                "supcon_run": supcon_run,
+                "checkpoint": name,
+                "data": data_ident,
+            }
         )
         hkey = head_key(name)
         if not ctx.force and store.exists(hkey):
             try:
                 _, meta = load_head(store, hkey)
-                if meta.get("unit") == unit and isinstance(meta.get("row"), dict) and all(store.exists(head_key(name, r)) for r in RULES):
+                if (
+                    meta.get("unit") == unit
+                    and isinstance(meta.get("row"), dict)
+                    and all(store.exists(head_key(name, r)) for r in RULES)
+                ):
                     log.info("%s: head already trained with these inputs (%s); reusing it", name, hkey)
                     rows.append(dict(meta["row"]))
                     continue
@@ -161,10 +199,14 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
             continue
         model, ccfg, mean, std, size = embedder.model, embedder.config, embedder.mean, embedder.std, embedder.size
         epoch = embedder.epoch if embedder.epoch is not None else int(name.rsplit("_", 1)[-1]) if name != "last" else -1
-        if (size, embedder.preprocess) not in caches:  # decoding crops is a one-off for the whole sweep: not charged to this checkpoint
+        if (
+            size,
+            embedder.preprocess,
+        ) not in caches:  # decoding crops is a one-off for the whole sweep: not charged to this checkpoint
             tc = time.monotonic()
             caches[(size, embedder.preprocess)] = {
-                s: ImageCache.build(store, keys[s], size, workers=cfg.workers, preprocess=embedder.preprocess) for s in SPLITS
+                s: ImageCache.build(store, keys[s], size, workers=cfg.workers, preprocess=embedder.preprocess)
+                for s in SPLITS
             }
             t0 += time.monotonic() - tc
         cache = caches[(size, embedder.preprocess)]
@@ -185,15 +227,29 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
             if cached is not None and reused:
                 feats = cached
             else:
-                feats = {s: embedder.features(cache[s], cfg.batch_size, device, desc=f"{name} {s} features") for s in SPLITS}
+                feats = {
+                    s: embedder.features(cache[s], cfg.batch_size, device, desc=f"{name} {s} features") for s in SPLITS
+                }
                 write_features(store, name, fp, feats, splits)
                 ctx.metrics.count("feature_rows", sum(len(f) for f in feats.values()))
             t1 = time.monotonic()
-            result = train_head_on_features(feats["train"], labels["train"], feats["val"], labels["val"], n_classes, params, device)
+            result = train_head_on_features(
+                feats["train"], labels["train"], feats["val"], labels["val"], n_classes, params, device
+            )
         else:
             t1 = time.monotonic()
             result = train_head_through_backbone(
-                model, cache["train"], labels["train"], cache["val"], labels["val"], n_classes, mean, std, params, device, batch_size=cfg.batch_size
+                model,
+                cache["train"],
+                labels["train"],
+                cache["val"],
+                labels["val"],
+                n_classes,
+                mean,
+                std,
+                params,
+                device,
+                batch_size=cfg.batch_size,
             )
         t2 = time.monotonic()
         row: dict[str, Any] = {
@@ -218,7 +274,11 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
             best = result.by_rule[rule]
             row[rule_field(rule, "head_epoch")] = int(best.epoch)
             row[rule_field(rule, "head_key")] = head_key(name, rule)
-            for metric, value in (("accuracy", best.val_accuracy), ("balanced_accuracy", best.val_balanced_accuracy), ("macro_f1", best.val_macro_f1)):
+            for metric, value in (
+                ("accuracy", best.val_accuracy),
+                ("balanced_accuracy", best.val_balanced_accuracy),
+                ("macro_f1", best.val_macro_f1),
+            ):
                 row[rule_field(rule, f"val_{metric}")] = float(value)
         meta = {
             "checkpoint": name,
@@ -242,18 +302,33 @@ def sweep_checkpoints(cfg: SweepConfig, ctx: StageContext, names: Sequence[str])
             "unit": unit,
             "row": row,
         }
-        for rule in RULES[1:]:  # the other rules' heads first: the accuracy head, whose record the reuse check reads, last
+        for rule in RULES[
+            1:
+        ]:  # the other rules' heads first: the accuracy head, whose record the reuse check reads, last
             best = result.by_rule[rule]
             save_head(
                 store,
                 head_key(name, rule),
                 best.state_dict(),
-                meta | {"rule": rule, "best_head_epoch": int(best.epoch), "val_acc": best.val_accuracy, "val_macro_f1": best.val_macro_f1},
+                meta
+                | {
+                    "rule": rule,
+                    "best_head_epoch": int(best.epoch),
+                    "val_acc": best.val_accuracy,
+                    "val_macro_f1": best.val_macro_f1,
+                },
             )
         save_head(store, hkey, result.state_dict(), meta | {"rule": "accuracy"})
         ctx.metrics.count("checkpoints")
         ctx.metrics.gauge("sweep_last_val_accuracy", row["val_acc"], "Val accuracy of the last checkpoint swept.")
-        log.info("%s (epoch %d): val accuracy %.4f at head epoch %d, %.1fs", name, epoch, row["val_acc"], row["best_head_epoch"], row["seconds"])
+        log.info(
+            "%s (epoch %d): val accuracy %.4f at head epoch %d, %.1fs",
+            name,
+            epoch,
+            row["val_acc"],
+            row["best_head_epoch"],
+            row["seconds"],
+        )
         rows.append(row)
     if errors:
         raise BadInputError(

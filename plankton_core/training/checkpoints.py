@@ -57,7 +57,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     random.setstate(_tuples(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -93,7 +95,9 @@ class CheckpointWriter:
             self._write(keys, ckpt)
             self.wait()
             return
-        self._thread = threading.Thread(target=self._write, args=(list(keys), ckpt), name="checkpoint-writer", daemon=False)
+        self._thread = threading.Thread(
+            target=self._write, args=(list(keys), ckpt), name="checkpoint-writer", daemon=False
+        )
         self._thread.start()
 
     def wait(self) -> None:
@@ -139,7 +143,9 @@ def find_resume(store: Store, prefix: str, resume: str, s3_endpoint: str | None 
             return ResumePoint(resume, load_checkpoint(src, name))
         key = checkpoint_key(resume, prefix)
         if not store.exists(key):
-            raise BadInputError(f"--resume checkpoint not found: {store.uri}/{key} (use auto, never, last, epoch_NNNN or a URI)")
+            raise BadInputError(
+                f"--resume checkpoint not found: {store.uri}/{key} (use auto, never, last, epoch_NNNN or a URI)"
+            )
         return ResumePoint(key, load_checkpoint(store, key))
 
     notes: list[str] = []
@@ -171,7 +177,14 @@ def find_resume(store: Store, prefix: str, resume: str, s3_endpoint: str | None 
     return best
 
 
-def choose_resume(store: Store, prefix: str, resume: str, current: dict[str, Any], trajectory: Sequence[str], s3_endpoint: str | None = None) -> ResumePoint:
+def choose_resume(
+    store: Store,
+    prefix: str,
+    resume: str,
+    current: dict[str, Any],
+    trajectory: Sequence[str],
+    s3_endpoint: str | None = None,
+) -> ResumePoint:
     """`find_resume`, then the rule on changed settings: `auto` refuses them, a named checkpoint continues with a note.
 
     `current` is the resolved config the run would record; `trajectory` names the

@@ -25,7 +25,9 @@ import torch.distributed as dist
 
 # The autograd all_gather is the documented way to keep gradients through the gather; its
 # suggested replacement lives in a private module, so keep it and silence the notice.
-warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated", category=FutureWarning
+)
 
 
 @dataclass

@@ -32,7 +32,11 @@ def process_device(requested: str) -> tuple[int, torch.device]:
 @contextmanager
 def training_process(device: torch.device, deterministic: bool) -> Iterator[tuple[DistInfo, StopRequest]]:
     """The process group (one process alone, or torchrun's), stop requests on SIGTERM/Ctrl-C and `--deterministic` kernels."""
-    with process_group(use_cuda=device.type == "cuda") as dist, stop_on_signals(StopRequest()) as stop, deterministic_kernels(deterministic, device):
+    with (
+        process_group(use_cuda=device.type == "cuda") as dist,
+        stop_on_signals(StopRequest()) as stop,
+        deterministic_kernels(deterministic, device),
+    ):
         yield dist, stop
 
 
@@ -96,7 +100,9 @@ def epoch_runner(
     `lr_option`, the stage's learning-rate flag."""
 
     def run_epoch(epoch: int, start_step: int) -> EpochStats:
-        batches = progress(loader.epoch(epoch, start_step), total=len(loader) - start_step, desc=f"{desc} epoch {epoch + 1}/{epochs}")
+        batches = progress(
+            loader.epoch(epoch, start_step), total=len(loader) - start_step, desc=f"{desc} epoch {epoch + 1}/{epochs}"
+        )
         return train_one_epoch(
             model,
             batches,

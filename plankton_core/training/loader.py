@@ -84,7 +84,9 @@ class CachedBatchLoader:
         tensor = torch.from_numpy(images)
         if self.pin_memory:
             tensor = tensor.pin_memory()
-        batch = Batch(epoch, step, tensor, torch.from_numpy(self.labels[rows]), torch.from_numpy(self.labels[global_rows]))
+        batch = Batch(
+            epoch, step, tensor, torch.from_numpy(self.labels[rows]), torch.from_numpy(self.labels[global_rows])
+        )
         if self.geometry is not None:
             batch.geometry = torch.from_numpy(np.asarray(self.geometry[rows], dtype=np.float64))
         return self.transform(batch) if self.transform else batch

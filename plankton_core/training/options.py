@@ -16,7 +16,11 @@ from ..errors import BadInputError
 class RuntimeOptions:
     """Where and how a training process runs; none of these change the outputs (digest=False)."""
 
-    resume: str = option("auto", "auto (newest readable checkpoint), never (start over), last, epoch_NNNN or a checkpoint URI.", digest=False)
+    resume: str = option(
+        "auto",
+        "auto (newest readable checkpoint), never (start over), last, epoch_NNNN or a checkpoint URI.",
+        digest=False,
+    )
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", digest=False)
     workers: int = option(4, "Batch prefetch threads.", ge=0, digest=False)
     amp: bool = option(True, "bf16 autocast on GPU.", digest=False)

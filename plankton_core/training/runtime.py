@@ -14,7 +14,9 @@ from ..features import pick_device
 def training_device(requested: str, local_rank: int = 0, distributed: bool = False) -> torch.device:
     """The device of this process: `--device` (auto, cpu, cuda, cuda:N); under torchrun the GPU of its local rank."""
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInputError(f"--device {requested} asked for, but no CUDA device is available (use --device cpu or auto)")
+        raise BadInputError(
+            f"--device {requested} asked for, but no CUDA device is available (use --device cpu or auto)"
+        )
     device = pick_device(requested)
     return torch.device("cuda", local_rank) if distributed and device.type == "cuda" else device
 

@@ -19,13 +19,22 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, LRSc
 def at_step(scheduler: LRScheduler, start_step: int) -> LRScheduler:
     """`scheduler` stepped `start_step` times, so the optimizer holds that step's lr (the resume position)."""
     with warnings.catch_warnings():  # stepping without optimiser steps is the point here
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+        warnings.filterwarnings(
+            "ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`"
+        )
         for _ in range(start_step):
             scheduler.step()
     return scheduler
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, peak_lr: float, total_steps: int, warmup_steps: int, min_ratio: float, start_step: int = 0) -> LRScheduler:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer,
+    peak_lr: float,
+    total_steps: int,
+    warmup_steps: int,
+    min_ratio: float,
+    start_step: int = 0,
+) -> LRScheduler:
     """`SequentialLR(LinearLR, CosineAnnealingLR)` at `start_step` (the lr of that step is set in the optimizer).
 
     `start_step` > 0 continues a run whose settings changed (so its saved scheduler
@@ -41,7 +50,9 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, peak_lr: float, total_steps:
     return at_step(scheduler, start_step)
 
 
-def supcontrast_lr(step: int, peak_lr: float, epochs: int, steps_per_epoch: int, warm_epochs: int, warmup_from: float, min_ratio: float) -> float:
+def supcontrast_lr(
+    step: int, peak_lr: float, epochs: int, steps_per_epoch: int, warm_epochs: int, warmup_from: float, min_ratio: float
+) -> float:
     """SupContrast's learning rate at optimiser step `step` (0-based), as main_supcon.py/util.py set it.
 
     The cosine is per epoch: epoch e (1-based) runs at eta_min + (lr - eta_min)(1 + cos(π e / E)) / 2
@@ -76,9 +87,22 @@ def supcontrast_schedule(
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] = peak_lr
     spe = max(1, steps_per_epoch)
-    scheduler = LambdaLR(optimizer, partial(_supcontrast_factor, peak_lr=peak_lr, epochs=epochs, spe=spe, warm=warm_epochs, start=warmup_from, ratio=min_ratio))
+    scheduler = LambdaLR(
+        optimizer,
+        partial(
+            _supcontrast_factor,
+            peak_lr=peak_lr,
+            epochs=epochs,
+            spe=spe,
+            warm=warm_epochs,
+            start=warmup_from,
+            ratio=min_ratio,
+        ),
+    )
     return at_step(scheduler, start_step)
 
 
-def _supcontrast_factor(step: int, *, peak_lr: float, epochs: int, spe: int, warm: int, start: float, ratio: float) -> float:
+def _supcontrast_factor(
+    step: int, *, peak_lr: float, epochs: int, spe: int, warm: int, start: float, ratio: float
+) -> float:
     return supcontrast_lr(step, peak_lr, epochs, spe, warm, start, ratio) / peak_lr

@@ -91,7 +91,13 @@ class Trainer:
     """Checkpointing, resume, stop requests, NaN stop and metrics around a stage's epochs."""
 
     def __init__(
-        self, ctx: StageContext, run: TrainingRun, *, dist: DistInfo | None = None, stop: StopRequest | None = None, device: torch.device | None = None
+        self,
+        ctx: StageContext,
+        run: TrainingRun,
+        *,
+        dist: DistInfo | None = None,
+        stop: StopRequest | None = None,
+        device: torch.device | None = None,
     ):
         self.ctx, self.run = ctx, run
         self.dist = dist or DistInfo()
@@ -155,7 +161,11 @@ class Trainer:
         if self.scheduler is None:
             self.scheduler = schedule(optimizer, start_step=self.step)
         progress = ckpt.get("epoch_progress")
-        self.carried = EpochStats(self.start_epoch, self.step - self.start_epoch * self.run.steps_per_epoch, **progress) if progress else None
+        self.carried = (
+            EpochStats(self.start_epoch, self.step - self.start_epoch * self.run.steps_per_epoch, **progress)
+            if progress
+            else None
+        )
         ranks = ckpt.get("rng", {}).get("ranks", [])
         if len(ranks) == dist.world:
             set_rng_state(ranks[dist.rank])
@@ -164,7 +174,9 @@ class Trainer:
         self.resumed_from = point.label
         self.ctx.notes.append(f"resumed from {point.label} (epoch {self.start_epoch}, step {self.step})")
         if self.start_epoch >= self.run.epochs:
-            self.ctx.notes.append(f"nothing left to train: already at epoch {self.start_epoch}; --resume never retrains from scratch")
+            self.ctx.notes.append(
+                f"nothing left to train: already at epoch {self.start_epoch}; --resume never retrains from scratch"
+            )
         log.info("resuming from %s at epoch %d, step %d", point.label, self.start_epoch, self.step)
         self.rows = read_metrics(self.ctx.root, self.run.metrics_key, self.start_epoch) if dist.is_main else []
         return self.scheduler
@@ -177,7 +189,11 @@ class Trainer:
         rngs = gather_objects(rng_state(), self.dist)
         if not self.dist.is_main:  # _save writes nothing here: no CPU copy of the whole state to throw away
             return {}
-        sums = None if progress is None else {k: getattr(progress, k) for k in ("loss_sum", "steps", "seconds", "wait_seconds")}
+        sums = (
+            None
+            if progress is None
+            else {k: getattr(progress, k) for k in ("loss_sum", "steps", "seconds", "wait_seconds")}
+        )
         return to_cpu(
             {
                 **{name: obj.state_dict() for name, obj in self.state.items()},

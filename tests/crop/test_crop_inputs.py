@@ -100,7 +100,9 @@ def _png_header_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+    )
 
 
 def _bad_files() -> dict[str, tuple[bytes, str]]:
@@ -152,7 +154,11 @@ def test_all_bad_kinds_together_within_the_limit(tmp_path):
     root = open_store(str(tmp_path / "art"))
     result = run_stage("crop", CropConfig(input=images.uri, workers=1, max_bad_fraction=0.25), root)
     assert result.counts["unreadable"] == 6 and result.counts["kept"] == 20 and result.counts["files"] == 26
-    reasons = {r["source_key"].split("/")[1]: r["reason"].split(":")[0] for r in manifest_rows(root.uri) if r["status"] == "unreadable"}
+    reasons = {
+        r["source_key"].split("/")[1]: r["reason"].split(":")[0]
+        for r in manifest_rows(root.uri)
+        if r["status"] == "unreadable"
+    }
     assert reasons == {name: reason for name, (_, reason) in _bad_files().items()}
     assert root.exists("crop/_SUCCESS")
 

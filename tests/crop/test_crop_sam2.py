@@ -71,10 +71,14 @@ def test_stage_with_injected_sam2_adapter(tmp_path, one_object_png, monkeypatch)
     for i in range(3):
         images.write_bytes(f"c/f{i}.png", one_object_png(i))
     root = open_store(str(tmp_path / "art"))
-    monkeypatch.setattr("plankton_core.crop.stage.make_segmenter", lambda cfg, s3_endpoint=None: Sam2Segmenter(FakeGenerator()))
+    monkeypatch.setattr(
+        "plankton_core.crop.stage.make_segmenter", lambda cfg, s3_endpoint=None: Sam2Segmenter(FakeGenerator())
+    )
     result = run_stage("crop", CropConfig(input=images.uri), root)
     rows = manifest_rows(root.uri)
-    assert [(r["source_key"], r["status"]) for r in rows] == [(f"c/f{i}.png", s) for i in range(3) for s in ("kept", "edge")]
+    assert [(r["source_key"], r["status"]) for r in rows] == [
+        (f"c/f{i}.png", s) for i in range(3) for s in ("kept", "edge")
+    ]
     assert result.counts["kept"] == 3 and root.exists("crop/_SUCCESS")
 
 
@@ -121,7 +125,17 @@ def test_checkpoint_is_read_from_an_s3_uri(monkeypatch, s3_root):
 def test_cli_sam2_needs_a_checkpoint(run_cli, tmp_path, synth_input):
     result = run_cli("crop", "--root", tmp_path / "art", "--input", synth_input, "--segmenter", "sam2")
     assert result.exit_code == 2 and "needs --sam2-checkpoint URI" in result.stderr
-    result = run_cli("crop", "--root", tmp_path / "art", "--input", synth_input, "--segmenter", "sam2", "--sam2-checkpoint", tmp_path / "missing.pt")
+    result = run_cli(
+        "crop",
+        "--root",
+        tmp_path / "art",
+        "--input",
+        synth_input,
+        "--segmenter",
+        "sam2",
+        "--sam2-checkpoint",
+        tmp_path / "missing.pt",
+    )
     assert result.exit_code == 2 and "SAM2 checkpoint not found" in result.stderr
 
 
@@ -129,7 +143,9 @@ def test_cli_sam2_bad_checkpoint(run_cli, tmp_path, synth_input):
     pytest.importorskip("sam2", reason="the optional extra plankton[sam2] is not installed")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    result = run_cli("crop", "--root", tmp_path / "art", "--input", synth_input, "--segmenter", "sam2", "--sam2-checkpoint", bad)
+    result = run_cli(
+        "crop", "--root", tmp_path / "art", "--input", synth_input, "--segmenter", "sam2", "--sam2-checkpoint", bad
+    )
     assert result.exit_code == 2 and "cannot load SAM2 checkpoint" in result.stderr
 
 

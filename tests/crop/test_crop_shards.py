@@ -45,7 +45,9 @@ def test_shard_of_is_stable_across_processes_and_spreads_keys():
     here = [shard_of(k, 3) for k in keys]
     code = "import sys, json; from plankton_core.shards import shard_of; print(json.dumps([shard_of(k, 3) for k in json.load(sys.stdin)]))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # Python's own hash() would differ under another seed
-    other = subprocess.run([sys.executable, "-c", code], input=json.dumps(keys), capture_output=True, text=True, env=env, check=True)
+    other = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(keys), capture_output=True, text=True, env=env, check=True
+    )
     assert json.loads(other.stdout) == here
     counts = np.bincount(here, minlength=3)
     assert counts.sum() == 900 and counts.min() > 240, counts  # 300 each expected; binomial sd ≈ 14
@@ -66,7 +68,10 @@ def test_shards_then_merge_equal_one_unsharded_run(run_cli, root_uri, tmp_path, 
         part = read_parquet(store, f"crop/shards/{i}-of-{count}.parquet").to_pylist()
         meta = json.loads(store.read_bytes(f"crop/shards/{i}-of-{count}.json"))
         files = {r["source_key"] for r in part}
-        assert meta["extra"] == {"files": len(files), "rows": len(part)} and meta["rows_key"] == f"crop/shards/{i}-of-{count}.parquet"
+        assert (
+            meta["extra"] == {"files": len(files), "rows": len(part)}
+            and meta["rows_key"] == f"crop/shards/{i}-of-{count}.parquet"
+        )
         for key in files:
             assert key not in owners, f"{key} in shards {owners[key]} and {i}"
             owners[key] = i
@@ -83,7 +88,9 @@ def test_shards_then_merge_equal_one_unsharded_run(run_cli, root_uri, tmp_path, 
     assert sorted(rows, key=by_key) == sorted(ref_rows, key=by_key)
     assert crops(root_uri) == crops(reference)
     ref, got = run_json(reference), run_json(root_uri)
-    assert got["digest"] == ref["digest"] and got["counts"] == ref["counts"] and got["fingerprint"] == ref["fingerprint"]
+    assert (
+        got["digest"] == ref["digest"] and got["counts"] == ref["counts"] and got["fingerprint"] == ref["fingerprint"]
+    )
     assert [n for n in got["notes"] if not n.startswith("merged ")] == ref["notes"]
     assert store.exists("crop/_SUCCESS")
     # downstream sees the same digest; an unsharded run with the same input and config is up to date, so is a merge
@@ -159,8 +166,13 @@ def test_max_bad_fraction_is_judged_over_the_merged_set(run_cli, tmp_path):
     run_shards(run_cli, root, spread.uri, 2)
     merged = run_cli(*crop_args(root, spread.uri, "--merge"))
     assert merged.exit_code == 2
-    assert "plankton crop: error: too many unreadable input files: 2 of 22, more than --max-bad-fraction 0.05" in merged.stderr
-    assert {r["source_key"] for r in manifest_rows(root) if r["status"] == "unreadable"} == set(_names_in_shards(2, [0, 1]))
+    assert (
+        "plankton crop: error: too many unreadable input files: 2 of 22, more than --max-bad-fraction 0.05"
+        in merged.stderr
+    )
+    assert {r["source_key"] for r in manifest_rows(root) if r["status"] == "unreadable"} == set(
+        _names_in_shards(2, [0, 1])
+    )
     assert not open_store(root).exists("crop/_SUCCESS")
     # the same parts pass with a looser limit — but that is another config, so the shards are redone
     assert run_cli(*crop_args(root, spread.uri, "--merge", "--max-bad-fraction", 0.1)).exit_code == 2
@@ -173,7 +185,10 @@ def test_max_bad_fraction_is_judged_over_the_merged_set(run_cli, tmp_path):
     assert first.exit_code == 0, first.output
     second = run_cli(*crop_args(root, packed.uri, "--shard-index", 1, "--num-shards", 2))
     assert second.exit_code == 2
-    assert "too many unreadable input files: 2 of 22 in shard 1 of 2 alone, more than --max-bad-fraction 0.05" in second.stderr
+    assert (
+        "too many unreadable input files: 2 of 22 in shard 1 of 2 alone, more than --max-bad-fraction 0.05"
+        in second.stderr
+    )
     assert "crop/shards/1-of-2.failed.parquet" in second.stderr
     assert not open_store(root).exists("crop/shards/1-of-2.json")  # never a part a merge could take
     assert run_cli(*crop_args(root, packed.uri, "--merge")).exit_code == 3
@@ -226,7 +241,9 @@ def test_shard_settings_from_the_indexed_job_environment(run_cli, tmp_path, synt
         monkeypatch.setenv("JOB_COMPLETION_INDEX", str(i))
         result = run_cli(*crop_args(root, synth_input))
         assert result.exit_code == 0 and f"shard {i} of 2 done" in result.stdout
-    assert sorted(open_store(root).list("crop/shards")) == [f"crop/shards/{i}-of-2.{ext}" for i in range(2) for ext in ("json", "parquet")]
+    assert sorted(open_store(root).list("crop/shards")) == [
+        f"crop/shards/{i}-of-2.{ext}" for i in range(2) for ext in ("json", "parquet")
+    ]
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
     bad = run_cli(*crop_args(root, synth_input))
     assert bad.exit_code == 2 and "shard index 2 is out of range for 2 shard(s)" in bad.stderr

@@ -20,7 +20,9 @@ COLUMNS = ["source_key", "class", "status", "reason", "crop_key", "x0", "y0", "x
 
 
 @pytest.mark.parametrize("objects", ["frames", "auto"])
-@pytest.mark.parametrize("mode, size, per_class", [("dark", 64, 30), ("bright", 64, 30), ("dark", 256, 12), ("bright", 256, 12)])
+@pytest.mark.parametrize(
+    "mode, size, per_class", [("dark", 64, 30), ("bright", 64, 30), ("dark", 256, 12), ("bright", 256, 12)]
+)
 def test_recall_of_whole_objects_and_border_cut_dropped(tmp_path, mode, size, per_class, objects):
     """The issue's bar: ≥ 0.95 of whole objects found at IoU ≥ 0.5, ≥ 0.95 of border-cut ones dropped.
 
@@ -109,7 +111,9 @@ def test_rerun_is_up_to_date_force_redoes_and_new_input_reruns(run_cli, tmp_path
     assert forced.exit_code == 0 and "crop: done" in forced.stdout
     changed = run_cli(*args, "--pad", 1)  # config change
     assert "crop: done" in changed.stdout
-    open_store(synth_input).write_bytes("diatom/extra.png", open_store(synth_input).read_bytes("diatom/diatom_00000.png"))
+    open_store(synth_input).write_bytes(
+        "diatom/extra.png", open_store(synth_input).read_bytes("diatom/diatom_00000.png")
+    )
     grown = run_cli(*args, "--pad", 1)  # input change: the listing fingerprint differs
     assert "crop: done" in grown.stdout
     assert "diatom/extra.png" in {r["source_key"] for r in manifest_rows(root)}
@@ -178,7 +182,9 @@ def test_tight_crops_note_names_the_flag(run_cli, tmp_path):
     assert "--edge-margin 0" in result.stdout
     assert "class 'loose'" not in result.stdout  # 1 of 6 dropped is not "most"
     assert "rerun with --edge-margin 0" in " ".join(json.loads(open_store(root).read_bytes("crop/run.json"))["notes"])
-    kept_all = run_cli("crop", "--root", root, "--input", images.uri, "--workers", 1, "--edge-margin", 0, "--objects", "frames")
+    kept_all = run_cli(
+        "crop", "--root", root, "--input", images.uri, "--workers", 1, "--edge-margin", 0, "--objects", "frames"
+    )
     assert kept_all.exit_code == 0 and "gave no crop" not in kept_all.stdout
     assert all(r["status"] == "kept" for r in manifest_rows(root))
     # the default, --objects auto, reads such images as one object each (the object covers most of the image)
@@ -187,7 +193,9 @@ def test_tight_crops_note_names_the_flag(run_cli, tmp_path):
     rows = manifest_rows(root)
     assert all(r["status"] == "kept" for r in rows)
     assert {r["objects"] for r in rows if r["source_key"].startswith("tight/")} == {"single"}
-    assert all(iou(box(r), (3, 0, 37, 40)) >= 0.94 for r in rows if r["source_key"].startswith("tight/"))  # edges within a pixel
+    assert all(
+        iou(box(r), (3, 0, 37, 40)) >= 0.94 for r in rows if r["source_key"].startswith("tight/")
+    )  # edges within a pixel
 
 
 def test_same_stem_in_one_folder_gets_distinct_crops(tmp_path, one_object_png):
@@ -226,7 +234,9 @@ def test_bad_config_values_exit_2(run_cli, tmp_path, synth_input):
     result = run_cli("crop", "--root", tmp_path / "art", "--input", synth_input, "--edge-margin", -1)
     assert result.exit_code == 2 and "option --edge-margin: Input should be greater than or equal to 0" in result.stderr
     result = run_cli("crop", "--root", tmp_path / "art", "--input", synth_input, "--max-bad-fraction", 1.5)
-    assert result.exit_code == 2 and "option --max-bad-fraction: Input should be less than or equal to 1" in result.stderr
+    assert (
+        result.exit_code == 2 and "option --max-bad-fraction: Input should be less than or equal to 1" in result.stderr
+    )
     result = run_cli("crop", "--root", tmp_path / "art")
     assert result.exit_code == 2 and "crop needs --input URI" in result.stderr
 
@@ -251,7 +261,9 @@ def test_fingerprint_follows_keys_and_sizes(tmp_path):
     images.write_bytes("b/2.png", b"y" * 20)
     images.write_bytes("top.txt", b"ignored")
     fp = input_fingerprint(images)
-    listing = "".join(f"{e.key}\t{e.size}\t{e.version}\t\n" for e in images.list_inputs("") if "/" in e.key)  # mtime_ns as version
+    listing = "".join(
+        f"{e.key}\t{e.size}\t{e.version}\t\n" for e in images.list_inputs("") if "/" in e.key
+    )  # mtime_ns as version
     by_hand = hashlib.sha256(listing.encode()).hexdigest()[:16]
     assert fp == {"input": images.uri, "files": 2, "listing_sha256": by_hand}
     images.write_bytes("b/2.png", b"y" * 21)  # same key, new size

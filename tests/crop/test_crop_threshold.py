@@ -109,7 +109,11 @@ def test_extract_crops_statuses_and_crop_pixels():
     img[40:43, 5:8] = 200  # 9 px: too small
     results = extract_crops(img, CropConfig(pad=3, min_area=20, smooth=0.0, edge_fraction=0.5))
     assert all(isinstance(r, CropResult) for r in results)
-    assert [(r.status, r.box) for r in results] == [("edge", (50, 0, 60, 10)), ("kept", (20, 20, 34, 30)), ("too_small", (5, 40, 8, 43))]
+    assert [(r.status, r.box) for r in results] == [
+        ("edge", (50, 0, 60, 10)),
+        ("kept", (20, 20, 34, 30)),
+        ("too_small", (5, 40, 8, 43)),
+    ]
     kept = results[1]
     assert kept.area == 140 and kept.crop.dtype == np.uint8
     np.testing.assert_array_equal(kept.crop, img[17:33, 17:37])

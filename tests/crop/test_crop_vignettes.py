@@ -81,7 +81,9 @@ def test_translucent_cell_and_chain_are_one_object():
 def test_filled_image_is_kept_whole_as_fills_image_and_a_blank_one_is_no_object():
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:90, :70]
-    filled = (60 + 6 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + rng.normal(0, 1.5, (90, 70))).clip(0, 255).astype(np.uint8)  # dark cell, all over
+    filled = (
+        (60 + 6 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + rng.normal(0, 1.5, (90, 70))).clip(0, 255).astype(np.uint8)
+    )  # dark cell, all over
     (res,) = extract_crops(filled, CropConfig(objects="single"))
     assert (res.status, res.reason, res.box) == ("kept", "fills_image", (0, 0, 70, 90))
     assert res.crop is not None and res.crop.shape == (90, 70)
@@ -96,12 +98,19 @@ def test_stage_records_fills_image_and_objects_per_row(tmp_path):
 
     rng = np.random.default_rng(2)
     yy, xx = np.mgrid[:64, :64]
-    images.write_bytes("a/filled.png", encode_png((90 + 4 * np.sin(xx / 4.0) + rng.normal(0, 1, (64, 64))).clip(0, 255).astype(np.uint8)))
+    images.write_bytes(
+        "a/filled.png",
+        encode_png((90 + 4 * np.sin(xx / 4.0) + rng.normal(0, 1, (64, 64))).clip(0, 255).astype(np.uint8)),
+    )
     images.write_bytes("a/blank.png", encode_png(rng.normal(30, 3, (64, 64)).clip(0, 255).astype(np.uint8)))
     root = str(tmp_path / "art")
     run_stage("crop", CropConfig(input=images.uri, workers=1, objects="single"), open_store(root))
     rows = {r["source_key"]: r for r in manifest_rows(root)}
-    assert (rows["a/filled.png"]["status"], rows["a/filled.png"]["reason"], rows["a/filled.png"]["objects"]) == ("kept", "fills_image", "single")
+    assert (rows["a/filled.png"]["status"], rows["a/filled.png"]["reason"], rows["a/filled.png"]["objects"]) == (
+        "kept",
+        "fills_image",
+        "single",
+    )
     assert box(rows["a/filled.png"]) == (0, 0, 64, 64)
     assert (rows["a/blank.png"]["status"], rows["a/blank.png"]["objects"]) == ("no_object", "single")
 
@@ -122,11 +131,21 @@ def vignette_figures(objects: str, per_class: int, seed: int) -> str:
         truth = read_parquet(store, "ground_truth.parquet").to_pylist()
         mode, why = choose_objects(store, len(truth), cfg) if objects == "auto" else (objects, "")  # as the stage does
         for g in truth:
-            kept = [r for r in extract_crops(decode_image(store.read_bytes(g["image_key"])), cfg, None, mode) if r.status == "kept"]
+            kept = [
+                r
+                for r in extract_crops(decode_image(store.read_bytes(g["image_key"])), cfg, None, mode)
+                if r.status == "kept"
+            ]
             one = len(kept) == 1
             hit = one and iou(kept[0].box, box(g)) >= 0.8
             size = "side < 100 px" if max(g["width"], g["height"]) < 100 else "side >= 100 px"
-            keys = ("all", g["case"], "dark-field" if g["dark_field"] else "bright-field", "touches border" if g["touches_border"] else "inside", size)
+            keys = (
+                "all",
+                g["case"],
+                "dark-field" if g["dark_field"] else "bright-field",
+                "touches border" if g["touches_border"] else "inside",
+                size,
+            )
             for key in keys:
                 s = stats[key]
                 s[0], s[1], s[2], s[3] = s[0] + 1, s[1] + one, s[2] + hit, s[3] + (len(kept) > 1)
@@ -143,4 +162,8 @@ if __name__ == "__main__":  # python tests/crop/test_crop_vignettes.py [single|a
     import sys
 
     args = sys.argv[1:]
-    print(vignette_figures(args[0] if args else "single", int(args[1]) if len(args) > 1 else 60, int(args[2]) if len(args) > 2 else 5))
+    print(
+        vignette_figures(
+            args[0] if args else "single", int(args[1]) if len(args) > 1 else 60, int(args[2]) if len(args) > 2 else 5
+        )
+    )

@@ -22,7 +22,17 @@ def test_two_processes_train_with_a_global_batch_of_two_and_write_one_result(tmp
     frames_into(open_store(images))
     root = str(tmp_path / "root")
     args = ["detect", "--root", root, "--input", images, *FLAGS, "--batch-size", "1"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "jobs.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "jobs.cli",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PUSHGATEWAY_URL", None)
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -43,8 +43,34 @@ SMALL = dict(
     save_every=1,
     deterministic=True,
 )
-FLAGS = ["--model", "test_resnet", "--init", "none", "--schedule", "2:0.04", "--min-size", "64", "--max-size", "64", "--anchor-sizes", "8,16,32,64,128"]
-FLAGS += ["--fpn-channels", "16", "--representation-size", "32", "--rois-per-image", "32", "--device", "cpu", "--workers", "0", "--split", "0.5,0.25,0.25"]
+FLAGS = [
+    "--model",
+    "test_resnet",
+    "--init",
+    "none",
+    "--schedule",
+    "2:0.04",
+    "--min-size",
+    "64",
+    "--max-size",
+    "64",
+    "--anchor-sizes",
+    "8,16,32,64,128",
+]
+FLAGS += [
+    "--fpn-channels",
+    "16",
+    "--representation-size",
+    "32",
+    "--rois-per-image",
+    "32",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--split",
+    "0.5,0.25,0.25",
+]
 
 
 def frames_into(store) -> None:
@@ -91,10 +117,14 @@ def test_training_lowers_the_loss_checkpoints_and_scores_with_the_val_chosen_epo
     assert set(metrics["per_class_AP"]) == {"chain", "diatom"}
     val = [json.loads(x) for x in open(f"{reference}/detect/val.jsonl")]
     best = max(val, key=lambda r: (r["AP"], -r["epoch"]))
-    assert metrics["best_epoch"] == best["epoch"] == load_checkpoint(open_store(reference), "detect/ckpt/best.pt")["epoch"]
+    assert (
+        metrics["best_epoch"] == best["epoch"] == load_checkpoint(open_store(reference), "detect/ckpt/best.pt")["epoch"]
+    )
     assert metrics["frames"]["test"] == metrics["images"] > 0
     text = open(f"{reference}/detect/eval.txt").read().splitlines()
-    assert len(text) == 12 and text[0].startswith(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]")
+    assert len(text) == 12 and text[0].startswith(
+        " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"
+    )
     for png in ("pr.png", "test_frames.png"):
         assert open(f"{reference}/detect/{png}", "rb").read(4) == b"\x89PNG"
 
@@ -118,7 +148,10 @@ def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(images, refe
     assert result.counts["resumed_from"] == "detect/ckpt/last.pt"
     assert_same_weights(weights(root), weights(reference))
     assert_same_weights(weights(root, "best"), weights(reference, "best"))
-    assert json.load(open(f"{root}/detect/metrics.json"))["AP"] == json.load(open(f"{reference}/detect/metrics.json"))["AP"]
+    assert (
+        json.load(open(f"{root}/detect/metrics.json"))["AP"]
+        == json.load(open(f"{reference}/detect/metrics.json"))["AP"]
+    )
 
 
 def test_rounds_continue_one_checkpoint_chain_and_a_changed_earlier_round_is_refused(images, tmp_path):
@@ -143,7 +176,9 @@ def test_a_nan_loss_stops_the_run_with_exit_2_and_no_success(images, tmp_path, m
 
 def test_detect_predict_writes_detections_parquet_above_the_threshold(images, reference, tmp_path, run_cli):
     out = tmp_path / "pred" / "detections.parquet"
-    result = run_cli("detect-predict", "--root", reference, "--out", out, "--score-threshold", "0.05", f"{images}/chain")
+    result = run_cli(
+        "detect-predict", "--root", reference, "--out", out, "--score-threshold", "0.05", f"{images}/chain"
+    )
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     assert table.column_names == ["image_key", "x0", "y0", "x1", "y1", "score", "class", "label"]
@@ -160,7 +195,12 @@ def test_crop_with_the_detector_as_segmenter_keeps_the_border_rule(images, refer
     from plankton_core.crop.config import CropConfig
 
     cfg = CropConfig(
-        input=images, objects="frames", segmenter="detector", detector_checkpoint=f"{reference}/detect/ckpt/best.pt", detector_score=0.05, workers=1
+        input=images,
+        objects="frames",
+        segmenter="detector",
+        detector_checkpoint=f"{reference}/detect/ckpt/best.pt",
+        detector_score=0.05,
+        workers=1,
     )
     root = open_store(str(tmp_path / "root"))
     run_stage("crop", cfg, root)
@@ -183,12 +223,21 @@ def test_end_to_end_on_the_s3_server_through_the_cli(s3_root, s3_bucket, run_cli
     store = open_store(s3_root)
     metrics = json.loads(store.read_bytes("detect/metrics.json"))
     assert all(name in metrics for name in COCO_NAMES)
-    for key in ("detect/_SUCCESS", "detect/eval.txt", "detect/pr.png", "detect/test_frames.png", "detect/ckpt/best.pt", "detect/test_detections.parquet"):
+    for key in (
+        "detect/_SUCCESS",
+        "detect/eval.txt",
+        "detect/pr.png",
+        "detect/test_frames.png",
+        "detect/ckpt/best.pt",
+        "detect/test_detections.parquet",
+    ):
         assert store.exists(key), key
     again = run_cli("detect", "--root", s3_root, "--input", images_uri, *FLAGS)
     assert again.exit_code == 0 and "up to date" in again.output
     out = f"s3://{s3_bucket}/pred/detections.parquet"
-    pred = run_cli("detect-predict", "--root", s3_root, "--out", out, "--score-threshold", "0.05", f"{images_uri}/diatom")
+    pred = run_cli(
+        "detect-predict", "--root", s3_root, "--out", out, "--score-threshold", "0.05", f"{images_uri}/diatom"
+    )
     assert pred.exit_code == 0, pred.output
     assert open_store(f"s3://{s3_bucket}/pred").exists("detections.parquet")
     from plankton_core.reporting.detect import detect_blocks
@@ -202,8 +251,14 @@ def test_manifest_annotations_end_to_end_after_a_real_crop_run(images, tmp_path)
 
     root = open_store(str(tmp_path / "root"))
     run_stage("crop", CropConfig(input=images, objects="frames", workers=1), root)
-    result = run_stage("detect", small_cfg("", annotations="manifest", schedule="1:0.04"), root)  # frames from crop's recorded --input
-    kept = [r for r in pq.read_table(str(tmp_path / "root" / "crop" / "manifest.parquet")).to_pylist() if r["status"] == "kept"]
+    result = run_stage(
+        "detect", small_cfg("", annotations="manifest", schedule="1:0.04"), root
+    )  # frames from crop's recorded --input
+    kept = [
+        r
+        for r in pq.read_table(str(tmp_path / "root" / "crop" / "manifest.parquet")).to_pylist()
+        if r["status"] == "kept"
+    ]
     assert result.counts["frames"] == len({r["source_key"] for r in kept})
     assert json.loads(root.read_bytes("detect/metrics.json"))["annotations"] == "manifest"
     assert any("unlabelled" in n for n in result.notes)

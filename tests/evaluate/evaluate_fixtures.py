@@ -20,9 +20,19 @@ def finish_lut(store):
     rows = [
         {
             "name": "exact, top-1",
-            "metrics": {"accuracy": 0.9, "macro_precision": 0.8, "macro_recall": 0.7, "macro_f1": 0.75, "balanced_accuracy": 0.7, "top5_accuracy": 0.99},
+            "metrics": {
+                "accuracy": 0.9,
+                "macro_precision": 0.8,
+                "macro_recall": 0.7,
+                "macro_f1": 0.75,
+                "balanced_accuracy": 0.7,
+                "top5_accuracy": 0.99,
+            },
         },
-        {"name": "pruned T=0.93, kNN vote", "metrics": {"accuracy": 0.875, "macro_precision": 0.5, "macro_recall": 0.25, "macro_f1": 0.3}},
+        {
+            "name": "pruned T=0.93, kNN vote",
+            "metrics": {"accuracy": 0.875, "macro_precision": 0.5, "macro_recall": 0.25, "macro_f1": 0.3},
+        },
     ]
 
     def body(cfg, ctx):

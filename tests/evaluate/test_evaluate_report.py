@@ -12,7 +12,14 @@ from plankton_core.store import LocalStore
 from plankton_core.tables import write_json, write_parquet
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"fake image bytes"
-RETRIEVAL = {"rows": [{"name": "exact <top-1>", "metrics": {"accuracy": 0.5, "macro_precision": 0.25, "macro_recall": 0.125, "macro_f1": 0.2}}]}
+RETRIEVAL = {
+    "rows": [
+        {
+            "name": "exact <top-1>",
+            "metrics": {"accuracy": 0.5, "macro_precision": 0.25, "macro_recall": 0.125, "macro_f1": 0.2},
+        }
+    ]
+}
 
 
 def lut_outputs(store, finished: bool = True):
@@ -77,7 +84,16 @@ def test_per_class_and_confusions_tables(tmp_path):
     write_parquet(
         store,
         "evaluate/confusions.parquet",
-        pa.table({"true_class": ["a|b"], "pred_class": ["c"], "true_label": [0], "pred_label": [1], "count": [2], "fraction_of_true": [2 / 3]}),
+        pa.table(
+            {
+                "true_class": ["a|b"],
+                "pred_class": ["c"],
+                "true_label": [0],
+                "pred_label": [1],
+                "count": [2],
+                "fraction_of_true": [2 / 3],
+            }
+        ),
     )
     store.write_bytes("evaluate/confusion.png", PNG)
     write_report(store, "evaluate")
@@ -92,14 +108,30 @@ def test_per_class_and_confusions_tables(tmp_path):
 def test_retrieval_intervals_and_the_pruning_effect_on_test(tmp_path):
     store = LocalStore(tmp_path)
     lut_outputs(store)
-    row = dict(RETRIEVAL["rows"][0], intervals={"overall": {"accuracy": {"low": 0.25, "high": 0.75, "method": "wilson"}}})
+    row = dict(
+        RETRIEVAL["rows"][0], intervals={"overall": {"accuracy": {"low": 0.25, "high": 0.75, "method": "wilson"}}}
+    )
     effect = {
         "threshold": 0.93,
         "count": 40,
         "verdict": "pruned test accuracy 80.0% is within the unpruned index's 95% interval",
         "metrics": {
-            "accuracy": {"full": 0.85, "pruned": 0.8, "difference": -0.05, "full_ci": [0.71, 0.93], "pruned_ci": [0.65, 0.9], "difference_ci": [-0.1, 0.0]},
-            "worst_class_recall": {"full": 0.5, "pruned": 0.25, "full_class": "rare", "pruned_class": "rare", "full_ci": [0.1, 0.9], "pruned_ci": [0.05, 0.7]},
+            "accuracy": {
+                "full": 0.85,
+                "pruned": 0.8,
+                "difference": -0.05,
+                "full_ci": [0.71, 0.93],
+                "pruned_ci": [0.65, 0.9],
+                "difference_ci": [-0.1, 0.0],
+            },
+            "worst_class_recall": {
+                "full": 0.5,
+                "pruned": 0.25,
+                "full_class": "rare",
+                "pruned_class": "rare",
+                "full_ci": [0.1, 0.9],
+                "pruned_ci": [0.05, 0.7],
+            },
         },
     }
     write_json(store, "lut/retrieval.json", {"rows": [row], "prune_effect": effect})

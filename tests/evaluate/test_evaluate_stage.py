@@ -36,7 +36,15 @@ def test_evaluate_writes_metrics_equal_to_sklearn_and_a_report(root_uri, run_cli
     result = run_cli("evaluate", "--root", root_uri)
     assert result.exit_code == 0, result.output
     assert "report.html" in result.stdout
-    for key in ("metrics.json", "per_class.parquet", "predictions.parquet", "confusion.png", "report.html", "report.md", "_SUCCESS"):
+    for key in (
+        "metrics.json",
+        "per_class.parquet",
+        "predictions.parquet",
+        "confusion.png",
+        "report.html",
+        "report.md",
+        "_SUCCESS",
+    ):
         assert store.exists(f"evaluate/{key}"), key
 
     # predictions: the chosen checkpoint + head, recomputed here directly
@@ -44,9 +52,17 @@ def test_evaluate_writes_metrics_equal_to_sklearn_and_a_report(root_uri, run_cli
     test = load_splits(store, "test")
     keys = test.column("crop_key").to_pylist()
     ckpt = load_checkpoint(store, selection["checkpoint_key"])
-    feats = extract_features(model_from_checkpoint(ckpt), ImageCache.build(store, keys, 32), ckpt["config"]["mean"], ckpt["config"]["std"], device="cpu")
+    feats = extract_features(
+        model_from_checkpoint(ckpt),
+        ImageCache.build(store, keys, 32),
+        ckpt["config"]["mean"],
+        ckpt["config"]["std"],
+        device="cpu",
+    )
     head = torch.load(io.BytesIO(store.read_bytes(selection["head_key"])), weights_only=True)["state_dict"]
-    probs = torch.softmax(torch.from_numpy(feats).double() @ head["weight"].double().T + head["bias"].double(), 1).numpy()
+    probs = torch.softmax(
+        torch.from_numpy(feats).double() @ head["weight"].double().T + head["bias"].double(), 1
+    ).numpy()
     preds = parquet(store, "evaluate/predictions.parquet")
     assert preds.column_names[:4] == ["crop_key", "label", "pred", "score"]
     assert preds.column("crop_key").to_pylist() == keys
@@ -65,7 +81,11 @@ def test_evaluate_writes_metrics_equal_to_sklearn_and_a_report(root_uri, run_cli
     assert m["top5_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y, probs, k=3, labels=np.arange(3)))
     assert m["count"] == len(keys) and m["counts"]["test"] == len(keys)
     assert sum(m["counts"]["per_class"].values()) == len(keys)
-    assert (m["checkpoint"], m["backbone_epoch"], m["head_epoch"]) == (selection["checkpoint"], selection["epoch"], selection["best_head_epoch"])
+    assert (m["checkpoint"], m["backbone_epoch"], m["head_epoch"]) == (
+        selection["checkpoint"],
+        selection["epoch"],
+        selection["best_head_epoch"],
+    )
 
     per_class = parquet(store, "evaluate/per_class.parquet")
     pr, rc, f1, sup = skm.precision_recall_fscore_support(y, p, labels=np.arange(3), zero_division=0)
@@ -81,10 +101,21 @@ def test_evaluate_writes_metrics_equal_to_sklearn_and_a_report(root_uri, run_cli
     assert html.count("data:image/jpeg;base64,") >= 3  # crop thumbnails: at least a strip per class
     assert all(src.startswith("data:") for src in re.findall(r'src="([^"]*)"', html))  # nothing linked from outside
     headline = f"{100 * m['accuracy']:.2f}%"
-    for text in ("bs / backbone epoch / head epoch", "F1 Score", "Network", "Per-class results", "Checkpoint sweep", "Worst confusions", headline):
+    for text in (
+        "bs / backbone epoch / head epoch",
+        "F1 Score",
+        "Network",
+        "Per-class results",
+        "Checkpoint sweep",
+        "Worst confusions",
+        headline,
+    ):
         assert text in html and text in md, text
     acc = m["intervals"]["accuracy"]
-    assert f"| 32 / {m['backbone_epoch']} / {m['head_epoch']} | {headline} ({100 * acc['low']:.1f}–{100 * acc['high']:.1f}) |" in md
+    assert (
+        f"| 32 / {m['backbone_epoch']} / {m['head_epoch']} | {headline} ({100 * acc['low']:.1f}–{100 * acc['high']:.1f}) |"
+        in md
+    )
     assert "Examples per class" in html and "What each selection rule chose" in html
     assert "](../sweep/sweep.png)" in md and "](confusion.png)" in md
     assert "Retrieval (LUT)" not in html
@@ -112,10 +143,19 @@ def test_evaluate_requires_the_merged_sweep(tmp_path, run_cli):
     root = str(tmp_path / "root")
     store = make_supcon_root(root, epochs=(2, 4), last=False)
     for i in (0, 1):
-        assert run_cli("linear-sweep", "--root", root, "--head-epochs", "5", "--shard-index", i, "--num-shards", "2").exit_code == 0
+        assert (
+            run_cli(
+                "linear-sweep", "--root", root, "--head-epochs", "5", "--shard-index", i, "--num-shards", "2"
+            ).exit_code
+            == 0
+        )
     result = run_cli("evaluate", "--root", root)
     assert result.exit_code == 3 and "upstream stage 'linear-sweep' has not finished" in result.stderr
-    assert not store.exists("sweep/_SUCCESS") and not store.exists("sweep/selection.json") and not store.exists("evaluate/run.json")
+    assert (
+        not store.exists("sweep/_SUCCESS")
+        and not store.exists("sweep/selection.json")
+        and not store.exists("evaluate/run.json")
+    )
     assert run_cli("linear-sweep", "--root", root, "--head-epochs", "5", "--merge").exit_code == 0
     result = run_cli("evaluate", "--root", root)
     assert result.exit_code == 0, result.output
@@ -125,7 +165,12 @@ def test_evaluate_requires_the_merged_sweep(tmp_path, run_cli):
 def test_evaluate_waits_for_missing_shards(tmp_path, run_cli):
     root = str(tmp_path / "root")
     make_supcon_root(root, epochs=(2, 4), last=False)
-    assert run_cli("linear-sweep", "--root", root, "--head-epochs", "5", "--shard-index", "1", "--num-shards", "2").exit_code == 0
+    assert (
+        run_cli(
+            "linear-sweep", "--root", root, "--head-epochs", "5", "--shard-index", "1", "--num-shards", "2"
+        ).exit_code
+        == 0
+    )
     result = run_cli("evaluate", "--root", root)
     assert result.exit_code == 3 and "upstream stage 'linear-sweep' has not finished" in result.stderr
     merge = run_cli("linear-sweep", "--root", root, "--head-epochs", "5", "--merge")
@@ -163,7 +208,15 @@ def wider_checkpoint(store, selection):
 
 def unseen_test_class(store, selection):
     splits = parquet(store, "stats/splits.parquet").to_pylist()
-    splits.append({"crop_key": splits[0]["crop_key"], "class": "ring", "label": 3, "split": "test", "source_key": "images/ring/ring_0000.png"})
+    splits.append(
+        {
+            "crop_key": splits[0]["crop_key"],
+            "class": "ring",
+            "label": 3,
+            "split": "test",
+            "source_key": "images/ring/ring_0000.png",
+        }
+    )
     write_parquet(store, "stats/splits.parquet", pa.Table.from_pylist(splits))
     write_json(store, "stats/classes.json", {"classes": ["disc", "bar", "cross", "ring"]})
 
@@ -173,7 +226,10 @@ def unseen_test_class(store, selection):
     [
         (delete_checkpoint, r"checkpoint .*supcon/ckpt/epoch_000\d\.pt chosen by the sweep is missing"),
         (corrupt_checkpoint, r"checkpoint .*supcon/ckpt/epoch_000\d\.pt is corrupt or unsafe"),
-        (narrow_head, r"feature width mismatch: head sweep/heads/epoch_000\d\.pt takes 10 features but checkpoint .* gives 96"),
+        (
+            narrow_head,
+            r"feature width mismatch: head sweep/heads/epoch_000\d\.pt takes 10 features but checkpoint .* gives 96",
+        ),
         (unseen_test_class, r"the test split has 1 class\(es\) the model never saw in training: ring \(1 crops\)"),
     ],
     ids=["missing-checkpoint", "corrupt-checkpoint", "feature-width", "unseen-class"],
@@ -183,7 +239,10 @@ def test_bad_inputs_exit_2_and_keep_earlier_results(root_uri, run_cli, damage, m
 
     store = swept(root_uri, run_cli)
     assert run_cli("evaluate", "--root", root_uri).exit_code == 0
-    kept = {k: store.read_bytes(k) for k in ("evaluate/metrics.json", "evaluate/predictions.parquet", "evaluate/report.html", "evaluate/_SUCCESS")}
+    kept = {
+        k: store.read_bytes(k)
+        for k in ("evaluate/metrics.json", "evaluate/predictions.parquet", "evaluate/report.html", "evaluate/_SUCCESS")
+    }
     damage(store, json.loads(store.read_bytes("sweep/selection.json")))
     result = run_cli("evaluate", "--root", root_uri, "--force")
     assert result.exit_code == 2, result.output
@@ -220,12 +279,30 @@ def test_intervals_selections_and_classes_not_in_test(tmp_path, run_cli):
     write_parquet(store, "stats/splits.parquet", pa.Table.from_pylist(splits))
     result = run_cli("evaluate", "--root", root, "--bootstrap", "200", "--seed", "3")
     assert result.exit_code == 0, result.output
-    assert "1 class(es) have no test crops" in result.stdout and "cross (" in result.stdout and "95% CI" in result.stdout
+    assert (
+        "1 class(es) have no test crops" in result.stdout and "cross (" in result.stdout and "95% CI" in result.stdout
+    )
     m = json.loads(store.read_bytes("evaluate/metrics.json"))
     c2 = [r for r in splits if r["class"] == "cross"]
-    assert m["classes_not_in_test"] == [{"class": "cross", "crops": len(c2), "source_images": len({r["source_key"] for r in c2}), "train": len(c2), "val": 0}]
+    assert m["classes_not_in_test"] == [
+        {
+            "class": "cross",
+            "crops": len(c2),
+            "source_images": len({r["source_key"] for r in c2}),
+            "train": len(c2),
+            "val": 0,
+        }
+    ]
     assert m["bootstrap"]["reps"] == 200 and m["bootstrap"]["seed"] == 3
-    for name in ("accuracy", "balanced_accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1", "worst_class_recall"):
+    for name in (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "macro_precision",
+        "macro_recall",
+        "weighted_f1",
+        "worst_class_recall",
+    ):
         iv = m["intervals"][name]
         assert iv["low"] <= m[name] <= iv["high"], name
     assert m["intervals"]["accuracy"]["method"] == "wilson" and m["intervals"]["macro_f1"]["method"] == "bootstrap"
@@ -239,7 +316,12 @@ def test_intervals_selections_and_classes_not_in_test(tmp_path, run_cli):
     sel = json.loads(store.read_bytes("sweep/selection.json"))
     assert set(m["selections"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
     used = m["selections"]["accuracy"]
-    assert used["used"] and used["test"]["accuracy"] == m["accuracy"] and used["chosen_on"] == "val" and used["scored_on"] == "test"
+    assert (
+        used["used"]
+        and used["test"]["accuracy"] == m["accuracy"]
+        and used["chosen_on"] == "val"
+        and used["scored_on"] == "test"
+    )
     test = load_splits(store, "test")
     keys = test.column("crop_key").to_pylist()
     y = np.asarray(test.column("label"))
@@ -247,14 +329,33 @@ def test_intervals_selections_and_classes_not_in_test(tmp_path, run_cli):
         choice = sel["by_rule"][rule]
         assert (entry["checkpoint"], entry["head_epoch"]) == (choice["checkpoint"], choice["best_head_epoch"])
         ckpt = load_checkpoint(store, choice["checkpoint_key"])
-        feats = extract_features(model_from_checkpoint(ckpt), ImageCache.build(store, keys, 32), ckpt["config"]["mean"], ckpt["config"]["std"], device="cpu")
+        feats = extract_features(
+            model_from_checkpoint(ckpt),
+            ImageCache.build(store, keys, 32),
+            ckpt["config"]["mean"],
+            ckpt["config"]["std"],
+            device="cpu",
+        )
         head = torch.load(io.BytesIO(store.read_bytes(choice["head_key"])), weights_only=True)["state_dict"]
         p = (torch.from_numpy(feats).double() @ head["weight"].double().T + head["bias"].double()).argmax(1).numpy()
         assert entry["test"]["accuracy"] == pytest.approx(skm.accuracy_score(y, p)), rule
-        assert entry["test"]["macro_f1"] == pytest.approx(skm.f1_score(y, p, average="macro", labels=sorted(set(y) | set(p)), zero_division=0)), rule
-        assert entry["test_intervals"]["accuracy"]["low"] <= entry["test"]["accuracy"] <= entry["test_intervals"]["accuracy"]["high"]
+        assert entry["test"]["macro_f1"] == pytest.approx(
+            skm.f1_score(y, p, average="macro", labels=sorted(set(y) | set(p)), zero_division=0)
+        ), rule
+        assert (
+            entry["test_intervals"]["accuracy"]["low"]
+            <= entry["test"]["accuracy"]
+            <= entry["test_intervals"]["accuracy"]["high"]
+        )
 
     html = store.read_bytes("evaluate/report.html").decode()
     md = store.read_bytes("evaluate/report.md").decode()
-    for text in ("Classes not tested", "cross", "What each selection rule chose", "chosen on val", "95% intervals", "Worst class recall"):
+    for text in (
+        "Classes not tested",
+        "cross",
+        "What each selection rule chose",
+        "chosen on val",
+        "95% intervals",
+        "Worst class recall",
+    ):
         assert text in html and text in md, text

@@ -53,7 +53,16 @@ def pod(job_name: str, suffix: str, phase: str, state: dict[str, Any], index: in
         },
         "status": {
             "phase": phase,
-            "containerStatuses": [{"name": "plankton", "ready": phase == "Running", "restartCount": 0, "image": "plankton:dev", "imageID": "", "state": state}],
+            "containerStatuses": [
+                {
+                    "name": "plankton",
+                    "ready": phase == "Running",
+                    "restartCount": 0,
+                    "image": "plankton:dev",
+                    "imageID": "",
+                    "state": state,
+                }
+            ],
         },
     }
 
@@ -64,11 +73,16 @@ def success_script(job: dict[str, Any]) -> tuple[list[Step], dict[str, str]]:
     stage = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
     steps = [
         Step({"active": 1}, [pod(name, "a1", "Pending", {"waiting": {"reason": "ContainerCreating"}})]),
-        Step({"active": 1, "ready": 1}, [pod(name, "a1", "Running", {"running": {"startedAt": "2026-01-01T00:00:01Z"}})]),
+        Step(
+            {"active": 1, "ready": 1}, [pod(name, "a1", "Running", {"running": {"startedAt": "2026-01-01T00:00:01Z"}})]
+        ),
         Step(
             {
                 "succeeded": 1,
-                "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True", "reason": "CompletionsReached"}],
+                "conditions": [
+                    {"type": "SuccessCriteriaMet", "status": "True"},
+                    {"type": "Complete", "status": "True", "reason": "CompletionsReached"},
+                ],
             },
             [pod(name, "a1", "Succeeded", {"terminated": {"exitCode": 0, "reason": "Completed"}})],
         ),
@@ -76,7 +90,9 @@ def success_script(job: dict[str, Any]) -> tuple[list[Step], dict[str, str]]:
     return steps, {f"{name}-a1": f"{stage}: starting\n{stage}: done in 1.0s → s3://plankton/pipeline/{stage}\n"}
 
 
-def failure_script(code: int, reason: str = "PodFailurePolicy") -> Callable[[dict[str, Any]], tuple[list[Step], dict[str, str]]]:
+def failure_script(
+    code: int, reason: str = "PodFailurePolicy"
+) -> Callable[[dict[str, Any]], tuple[list[Step], dict[str, str]]]:
     """Running → Failed with the container's exit `code` (the Job's condition says why)."""
 
     def script(job: dict[str, Any]) -> tuple[list[Step], dict[str, str]]:
@@ -121,7 +137,12 @@ class KubeStandIn(LocalHTTPStandIn):
                     "kind": "Config",
                     "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
                     "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
-                    "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "tester", "namespace": "plankton"}}],
+                    "contexts": [
+                        {
+                            "name": "standin",
+                            "context": {"cluster": "standin", "user": "tester", "namespace": "plankton"},
+                        }
+                    ],
                     "current-context": "standin",
                 }
             )
@@ -159,7 +180,12 @@ class KubeStandIn(LocalHTTPStandIn):
                     standin.created.append(json.loads(json.dumps(body)))
                     stored = {
                         **body,
-                        "metadata": {**body["metadata"], "uid": str(uuid.uuid4()), "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                        "metadata": {
+                            **body["metadata"],
+                            "uid": str(uuid.uuid4()),
+                            "resourceVersion": "1",
+                            "creationTimestamp": "2026-01-01T00:00:00Z",
+                        },
                     }
                     if re.fullmatch(r"/apis/batch/v1/namespaces/[^/]+/jobs", url.path):
                         name = body["metadata"]["name"]
@@ -191,7 +217,9 @@ class KubeStandIn(LocalHTTPStandIn):
                 if m:
                     played = standin.jobs.get(m.group(2))
                     if not played:
-                        return self._send(404, {"kind": "Status", "code": 404, "reason": "NotFound", "message": "no such job"})
+                        return self._send(
+                            404, {"kind": "Status", "code": 404, "reason": "NotFound", "message": "no such job"}
+                        )
                     return self._send(200, standin._job_view(played))
                 m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods", url.path)
                 if m:
@@ -202,7 +230,10 @@ class KubeStandIn(LocalHTTPStandIn):
                     if played and played.current >= 0:
                         items = played.steps[played.current].pods
                         played.listed = played.current
-                    return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items})
+                    return self._send(
+                        200,
+                        {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items},
+                    )
                 m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/log", url.path)
                 if m:
                     for played in standin.jobs.values():

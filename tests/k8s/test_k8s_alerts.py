@@ -50,7 +50,9 @@ def test_promtool_check_config_with_the_rules_it_loads(tmp_path):
     docs = list(yaml.safe_load_all((REPO / "k8s/local/prometheus.yaml").read_text()))
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["prometheus.yml"]
     deployment = next(d for d in docs if d["kind"] == "Deployment")
-    mounts = {m["name"]: m["mountPath"] for m in deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    mounts = {
+        m["name"]: m["mountPath"] for m in deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    }
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["rules"]["configMap"]["name"] == "plankton-alerts"  # the rules ConfigMap is what is mounted
     rules_path = mounts["rules"]
@@ -75,7 +77,13 @@ def test_promtool_unit_tests_fire_every_alert(rules_dir):
         if case.get("exp_alerts")
     }
     assert alerts == fired, f"alerts without a firing test: {alerts - fired}"
-    assert {"PlanktonJobFailed", "PlanktonStageSuccessTooOld", "PlanktonSupconLossNaN", "PlanktonSupconLossNotDecreasing", "PlanktonTrainingStalled"} <= alerts
+    assert {
+        "PlanktonJobFailed",
+        "PlanktonStageSuccessTooOld",
+        "PlanktonSupconLossNaN",
+        "PlanktonSupconLossNotDecreasing",
+        "PlanktonTrainingStalled",
+    } <= alerts
 
 
 def test_a_wrong_expectation_fails_promtool(rules_dir):
@@ -108,6 +116,10 @@ def produced_metric_names() -> set[str]:
 def test_rules_use_only_metric_names_the_stages_produce():
     exprs = " ".join(r["expr"] for g in yaml.safe_load(rules_text())["groups"] for r in g["rules"])
     used = set(re.findall(r"\bplankton_[a-z_]+", exprs))
-    assert {"plankton_supcon_loss", "plankton_stage_last_progress_timestamp_seconds", "plankton_stage_failures_total"} <= used
+    assert {
+        "plankton_supcon_loss",
+        "plankton_stage_last_progress_timestamp_seconds",
+        "plankton_stage_failures_total",
+    } <= used
     missing = used - produced_metric_names()
     assert not missing, f"rules refer to metrics no stage produces: {missing}"

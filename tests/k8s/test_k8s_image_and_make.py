@@ -76,9 +76,14 @@ def build_context() -> set[str]:
             continue
         negate = line.startswith("!")
         pattern = line.lstrip("!").strip("/")
-        regex = "".join(".*" if part == "**" else re.escape(part).replace(r"\*", "[^/]*").replace(r"\?", "[^/]") for part in re.split(r"(\*\*)", pattern))
+        regex = "".join(
+            ".*" if part == "**" else re.escape(part).replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+            for part in re.split(r"(\*\*)", pattern)
+        )
         rules.append((re.compile(regex.replace(".*/", "(.*/)?") + "$"), negate))
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
     extra = [str(p.relative_to(REPO)) for p in (REPO / "plankton_core").rglob("__pycache__/*.pyc")][:3]
     keep = set()
     for path in tracked + extra + [".venv/bin/python", "artifacts/crop/_SUCCESS", ".git/HEAD"]:
@@ -95,8 +100,16 @@ def build_context() -> set[str]:
 
 def test_dockerignore_sends_only_what_pip_install_needs():
     ctx = build_context()
-    assert {"pyproject.toml", "README.md", "jobs/cli.py", "plankton_core/stage.py", "plankton_core/jobspec/render.py"} <= ctx
-    assert all(p in ("pyproject.toml", "README.md") or p.startswith(("plankton_core/", "jobs/")) for p in ctx), sorted(ctx)[:20]
+    assert {
+        "pyproject.toml",
+        "README.md",
+        "jobs/cli.py",
+        "plankton_core/stage.py",
+        "plankton_core/jobspec/render.py",
+    } <= ctx
+    assert all(p in ("pyproject.toml", "README.md") or p.startswith(("plankton_core/", "jobs/")) for p in ctx), sorted(
+        ctx
+    )[:20]
     assert not any("__pycache__" in p or p.endswith(".pyc") for p in ctx)
     for src in re.findall(r"^COPY (\S+(?: \S+)*) \S+$", DOCKERFILE, re.M):
         for name in src.split():
@@ -118,7 +131,12 @@ def make(tmp_path: Path, *targets: str, tools: tuple[str, ...] = ("docker", "kin
     bin_dir, log = shim_bin(tmp_path, tools)
     env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
     proc = subprocess.run(
-        ["make", "--no-print-directory", "-s", "-o", ".venv/.installed", *targets], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        ["make", "--no-print-directory", "-s", "-o", ".venv/.installed", *targets],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return log.read_text().splitlines()
@@ -128,12 +146,23 @@ def test_make_kind_up_creates_the_cluster_and_applies_every_local_manifest(tmp_p
     calls = make(tmp_path, "kind-up")
     assert calls[0] == "kind get clusters"
     assert calls[1] == "kind create cluster --name plankton --config k8s/local/kind.yaml"
-    applied = [f for c in calls if c.startswith("kubectl --context kind-plankton apply") for f in re.findall(r"-f (\S+)", c)]
+    applied = [
+        f for c in calls if c.startswith("kubectl --context kind-plankton apply") for f in re.findall(r"-f (\S+)", c)
+    ]
     assert applied[0] == "k8s/local/config.yaml"  # the namespace first
-    resources = {f"k8s/local/{p.name}" for p in (REPO / "k8s/local").glob("*.yaml")} - {"k8s/local/kind.yaml", "k8s/local/values.yaml"}
+    resources = {f"k8s/local/{p.name}" for p in (REPO / "k8s/local").glob("*.yaml")} - {
+        "k8s/local/kind.yaml",
+        "k8s/local/values.yaml",
+    }
     assert set(applied) == resources
-    assert "kubectl --context kind-plankton -n plankton wait --for=condition=Available deployment --all --timeout=300s" in calls
-    assert "kubectl --context kind-plankton -n plankton wait --for=condition=Complete job/minio-bucket --timeout=300s" in calls
+    assert (
+        "kubectl --context kind-plankton -n plankton wait --for=condition=Available deployment --all --timeout=300s"
+        in calls
+    )
+    assert (
+        "kubectl --context kind-plankton -n plankton wait --for=condition=Complete job/minio-bucket --timeout=300s"
+        in calls
+    )
 
 
 def test_make_image_push_kind_load_and_kind_down(tmp_path):
@@ -149,11 +178,16 @@ def test_make_image_push_kind_load_and_kind_down(tmp_path):
 
 
 def test_make_image_uses_podman_when_docker_is_absent(tmp_path):
-    assert not (Path("/usr/bin/docker").exists() or Path("/bin/docker").exists()), "the test needs a PATH without docker"
+    assert not (Path("/usr/bin/docker").exists() or Path("/bin/docker").exists()), (
+        "the test needs a PATH without docker"
+    )
     calls = make(tmp_path, "image", "push", "IMAGE=plankton:t2", tools=("podman",))
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    assert calls == [f"podman build --build-arg VERSION={version} --build-arg GIT_COMMIT={commit} -t plankton:t2 .", "podman push plankton:t2"]
+    assert calls == [
+        f"podman build --build-arg VERSION={version} --build-arg GIT_COMMIT={commit} -t plankton:t2 .",
+        "podman push plankton:t2",
+    ]
 
 
 def test_make_image_test_builds_with_podman_from_the_wheelhouse_on_the_local_base():
@@ -161,7 +195,9 @@ def test_make_image_test_builds_with_podman_from_the_wheelhouse_on_the_local_bas
     script = (REPO / "scripts/image_test.sh").read_text()
     assert "--build-arg BASE_IMAGE=" in script and "--build-arg WHEELHOUSE=/wheels" in script
     assert "--network none" in script and "--runtime runc" in script
-    proc = subprocess.run(["make", "-n", "-o", ".venv/.installed", "image-test"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["make", "-n", "-o", ".venv/.installed", "image-test"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert "bash scripts/tools.sh image" in proc.stdout and "bash scripts/image_test.sh" in proc.stdout
 
@@ -198,7 +234,15 @@ def test_make_stages_lists_the_registry():
     from plankton_core.jobspec.settings import job_names
 
     proc = subprocess.run(
-        ["make", "--no-print-directory", "-s", "-o", ".venv/.installed", "stages", f"BIN={Path(sys.executable).parent}"],
+        [
+            "make",
+            "--no-print-directory",
+            "-s",
+            "-o",
+            ".venv/.installed",
+            "stages",
+            f"BIN={Path(sys.executable).parent}",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

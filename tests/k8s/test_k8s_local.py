@@ -72,7 +72,8 @@ def test_pod_env_takes_configmap_and_secret_values_from_the_environment_and_maps
 def test_a_missing_required_secret_value_is_bad_input(tmp_path):
     with LocalRunner(tmp_path, environ={"PATH": "/bin", "AWS_ACCESS_KEY_ID": "k"}) as runner:
         with pytest.raises(
-            BadInputError, match="run-local: AWS_SECRET_ACCESS_KEY is not set; in the cluster it comes from Secret plankton-s3 key AWS_SECRET_ACCESS_KEY"
+            BadInputError,
+            match="run-local: AWS_SECRET_ACCESS_KEY is not set; in the cluster it comes from Secret plankton-s3 key AWS_SECRET_ACCESS_KEY",
         ):
             runner.pod_env(job(), None)
 
@@ -82,7 +83,11 @@ def test_success_after_an_ignored_75_and_a_counted_failure(tmp_path):
     state = fake(j, tmp_path, [75, 1, 0])
     with LocalRunner(tmp_path / "w", environ=ENV) as runner:
         assert runner.run_job(j) == 0
-        assert [(r.attempt, r.exit_code, r.action) for r in runner.runs] == [(1, 75, "Ignore"), (2, 1, "Count"), (3, 0, "Succeeded")]
+        assert [(r.attempt, r.exit_code, r.action) for r in runner.runs] == [
+            (1, 75, "Ignore"),
+            (2, 1, "Count"),
+            (3, 0, "Succeeded"),
+        ]
     runs = json.loads(state.read_text())
     assert runs[0]["argv"] == ["crop", "--input", "s3://plankton/images", "--workers", "2"]
     assert runs[0]["key"] == "key-from-env"
@@ -128,7 +133,10 @@ def test_run_local_cli_reports_a_missing_secret_value(run_cli, monkeypatch):
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     result = run_cli("k8s", "run-local", "stats", "-f", str(LOCAL))
     assert result.exit_code == 2
-    assert "plankton k8s: error: run-local: AWS_ACCESS_KEY_ID is not set; in the cluster it comes from Secret plankton-s3" in result.stderr
+    assert (
+        "plankton k8s: error: run-local: AWS_ACCESS_KEY_ID is not set; in the cluster it comes from Secret plankton-s3"
+        in result.stderr
+    )
 
 
 def test_stage_exit_code_under_torchrun():
@@ -149,5 +157,10 @@ def test_plankton_k8s_torchrun_keeps_the_workers_exit_code(tmp_path, code):
     worker = tmp_path / "worker.py"
     worker.write_text(f"import os, sys\nsys.exit({code} if os.environ['RANK'] == '1' else 0)\n")
     plankton = Path(sys.executable).parent / "plankton"
-    proc = subprocess.run([str(plankton), "k8s", "torchrun", "--nproc-per-node=2", "--standalone", str(worker)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(plankton), "k8s", "torchrun", "--nproc-per-node=2", "--standalone", str(worker)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == code, proc.stderr[-2000:]

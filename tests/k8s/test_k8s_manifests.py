@@ -92,7 +92,11 @@ def test_every_file_under_k8s_is_yaml_and_checked():
         assert docs and all("apiVersion" in d and "kind" in d for d in docs), rel
 
 
-@pytest.mark.parametrize("path", [p for p in k8s_files() if str(p.relative_to(K8S)) not in SETTINGS_FILES | KIND_FILES], ids=lambda p: str(p.relative_to(K8S)))
+@pytest.mark.parametrize(
+    "path",
+    [p for p in k8s_files() if str(p.relative_to(K8S)) not in SETTINGS_FILES | KIND_FILES],
+    ids=lambda p: str(p.relative_to(K8S)),
+)
 def test_kubernetes_files_validate(path):
     for doc in yaml.safe_load_all(path.read_text()):
         if doc:
@@ -195,13 +199,20 @@ def test_local_workloads_run_as_non_root_with_read_only_root_filesystems():
 
 
 def test_local_config_names_match_what_the_jobs_read():
-    cm, secret = [d for d in yaml.safe_load_all((K8S / "local/config.yaml").read_text()) if d["kind"] in ("ConfigMap", "Secret")]
+    cm, secret = [
+        d for d in yaml.safe_load_all((K8S / "local/config.yaml").read_text()) if d["kind"] in ("ConfigMap", "Secret")
+    ]
     job = render_stage(Settings.load(None, PROFILES["local"]), "crop", "val5")[0]
     for var in job["spec"]["template"]["spec"]["containers"][0]["env"]:
         ref = var.get("valueFrom", {})
         if "configMapKeyRef" in ref:
-            assert ref["configMapKeyRef"]["name"] == cm["metadata"]["name"] and ref["configMapKeyRef"]["key"] in cm["data"]
+            assert (
+                ref["configMapKeyRef"]["name"] == cm["metadata"]["name"] and ref["configMapKeyRef"]["key"] in cm["data"]
+            )
         if "secretKeyRef" in ref:
-            assert ref["secretKeyRef"]["name"] == secret["metadata"]["name"] and ref["secretKeyRef"]["key"] in secret["stringData"]
+            assert (
+                ref["secretKeyRef"]["name"] == secret["metadata"]["name"]
+                and ref["secretKeyRef"]["key"] in secret["stringData"]
+            )
     assert cm["data"]["AWS_ENDPOINT_URL"].startswith("http://minio.plankton.svc")
     assert cm["data"]["PUSHGATEWAY_URL"].startswith("http://pushgateway.plankton.svc")

@@ -53,17 +53,32 @@ def test_every_job_has_the_contract_fields(stage):
     spec = job["spec"]
     assert job["metadata"]["name"].startswith(f"plankton-{stage}-") and job["metadata"]["namespace"] == "plankton"
     for labels in (job["metadata"]["labels"], spec["template"]["metadata"]["labels"]):
-        assert labels["app"] == "plankton" and labels["plankton.io/stage"] == stage and labels["plankton.io/run-id"] == "t1"
-    assert spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 7200 and spec["ttlSecondsAfterFinished"] == 86400
+        assert (
+            labels["app"] == "plankton"
+            and labels["plankton.io/stage"] == stage
+            and labels["plankton.io/run-id"] == "t1"
+        )
+    assert (
+        spec["backoffLimit"] == 2 and spec["activeDeadlineSeconds"] == 7200 and spec["ttlSecondsAfterFinished"] == 86400
+    )
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    assert rules[1] == {"action": "FailJob", "onExitCodes": {"containerName": "plankton", "operator": "In", "values": [2, 3]}}
-    assert rules[2] == {"action": "Ignore", "onExitCodes": {"containerName": "plankton", "operator": "In", "values": [75]}}
+    assert rules[1] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "plankton", "operator": "In", "values": [2, 3]},
+    }
+    assert rules[2] == {
+        "action": "Ignore",
+        "onExitCodes": {"containerName": "plankton", "operator": "In", "values": [75]},
+    }
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
     c = container(job)
-    assert c["securityContext"]["readOnlyRootFilesystem"] is True and c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert (
+        c["securityContext"]["readOnlyRootFilesystem"] is True
+        and c["securityContext"]["allowPrivilegeEscalation"] is False
+    )
     assert c["resources"]["requests"] and c["resources"]["limits"]
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert mounts["/tmp"] == "tmp" and mounts["/cache"] == "cache"
@@ -72,7 +87,10 @@ def test_every_job_has_the_contract_fields(stage):
     assert env["AWS_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["name"] == "plankton-config"
     assert env["PUSHGATEWAY_URL"]["valueFrom"]["configMapKeyRef"]["name"] == "plankton-config"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "plankton-s3", "key": "AWS_ACCESS_KEY_ID"}
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "plankton-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "plankton-s3",
+        "key": "AWS_SECRET_ACCESS_KEY",
+    }
     assert c["command"] == ["plankton"] and c["args"][0] == stage
 
 
@@ -108,13 +126,24 @@ def test_kind_values_schedule_gpu_stages_on_the_stand_in_node_without_gpus():
     kind = yaml.safe_load((REPO / "k8s/local/kind.yaml").read_text())
     stand_in = [n for n in kind["nodes"] if n.get("labels", {}).get("plankton.io/gpu-stand-in") == "true"]
     assert len(stand_in) == 1  # the node the selector points at exists, and is tainted like a GPU node
-    assert "key: nvidia.com/gpu" in stand_in[0]["kubeadmConfigPatches"][0] and "NoSchedule" in stand_in[0]["kubeadmConfigPatches"][0]
+    assert (
+        "key: nvidia.com/gpu" in stand_in[0]["kubeadmConfigPatches"][0]
+        and "NoSchedule" in stand_in[0]["kubeadmConfigPatches"][0]
+    )
 
 
 def test_supcon_on_one_node_with_several_gpus_runs_under_torchrun():
     (job,) = render("supcon", [GPU])
     c = container(job)
-    assert c["command"] == ["plankton", "k8s", "torchrun", "--nproc-per-node=4", "--standalone", "--no-python", "plankton"]
+    assert c["command"] == [
+        "plankton",
+        "k8s",
+        "torchrun",
+        "--nproc-per-node=4",
+        "--standalone",
+        "--no-python",
+        "plankton",
+    ]
     assert c["args"][:3] == ["supcon", "--model", "resnet50"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert "completionMode" not in job["spec"]
@@ -151,7 +180,10 @@ def test_linear_sweep_is_an_indexed_job_of_shards_then_a_merge_job():
     assert shards["spec"]["completions"] == 8 and shards["spec"]["parallelism"] == 4
     assert env_of(shards)["NUM_SHARDS"]["value"] == "8"
     assert container(shards)["args"] == ["linear-sweep"]
-    assert merge["metadata"]["name"] == "plankton-linear-sweep-merge-sw" and merge["metadata"]["labels"]["plankton.io/step"] == "merge"
+    assert (
+        merge["metadata"]["name"] == "plankton-linear-sweep-merge-sw"
+        and merge["metadata"]["labels"]["plankton.io/step"] == "merge"
+    )
     assert "completionMode" not in merge["spec"] and "NUM_SHARDS" not in env_of(merge)
     assert container(merge)["args"] == ["linear-sweep", "--merge"]
     assert "nvidia.com/gpu" not in container(merge)["resources"]["limits"]  # merging needs no GPU
@@ -159,12 +191,18 @@ def test_linear_sweep_is_an_indexed_job_of_shards_then_a_merge_job():
 
 def test_crop_is_an_indexed_job_of_shards_then_a_merge_job_on_a_gpu_cluster():
     shards, merge = render("crop", [GPU], run_id="cr")
-    assert shards["metadata"]["name"] == "plankton-crop-cr" and shards["metadata"]["labels"]["plankton.io/step"] == "shards"
+    assert (
+        shards["metadata"]["name"] == "plankton-crop-cr"
+        and shards["metadata"]["labels"]["plankton.io/step"] == "shards"
+    )
     assert shards["spec"]["completionMode"] == "Indexed"
     assert shards["spec"]["completions"] == 8 and shards["spec"]["parallelism"] == 8
     assert env_of(shards)["NUM_SHARDS"]["value"] == "8"
     assert container(shards)["args"] == ["crop", "--input", "s3://plankton/images", "--workers", "4"]
-    assert merge["metadata"]["name"] == "plankton-crop-merge-cr" and merge["metadata"]["labels"]["plankton.io/step"] == "merge"
+    assert (
+        merge["metadata"]["name"] == "plankton-crop-merge-cr"
+        and merge["metadata"]["labels"]["plankton.io/step"] == "merge"
+    )
     assert "completionMode" not in merge["spec"] and "NUM_SHARDS" not in env_of(merge)
     # the merge gets the same input and config, so it checks the parts against them
     assert container(merge)["args"] == ["crop", "--input", "s3://plankton/images", "--workers", "4", "--merge"]
@@ -196,7 +234,21 @@ def test_render_cli_prints_the_same_documents(run_cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert list(yaml.safe_load_all(result.stdout)) == render("linear-sweep", [GPU], run_id="c1")
     out = tmp_path / "p.yaml"
-    result = run_cli("k8s", "render", "pipeline", "-f", str(LOCAL), "--run-id", "c1", "--from", "stats", "--to", "evaluate", "-o", str(out))
+    result = run_cli(
+        "k8s",
+        "render",
+        "pipeline",
+        "-f",
+        str(LOCAL),
+        "--run-id",
+        "c1",
+        "--from",
+        "stats",
+        "--to",
+        "evaluate",
+        "-o",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     names = [d["metadata"]["name"] for d in yaml.safe_load_all(out.read_text())]
     order = pipeline_order()
@@ -211,13 +263,28 @@ def test_render_cli_prints_the_same_documents(run_cli, tmp_path):
         (["render", "nosuch"], f"unknown stage 'nosuch'; one of: {', '.join(STAGES)}"),
         (["render", "crop", "--set", "gpu=1"], "--set gpu: unknown setting 'gpu'; known: namespace"),
         (["render", "crop", "--set", "noequals"], "--set wants key=value, got 'noequals'"),
-        (["render", "crop", "--set", "nodes=2"], "crop: only a torchrun stage (pretrain, supcon, detect) runs on several nodes; set nodes: 1"),
-        (["render", "lut", "--set", "gpus=2"], "lut: uses one GPU per pod; only pretrain, supcon, detect (torchrun) uses several"),
-        (["render", "lut", "--set", "torchrun=true"], "lut: does not run under torchrun (only pretrain, supcon, detect); set torchrun: false"),
-        (["render", "stats", "--set", "shards=2"], "stats: is not shardable (only crop and linear-sweep); set shards: 1"),
+        (
+            ["render", "crop", "--set", "nodes=2"],
+            "crop: only a torchrun stage (pretrain, supcon, detect) runs on several nodes; set nodes: 1",
+        ),
+        (
+            ["render", "lut", "--set", "gpus=2"],
+            "lut: uses one GPU per pod; only pretrain, supcon, detect (torchrun) uses several",
+        ),
+        (
+            ["render", "lut", "--set", "torchrun=true"],
+            "lut: does not run under torchrun (only pretrain, supcon, detect); set torchrun: false",
+        ),
+        (
+            ["render", "stats", "--set", "shards=2"],
+            "stats: is not shardable (only crop and linear-sweep); set shards: 1",
+        ),
         (["render", "synth", "--set", "shards=2"], "synth: is not shardable"),
         (["render", "supcon", "--set", "gpus=-1"], "supcon: setting gpus must be a whole number >= 0, got -1"),
-        (["render", "supcon", "--run-id", "Bad_Id"], "run id 'Bad_Id' makes the Job name 'plankton-supcon-Bad_Id', which is not a DNS label"),
+        (
+            ["render", "supcon", "--run-id", "Bad_Id"],
+            "run id 'Bad_Id' makes the Job name 'plankton-supcon-Bad_Id', which is not a DNS label",
+        ),
         (["render", "crop", "--from", "stats"], "--from/--to go with `pipeline`"),
         (["render", "pipeline", "--from", "nosuch"], "'nosuch' is not in the pipeline"),
         (["render", "crop", "-f", "/nonexistent/values.yaml"], "settings file not found: /nonexistent/values.yaml"),
@@ -240,7 +307,16 @@ def test_unknown_key_in_a_values_file_is_exit_2(run_cli, tmp_path):
 def test_setup_renders_namespace_configmap_and_secret_from_the_environment(run_cli, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
-    result = run_cli("k8s", "setup", "-f", str(GPU), "--s3-endpoint", "https://s3.example.org", "--pushgateway", "http://pushgateway.monitoring:9091")
+    result = run_cli(
+        "k8s",
+        "setup",
+        "-f",
+        str(GPU),
+        "--s3-endpoint",
+        "https://s3.example.org",
+        "--pushgateway",
+        "http://pushgateway.monitoring:9091",
+    )
     assert result.exit_code == 0, result.output
     ns, cm, secret = yaml.safe_load_all(result.stdout)
     assert ns["kind"] == "Namespace" and ns["metadata"]["name"] == "plankton"
@@ -252,7 +328,10 @@ def test_setup_renders_namespace_configmap_and_secret_from_the_environment(run_c
     }
     import base64
 
-    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+    }
     # the names the Jobs refer to are the names setup makes
     env = env_of(render("crop", [GPU])[0])
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]

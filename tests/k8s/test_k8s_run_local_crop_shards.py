@@ -27,7 +27,9 @@ def test_crop_runs_as_an_indexed_job_of_two_shards_then_a_merge(run_cli, s3_env,
             }
         )
     )
-    result = run_cli("k8s", "run-local", "crop", "-f", str(values), "--run-id", "cs", "--workdir", str(tmp_path / "pods"))
+    result = run_cli(
+        "k8s", "run-local", "crop", "-f", str(values), "--run-id", "cs", "--workdir", str(tmp_path / "pods")
+    )
     out = capfd.readouterr()
     assert result.exit_code == 0, result.output + out.out[-3000:] + out.err[-3000:]
     assert "run-local: plankton-crop-cs index 0 (attempt 1)" in result.stderr
@@ -36,7 +38,11 @@ def test_crop_runs_as_an_indexed_job_of_two_shards_then_a_merge(run_cli, s3_env,
     assert "shard 0 of 2 done" in out.out and "shard 1 of 2 done" in out.out
 
     s3 = boto3.client("s3", endpoint_url=s3_env)
-    keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket) for o in page.get("Contents", [])}
+    keys = {
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
+        for o in page.get("Contents", [])
+    }
     for part in ("0-of-2.parquet", "0-of-2.json", "1-of-2.parquet", "1-of-2.json"):
         assert f"pipeline/crop/shards/{part}" in keys
     assert "pipeline/crop/_SUCCESS" in keys and "pipeline/crop/manifest.parquet" in keys
@@ -45,7 +51,10 @@ def test_crop_runs_as_an_indexed_job_of_two_shards_then_a_merge(run_cli, s3_env,
     root = open_store(f"s3://{s3_bucket}/pipeline")
     reference = open_store(str(tmp_path / "reference"))
     run_stage("crop", CropConfig(input=images, workers=1), reference)
-    assert read_parquet(root, "crop/manifest.parquet").to_pylist() == read_parquet(reference, "crop/manifest.parquet").to_pylist()
+    assert (
+        read_parquet(root, "crop/manifest.parquet").to_pylist()
+        == read_parquet(reference, "crop/manifest.parquet").to_pylist()
+    )
     assert read_json(root, "crop/run.json")["digest"] == read_json(reference, "crop/run.json")["digest"]
     assert sorted(root.list("crop/crops")) == sorted(reference.list("crop/crops"))
     assert Path(tmp_path / "pods").is_dir()

@@ -20,7 +20,12 @@ def test_job_outcome_waits_for_the_terminal_condition():
         "status": {
             "conditions": [
                 {"type": "FailureTarget", "status": "True"},
-                {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"},
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "DeadlineExceeded",
+                    "message": "Job was active longer than specified deadline",
+                },
             ]
         }
     }
@@ -31,19 +36,39 @@ def test_job_outcome_waits_for_the_terminal_condition():
 
 
 def test_pod_states_say_what_is_wrong():
-    assert pod_state(pod({"phase": "Failed", **cs({"terminated": {"exitCode": 137, "reason": "OOMKilled"}})})) == "Failed (exit 137: OOMKilled)"
     assert (
-        pod_state(pod({"phase": "Pending", **cs({"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "plankton:dev"'}})}))
+        pod_state(pod({"phase": "Failed", **cs({"terminated": {"exitCode": 137, "reason": "OOMKilled"}})}))
+        == "Failed (exit 137: OOMKilled)"
+    )
+    assert (
+        pod_state(
+            pod(
+                {
+                    "phase": "Pending",
+                    **cs(
+                        {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "plankton:dev"'}}
+                    ),
+                }
+            )
+        )
         == 'Pending (ImagePullBackOff: Back-off pulling image "plankton:dev")'
     )
     assert pod_state(pod({"phase": "Pending", **cs({"waiting": {"reason": "ContainerCreating"}})})) == "Pending"
     unschedulable = {
         "phase": "Pending",
         "conditions": [
-            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            }
         ],
     }
-    assert pod_state(pod(unschedulable)) == "Pending (unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.)"
+    assert (
+        pod_state(pod(unschedulable))
+        == "Pending (unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.)"
+    )
     assert started(pod({"phase": "Running", **cs({"running": {}})})) and not started(pod({"phase": "Pending"}))
 
 
@@ -54,7 +79,17 @@ def test_failure_exit_code_and_summary():
     assert failure_exit_code([oom, bad]) == 2
     job = {
         "status": {
-            "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit",
+                }
+            ]
         }
     }
-    assert failure_summary(job, [oom]) == "BackoffLimitExceeded: Job has reached the specified backoff limit; pod a exited 137 (OOMKilled)"
+    assert (
+        failure_summary(job, [oom])
+        == "BackoffLimitExceeded: Job has reached the specified backoff limit; pod a exited 137 (OOMKilled)"
+    )

@@ -29,7 +29,9 @@ def rendered(run_cli, *args: str) -> list[dict]:
 
 def test_created_job_equals_rendered_yaml_and_success_exits_0(run_cli, tmp_path):
     with KubeStandIn(success_script) as api:
-        result = run_cli("submit", "crop", "-f", LOCAL, "--run-id", "r1", "--kubeconfig", api.kubeconfig(tmp_path), "--sync", "1")
+        result = run_cli(
+            "submit", "crop", "-f", LOCAL, "--run-id", "r1", "--kubeconfig", api.kubeconfig(tmp_path), "--sync", "1"
+        )
     assert result.exit_code == 0, result.output
     assert api.created == rendered(run_cli, "crop", "-f", LOCAL, "--run-id", "r1")
     assert api.requests[0] == "POST /apis/batch/v1/namespaces/plankton/jobs"
@@ -51,7 +53,9 @@ def test_created_job_equals_rendered_yaml_and_success_exits_0(run_cli, tmp_path)
 @pytest.mark.parametrize("code", [2, 3])
 def test_failed_job_exits_with_the_stage_code_and_the_reason(run_cli, tmp_path, code):
     with KubeStandIn(failure_script(code)) as api:
-        result = run_cli("submit", "stats", "-f", LOCAL, "--run-id", "r2", "--kubeconfig", api.kubeconfig(tmp_path), "--sync", "1")
+        result = run_cli(
+            "submit", "stats", "-f", LOCAL, "--run-id", "r2", "--kubeconfig", api.kubeconfig(tmp_path), "--sync", "1"
+        )
     assert result.exit_code == code, result.output
     assert (
         f"plankton submit: error: job plankton-stats-r2 failed: PodFailurePolicy: Container plankton for pod "
@@ -63,7 +67,9 @@ def test_failed_job_exits_with_the_stage_code_and_the_reason(run_cli, tmp_path, 
 
 def test_backoff_limit_failure_exits_1(run_cli, tmp_path):
     with KubeStandIn(failure_script(1, reason="BackoffLimitExceeded")) as api:
-        result = run_cli("submit", "crop", "-f", LOCAL, "--run-id", "r3", "--kubeconfig", api.kubeconfig(tmp_path), "--sync", "1")
+        result = run_cli(
+            "submit", "crop", "-f", LOCAL, "--run-id", "r3", "--kubeconfig", api.kubeconfig(tmp_path), "--sync", "1"
+        )
     assert result.exit_code == 1
     assert "job plankton-crop-r3 failed: BackoffLimitExceeded" in result.stderr
 
@@ -74,7 +80,9 @@ def test_pipeline_runs_stages_in_order_and_stops_at_the_first_failure(run_cli, t
         return (failure_script(3) if stage == "supcon" else success_script)(job)
 
     with KubeStandIn(script) as api:
-        result = run_cli("submit", "pipeline", "-f", LOCAL, "--run-id", "p1", "--kubeconfig", api.kubeconfig(tmp_path), "--sync", "1")
+        result = run_cli(
+            "submit", "pipeline", "-f", LOCAL, "--run-id", "p1", "--kubeconfig", api.kubeconfig(tmp_path), "--sync", "1"
+        )
     assert result.exit_code == 3, result.output
     names = [d["metadata"]["name"] for d in api.created]
     # each Job created only after the one before succeeded; nothing after the failed supcon
@@ -88,9 +96,23 @@ def test_pipeline_runs_stages_in_order_and_stops_at_the_first_failure(run_cli, t
 
 def test_sharded_linear_sweep_runs_the_indexed_job_then_the_merge(run_cli, tmp_path):
     with KubeStandIn(success_script) as api:
-        result = run_cli("submit", "linear-sweep", "-f", LOCAL, "--run-id", "s1", "--kubeconfig", api.kubeconfig(tmp_path), "--sync", "1")
+        result = run_cli(
+            "submit",
+            "linear-sweep",
+            "-f",
+            LOCAL,
+            "--run-id",
+            "s1",
+            "--kubeconfig",
+            api.kubeconfig(tmp_path),
+            "--sync",
+            "1",
+        )
     assert result.exit_code == 0, result.output
-    assert [d["metadata"]["name"] for d in api.created] == ["plankton-linear-sweep-s1", "plankton-linear-sweep-merge-s1"]
+    assert [d["metadata"]["name"] for d in api.created] == [
+        "plankton-linear-sweep-s1",
+        "plankton-linear-sweep-merge-s1",
+    ]
     assert api.created[0]["spec"]["completionMode"] == "Indexed" and api.created[0]["spec"]["completions"] == 2
     assert api.created[1]["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "--merge"
 
@@ -114,16 +136,36 @@ def test_timeout_stops_following_a_job_that_does_not_end(run_cli, tmp_path):
         return steps[:2], logs  # Pending, Running, and nothing more
 
     with KubeStandIn(never_ends) as api:
-        result = run_cli("submit", "crop", "-f", LOCAL, "--run-id", "t1", "--kubeconfig", api.kubeconfig(tmp_path), "--sync", "1", "--timeout", "2")
+        result = run_cli(
+            "submit",
+            "crop",
+            "-f",
+            LOCAL,
+            "--run-id",
+            "t1",
+            "--kubeconfig",
+            api.kubeconfig(tmp_path),
+            "--sync",
+            "1",
+            "--timeout",
+            "2",
+        )
     assert result.exit_code == 1
-    assert "plankton submit: error: gave up following Job plankton/plankton-crop-t1 after 2s; it keeps running" in result.stderr
+    assert (
+        "plankton submit: error: gave up following Job plankton/plankton-crop-t1 after 2s; it keeps running"
+        in result.stderr
+    )
     assert "pod plankton-crop-t1-a1: Running" in result.stderr
 
 
 def test_dry_run_prints_the_yaml_and_contacts_nothing(run_cli):
-    result = run_cli("submit", "supcon", "-f", LOCAL, "--run-id", "d1", "--dry-run", "--kubeconfig", "/nonexistent/kubeconfig")
+    result = run_cli(
+        "submit", "supcon", "-f", LOCAL, "--run-id", "d1", "--dry-run", "--kubeconfig", "/nonexistent/kubeconfig"
+    )
     assert result.exit_code == 0, result.output
-    assert [d for d in yaml.safe_load_all(result.stdout) if d] == rendered(run_cli, "supcon", "-f", LOCAL, "--run-id", "d1")
+    assert [d for d in yaml.safe_load_all(result.stdout) if d] == rendered(
+        run_cli, "supcon", "-f", LOCAL, "--run-id", "d1"
+    )
 
 
 def test_existing_job_name_is_a_clear_error(run_cli, tmp_path):
@@ -133,7 +175,10 @@ def test_existing_job_name_is_a_clear_error(run_cli, tmp_path):
         second = run_cli("submit", "crop", "-f", LOCAL, "--run-id", "same", "--kubeconfig", config, "--sync", "1")
     assert first.exit_code == 0
     assert second.exit_code == 1
-    assert 'creating Job plankton/plankton-crop-same failed: 409 AlreadyExists: jobs.batch "plankton-crop-same" already exists' in second.stderr
+    assert (
+        'creating Job plankton/plankton-crop-same failed: 409 AlreadyExists: jobs.batch "plankton-crop-same" already exists'
+        in second.stderr
+    )
 
 
 def test_unreachable_api_server_is_a_clear_error(run_cli, tmp_path):
@@ -153,9 +198,23 @@ def test_missing_kubeconfig_is_bad_input(run_cli, tmp_path):
 def test_make_submit_target_runs_plankton_submit_in_the_current_kube_context(tmp_path):
     """`make submit-crop` with KUBECONFIG pointing at the stand-in: the Makefile target itself, end to end."""
     with KubeStandIn(success_script) as api:
-        env = {"PATH": "/usr/bin:/bin", "KUBECONFIG": api.kubeconfig(tmp_path), "HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "KUBECONFIG": api.kubeconfig(tmp_path),
+            "HOME": str(tmp_path),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
         proc = subprocess.run(
-            ["make", "--no-print-directory", "-s", "-o", ".venv/.installed", "submit-crop", "K8S_SET=args.workers=1", f"BIN={Path(sys.executable).parent}"],
+            [
+                "make",
+                "--no-print-directory",
+                "-s",
+                "-o",
+                ".venv/.installed",
+                "submit-crop",
+                "K8S_SET=args.workers=1",
+                f"BIN={Path(sys.executable).parent}",
+            ],
             cwd=REPO,
             env=env,
             capture_output=True,

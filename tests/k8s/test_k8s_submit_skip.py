@@ -16,7 +16,12 @@ from k8s_standin import KubeStandIn, success_script
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = str(REPO / "k8s/local/values.yaml")
 # tiny settings over the kind values: 1 epoch of test_resnet at 32 px
-TINY = {"stages": {"crop": {"args": {"workers": 1}}, "supcon": {"args": {"epochs": 1, "batch-size": 8, "size": 32, "save-every": 1, "workers": 0}}}}
+TINY = {
+    "stages": {
+        "crop": {"args": {"workers": 1}},
+        "supcon": {"args": {"epochs": 1, "batch-size": 8, "size": 32, "save-every": 1, "workers": 0}},
+    }
+}
 
 
 @pytest.fixture
@@ -110,7 +115,9 @@ def test_up_to_date_pipeline_submits_nothing_and_a_new_input_submits_the_chain(r
     # one more image in the input: crop runs, and so does everything downstream of it (not judged beforehand)
     bucket, _, prefix = root.removeprefix("s3://").partition("/")
     s3 = boto3.client("s3")
-    source = next(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="images/")["Contents"] if o["Key"].endswith(".png"))
+    source = next(
+        o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="images/")["Contents"] if o["Key"].endswith(".png")
+    )
     s3.copy_object(Bucket=bucket, CopySource={"Bucket": bucket, "Key": source}, Key=source.replace(".png", "_copy.png"))
     with KubeStandIn(success_script) as api:
         result = submit(run_cli, api, tmp_path, "pipeline", *sets, "--run-id", "p2")

@@ -21,9 +21,13 @@ def test_logits_equal_the_formula_entry_by_entry():
     logits = moco_logits(q, k, queue, t).double()
     assert logits.shape == (5, 13)
     for i in range(5):
-        assert logits[i, 0].item() == pytest.approx(sum(q[i, d].item() * k[i, d].item() for d in range(8)) / t, abs=1e-5)
+        assert logits[i, 0].item() == pytest.approx(
+            sum(q[i, d].item() * k[i, d].item() for d in range(8)) / t, abs=1e-5
+        )
         for j in range(12):
-            assert logits[i, 1 + j].item() == pytest.approx(sum(q[i, d].item() * queue[d, j].item() for d in range(8)) / t, abs=1e-5)
+            assert logits[i, 1 + j].item() == pytest.approx(
+                sum(q[i, d].item() * queue[d, j].item() for d in range(8)) / t, abs=1e-5
+            )
 
 
 def test_loss_is_the_mean_negative_log_softmax_of_the_positive():

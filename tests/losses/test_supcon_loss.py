@@ -77,7 +77,9 @@ def test_simclr_mode_equals_nt_xent_and_ignores_labels():
 
 def test_supcon_with_unique_labels_is_simclr():
     feats = random_features(5, 2, 8, seed=4)
-    assert supcon_loss(feats, torch.arange(5), 0.1).item() == pytest.approx(supcon_loss(feats, None, 0.1, "simclr").item(), rel=1e-12)
+    assert supcon_loss(feats, torch.arange(5), 0.1).item() == pytest.approx(
+        supcon_loss(feats, None, 0.1, "simclr").item(), rel=1e-12
+    )
 
 
 def test_anchors_without_positives_add_nothing_and_never_nan():
@@ -108,7 +110,10 @@ def test_anchor_rows_split_averages_to_the_full_loss():
     feats = random_features(8, 2, 6, seed=8)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     full = supcon_loss(feats, labels, 0.1)
-    halves = [supcon_loss(feats, labels, 0.1, anchor_rows=slice(0, 4)), supcon_loss(feats, labels, 0.1, anchor_rows=slice(4, 8))]
+    halves = [
+        supcon_loss(feats, labels, 0.1, anchor_rows=slice(0, 4)),
+        supcon_loss(feats, labels, 0.1, anchor_rows=slice(4, 8)),
+    ]
     assert full.item() == pytest.approx(sum(h.item() for h in halves) / 2, rel=1e-12)
 
 
@@ -120,10 +125,14 @@ def test_bad_arguments():
         supcon_loss(feats, None)
     with pytest.raises(ValueError, match="temperature"):
         SupConLoss(temperature=0)
-    assert SupConLoss(0.5)(feats, torch.tensor([0, 1])).item() == pytest.approx(supcon_loss(feats, torch.tensor([0, 1]), 0.5).item())
+    assert SupConLoss(0.5)(feats, torch.tensor([0, 1])).item() == pytest.approx(
+        supcon_loss(feats, torch.tensor([0, 1]), 0.5).item()
+    )
 
 
-def supcontrast_formula(features: torch.Tensor, labels: torch.Tensor, temperature: float, base_temperature: float) -> torch.Tensor:
+def supcontrast_formula(
+    features: torch.Tensor, labels: torch.Tensor, temperature: float, base_temperature: float
+) -> torch.Tensor:
     """SupContrast's `losses.py` (contrast_mode 'all') written out anchor by anchor:
     loss = mean over anchors of -(t / t_base) · mean_{p in P(i)} log(exp(z_i·z_p/t) / sum_{a != i} exp(z_i·z_a/t))."""
     n, views, _ = features.shape

@@ -57,7 +57,12 @@ def test_neighbour_graph_holds_every_earlier_same_class_pair():
     rank = greedy_order([str(i) for i in range(len(x))])
     graph = neighbour_graph(x, labels, rank, 0.85, row_block=8, col_block=8)
     sims = x.astype(np.float64) @ x.T.astype(np.float64)
-    want = {(i, j) for i in range(len(x)) for j in range(len(x)) if labels[i] == labels[j] and rank[j] < rank[i] and sims[i, j] >= 0.85 + 1e-5}
+    want = {
+        (i, j)
+        for i in range(len(x))
+        for j in range(len(x))
+        if labels[i] == labels[j] and rank[j] < rank[i] and sims[i, j] >= 0.85 + 1e-5
+    }
     got = set(zip(graph.later.tolist(), graph.earlier.tolist()))
     assert want <= got
     assert all(labels[a] == labels[b] and rank[b] < rank[a] for a, b in got)
@@ -86,7 +91,9 @@ def test_choose_threshold_most_pruning_not_significantly_worse_and_within_the_re
     drop = np.array([0.5, 0.0, 0.05, 0.0, 0.0])
     assert t[choose_threshold(t, kept, p, drop, alpha=0.05, max_recall_drop=0.1)] == 0.85
     assert t[choose_threshold(t, kept, p, drop, alpha=0.25, max_recall_drop=0.1)] == 0.95  # tie in size → gentler T
-    assert t[choose_threshold(t, kept, p, np.array([0.5, 0.2, 0.0, 0.0, 0.0]), alpha=0.05, max_recall_drop=0.1)] == 0.95  # guard
+    assert (
+        t[choose_threshold(t, kept, p, np.array([0.5, 0.2, 0.0, 0.0, 0.0]), alpha=0.05, max_recall_drop=0.1)] == 0.95
+    )  # guard
     assert t[choose_threshold(t, kept, p, drop, alpha=0.0001, max_recall_drop=1.0)] == 0.8
     assert t[choose_threshold(t, kept, np.zeros(5), drop, alpha=0.05, max_recall_drop=0.1)] == 1.0  # none eligible
 
@@ -159,7 +166,9 @@ def test_sweep_rows_match_brute_force(candidates, select_by):
         assert row["eligible"] == (row["p_worse"] >= 0.05 and row["largest_class_recall_drop"] <= 0.2 + 1e-12)
     assert out.table.column("chosen").to_pylist().count(True) == 1
     eligible = [r for r in out.table.to_pylist() if r["eligible"]]
-    assert out.threshold == max(r["threshold"] for r in eligible if r["gallery_size"] == min(e["gallery_size"] for e in eligible))
+    assert out.threshold == max(
+        r["threshold"] for r in eligible if r["gallery_size"] == min(e["gallery_size"] for e in eligible)
+    )
     assert np.array_equal(out.keep, naive_keep(x, labels, rank, out.threshold))
     assert out.table.column("fraction_kept").to_pylist()[0] < 0.9  # the data exercises pruning
 

@@ -73,9 +73,19 @@ def test_ranked_classes_by_hand():
     labels = np.array([[2, 1, 1, 0, 0], [3, 3, 3, 3, 3], [4, -1, -1, -1, -1], [-1] * 5])
     sims = np.array([[0.9, 0.5, 0.5, 0.45, 0.45], [0.9, 0.8, 0.7, 0.6, 0.5], [0.3] + [-np.inf] * 4, [-np.inf] * 5])
     _, _, scores = vote(labels, sims, 6, "top1")
-    assert ranked_classes(labels, scores).tolist() == [[2, 1, 0, -1, -1], [3, -1, -1, -1, -1], [4, -1, -1, -1, -1], [-1] * 5]
+    assert ranked_classes(labels, scores).tolist() == [
+        [2, 1, 0, -1, -1],
+        [3, -1, -1, -1, -1],
+        [4, -1, -1, -1, -1],
+        [-1] * 5,
+    ]
     _, _, scores = vote(labels, sims, 6, "weighted")  # 1: 1.0, then 2 and 0 tie at 0.9: 2 is nearer
-    assert ranked_classes(labels, scores, depth=6).tolist() == [[1, 2, 0, -1, -1, -1], [3] + [-1] * 5, [4] + [-1] * 5, [-1] * 6]
+    assert ranked_classes(labels, scores, depth=6).tolist() == [
+        [1, 2, 0, -1, -1, -1],
+        [3] + [-1] * 5,
+        [4] + [-1] * 5,
+        [-1] * 6,
+    ]
     assert ranked_classes(labels, scores, depth=2).tolist() == [[1, 2], [3, -1], [4, -1], [-1, -1]]
     assert top_k_hits(np.array([0, 3, 5, 0]), ranked_classes(labels, scores), 2).tolist() == [False, True, False, False]
     assert top_k_hits(np.array([0, 3, 5, 0]), ranked_classes(labels, scores), 3).tolist() == [True, True, False, False]

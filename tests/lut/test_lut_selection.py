@@ -6,13 +6,21 @@ import numpy as np
 import pytest
 
 from plankton_core.lut.retrieval import ranked_classes, vote
-from plankton_core.lut.selection import bootstrap_metric, headline_intervals, largest_recall_drop, mcnemar_worse_p, pruning_effect
+from plankton_core.lut.selection import (
+    bootstrap_metric,
+    headline_intervals,
+    largest_recall_drop,
+    mcnemar_worse_p,
+    pruning_effect,
+)
 from plankton_core.scoring import classification_metrics, stratified_indices, wilson_interval
 
 
 def test_mcnemar_by_hand():
     full = np.array([True] * 5 + [False] * 3 + [True] * 10)
-    assert mcnemar_worse_p(full, np.array([False] * 5 + [False] * 3 + [True] * 10)) == pytest.approx(1 / 32)  # 5 lost, 0 gained
+    assert mcnemar_worse_p(full, np.array([False] * 5 + [False] * 3 + [True] * 10)) == pytest.approx(
+        1 / 32
+    )  # 5 lost, 0 gained
     pruned = np.array([False] * 3 + [True] * 2 + [True] * 3 + [True] * 10)  # 3 lost, 3 gained: P(Bin(6, ½) >= 3)
     assert mcnemar_worse_p(full, pruned) == pytest.approx(42 / 64)
     assert mcnemar_worse_p(full, full) == 1.0

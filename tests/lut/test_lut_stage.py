@@ -51,7 +51,9 @@ def test_build_outputs_are_aligned_and_figures_match_references(built_lut):
     assert set(gallery.column("split").to_pylist()) == {"train", "val"}
     manifest = {r["crop_key"]: r for r in read_parquet(store, "crop/manifest.parquet").to_pylist()}
     for row in gallery.to_pylist()[:5]:  # boxes come from the crop manifest
-        assert (row["x0"], row["y0"], row["x1"], row["y1"]) == tuple(manifest[row["crop_key"]][c] for c in ("x0", "y0", "x1", "y1"))
+        assert (row["x0"], row["y0"], row["x1"], row["y1"]) == tuple(
+            manifest[row["crop_key"]][c] for c in ("x0", "y0", "x1", "y1")
+        )
 
     # row i of the index, of embeddings.npy and of gallery.parquet are the same crop: re-embed a few by hand
     index = faiss.deserialize_index(np.frombuffer(store.read_bytes("lut/index.faiss"), dtype=np.uint8))
@@ -61,18 +63,33 @@ def test_build_outputs_are_aligned_and_figures_match_references(built_lut):
     embedder = load_embedder(store)
     for i in (0, 17, 53):
         crop = load_crop(store, gallery.column("crop_key")[i].as_py(), 32)
-        x = (torch.from_numpy(crop).permute(2, 0, 1).float()[None] / 255 - torch.tensor(embedder.mean).view(1, 3, 1, 1)) / torch.tensor(embedder.std).view(
-            1, 3, 1, 1
-        )
+        x = (
+            torch.from_numpy(crop).permute(2, 0, 1).float()[None] / 255 - torch.tensor(embedder.mean).view(1, 3, 1, 1)
+        ) / torch.tensor(embedder.std).view(1, 3, 1, 1)
         with torch.no_grad():
             f = embedder.model.encode(x)[0].numpy()
         np.testing.assert_allclose(emb[i], f / np.linalg.norm(f), atol=1e-4)
         np.testing.assert_allclose(index.reconstruct(i), emb[i], atol=1e-6)
 
     info = read_json(store, "lut/index.json")
-    for key in ("backbone", "checkpoint", "dimension", "count", "index_type", "build_seconds", "weights_sha256", "recall"):
+    for key in (
+        "backbone",
+        "checkpoint",
+        "dimension",
+        "count",
+        "index_type",
+        "build_seconds",
+        "weights_sha256",
+        "recall",
+    ):
         assert key in info
-    assert (info["backbone"], info["checkpoint"], info["dimension"], info["count"], info["index_type"]) == ("test_resnet", CKPT_KEY, 96, 54, "flat")
+    assert (info["backbone"], info["checkpoint"], info["dimension"], info["count"], info["index_type"]) == (
+        "test_resnet",
+        CKPT_KEY,
+        96,
+        54,
+        "flat",
+    )
 
     # retrieval on test, against brute force with the same leave-source-out rule
     heldout = read_parquet(store, "lut/heldout.parquet")
@@ -80,7 +97,10 @@ def test_build_outputs_are_aligned_and_figures_match_references(built_lut):
     test_x = read_npy(store, "lut/heldout.npy")
     y = np.array(heldout.column("label").to_pylist())
     g_labels = np.array(gallery.column("label").to_pylist())
-    g_src, q_src = np.array(gallery.column("source_key").to_pylist()), np.array(heldout.column("source_key").to_pylist())
+    g_src, q_src = (
+        np.array(gallery.column("source_key").to_pylist()),
+        np.array(heldout.column("source_key").to_pylist()),
+    )
     retrieval = read_json(store, "lut/retrieval.json")
     names = [r["name"] for r in retrieval["rows"]]
     assert names[:2] == ["top-1, full index", "5-NN weighted vote, full index"] and len(names) == 4
@@ -99,12 +119,23 @@ def test_build_outputs_are_aligned_and_figures_match_references(built_lut):
     full_pred = naive_predict(test_x, q_src, emb, g_labels, g_src, 5, "top1", 3)
     pruned_pred = naive_predict(test_x, q_src, emb[pruned_ids], g_labels[pruned_ids], g_src[pruned_ids], 5, "top1", 3)
     effect = retrieval["prune_effect"]
-    assert (effect["split"], effect["vote"], effect["threshold"], effect["count"]) == ("test", "top1", info["pruned"]["threshold"], len(y))
+    assert (effect["split"], effect["vote"], effect["threshold"], effect["count"]) == (
+        "test",
+        "top1",
+        info["pruned"]["threshold"],
+        len(y),
+    )
     acc = effect["metrics"]["accuracy"]
-    assert acc["full"] == pytest.approx((full_pred == y).mean()) and acc["pruned"] == pytest.approx((pruned_pred == y).mean())
+    assert acc["full"] == pytest.approx((full_pred == y).mean()) and acc["pruned"] == pytest.approx(
+        (pruned_pred == y).mean()
+    )
     assert effect["within_interval"] == (acc["full_ci"][0] <= acc["pruned"] <= acc["full_ci"][1])
-    assert effect["metrics"]["macro_f1"]["pruned"] == pytest.approx(classification_metrics(y, pruned_pred, 3)["macro_f1"])
-    assert effect["metrics"]["worst_class_recall"]["full"] == pytest.approx(min(((full_pred == y) & (y == c)).sum() / (y == c).sum() for c in range(3)))
+    assert effect["metrics"]["macro_f1"]["pruned"] == pytest.approx(
+        classification_metrics(y, pruned_pred, 3)["macro_f1"]
+    )
+    assert effect["metrics"]["worst_class_recall"]["full"] == pytest.approx(
+        min(((full_pred == y) & (y == c)).sum() / (y == c).sum() for c in range(3))
+    )
 
 
 def naive_pruned(emb, labels, keys, t):
@@ -142,7 +173,11 @@ def test_prune_sweep_choice_and_pruned_index(built_lut):
         "recall_drop_label",
         "eligible",
     ]
-    assert sweep.num_rows == 21 and sweep.column("threshold")[0].as_py() == 0.8 and sweep.column("threshold")[-1].as_py() == 1.0
+    assert (
+        sweep.num_rows == 21
+        and sweep.column("threshold")[0].as_py() == 0.8
+        and sweep.column("threshold")[-1].as_py() == 1.0
+    )
     rows = sweep.to_pylist()
     gallery = read_parquet(store, "lut/gallery.parquet")
     emb = read_npy(store, "lut/embeddings.npy")
@@ -174,7 +209,12 @@ def test_prune_sweep_choice_and_pruned_index(built_lut):
     chosen = [r for r in rows if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["gallery_size"] == smallest
     assert chosen[0]["threshold"] == max(r["threshold"] for r in ok if r["gallery_size"] == smallest)
-    assert (summary["select_by"], summary["alpha"], summary["min_class_recall"], summary["sweep_gallery"]) == ("accuracy", 0.05, 0.1, "train")
+    assert (summary["select_by"], summary["alpha"], summary["min_class_recall"], summary["sweep_gallery"]) == (
+        "accuracy",
+        0.05,
+        0.1,
+        "train",
+    )
 
     # the written pruned LUT is the whole gallery (train + val) pruned at the chosen T
     pruned = read_parquet(store, "lut/gallery_pruned.parquet")
@@ -200,11 +240,18 @@ def test_rerun_is_up_to_date_and_retrieval_json_feeds_the_report(root_uri, run_c
     if root_uri.startswith("s3://"):
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     store = make_lut_upstream(root_uri, per_class=12)
-    finish_stage(store, "evaluate", {"fabricated": True}, lambda cfg, ctx: write_json(store, EVAL_METRICS, classification_metrics([0, 1], [0, 0], 3)) or {})
+    finish_stage(
+        store,
+        "evaluate",
+        {"fabricated": True},
+        lambda cfg, ctx: write_json(store, EVAL_METRICS, classification_metrics([0, 1], [0, 0], 3)) or {},
+    )
     evaluate_before = {key: store.read_bytes(key) for key in store.list("evaluate")}
     res = run_cli("lut", "--root", root_uri)
     assert res.exit_code == 0, res.output
-    assert {key: store.read_bytes(key) for key in store.list("evaluate")} == evaluate_before  # no report.html patched in
+    assert {
+        key: store.read_bytes(key) for key in store.list("evaluate")
+    } == evaluate_before  # no report.html patched in
     retrieval = read_json(store, LUT_RETRIEVAL)
     names = [r["name"] for r in retrieval["rows"]]
     assert "top-1, full index" in names and any(n.startswith("top-1, pruned index (T=") for n in names)
@@ -213,7 +260,11 @@ def test_rerun_is_up_to_date_and_retrieval_json_feeds_the_report(root_uri, run_c
     assert store.exists("lut/index_pruned.faiss") and store.exists("lut/prune_sweep.parquet")
     res = run_cli("lut", "--root", root_uri, "--no-prune")  # config changed: rebuilt, and no stale pruned LUT is left
     assert res.exit_code == 0 and "up to date" not in res.output
-    assert not store.exists("lut/index_pruned.faiss") and not store.exists("lut/gallery_pruned.parquet") and not store.exists("lut/prune_sweep.parquet")
+    assert (
+        not store.exists("lut/index_pruned.faiss")
+        and not store.exists("lut/gallery_pruned.parquet")
+        and not store.exists("lut/prune_sweep.parquet")
+    )
     assert not store.exists(LUT_PRUNE_PLOT)
     retrieval = read_json(store, LUT_RETRIEVAL)
     assert "prune" not in retrieval and not any("pruned index" in r["name"] for r in retrieval["rows"])
@@ -230,7 +281,11 @@ def test_approximate_index_records_recall(tmp_path, run_cli, kind, param):
     store = open_store(root)
     info = read_json(store, "lut/index.json")
     assert info["index_type"] == kind and param in info["search_params"]
-    assert 0.0 <= info["recall"]["recall_at_1"] <= 1.0 and "recall_at_10" in info["recall"] and info["recall"]["queries"] > 0
+    assert (
+        0.0 <= info["recall"]["recall_at_1"] <= 1.0
+        and "recall_at_10" in info["recall"]
+        and info["recall"]["queries"] > 0
+    )
     assert info["gallery_splits"] == ["train"] and info["count"] == 18
     assert set(read_parquet(store, "lut/heldout.parquet").column("split").to_pylist()) == {"val", "test"}
     index = faiss.deserialize_index(np.frombuffer(store.read_bytes("lut/index.faiss"), dtype=np.uint8))
@@ -290,7 +345,11 @@ def test_config_defaults_and_yaml(tmp_path):
     from plankton_core.errors import BadInputError
 
     cfg = LutConfig()
-    assert cfg.gallery_splits == ("train", "val") and cfg.index == "flat" and (cfg.prune_min, cfg.prune_max, cfg.prune_step) == (0.8, 1.0, 0.01)
+    assert (
+        cfg.gallery_splits == ("train", "val")
+        and cfg.index == "flat"
+        and (cfg.prune_min, cfg.prune_max, cfg.prune_step) == (0.8, 1.0, 0.01)
+    )
     yaml_file = tmp_path / "lut.yaml"
     yaml_file.write_text("gallery_splits: [train]\nindex: hnsw\n")
     assert load_config(LutConfig, yaml_file, {"k": 3}).gallery_splits == ("train",)
@@ -322,7 +381,11 @@ def test_reuses_linear_sweep_features_only_when_they_match(tmp_path, run_cli):
         for s in ("train", "val"):
             rows = np.flatnonzero(split == s)
             write_npy(store, f"sweep/features/epoch_0003/{s}.npy", features_of(rows))
-            write_parquet(store, f"sweep/features/epoch_0003/{s}.parquet", gallery.select(["crop_key", "class", "label"]).take(rows))
+            write_parquet(
+                store,
+                f"sweep/features/epoch_0003/{s}.parquet",
+                gallery.select(["crop_key", "class", "label"]).take(rows),
+            )
         write_json(store, "sweep/features/epoch_0003/meta.json", {"fingerprint": {}})
 
     fabricate(lambda rows: 3.0 * truth[rows])  # linear-sweep stores unnormalised features
@@ -340,7 +403,9 @@ def test_reuses_linear_sweep_features_only_when_they_match(tmp_path, run_cli):
 def test_sweep_queries_val_against_train_even_when_train_is_not_in_the_gallery(tmp_path, run_cli):
     root = str(tmp_path / "artifacts")
     store = make_lut_upstream(root, per_class=12)
-    res = run_cli("lut", "--root", root, "--gallery-splits", "val,test", "--select-by", "macro_f1", "--bootstrap", "200")
+    res = run_cli(
+        "lut", "--root", root, "--gallery-splits", "val,test", "--select-by", "macro_f1", "--bootstrap", "200"
+    )
     assert res.exit_code == 0, res.output
     splits = read_parquet(store, "stats/splits.parquet").column("split").to_pylist()
     sweep = read_parquet(store, "lut/prune_sweep.parquet").to_pylist()

@@ -14,12 +14,31 @@ from plankton_core.pretrain.config import PretrainConfig
 
 torch.set_num_threads(2)
 
-CLI_DEFAULTS = {"model": "test_resnet", "epochs": 2, "batch-size": 12, "queue": 48, "base-lr": 0.5, "save-every": 1, "device": "cpu", "workers": 0}
+CLI_DEFAULTS = {
+    "model": "test_resnet",
+    "epochs": 2,
+    "batch-size": 12,
+    "queue": 48,
+    "base-lr": 0.5,
+    "save-every": 1,
+    "device": "cpu",
+    "workers": 0,
+}
 
 
 def small_cfg(**changes) -> PretrainConfig:
     """test_resnet on the CPU, deterministic, no prefetch threads: 36 crops, batch 12, 3 steps per epoch."""
-    base = PretrainConfig(model="test_resnet", epochs=2, batch_size=12, queue=48, base_lr=0.5, save_every=1, device="cpu", workers=0, deterministic=True)
+    base = PretrainConfig(
+        model="test_resnet",
+        epochs=2,
+        batch_size=12,
+        queue=48,
+        base_lr=0.5,
+        save_every=1,
+        device="cpu",
+        workers=0,
+        deterministic=True,
+    )
     return dataclasses.replace(base, **changes)
 
 

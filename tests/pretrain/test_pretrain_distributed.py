@@ -31,7 +31,17 @@ def test_two_processes_fill_the_queue_like_one(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
     args = cli_args(str(tmp_path / "two"), **OPTIONS) + ["--deterministic"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "jobs.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "jobs.cli",
+        *args,
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -39,5 +49,7 @@ def test_two_processes_fill_the_queue_like_one(tmp_path):
 
     two = open_store(str(tmp_path / "two"))
     a, b = final_state(two), final_state(one)
-    assert a["config"]["world_size"] == 2 and int(a["moco"]["queue_ptr"]) == int(b["moco"]["queue_ptr"]) == (6 * 12) % 48
+    assert (
+        a["config"]["world_size"] == 2 and int(a["moco"]["queue_ptr"]) == int(b["moco"]["queue_ptr"]) == (6 * 12) % 48
+    )
     assert_same_state(a, b, atol=1e-5)

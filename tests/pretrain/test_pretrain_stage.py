@@ -28,7 +28,13 @@ def test_moco_end_to_end_then_supcon_and_linear_sweep_start_from_it(root_uri):
     assert [r["epoch"] for r in metrics_rows(store)] == [1, 2]
     assert store.exists("pretrain/_SUCCESS") and store.exists("pretrain/ckpt/epoch_0001.pt")
 
-    sup = run_stage("supcon", SupConConfig(model="test_resnet", epochs=1, batch_size=12, save_every=1, device="cpu", workers=0, init="pretrain"), store)
+    sup = run_stage(
+        "supcon",
+        SupConConfig(
+            model="test_resnet", epochs=1, batch_size=12, save_every=1, device="cpu", workers=0, init="pretrain"
+        ),
+        store,
+    )
     assert any("pretrain/ckpt/last.pt" in n for n in sup.notes)
     assert read_json(store, "supcon/run.json")["inputs"]["pretrain"] == read_json(store, "pretrain/run.json")["digest"]
 
@@ -59,7 +65,9 @@ def test_sigterm_then_rerun_resumes_exactly_including_the_queue(tmp_path, monkey
     resumed = run_stage("pretrain", small_cfg(), stopped)
     assert resumed.counts["resumed_from"] == "pretrain/ckpt/last.pt"
     assert_same_state(final_state(stopped), final_state(straight))
-    assert [r["loss"] for r in metrics_rows(stopped)] == pytest.approx([r["loss"] for r in metrics_rows(straight)], rel=1e-6)
+    assert [r["loss"] for r in metrics_rows(stopped)] == pytest.approx(
+        [r["loss"] for r in metrics_rows(straight)], rel=1e-6
+    )
 
 
 def frames(folder, n: int, seed: int = 0) -> None:

@@ -32,7 +32,9 @@ def ref_precision(y: np.ndarray, p: np.ndarray, select_by: str) -> float:
             return float(accuracy_score(y, p))
         if select_by == "balanced_accuracy":  # mean recall over the true classes present
             return float(balanced_accuracy_score(y, p))
-        return float(precision_score(y, p, labels=np.unique(p), average="macro", zero_division=0))  # over predicted classes
+        return float(
+            precision_score(y, p, labels=np.unique(p), average="macro", zero_division=0)
+        )  # over predicted classes
 
 
 def ref_drop(best: np.ndarray, y: np.ndarray, p: np.ndarray, n_classes: int, t: float) -> float:
@@ -48,7 +50,10 @@ def ref_threshold(best, y, p, n_classes, target, select_by, guard):
     """The lowest threshold (a value of best) meeting the target and the guard, by trying every one."""
     for t in np.unique(best[np.isfinite(best)]):
         acc = best >= t
-        if ref_precision(y[acc], p[acc], select_by) >= target - 1e-9 and ref_drop(best, y, p, n_classes, t) <= guard + 1e-12:
+        if (
+            ref_precision(y[acc], p[acc], select_by) >= target - 1e-9
+            and ref_drop(best, y, p, n_classes, t) <= guard + 1e-12
+        ):
             return float(t)
     return None
 
@@ -92,14 +97,20 @@ def test_calibrate_each_select_by_stores_threshold_and_query_uses_it(fresh_lut, 
         assert res.exit_code == 0, res.output
         record = json.loads(res.stdout)
         stored = read_json(store, "lut/index.json")["calibration"]["full"]
-        assert stored["threshold"] == record["threshold"] and stored["select_by"] == select_by and stored["min_class_recall"] == 1.0
+        assert (
+            stored["threshold"] == record["threshold"]
+            and stored["select_by"] == select_by
+            and stored["min_class_recall"] == 1.0
+        )
         assert record["precision_definition"] == ACCEPTED_PRECISION[select_by]
         thr = ref_threshold(best, y, pred, n_classes, 0.5, select_by, 1.0)
         assert thr is not None and record["threshold"] == pytest.approx(thr, abs=1e-5) and record["val_count"] == len(y)
         acc = best >= record["threshold"] - 1e-6
         assert record["val_precision"] == pytest.approx(ref_precision(y[acc], pred[acc], select_by))
         assert record["val_coverage"] == pytest.approx(acc.mean())
-        assert record["val_largest_class_recall_drop"] == pytest.approx(ref_drop(best, y, pred, n_classes, record["threshold"] - 1e-6))
+        assert record["val_largest_class_recall_drop"] == pytest.approx(
+            ref_drop(best, y, pred, n_classes, record["threshold"] - 1e-6)
+        )
         assert record["val_precision_ci"][0] <= record["val_precision"] <= record["val_precision_ci"][1]
 
         # the same threshold on test (held out of the gallery, never used to choose it), by brute force
@@ -107,13 +118,22 @@ def test_calibrate_each_select_by_stores_threshold_and_query_uses_it(fresh_lut, 
         assert record["test_count"] == is_test.sum() > 0 and accepted.any()
         assert record["test_coverage"] == pytest.approx(accepted.mean())
         assert record["test_precision"] == pytest.approx(ref_precision(t_y[accepted], t_pred[accepted], select_by))
-        assert record["test_largest_class_recall_drop"] == pytest.approx(ref_drop(t_best, t_y, t_pred, n_classes, record["threshold"] - 1e-6))
+        assert record["test_largest_class_recall_drop"] == pytest.approx(
+            ref_drop(t_best, t_y, t_pred, n_classes, record["threshold"] - 1e-6)
+        )
         lo, hi = record["test_precision_ci"]
         assert lo <= record["test_precision"] <= hi and "on test: " in res.stderr
-        assert record["test_accepted"] == accepted.sum() and record["val_accepted"] == (best >= record["threshold"] - 1e-6).sum()
+        assert (
+            record["test_accepted"] == accepted.sum()
+            and record["val_accepted"] == (best >= record["threshold"] - 1e-6).sum()
+        )
         if select_by != "accuracy":
             assert record["test_pooled_precision"] == pytest.approx((t_pred == t_y)[accepted].mean())
-            assert record["test_pooled_precision_ci"][0] <= record["test_pooled_precision"] <= record["test_pooled_precision_ci"][1]
+            assert (
+                record["test_pooled_precision_ci"][0]
+                <= record["test_pooled_precision"]
+                <= record["test_pooled_precision_ci"][1]
+            )
 
     res = run_cli("query", "--root", root_uri, "--no-crop", "--format", "jsonl", "crop/crops/cross/cross_0003_0.png")
     [row] = jsonl(res.stdout)
@@ -137,7 +157,11 @@ def test_calibrate_guard_refuses_what_costs_a_class_recall(fresh_lut, root_uri, 
     sims[src == src[i]] = -np.inf
     j = int(np.argmax(sims))
     labels[j] = (labels[j] + 1) % len(read_json(store, "lut/index.json")["classes"])
-    write_parquet(store, "lut/gallery.parquet", gallery.set_column(gallery.schema.get_field_index("label"), "label", pa.array(labels, pa.int64())))
+    write_parquet(
+        store,
+        "lut/gallery.parquet",
+        gallery.set_column(gallery.schema.get_field_index("label"), "label", pa.array(labels, pa.int64())),
+    )
 
     best, y, pred, *_ = val_by_brute_force(store)
     n_classes = len(read_json(store, "lut/index.json")["classes"])
@@ -150,12 +174,34 @@ def test_calibrate_guard_refuses_what_costs_a_class_recall(fresh_lut, root_uri, 
             costly.append((target, lowest, ref_drop(best, y, pred, n_classes, lowest)))
     assert costly, "no reachable precision costs a class recall"
     target, t, drop = (float(v) for v in min(costly, key=lambda c: c[2]))
-    ok = run_cli("query", "--root", root_uri, "--calibrate", "--target-precision", repr(target), "--min-class-recall", repr(min(drop + 1e-9, 1.0)))
+    ok = run_cli(
+        "query",
+        "--root",
+        root_uri,
+        "--calibrate",
+        "--target-precision",
+        repr(target),
+        "--min-class-recall",
+        repr(min(drop + 1e-9, 1.0)),
+    )
     assert ok.exit_code == 0, ok.output
     record = json.loads(ok.stdout)
-    assert record["threshold"] == pytest.approx(t, abs=1e-5) and record["val_largest_class_recall_drop"] == pytest.approx(drop)
-    assert record["min_class_recall"] == pytest.approx(min(drop + 1e-9, 1.0)) and "largest class recall loss" in ok.stderr
-    res = run_cli("query", "--root", root_uri, "--calibrate", "--target-precision", repr(target), "--min-class-recall", repr(drop - 1e-3))
+    assert record["threshold"] == pytest.approx(t, abs=1e-5) and record[
+        "val_largest_class_recall_drop"
+    ] == pytest.approx(drop)
+    assert (
+        record["min_class_recall"] == pytest.approx(min(drop + 1e-9, 1.0)) and "largest class recall loss" in ok.stderr
+    )
+    res = run_cli(
+        "query",
+        "--root",
+        root_uri,
+        "--calibrate",
+        "--target-precision",
+        repr(target),
+        "--min-class-recall",
+        repr(drop - 1e-3),
+    )
     assert res.exit_code == 2 and "points of val recall, more than --min-class-recall" in res.stderr, res.output
     assert ref_threshold(best, y, pred, n_classes, target, "accuracy", drop - 1e-3) is None
     assert read_json(store, "lut/index.json")["calibration"]["full"]["threshold"] == record["threshold"]
@@ -170,7 +216,10 @@ def test_calibrate_bad_values_exit_2(fresh_lut, root_uri, run_cli):
     ):
         res = run_cli("query", "--root", root_uri, "--calibrate", *args)
         assert res.exit_code == 2 and words in res.stderr, (args, res.output)
-    assert "calibration" not in read_json(fresh_lut, "lut/index.json") or not read_json(fresh_lut, "lut/index.json")["calibration"]
+    assert (
+        "calibration" not in read_json(fresh_lut, "lut/index.json")
+        or not read_json(fresh_lut, "lut/index.json")["calibration"]
+    )
 
 
 def test_calibrate_unreachable_precision_exit_2(fresh_lut, root_uri, run_cli, monkeypatch):
@@ -202,13 +251,21 @@ def test_guard_known_answer():
     y = np.array([0, 0, 1, 0, 1, 1])
     pred = np.array([0, 0, 1, 1, 0, 1])
     free = pick_threshold(best, y, pred, 2, 0.75)
-    assert free.threshold == pytest.approx(0.6) and free.precision == pytest.approx(0.75) and free.coverage == pytest.approx(4 / 6)
+    assert (
+        free.threshold == pytest.approx(0.6)
+        and free.precision == pytest.approx(0.75)
+        and free.coverage == pytest.approx(4 / 6)
+    )
     assert free.recall_drop == pytest.approx(1 / 3) and free.drop_class == 1
     assert pick_threshold(best, y, pred, 2, 0.75, min_class_recall=0.34).threshold == pytest.approx(0.6)
     guarded = pick_threshold(best, y, pred, 2, 0.75, min_class_recall=0.30)
     assert guarded.threshold is None and guarded.reason == "guard" and guarded.drop_class == 1
     # only 0.4 (accept all) keeps class 1's recall within 0.30: accuracy 4/6 there
-    assert guarded.guard_threshold == pytest.approx(0.4) and guarded.guard_precision == pytest.approx(4 / 6) and guarded.guard_coverage == 1.0
+    assert (
+        guarded.guard_threshold == pytest.approx(0.4)
+        and guarded.guard_precision == pytest.approx(4 / 6)
+        and guarded.guard_coverage == 1.0
+    )
     assert ref_threshold(best, y, pred, 2, 0.75, "accuracy", 0.30) is None
     assert ref_threshold(best, y, pred, 2, 0.75, "accuracy", 1.0) == pytest.approx(0.6)
 
@@ -240,12 +297,20 @@ def test_pick_threshold_matches_brute_force(select_by):
             free = ref_threshold(best, y, pred, n_classes, target, select_by, 1.0)
             if pick.reason == "guard":  # the target is reachable, but not within the guard
                 assert free is not None and ref_drop(best, y, pred, n_classes, free) > guard
-                allowed = [s for s in np.unique(best[np.isfinite(best)]) if ref_drop(best, y, pred, n_classes, s) <= guard + 1e-12]
+                allowed = [
+                    s
+                    for s in np.unique(best[np.isfinite(best)])
+                    if ref_drop(best, y, pred, n_classes, s) <= guard + 1e-12
+                ]
                 assert pick.guard_threshold == pytest.approx(max(allowed))
-                assert pick.guard_precision == pytest.approx(max(ref_precision(y[best >= s], pred[best >= s], select_by) for s in allowed))
+                assert pick.guard_precision == pytest.approx(
+                    max(ref_precision(y[best >= s], pred[best >= s], select_by) for s in allowed)
+                )
             elif pick.reason == "target":
                 assert free is None
-                values = [ref_precision(y[best >= s], pred[best >= s], select_by) for s in np.unique(best[np.isfinite(best)])]
+                values = [
+                    ref_precision(y[best >= s], pred[best >= s], select_by) for s in np.unique(best[np.isfinite(best)])
+                ]
                 assert pick.precision == pytest.approx(max(values))
             checked["chosen" if pick.reason is None else pick.reason] += 1
     assert all(checked.values()), checked  # every outcome was exercised

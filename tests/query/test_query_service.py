@@ -33,7 +33,11 @@ def test_gallery_crop_finds_itself(lut_env, run_cli):
     assert row["status"] == "ok" and row["predicted"] == "disc" and row["crop"] == "as_given"
     assert len(row["neighbours"]) == 3
     first = row["neighbours"][0]
-    assert first["crop_key"] == GALLERY_CROP and first["class"] == "disc" and first["similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert (
+        first["crop_key"] == GALLERY_CROP
+        and first["class"] == "disc"
+        and first["similarity"] == pytest.approx(1.0, abs=1e-4)
+    )
     assert [n["rank"] for n in row["neighbours"]] == [1, 2, 3]
     sims = [n["similarity"] for n in row["neighbours"]]
     assert sims == sorted(sims, reverse=True)
@@ -70,32 +74,77 @@ def test_frames_are_cropped_and_bad_files_get_error_rows(lut_env, run_cli, tmp_p
     (folder / "c_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (folder / "notes.txt").write_text("not an image, not listed")
     (tmp_path / "empty").mkdir()
-    res = run_cli("query", "--root", lut_env.uri, "--format", "jsonl", str(folder), str(tmp_path / "missing.png"), str(tmp_path / "empty"))
+    res = run_cli(
+        "query",
+        "--root",
+        lut_env.uri,
+        "--format",
+        "jsonl",
+        str(folder),
+        str(tmp_path / "missing.png"),
+        str(tmp_path / "empty"),
+    )
     assert res.exit_code == 0, res.output
     rows = jsonl(res.stdout)
-    assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["a_cross.png", "b_blank.png", "c_broken.png", "missing.png", "empty"]
+    assert [r["image"].rsplit("/", 1)[-1] for r in rows] == [
+        "a_cross.png",
+        "b_blank.png",
+        "c_broken.png",
+        "missing.png",
+        "empty",
+    ]
     cross, blank, broken, missing, empty = rows
     assert empty["status"] == "error" and "a folder without images" in empty["error"]
     assert cross["crop"] == "largest_object" and cross["objects"] == 1 and cross["status"] == "ok"
     x0, y0, x1, y1 = cross["box"]
     assert 8 <= x0 < x1 <= 56 and 8 <= y0 < y1 <= 56  # the object, not the whole 64-px frame
     assert blank["crop"].startswith("whole_frame") and blank["box"] == [0, 0, 64, 64] and blank["status"] == "ok"
-    assert broken["status"] == "error" and broken["error"].split(":")[0] in ("corrupt", "not_an_image") and broken["neighbours"] == []
+    assert (
+        broken["status"] == "error"
+        and broken["error"].split(":")[0] in ("corrupt", "not_an_image")
+        and broken["neighbours"] == []
+    )
     assert missing["status"] == "error" and missing["error"].startswith("not_found")
     assert "3 of 5 image(s) could not be read" in res.stderr
 
 
 def test_reject_below_gives_unknown(lut_env, run_cli):
-    res = run_cli("query", "--root", lut_env.uri, "--no-crop", "--format", "jsonl", "--reject-below", "0.999999", GALLERY_CROP, "crop/crops/bar/bar_0002_0.png")
+    res = run_cli(
+        "query",
+        "--root",
+        lut_env.uri,
+        "--no-crop",
+        "--format",
+        "jsonl",
+        "--reject-below",
+        "0.999999",
+        GALLERY_CROP,
+        "crop/crops/bar/bar_0002_0.png",
+    )
     assert res.exit_code == 0, res.output
     rows = jsonl(res.stdout)
     by_name = {r["image"].rsplit("/", 1)[-1]: r for r in rows}
     assert by_name["disc_0000_0.png"]["predicted"] == "disc"  # itself, similarity 1
     val_row = by_name["bar_0002_0.png"]  # a val crop: in the gallery too, so also ~1
     assert val_row["predicted"] == "bar"
-    res = run_cli("query", "--root", lut_env.uri, "--no-crop", "--format", "jsonl", "--reject-below", "1.0", "crop/crops/bar/bar_0003_0.png")
+    res = run_cli(
+        "query",
+        "--root",
+        lut_env.uri,
+        "--no-crop",
+        "--format",
+        "jsonl",
+        "--reject-below",
+        "1.0",
+        "crop/crops/bar/bar_0003_0.png",
+    )
     [row] = jsonl(res.stdout)  # a test crop: not in the gallery, best similarity < 1
-    assert row["best_similarity"] < 1.0 and row["status"] == "unknown" and row["predicted"] == "unknown" and row["threshold"] == 1.0
+    assert (
+        row["best_similarity"] < 1.0
+        and row["status"] == "unknown"
+        and row["predicted"] == "unknown"
+        and row["threshold"] == 1.0
+    )
     assert row["neighbours"]  # neighbours are still reported
 
 
@@ -163,7 +212,9 @@ def test_mismatched_checkpoint_is_refused(fresh_lut, root_uri, run_cli):
     other = fake_checkpoint(32, stats["mean"], stats["std"], model="test_efficientnet")
     save_checkpoint(store, "supcon/ckpt/epoch_0009.pt", other)
     res = run_cli("query", "--root", root_uri, "--checkpoint", "supcon/ckpt/epoch_0009.pt", GALLERY_CROP)
-    assert res.exit_code == 2 and "built with backbone 'test_resnet'" in res.stderr and "'test_efficientnet'" in res.stderr
+    assert (
+        res.exit_code == 2 and "built with backbone 'test_resnet'" in res.stderr and "'test_efficientnet'" in res.stderr
+    )
     # same backbone, other weights (linear-sweep chose another checkpoint after the LUT was built)
     save_checkpoint(store, "supcon/ckpt/epoch_0010.pt", fake_checkpoint(32, stats["mean"], stats["std"], seed=9))
     selection = read_json(store, "sweep/selection.json")
@@ -183,7 +234,10 @@ def test_run_query_unit_matches_vote(lut_env):
     store = open_store(lut_env.uri, lut_env.endpoint)
     refs = resolve_inputs(["crop/crops/cross/cross_0003_0.png"], store)
     [row] = run_query(store, refs, QueryConfig(k=3, crop=False))
-    assert row["predicted"] == row["neighbours"][0]["class"] and row["score"] == row["neighbours"][0]["similarity"] == row["best_similarity"]
+    assert (
+        row["predicted"] == row["neighbours"][0]["class"]
+        and row["score"] == row["neighbours"][0]["similarity"] == row["best_similarity"]
+    )
 
 
 def test_s3_uri_inputs(lut_env, run_cli, s3_server):
@@ -194,10 +248,24 @@ def test_s3_uri_inputs(lut_env, run_cli, s3_server):
         s3.put_object(Bucket=bucket, Key=f"day1/{i}_{kind}.png", Body=frame_png(kind, seed=i))
     s3.put_object(Bucket=bucket, Key="day1/readme.txt", Body=b"skipped: not an image")
     s3.put_object(Bucket=bucket, Key="day2/x.png", Body=frame_png("cross", seed=5))
-    res = run_cli("query", "--root", lut_env.uri, "--s3-endpoint", s3_server, "--format", "jsonl", f"s3://{bucket}/day1", f"s3://{bucket}/day2/x.png")
+    res = run_cli(
+        "query",
+        "--root",
+        lut_env.uri,
+        "--s3-endpoint",
+        s3_server,
+        "--format",
+        "jsonl",
+        f"s3://{bucket}/day1",
+        f"s3://{bucket}/day2/x.png",
+    )
     assert res.exit_code == 0, res.output
     rows = jsonl(res.stdout)
-    assert [r["image"] for r in rows] == [f"s3://{bucket}/day1/0_disc.png", f"s3://{bucket}/day1/1_bar.png", f"s3://{bucket}/day2/x.png"]
+    assert [r["image"] for r in rows] == [
+        f"s3://{bucket}/day1/0_disc.png",
+        f"s3://{bucket}/day1/1_bar.png",
+        f"s3://{bucket}/day2/x.png",
+    ]
     assert all(r["status"] == "ok" and r["crop"] == "largest_object" for r in rows)
 
 
@@ -206,12 +274,26 @@ def test_check_compatible_names_what_differs():
     from plankton_core.errors import BadInputError
 
     emb = Embedder(
-        model=None, checkpoint="supcon/ckpt/last.pt", backbone="resnet50", dimension=2048, fingerprint="abc", size=224, mean=[0] * 3, std=[1] * 3, epoch=1
+        model=None,
+        checkpoint="supcon/ckpt/last.pt",
+        backbone="resnet50",
+        dimension=2048,
+        fingerprint="abc",
+        size=224,
+        mean=[0] * 3,
+        std=[1] * 3,
+        epoch=1,
     )
     check_compatible({"backbone": "resnet50", "dimension": 2048, "weights_sha256": "abc"}, emb, "s3://b/lut")
-    with pytest.raises(BadInputError, match=r"LUT s3://b/lut holds 512-d embeddings but checkpoint supcon/ckpt/last.pt gives 2048-d"):
+    with pytest.raises(
+        BadInputError, match=r"LUT s3://b/lut holds 512-d embeddings but checkpoint supcon/ckpt/last.pt gives 2048-d"
+    ):
         check_compatible({"backbone": "resnet50", "dimension": 512, "weights_sha256": "abc"}, emb, "s3://b/lut")
-    with pytest.raises(BadInputError, match=r"built with backbone 'seresnext50_32x4d' but checkpoint supcon/ckpt/last.pt is 'resnet50'"):
+    with pytest.raises(
+        BadInputError, match=r"built with backbone 'seresnext50_32x4d' but checkpoint supcon/ckpt/last.pt is 'resnet50'"
+    ):
         check_compatible({"backbone": "seresnext50_32x4d", "dimension": 2048}, emb, "s3://b/lut")
     with pytest.raises(BadInputError, match="other weights"):
-        check_compatible({"backbone": "resnet50", "dimension": 2048, "weights_sha256": "def", "checkpoint": "x"}, emb, "s3://b/lut")
+        check_compatible(
+            {"backbone": "resnet50", "dimension": 2048, "weights_sha256": "def", "checkpoint": "x"}, emb, "s3://b/lut"
+        )

@@ -21,7 +21,9 @@ def crop_png(rng: np.random.Generator, label: int, side: int) -> bytes:
     return encode_png(img)
 
 
-def evaluated_store(path, n_test: int = 30, n_gallery: int = 40, with_lut: bool = True, side: int = 120, seed: int = 0) -> LocalStore:
+def evaluated_store(
+    path, n_test: int = 30, n_gallery: int = 40, with_lut: bool = True, side: int = 120, seed: int = 0
+) -> LocalStore:
     """evaluate's outputs for `n_test` test crops (some wrong) and, optionally, a finished lut over `n_gallery` crops."""
     rng = np.random.default_rng(seed)
     store = LocalStore(path)
@@ -35,12 +37,23 @@ def evaluated_store(path, n_test: int = 30, n_gallery: int = 40, with_lut: bool 
     write_parquet(
         store,
         "evaluate/predictions.parquet",
-        pa.table({"crop_key": keys, "label": y, "pred": pred, "score": scores.max(1), "class": cls[y].tolist(), "pred_class": cls[pred].tolist()}),
+        pa.table(
+            {
+                "crop_key": keys,
+                "label": y,
+                "pred": pred,
+                "score": scores.max(1),
+                "class": cls[y].tolist(),
+                "pred_class": cls[pred].tolist(),
+            }
+        ),
     )
     metrics = classification_metrics(y, pred, 3, scores=scores)
     iv = metric_intervals(y, pred, 3, scores, reps=100, seed=0)
     metrics.update(
-        intervals=iv["overall"], bootstrap=iv["bootstrap"], classes_not_in_test=[{"class": "rare", "crops": 4, "source_images": 2, "train": 4, "val": 0}]
+        intervals=iv["overall"],
+        bootstrap=iv["bootstrap"],
+        classes_not_in_test=[{"class": "rare", "crops": 4, "source_images": 2, "train": 4, "val": 0}],
     )
     metrics.update(model="test_resnet", checkpoint="epoch_0004", backbone_epoch=4, head_epoch=7, backbone_batch_size=32)
     write_json(store, "evaluate/metrics.json", metrics)
@@ -63,9 +76,17 @@ def evaluated_store(path, n_test: int = 30, n_gallery: int = 40, with_lut: bool 
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         held = rng.normal(size=(n_test, 8)).astype(np.float32)
         held /= np.linalg.norm(held, axis=1, keepdims=True)
-        write_parquet(store, "lut/gallery.parquet", pa.table({"id": np.arange(n_gallery), "crop_key": g_keys, "class": cls[g_y].tolist(), "label": g_y}))
+        write_parquet(
+            store,
+            "lut/gallery.parquet",
+            pa.table({"id": np.arange(n_gallery), "crop_key": g_keys, "class": cls[g_y].tolist(), "label": g_y}),
+        )
         write_npy(store, "lut/embeddings.npy", emb)
-        write_parquet(store, "lut/heldout.parquet", pa.table({"crop_key": keys, "class": cls[y].tolist(), "label": y, "split": ["test"] * n_test}))
+        write_parquet(
+            store,
+            "lut/heldout.parquet",
+            pa.table({"crop_key": keys, "class": cls[y].tolist(), "label": y, "split": ["test"] * n_test}),
+        )
         write_npy(store, "lut/heldout.npy", held)
         write_json(store, "lut/retrieval.json", {"rows": []})
         write_json(store, "lut/run.json", {"stage": "lut", "digest": "d1"})

@@ -44,7 +44,11 @@ def test_examples_are_the_most_confident_mistakes_and_a_spread_of_correct_ones()
     ok, bad = class_examples(rows, 4)["a"]
     assert [r["crop_key"] for r in ok] == ["k0", "k3", "k6", "k9"]  # least to most confident, evenly spaced
     assert [r["crop_key"] for r in bad] == ["w1", "w2", "w0"]
-    pairs = [{"true_class": "b", "pred_class": "a"}, {"true_class": "a", "pred_class": "b"}, {"true_class": "a", "pred_class": "c"}]
+    pairs = [
+        {"true_class": "b", "pred_class": "a"},
+        {"true_class": "a", "pred_class": "b"},
+        {"true_class": "a", "pred_class": "c"},
+    ]
     got = confusion_examples(rows, pairs, per_pair=2)
     assert [(p["true_class"], [r["crop_key"] for r in rs]) for p, rs in got] == [("b", ["x"]), ("a", ["w1", "w2"])]
 
@@ -56,7 +60,10 @@ def test_thumbnails_are_small_jpegs_and_unreadable_crops_are_dropped(tmp_path):
     small = Image.open(io.BytesIO(thumbnail(raw)))
     assert small.format == "JPEG" and max(small.size) == 96 and small.size[0] > small.size[1]  # aspect kept
     store.write_bytes("crop/crops/broken.png", b"not an image")
-    got = load_thumbnails(store, [Thumb(key, "ok", 1), Thumb("crop/crops/broken.png", "bad", 1), Thumb("crop/crops/missing.png", "gone", 1)])
+    got = load_thumbnails(
+        store,
+        [Thumb(key, "ok", 1), Thumb("crop/crops/broken.png", "bad", 1), Thumb("crop/crops/missing.png", "gone", 1)],
+    )
     assert [t.caption for t in got] == ["ok"] and got[0].data
 
 
@@ -81,7 +88,12 @@ def test_report_shows_pictures_and_neighbours(tmp_path):
     keys = write_report(store, "report")
     html = store.read_bytes("report/report.html").decode()
     assert keys["pictures_left_out"] == 0 and keys["html_bytes"] == len(html.encode())
-    for text in ("The crops behind the worst confusions", "Wrong test crops and their nearest gallery neighbours", "Examples per class", "sim 0."):
+    for text in (
+        "The crops behind the worst confusions",
+        "Wrong test crops and their nearest gallery neighbours",
+        "Examples per class",
+        "sim 0.",
+    ):
         assert text in html, text
     assert "diatom &lt;chain&gt;" in html and "diatom <chain>" not in html
     thumbs = re.findall(r'src="data:image/jpeg;base64,', html)

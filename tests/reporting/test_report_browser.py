@@ -41,19 +41,31 @@ window.addEventListener("load", function () {
 
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path, "chromium not found: install Debian's chromium package (apt-get install chromium; scripts/tools.sh does)"
+    assert path, (
+        "chromium not found: install Debian's chromium package (apt-get install chromium; scripts/tools.sh does)"
+    )
     return path
 
 
 def open_in_chromium(html_path, tmp_path) -> dict:
     page = tmp_path / "check.html"
     page.write_text(html_path.read_text().replace("</body>", CHECK + "</body>"))
-    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--virtual-time-budget=10000"]
+    cmd = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--virtual-time-budget=10000",
+    ]
     cmd += [f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     found = re.search(r'<pre id="report-check">(.*?)</pre>', done.stdout, re.S)
     assert found, f"chromium did not run the check (exit {done.returncode}): {done.stderr[-2000:]}"
-    return json.loads(found.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    return json.loads(
+        found.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    )
 
 
 @pytest.mark.parametrize("max_mb", [50.0, 0.08])

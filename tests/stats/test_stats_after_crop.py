@@ -12,7 +12,10 @@ from plankton_core.tables import read_parquet
 
 def test_stats_on_real_crop_outputs(root_uri, run_cli, tmp_path):
     images = str(tmp_path / "images") if not root_uri.startswith("s3://") else root_uri.replace("/pipeline", "/images")
-    assert run_cli("synth", "--out", images, "--classes", 3, "--per-class", 14, "--mode", "both", "--seed", 2).exit_code == 0
+    assert (
+        run_cli("synth", "--out", images, "--classes", 3, "--per-class", 14, "--mode", "both", "--seed", 2).exit_code
+        == 0
+    )
     crop = run_cli("crop", "--root", root_uri, "--input", images, "--workers", 1)
     assert crop.exit_code == 0, crop.output
     result = run_cli("stats", "--root", root_uri, "--size", 32, "--seed", 5)
@@ -27,7 +30,9 @@ def test_stats_on_real_crop_outputs(root_uri, run_cli, tmp_path):
     for row in splits.to_pylist():
         split_of.setdefault(row["source_key"], set()).add(row["split"])
     assert all(len(s) == 1 for s in split_of.values())
-    assert any(n > 1 for n in pc.value_counts(kept.column("source_key")).field("counts").to_pylist())  # multi-object frames were grouped
+    assert any(
+        n > 1 for n in pc.value_counts(kept.column("source_key")).field("counts").to_pylist()
+    )  # multi-object frames were grouped
 
     mean, std, size = load_normalisation(store)
     train = load_splits(store, "train").column("crop_key").to_pylist()

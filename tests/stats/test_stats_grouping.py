@@ -56,7 +56,9 @@ def _with_ids(store, sample_of, acq=True):
     sources = table.column("source_key").to_pylist()
     table = table.append_column("sample_id", pa.array([sample_of(s) for s in sources], pa.string()))
     if acq:
-        table = table.append_column("acq_id", pa.array([f"{sample_of(s)}_a" if sample_of(s) else None for s in sources], pa.string()))
+        table = table.append_column(
+            "acq_id", pa.array([f"{sample_of(s)}_a" if sample_of(s) else None for s in sources], pa.string())
+        )
     write_parquet(store, "crop/manifest.parquet", table)
 
 
@@ -78,7 +80,9 @@ def test_stage_groups_by_sample_when_every_crop_has_one(tmp_path):
     assert set(Counter(r["split"] for r in rows)) == {"train", "val", "test"}
     by_source = run_stage("stats", StatsConfig(size=16, split=(0.5, 0.25, 0.25), group_by="source"), store)
     assert by_source.counts["group_by"] == "source"
-    assert {r["group"] for r in read_parquet(store, "stats/splits.parquet").to_pylist()} == {r["source_key"] for r in rows}
+    assert {r["group"] for r in read_parquet(store, "stats/splits.parquet").to_pylist()} == {
+        r["source_key"] for r in rows
+    }
     by_acq = run_stage("stats", StatsConfig(size=16, split=(0.5, 0.25, 0.25), group_by="acquisition"), store)
     assert by_acq.counts["group_by"] == "acquisition"
 

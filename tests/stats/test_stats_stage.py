@@ -32,7 +32,14 @@ def test_stage_writes_splits_classes_and_exact_stats(root_uri):
     store = make_crop_root(root_uri, SPEC)
     result = run_stage("stats", StatsConfig(size=SIZE, seed=3), store)
     assert not result.up_to_date
-    for key in ("stats/splits.parquet", "stats/classes.json", "stats/stats.json", "stats/run.json", "stats/_SUCCESS", "stats/metrics.prom"):
+    for key in (
+        "stats/splits.parquet",
+        "stats/classes.json",
+        "stats/stats.json",
+        "stats/run.json",
+        "stats/_SUCCESS",
+        "stats/metrics.prom",
+    ):
         assert store.exists(key), key
 
     splits = load_splits(store)
@@ -102,7 +109,9 @@ def test_rerun_is_up_to_date_and_force_or_new_config_redoes(tmp_path):
     assert again.up_to_date and again.counts == json.loads(json.dumps(first.counts))
     assert not run_stage("stats", StatsConfig(size=SIZE), store, force=True).up_to_date
     assert load_splits(store).to_pylist() == splits_before  # deterministic for a seed
-    assert run_stage("stats", StatsConfig(size=SIZE, workers=3, cache=False), store).up_to_date  # workers and cache do not change outputs
+    assert run_stage(
+        "stats", StatsConfig(size=SIZE, workers=3, cache=False), store
+    ).up_to_date  # workers and cache do not change outputs
     assert not run_stage("stats", StatsConfig(size=SIZE, seed=1), store).up_to_date
     assert load_splits(store).to_pylist() != splits_before
 
@@ -165,7 +174,11 @@ def test_cli_invalid_split_fractions_exit_2(tmp_path, run_cli, split, message):
 def test_cli_no_kept_crops_exit_2(root_uri, run_cli):
     store = make_crop_root(root_uri, {"disc": [1] * 8}, write_crops=False)
     table = kept_rows(store)
-    write_parquet(store, "crop/manifest.parquet", table.set_column(table.column_names.index("status"), "status", pa.array(["edge"] * table.num_rows)))
+    write_parquet(
+        store,
+        "crop/manifest.parquet",
+        table.set_column(table.column_names.index("status"), "status", pa.array(["edge"] * table.num_rows)),
+    )
     result = run_cli("stats", "--root", root_uri)
     assert result.exit_code == 2
     assert "plankton stats: error: no kept crops in" in result.stderr and "nothing to split" in result.stderr

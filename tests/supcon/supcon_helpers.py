@@ -19,11 +19,28 @@ torch.set_num_threads(2)
 
 def small_cfg(**changes) -> SupConConfig:
     """test_resnet on the CPU, deterministic, no prefetch threads: fast and reproducible."""
-    base = SupConConfig(model="test_resnet", epochs=3, batch_size=12, base_lr=1.0, save_every=1, device="cpu", workers=0, deterministic=True)
+    base = SupConConfig(
+        model="test_resnet",
+        epochs=3,
+        batch_size=12,
+        base_lr=1.0,
+        save_every=1,
+        device="cpu",
+        workers=0,
+        deterministic=True,
+    )
     return dataclasses.replace(base, **changes)
 
 
-CLI_DEFAULTS = {"model": "test_resnet", "epochs": 2, "batch-size": 12, "base-lr": 1.0, "save-every": 1, "device": "cpu", "workers": 0}
+CLI_DEFAULTS = {
+    "model": "test_resnet",
+    "epochs": 2,
+    "batch-size": 12,
+    "base-lr": 1.0,
+    "save-every": 1,
+    "device": "cpu",
+    "workers": 0,
+}
 
 
 def cli_args(root: str, **options) -> list[str]:
@@ -53,7 +70,9 @@ def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
     assert_same_parts(a, b, ("model", "head"), atol=atol)
 
 
-def one_nn_accuracy(train_feats: np.ndarray, train_labels: np.ndarray, val_feats: np.ndarray, val_labels: np.ndarray) -> float:
+def one_nn_accuracy(
+    train_feats: np.ndarray, train_labels: np.ndarray, val_feats: np.ndarray, val_labels: np.ndarray
+) -> float:
     """Cosine 1-nearest-neighbour accuracy, written out plainly."""
     a = train_feats / np.linalg.norm(train_feats, axis=1, keepdims=True)
     b = val_feats / np.linalg.norm(val_feats, axis=1, keepdims=True)

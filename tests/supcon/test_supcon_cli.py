@@ -36,7 +36,18 @@ def test_outputs_checkpoint_contract_and_rerun_rules(root_uri, run_cli):
         assert r["images_per_s"] > 0 and 0 <= r["data_wait_fraction"] <= 1
     assert [name for name, _ in list_checkpoints(store)] == ["epoch_0001", "epoch_0002", "last"]
     ckpt = load_checkpoint(store, "supcon/ckpt/last.pt")
-    assert {"model", "head", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config", "feature_dim"} <= ckpt.keys()
+    assert {
+        "model",
+        "head",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "step",
+        "rng",
+        "config",
+        "feature_dim",
+    } <= ckpt.keys()
     assert (ckpt["epoch"], ckpt["feature_dim"]) == (2, 96)
     cfg = ckpt["config"]
     stats = json.loads(store.read_bytes("stats/stats.json"))
@@ -48,7 +59,13 @@ def test_outputs_checkpoint_contract_and_rerun_rules(root_uri, run_cli):
         assert model.encode(torch.zeros(2, 3, 32, 32)).shape == (2, 96)
         assert torch.allclose(model(torch.zeros(2, 3, 32, 32)).norm(dim=1), torch.ones(2))
     prom = store.read_bytes("supcon/metrics.prom").decode()
-    for name in ("supcon_loss", "supcon_epoch", "supcon_images_per_second", "supcon_learning_rate", "supcon_data_wait_fraction"):
+    for name in (
+        "supcon_loss",
+        "supcon_epoch",
+        "supcon_images_per_second",
+        "supcon_learning_rate",
+        "supcon_data_wait_fraction",
+    ):
         assert f'plankton_{name}{{stage="supcon"}}' in prom
 
     again = run_cli(*cli_args(root_uri, resume="never"))  # resume is not part of the digest
@@ -83,7 +100,10 @@ def test_gauges_are_pushed_every_epoch(tmp_path, run_cli, pushgateway):
     assert len(epoch_pushes) >= 3
     for i, body in enumerate(epoch_pushes[:3], 1):
         assert f'plankton_supcon_epoch{{stage="supcon"}} {float(i)}' in body
-        assert 'plankton_supcon_loss{stage="supcon"}' in body and 'plankton_supcon_images_per_second{stage="supcon"}' in body
+        assert (
+            'plankton_supcon_loss{stage="supcon"}' in body
+            and 'plankton_supcon_images_per_second{stage="supcon"}' in body
+        )
     assert not (tmp_path / "root" / "supcon" / "metrics.prom").exists()  # pushed instead
     assert set(GAUGES) >= {"supcon_loss", "supcon_epoch", "supcon_images_per_second"}
 
@@ -151,7 +171,10 @@ def test_checkpoints_cannot_run_code_and_corrupt_ones_are_refused(stats_root, tm
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"PK\x03\x04 not really a checkpoint")
     result = run_cli(*cli_args(stats_root, resume=str(broken)))
-    assert result.exit_code == EXIT_BAD_INPUT and f"checkpoint file://{tmp_path}/broken.pt is corrupt or unsafe" in result.stderr
+    assert (
+        result.exit_code == EXIT_BAD_INPUT
+        and f"checkpoint file://{tmp_path}/broken.pt is corrupt or unsafe" in result.stderr
+    )
 
 
 def test_sigterm_to_the_process_saves_and_exits_75(stats_root, tmp_path):

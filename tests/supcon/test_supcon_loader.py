@@ -45,7 +45,12 @@ def test_ranks_split_each_global_batch_in_order():
     array, labels = fake_cache(24)
     plan = EpochPlan(24, 6, seed=1)
     whole = [rows_of(b) for b in CachedBatchLoader(array, labels, plan, prefetch=0).epoch(0)]
-    parts = [[rows_of(b) for b in CachedBatchLoader(array, labels, plan, rank=r, world=2, prefetch=2).epoch(0)] for r in range(2)]
+    parts = [
+        [rows_of(b) for b in CachedBatchLoader(array, labels, plan, rank=r, world=2, prefetch=2).epoch(0)]
+        for r in range(2)
+    ]
     assert [a + b for a, b in zip(*parts)] == whole
     b1 = next(iter(CachedBatchLoader(array, labels, plan, rank=1, world=2, prefetch=0).epoch(0)))
-    assert b1.global_labels.tolist() == [r % 3 for r in whole[0]] and b1.labels.tolist() == b1.global_labels.tolist()[3:]
+    assert (
+        b1.global_labels.tolist() == [r % 3 for r in whole[0]] and b1.labels.tolist() == b1.global_labels.tolist()[3:]
+    )

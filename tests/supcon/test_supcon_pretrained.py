@@ -42,7 +42,8 @@ def test_supcontrast_checkpoint_with_options_namespace_and_prefixes(tmp_path):
     state["head.0.weight"] = torch.zeros(96, 96)
     state["head.2.weight"] = torch.zeros(128, 96)
     torch.save(
-        {"opt": argparse.Namespace(batch_size=32, learning_rate=0.016), "model": state, "optimizer": {}, "epoch": 1000}, tmp_path / "ckpt_epoch_1000.pth"
+        {"opt": argparse.Namespace(batch_size=32, learning_rate=0.016), "model": state, "optimizer": {}, "epoch": 1000},
+        tmp_path / "ckpt_epoch_1000.pth",
     )
     model = create_model("test_resnet", pretrained_state=load_pretrained_state(str(tmp_path / "ckpt_epoch_1000.pth")))
     assert_backbone_is(model, src)
@@ -52,11 +53,19 @@ def test_plankton_checkpoint_and_ddp_state_dict(tmp_path):
     src = source_backbone()
     store = open_store(str(tmp_path))
     save_checkpoint(
-        store, "a.pt", {"model": {k: v for k, v in src.state_dict().items() if not k.startswith("fc.")}, "head": {}, "config": {"model": "test_resnet"}}
+        store,
+        "a.pt",
+        {
+            "model": {k: v for k, v in src.state_dict().items() if not k.startswith("fc.")},
+            "head": {},
+            "config": {"model": "test_resnet"},
+        },
     )
     assert_backbone_is(create_model("test_resnet", pretrained_state=load_pretrained_state(str(tmp_path / "a.pt"))), src)
     torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "ddp.pt")
-    assert_backbone_is(create_model("test_resnet", pretrained_state=load_pretrained_state(f"file://{tmp_path}/ddp.pt")), src)
+    assert_backbone_is(
+        create_model("test_resnet", pretrained_state=load_pretrained_state(f"file://{tmp_path}/ddp.pt")), src
+    )
 
 
 def test_weights_of_another_network_are_refused(tmp_path):

@@ -13,11 +13,23 @@ from pipeline_fixtures import make_stats_root
 
 from plankton_core.augment import AugmentSpec, view_params
 from plankton_core.checkpoint import load_checkpoint
-from plankton_core.colour import SUPCONTRAST_GRAYSCALE_P, SUPCONTRAST_JITTER, SUPCONTRAST_JITTER_P, ColourParams, apply_colour, sample_colour
+from plankton_core.colour import (
+    SUPCONTRAST_GRAYSCALE_P,
+    SUPCONTRAST_JITTER,
+    SUPCONTRAST_JITTER_P,
+    ColourParams,
+    apply_colour,
+    sample_colour,
+)
 from plankton_core.embedding import load_embedder
 from plankton_core.evaluate.config import EvaluateConfig
 from plankton_core.stage import run_stage
-from plankton_core.supcon.config import SUPCONTRAST_WARM_BATCH, SUPCONTRAST_WARM_EPOCHS, SUPCONTRAST_WARMUP_FROM, SupConConfig
+from plankton_core.supcon.config import (
+    SUPCONTRAST_WARM_BATCH,
+    SUPCONTRAST_WARM_EPOCHS,
+    SUPCONTRAST_WARMUP_FROM,
+    SupConConfig,
+)
 from plankton_core.sweep.config import SweepConfig
 from plankton_core.tables import read_json
 from plankton_core.training.schedule import supcontrast_lr, supcontrast_schedule
@@ -30,7 +42,14 @@ def test_recipe_parameters_are_what_the_readme_says():
     assert SupConConfig().crop_scale_min == 0.2
     assert (SUPCONTRAST_WARM_BATCH, SUPCONTRAST_WARM_EPOCHS, SUPCONTRAST_WARMUP_FROM) == (256, 10, 0.01)
     text = README.read_text()
-    for phrase in ("RandomResizedCrop(scale=(0.2, 1))", "ColorJitter(0.4, 0.4, 0.4, 0.1)", "p=0.8", "RandomGrayscale(p=0.2)", "Resize(256)", "CenterCrop(224)"):
+    for phrase in (
+        "RandomResizedCrop(scale=(0.2, 1))",
+        "ColorJitter(0.4, 0.4, 0.4, 0.1)",
+        "p=0.8",
+        "RandomGrayscale(p=0.2)",
+        "Resize(256)",
+        "CenterCrop(224)",
+    ):
         assert phrase in text, phrase
     assert re.search(r"warm-up \(10 epochs, per step\s+from lr 0\.01\) only when the batch is over 256", text)
     # the drawn parameters: horizontal flips only, jitter applied ~80%, greyscale ~20%, factors in range
@@ -97,7 +116,16 @@ def test_supcontrast_schedule_equals_their_formula(batch):
         sched.step()
     assert np.allclose(got, ref, rtol=1e-12)
     assert supcontrast_lr(45, cfg.lr(), 30, 4, cfg.warmup(), 0.01, 0.001) == pytest.approx(ref[45])
-    resumed = supcontrast_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), cfg.lr(), 30, 4, cfg.warmup(), 0.01, 0.001, start_step=45)
+    resumed = supcontrast_schedule(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+        cfg.lr(),
+        30,
+        4,
+        cfg.warmup(),
+        0.01,
+        0.001,
+        start_step=45,
+    )
     assert resumed.get_last_lr()[0] == pytest.approx(ref[45])
 
 

@@ -105,7 +105,13 @@ def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
     assert f"skipping unreadable checkpoint {LAST}" in notes
     assert "resumed from supcon/ckpt/epoch_0002.pt (epoch 2, step 6)" in notes
     assert_same_weights(final_state(store), final_state(reference))
-    assert [name for name, _ in list_checkpoints(store)] == ["epoch_0001", "epoch_0002", "epoch_0003", "epoch_0004", "last"]
+    assert [name for name, _ in list_checkpoints(store)] == [
+        "epoch_0001",
+        "epoch_0002",
+        "epoch_0003",
+        "epoch_0004",
+        "last",
+    ]
 
 
 def test_finished_run_with_an_unreadable_last_checkpoint_gets_it_back(tmp_path):

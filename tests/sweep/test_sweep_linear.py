@@ -76,7 +76,15 @@ def reference_training(tx, ty, vx, vy, n_classes, p: HeadParams):
 def test_training_matches_a_plain_numpy_reference(standardize, weight_decay):
     tx, ty = blobs(20, 3, 6, seed=1, spread=2.5)
     vx, vy = blobs(10, 3, 6, seed=1, spread=2.5)
-    p = HeadParams(epochs=4, batch_size=16, lr=0.05 if not standardize else 0.25, momentum=0.9, weight_decay=weight_decay, standardize=standardize, seed=3)
+    p = HeadParams(
+        epochs=4,
+        batch_size=16,
+        lr=0.05 if not standardize else 0.25,
+        momentum=0.9,
+        weight_decay=weight_decay,
+        standardize=standardize,
+        seed=3,
+    )
     got = train_head_on_features(tx, ty, vx, vy, 3, p)
     history, best_epoch, w, b = reference_training(tx, ty, vx, vy, 3, p)
     assert got.val_acc_per_epoch == pytest.approx(history)

@@ -30,7 +30,12 @@ def test_spec_selects(spec, expected):
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("999", "no checkpoint for epoch 999"), ("1000:1100", "no checkpoint in that range"), ("seven", "cannot read 'seven'"), (",", "selects nothing")],
+    [
+        ("999", "no checkpoint for epoch 999"),
+        ("1000:1100", "no checkpoint in that range"),
+        ("seven", "cannot read 'seven'"),
+        (",", "selects nothing"),
+    ],
 )
 def test_bad_specs_are_named(spec, message):
     with pytest.raises(BadInputError, match=message):
@@ -47,11 +52,19 @@ def row(name, epoch, acc, f1):
 
 
 def test_rule_highest_accuracy_first():
-    assert choose_best([row("epoch_0700", 700, 0.90, 0.99), row("epoch_0800", 800, 0.91, 0.50)])["checkpoint"] == "epoch_0800"
+    assert (
+        choose_best([row("epoch_0700", 700, 0.90, 0.99), row("epoch_0800", 800, 0.91, 0.50)])["checkpoint"]
+        == "epoch_0800"
+    )
 
 
 def test_rule_ties_go_to_macro_f1_then_later_epoch_then_numbered_over_last():
-    rows = [row("epoch_0700", 700, 0.9, 0.80), row("epoch_0800", 800, 0.9, 0.85), row("epoch_0900", 900, 0.9, 0.85), row("last", 900, 0.9, 0.85)]
+    rows = [
+        row("epoch_0700", 700, 0.9, 0.80),
+        row("epoch_0800", 800, 0.9, 0.85),
+        row("epoch_0900", 900, 0.9, 0.85),
+        row("last", 900, 0.9, 0.85),
+    ]
     assert choose_best(rows)["checkpoint"] == "epoch_0900"
     assert choose_best(rows[:2])["checkpoint"] == "epoch_0800"
     assert choose_best([row("last", 900, 0.9, 0.85), row("epoch_0800", 800, 0.9, 0.85)])["checkpoint"] == "last"
@@ -62,7 +75,13 @@ def test_rule_ties_go_to_macro_f1_then_later_epoch_then_numbered_over_last():
 
 def rule_row(name, epoch, **by):
     """A sweep row with per-rule val scores: by={rule: (acc, bal, f1)}."""
-    out = {"checkpoint": name, "epoch": epoch, "checkpoint_key": f"supcon/ckpt/{name}.pt", "head_key": f"sweep/heads/{name}.pt", "best_head_epoch": 1}
+    out = {
+        "checkpoint": name,
+        "epoch": epoch,
+        "checkpoint_key": f"supcon/ckpt/{name}.pt",
+        "head_key": f"sweep/heads/{name}.pt",
+        "best_head_epoch": 1,
+    }
     for rule, (acc, bal, f1) in by.items():
         out |= {
             f"by_{rule}_val_accuracy": acc,
@@ -77,8 +96,20 @@ def rule_row(name, epoch, **by):
 
 def test_each_rule_chooses_by_its_own_score():
     # a checkpoint that is best overall but loses the rare class, and one that keeps it
-    common = rule_row("epoch_0700", 700, accuracy=(0.95, 0.70, 0.72), balanced_accuracy=(0.93, 0.80, 0.78), macro_f1=(0.94, 0.75, 0.80))
-    rare = rule_row("epoch_0800", 800, accuracy=(0.94, 0.90, 0.85), balanced_accuracy=(0.92, 0.93, 0.86), macro_f1=(0.93, 0.91, 0.88))
+    common = rule_row(
+        "epoch_0700",
+        700,
+        accuracy=(0.95, 0.70, 0.72),
+        balanced_accuracy=(0.93, 0.80, 0.78),
+        macro_f1=(0.94, 0.75, 0.80),
+    )
+    rare = rule_row(
+        "epoch_0800",
+        800,
+        accuracy=(0.94, 0.90, 0.85),
+        balanced_accuracy=(0.92, 0.93, 0.86),
+        macro_f1=(0.93, 0.91, 0.88),
+    )
     rows = [common, rare]
     assert choose_best(rows)["checkpoint"] == "epoch_0700"
     assert choose_best(rows, "balanced_accuracy")["checkpoint"] == "epoch_0800"
@@ -101,9 +132,15 @@ def test_each_rule_chooses_by_its_own_score():
 
 
 def test_rule_ties_go_to_accuracy_then_f1_at_that_rules_epoch():
-    a = rule_row("epoch_0700", 700, accuracy=(0.9, 0.8, 0.8), balanced_accuracy=(0.90, 0.85, 0.80), macro_f1=(0.9, 0.8, 0.8))
-    b = rule_row("epoch_0800", 800, accuracy=(0.9, 0.8, 0.8), balanced_accuracy=(0.91, 0.85, 0.70), macro_f1=(0.9, 0.8, 0.8))
-    assert choose_best([a, b], "balanced_accuracy")["checkpoint"] == "epoch_0800"  # equal balanced accuracy, higher accuracy
+    a = rule_row(
+        "epoch_0700", 700, accuracy=(0.9, 0.8, 0.8), balanced_accuracy=(0.90, 0.85, 0.80), macro_f1=(0.9, 0.8, 0.8)
+    )
+    b = rule_row(
+        "epoch_0800", 800, accuracy=(0.9, 0.8, 0.8), balanced_accuracy=(0.91, 0.85, 0.70), macro_f1=(0.9, 0.8, 0.8)
+    )
+    assert (
+        choose_best([a, b], "balanced_accuracy")["checkpoint"] == "epoch_0800"
+    )  # equal balanced accuracy, higher accuracy
 
 
 class FixedHead(torch.nn.Module):

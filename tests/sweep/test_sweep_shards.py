@@ -25,7 +25,12 @@ def test_flags_win_over_environment():
 @pytest.mark.parametrize(
     "index, count, env, message",
     [
-        (None, None, {"JOB_COMPLETION_INDEX": "3"}, r"shard index 3 is out of range for 1 shard\(s\) \(set --num-shards or \$NUM_SHARDS"),
+        (
+            None,
+            None,
+            {"JOB_COMPLETION_INDEX": "3"},
+            r"shard index 3 is out of range for 1 shard\(s\) \(set --num-shards or \$NUM_SHARDS",
+        ),
         (4, 4, {}, "shard index 4 is out of range for 4"),
         (None, None, {"JOB_COMPLETION_INDEX": "x", "NUM_SHARDS": "2"}, "JOB_COMPLETION_INDEX='x' is not an integer"),
         (None, 0, {}, "at least 1"),

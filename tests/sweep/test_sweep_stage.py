@@ -35,7 +35,14 @@ def test_sweep_writes_features_heads_table_plot_and_selection(root_uri, run_cli)
 
     sweep = parquet(store, "sweep/sweep.parquet").to_pylist()
     assert [r["checkpoint"] for r in sweep] == CHECKPOINTS
-    assert list(parquet(store, "sweep/sweep.parquet").column_names[:6]) == ["checkpoint", "epoch", "val_acc", "val_macro_f1", "best_head_epoch", "seconds"]
+    assert list(parquet(store, "sweep/sweep.parquet").column_names[:6]) == [
+        "checkpoint",
+        "epoch",
+        "val_acc",
+        "val_macro_f1",
+        "best_head_epoch",
+        "seconds",
+    ]
     assert [r["epoch"] for r in sweep] == [2, 4, 6, 6]
     assert all(1 <= r["best_head_epoch"] <= 12 and 0 <= r["val_acc"] <= 1 for r in sweep)
 
@@ -48,7 +55,9 @@ def test_sweep_writes_features_heads_table_plot_and_selection(root_uri, run_cli)
     feats = np.load(io.BytesIO(store.read_bytes("sweep/features/epoch_0004/val.npy")))
     ckpt = load_checkpoint(store, "supcon/ckpt/epoch_0004.pt")
     model = model_from_checkpoint(ckpt)
-    direct = extract_features(model, ImageCache.build(store, keys, 32), ckpt["config"]["mean"], ckpt["config"]["std"], device="cpu")
+    direct = extract_features(
+        model, ImageCache.build(store, keys, 32), ckpt["config"]["mean"], ckpt["config"]["std"], device="cpu"
+    )
     np.testing.assert_allclose(feats, direct, rtol=1e-5, atol=1e-5)
     assert feats.shape == (len(keys), model.feature_dim)
 
@@ -62,7 +71,17 @@ def test_sweep_writes_features_heads_table_plot_and_selection(root_uri, run_cli)
     # selection: the rule's maximum over the table, with the fields downstream stages read
     selection = json.loads(store.read_bytes("sweep/selection.json"))
     best = max(sweep, key=selection_key)
-    for key in ("checkpoint", "checkpoint_key", "epoch", "head_key", "feature_dim", "model", "val_acc", "val_macro_f1", "best_head_epoch"):
+    for key in (
+        "checkpoint",
+        "checkpoint_key",
+        "epoch",
+        "head_key",
+        "feature_dim",
+        "model",
+        "val_acc",
+        "val_macro_f1",
+        "best_head_epoch",
+    ):
         assert selection[key] == best[key], key
     assert selection["checkpoint_key"] == f"supcon/ckpt/{best['checkpoint']}.pt" and selection["model"] == "test_resnet"
 
@@ -80,7 +99,11 @@ def test_checkpoint_range_and_reuse_of_finished_heads(tmp_path, run_cli):
     root = str(tmp_path / "root")
     store = make_supcon_root(root)
     assert run_cli("linear-sweep", "--root", root, "--checkpoints", "4:", *HEAD).exit_code == 0
-    assert [r["checkpoint"] for r in parquet(store, "sweep/sweep.parquet").to_pylist()] == ["epoch_0004", "epoch_0006", "last"]
+    assert [r["checkpoint"] for r in parquet(store, "sweep/sweep.parquet").to_pylist()] == [
+        "epoch_0004",
+        "epoch_0006",
+        "last",
+    ]
     before = parquet(store, "sweep/sweep.parquet").to_pylist()
     # widening the list trains only the new checkpoint; the others' heads are reused as they were
     assert run_cli("linear-sweep", "--root", root, "--checkpoints", "all", *HEAD).exit_code == 0
@@ -131,7 +154,10 @@ def test_shards_then_merge_equal_one_unsharded_run(root_uri, run_cli, tmp_path):
     for name in CHECKPOINTS:
         for key in ("epoch", "val_acc", "val_macro_f1", "best_head_epoch"):
             assert sharded[name][key] == pytest.approx(whole[name][key]), (name, key)
-    assert json.loads(store.read_bytes("sweep/selection.json"))["checkpoint"] == json.loads(whole_store.read_bytes("sweep/selection.json"))["checkpoint"]
+    assert (
+        json.loads(store.read_bytes("sweep/selection.json"))["checkpoint"]
+        == json.loads(whole_store.read_bytes("sweep/selection.json"))["checkpoint"]
+    )
     # the merged sweep counts as up to date for a rerun of the shards with the same settings
     rerun = run_cli("linear-sweep", "--root", root_uri, *HEAD, env={**env, "JOB_COMPLETION_INDEX": "1"})
     assert rerun.exit_code == 0 and "up to date" in rerun.stdout
@@ -142,13 +168,19 @@ def test_missing_checkpoint_is_bad_input(tmp_path, run_cli):
     make_supcon_root(root, epochs=(2, 4), last=False)
     result = run_cli("linear-sweep", "--root", root, "--checkpoints", "2,9")
     assert result.exit_code == 2
-    assert "plankton linear-sweep: error: --checkpoints: no checkpoint for epoch 9 under supcon/ckpt/ (have epochs 2, 4)" in result.stderr
+    assert (
+        "plankton linear-sweep: error: --checkpoints: no checkpoint for epoch 9 under supcon/ckpt/ (have epochs 2, 4)"
+        in result.stderr
+    )
 
 
 def test_corrupt_checkpoint_is_bad_input_and_earlier_results_stay(root_uri, run_cli):
     store = make_supcon_root(root_uri, epochs=(2, 4), last=False)
     assert run_cli("linear-sweep", "--root", root_uri, *HEAD).exit_code == 0
-    kept = {k: store.read_bytes(k) for k in ("sweep/sweep.parquet", "sweep/selection.json", "sweep/features/epoch_0002/train.npy")}
+    kept = {
+        k: store.read_bytes(k)
+        for k in ("sweep/sweep.parquet", "sweep/selection.json", "sweep/features/epoch_0002/train.npy")
+    }
     head = torch.load(io.BytesIO(store.read_bytes("sweep/heads/epoch_0002.pt")), weights_only=True)["state_dict"]
     good = store.read_bytes("supcon/ckpt/epoch_0004.pt")
     store.write_bytes("supcon/ckpt/epoch_0004.pt", good[: len(good) // 3])
@@ -188,8 +220,14 @@ def test_select_by_records_every_rules_choice_and_its_head(tmp_path, run_cli):
     assert result.exit_code == 0, result.output
     assert "chosen by val balanced_accuracy" in result.stdout
     sel = json.loads(store.read_bytes("sweep/selection.json"))
-    assert sel["select_by"] == "balanced_accuracy" and set(sel["by_rule"]) == {"accuracy", "balanced_accuracy", "macro_f1"}
-    assert sel["head_key"] == sel["by_rule"]["balanced_accuracy"]["head_key"] and sel["head_key"].endswith(".balanced_accuracy.pt")
+    assert sel["select_by"] == "balanced_accuracy" and set(sel["by_rule"]) == {
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+    }
+    assert sel["head_key"] == sel["by_rule"]["balanced_accuracy"]["head_key"] and sel["head_key"].endswith(
+        ".balanced_accuracy.pt"
+    )
     sweep = parquet(store, "sweep/sweep.parquet").to_pylist()
     val_y = np.asarray(load_splits(store, "val").column("label"))
     for r in sweep:
@@ -204,7 +242,10 @@ def test_select_by_records_every_rules_choice_and_its_head(tmp_path, run_cli):
             assert r[f"by_{rule}_val_{rule}"] == pytest.approx(max(per_epoch))
             assert r[f"by_{rule}_head_epoch"] == 1 + per_epoch.index(max(per_epoch))
     best = max(sweep, key=lambda r: r["by_balanced_accuracy_val_balanced_accuracy"])
-    assert sel["by_rule"]["balanced_accuracy"]["val_balanced_accuracy"] == best["by_balanced_accuracy_val_balanced_accuracy"]
+    assert (
+        sel["by_rule"]["balanced_accuracy"]["val_balanced_accuracy"]
+        == best["by_balanced_accuracy_val_balanced_accuracy"]
+    )
     assert "| balanced_accuracy |" in store.read_bytes("sweep/sweep.md").decode()
 
     # another rule: new selection (not "up to date"), the heads reused

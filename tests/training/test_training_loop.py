@@ -40,14 +40,18 @@ def test_one_epoch_equals_the_plain_loop_and_steps_the_schedule_per_step():
     assert stats.loss_sum == pytest.approx(sum(ref_losses), rel=1e-6)
     assert (stats.epoch, stats.steps, stats.next_step, stats.interrupted) == (0, STEPS, STEPS, False)
     assert scheduler.last_epoch == STEPS
-    assert stats.lr == pytest.approx(0.05 * (1 + torch.cos(torch.tensor(torch.pi * 1 / 10)).item()) / 2)  # the 4th step's lr
+    assert stats.lr == pytest.approx(
+        0.05 * (1 + torch.cos(torch.tensor(torch.pi * 1 / 10)).item()) / 2
+    )  # the 4th step's lr
     assert 0 <= stats.wait_seconds <= stats.seconds
     assert model.training
 
 
 def test_start_mid_epoch_counts_from_there():
     model, optimizer, scheduler = setup()
-    stats = train_one_epoch(model, batches(1, 3), mse, optimizer, scheduler, epoch=1, steps_per_epoch=STEPS, start_step=3)
+    stats = train_one_epoch(
+        model, batches(1, 3), mse, optimizer, scheduler, epoch=1, steps_per_epoch=STEPS, start_step=3
+    )
     assert (stats.steps, stats.next_step) == (1, STEPS)
 
 
@@ -57,7 +61,17 @@ def test_a_stop_request_ends_the_epoch_after_the_current_step_but_not_on_the_las
     stop.request()
     stats = train_one_epoch(model, batches(0), mse, optimizer, scheduler, epoch=0, steps_per_epoch=STEPS, stop=stop)
     assert (stats.steps, stats.next_step, stats.interrupted) == (1, 1, True)
-    last = train_one_epoch(model, batches(0, STEPS - 1), mse, optimizer, scheduler, epoch=0, steps_per_epoch=STEPS, start_step=STEPS - 1, stop=stop)
+    last = train_one_epoch(
+        model,
+        batches(0, STEPS - 1),
+        mse,
+        optimizer,
+        scheduler,
+        epoch=0,
+        steps_per_epoch=STEPS,
+        start_step=STEPS - 1,
+        stop=stop,
+    )
     assert (last.next_step, last.interrupted) == (STEPS, False)  # the epoch is complete: nothing to interrupt
     assert stop.name() == "SIGTERM"
 
@@ -73,7 +87,9 @@ def test_nan_loss_raises_training_diverged(check_every):
         return loss * float("nan") if calls["n"] == 2 else loss
 
     with pytest.raises(TrainingDiverged) as info:
-        train_one_epoch(model, batches(0), diverging, optimizer, scheduler, epoch=4, steps_per_epoch=STEPS, check_every=check_every)
+        train_one_epoch(
+            model, batches(0), diverging, optimizer, scheduler, epoch=4, steps_per_epoch=STEPS, check_every=check_every
+        )
     assert info.value.exit_code == EXIT_BAD_INPUT
     step = 2 if check_every == 1 else STEPS  # checked every step, or at the latest at the end of the epoch
     assert f"loss became NaN or infinite in epoch 5 (by step {step})" in str(info.value)
@@ -84,7 +100,16 @@ def test_nan_loss_raises_training_diverged(check_every):
 def test_nan_message_names_the_stages_learning_rate_flag():
     model, optimizer, scheduler = setup()
     with pytest.raises(TrainingDiverged, match=r"lower the learning rate \(--schedule\) or check the inputs"):
-        train_one_epoch(model, batches(0), lambda m, b: mse(m, b) * float("nan"), optimizer, scheduler, epoch=0, steps_per_epoch=STEPS, lr_option="--schedule")
+        train_one_epoch(
+            model,
+            batches(0),
+            lambda m, b: mse(m, b) * float("nan"),
+            optimizer,
+            scheduler,
+            epoch=0,
+            steps_per_epoch=STEPS,
+            lr_option="--schedule",
+        )
 
 
 def test_epoch_stats_continue_an_interrupted_part():

@@ -51,7 +51,18 @@ def test_fit_writes_checkpoints_metrics_and_gauges(store):
     }
     assert [name for name, _ in list_checkpoints(store, PREFIX)] == ["epoch_0002", "last"]
     ckpt = load_checkpoint(store, LAST)
-    assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config", "epoch_progress", "version", "kind"} <= ckpt.keys()
+    assert {
+        "model",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "step",
+        "rng",
+        "config",
+        "epoch_progress",
+        "version",
+        "kind",
+    } <= ckpt.keys()
     assert (ckpt["epoch"], ckpt["step"], ckpt["kind"], ckpt["epoch_progress"]) == (EPOCHS, EPOCHS * STEPS, "toy", None)
     assert torch.equal(ckpt["model"]["weight"], model.weight.detach())
     lines = rows(store)
@@ -69,7 +80,11 @@ def test_stop_saves_and_the_resumed_run_equals_the_uninterrupted_one(store, refe
     stop = StopRequest()
     with pytest.raises(InterruptedRun) as info:
         fit(store, ResumePoint(), stop=stop, loss_fn=stopping_at(stop, n))
-    assert info.value.exit_code == EXIT_INTERRUPTED and where in str(info.value) and "rerun (the Job retries)" in str(info.value)
+    assert (
+        info.value.exit_code == EXIT_INTERRUPTED
+        and where in str(info.value)
+        and "rerun (the Job retries)" in str(info.value)
+    )
     saved = load_checkpoint(store, LAST)
     assert saved["step"] == n and saved["epoch"] == n // STEPS
     assert (saved["epoch_progress"] is None) == (n % STEPS == 0)
@@ -135,7 +150,9 @@ def test_continuing_with_changed_settings_rebuilds_the_schedule_at_the_saved_ste
     assert counts["steps"] == 4 * STEPS and [r["epoch"] for r in rows(store)] == [1, 2, 3, 4]
     # the 4-epoch schedule from step 8 on, not the 2-epoch one the checkpoint was saved with
     t, span = 4 * STEPS - 1 - STEPS, 3 * STEPS  # the last step, into the cosine after one warm-up epoch
-    assert rows(store)[-1]["lr"] == pytest.approx(0.05 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t / span))), rel=1e-9)
+    assert rows(store)[-1]["lr"] == pytest.approx(
+        0.05 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t / span))), rel=1e-9
+    )
     assert trainer.scheduler.last_epoch == 4 * STEPS
 
 
@@ -145,7 +162,10 @@ def test_a_fresh_start_removes_an_earlier_runs_checkpoints(store):
     trainer = Trainer(ctx, toy_run())
     model = torch.nn.Linear(4, 1)
     trainer.restore(
-        ResumePoint(), {"model": model}, torch.optim.SGD(model.parameters(), lr=0.1), lambda opt, *, start_step: torch.optim.lr_scheduler.ConstantLR(opt, 1.0)
+        ResumePoint(),
+        {"model": model},
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        lambda opt, *, start_step: torch.optim.lr_scheduler.ConstantLR(opt, 1.0),
     )
     assert list_checkpoints(store, PREFIX) == []
     assert "removed 4 checkpoint(s) of an earlier run before starting fresh" in ctx.notes

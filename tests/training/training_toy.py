@@ -64,7 +64,14 @@ def stopping_at(stop: StopRequest, n: int, loss_fn=mse):
 
 
 def fit(
-    store, point: ResumePoint, *, epochs: int = EPOCHS, save_every: int = 1, stop: StopRequest | None = None, loss_fn=mse, ctx: StageContext | None = None
+    store,
+    point: ResumePoint,
+    *,
+    epochs: int = EPOCHS,
+    save_every: int = 1,
+    stop: StopRequest | None = None,
+    loss_fn=mse,
+    ctx: StageContext | None = None,
 ) -> tuple[dict, nn.Module, Trainer]:
     """Build, restore and fit the toy task the way a stage body does."""
     ctx = ctx or context(store)
@@ -80,7 +87,15 @@ def fit(
 
     def run_epoch(epoch: int, start: int) -> EpochStats:
         return train_one_epoch(
-            model, batches(epoch, start), loss_fn, optimizer, scheduler, epoch=epoch, steps_per_epoch=STEPS, start_step=start, stop=trainer.stop
+            model,
+            batches(epoch, start),
+            loss_fn,
+            optimizer,
+            scheduler,
+            epoch=epoch,
+            steps_per_epoch=STEPS,
+            start_step=start,
+            stop=trainer.stop,
         )
 
     counts = trainer.fit(run_epoch)
