@@ -35,10 +35,10 @@ from pipeline_fixtures import make_stats_root  # noqa: E402
 from plankton_core.data import ImageCache, load_normalisation, load_splits  # noqa: E402
 from plankton_core.losses import supcon_loss  # noqa: E402
 from plankton_core.models import create_model  # noqa: E402
-from plankton_core.supcon.augment import TwoViews  # noqa: E402
+from plankton_core.augment import TwoViews  # noqa: E402
 from plankton_core.supcon.config import SupConConfig  # noqa: E402
-from plankton_core.supcon.loader import CachedBatchLoader, EpochPlan  # noqa: E402
-from plankton_core.supcon.train import ContrastiveStep, with_views  # noqa: E402
+from plankton_core.training.loader import CachedBatchLoader, EpochPlan  # noqa: E402
+from plankton_core.supcon.stage import ContrastiveStep, with_views  # noqa: E402
 from plankton_core.training import DistInfo, EpochStats, train_one_epoch, warmup_cosine  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import option, stage_config
-from ..reporting.report import DEFAULT_MAX_MB
+from ..pages.report import DEFAULT_MAX_MB
 
 
 @stage_config

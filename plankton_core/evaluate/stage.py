@@ -38,8 +38,8 @@ from ..embedding import Embedder, load_embedder
 from ..errors import BadInputError
 from ..features import pick_device
 from ..heads import load_head
-from ..reporting.plots import confusion_png, worst_confusions
-from ..reporting.report import write_report
+from ..pages.plots import confusion_png, worst_confusions
+from ..pages.report import write_report
 from ..scoring import classification_metrics, confusion_matrix, metric_intervals, per_class_table
 from ..stage import StageContext
 from ..tables import read_json, write_json, write_parquet

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..reporting.report import finished_lut, write_report
+from ..pages.report import finished_lut, write_report
 from ..stage import StageContext
 from .config import ReportConfig
 

@@ -240,7 +240,7 @@ def test_end_to_end_on_the_s3_server_through_the_cli(s3_root, s3_bucket, run_cli
     )
     assert pred.exit_code == 0, pred.output
     assert open_store(f"s3://{s3_bucket}/pred").exists("detections.parquet")
-    from plankton_core.reporting.detect import detect_blocks
+    from plankton_core.pages.detect import detect_blocks
 
     blocks = detect_blocks(store)
     assert blocks[0] == ("h2", "Detection (test split)") and any(b[0] == "img" for b in blocks)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from plankton_core.reporting.plots import confusion_png, row_normalised, worst_confusions
+from plankton_core.pages.plots import confusion_png, row_normalised, worst_confusions
 from plankton_core.scoring import classification_metrics, confusion_matrix, per_class_table
 
 

@@ -7,7 +7,7 @@ import re
 
 import pyarrow as pa
 
-from plankton_core.reporting.report import finished_lut, write_report
+from plankton_core.pages.report import finished_lut, write_report
 from plankton_core.store import LocalStore
 from plankton_core.tables import write_json, write_parquet
 

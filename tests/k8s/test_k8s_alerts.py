@@ -101,7 +101,7 @@ def test_a_wrong_expectation_fails_promtool(rules_dir):
 
 def produced_metric_names() -> set[str]:
     """Sample names the stages really expose: the common stage metrics plus supcon's gauges."""
-    from plankton_core.supcon.train import GAUGES
+    from plankton_core.supcon.stage import GAUGES
 
     m = StageMetrics("supcon", "r")
     m.count("images", 3)

@@ -11,7 +11,7 @@ from training_helpers import assert_same_parts, checkpoint_state, jsonl_rows, si
 
 from plankton_core.artifacts import SUPCON_CKPT, SUPCON_METRICS
 from plankton_core.stage import StageResult, run_stage
-from plankton_core.supcon import train as supcon_train
+from plankton_core.supcon import stage as supcon_train
 from plankton_core.supcon.config import SupConConfig
 
 torch.set_num_threads(2)

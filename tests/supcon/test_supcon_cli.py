@@ -18,7 +18,7 @@ from supcon_helpers import cli_args, final_state
 from plankton_core.checkpoint import list_checkpoints, load_checkpoint, model_from_checkpoint
 from plankton_core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_UPSTREAM
 from plankton_core.store import open_store
-from plankton_core.supcon.train import GAUGES
+from plankton_core.supcon.stage import GAUGES
 
 REPO = Path(__file__).resolve().parents[2]
 

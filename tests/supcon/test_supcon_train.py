@@ -22,7 +22,7 @@ from plankton_core.data import ImageCache, load_normalisation, load_splits
 from plankton_core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InterruptedRun
 from plankton_core.features import extract_features
 from plankton_core.models import create_model
-from plankton_core.supcon import train as supcon_train
+from plankton_core.supcon import stage as supcon_train
 from plankton_core.training import TrainingDiverged
 
 LAST = f"{SUPCON_CKPT}/last.pt"

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 from report_fixtures import evaluated_store
 
-from plankton_core.reporting.report import write_report
+from plankton_core.pages.report import write_report
 
 CHECK = """<script>
 window.addEventListener("load", function () {

@@ -11,7 +11,7 @@ from typing import Any
 from ..artifacts import DETECT_METRICS, DETECT_PAGE, DETECT_PR
 from ..stage import SUCCESS
 from ..store import Store, join
-from .report import Block, Image, Table
+from .blocks import Block, Image, Table
 
 COCO_NAMES = (
     "AP",

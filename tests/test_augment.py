@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from plankton_core.supcon.augment import ViewParams, augment, identity_params, sample_params, two_view_params
+from plankton_core.augment import ViewParams, augment, identity_params, sample_params, two_view_params
 
 MEAN, STD = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
 
@@ -99,7 +99,7 @@ def test_random_views_differ_and_are_deterministic():
 def test_sampling_grid_equals_affine_grid():
     import torch.nn.functional as F
 
-    from plankton_core.supcon.augment import affine_theta, sampling_grid
+    from plankton_core.augment import affine_theta, sampling_grid
 
     p = sample_params(5, torch.Generator().manual_seed(2))
     theta = affine_theta(p).float()

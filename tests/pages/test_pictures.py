@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from report_fixtures import evaluated_store
 
-from plankton_core.reporting.pictures import (
+from plankton_core.pages.pictures import (
     Thumb,
     class_examples,
     confusion_examples,
@@ -19,7 +19,7 @@ from plankton_core.reporting.pictures import (
     nearest_neighbours,
     thumbnail,
 )
-from plankton_core.reporting.report import write_report
+from plankton_core.pages.report import write_report
 from plankton_core.tables import read_npy, read_parquet
 
 

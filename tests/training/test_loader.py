@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from plankton_core.supcon.loader import CachedBatchLoader, EpochPlan
+from plankton_core.training.loader import CachedBatchLoader, EpochPlan
 
 
 def fake_cache(n: int = 23, size: int = 4) -> tuple[np.ndarray, np.ndarray]:

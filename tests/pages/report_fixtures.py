@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from plankton_core.imageio import encode_png
-from plankton_core.reporting.plots import confusion_png, worst_confusions
+from plankton_core.pages.plots import confusion_png, worst_confusions
 from plankton_core.scoring import classification_metrics, confusion_matrix, metric_intervals, per_class_table
 from plankton_core.store import LocalStore
 from plankton_core.tables import write_json, write_npy, write_parquet
