@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from plankton_core.config import OptionSpec, load_config, option_specs
+from plankton_core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_UPSTREAM
 from plankton_core.stage import Stage, StageResult, run_stage
 from plankton_core.store import open_store
 
@@ -21,14 +22,20 @@ CONTRACT = ("root", "config", "force", "s3_endpoint", "shard_index", "num_shards
 
 
 def stage_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options every stage (and every command reading the pipeline root) has."""
+    """The options every stage has: the root options and --force."""
+    return root_options(fn, force=True)
+
+
+def root_options(fn: Callable[..., Any], force: bool = False) -> Callable[..., Any]:
+    """--root, --config and --s3-endpoint: every command reading the pipeline root (and --force for a stage)."""
     fn = click.option(
         "--s3-endpoint",
         envvar="AWS_ENDPOINT_URL",
         default=None,
         help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).",
     )(fn)
-    fn = click.option("--force", is_flag=True, help="Redo the stage even when its outputs are up to date.")(fn)
+    if force:
+        fn = click.option("--force", is_flag=True, help="Redo the stage even when its outputs are up to date.")(fn)
     fn = click.option(
         "--config", "config", type=click.Path(dir_okay=False), default=None, help="YAML file of options; flags win."
     )(fn)
@@ -139,4 +146,16 @@ def stage_command(stage: Stage) -> click.Command:
     clashes = {s.name for s in option_specs(stage.config)} & set(CONTRACT)
     if clashes:
         raise TypeError(f"stage {stage.name}: options {sorted(clashes)} clash with the contract's own")
-    return click.command(stage.name, help=stage.help + (("\n\n" + stage.epilog) if stage.epilog else ""))(fn)
+    epilog = "\n\n".join(part for part in (stage.epilog, exit_codes(stage)) if part)
+    return click.command(stage.name, help=stage.help + "\n\n" + epilog)(fn)
+
+
+def exit_codes(stage: Stage) -> str:
+    """The exit-code line every stage's --help ends with (the codes of plankton_core.errors)."""
+    upstream = ", ".join(stage.upstream) or "a stage it reads"
+    diverged = " or NaN loss" if stage.distributed else ""  # the training stages stop with exit 2 on a NaN loss
+    return (
+        f"Exit codes: {EXIT_OK} done/up to date, {EXIT_BAD_INPUT} bad input/config{diverged}, "
+        f"{EXIT_UPSTREAM} {upstream} not finished, {EXIT_INTERRUPTED} interrupted or running elsewhere "
+        "(rerun to resume)."
+    )

@@ -56,14 +56,23 @@ def option(
     flag: str | None = None,
     hidden: bool = False,
     metavar: str | None = None,
+    trajectory: bool = False,
 ) -> Any:
     """One option: its default, help line and bounds, declared once.
 
     `digest=False` marks options that do not change the outputs (workers, device…):
     they are left out of the up-to-date digest. `flag` overrides the generated
-    `--option-name`; `hidden` keeps it out of `--help` (still settable).
+    `--option-name`; `hidden` keeps it out of `--help` (still settable). `trajectory=True` marks a
+    training option that decides the trajectory: `--resume auto` only continues a checkpoint whose
+    recorded value matches (`trajectory_fields`).
     """
-    extra: dict[str, JsonValue] = {"digest": digest, "flag": flag, "hidden": hidden, "metavar": metavar}
+    extra: dict[str, JsonValue] = {
+        "digest": digest,
+        "flag": flag,
+        "hidden": hidden,
+        "metavar": metavar,
+        "trajectory": trajectory,
+    }
     return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, json_schema_extra=extra)
 
 
@@ -80,6 +89,7 @@ class OptionSpec:
     hidden: bool
     metavar: str | None
     bounds: dict[str, float]
+    trajectory: bool = False
 
     @property
     def kind(self) -> str:
@@ -122,9 +132,15 @@ def option_specs(cls: type) -> list[OptionSpec]:
                 hidden=bool(extra.get("hidden", False)),
                 metavar=str(extra["metavar"]) if extra.get("metavar") else None,
                 bounds=bounds,
+                trajectory=bool(extra.get("trajectory", False)),
             )
         )
     return specs
+
+
+def trajectory_fields(cls: type) -> tuple[str, ...]:
+    """The options declared with `trajectory=True`: a resumed run must have recorded the same values."""
+    return tuple(s.name for s in option_specs(cls) if s.trajectory)
 
 
 def _declaration_order(cls: type, fields: dict[str, Any]) -> list[str]:

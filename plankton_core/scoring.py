@@ -6,9 +6,14 @@ predictions and the definitions (zero-division → 0) are explicit.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
+
+# The metrics a val choice is made by (`--select-by` of linear-sweep, lut and query --calibrate);
+# each is a key of `classification_metrics`.
+SelectBy = Literal["accuracy", "balanced_accuracy", "macro_f1"]
+SELECT_BY: tuple[str, ...] = get_args(SelectBy)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:

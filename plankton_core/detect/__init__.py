@@ -16,13 +16,12 @@ STAGE = register(
         body="plankton_core.detect.stage:body",
         check="plankton_core.detect.stage:check",
         fingerprint="plankton_core.detect.stage:fingerprint",
-        help="Train a Faster R-CNN detector on whole frames (resumable rounds), COCO AP/AR on val each epoch and on test at the end.",
+        help="Train a Faster R-CNN detector on whole frames (resumable rounds), COCO AP/AR on val each epoch and on "
+        "test at the end.",
         epilog="\b\n"
         "Learning rate: the --schedule lrs are for a global batch of --lr-batch (16) and scale linearly\n"
         "with --batch-size × processes. Several GPUs: torchrun --nproc-per-node N -m jobs.cli detect …\n"
-        "Predict: plankton detect-predict FRAMES… --out URI. Crop from it: plankton crop --segmenter detector.\n"
-        "Exit codes: 0 done/up to date, 2 bad input/config or NaN loss, 3 upstream not finished, "
-        "75 interrupted (resume with a rerun).",
+        "Predict: plankton detect-predict FRAMES… --out URI. Crop from it: plankton crop --segmenter detector.",
         views={"test_detections": "test_detections.parquet"},
         gpu=True,
         distributed=True,

@@ -10,36 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..config import option, stage_config
+from ..config import option, stage_config, trajectory_fields
 from ..errors import BadInputError
 from ..training.options import RuntimeOptions, SGDOptions
-
-# Fields that decide the training trajectory: `--resume auto` only continues a checkpoint whose recorded
-# values of these match (the schedule is checked apart: a run may add rounds to a finished chain).
-TRAJECTORY_FIELDS = (
-    "model",
-    "init",
-    "annotations",
-    "input",
-    "coco",
-    "trainable_layers",
-    "batch_size",
-    "lr_batch",
-    "momentum",
-    "weight_decay",
-    "warmup_iters",
-    "decay",
-    "min_size",
-    "max_size",
-    "anchor_sizes",
-    "fpn_channels",
-    "representation_size",
-    "rois_per_image",
-    "flip",
-    "split",
-    "seed",
-    "world_size",
-)
 
 
 def parse_schedule(text: str) -> list[tuple[int, float]]:
@@ -70,42 +43,59 @@ class DetectConfig(SGDOptions, RuntimeOptions):
     annotations: Literal["synth", "coco", "manifest"] = option(
         "synth",
         "synth: <input>/ground_truth.parquet; coco: a COCO JSON (--coco); manifest: the crop stage's kept boxes, frame class as label.",
+        trajectory=True,
     )
-    input: str = option("", "Folder/URI of the frames (default for manifest: the crop stage's --input).", metavar="URI")
-    coco: str = option("", "COCO JSON file/URI (--annotations coco); file_name is relative to --input.", metavar="URI")
-    model: str = option("resnet50", "timm backbone (features_only) under the FPN.")
+    input: str = option(
+        "", "Folder/URI of the frames (default for manifest: the crop stage's --input).", metavar="URI", trajectory=True
+    )
+    coco: str = option(
+        "", "COCO JSON file/URI (--annotations coco); file_name is relative to --input.", metavar="URI", trajectory=True
+    )
+    model: str = option("resnet50", "timm backbone (features_only) under the FPN.", trajectory=True)
     init: str = option(
         "pretrain",
         "Backbone weights: pretrain (pretrain/ckpt/last.pt), supcon (the checkpoint linear-sweep selected), none, or a file URI.",
+        trajectory=True,
     )
     trainable_layers: int = option(
         3,
         "Backbone layer groups trained (stem + 4 levels = 5 all; 0 freezes the backbone); all with --init none.",
         ge=0,
         le=5,
+        trajectory=True,
     )
     schedule: str = option(
         "12:0.02,8:0.002,4:0.0002", "Rounds epochs:lr, resumed along one checkpoint chain (lr per --lr-batch images)."
     )
     decay: Literal["step", "cosine"] = option(
-        "step", "step: each round at its lr; cosine: each round decays to the next round's lr (the last to a tenth)."
+        "step",
+        "step: each round at its lr; cosine: each round decays to the next round's lr (the last to a tenth).",
+        trajectory=True,
     )
-    batch_size: int = option(2, "Images per device per step; global batch = this × processes.", ge=1)
-    lr_batch: int = option(16, "Global batch the --schedule lrs are meant for (linear scaling).", ge=1)
-    warmup_iters: int = option(1000, "Linear warm-up steps at the start (capped at the first epoch).", ge=0)
-    min_size: int = option(800, "Frames are resized so their short side is this (Faster R-CNN's transform).", ge=32)
-    max_size: int = option(1333, "… and their long side at most this.", ge=32)
+    batch_size: int = option(2, "Images per device per step; global batch = this × processes.", ge=1, trajectory=True)
+    lr_batch: int = option(16, "Global batch the --schedule lrs are meant for (linear scaling).", ge=1, trajectory=True)
+    warmup_iters: int = option(
+        1000, "Linear warm-up steps at the start (capped at the first epoch).", ge=0, trajectory=True
+    )
+    min_size: int = option(
+        800, "Frames are resized so their short side is this (Faster R-CNN's transform).", ge=32, trajectory=True
+    )
+    max_size: int = option(1333, "… and their long side at most this.", ge=32, trajectory=True)
     anchor_sizes: tuple[int, ...] = option(
-        (32, 64, 128, 256, 512), "Anchor side per pyramid level (5), in resized pixels."
+        (32, 64, 128, 256, 512),
+        "Anchor side per pyramid level (5), in resized pixels.",
+        trajectory=True,
     )
-    fpn_channels: int = option(256, "FPN channels.", ge=8)
-    representation_size: int = option(1024, "Box head width (smaller is faster on a CPU).", ge=8)
-    rois_per_image: int = option(512, "RoIs sampled per training image for the box head.", ge=8)
-    flip: bool = option(True, "Random horizontal and vertical flips while training.")
+    fpn_channels: int = option(256, "FPN channels.", ge=8, trajectory=True)
+    representation_size: int = option(1024, "Box head width (smaller is faster on a CPU).", ge=8, trajectory=True)
+    rois_per_image: int = option(512, "RoIs sampled per training image for the box head.", ge=8, trajectory=True)
+    flip: bool = option(True, "Random horizontal and vertical flips while training.", trajectory=True)
     split: tuple[float, float, float] = option(
-        (0.7, 0.15, 0.15), "train,val,test fractions of the frames (grouped split as stats)."
+        (0.7, 0.15, 0.15),
+        "train,val,test fractions of the frames (grouped split as stats).",
+        trajectory=True,
     )
-    seed: int = option(0, "Seed of the split, weights and data order.", ge=0)
+    seed: int = option(0, "Seed of the split, weights and data order.", ge=0, trajectory=True)
     save_every: int = option(
         4, "Write detect/ckpt/epoch_NNNN.pt every K epochs and at each round's end; last.pt every epoch.", ge=1
     )
@@ -138,3 +128,7 @@ class DetectConfig(SGDOptions, RuntimeOptions):
 
     def epochs(self) -> int:
         return sum(e for e, _ in self.rounds())
+
+
+# `--resume auto` continues only a checkpoint whose recorded values of these options match.
+TRAJECTORY_FIELDS = trajectory_fields(DetectConfig)

@@ -11,7 +11,8 @@ STAGE = register(
         body="plankton_core.evaluate.stage:body",
         check="plankton_core.evaluate.stage:check",
         upstream=("stats", "supcon", "linear-sweep"),
-        help="Test-split metrics, predictions, confusion matrix and evaluate/report.html for the sweep's chosen checkpoint.",
+        help="Test-split metrics, predictions, confusion matrix and evaluate/report.html for the sweep's chosen "
+        "checkpoint.",
         epilog="A sharded linear-sweep must be merged first (`plankton linear-sweep --merge`).",
         views={"predictions": "predictions.parquet", "per_class": "per_class.parquet"},
     )

@@ -6,12 +6,11 @@ from typing import Literal, get_args
 
 from ..config import option, stage_config
 from ..errors import BadInputError
+from ..scoring import SelectBy
 
 IndexType = Literal["flat", "ivf", "hnsw"]
 Vote = Literal["top1", "weighted"]
-SelectBy = Literal["accuracy", "balanced_accuracy", "macro_f1"]
 VOTES: tuple[str, ...] = get_args(Vote)
-SELECT_BY: tuple[str, ...] = get_args(SelectBy)
 
 
 @stage_config

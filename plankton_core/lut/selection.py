@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
-from ..scoring import bootstrap_replicates, metric_intervals, percentile_interval, wilson_interval
-from .config import SELECT_BY
+from ..scoring import SELECT_BY, bootstrap_replicates, metric_intervals, percentile_interval, wilson_interval
 from .evaluation import TOP_K, score_predictions
 from .retrieval import top_k_hits
 
@@ -144,7 +143,7 @@ def pruning_effect(
     if n == 0:
         return out
     metrics: dict[str, Any] = {}
-    for name in ("accuracy", "macro_f1", "balanced_accuracy"):
+    for name in SELECT_BY:
         values = bootstrap_metric(y, [pred_full, pred_pruned], n_classes, name, draws, seed)
         full, pruned = metric_value(y, pred_full, n_classes, name), metric_value(y, pred_pruned, n_classes, name)
         entry: dict[str, Any] = {"full": full, "pruned": pruned, "difference": pruned - full}

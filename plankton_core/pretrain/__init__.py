@@ -12,13 +12,13 @@ STAGE = register(
         check="plankton_core.pretrain.stage:check",
         fingerprint="plankton_core.pretrain.stage:fingerprint",
         upstream=("stats",),
-        help="Pretrain a backbone without labels (MoCo v2 or SimCLR) on every kept crop and --unlabeled images (resumable; exit 75 on SIGTERM after saving).",
+        help="Pretrain a backbone without labels (MoCo v2 or SimCLR) on every kept crop and --unlabeled images "
+        "(resumable; exit 75 on SIGTERM after saving).",
         epilog="\b\n"
-        "Start supcon from it with `plankton supcon --init pretrain`; probe it with `plankton linear-sweep --source pretrain`.\n"
+        "Start supcon from it with `plankton supcon --init pretrain`; probe it with `plankton linear-sweep --source "
+        "pretrain`.\n"
         "Learning rate: --base-lr is per 256 images; lr = base-lr × batch-size / 256 (MoCo v2: 0.03).\n"
-        "Several GPUs: torchrun --nproc-per-node N -m jobs.cli pretrain … (--batch-size is the global batch).\n"
-        "Exit codes: 0 done/up to date, 2 bad input/config or NaN loss, 3 stats not finished, "
-        "75 interrupted (resume with a rerun).",
+        "Several GPUs: torchrun --nproc-per-node N -m jobs.cli pretrain … (--batch-size is the global batch).",
         gpu=True,
         distributed=True,
     )

@@ -11,36 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..config import option, stage_config
+from ..config import option, stage_config, trajectory_fields
 from ..errors import BadInputError
 from ..training.options import ContrastiveOptions
-
-# Fields that decide the training trajectory: `--resume auto` only continues a checkpoint whose recorded values match.
-TRAJECTORY_FIELDS = (
-    "method",
-    "model",
-    "proj_dim",
-    "queue",
-    "key_momentum",
-    "temperature",
-    "epochs",
-    "batch_size",
-    "size",
-    "base_lr",
-    "momentum",
-    "weight_decay",
-    "warmup_epochs",
-    "min_lr_ratio",
-    "seed",
-    "crop_scale_min",
-    "jitter",
-    "blur",
-    "grayscale",
-    "include_test",
-    "unlabeled",
-    "crop",
-    "pretrained",
-)
 
 
 @stage_config
@@ -48,32 +21,45 @@ class PretrainConfig(ContrastiveOptions):
     """How the backbone is pretrained without labels; `resume`, `device`, `workers`, `compile`, `amp`, `deterministic` do not change the digest."""
 
     method: Literal["moco", "simclr"] = option(
-        "moco", "moco: MoCo v2 (momentum key encoder + queue); simclr: NT-Xent over the global batch."
+        "moco",
+        "moco: MoCo v2 (momentum key encoder + queue); simclr: NT-Xent over the global batch.",
+        trajectory=True,
     )
-    proj_dim: int = option(128, "Projection head (MLP) output size.", ge=1)
-    queue: int = option(65536, "moco: negatives kept in the queue; a multiple of --batch-size.", ge=1)
-    key_momentum: float = option(0.999, "moco: key encoder θ_k ← m θ_k + (1 − m) θ_q.", ge=0, lt=1)
-    temperature: float = option(0.2, "Contrastive temperature.", gt=0)
-    epochs: int = option(200, "Epochs to train.", ge=1)
-    base_lr: float = option(0.03, "Learning rate per 256 images (MoCo v2: 0.03).", gt=0)
-    warmup_epochs: int = option(0, "Linear warm-up epochs, capped at 10% of --epochs.", ge=0)
-    min_lr_ratio: float = option(0.0, "The cosine decays to lr × this.", ge=0, le=1)
-    seed: int = option(0, "Seed for weights, queue, data order and augmentation.")
-    jitter: float = option(0.4, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1)
-    blur: float = option(0.5, "Probability of a Gaussian blur (σ 0.1–2 px at 224 px, scaled with --size).", ge=0, le=1)
-    grayscale: float = option(0.2, "Probability of turning a view grey.", ge=0, le=1)
+    proj_dim: int = option(128, "Projection head (MLP) output size.", ge=1, trajectory=True)
+    queue: int = option(65536, "moco: negatives kept in the queue; a multiple of --batch-size.", ge=1, trajectory=True)
+    key_momentum: float = option(0.999, "moco: key encoder θ_k ← m θ_k + (1 − m) θ_q.", ge=0, lt=1, trajectory=True)
+    temperature: float = option(0.2, "Contrastive temperature.", gt=0, trajectory=True)
+    epochs: int = option(200, "Epochs to train.", ge=1, trajectory=True)
+    base_lr: float = option(0.03, "Learning rate per 256 images (MoCo v2: 0.03).", gt=0, trajectory=True)
+    warmup_epochs: int = option(0, "Linear warm-up epochs, capped at 10% of --epochs.", ge=0, trajectory=True)
+    min_lr_ratio: float = option(0.0, "The cosine decays to lr × this.", ge=0, le=1, trajectory=True)
+    seed: int = option(0, "Seed for weights, queue, data order and augmentation.", trajectory=True)
+    jitter: float = option(
+        0.4, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1, trajectory=True
+    )
+    blur: float = option(
+        0.5, "Probability of a Gaussian blur (σ 0.1–2 px at 224 px, scaled with --size).", ge=0, le=1, trajectory=True
+    )
+    grayscale: float = option(0.2, "Probability of turning a view grey.", ge=0, le=1, trajectory=True)
     include_test: bool = option(
-        True, "Pretrain on the test split's crops too (without labels); --no-include-test keeps them out."
+        True,
+        "Pretrain on the test split's crops too (without labels); --no-include-test keeps them out.",
+        trajectory=True,
     )
     unlabeled: str | None = option(
         None,
         "Folder, file:// or s3:// prefix of unlabelled images (vignettes or crops), used beside the crop stage's.",
         metavar="URI",
+        trajectory=True,
     )
     crop: bool = option(
-        False, "Run the --unlabeled images through the crop stage's segmenter first (its recorded settings)."
+        False,
+        "Run the --unlabeled images through the crop stage's segmenter first (its recorded settings).",
+        trajectory=True,
     )
-    pretrained: str | None = option(None, "Backbone weights file or URI to start from; default random init.")
+    pretrained: str | None = option(
+        None, "Backbone weights file or URI to start from; default random init.", trajectory=True
+    )
     save_every: int = option(50, "Write pretrain/ckpt/epoch_NNNN.pt every K epochs; last.pt every epoch.", ge=1)
 
     def validate(self) -> None:
@@ -92,3 +78,7 @@ class PretrainConfig(ContrastiveOptions):
 
     def warmup(self) -> int:
         return min(self.warmup_epochs, self.epochs // 10)
+
+
+# `--resume auto` continues only a checkpoint whose recorded values of these options match.
+TRAJECTORY_FIELDS = trajectory_fields(PretrainConfig)

@@ -32,10 +32,16 @@ import pyarrow as pa
 
 from ..artifacts import LUT_EMBEDDINGS, LUT_GALLERY
 from ..errors import BadInputError
-from ..lut.config import SELECT_BY
 from ..lut.retrieval import search_excluding, source_keys, vote
 from ..lut.selection import largest_recall_drop
-from ..scoring import confusion_matrix, per_class_table, percentile_interval, stratified_indices, wilson_interval
+from ..scoring import (
+    SELECT_BY,
+    confusion_matrix,
+    per_class_table,
+    percentile_interval,
+    stratified_indices,
+    wilson_interval,
+)
 from ..store import Store
 from ..tables import read_npy, read_parquet
 from .lut import load_heldout, save_calibration
@@ -64,15 +70,6 @@ class ThresholdPick:
     guard_threshold: float | None = None  # refused by the guard: the highest threshold the guard allows ...
     guard_precision: float = 0.0  # ... and the best criterion precision among the thresholds it allows
     guard_coverage: float = 0.0
-
-
-def check_criterion(select_by: str, min_class_recall: float) -> None:
-    if select_by not in SELECT_BY:
-        raise BadInputError(f"--select-by must be one of {', '.join(SELECT_BY)}, got {select_by!r}")
-    if not 0.0 <= min_class_recall <= 1.0:
-        raise BadInputError(
-            f"--min-class-recall must lie in [0, 1] (0.10 = 10 points of recall), got {min_class_recall}"
-        )
 
 
 def accepted_precision(y: np.ndarray, pred: np.ndarray, n_classes: int, select_by: str) -> float | None:
@@ -179,18 +176,14 @@ def pick_threshold(
     )
 
 
-def calibrate(
-    root: Store, cfg: QueryConfig, target_precision: float, select_by: str = "accuracy", min_class_recall: float = 1.0
-) -> dict[str, Any]:
-    """The lowest best-similarity threshold whose accepted val predictions reach `target_precision` under
-    `select_by`, with no class losing more than `min_class_recall` of its val recall; stored in index.json.
+def calibrate(root: Store, cfg: QueryConfig) -> dict[str, Any]:
+    """The lowest best-similarity threshold whose accepted val predictions reach `--target-precision` under
+    `--select-by`, with no class losing more than `--min-class-recall` of its val recall; stored in index.json.
 
     Val crops in the gallery are matched leaving their own source image out,
     as in the lut stage's sweep. Lowest threshold = most val images answered.
     """
-    if not 0.0 < target_precision <= 1.0:
-        raise BadInputError(f"--target-precision must lie in (0, 1], got {target_precision}")
-    check_criterion(select_by, min_class_recall)
+    target_precision, select_by, min_class_recall = cfg.target_precision, cfg.select_by, cfg.min_class_recall
     clf = Classifier(root, cfg)
     x, labels, groups, gallery_groups = _split_queries(root, clf, "val")
     if len(labels) == 0:

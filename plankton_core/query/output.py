@@ -18,8 +18,8 @@ from .. import ecotaxa
 from ..ecotaxa import CATEGORY, HIERARCHY, STATUS
 from ..errors import BadInputError
 from ..store import split_uri
+from .config import FORMATS
 
-FORMATS = ("table", "csv", "jsonl", "parquet", "ecotaxa")
 SUFFIX_FORMATS = {
     ".csv": "csv",
     ".jsonl": "jsonl",

@@ -9,7 +9,6 @@ the row says so. An image that cannot be read gets an error row; the rest go on.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,33 +23,13 @@ from ..data import preprocess_crop
 from ..embedding import Embedder, check_compatible, load_embedder
 from ..errors import BadInputError
 from ..imageio import UnreadableImage, decode_image
-from ..lut.config import VOTES
 from ..lut.retrieval import search_excluding, vote
 from ..store import Store, split_uri
+from .config import QueryConfig
 from .inputs import ImageRef, resolve_inputs
 from .lut import LoadedLut, load_lut
 
 UNKNOWN = "unknown"
-
-
-@dataclass
-class QueryConfig:
-    k: int = 5
-    vote: str = "top1"
-    reject_below: float | None = None  # None: the calibrated threshold in lut/index.json, if any
-    variant: str = "full"  # full | pruned index
-    checkpoint: str = ""  # default: sweep/selection.json's
-    crop: bool = True  # False: the inputs are crops already, embed them whole
-    batch_size: int = 64
-    device: str = "auto"
-
-    def validate(self) -> None:
-        if self.k < 1:
-            raise BadInputError(f"--k must be >= 1, got {self.k}")
-        if self.vote not in VOTES:
-            raise BadInputError(f"unknown vote {self.vote!r}: use one of {', '.join(VOTES)}")
-        if self.reject_below is not None and not -1.0 <= self.reject_below <= 1.0:
-            raise BadInputError(f"--reject-below is a cosine similarity in [-1, 1], got {self.reject_below}")
 
 
 class Cropper:

@@ -13,7 +13,8 @@ STAGE = register(
         upstream=("evaluate",),
         help="Compose report/report.html and report/report.md from every finished stage: test results, the checkpoint "
         "sweep and, once lut has finished, its retrieval results.",
-        epilog="Rerun after lut to add its section: lut's run enters this stage's digest, so the report is redone then.",
+        epilog="Rerun after lut to add its section: lut's run enters this stage's digest, so the report is redone "
+        "then.",
     )
 )
 

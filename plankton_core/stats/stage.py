@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..data import CLASSES_KEY, SPLITS_KEY, STATS_KEY, ImageCache, load_crop
+from ..artifacts import CROP_MANIFEST, STATS_CLASSES, STATS_JSON, STATS_SPLITS
+from ..data import ImageCache, load_crop
 from ..errors import BadInputError
 from ..progress import progress
 from ..splitting import SPLITS, assign_splits, min_frames_to_split
@@ -27,7 +28,6 @@ from .config import StatsConfig
 from .grouped import assign_grouped_splits
 from .moments import ChannelHistogram
 
-MANIFEST_KEY = "crop/manifest.parquet"
 MANIFEST_COLUMNS = ("crop_key", "class", "source_key", "status")
 CHUNK = 64  # crops summed per task: bounds memory to CHUNK letterboxed crops per thread
 
@@ -38,35 +38,35 @@ GROUP_COLUMNS = {"source": "source_key", "sample": "sample_id", "acquisition": "
 def read_kept_crops(root: Store) -> pa.Table:
     """The kept rows of the crop manifest (crop_key, class, source_key, and sample_id/acq_id where the manifest
     has them), sorted by crop_key."""
-    table = read_parquet(root, MANIFEST_KEY)
+    table = read_parquet(root, CROP_MANIFEST)
     extra = [c for c in ("sample_id", "acq_id") if c in table.column_names]
     missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
     if missing:
         raise BadInputError(
-            f"{root.uri}/{MANIFEST_KEY} lacks column(s) {', '.join(missing)}; rerun `plankton crop --force`"
+            f"{root.uri}/{CROP_MANIFEST} lacks column(s) {', '.join(missing)}; rerun `plankton crop --force`"
         )
     try:  # dictionary or large strings (a manifest written by another tool) read the same
         table = pa.table({c: pc.cast(table.column(c), pa.string()) for c in (*MANIFEST_COLUMNS, *extra)})
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadInputError(
-            f"{root.uri}/{MANIFEST_KEY}: columns {', '.join(MANIFEST_COLUMNS)} must be strings ({exc})"
+            f"{root.uri}/{CROP_MANIFEST}: columns {', '.join(MANIFEST_COLUMNS)} must be strings ({exc})"
         ) from None
     kept = table.filter(pc.equal(table.column("status"), "kept")).select(["crop_key", "class", "source_key", *extra])
     if kept.num_rows == 0:
         raise BadInputError(
-            f"no kept crops in {root.uri}/{MANIFEST_KEY} ({table.num_rows} rows, none with status 'kept'): nothing to split"
+            f"no kept crops in {root.uri}/{CROP_MANIFEST} ({table.num_rows} rows, none with status 'kept'): nothing to split"
         )
     for name in ("crop_key", "class", "source_key"):
         col = kept.column(name)
         if col.null_count or pc.any(pc.equal(pc.utf8_length(col), 0)).as_py():
             raise BadInputError(
-                f"{root.uri}/{MANIFEST_KEY} has kept rows with an empty {name}; rerun `plankton crop --force`"
+                f"{root.uri}/{CROP_MANIFEST} has kept rows with an empty {name}; rerun `plankton crop --force`"
             )
     kept = kept.sort_by("crop_key")
     keys = kept.column("crop_key")
     if pc.count_distinct(keys).as_py() != kept.num_rows:
         raise BadInputError(
-            f"{root.uri}/{MANIFEST_KEY} lists the same crop_key more than once; rerun `plankton crop --force`"
+            f"{root.uri}/{CROP_MANIFEST} lists the same crop_key more than once; rerun `plankton crop --force`"
         )
     return kept
 
@@ -142,7 +142,7 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
     split_names = assignment.names()
     write_parquet(
         root,
-        SPLITS_KEY,
+        STATS_SPLITS,
         pa.table(
             {
                 "crop_key": kept.column("crop_key"),
@@ -154,7 +154,7 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
             }
         ),
     )
-    write_json(root, CLASSES_KEY, {"classes": class_names})
+    write_json(root, STATS_CLASSES, {"classes": class_names})
 
     counts = _counts(class_names, classes, sources, assignment.split)
     train_keys = keys[assignment.split == 0].tolist()
@@ -169,7 +169,7 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
         ctx.metrics.gauge(f"stats_std_channel_{c}", s, "Per-channel std of the train split (0–1).")
     write_json(
         root,
-        STATS_KEY,
+        STATS_JSON,
         {
             "mean": mean,
             "std": std,
@@ -201,12 +201,12 @@ def split_groups(kept: pa.Table, group_by: str) -> tuple[str, np.ndarray]:
     name = GROUP_COLUMNS[group_by]
     if name not in kept.column_names:
         raise BadInputError(
-            f"--group-by {group_by} needs {name} in {MANIFEST_KEY} (an EcoTaxa input has it); use --group-by source"
+            f"--group-by {group_by} needs {name} in {CROP_MANIFEST} (an EcoTaxa input has it); use --group-by source"
         )
     col = kept.column(name)
     if _empty(col):
         raise BadInputError(
-            f"--group-by {group_by}: {_empty(col)} kept crop(s) have no {name} in {MANIFEST_KEY}; use --group-by source"
+            f"--group-by {group_by}: {_empty(col)} kept crop(s) have no {name} in {CROP_MANIFEST}; use --group-by source"
         )
     return group_by, col.to_numpy(zero_copy_only=False)
 

@@ -15,9 +15,7 @@ STAGE = register(
         epilog="\b\n"
         "Learning rate: --base-lr is per 256 images; lr = base-lr × batch-size / 256.\n"
         "The earlier 0.016 at batch 32 is SupCon's 0.5 × 32 / 1024, i.e. --base-lr 0.125 (default).\n"
-        "Several GPUs: torchrun --nproc-per-node N -m jobs.cli supcon … (--batch-size is the global batch).\n"
-        "Exit codes: 0 done/up to date, 2 bad input/config or NaN loss, 3 stats not finished, "
-        "75 interrupted (resume with a rerun).",
+        "Several GPUs: torchrun --nproc-per-node N -m jobs.cli supcon … (--batch-size is the global batch).",
         gpu=True,
         distributed=True,
     )

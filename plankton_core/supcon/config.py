@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..config import option, stage_config
+from ..config import option, stage_config, trajectory_fields
 from ..errors import BadInputError
 from ..training.options import ContrastiveOptions
 
@@ -19,65 +19,42 @@ SUPCONTRAST_WARM_BATCH = 256
 SUPCONTRAST_WARM_EPOCHS = 10
 SUPCONTRAST_WARMUP_FROM = 0.01
 
-# Fields that decide the training trajectory: `--resume auto` only continues a
-# checkpoint whose recorded values of these match the current config.
-TRAJECTORY_FIELDS = (
-    "model",
-    "proj_dim",
-    "epochs",
-    "batch_size",
-    "size",
-    "base_lr",
-    "momentum",
-    "weight_decay",
-    "warmup_epochs",
-    "min_lr_ratio",
-    "temperature",
-    "method",
-    "seed",
-    "pretrained",
-    "init",
-    "crop_scale_min",
-    "jitter",
-    "sync_bn",
-    "recipe",
-    "base_temperature",
-    "crop_mode",
-    "loc_thr",
-    "context",
-    "boxes",
-    "box_model",
-    "box_weights",
-)
-
 
 @stage_config
 class SupConConfig(ContrastiveOptions):
     """How the backbone is trained; `resume`, `device`, `workers`, `compile`, `amp`, `deterministic` do not change the digest."""
 
-    proj_dim: int = option(128, "Projection head output size.", ge=1)
-    epochs: int = option(1000, "Epochs to train.", ge=1)
-    base_lr: float = option(0.125, "Learning rate per 256 images.", gt=0)
-    warmup_epochs: int = option(10, "Linear warm-up epochs, capped at 10% of --epochs.", ge=0)
-    min_lr_ratio: float = option(0.001, "The cosine decays to lr × this (SupContrast's eta_min).", ge=0, le=1)
-    temperature: float = option(0.07, "Contrastive temperature.", gt=0)
-    method: Literal["supcon", "simclr"] = option("supcon", "supcon uses labels; simclr ignores them.")
-    seed: int = option(0, "Seed for weights, data order and augmentation.")
+    proj_dim: int = option(128, "Projection head output size.", ge=1, trajectory=True)
+    epochs: int = option(1000, "Epochs to train.", ge=1, trajectory=True)
+    base_lr: float = option(0.125, "Learning rate per 256 images.", gt=0, trajectory=True)
+    warmup_epochs: int = option(10, "Linear warm-up epochs, capped at 10% of --epochs.", ge=0, trajectory=True)
+    min_lr_ratio: float = option(
+        0.001, "The cosine decays to lr × this (SupContrast's eta_min).", ge=0, le=1, trajectory=True
+    )
+    temperature: float = option(0.07, "Contrastive temperature.", gt=0, trajectory=True)
+    method: Literal["supcon", "simclr"] = option("supcon", "supcon uses labels; simclr ignores them.", trajectory=True)
+    seed: int = option(0, "Seed for weights, data order and augmentation.", trajectory=True)
     pretrained: str | None = option(
-        None, "Backbone weights file or URI (state dict, safetensors or plankton checkpoint); default random init."
+        None,
+        "Backbone weights file or URI (state dict, safetensors or plankton checkpoint); default random init.",
+        trajectory=True,
     )
     init: Literal["random", "pretrain"] = option(
         "random",
         "pretrain: start from the pretrain stage's pretrain/ckpt/last.pt; random: --pretrained or random weights.",
+        trajectory=True,
     )
-    jitter: float = option(0.2, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1)
-    sync_bn: bool = option(True, "SyncBatchNorm across GPUs under torchrun.")
+    jitter: float = option(
+        0.2, "Brightness and contrast factors in [1 - jitter, 1 + jitter].", ge=0, lt=1, trajectory=True
+    )
+    sync_bn: bool = option(True, "SyncBatchNorm across GPUs under torchrun.", trajectory=True)
     recipe: Literal["plankton", "supcontrast"] = option(
         "plankton",
         "Training recipe. plankton: crops of the letterboxed square, flips, 90° turns, brightness/contrast jitter, "
         "warm-up + per-step cosine. supcontrast: SupContrast's (RandomResizedCrop of the crop's own pixels, "
         "horizontal flip, ColorJitter 0.4/0.4/0.4/0.1 p=0.8, RandomGrayscale 0.2; per-epoch cosine, "
         "warm-up only for batches over 256).",
+        trajectory=True,
     )
     preprocess: Literal["letterbox", "resize-center-crop"] | None = option(
         None,
@@ -85,26 +62,39 @@ class SupConConfig(ContrastiveOptions):
         "default: letterbox for --recipe plankton, resize-center-crop (Resize 256 + CenterCrop 224, scaled) for supcontrast.",
     )
     base_temperature: float | None = option(
-        None, "SupContrast's base_temperature: the loss is scaled by temperature / this; default = --temperature.", gt=0
+        None,
+        "SupContrast's base_temperature: the loss is scaled by temperature / this; default = --temperature.",
+        gt=0,
+        trajectory=True,
     )
     crop_mode: Literal["random", "localized"] = option(
-        "random", "random: the recipe's crops; localized: crops of a context crop around the object box."
+        "random",
+        "random: the recipe's crops; localized: crops of a context crop around the object box.",
+        trajectory=True,
     )
     loc_thr: float = option(
         0.5,
         "Localized crops: threshold thr (1 keeps the whole box in every crop; mean kept share ≈ 0.5 + thr^0.4/2).",
         ge=0,
         le=1,
+        trajectory=True,
     )
     context: float = option(
-        0.5, "Localized crops: the context crop is the box grown by this × its size on each side.", ge=0
+        0.5,
+        "Localized crops: the context crop is the box grown by this × its size on each side.",
+        ge=0,
+        trajectory=True,
     )
     boxes: Literal["manifest", "attention"] = option(
-        "manifest", "Object boxes for localized crops: the crop manifest's, or pseudo boxes from ViT attention."
+        "manifest",
+        "Object boxes for localized crops: the crop manifest's, or pseudo boxes from ViT attention.",
+        trajectory=True,
     )
-    box_model: str = option("vit_small_patch14_dinov2.lvd142m", "--boxes attention: timm ViT name.")
+    box_model: str = option("vit_small_patch14_dinov2.lvd142m", "--boxes attention: timm ViT name.", trajectory=True)
     box_weights: str | None = option(
-        None, "--boxes attention: the ViT's weights (file or URI); required with --boxes attention."
+        None,
+        "--boxes attention: the ViT's weights (file or URI); required with --boxes attention.",
+        trajectory=True,
     )
     save_every: int = option(50, "Write supcon/ckpt/epoch_NNNN.pt every K epochs; last.pt every epoch.", ge=1)
 
@@ -134,3 +124,7 @@ class SupConConfig(ContrastiveOptions):
         if self.recipe == "supcontrast":
             return SUPCONTRAST_WARM_EPOCHS if self.batch_size > SUPCONTRAST_WARM_BATCH else 0
         return min(self.warmup_epochs, self.epochs // 10)
+
+
+# `--resume auto` continues only a checkpoint whose recorded values of these options match.
+TRAJECTORY_FIELDS = trajectory_fields(SupConConfig)

@@ -14,7 +14,8 @@ STAGE = register(
         shard="plankton_core.sweep.stage:shard",
         merge="plankton_core.sweep.stage:merge",
         upstream=("stats", "supcon"),
-        help="Sweep supcon (or, with --source pretrain, pretrain) checkpoints: features once each, a linear head on them, the best one chosen.",
+        help="Sweep supcon (or, with --source pretrain, pretrain) checkpoints: features once each, a linear head on "
+        "them, the best one chosen.",
         epilog="Sharded (an Indexed Job): each shard sweeps every n-th checkpoint; `--merge`, with the same options, "
         "gathers the shards into sweep.parquet, sweep.md, sweep.png and selection.json.",
         views={"sweep": "sweep.parquet"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ..config import option, stage_config
+from ..scoring import SelectBy
 
 
 @stage_config
@@ -32,7 +33,7 @@ class SweepConfig:
     head_weight_decay: float = option(0.0, "SGD weight decay.", ge=0)
     standardize: bool = option(True, "z-score features with the train mean/std (folded into the saved head).")
     seed: int = option(0, "Head initialisation and shuffling seed.")
-    select_by: Literal["accuracy", "balanced_accuracy", "macro_f1"] = option(
+    select_by: SelectBy = option(
         "accuracy",
         "Val score choosing the head epoch and the checkpoint (accuracy: the user's protocol); every rule's choice is recorded.",
     )

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import BadInputError
+from ..scoring import SELECT_BY
 
 
 def parse_checkpoint_spec(spec: str, available: Sequence[tuple[str, int | None]]) -> list[str]:
@@ -62,13 +63,13 @@ def _epoch(text: str, token: str, allow_empty: bool = False) -> int | None:
         ) from None
 
 
-RULES = ("accuracy", "balanced_accuracy", "macro_f1")  # --select-by choices; accuracy is the user's protocol
+RULES = SELECT_BY  # --select-by choices; accuracy is the user's protocol
 RULE_TEXT = {
     "accuracy": "val accuracy",
     "balanced_accuracy": "val balanced accuracy (mean recall over classes: a rare class counts as much as a common one)",
     "macro_f1": "val macro F1 (unweighted mean over classes)",
 }
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")  # val scores recorded for each rule's choice
+METRICS = SELECT_BY  # val scores recorded for each rule's choice
 
 
 def rule_field(rule: str, name: str) -> str:

@@ -39,18 +39,22 @@ class RuntimeOptions:
 class SGDOptions:
     """The SGD settings every training stage shares."""
 
-    momentum: float = option(0.9, "SGD momentum.", ge=0)
-    weight_decay: float = option(1e-4, "SGD weight decay.", ge=0)
+    momentum: float = option(0.9, "SGD momentum.", ge=0, trajectory=True)
+    weight_decay: float = option(1e-4, "SGD weight decay.", ge=0, trajectory=True)
 
 
 @stage_config
 class ContrastiveOptions(SGDOptions, RuntimeOptions):
     """What the contrastive stages (pretrain, supcon) share beside the runtime and SGD options."""
 
-    model: str = option("resnet50", "timm model name.")
-    batch_size: int = option(256, "Global batch (images per step over all processes).", ge=2)
-    size: int | None = option(None, "Training crop side in pixels; default: size in stats/stats.json.", ge=8)
-    crop_scale_min: float = option(0.2, "The random resized crop keeps this to 100% of the area.", gt=0, le=1)
+    model: str = option("resnet50", "timm model name.", trajectory=True)
+    batch_size: int = option(256, "Global batch (images per step over all processes).", ge=2, trajectory=True)
+    size: int | None = option(
+        None, "Training crop side in pixels; default: size in stats/stats.json.", ge=8, trajectory=True
+    )
+    crop_scale_min: float = option(
+        0.2, "The random resized crop keeps this to 100% of the area.", gt=0, le=1, trajectory=True
+    )
     compile: bool = option(False, "torch.compile the model.", digest=False)
 
 
