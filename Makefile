@@ -5,7 +5,12 @@ BIN    := $(VENV)/bin
 ROOT   ?= ./artifacts
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean lint format typecheck tools docs
+RUFF_VERSION := $(shell sed -n 's/.*"ruff==\([^"]*\)".*/\1/p' pyproject.toml)
+PYTEST := $(BIN)/python -m pytest
+# pytest's exit 5 ("no tests collected") is a failure here, not a pass
+NO_TESTS_FAIL = rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
+
+.PHONY: install demo test test-all check durations bench clean lint format typecheck tools docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +23,25 @@ install: $(STAMP) ## make .venv and install the project with its test extras
 demo: $(STAMP) ## every stage end to end on generated data into $(ROOT)
 	ROOT=$(ROOT) BIN=$(BIN) bash scripts/demo.sh
 
-test: $(STAMP) tools lint typecheck ## lint, types, then the whole test suite ("no tests collected" fails)
-	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
+test: $(STAMP) tools lint typecheck ## the everyday tier: lint, types, then every test not measured slow (tests/durations.json)
+	$(PYTEST) -q -m "not slow"; $(NO_TESTS_FAIL)
 
-lint: $(STAMP) ## ruff rules and the format check
-	$(BIN)/ruff check plankton_core jobs tests bench
-	$(BIN)/ruff format --check plankton_core jobs tests bench
+test-all: $(STAMP) tools lint typecheck ## lint, types and the whole suite, slow tests included (what .ci/run runs)
+	$(PYTEST) -q; $(NO_TESTS_FAIL)
+
+check: $(STAMP) ## under a minute: ruff, the format check and the fast unit tests of one package (make check STAGE=lut)
+	@bash scripts/check.sh "$(BIN)" "$(STAGE)"
+
+durations: $(STAMP) tools ## rerun the whole suite and record each test's seconds in tests/durations.json (the tiers)
+	$(PYTEST) -q --record-durations tests/durations.json; $(NO_TESTS_FAIL)
+
+lint: ## ruff rules and the format check; needs only ruff (.venv's, else one installed into .tools/)
+	@ruff=$$(bash scripts/ruff.sh "$(BIN)" "$(PYTHON)" "$(RUFF_VERSION)") && \
+	$$ruff check plankton_core jobs tests bench scripts && $$ruff format --check plankton_core jobs tests bench scripts
 
 format: $(STAMP) ## apply ruff's formatting and safe fixes
-	$(BIN)/ruff format plankton_core jobs tests bench
-	$(BIN)/ruff check --fix plankton_core jobs tests bench
+	$(BIN)/ruff format plankton_core jobs tests bench scripts
+	$(BIN)/ruff check --fix plankton_core jobs tests bench scripts
 
 typecheck: $(STAMP) ## mypy over the library
 	$(BIN)/mypy

@@ -93,7 +93,8 @@ class LazyGroup(click.Group):
     message="%(prog)s %(version)s (git " + git_commit()[:12] + ")",
 )
 def cli(verbose: bool) -> None:
-    """plankton: crop → stats → supcon → linear-sweep → evaluate → lut, each a restartable batch stage (`plankton STAGE --help`)."""
+    """plankton: the stages in pipeline order, each a restartable batch job, then the tools that use their outputs
+    (`plankton COMMAND --help`)."""
     setup_logging(logging.DEBUG if verbose else logging.INFO)
 
 

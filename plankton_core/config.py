@@ -3,7 +3,7 @@
 Why pydantic dataclasses (not BaseModel, not bare dataclasses with metadata):
 they stay real dataclasses, so `dataclasses.asdict/replace` and attribute
 access keep working everywhere, while pydantic does the type coercion and the
-bounds (`ge`, `le`, `Literal` choices) that `_coerce` used to do by hand. The
+bounds (`ge`, `le`, `Literal` choices) with no hand-written checks. The
 CLI flags (`jobs/`), the README option lists and run.json all come from the
 same declaration through `option_specs`.
 

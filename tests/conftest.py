@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
+from pathlib import Path
 
 import boto3
 import pytest
@@ -14,6 +16,45 @@ from pushgateway_standin import PushgatewayStandIn
 from plankton_core.store import open_store
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# Test tiers come from measurement, not guesses: tests/durations.json holds each test's seconds (setup + call +
+# teardown) from `make durations` on the two-core machine; a test over SLOW_SECONDS is marked `slow` and left out
+# of `make test` (`-m "not slow"`). `smoke` tests stay in the fast tier whatever they take.
+DURATIONS = Path(__file__).with_name("durations.json")
+SLOW_SECONDS = 5.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--record-durations",
+        metavar="PATH",
+        default=None,
+        help="Merge each test's measured seconds (setup + call + teardown) into this JSON file at the end.",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    measured = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    for item in items:
+        if item.get_closest_marker("smoke") is None and measured.get(item.nodeid, 0.0) > SLOW_SECONDS:
+            item.add_marker(pytest.mark.slow)
+
+
+_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _seconds[report.nodeid] = _seconds.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("--record-durations")
+    if not path or not _seconds:
+        return
+    target = Path(path)
+    merged = json.loads(target.read_text()) if target.exists() else {}
+    merged.update({k: round(v, 2) for k, v in _seconds.items()})
+    target.write_text(json.dumps(dict(sorted(merged.items())), indent=0) + "\n")
 
 
 def _free_port() -> int:

@@ -20,6 +20,7 @@ from plankton_core.config import (
     option,
     option_specs,
     stage_config,
+    trajectory_fields,
 )
 from plankton_core.errors import BadInputError
 from plankton_core.stage import Stage, StageContext, register, stages, unregister
@@ -168,6 +169,35 @@ def test_digest_leaves_out_digest_false_options_and_recorded_configs_come_back()
     recorded = dataclasses.asdict(cfg) | {"retired_option": 1}
     assert from_recorded(DemoConfig, recorded) == cfg  # options no longer declared are dropped
     assert from_recorded(DemoConfig, None) == DemoConfig()
+
+
+def test_trajectory_fields_are_the_options_declared_so():
+    @stage_config
+    class Training:
+        epochs: int = option(10, "Epochs.", trajectory=True)
+        workers: int = option(2, "Threads.", digest=False)
+        lr: float = option(0.1, "Learning rate.", trajectory=True)
+
+    @stage_config
+    class MoreTraining(Training):
+        queue: int = option(64, "Queue.", trajectory=True)
+
+    assert trajectory_fields(Training) == ("epochs", "lr")
+    assert set(trajectory_fields(MoreTraining)) == {"epochs", "lr", "queue"}
+    assert trajectory_fields(DemoConfig) == ()
+
+
+def test_training_stages_resume_only_on_the_same_trajectory():
+    """What `--resume auto` compares: each training stage's declared trajectory, runtime options never."""
+    from plankton_core.detect.config import DetectConfig
+    from plankton_core.pretrain.config import PretrainConfig
+    from plankton_core.supcon.config import SupConConfig
+
+    for cls in (SupConConfig, PretrainConfig, DetectConfig):
+        fields = set(trajectory_fields(cls))
+        assert {"model", "batch_size", "momentum", "weight_decay", "seed"} <= fields, cls.__name__
+        assert not fields & {"resume", "device", "workers", "amp", "deterministic", "compile"}, cls.__name__
+        assert all(spec.digest for spec in option_specs(cls) if spec.name in fields), cls.__name__
 
 
 def test_assignment_is_validated_too():

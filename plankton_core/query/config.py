@@ -18,9 +18,7 @@ class QueryConfig:
     """How new images are classified against the LUT, and how `--calibrate` picks the rejection threshold."""
 
     k: int = option(5, "Neighbours to return (and to vote with).")
-    vote: Vote = option(
-        "top1", "top1: the nearest neighbour's class; weighted: similarity-weighted vote of the k."
-    )
+    vote: Vote = option("top1", "top1: the nearest neighbour's class; weighted: similarity-weighted vote of the k.")
     reject_below: float | None = option(
         None,
         "Answer 'unknown' when the best similarity is below this [the calibrated threshold, if any].",
@@ -50,9 +48,7 @@ class QueryConfig:
         True,
         "Segment each image as the crop stage did and embed its largest object; --no-crop embeds images whole.",
     )
-    out: str | None = option(
-        None, "Write the rows to this path or URI instead of stdout.", metavar="URI", digest=False
-    )
+    out: str | None = option(None, "Write the rows to this path or URI instead of stdout.", metavar="URI", digest=False)
     format: Format | None = option(
         None,
         "table (stdout default), csv, jsonl, parquet, or ecotaxa (--out PATH.zip: an EcoTaxa import archive "

@@ -24,7 +24,9 @@ class SweepConfig:
     )
     checkpoints: str = option("all", "Which checkpoints: all, 700: (700 to last), 700:900, or 700,800,last.")
     head_mode: Literal["cached", "augmented"] = option(
-        "cached", "cached: features once, head on them; augmented: through the backbone every epoch, the old way."
+        "cached",
+        "cached: features once, head on them; augmented: through the backbone with augmentation every epoch "
+        "(SupContrast's linear evaluation).",
     )
     head_epochs: int = option(100, "Head training epochs.", ge=1)
     head_batch_size: int = option(256, "Head batch size.", ge=1)

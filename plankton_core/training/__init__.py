@@ -1,4 +1,4 @@
-"""Training-loop pieces every training stage shares (supcon now; pretrain and detect later).
+"""Training-loop pieces the training stages (pretrain, supcon, detect) share.
 
 - `loop.train_one_epoch(model, batches, loss_fn, optimizer, scheduler, …)`: one pass, torchvision-references style;
 - `trainer.Trainer`: checkpoints (one dict, atomic), `--resume auto` with corrupt-checkpoint fallback,
