@@ -49,7 +49,7 @@ typecheck: $(STAMP) ## mypy over the library
 tools: ## programs the tests need besides Python packages: installed here when root on Debian, else one line saying what to install
 	@bash scripts/tools.sh
 
-docs: $(STAMP) ## regenerate README.md's command usage lines from the commands' options
+docs: $(STAMP) ## regenerate the usage lines of docs/commands.md from the commands' options
 	$(BIN)/python scripts/readme_usage.py --write
 
 bench: $(STAMP) ## speed figures, each a side-by-side ratio
@@ -58,7 +58,7 @@ bench: $(STAMP) ## speed figures, each a side-by-side ratio
 clean:
 	rm -rf $(ROOT) .pytest_cache
 
-# ---- containers, Kubernetes Jobs, local kind cluster (README "Run on a cluster") ----
+# ---- containers, Kubernetes Jobs, local kind cluster (docs/cluster.md) ----
 IMAGE        ?= plankton:dev
 KIND_CLUSTER ?= plankton
 K8S_VALUES   ?= k8s/local/values.yaml

@@ -1,4 +1,4 @@
-"""The supcon stage: supervised contrastive training of a timm backbone (body in train.py)."""
+"""The supcon stage: supervised contrastive training of a timm backbone (body in stage.py)."""
 
 from ..stage import Stage, register
 from .config import SupConConfig

@@ -34,7 +34,7 @@ from plankton_core.sweep.config import SweepConfig
 from plankton_core.tables import read_json
 from plankton_core.training.schedule import supcontrast_lr, supcontrast_schedule
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "commands.md"
 
 
 def test_recipe_parameters_are_what_the_readme_says():
@@ -137,7 +137,8 @@ def test_plankton_recipe_is_unchanged():
 
 @pytest.mark.parametrize("crop_mode", ["random", "localized"])
 def test_supcontrast_recipe_end_to_end(tmp_path, crop_mode):
-    """crop (fabricated) → stats → supcon --recipe supcontrast → linear-sweep → evaluate, tiny; the preprocess flows downstream."""
+    """crop (fabricated) → stats → supcon --recipe supcontrast → linear-sweep → evaluate, tiny; the preprocess
+    flows downstream."""
     store = make_stats_root(str(tmp_path / "root"), per_class=12)
     cfg = SupConConfig(
         model="test_resnet",
