@@ -89,7 +89,8 @@ def main() -> None:
         keys = sorted(k for k in images.list() if "/" in k)
         n = len(keys)
         print(
-            f"synth: {n} frames of {args.size}x{args.size} ({counts['objects']} objects) in {synth_s:.1f}s = {n / synth_s:.0f} frames/s"
+            f"synth: {n} frames of {args.size}x{args.size} ({counts['objects']} objects) in {synth_s:.1f}s "
+            f"= {n / synth_s:.0f} frames/s"
         )
         results = {}
         for workers in sorted({1, args.workers}):
@@ -100,8 +101,10 @@ def main() -> None:
             c2 = cpu_seconds()
             results[workers] = (dec, crop)
             print(
-                f"workers={workers}: decode only {dec:7.0f} frames/s | crop stage {crop:7.0f} frames/s | crop / decode = {crop / dec:.2f} "
-                f"(CPU: decode {(c1 - c0) / n * 1e3:.2f} ms/frame, crop {(c2 - c1) / n * 1e3:.2f} ms/frame, ratio {(c1 - c0) / (c2 - c1):.2f})"
+                f"workers={workers}: decode only {dec:7.0f} frames/s | crop stage {crop:7.0f} frames/s "
+                f"| crop / decode = {crop / dec:.2f} "
+                f"(CPU: decode {(c1 - c0) / n * 1e3:.2f} ms/frame, crop {(c2 - c1) / n * 1e3:.2f} ms/frame, "
+                f"ratio {(c1 - c0) / (c2 - c1):.2f})"
             )
         if len(results) > 1:
             (d1, c1), (dn, cn) = results[1], results[args.workers]

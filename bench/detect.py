@@ -1,7 +1,8 @@
 """The detector on generated frames with 1–5 objects each: training and inference speed, detector-driven cropping
 next to the threshold segmenter, and the full COCO table of a demo-size run.
 
-    .venv/bin/python bench/detect.py [--per-class 30] [--classes 3] [--size 128] [--schedule 5:0.05] [--model test_resnet]
+    .venv/bin/python bench/detect.py [--per-class 30] [--classes 3] [--size 128] [--schedule 5:0.05]
+        [--model test_resnet]
 
 One run prints:
 1. training images/s (the trainer's own measure, per epoch, mean ± sd) and inference frames/s
@@ -135,7 +136,8 @@ def main() -> None:
         n_obj = make_frames(Path(images), args.classes, args.per_class, args.size, args.seed)
         frames = args.classes * args.per_class
         print(
-            f"frames: {frames} ({args.classes} classes × {args.per_class}), {n_obj} objects, {args.size} px, 1–5 objects per frame"
+            f"frames: {frames} ({args.classes} classes × {args.per_class}), {n_obj} objects, {args.size} px, "
+            "1–5 objects per frame"
         )
         cfg = load_config(
             DetectConfig,
@@ -177,10 +179,12 @@ def main() -> None:
         infer_fps = len(arrays) / (time.perf_counter() - t1)
 
         print(
-            f"\n== speed ({torch.get_num_threads()} torch threads, CPU; detect stage wall {wall:.0f}s incl. val/test evaluation)"
+            f"\n== speed ({torch.get_num_threads()} torch threads, CPU; "
+            f"detect stage wall {wall:.0f}s incl. val/test evaluation)"
         )
         print(
-            f"training   {statistics.mean(ips):6.2f} images/s (sd {statistics.pstdev(ips):.2f} over {len(ips)} epochs, batch {cfg.batch_size})"
+            f"training   {statistics.mean(ips):6.2f} images/s "
+            f"(sd {statistics.pstdev(ips):.2f} over {len(ips)} epochs, batch {cfg.batch_size})"
         )
         print(f"inference  {infer_fps:6.2f} frames/s (batch 4, {len(arrays)} test frames)")
 
@@ -208,7 +212,8 @@ def main() -> None:
             )
 
         print(
-            f"\n== COCO, test split ({metrics.get('images')} frames, {metrics.get('objects')} objects; epoch {metrics.get('best_epoch')} chosen by val AP)"
+            f"\n== COCO, test split ({metrics.get('images')} frames, {metrics.get('objects')} objects; "
+            f"epoch {metrics.get('best_epoch')} chosen by val AP)"
         )
         print("| " + " | ".join(COCO_NAMES) + " |")
         print("|" + "---|" * len(COCO_NAMES))
@@ -221,7 +226,8 @@ def main() -> None:
 
 
 def test_split(root_uri: str) -> set[str]:
-    """The run's test frames: the split recomputed from its recorded config, as the stage made it (no stats root here)."""
+    """The run's test frames: the split recomputed from its recorded config, as the stage made it
+    (no stats root here)."""
     from plankton_core.detect.annotations import assign_frame_splits, load_synth
 
     cfg = json.loads(open_store(root_uri).read_bytes("detect/run.json"))["config"]

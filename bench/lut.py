@@ -47,7 +47,8 @@ def latencies(index, queries: np.ndarray, batch: int, repeats: int, k: int = 5) 
 
 
 def end_to_end(gallery: np.ndarray, index, model: str, size: int, n_images: int) -> tuple[float, float]:
-    """Images/s of a loaded Querier over generated frames; returns (images/s, seconds to load the LUT and checkpoint)."""
+    """Images/s of a loaded Querier over generated frames; returns (images/s, seconds to load the LUT and
+    checkpoint)."""
     import pyarrow as pa
 
     from plankton_core import artifacts as A
@@ -78,7 +79,8 @@ def end_to_end(gallery: np.ndarray, index, model: str, size: int, n_images: int)
         embedder = load_embedder(store)
         if embedder.dimension != gallery.shape[1]:
             raise SystemExit(
-                f"--model {model} gives {embedder.dimension}-d features but the gallery is {gallery.shape[1]}-d: pass --dim {embedder.dimension}"
+                f"--model {model} gives {embedder.dimension}-d features but the gallery is {gallery.shape[1]}-d: "
+                f"pass --dim {embedder.dimension}"
             )
         n = len(gallery)
         classes = [f"class{i}" for i in range(20)]
@@ -147,7 +149,8 @@ def main() -> None:
     args = ap.parse_args()
     threads = faiss.omp_get_max_threads()
     print(
-        f"bench/lut.py on {os.cpu_count()} CPU(s), faiss threads {threads}, load average {os.getloadavg()[0]:.1f} at start"
+        f"bench/lut.py on {os.cpu_count()} CPU(s), faiss threads {threads}, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
     )
     x, _ = synthetic_gallery(args.n + 1000, args.dim, seed=3)
     rng = np.random.default_rng(0)
@@ -155,14 +158,16 @@ def main() -> None:
     gallery, queries = np.ascontiguousarray(x[perm[: args.n]]), np.ascontiguousarray(x[perm[args.n :]])
     tune_q, eval_q = queries[:500], queries[500:]
     print(
-        f"gallery {args.n:,} × {args.dim} float32 ({gallery.nbytes / 1e6:.0f} MB), 500 tuning + 500 evaluation queries held out"
+        f"gallery {args.n:,} × {args.dim} float32 ({gallery.nbytes / 1e6:.0f} MB), "
+        "500 tuning + 500 evaluation queries held out"
     )
 
     exact = build_index(gallery, "flat")
     _, exact_ids = exact.search(eval_q, 10)
     results = {}
     print(
-        f"{'index':6} {'build s':>8} {'params':>14} {'recall@1':>9} {'recall@10':>10} {'b1 p50 ms':>10} {'b1 p99 ms':>10} {'b256 p50 ms':>12} {'b256 p99 ms':>12} {'ms/query@256':>13}"
+        f"{'index':6} {'build s':>8} {'params':>14} {'recall@1':>9} {'recall@10':>10} "
+        f"{'b1 p50 ms':>10} {'b1 p99 ms':>10} {'b256 p50 ms':>12} {'b256 p99 ms':>12} {'ms/query@256':>13}"
     )
     for kind in ("flat", "ivf", "hnsw"):
         t = time.perf_counter()
@@ -177,21 +182,25 @@ def main() -> None:
         b256 = latencies(index, eval_q, 256, 4 if kind == "flat" else 10)
         params = ",".join(f"{k}={v}" for k, v in search_params(index).items()) or "exact"
         print(
-            f"{kind:6} {build_s:8.1f} {params:>14} {r1:9.4f} {r10:10.4f} {np.percentile(b1, 50):10.2f} {np.percentile(b1, 99):10.2f} "
+            f"{kind:6} {build_s:8.1f} {params:>14} {r1:9.4f} {r10:10.4f} "
+            f"{np.percentile(b1, 50):10.2f} {np.percentile(b1, 99):10.2f} "
             f"{np.percentile(b256, 50):12.1f} {np.percentile(b256, 99):12.1f} {np.percentile(b256, 50) / 256:13.3f}"
         )
         results[kind] = (index, np.percentile(b1, 50))
     print(
-        f"batch-1 p50 speed-up over exact: ivf {results['flat'][1] / results['ivf'][1]:.0f}×, hnsw {results['flat'][1] / results['hnsw'][1]:.0f}×"
+        f"batch-1 p50 speed-up over exact: ivf {results['flat'][1] / results['ivf'][1]:.0f}×, "
+        f"hnsw {results['flat'][1] / results['hnsw'][1]:.0f}×"
     )
     if args.images:
         rate, load_s = end_to_end(gallery, results["hnsw"][0], args.model, args.size, args.images)
         print(
-            f"query end to end ({args.model} at {args.size} px on CPU, HNSW index, {args.images} frames of 256 px, batch 32): "
+            f"query end to end ({args.model} at {args.size} px on CPU, HNSW index, "
+            f"{args.images} frames of 256 px, batch 32): "
             f"{rate:.1f} images/s (+ {load_s:.1f} s once per call to load the LUT and checkpoint)"
         )
     print(
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; load average at end {os.getloadavg()[0]:.1f}"
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; "
+        f"load average at end {os.getloadavg()[0]:.1f}"
     )
 
 

@@ -70,7 +70,8 @@ def main() -> None:
         else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     )
     print(
-        f"\nbench/pretrain.py: {args.model} at {args.size} px, global batch {args.batch_size}, {args.epochs} epochs, {device}"
+        f"\nbench/pretrain.py: {args.model} at {args.size} px, global batch {args.batch_size}, "
+        f"{args.epochs} epochs, {device}"
     )
     print("| run | images | images/s (last epoch) | queue memory |")
     print("|---|---:|---:|---:|")
@@ -79,7 +80,8 @@ def main() -> None:
         queue = f"{qb / 2**20:.2f} MiB" if qb else "—"
         print(f"| {name} | {n} | {ips:.1f} ({ips / base:.2f}× supcon) | {queue} |")
     print(
-        f"queue at the defaults (128 × 65536 float32): {128 * 65536 * 4 / 2**20:.0f} MiB, the same on every GPU (plus its copy for the logits)"
+        f"queue at the defaults (128 × 65536 float32): {128 * 65536 * 4 / 2**20:.0f} MiB, "
+        "the same on every GPU (plus its copy for the logits)"
     )
     print("one run each, no repeats: differences under ~10% are within run-to-run noise on a shared CPU")
 

@@ -1,4 +1,5 @@
-"""Pruning sweep speed: the blocked sweep on a 100,000 × 2048 gallery vs a straightforward one (subsample, extrapolated).
+"""Pruning sweep speed: the blocked sweep on a 100,000 × 2048 gallery vs a straightforward one
+(subsample, extrapolated).
 
     .venv/bin/python bench/prune.py [--n 100000] [--dim 2048] [--sub 10000,20000 | --sub ""] [--profile FILE]
 
@@ -35,7 +36,7 @@ import torch  # noqa: E402
 
 from plankton_core.lut.evaluation import QuerySet  # noqa: E402
 from plankton_core.lut.prune import greedy_order, neighbour_graph, threshold_grid  # noqa: E402
-from plankton_core.lut.prune_sweep import restrict_graph, sweep_thresholds  # noqa: E402
+from plankton_core.lut.prune_sweep import SweepSettings, restrict_graph, sweep_thresholds  # noqa: E402
 
 
 def synthetic_gallery(
@@ -96,7 +97,8 @@ def floor_seconds(x: np.ndarray, labels: np.ndarray, row_block: int = 1024, col_
 
 
 def straightforward_sweep(x, labels, keys, val_idx, thresholds):
-    """Per T, the greedy pass over train item by item (numpy dot against the class's kept items), then a brute-force val search."""
+    """Per T, the greedy pass over train item by item (numpy dot against the class's kept items), then a
+    brute-force val search."""
     train = np.setdiff1d(np.arange(len(x)), val_idx)
     xt, lt = x[train], labels[train]
     rank = greedy_order([keys[i] for i in train])
@@ -120,8 +122,9 @@ def straightforward_sweep(x, labels, keys, val_idx, thresholds):
     return masks, accs
 
 
-def blocked_sweep(x, labels, keys, groups, val_idx, n_classes, grid, **kw):
-    """What the lut stage runs: the gallery's neighbour graph, restricted to train, then the sweep of val against train."""
+def blocked_sweep(x, labels, keys, groups, val_idx, n_classes, grid, settings):
+    """What the lut stage runs: the gallery's neighbour graph, restricted to train, then the sweep of val
+    against train."""
     in_train = np.ones(len(x), bool)
     in_train[val_idx] = False
     t0, c0 = time.perf_counter(), time.process_time()
@@ -137,14 +140,14 @@ def blocked_sweep(x, labels, keys, groups, val_idx, n_classes, grid, **kw):
         val,
         n_classes,
         grid,
+        settings,
         graph=restrict_graph(graph, in_train),
-        **kw,
     )
     return graph, outcome, graph_s, graph_c
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--val-fraction", type=float, default=0.15)
@@ -160,7 +163,7 @@ def main() -> None:
     args = ap.parse_args()
     threads = torch.get_num_threads()
     grid = threshold_grid(0.80, 1.00, 0.01)
-    kw = dict(k=5, candidates=100, latency_queries=5)
+    settings = SweepSettings(k=5, candidates=100, latency_queries=5)
 
     t0 = time.perf_counter()
     x, labels = synthetic_gallery(args.n, args.dim)
@@ -170,11 +173,14 @@ def main() -> None:
     groups = np.arange(args.n)  # each item its own source image
     sizes = np.bincount(labels)
     print(
-        f"bench/prune.py on {os.cpu_count()} CPU(s), torch threads {threads}, load average {os.getloadavg()[0]:.1f} at start"
+        f"bench/prune.py on {os.cpu_count()} CPU(s), torch threads {threads}, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
     )
     print(
-        f"gallery {args.n:,} × {args.dim}, {len(sizes)} classes (largest {sizes.max():,} = {sizes.max() / args.n:.0%}, smallest {sizes.min():,}), "
-        f"val {len(val_idx):,} queried against the {args.n - len(val_idx):,} train items, {len(grid)} thresholds {grid[0]:.2f}–{grid[-1]:.2f}; "
+        f"gallery {args.n:,} × {args.dim}, {len(sizes)} classes "
+        f"(largest {sizes.max():,} = {sizes.max() / args.n:.0%}, smallest {sizes.min():,}), "
+        f"val {len(val_idx):,} queried against the {args.n - len(val_idx):,} train items, "
+        f"{len(grid)} thresholds {grid[0]:.2f}–{grid[-1]:.2f}; "
         f"generated in {time.perf_counter() - t0:.1f}s"
     )
 
@@ -182,32 +188,38 @@ def main() -> None:
     floor = floor_seconds(x, labels)
     c_floor = time.process_time() - c0
     print(
-        f"floor    every within-class similarity once (float32 tiled GEMM)  {floor:7.1f} s   (CPU {c_floor:.0f} s over {threads} threads)"
+        f"floor    every within-class similarity once (float32 tiled GEMM)  {floor:7.1f} s   "
+        f"(CPU {c_floor:.0f} s over {threads} threads)"
     )
 
     profiler = cProfile.Profile() if args.profile else None
     t0, c0 = time.perf_counter(), time.process_time()
     if profiler:
         profiler.enable()
-    graph, outcome, t_graph, c_graph = blocked_sweep(x, labels, keys, groups, val_idx, len(sizes), grid, **kw)
+    graph, outcome, t_graph, c_graph = blocked_sweep(x, labels, keys, groups, val_idx, len(sizes), grid, settings)
     if profiler:
         profiler.disable()
         profiler.dump_stats(args.profile)
     blocked, c_blocked = time.perf_counter() - t0, time.process_time() - c0
     s = outcome.seconds
     print(
-        f"blocked  full sweep                                               {blocked:7.1f} s   ({blocked / floor:.2f}× the floor; CPU {c_blocked:.0f} s vs {c_floor:.0f} s)"
+        f"blocked  full sweep                                               {blocked:7.1f} s   "
+        f"({blocked / floor:.2f}× the floor; CPU {c_blocked:.0f} s vs {c_floor:.0f} s)"
     )
     print(
-        f"         neighbour graph {t_graph:.1f} s (CPU {c_graph:.0f} s; {graph.pairs:,} same-class pairs ≥ {grid.min():.2f}), "
+        f"         neighbour graph {t_graph:.1f} s "
+        f"(CPU {c_graph:.0f} s; {graph.pairs:,} same-class pairs ≥ {grid.min():.2f}), "
         f"val top-100 candidates {s['val_candidates']:.1f} s, {len(grid)} thresholds {s['thresholds']:.1f} s "
-        f"(of which exact lists of hard val queries {s.get('hard_queries', 0.0):.1f} s), selection {s['selection']:.1f} s"
+        f"(of which exact lists of hard val queries {s.get('hard_queries', 0.0):.1f} s), "
+        f"selection {s['selection']:.1f} s"
     )
     rows = outcome.table.to_pylist()
     for r in rows[::4] + ([rows[-1]] if (len(rows) - 1) % 4 else []):
         print(
-            f"         T={r['threshold']:.2f}  kept {r['gallery_size']:6,} ({r['fraction_kept']:.1%})  val acc {r['val_accuracy']:.4f}  "
-            f"macro F1 {r['val_macro_f1']:.4f}  latency {r['query_latency_ms']:.1f} ms{'  ← chosen' if r['chosen'] else ''}"
+            f"         T={r['threshold']:.2f}  kept {r['gallery_size']:6,} ({r['fraction_kept']:.1%})  "
+            f"val acc {r['val_accuracy']:.4f}  "
+            f"macro F1 {r['val_macro_f1']:.4f}  latency {r['query_latency_ms']:.1f} ms"
+            f"{'  ← chosen' if r['chosen'] else ''}"
         )
     print(f"         chosen T={outcome.threshold:.2f} (unpruned val accuracy {outcome.baseline['accuracy']:.4f})")
     print(f"peak RSS after the blocked sweep {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
@@ -223,7 +235,7 @@ def main() -> None:
         t0 = time.perf_counter()
         masks, accs = straightforward_sweep(xs, ls, ks, vs, sub_t)
         per_t[n_sub] = (time.perf_counter() - t0) / len(sub_t)
-        _, sub_out, _, _ = blocked_sweep(xs, ls, ks, groups[pick], vs, len(sizes), np.asarray(sub_t), **kw)
+        _, sub_out, _, _ = blocked_sweep(xs, ls, ks, groups[pick], vs, len(sizes), np.asarray(sub_t), settings)
         got = sub_out.table.to_pylist()
         in_train = ~np.isin(np.arange(n_sub), vs)
         g = neighbour_graph(
@@ -236,7 +248,8 @@ def main() -> None:
             "blocked and straightforward val accuracy disagree"
         )
         print(
-            f"straight {n_sub:,}-item subsample: {per_t[n_sub]:.2f} s per threshold (same kept sets and val accuracy as the blocked sweep: checked)"
+            f"straight {n_sub:,}-item subsample: {per_t[n_sub]:.2f} s per threshold "
+            "(same kept sets and val accuracy as the blocked sweep: checked)"
         )
     if len(subs) >= 2:
         # t(n) = a·n + b·n² (per-item Python work + pairwise/val products), fitted on the two subsamples
@@ -246,12 +259,14 @@ def main() -> None:
         per_t_full = a * args.n + b * args.n**2
         extrapolated = per_t_full * len(grid)
         print(
-            f"straight extrapolated with t(n) = a·n + b·n² fitted on the subsamples: {per_t_full:,.0f} s per threshold, "
+            "straight extrapolated with t(n) = a·n + b·n² fitted on the subsamples: "
+            f"{per_t_full:,.0f} s per threshold, "
             f"× {len(grid)} thresholds = {extrapolated:,.0f} s = {extrapolated / 3600:.1f} h"
         )
         print(f"speed-up blocked vs straightforward: {extrapolated / blocked:,.0f}×")
     print(
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; load average at end {os.getloadavg()[0]:.1f}"
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; "
+        f"load average at end {os.getloadavg()[0]:.1f}"
     )
 
 

@@ -73,7 +73,8 @@ def main() -> None:
             rows.append((label, secs, f"max |diff| to numpy {err:.1e}"))
         frames = sum(1 for k in images.list("") if not k.endswith(".parquet"))
         print(
-            f"stats bench: {n} train crops at {s}px (from {frames} synth frames), {os.cpu_count()} CPUs, {args.workers} workers"
+            f"stats bench: {n} train crops at {s}px (from {frames} synth frames), "
+            f"{os.cpu_count()} CPUs, {args.workers} workers"
         )
         print(f"whole stage (split + streamed measurement): {split_s:.2f}s")
         for label, secs, extra in rows:

@@ -32,14 +32,14 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from pipeline_fixtures import make_stats_root  # noqa: E402
 
+from plankton_core.augment import TwoViews  # noqa: E402
 from plankton_core.data import ImageCache, load_normalisation, load_splits  # noqa: E402
 from plankton_core.losses import supcon_loss  # noqa: E402
 from plankton_core.models import create_model  # noqa: E402
-from plankton_core.augment import TwoViews  # noqa: E402
 from plankton_core.supcon.config import SupConConfig  # noqa: E402
-from plankton_core.training.loader import CachedBatchLoader, EpochPlan  # noqa: E402
 from plankton_core.supcon.stage import ContrastiveStep, with_views  # noqa: E402
 from plankton_core.training import DistInfo, EpochStats, train_one_epoch, warmup_cosine  # noqa: E402
+from plankton_core.training.loader import CachedBatchLoader, EpochPlan  # noqa: E402
 
 
 class TwoCropTransform:
@@ -94,7 +94,8 @@ def stage_epoch(model, loader: CachedBatchLoader, step: ContrastiveStep, opt, sc
 
 
 def research_dataset(store, train_keys: set[str], cfg: SupConConfig, mean, std):
-    """The research script's dataset: ImageFolder over crop/crops (train crops only), SupContrast's per-image transforms, two views each."""
+    """The research script's dataset: ImageFolder over crop/crops (train crops only), SupContrast's per-image
+    transforms, two views each."""
     from torchvision import datasets, transforms
 
     tf = transforms.Compose(
@@ -243,7 +244,8 @@ def gpu_resnet50(
     name = torch.cuda.get_device_name(0) if cuda else "cpu"
     peak = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
     print(
-        f"GPU {name}: {model_name} {size} px bf16 channels_last, batch {batch}: {ips:,.0f} images/s, data wait {100 * wait / seconds:.0f}%{peak}"
+        f"GPU {name}: {model_name} {size} px bf16 channels_last, batch {batch}: {ips:,.0f} images/s, "
+        f"data wait {100 * wait / seconds:.0f}%{peak}"
     )
     print(f"projected: 1000 epochs x 33,000 images = {hours:.1f} h on this GPU (the user's runs: 4-6 days)")
 
@@ -288,7 +290,8 @@ def main() -> None:
         base_feed = baseline_loader_only(store, set(keys), cfg, mean, std, args.workers)
 
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}"
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, device {device}"
     )
     print(
         f"data: {len(keys)} train crops of {args.source_size} px PNG, {args.classes} classes; model {args.model}, "
@@ -299,7 +302,8 @@ def main() -> None:
         f"baseline (ImageFolder + PIL + torchvision transforms every epoch): {base_ips:8.1f} images/s ({base_s:.1f} s)"
     )
     print(
-        f"supcon stage (uint8 cache + batched augmentation):                  {ours_ips:8.1f} images/s ({ours_s:.1f} s, data wait {100 * ours_wait:.0f}%)"
+        f"supcon stage (uint8 cache + batched augmentation):                  {ours_ips:8.1f} images/s "
+        f"({ours_s:.1f} s, data wait {100 * ours_wait:.0f}%)"
     )
     print(f"training ratio (loader + step): {ours_ips / base_ips:.2f}x")
     print(

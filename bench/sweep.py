@@ -79,12 +79,14 @@ def main() -> None:
 
     n_train, n_val = results["cached"][3], results["cached"][4]
     print(
-        f"linear-sweep bench: test_resnet, {args.size}px, {n_train} train + {n_val} val crops, {args.checkpoints} checkpoint(s), "
-        f"{args.head_epochs} head epochs, device {args.device}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"
+        f"linear-sweep bench: test_resnet, {args.size}px, {n_train} train + {n_val} val crops, "
+        f"{args.checkpoints} checkpoint(s), {args.head_epochs} head epochs, device {args.device}, "
+        f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs"
     )
     for mode, (per_ckpt, acc, wall, _, _) in results.items():
         print(
-            f"  {mode:<9} {per_ckpt:8.2f} s per checkpoint   mean val accuracy {100 * acc:6.2f}%   (stage wall {wall:.1f} s)"
+            f"  {mode:<9} {per_ckpt:8.2f} s per checkpoint   mean val accuracy {100 * acc:6.2f}%   "
+            f"(stage wall {wall:.1f} s)"
         )
     ratio = results["augmented"][0] / results["cached"][0]
     print(f"  ratio: cached-feature sweep is {ratio:.1f}x faster per checkpoint than training through the backbone")

@@ -59,7 +59,8 @@ def localized_crops(
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     r = torch.exp(log_r)
     side = torch.sqrt(s * area_i)
-    # each side at least thr × the box's (matters when the image is too narrow for the enclosing square), at most the image's
+    # each side at least thr × the box's (matters when the image is too narrow for the enclosing square),
+    # at most the image's
     wc = torch.minimum(torch.maximum(torch.where(r > 1, side * r, side), thr * wo), wi)
     hc = torch.minimum(torch.maximum(torch.where(r > 1, side, side / r), thr * ho), hi)
     alpha = 1.0 - math.sqrt(thr)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from .artifacts import CROP_MANIFEST, CROP_RUN, STATS_CLASSES, STATS_JSON, STATS_SPLITS
 from .errors import BadInputError
 from .imageio import UnreadableImage, decode_image, to_rgb
 from .progress import progress
@@ -28,10 +29,6 @@ from .stage import caches_bypassed
 from .store import Store
 from .tables import read_json, read_parquet
 
-SPLITS_KEY = "stats/splits.parquet"
-CLASSES_KEY = "stats/classes.json"
-STATS_KEY = "stats/stats.json"
-CROP_MANIFEST_KEY = "crop/manifest.parquet"
 _REBUILT: set[tuple[str, Path]] = set()  # (forced run id, cache file) rebuilt under --force
 
 
@@ -70,7 +67,8 @@ def check_preprocess(preprocess: str) -> None:
 
 
 def resize_center_crop(arr: np.ndarray, size: int) -> np.ndarray:
-    """torchvision's Resize(256) + CenterCrop(224) scaled to `size`: the short side to round(size · 256/224), then the central size×size.
+    """torchvision's Resize(256) + CenterCrop(224) scaled to `size`: the short side to round(size · 256/224), then
+    the central size×size.
 
     What the user's published numbers used at evaluation. Unlike `letterbox` it cuts the
     ends off elongated organisms and makes every crop fill the frame (size is lost).
@@ -95,7 +93,7 @@ def preprocess_crop(arr: np.ndarray, size: int, preprocess: str = "letterbox") -
 
 def load_splits(root: Store, split: str | Sequence[str] | None = None) -> pa.Table:
     """Rows of stats/splits.parquet (crop_key, class, label, split, …), optionally only some splits."""
-    table = read_parquet(root, SPLITS_KEY)
+    table = read_parquet(root, STATS_SPLITS)
     if split is None:
         return table
     wanted = [split] if isinstance(split, str) else list(split)
@@ -105,16 +103,16 @@ def load_splits(root: Store, split: str | Sequence[str] | None = None) -> pa.Tab
 
 def load_classes(root: Store) -> list[str]:
     """Class names in label order (label i is classes[i])."""
-    return list(read_json(root, CLASSES_KEY)["classes"])
+    return list(read_json(root, STATS_CLASSES)["classes"])
 
 
 def load_normalisation(root: Store) -> tuple[list[float], list[float], int]:
     """Mean, std (per channel, 0–1 scale) and training size from stats/stats.json."""
-    stats = read_json(root, STATS_KEY)
+    stats = read_json(root, STATS_JSON)
     try:
         return list(stats["mean"]), list(stats["std"]), int(stats["size"])
     except KeyError as exc:
-        raise BadInputError(f"{root.uri}/{STATS_KEY} lacks {exc}; rerun `plankton stats`") from None
+        raise BadInputError(f"{root.uri}/{STATS_JSON} lacks {exc}; rerun `plankton stats`") from None
 
 
 def load_crop(root: Store, key: str, size: int, preprocess: str = "letterbox") -> np.ndarray:
@@ -173,21 +171,16 @@ class ImageCache:
         geometry = geometry or context is not None
         if geometry and preprocess != "letterbox":
             raise BadInputError(f"object boxes need letterboxed crops, not --preprocess {preprocess}")
-        keys = list(keys)
+        req = _CacheRequest(root, list(keys), size, preprocess, geometry, context, source)
         cache_dir = Path(cache_dir or default_cache_dir())
         cache_dir.mkdir(parents=True, exist_ok=True)
         # keyed by content: crop's digest covers its inputs' sizes and mtimes/ETags, and its run id changes
         # whenever crop rewrites the crops (`crop --force` included); a `--force` run rebuilds it regardless
-        crop_run = read_json(root, "crop/run.json") if root.exists("crop/run.json") else {}
-        parts: list = [root.uri, crop_run.get("digest", ""), crop_run.get("run_id", ""), size, keys]
-        if preprocess != "letterbox" or geometry:  # today's letterbox caches keep their names
-            parts += [preprocess, geometry, context, source.uri if source is not None and context is not None else None]
-        ident = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
-        kind = "crops" if context is None else "context"
-        path = cache_dir / f"{kind}-{size}-{ident}.u8"
+        crop_run = read_json(root, CROP_RUN) if root.exists(CROP_RUN) else {}
+        path = req.cache_path(cache_dir, crop_run)
         done = path.with_suffix(".json")
         geom_path = path.with_suffix(".geom.npy")
-        shape = (len(keys), size, size, 3)
+        shape = (len(req.keys), size, size, 3)
         if caches_bypassed() and (caches_bypassed(), path) not in _REBUILT:
             done.unlink(missing_ok=True)
         complete = (
@@ -196,82 +189,130 @@ class ImageCache:
             and path.stat().st_size == int(np.prod(shape))
             and (not geometry or geom_path.exists())
         )
-        notes: list[str] = []
         if not complete:
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=shape if keys else (1,))
-            geom = np.zeros((len(keys), 8), np.float32)
-            workers = workers or min(8, (os.cpu_count() or 2) * 2)
-            boxes = _manifest_boxes(root, keys, crop_run) if geometry else {}
-            fallbacks = [0]
-
-            if context is not None:
-                frames = _FrameReader(source)
-
-                def fill(i: int) -> None:
-                    img, g, from_frame = context_crop(root, keys[i], boxes.get(keys[i]), size, float(context), frames)
-                    out[i], geom[i] = img, g
-                    if not from_frame:
-                        fallbacks[0] += 1
-
-            elif geometry:
-
-                def fill(i: int) -> None:
-                    out[i], geom[i] = tight_crop(root, keys[i], boxes.get(keys[i]), size)
-
-            else:
-
-                def fill(i: int) -> None:
-                    out[i] = (
-                        load_crop(root, keys[i], size)
-                        if preprocess == "letterbox"
-                        else load_crop(root, keys[i], size, preprocess)
-                    )
-
-            try:
-                with ThreadPoolExecutor(workers) as pool:
-                    for _ in progress(pool.map(fill, range(len(keys))), total=len(keys), desc=f"decode cache {size}px"):
-                        pass
-                out.flush()
-                del out
-                if geometry:
-                    gtmp = geom_path.with_suffix(f".{os.getpid()}.tmp.npy")
-                    np.save(gtmp, geom)
-                    os.replace(gtmp, geom_path)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)  # a failed build must not leave an N×S×S×3 file behind
-            info = {
-                "root": root.uri,
-                "size": size,
-                "count": len(keys),
-                "preprocess": preprocess,
-                "context": context,
-                "context_fallbacks": fallbacks[0],
-            }
-            done.write_text(json.dumps(info))
-            if caches_bypassed():
-                _REBUILT.add(
-                    (caches_bypassed(), path)
-                )  # once per forced run: its later builds of the same keys reuse it
-        if context is not None:
-            fallback_count = int(json.loads(done.read_text()).get("context_fallbacks", 0))
-            if fallback_count:
-                notes.append(
-                    f"{fallback_count} of {len(keys)} context crops came from the tight crop (source frame not readable): their context is only the crop's padding"
-                )
-        array = np.memmap(path, mode="r", dtype=np.uint8, shape=shape) if keys else np.zeros(shape, np.uint8)
-        geom_arr = np.load(geom_path) if geometry and keys else (np.zeros((0, 8), np.float32) if geometry else None)
+            _write_cache(req, path, shape, workers, crop_run)
+        array = np.memmap(path, mode="r", dtype=np.uint8, shape=shape) if req.keys else np.zeros(shape, np.uint8)
+        geom_arr = np.load(geom_path) if geometry and req.keys else (np.zeros((0, 8), np.float32) if geometry else None)
         return cls(
-            keys=keys,
+            keys=req.keys,
             size=size,
             array=array,
             path=path,
             preprocess=preprocess,
             geometry=geom_arr,
             context=context,
-            notes=notes,
+            notes=_context_notes(req, done),
         )
+
+
+@dataclass(frozen=True)
+class _CacheRequest:
+    """What an ImageCache holds: these crops, at this size, preprocessed so (and with geometry or context)."""
+
+    root: Store
+    keys: list[str]
+    size: int
+    preprocess: str
+    geometry: bool
+    context: float | None
+    source: Store | None
+
+    def cache_path(self, cache_dir: Path, crop_run: dict) -> Path:
+        """The cache file, named by a hash of the crops' identity (`crop_run`: crop's run.json) and the settings."""
+        parts: list = [self.root.uri, crop_run.get("digest", ""), crop_run.get("run_id", ""), self.size, self.keys]
+        if self.preprocess != "letterbox" or self.geometry:  # plain letterbox caches are named without these
+            source = self.source.uri if self.source is not None and self.context is not None else None
+            parts += [self.preprocess, self.geometry, self.context, source]
+        ident = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+        kind = "crops" if self.context is None else "context"
+        return cache_dir / f"{kind}-{self.size}-{ident}.u8"
+
+
+def _write_cache(
+    req: _CacheRequest, path: Path, shape: tuple[int, int, int, int], workers: int | None, crop_run: dict
+) -> None:
+    """Decode every crop into `path` (and its geometry beside it) through a temporary file, then write the record
+    that marks the cache finished."""
+    keys, size = req.keys, req.size
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    geom_path = path.with_suffix(".geom.npy")
+    out = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=shape if keys else (1,))
+    geom = np.zeros((len(keys), 8), np.float32)
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    fallbacks = [0]
+    fill = _filler(req, out, geom, crop_run, fallbacks)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in progress(pool.map(fill, range(len(keys))), total=len(keys), desc=f"decode cache {size}px"):
+                pass
+        out.flush()
+        del out, fill
+        if req.geometry:
+            gtmp = geom_path.with_suffix(f".{os.getpid()}.tmp.npy")
+            np.save(gtmp, geom)
+            os.replace(gtmp, geom_path)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed build must not leave an N×S×S×3 file behind
+    info = {
+        "root": req.root.uri,
+        "size": size,
+        "count": len(keys),
+        "preprocess": req.preprocess,
+        "context": req.context,
+        "context_fallbacks": fallbacks[0],
+    }
+    path.with_suffix(".json").write_text(json.dumps(info))
+    if caches_bypassed():
+        _REBUILT.add((caches_bypassed(), path))  # once per forced run: its later builds of the same keys reuse it
+
+
+def _filler(
+    req: _CacheRequest, out: np.ndarray, geom: np.ndarray, crop_run: dict, fallbacks: list[int]
+) -> Callable[[int], None]:
+    """What decodes row i into `out` (and its geometry into `geom`): a context crop, a tight crop with its boxes,
+    or a preprocessed crop."""
+    root, keys, size, context = req.root, req.keys, req.size, req.context
+    boxes = _manifest_boxes(root, keys, crop_run) if req.geometry else {}
+    if context is not None:
+        frames = _FrameReader(req.source)
+
+        def fill_context(i: int) -> None:
+            img, g, from_frame = context_crop(root, keys[i], boxes.get(keys[i]), size, float(context), frames)
+            out[i], geom[i] = img, g
+            if not from_frame:
+                fallbacks[0] += 1
+
+        return fill_context
+
+    if req.geometry:
+
+        def fill_tight(i: int) -> None:
+            out[i], geom[i] = tight_crop(root, keys[i], boxes.get(keys[i]), size)
+
+        return fill_tight
+
+    preprocess = req.preprocess
+
+    def fill(i: int) -> None:
+        out[i] = (
+            load_crop(root, keys[i], size) if preprocess == "letterbox" else load_crop(root, keys[i], size, preprocess)
+        )
+
+    return fill
+
+
+def _context_notes(req: _CacheRequest, done: Path) -> list[str]:
+    """What a stage should say about context crops that fell back to the tight crop."""
+    if req.context is None:
+        return []
+    fallback_count = int(json.loads(done.read_text()).get("context_fallbacks", 0))
+    if not fallback_count:
+        return []
+    return [
+        f"{fallback_count} of {len(req.keys)} context crops came from the tight crop (source frame not readable): "
+        "their context is only the crop's padding"
+    ]
 
 
 # ---- object geometry: tight crops with their boxes, context crops -----------------------------------
@@ -289,9 +330,9 @@ class ManifestBox:
 
 def _manifest_boxes(root: Store, keys: Sequence[str], crop_run: dict) -> dict[str, ManifestBox]:
     """crop_key → its manifest box, for `keys` (crops missing from the manifest get none: box = whole crop)."""
-    if not root.exists(CROP_MANIFEST_KEY):
+    if not root.exists(CROP_MANIFEST):
         return {}
-    table = read_parquet(root, CROP_MANIFEST_KEY)
+    table = read_parquet(root, CROP_MANIFEST)
     names = set(table.column_names)
     wanted = set(keys)
     pad = int((crop_run.get("config") or {}).get("pad", 0) or 0)
@@ -373,7 +414,8 @@ class _FrameReader:
 
 
 def grown_box(box: tuple[int, int, int, int], context: float, width: int, height: int) -> tuple[int, int, int, int]:
-    """The box grown by `context` times its width/height on each side, clipped to a width×height frame (whole pixels)."""
+    """The box grown by `context` times its width/height on each side, clipped to a width×height frame (whole
+    pixels)."""
     x0, y0, x1, y1 = box
     gx, gy = context * (x1 - x0), context * (y1 - y0)
     return (

@@ -129,7 +129,8 @@ class TimmFPN(nn.Module):
 
 
 def freeze_layers(backbone: TimmFPN, trainable_layers: int) -> int:
-    """Freeze all but the last `trainable_layers` layer groups (torchvision's `trainable_backbone_layers`); returns the groups."""
+    """Freeze all but the last `trainable_layers` layer groups (torchvision's `trainable_backbone_layers`);
+    returns the groups."""
     groups = backbone.layer_groups()
     for i, group in enumerate(groups):
         train = i >= len(groups) - trainable_layers

@@ -225,111 +225,116 @@ def read_objects(archive: Any, label_column: str | None = CATEGORY, label_depth:
     first_line: dict[str, tuple[str, int]] = {}
     for key in keys:
         lines, not_utf8 = _decode_lines(archive.read_bytes(key))
-        good = [ln for ln in lines if ln is not None]
-        if not_utf8 and len(good) <= 1:
-            file_errors.append((key, "not UTF-8: EcoTaxa TSVs are UTF-8; re-save the file as UTF-8"))
+        header, problem = _header(lines, not_utf8, label_column)
+        if problem:
+            file_errors.append((key, problem))
             continue
-        if not lines or lines[0] is None or not lines[0].strip():
-            file_errors.append((key, "no header row" if not_utf8 == 0 else "its header row is not UTF-8"))
-            continue
-        header = [c.strip().lower() for c in _cells(lines[0])]
-        dupes = [c for c, n in Counter(header).items() if n > 1]
-        if dupes:
-            file_errors.append((key, f"column(s) {', '.join(dupes)} appear more than once"))
-            continue
-        missing = [c for c in ("img_file_name", "object_id") if c not in header]
-        if missing:
-            file_errors.append((key, f"no {' or '.join(missing)} column"))
-            continue
-        if label_column is not None and label_column not in header:
-            file_errors.append(
-                (
-                    key,
-                    f"no usable label column: {label_column} is not among its columns ({', '.join(c for c in header if c in LABEL_COLUMNS) or 'no annotation columns'})",
-                )
-            )
-            continue
-        start = 1
-        file_types: dict[str, str] = {}
-        if len(lines) > 1 and lines[1] is not None:
-            second = [c.strip().lower() for c in _cells(lines[1])]
-            if second and all(c in TYPE_MARKERS for c in second):
-                file_types = {c: t[1] for c, t in zip(header, second)}
-                start = 2
+        start, file_types = _type_row(lines, header)
         for c in header:
             if c not in types:
                 columns.append(c)
                 if c in file_types:
                     types[c] = file_types[c]
-        folder = key.rpartition("/")[0]
-        rows: list[EcoTaxaObject] = []
-        for number, line in enumerate(lines[start:], start=start + 1):
-            if line is not None and not line.strip():
-                continue
-            if line is None:
-                rows.append(
-                    EcoTaxaObject(
-                        key,
-                        number,
-                        "",
-                        "",
-                        None,
-                        None,
-                        "",
-                        None,
-                        bad=f"{key}:{number} is not UTF-8 (mixed encodings: the file's other lines are)",
-                    )
-                )
-                continue
-            cells = _cells(line)
-            if len(cells) != len(header):
-                rows.append(
-                    EcoTaxaObject(
-                        key,
-                        number,
-                        "",
-                        "",
-                        None,
-                        None,
-                        "",
-                        None,
-                        bad=f"{key}:{number} has {len(cells)} cells, the header {len(header)}",
-                    )
-                )
-                continue
-            values = dict(zip(header, cells))
-            name = values["img_file_name"].strip()
-            image = f"{folder}/{name}" if folder else name
-            obj = EcoTaxaObject(
-                key,
-                number,
-                image,
-                values["object_id"].strip(),
-                values.get("sample_id", "").strip() or None,
-                values.get("acq_id", "").strip() or None,
-                values.get(STATUS, "").strip().lower(),
-                label_of(values, label_column, label_depth) if label_column else None,
-                values,
-            )
-            if not name or not obj.object_id:
-                obj.bad = f"{key}:{number} has an empty {'img_file_name' if not name else 'object_id'}"
-            elif image not in present:
-                obj.bad = f"{key}:{number} names image {name}, which the archive does not hold"
-            rows.append(obj)
+        rows = _read_rows(key, lines, start, header, present, label_column, label_depth)
         if rows and label_column is not None and not any(r.label for r in rows if not r.bad):
             file_errors.append((key, f"no usable label column: {label_column} is empty on every row"))
-        for obj in rows:
-            if obj.bad or not obj.object_id:
-                continue
-            if obj.object_id in first_line:
-                where = first_line[obj.object_id]
-                obj.bad = f"{obj.tsv}:{obj.line} repeats object_id {obj.object_id} of {where[0]}:{where[1]}"
-            else:
-                first_line[obj.object_id] = (obj.tsv, obj.line)
+        _mark_repeats(rows, first_line)
         objects.extend(rows)
     for c in columns:
         types.setdefault(c, "f" if c not in TEXT_ALWAYS and _all_numeric(o.values.get(c, "") for o in objects) else "t")
     return EcoTaxaTable(columns, types, objects, file_errors, keys, present)
+
+
+def _header(lines: list[str | None], not_utf8: int, label_column: str | None) -> tuple[list[str], str | None]:
+    """A TSV's column names (lower-case), or why the file cannot be used at all."""
+    good = [ln for ln in lines if ln is not None]
+    if not_utf8 and len(good) <= 1:
+        return [], "not UTF-8: EcoTaxa TSVs are UTF-8; re-save the file as UTF-8"
+    if not lines or lines[0] is None or not lines[0].strip():
+        return [], "no header row" if not_utf8 == 0 else "its header row is not UTF-8"
+    header = [c.strip().lower() for c in _cells(lines[0])]
+    dupes = [c for c, n in Counter(header).items() if n > 1]
+    if dupes:
+        return header, f"column(s) {', '.join(dupes)} appear more than once"
+    missing = [c for c in ("img_file_name", "object_id") if c not in header]
+    if missing:
+        return header, f"no {' or '.join(missing)} column"
+    if label_column is not None and label_column not in header:
+        annotations = ", ".join(c for c in header if c in LABEL_COLUMNS) or "no annotation columns"
+        return header, f"no usable label column: {label_column} is not among its columns ({annotations})"
+    return header, None
+
+
+def _type_row(lines: list[str | None], header: list[str]) -> tuple[int, dict[str, str]]:
+    """(index of the first data line, column -> `t`/`f` from the optional type row)."""
+    if len(lines) > 1 and lines[1] is not None:
+        second = [c.strip().lower() for c in _cells(lines[1])]
+        if second and all(c in TYPE_MARKERS for c in second):
+            return 2, {c: t[1] for c, t in zip(header, second)}
+    return 1, {}
+
+
+def _read_rows(
+    key: str,
+    lines: list[str | None],
+    start: int,
+    header: list[str],
+    present: dict[str, int],
+    label_column: str | None,
+    label_depth: int,
+) -> list[EcoTaxaObject]:
+    """The objects of one TSV's data lines (blank lines skipped), each bad one with its reason."""
+    folder = key.rpartition("/")[0]
+    rows: list[EcoTaxaObject] = []
+    for number, line in enumerate(lines[start:], start=start + 1):
+        if line is not None and not line.strip():
+            continue
+        if line is None:
+            rows.append(
+                _bad_row(key, number, f"{key}:{number} is not UTF-8 (mixed encodings: the file's other lines are)")
+            )
+            continue
+        cells = _cells(line)
+        if len(cells) != len(header):
+            rows.append(_bad_row(key, number, f"{key}:{number} has {len(cells)} cells, the header {len(header)}"))
+            continue
+        values = dict(zip(header, cells))
+        name = values["img_file_name"].strip()
+        image = f"{folder}/{name}" if folder else name
+        obj = EcoTaxaObject(
+            key,
+            number,
+            image,
+            values["object_id"].strip(),
+            values.get("sample_id", "").strip() or None,
+            values.get("acq_id", "").strip() or None,
+            values.get(STATUS, "").strip().lower(),
+            label_of(values, label_column, label_depth) if label_column else None,
+            values,
+        )
+        if not name or not obj.object_id:
+            obj.bad = f"{key}:{number} has an empty {'img_file_name' if not name else 'object_id'}"
+        elif image not in present:
+            obj.bad = f"{key}:{number} names image {name}, which the archive does not hold"
+        rows.append(obj)
+    return rows
+
+
+def _bad_row(key: str, number: int, reason: str) -> EcoTaxaObject:
+    """A line that gives no object: only where it is and why."""
+    return EcoTaxaObject(key, number, "", "", None, None, "", None, bad=reason)
+
+
+def _mark_repeats(rows: list[EcoTaxaObject], first_line: dict[str, tuple[str, int]]) -> None:
+    """Mark an object_id seen before (in any TSV read so far; `first_line` records where each was first)."""
+    for obj in rows:
+        if obj.bad or not obj.object_id:
+            continue
+        if obj.object_id in first_line:
+            where = first_line[obj.object_id]
+            obj.bad = f"{obj.tsv}:{obj.line} repeats object_id {obj.object_id} of {where[0]}:{where[1]}"
+        else:
+            first_line[obj.object_id] = (obj.tsv, obj.line)
 
 
 def _is_number(text: str) -> bool:

@@ -67,7 +67,8 @@ class Embedder:
 
     @torch.no_grad()
     def embed(self, batch_u8: np.ndarray, device: str | torch.device | None = None) -> np.ndarray:
-        """(N, size, size, 3) uint8 crops made by `data.preprocess_crop(…, self.preprocess)` → (N, dimension) L2-normalised float32."""
+        """(N, size, size, 3) uint8 crops made by `data.preprocess_crop(…, self.preprocess)`
+        → (N, dimension) L2-normalised float32."""
         device = pick_device(device) if not isinstance(device, torch.device) else device
         model = self.model.to(device).eval()
         feats = model.encode(to_model_input(batch_u8, self.mean, self.std, device)).float().cpu().numpy()
@@ -84,7 +85,8 @@ def selected_checkpoint(root: Store) -> str:
     """The checkpoint key linear-sweep selected."""
     if not root.exists(SWEEP_SELECTION):
         raise BadInputError(
-            f"no {root.uri}/{SWEEP_SELECTION}: run `plankton linear-sweep` first, or name a checkpoint with --checkpoint"
+            f"no {root.uri}/{SWEEP_SELECTION}: run `plankton linear-sweep` first, "
+            "or name a checkpoint with --checkpoint"
         )
     selection = read_json(root, SWEEP_SELECTION)
     key = selection.get("checkpoint_key")
@@ -155,7 +157,7 @@ def load_embedder(root: Store, checkpoint: str | None = None) -> Embedder:
 
 
 def checkpoint_preprocess(ccfg: dict[str, Any]) -> str:
-    """The evaluation preprocessing a checkpoint's training config records (`letterbox` before it was recorded)."""
+    """The evaluation preprocessing a checkpoint's training config records (`letterbox` where it records none)."""
     preprocess = str(ccfg.get("preprocess") or "letterbox")
     check_preprocess(preprocess)
     return preprocess
@@ -166,13 +168,16 @@ def check_compatible(info: dict[str, Any], embedder: Embedder, where: str) -> No
     rebuild = "rebuild it with `plankton lut --force`"
     if info.get("backbone") != embedder.backbone:
         raise BadInputError(
-            f"LUT {where} was built with backbone {info.get('backbone')!r} but checkpoint {embedder.checkpoint} is {embedder.backbone!r}; {rebuild}"
+            f"LUT {where} was built with backbone {info.get('backbone')!r} "
+            f"but checkpoint {embedder.checkpoint} is {embedder.backbone!r}; {rebuild}"
         )
     if int(info.get("dimension", -1)) != embedder.dimension:
         raise BadInputError(
-            f"LUT {where} holds {info.get('dimension')}-d embeddings but checkpoint {embedder.checkpoint} gives {embedder.dimension}-d; {rebuild}"
+            f"LUT {where} holds {info.get('dimension')}-d embeddings "
+            f"but checkpoint {embedder.checkpoint} gives {embedder.dimension}-d; {rebuild}"
         )
     if info.get("weights_sha256") and info["weights_sha256"] != embedder.fingerprint:
         raise BadInputError(
-            f"LUT {where} was built with other weights ({info.get('checkpoint')}) than checkpoint {embedder.checkpoint}; {rebuild}"
+            f"LUT {where} was built with other weights ({info.get('checkpoint')}) "
+            f"than checkpoint {embedder.checkpoint}; {rebuild}"
         )

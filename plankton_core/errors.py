@@ -37,7 +37,8 @@ class StoreError(BadInputError):
 
 
 class TransientStoreError(StoreError):
-    """The store failed in a way that may pass (endpoint unreachable, timeout, 5xx) after botocore's retries: retry later."""
+    """The store failed in a way that may pass (endpoint unreachable, timeout, 5xx) after botocore's retries:
+    retry later."""
 
     exit_code = EXIT_INTERRUPTED
 

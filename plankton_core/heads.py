@@ -12,7 +12,6 @@ import io
 from typing import Any
 
 import torch
-from torch import nn
 
 from .errors import BadInputError
 from .store import Store
@@ -32,7 +31,8 @@ def load_head(store: Store, key: str) -> tuple[dict[str, torch.Tensor], dict[str
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt or unsafe
         raise BadInputError(
-            f"linear head {store.uri}/{key} is corrupt or unsafe: {str(exc).splitlines()[0]}; rerun `plankton linear-sweep --force`"
+            f"linear head {store.uri}/{key} is corrupt or unsafe: {str(exc).splitlines()[0]}; "
+            "rerun `plankton linear-sweep --force`"
         ) from None
     state = obj.get("state_dict") if isinstance(obj, dict) else None
     if not isinstance(state, dict) or "weight" not in state or "bias" not in state:
@@ -40,11 +40,3 @@ def load_head(store: Store, key: str) -> tuple[dict[str, torch.Tensor], dict[str
             f"linear head {store.uri}/{key} has no weight/bias state dict; rerun `plankton linear-sweep --force`"
         )
     return state, dict(obj.get("meta", {}))
-
-
-def head_module(state: dict[str, torch.Tensor]) -> nn.Linear:
-    """An nn.Linear holding a saved head."""
-    out_dim, in_dim = state["weight"].shape
-    head = nn.Linear(in_dim, out_dim)
-    head.load_state_dict({"weight": state["weight"], "bias": state["bias"]})
-    return head.eval()

@@ -93,7 +93,8 @@ class Lease:
         """Raise InterruptedRun when the lease was taken over (the run must not commit)."""
         if self.lost:
             raise InterruptedRun(
-                f"{self.name}: lost its lease {self.root.uri}/{self.key} (not renewed in time); nothing committed, rerun it"
+                f"{self.name}: lost its lease {self.root.uri}/{self.key} (not renewed in time); "
+                "nothing committed, rerun it"
             )
 
 

@@ -67,7 +67,8 @@ def load_backbone_weights(backbone: nn.Module, state: dict[str, Any], name: str 
     usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if len(usable) < max(1, len(own) // 2):
         raise BadInputError(
-            f"pretrained weights do not fit {name}: only {len(usable)} of its {len(own)} tensors found with matching names and shapes"
+            f"pretrained weights do not fit {name}: only {len(usable)} of its {len(own)} tensors found "
+            "with matching names and shapes"
         )
     backbone.load_state_dict(usable, strict=False)
     return len(usable)

@@ -177,7 +177,8 @@ class ShardSet:
         parts = self.records()
         if not parts:
             raise UpstreamNotReadyError(
-                f"no {self.stage} shard parts under {self.where}: run `plankton {self.stage} --shard-index I --num-shards N` for every I first"
+                f"no {self.stage} shard parts under {self.where}: "
+                f"run `plankton {self.stage} --shard-index I --num-shards N` for every I first"
             )
         groups: dict[int, dict[int, PartRecord]] = {}
         for p in parts:
@@ -206,10 +207,12 @@ class ShardSet:
         name = f"{self.stage} shard {part.index}-of-{part.count} under {self.where}"
         if part.fingerprint == fingerprint and part.config == config and part.upstream != upstream:
             raise UpstreamNotReadyError(
-                f"{name} predates the current upstream run ({', '.join(sorted(upstream))}): rerun {what}, then `plankton {self.stage} --merge`"
+                f"{name} predates the current upstream run ({', '.join(sorted(upstream))}): "
+                f"rerun {what}, then `plankton {self.stage} --merge`"
             )
         raise BadInputError(
-            f"{name} was made from {_why(part, fingerprint, config)}: rerun {what} with this input and config, then `plankton {self.stage} --merge`"
+            f"{name} was made from {_why(part, fingerprint, config)}: "
+            f"rerun {what} with this input and config, then `plankton {self.stage} --merge`"
         )
 
 
@@ -218,7 +221,8 @@ def _why(part: PartRecord, fingerprint: Any, config: dict[str, Any]) -> str:
         then, now = part.fingerprint, fingerprint
         if isinstance(then, dict) and isinstance(now, dict):
             return (
-                f"a different input ({then.get('input')}: {then.get('files')} files, listing {then.get('listing_sha256')}; "
+                f"a different input ({then.get('input')}: {then.get('files')} files, "
+                f"listing {then.get('listing_sha256')}; "
                 f"now {now.get('input')}: {now.get('files')} files, listing {now.get('listing_sha256')})"
             )
         return "a different input"

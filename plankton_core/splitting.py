@@ -99,7 +99,8 @@ def assign_splits(
 
 
 def _codes(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct values and each row's index into them (hashing in Arrow: sorting a million strings in numpy is slow)."""
+    """Sorted distinct values and each row's index into them (hashing in Arrow: sorting a million strings in
+    numpy is slow)."""
     encoded = pa.array(values, pa.string()).dictionary_encode()
     names = encoded.dictionary
     order = pc.sort_indices(names).to_numpy()

@@ -338,7 +338,8 @@ class S3Store:
         except BotoCoreError as exc:
             if _is_transient(exc):
                 raise TransientStoreError(
-                    f"cannot reach S3 endpoint {self.endpoint_url or 'default'} for s3://{self.bucket} after {s3_attempts()} attempts: {_short(exc)}; retry later"
+                    f"cannot reach S3 endpoint {self.endpoint_url or 'default'} for s3://{self.bucket} "
+                    f"after {s3_attempts()} attempts: {_short(exc)}; retry later"
                 ) from None
             raise StoreError(f"cannot reach S3 endpoint {self.endpoint_url or 'default'}: {exc}") from None
 
@@ -389,7 +390,8 @@ class S3Store:
             yield key
 
     def _objects(self, prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(key relative to this store, listing entry) of every object under `prefix` (a key or a folder), page by page."""
+        """(key relative to this store, listing entry) of every object under `prefix` (a key or a folder),
+        page by page."""
         full = self._k(prefix)
         if full and not full.endswith("/") and not self.exists(prefix):
             full += "/"

@@ -1,4 +1,5 @@
-"""Run the pipeline's rendered Jobs from the built image with podman, the way a pod runs them; part of `make image-test`.
+"""Run the pipeline's rendered Jobs from the built image with podman, the way a pod runs them;
+part of `make image-test`.
 
 Each Job of `plankton k8s render pipeline` becomes one `podman run` per pod (per index of an Indexed Job):
 - the container's own command (as the entrypoint), args and env (ConfigMap and Secret references from
@@ -223,7 +224,7 @@ def expect(pm: Podman, job: dict[str, Any], code: int, what: str, needle: str = 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--image", required=True)
     ap.add_argument("--podman", default="podman")
     ap.add_argument("-f", "--values", action="append", default=[str(REPO / "k8s/local/values.yaml")])
@@ -326,7 +327,8 @@ def main() -> None:
         key = saved.group(1).removeprefix(f"s3://{BUCKET}/")
         s3.head_object(Bucket=BUCKET, Key=key)
         say(
-            f"sigterm: {saved.group(1)} is in the store; log: {next(line for line in logs.splitlines() if 'stopped by SIGTERM' in line).strip()}"
+            f"sigterm: {saved.group(1)} is in the store; log: "
+            f"{next(line for line in logs.splitlines() if 'stopped by SIGTERM' in line).strip()}"
         )
         # the Job's next pod (75 is ignored by the podFailurePolicy) resumes from it; stop it again
         name = pm.start(job, "-a2")

@@ -76,7 +76,8 @@ MANIFEST_COLUMNS = ("source_key", "class", "status", "reason", "crop_key", *MANI
 
 
 def write_crop_root(store, rows: dict[str, list], config: dict[str, Any]) -> None:
-    """The crop stage's outputs from manifest `rows` (crops already written): crop/manifest.parquet and crop finished."""
+    """The crop stage's outputs from manifest `rows` (crops already written): crop/manifest.parquet and crop
+    finished."""
     table = pa.table(
         {k: pa.array(rows[k], pa.int64() if k in MANIFEST_INT_COLUMNS else pa.string()) for k in MANIFEST_COLUMNS}
     )

@@ -90,7 +90,7 @@ def run(name: str, store, force: bool = False, **cfg):
 
 
 def test_a_second_run_of_a_stage_refuses_naming_holder_host_and_age(store):
-    """Two runs of one stage at once used to mix their outputs: the second now refuses (exit 75)."""
+    """Two runs of one stage at once would mix their outputs: the second refuses (exit 75)."""
     started, release = threading.Event(), threading.Event()
     outcome: dict = {}
 
@@ -503,7 +503,7 @@ def test_a_missing_success_anywhere_up_the_chain_refuses(store):
 
 
 def test_evaluate_refuses_when_stats_changed_after_supcon(tmp_path):
-    """Finding 7: evaluate said "up to date" after stats had changed; now exit 3 naming the stale stage."""
+    """Finding 7: after stats changed, evaluate does not say "up to date": it exits 3 naming the stale stage."""
     from lut_fixtures import make_lut_upstream
     from pipeline_fixtures import finish_stage
 
@@ -534,7 +534,8 @@ def test_log_lines_never_show_url_passwords_or_aws_keys(monkeypatch):
     try:
         StageMetrics("fault-a").push(final=True)
         logging.getLogger("botocore.endpoint").warning(
-            "Sending http request: headers={'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/s3/aws4_request, Signature=0123abcd'} body=%s",
+            "Sending http request: headers={'Authorization': b'AWS4-HMAC-SHA256 "
+            "Credential=AKIDEXAMPLE/20260101/us-east-1/s3/aws4_request, Signature=0123abcd'} body=%s",
             "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY",
         )
     finally:
@@ -564,7 +565,7 @@ def test_cli_error_lines_are_redacted(run_cli, monkeypatch):
 @pytest.mark.parametrize("failing", ["epoch_0001.pt", "last.pt", "metrics.jsonl"])
 def test_a_resumed_run_after_a_full_disk_writes_every_checkpoint_and_metrics_row(tmp_path, monkeypatch, failing):
     """The disk filled while epoch 1 was being saved; after space came back the resumed run must leave every
-    epoch's checkpoint and metrics row (epoch_0001.pt and epoch 1's row were missing)."""
+    epoch's checkpoint and metrics row, epoch_0001.pt and epoch 1's row included."""
     sys.path.insert(0, str(Path(__file__).parent / "training"))
     from training_toy import EPOCHS, METRICS, PREFIX, fit
 

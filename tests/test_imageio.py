@@ -193,7 +193,8 @@ def test_16_bit_scaling_is_round_of_value_over_257_for_every_value():
 
 
 def test_16_bit_decoding_memory_stays_near_the_frame():
-    """A 6000×6000 16-bit PNG (a few hundred KB) used to take ~25 bytes per pixel at peak; now about 3 (frame + uint8 copy)."""
+    """A 6000×6000 16-bit PNG (a few hundred KB), converted in strips, peaks at about 3 bytes per pixel
+    (frame + uint8 copy), not the ~25 of converting the whole frame at once."""
     code = textwrap.dedent(
         """
         import io, resource

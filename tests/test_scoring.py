@@ -1,4 +1,5 @@
-"""Intervals in plankton_core.scoring: Wilson against hand-computed values, the stratified bootstrap against a naive loop."""
+"""Intervals in plankton_core.scoring: Wilson against hand-computed values, the stratified bootstrap against
+a naive loop."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`plankton sql`: DuckDB over the pipeline's Parquet files on both stores, read-only, with clear errors; views from the registry."""
+"""`plankton sql`: DuckDB over the pipeline's Parquet files on both stores, read-only, with clear errors;
+views from the registry."""
 
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ def test_group_by_matches_the_gallery_table(lut_env, run_cli):
 
 
 def test_join_across_views_and_table_output(lut_env, run_cli):
-    query = "SELECT s.split, count(*) AS n FROM splits s LEFT JOIN gallery g USING (crop_key) WHERE g.id IS NULL GROUP BY 1 ORDER BY 1"
+    query = (
+        "SELECT s.split, count(*) AS n FROM splits s LEFT JOIN gallery g USING (crop_key) "
+        "WHERE g.id IS NULL GROUP BY 1 ORDER BY 1"
+    )
     res = run_cli("sql", "--root", lut_env.uri, query)
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
@@ -161,7 +165,8 @@ def test_views_come_from_the_registry():
 
 
 def test_duckdb_temp_folder_is_private_not_the_working_folder(tmp_path, monkeypatch, run_cli):
-    """DuckDB's default temp folder `./.tmp` was readable and writable by a query; now it is a fresh private one."""
+    """DuckDB's default temp folder `./.tmp` would be readable and writable by a query: the query gets a fresh
+    private one."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".tmp").mkdir()
     (tmp_path / ".tmp" / "planted.txt").write_text("from the working folder")

@@ -318,7 +318,8 @@ def test_no_credentials(s3_bucket, monkeypatch, tmp_path):
 
 
 def test_unreachable_endpoint(monkeypatch):
-    """A refused connection is transient: retried ($PLANKTON_S3_MAX_ATTEMPTS), then one line and exit 75 (the Job retries)."""
+    """A refused connection is transient: retried ($PLANKTON_S3_MAX_ATTEMPTS), then one line and exit 75
+    (the Job retries)."""
     from plankton_core.errors import TransientStoreError
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")

@@ -1,4 +1,5 @@
-"""Helpers shared by the training stages' tests (pretrain, supcon): CLI arguments, checkpoints, metrics, SIGTERM, weights."""
+"""Helpers shared by the training stages' tests (pretrain, supcon): CLI arguments, checkpoints, metrics,
+SIGTERM, weights."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def sigterm_during_call(monkeypatch: pytest.MonkeyPatch, module: Any, name: str,
 def assert_same_parts(
     a: dict, b: dict, parts: Iterable[str] = ("model", "head"), optional: Iterable[str] = (), atol: float = 0.0
 ) -> None:
-    """The state dicts under `parts` (and under `optional` when either checkpoint has them) agree: exactly, or floats within atol."""
+    """The state dicts under `parts` (and under `optional` when either checkpoint has them) agree: exactly,
+    or floats within atol."""
     present = [p for p in optional if p in a or p in b]
     for part in [*parts, *present]:
         assert a[part].keys() == b[part].keys(), part

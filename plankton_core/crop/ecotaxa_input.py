@@ -101,7 +101,8 @@ def read_input(archive: Any, cfg: CropConfig) -> EcoTaxaInput:
         listed = ", ".join(f"{c} ({n})" for c, n in sorted(small.items(), key=lambda kv: (-kv[1], kv[0]))[:10])
         more = f" and {len(small) - 10} more" if len(small) > 10 else ""
         out.notes.append(
-            f"{len(small)} class(es) with fewer than {cfg.min_per_class} objects left out of training (rows 'excluded'): {listed}{more}"
+            f"{len(small)} class(es) with fewer than {cfg.min_per_class} objects left out of training "
+            f"(rows 'excluded'): {listed}{more}"
         )
     out.objects.sort(key=lambda o: o.image)
     out.recorded.sort(key=lambda r: r[1])
@@ -118,7 +119,8 @@ def bad_input_error(inp: EcoTaxaInput, manifest_uri: str) -> BadInputError:
     kinds = Counter(_kind(b) for b in inp.bad)
     summary = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
     return BadInputError(
-        f"the EcoTaxa input {inp.archive.uri} has {len(inp.bad)} bad row(s) or file(s) ({summary}), e.g. {inp.bad[0]}; every one is in {manifest_uri}"
+        f"the EcoTaxa input {inp.archive.uri} has {len(inp.bad)} bad row(s) or file(s) ({summary}), "
+        f"e.g. {inp.bad[0]}; every one is in {manifest_uri}"
     )
 
 

@@ -34,7 +34,8 @@ def merge(cfg: CropConfig, ctx: StageContext, parts: list[PartRecord]) -> dict[s
     if owned != total:
         where = ShardSet(root, ctx.stage, ctx.prefix).where
         raise BadInputError(
-            f"the crop shard parts under {where} account for {owned} input files, the input has {total}; rerun the shards"
+            f"the crop shard parts under {where} account for {owned} input files, "
+            f"the input has {total}; rerun the shards"
         )
     manifest_uri = f"{root.uri}/{ctx.key(MANIFEST)}"
     tally = Tally()

@@ -40,8 +40,8 @@ MERGE_SHARE = 0.2  # other groups at least this share of the largest one's pixel
 FLAT_STD = 2.0  # grey levels: a smoothed image varying less than this is blank
 AUTO_MAX_SIDE = 1024  # auto: larger images are frames (vignettes are tens to hundreds of pixels)
 AUTO_REACH = 1  # auto: parts this many pixels apart (each side) are one object
-AUTO_SHARE = 0.3
-AUTO_SAMPLE = 32  # auto on a class-folder tree: images judged to choose for the whole input  # auto: a main object whose box covers at least this share of the image makes it a vignette
+AUTO_SHARE = 0.3  # auto: a main object whose box covers at least this share of the image makes it a vignette
+AUTO_SAMPLE = 32  # auto on a class-folder tree: images judged to choose for the whole input
 
 
 def otsu(values: np.ndarray) -> float:

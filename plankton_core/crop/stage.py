@@ -266,7 +266,8 @@ class Tally:
 
     @property
     def bad(self) -> int:
-        """Unreadable files that count against --max-bad-fraction (a .DS_Store is recorded, not held against the input)."""
+        """Unreadable files that count against --max-bad-fraction (a .DS_Store is recorded, not held against
+        the input)."""
         return self.status[UNREADABLE] - self.hidden
 
     def add(self, rows: list[tuple]) -> None:
@@ -303,9 +304,12 @@ class Tally:
 
     def notes(self, cfg: CropConfig, manifest_uri: str) -> list[str]:
         hints = {
-            "edge": "their objects touch the frame border (status edge); for tight crops of single organisms rerun with --edge-margin 0 to keep them",
-            "too_small": f"their objects are smaller than --min-area {cfg.min_area} pixels (status too_small); lower --min-area to keep them",
-            "no_object": f"no object stood out of the background (status no_object); lower --min-contrast (now {cfg.min_contrast}) for faint objects",
+            "edge": "their objects touch the frame border (status edge); "
+            "for tight crops of single organisms rerun with --edge-margin 0 to keep them",
+            "too_small": f"their objects are smaller than --min-area {cfg.min_area} pixels (status too_small); "
+            "lower --min-area to keep them",
+            "no_object": "no object stood out of the background (status no_object); "
+            f"lower --min-contrast (now {cfg.min_contrast}) for faint objects",
             "unreadable": "they could not be decoded (status unreadable)",
         }
         notes = []
@@ -314,14 +318,16 @@ class Tally:
             if c["files"] and dropped / c["files"] > MOSTLY_DROPPED:
                 cause = max(hints, key=lambda k: c[k])
                 notes.append(
-                    f"class '{cls}': {dropped} of {c['files']} images ({dropped / c['files']:.0%}) gave no crop, {c[cause]} because {hints[cause]}"
+                    f"class '{cls}': {dropped} of {c['files']} images ({dropped / c['files']:.0%}) gave no crop, "
+                    f"{c[cause]} because {hints[cause]}"
                 )
         if len(notes) > 10:
             notes = notes[:10] + [f"… and {len(notes) - 10} more classes mostly dropped; see {manifest_uri}"]
         bad = self.status.get(UNREADABLE, 0)
         if bad:
             notes.append(
-                f"{bad} unreadable input file(s), e.g. {', '.join(self.bad_examples)}; every reason is in {manifest_uri}"
+                f"{bad} unreadable input file(s), e.g. {', '.join(self.bad_examples)}; "
+                f"every reason is in {manifest_uri}"
             )
         return notes
 
@@ -381,7 +387,8 @@ def choose_objects(source: Store, files: int, cfg: CropConfig) -> tuple[str, str
     mode = "single" if total and votes["single"] * 2 > total else "frames"
     return (
         mode,
-        f"--objects auto: {mode} for this input ({votes['single']} of {total} sampled images look like one object each)",
+        f"--objects auto: {mode} for this input "
+        f"({votes['single']} of {total} sampled images look like one object each)",
     )
 
 
@@ -440,7 +447,8 @@ def shard(cfg: CropConfig, ctx: StageContext, index: int, count: int) -> ShardOu
         root.put_file(local, failed_key)
         raise too_many_bad_error(tally, total, cfg, f"{root.uri}/{failed_key}", f"in shard {index} of {count} alone")
     ctx.notes.append(
-        f"shard {index} of {count} done ({tally.files} of {total} input files); `plankton crop --merge` gathers the shards"
+        f"shard {index} of {count} done ({tally.files} of {total} input files); "
+        "`plankton crop --merge` gathers the shards"
     )
     output.counts = {"shard": f"{index}-of-{count}", **tally.counts()}
     output.extra = {"files": tally.files, "rows": pq.ParquetFile(local).metadata.num_rows}

@@ -65,7 +65,8 @@ def background_stats(gray: np.ndarray) -> tuple[float, float]:
 
 
 def dilate8(mask: np.ndarray) -> np.ndarray:
-    """ndimage.binary_dilation(mask, EIGHT_CONNECTED) (outside counts as False) by nine shifted ORs: no per-call set-up."""
+    """ndimage.binary_dilation(mask, EIGHT_CONNECTED) (outside counts as False) by nine shifted ORs:
+    no per-call set-up."""
     h, w = mask.shape
     padded = np.zeros((h + 2, w + 2), bool)
     padded[1:-1, 1:-1] = mask
@@ -89,7 +90,8 @@ def _gaussian_weights(sigma: float) -> np.ndarray:
 
 
 def gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
-    """ndimage.gaussian_filter(image, sigma, mode="nearest") of a float32 image, the same values without its per-call set-up."""
+    """ndimage.gaussian_filter(image, sigma, mode="nearest") of a float32 image, the same values without its
+    per-call set-up."""
     weights = _gaussian_weights(sigma)
     out = ndimage.correlate1d(image, weights, 0, mode="nearest")
     return ndimage.correlate1d(out, weights, 1, output=out, mode="nearest")

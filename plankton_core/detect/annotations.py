@@ -17,6 +17,7 @@ import posixpath
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -141,6 +142,37 @@ def _from_rows(keys: Sequence[str], classes: Sequence[str], boxes: np.ndarray) -
 
 def load_coco(data: bytes, what: str, image_keys: set[str]) -> Annotations:
     """A COCO detection file: every problem is one line naming it. `image_keys`: the files under --input."""
+    doc = _coco_document(data, what)
+    cats: dict[int, str] = {}
+    for c in doc["categories"]:
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise BadInputError(f"COCO file {what}: a category lacks id or name: {c!r}")
+        cats[int(c["id"])] = str(c["name"])
+    names = [cats[i] for i in sorted(cats)]
+    label = {cid: n + 1 for n, cid in enumerate(sorted(cats))}
+    images = _coco_images(doc["images"], what, image_keys)
+    per_image: dict[int, list[tuple[list[float], int, bool]]] = {i: [] for i in images}
+    for ann in doc["annotations"]:
+        image_id, box = _coco_box(ann, what, images, cats)
+        per_image[image_id].append((box, label[int(ann["category_id"])], bool(ann.get("iscrowd", 0))))
+    frames = []
+    for image_id in sorted(images):
+        f = images[image_id]
+        rows = per_image[image_id]
+        if rows:
+            f.boxes = xywh_to_xyxy(np.array([r[0] for r in rows]))
+            f.boxes[:, [0, 2]] = f.boxes[:, [0, 2]].clip(0, f.width)
+            f.boxes[:, [1, 3]] = f.boxes[:, [1, 3]].clip(0, f.height)
+            f.labels = np.array([r[1] for r in rows], dtype=np.int64)
+            f.crowd = np.array([r[2] for r in rows], dtype=bool)
+        else:
+            f.crowd = np.zeros(0, dtype=bool)
+        frames.append(f)
+    return Annotations(names, frames)
+
+
+def _coco_document(data: bytes, what: str) -> dict[str, Any]:
+    """The parsed file, with its images, annotations and categories lists present and not empty."""
     if not data.strip():
         raise BadInputError(f"COCO file {what} is empty")
     try:
@@ -156,15 +188,13 @@ def load_coco(data: bytes, what: str, image_keys: set[str]) -> Annotations:
         raise BadInputError(f"COCO file {what} lists no images")
     if not doc["categories"]:
         raise BadInputError(f"COCO file {what} lists no categories")
-    cats: dict[int, str] = {}
-    for c in doc["categories"]:
-        if not isinstance(c, dict) or "id" not in c or "name" not in c:
-            raise BadInputError(f"COCO file {what}: a category lacks id or name: {c!r}")
-        cats[int(c["id"])] = str(c["name"])
-    names = [cats[i] for i in sorted(cats)]
-    label = {cid: n + 1 for n, cid in enumerate(sorted(cats))}
+    return doc
+
+
+def _coco_images(entries: list[Any], what: str, image_keys: set[str]) -> dict[int, Frame]:
+    """Each listed image as a Frame without boxes yet, by its COCO id; each must be a file under --input."""
     images: dict[int, Frame] = {}
-    for img in doc["images"]:
+    for img in entries:
         if not isinstance(img, dict) or not all(k in img for k in ("id", "file_name", "width", "height")):
             raise BadInputError(f"COCO file {what}: an image lacks id, file_name, width or height: {img!r}")
         key = posixpath.normpath(str(img["file_name"]).lstrip("/"))
@@ -180,53 +210,43 @@ def load_coco(data: bytes, what: str, image_keys: set[str]) -> Annotations:
             height=int(img["height"]),
             image_id=int(img["id"]),
         )
-    per_image: dict[int, list[tuple[list[float], int, bool]]] = {i: [] for i in images}
-    for ann in doc["annotations"]:
-        if not isinstance(ann, dict) or not all(k in ann for k in ("image_id", "category_id", "bbox")):
-            raise BadInputError(f"COCO file {what}: an annotation lacks image_id, category_id or bbox: {ann!r}")
-        aid = ann.get("id", "?")
-        if int(ann["image_id"]) not in images:
-            raise BadInputError(
-                f"COCO file {what}: annotation {aid} refers to image id {ann['image_id']}, which the file does not list"
-            )
-        frame = images[int(ann["image_id"])]
-        if int(ann["category_id"]) not in cats:
-            raise BadInputError(
-                f"COCO file {what}: annotation {aid} of image {frame.key!r} has unknown category {ann['category_id']} "
-                f"(categories: {', '.join(str(k) for k in sorted(cats))})"
-            )
-        bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise BadInputError(
-                f"COCO file {what}: annotation {aid} of image {frame.key!r} has a bbox that is not [x, y, width, height]: {bbox!r}"
-            )
-        x, y, w, h = (float(v) for v in bbox)
-        if w <= 0 or h <= 0:
-            raise BadInputError(
-                f"COCO file {what}: annotation {aid} of image {frame.key!r} has an empty box {bbox} (width and height must be > 0)"
-            )
-        t = BOX_TOLERANCE
-        if x < -t or y < -t or x + w > frame.width + t or y + h > frame.height + t:
-            raise BadInputError(
-                f"COCO file {what}: annotation {aid} box {bbox} lies outside image {frame.key!r} ({frame.width}×{frame.height})"
-            )
-        per_image[int(ann["image_id"])].append(
-            ([x, y, w, h], label[int(ann["category_id"])], bool(ann.get("iscrowd", 0)))
+    return images
+
+
+def _coco_box(ann: Any, what: str, images: dict[int, Frame], cats: dict[int, str]) -> tuple[int, list[float]]:
+    """(image id, [x, y, w, h]) of one annotation, checked against its image and the categories."""
+    if not isinstance(ann, dict) or not all(k in ann for k in ("image_id", "category_id", "bbox")):
+        raise BadInputError(f"COCO file {what}: an annotation lacks image_id, category_id or bbox: {ann!r}")
+    aid = ann.get("id", "?")
+    if int(ann["image_id"]) not in images:
+        raise BadInputError(
+            f"COCO file {what}: annotation {aid} refers to image id {ann['image_id']}, which the file does not list"
         )
-    frames = []
-    for image_id in sorted(images):
-        f = images[image_id]
-        rows = per_image[image_id]
-        if rows:
-            f.boxes = xywh_to_xyxy(np.array([r[0] for r in rows]))
-            f.boxes[:, [0, 2]] = f.boxes[:, [0, 2]].clip(0, f.width)
-            f.boxes[:, [1, 3]] = f.boxes[:, [1, 3]].clip(0, f.height)
-            f.labels = np.array([r[1] for r in rows], dtype=np.int64)
-            f.crowd = np.array([r[2] for r in rows], dtype=bool)
-        else:
-            f.crowd = np.zeros(0, dtype=bool)
-        frames.append(f)
-    return Annotations(names, frames)
+    frame = images[int(ann["image_id"])]
+    if int(ann["category_id"]) not in cats:
+        raise BadInputError(
+            f"COCO file {what}: annotation {aid} of image {frame.key!r} has unknown category {ann['category_id']} "
+            f"(categories: {', '.join(str(k) for k in sorted(cats))})"
+        )
+    bbox = ann["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        raise BadInputError(
+            f"COCO file {what}: annotation {aid} of image {frame.key!r} has a bbox "
+            f"that is not [x, y, width, height]: {bbox!r}"
+        )
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:
+        raise BadInputError(
+            f"COCO file {what}: annotation {aid} of image {frame.key!r} has an empty box {bbox} "
+            "(width and height must be > 0)"
+        )
+    t = BOX_TOLERANCE
+    if x < -t or y < -t or x + w > frame.width + t or y + h > frame.height + t:
+        raise BadInputError(
+            f"COCO file {what}: annotation {aid} box {bbox} lies outside image {frame.key!r} "
+            f"({frame.width}×{frame.height})"
+        )
+    return int(ann["image_id"]), [x, y, w, h]
 
 
 def assign_frame_splits(ann: Annotations, fractions: Sequence[float], seed: int, root: Store | None = None) -> None:
@@ -256,6 +276,7 @@ def assign_frame_splits(ann: Annotations, fractions: Sequence[float], seed: int,
             f.split = str(s)
         if assignment.unsplit_classes:
             ann.notes.append(
-                f"classes with too few frames to split, kept whole in train: {', '.join(sorted(assignment.unsplit_classes))}"
+                "classes with too few frames to split, kept whole in train: "
+                f"{', '.join(sorted(assignment.unsplit_classes))}"
             )
     assert all(f.split in SPLITS for f in ann.frames)

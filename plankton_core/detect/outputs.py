@@ -66,7 +66,8 @@ def write_outputs(
     write_parquet(root, DETECT_TEST_DETECTIONS, detections_table(frames, dets, ann.classes))
     ap = result.stats["AP"]
     ctx.notes.append(
-        f"test ({result.images} frames, {result.objects} objects): AP {'–' if ap is None else f'{ap:.3f}'}, best epoch by val AP: "
+        f"test ({result.images} frames, {result.objects} objects): "
+        f"AP {'–' if ap is None else f'{ap:.3f}'}, best epoch by val AP: "
         f"{metrics['best_epoch']} → {root.uri}/{DETECT_METRICS}"
     )
 
@@ -128,7 +129,8 @@ def pr_png(result: CocoResult, classes: Sequence[str]) -> bytes:
 def page_png(
     images: Store, frames: Sequence[Frame], dets: Sequence[Detections], classes: Sequence[str], cols: int = 4
 ) -> bytes:
-    """Test frames with the true boxes (green) under the predicted ones scoring ≥ PAGE_SCORE (red, with class and score)."""
+    """Test frames with the true boxes (green) under the predicted ones scoring ≥ PAGE_SCORE
+    (red, with class and score)."""
     import matplotlib
 
     matplotlib.use("Agg")

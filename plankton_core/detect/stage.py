@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -89,7 +89,8 @@ def load_annotations(cfg: DetectConfig, ctx: StageContext, images: Store) -> Ann
     if cfg.annotations == "manifest":
         if not ctx.root.exists(join("crop", SUCCESS)):
             raise UpstreamNotReadyError(
-                f"--annotations manifest needs a finished crop stage: no {ctx.root.uri}/crop/{SUCCESS}; run `plankton crop` first"
+                f"--annotations manifest needs a finished crop stage: no {ctx.root.uri}/crop/{SUCCESS}; "
+                "run `plankton crop` first"
             )
         return load_manifest(ctx.root)
     if cfg.annotations == "coco":
@@ -107,7 +108,8 @@ def resolve_init(cfg: DetectConfig, ctx: StageContext) -> tuple[str, str | None,
         key = checkpoint_key("last", PRETRAIN_CKPT)
         if not root.exists(join("pretrain", SUCCESS)) or not root.exists(key):
             raise UpstreamNotReadyError(
-                f"--init pretrain needs a finished pretrain stage ({root.uri}/{key}); run `plankton pretrain`, or use --init supcon|none|URI"
+                f"--init pretrain needs a finished pretrain stage ({root.uri}/{key}); "
+                "run `plankton pretrain`, or use --init supcon|none|URI"
             )
         return f"pretrain {key}", f"{root.uri}/{key}", str(recorded_run(root, "pretrain").get("digest", ""))
     if cfg.init == "supcon":
@@ -131,7 +133,8 @@ def check(cfg: DetectConfig, ctx: StageContext) -> DetectPlan:
     global_batch = cfg.batch_size * world
     if len(train) < global_batch:
         raise BadInputError(
-            f"{len(train)} train frames are fewer than the global batch {global_batch} (--batch-size {cfg.batch_size} × {world}); lower it"
+            f"{len(train)} train frames are fewer than the global batch {global_batch} "
+            f"(--batch-size {cfg.batch_size} × {world}); lower it"
         )
     init, init_uri, init_id = resolve_init(cfg, ctx)
     rounds = cfg.rounds()
@@ -150,7 +153,12 @@ def check(cfg: DetectConfig, ctx: StageContext) -> DetectPlan:
         "frozen_bn": cfg.init != "none",
     }
     resume = choose_resume(
-        ctx.root, DETECT_CKPT, cfg.resume, resolved, TRAJECTORY_FIELDS + ("classes", "train_frames"), ctx.s3_endpoint
+        ctx.root,
+        DETECT_CKPT,
+        cfg.resume,
+        resolved,
+        TRAJECTORY_FIELDS + ("classes", "train_frames", "world_size"),
+        ctx.s3_endpoint,
     )
     if resume.ckpt is not None:
         check_rounds(resume, resolved, cfg.resume)
@@ -174,7 +182,8 @@ def check_rounds(point: ResumePoint, resolved: dict[str, Any], resume: str) -> N
     if now[: len(trained)] != trained[: len(now)] and resume == "auto":
         raise BadInputError(
             f"{point.label} was trained with rounds {saved}, which the new --schedule does not continue ({now}); "
-            "keep the earlier rounds and add new ones to resume, --resume last to continue anyway, or --resume never to start over"
+            "keep the earlier rounds and add new ones to resume, --resume last to continue anyway, "
+            "or --resume never to start over"
         )
 
 
@@ -206,6 +215,8 @@ def backbone_state(
 
 
 def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
+    """Train the rounds of `--schedule` with val after every epoch, then evaluate best.pt on test and write the
+    outputs; returns the counts run.json records."""
     plan: DetectPlan = ctx.plan
     device, cuda = plan.device, plan.device.type == "cuda"
     images = open_store(plan.images_uri, ctx.s3_endpoint)
@@ -216,137 +227,37 @@ def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
         stop_on_signals(StopRequest()) as stop,
         deterministic_kernels(cfg.deterministic, device),
     ):
-        resolved = dict(plan.resolved)
-        if plan.resume.ckpt is None:
-            state, mean, std = backbone_state(plan, ctx)
-            resolved |= {"mean": mean, "std": std}
-        else:
-            saved = plan.resume.ckpt["config"]
-            resolved |= {"mean": saved.get("mean", list(IMAGENET_MEAN)), "std": saved.get("std", list(IMAGENET_STD))}
-            state = None
-        torch.manual_seed(cfg.seed)
-        net = build_detector(detector_spec(resolved), state)
-        net.roi_heads.score_thresh = cfg.eval_score  # type: ignore[union-attr]
-        if state is not None:
-            ctx.notes.append(f"backbone initialised from {plan.init}")
+        resolved, net = build_network(cfg, ctx, plan)
         batches = TrainBatches(
             images, ann.split("train"), cfg.batch_size, dist.rank, dist.world, cfg.seed, cfg.flip, cfg.workers
         )
         rounds = [(int(e), float(lr)) for e, lr in resolved["rounds"]]
-        epochs = sum(e for e, _ in rounds)
-        run = TrainingRun(
-            stage="detect",
-            ckpt_prefix=DETECT_CKPT,
-            metrics_key=DETECT_TRAIN_METRICS,
-            epochs=epochs,
-            steps_per_epoch=len(batches),
-            images_per_step=batches.global_batch,
-            save_every=cfg.save_every,
-            seed=cfg.seed,
-            config=resolved,
-        )
+        run = training_run(cfg, resolved, sum(e for e, _ in rounds), batches)
         trainer = Trainer(ctx, run, dist=dist, stop=stop, device=device)
-        params = [p for p in net.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=rounds[0][1], momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        schedule = partial(
-            round_schedule,
-            rounds=rounds,
-            steps_per_epoch=len(batches),
-            warmup_steps=min(cfg.warmup_iters, len(batches)),
-            decay=cfg.decay,
+        optimizer, scheduler = restore_training(cfg, ctx, trainer, net, rounds, len(batches))
+        model = to_device(net, optimizer, dist, device)
+        training = DetectTraining(
+            cfg,
+            ctx,
+            trainer,
+            net,
+            model,
+            optimizer,
+            scheduler,
+            batches,
+            images,
+            ann,
+            dist,
+            stop,
+            device,
+            resolved,
+            rounds,
         )
-        fresh = plan.resume.ckpt is None
-        scheduler = trainer.restore(plan.resume, {"model": net}, optimizer, schedule)
-        # a chain continued with added rounds: the restored optimiser holds the old schedule's next lr
-        current = lr_at(scheduler.last_epoch, rounds, len(batches), min(cfg.warmup_iters, len(batches)), cfg.decay)
-        for group in optimizer.param_groups:
-            group["lr"] = current
-        scheduler._last_lr = [current] * len(optimizer.param_groups)  # what get_last_lr() reports
-        plan.resume.ckpt = None
-        if fresh and dist.is_main:
-            for key in (DETECT_BEST, DETECT_VAL):
-                ctx.root.delete(key)
-        net.to(device)
-        for st in optimizer.state.values():
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor):
-                    st[k] = v.to(device)
-        model: nn.Module = (
-            nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
-            if dist.enabled
-            else net
-        )
-        history = read_val(ctx.root, trainer.start_epoch) if dist.is_main else []
-        round_ends = set(np.cumsum([e for e, _ in rounds]).tolist())
-        val_frames = ann.split("val")
-        amp = cfg.amp and cuda
         if dist.is_main:
-            log.info(
-                "detect: %s FPN, %d classes, %d/%d/%d train/val/test frames, global batch %d on %d process(es), rounds %s, device %s",
-                cfg.model,
-                len(ann.classes),
-                len(batches.frames),
-                len(val_frames),
-                len(ann.split("test")),
-                batches.global_batch,
-                dist.world,
-                ", ".join(f"{e}@{lr:.4g}" for e, lr in rounds),
-                device,
-            )
-
-        def loss_fn(m: nn.Module, batch: Batch) -> torch.Tensor:
-            imgs = [x.to(device, non_blocking=True) for x in batch.images]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in batch.targets]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                losses = m(imgs, targets)
-            return torch.stack([v.float() for v in losses.values()]).sum()
-
-        def run_epoch(epoch: int, start_step: int) -> EpochStats:
-            if epoch in round_ends and dist.is_main:  # the chain keeps every round's last epoch
-                keep_numbered(ctx.root, trainer, epoch)
-            it = progress(
-                batches.epoch(epoch, start_step),
-                total=len(batches) - start_step,
-                desc=f"detect epoch {epoch + 1}/{epochs}",
-            )
-            stats = train_one_epoch(
-                model,
-                it,
-                loss_fn,
-                optimizer,
-                scheduler,
-                epoch=epoch,
-                steps_per_epoch=len(batches),
-                start_step=start_step,
-                dist=dist,
-                stop=stop,
-                lr_option="--schedule",
-            )
-            if not stats.interrupted:
-                result = (
-                    evaluate_frames(net, images, val_frames, ann.classes, device, dist, cfg, amp)
-                    if val_frames
-                    else None
-                )
-                if dist.is_main:
-                    record_val(ctx.root, history, epoch + 1, result, net, resolved)
-            return stats
-
-        counts = trainer.fit(run_epoch)
-        if dist.is_main and epochs in round_ends:
-            keep_numbered(ctx.root, trainer, epochs)
-        barrier(dist)
-        best = best_row(history) if dist.is_main else None
-        if ctx.root.exists(DETECT_BEST):
-            net.load_state_dict(load_checkpoint(ctx.root, DETECT_BEST)["model"])
-        elif dist.is_main:
-            save_best(ctx.root, net, resolved, epochs, None)
-            ctx.notes.append("no val frames: best.pt is the last epoch's weights")
-        test = evaluate_frames(net, images, ann.split("test"), ann.classes, device, dist, cfg, amp, keep=True)
-        if dist.is_main:
-            from .outputs import write_outputs
-
-            write_outputs(ctx, cfg, ann, test, best, resolved, images)
+            training.history = read_val(ctx.root, trainer.start_epoch)
+            log_start(cfg, ann, batches, dist, rounds, device)
+        counts = trainer.fit(training.run_epoch)
+        best, test = training.test_best()
     out = counts | {
         "frames": len(ann.frames),
         "train_frames": len(ann.split("train")),
@@ -356,6 +267,195 @@ def body(cfg: DetectConfig, ctx: StageContext) -> dict[str, Any]:
     if test is not None:
         out |= {"test_AP": round_or_none(test[0].stats["AP"]), "test_AP50": round_or_none(test[0].stats["AP50"])}
     return out
+
+
+def build_network(cfg: DetectConfig, ctx: StageContext, plan: DetectPlan) -> tuple[dict[str, Any], nn.Module]:
+    """The resolved config with the input normalisation, and the detector: its backbone from `--init` when starting
+    fresh (a resumed run restores every weight from the checkpoint)."""
+    resolved = dict(plan.resolved)
+    if plan.resume.ckpt is None:
+        state, mean, std = backbone_state(plan, ctx)
+        resolved |= {"mean": mean, "std": std}
+    else:
+        saved = plan.resume.ckpt["config"]
+        resolved |= {"mean": saved.get("mean", list(IMAGENET_MEAN)), "std": saved.get("std", list(IMAGENET_STD))}
+        state = None
+    torch.manual_seed(cfg.seed)
+    net = build_detector(detector_spec(resolved), state)
+    net.roi_heads.score_thresh = cfg.eval_score  # type: ignore[union-attr]
+    if state is not None:
+        ctx.notes.append(f"backbone initialised from {plan.init}")
+    return resolved, net
+
+
+def training_run(cfg: DetectConfig, resolved: dict[str, Any], epochs: int, batches: TrainBatches) -> TrainingRun:
+    return TrainingRun(
+        stage="detect",
+        ckpt_prefix=DETECT_CKPT,
+        metrics_key=DETECT_TRAIN_METRICS,
+        epochs=epochs,
+        steps_per_epoch=len(batches),
+        images_per_step=batches.global_batch,
+        save_every=cfg.save_every,
+        seed=cfg.seed,
+        config=resolved,
+    )
+
+
+def restore_training(
+    cfg: DetectConfig,
+    ctx: StageContext,
+    trainer: Trainer,
+    net: nn.Module,
+    rounds: list[tuple[int, float]],
+    steps_per_epoch: int,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimiser and the round schedule, restored from the resume point; a fresh start clears best.pt and
+    val.jsonl."""
+    plan: DetectPlan = ctx.plan
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=rounds[0][1], momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    warmup = min(cfg.warmup_iters, steps_per_epoch)
+    schedule = partial(
+        round_schedule, rounds=rounds, steps_per_epoch=steps_per_epoch, warmup_steps=warmup, decay=cfg.decay
+    )
+    fresh = plan.resume.ckpt is None
+    scheduler = trainer.restore(plan.resume, {"model": net}, optimizer, schedule)
+    # a chain continued with added rounds: the restored optimiser holds the next lr of the schedule it was saved with
+    current = lr_at(scheduler.last_epoch, rounds, steps_per_epoch, warmup, cfg.decay)
+    for group in optimizer.param_groups:
+        group["lr"] = current
+    scheduler._last_lr = [current] * len(optimizer.param_groups)  # what get_last_lr() reports
+    plan.resume.ckpt = None
+    if fresh and trainer.dist.is_main:
+        for key in (DETECT_BEST, DETECT_VAL):
+            ctx.root.delete(key)
+    return optimizer, scheduler
+
+
+def to_device(net: nn.Module, optimizer: torch.optim.Optimizer, dist: DistInfo, device: torch.device) -> nn.Module:
+    """Move the detector and the optimiser's state to `device`; the model that trains (DDP around `net` when
+    distributed)."""
+    net.to(device)
+    for st in optimizer.state.values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                st[k] = v.to(device)
+    if not dist.enabled:
+        return net
+    return nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def log_start(
+    cfg: DetectConfig,
+    ann: Annotations,
+    batches: TrainBatches,
+    dist: DistInfo,
+    rounds: list[tuple[int, float]],
+    device: torch.device,
+) -> None:
+    log.info(
+        "detect: %s FPN, %d classes, %d/%d/%d train/val/test frames, "
+        "global batch %d on %d process(es), rounds %s, device %s",
+        cfg.model,
+        len(ann.classes),
+        len(batches.frames),
+        len(ann.split("val")),
+        len(ann.split("test")),
+        batches.global_batch,
+        dist.world,
+        ", ".join(f"{e}@{lr:.4g}" for e, lr in rounds),
+        device,
+    )
+
+
+@dataclass
+class DetectTraining:
+    """What detect's epochs share: `run_epoch` for `Trainer.fit`, then `test_best` on the chosen weights."""
+
+    cfg: DetectConfig
+    ctx: StageContext
+    trainer: Trainer
+    net: nn.Module  # the detector (val, best.pt)
+    model: nn.Module  # what trains: `net`, or DDP around it
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: TrainBatches
+    images: Store
+    ann: Annotations
+    dist: DistInfo
+    stop: StopRequest
+    device: torch.device
+    resolved: dict[str, Any]
+    rounds: list[tuple[int, float]]
+    history: list[dict[str, Any]] = field(default_factory=list)  # val rows so far (rank 0)
+
+    def __post_init__(self) -> None:
+        self.epochs = sum(e for e, _ in self.rounds)
+        self.round_ends = set(np.cumsum([e for e, _ in self.rounds]).tolist())
+        self.val_frames = self.ann.split("val")
+        self.amp = self.cfg.amp and self.device.type == "cuda"
+
+    def loss_fn(self, m: nn.Module, batch: Batch) -> torch.Tensor:
+        imgs = [x.to(self.device, non_blocking=True) for x in batch.images]
+        targets = [{k: v.to(self.device) for k, v in t.items()} for t in batch.targets]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            losses = m(imgs, targets)
+        return torch.stack([v.float() for v in losses.values()]).sum()
+
+    def run_epoch(self, epoch: int, start_step: int) -> EpochStats:
+        """Train one epoch from `start_step`; a finished epoch is scored on val (rank 0 records it)."""
+        dist, batches = self.dist, self.batches
+        if epoch in self.round_ends and dist.is_main:  # the chain keeps every round's last epoch
+            keep_numbered(self.ctx.root, self.trainer, epoch)
+        it = progress(
+            batches.epoch(epoch, start_step),
+            total=len(batches) - start_step,
+            desc=f"detect epoch {epoch + 1}/{self.epochs}",
+        )
+        stats = train_one_epoch(
+            self.model,
+            it,
+            self.loss_fn,
+            self.optimizer,
+            self.scheduler,
+            epoch=epoch,
+            steps_per_epoch=len(batches),
+            start_step=start_step,
+            dist=dist,
+            stop=self.stop,
+            lr_option="--schedule",
+        )
+        if not stats.interrupted:
+            result = self.evaluate(self.val_frames) if self.val_frames else None
+            if dist.is_main:
+                record_val(self.ctx.root, self.history, epoch + 1, result, self.net, self.resolved)
+        return stats
+
+    def evaluate(self, frames: Sequence[Frame], keep: bool = False) -> tuple[CocoResult, list[Detections]] | None:
+        return evaluate_frames(
+            self.net, self.images, frames, self.ann.classes, self.device, self.dist, self.cfg, self.amp, keep=keep
+        )
+
+    def test_best(self) -> tuple[dict[str, Any] | None, tuple[CocoResult, list[Detections]] | None]:
+        """Load the best val epoch's weights (the last epoch's without val) and evaluate them on test; rank 0 writes
+        the outputs. Returns (best val row, test result) on rank 0."""
+        ctx, dist, root = self.ctx, self.dist, self.ctx.root
+        if dist.is_main and self.epochs in self.round_ends:
+            keep_numbered(root, self.trainer, self.epochs)
+        barrier(dist)
+        best = best_row(self.history) if dist.is_main else None
+        if root.exists(DETECT_BEST):
+            self.net.load_state_dict(load_checkpoint(root, DETECT_BEST)["model"])
+        elif dist.is_main:
+            save_best(root, self.net, self.resolved, self.epochs, None)
+            ctx.notes.append("no val frames: best.pt is the last epoch's weights")
+        test = self.evaluate(self.ann.split("test"), keep=True)
+        if dist.is_main:
+            from .outputs import write_outputs
+
+            write_outputs(ctx, self.cfg, self.ann, test, best, self.resolved, self.images)
+        return best, test
 
 
 def round_or_none(x: float | None) -> float | None:

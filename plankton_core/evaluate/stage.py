@@ -17,7 +17,7 @@ rule made on val is scored on test too (`selections` in metrics.json).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,8 +40,9 @@ from ..features import pick_device
 from ..heads import load_head
 from ..pages.plots import confusion_png, worst_confusions
 from ..pages.report import write_report
-from ..scoring import classification_metrics, confusion_matrix, metric_intervals, per_class_table
+from ..scoring import SELECT_BY, classification_metrics, confusion_matrix, metric_intervals, per_class_table
 from ..stage import StageContext
+from ..store import Store
 from ..tables import read_json, write_json, write_parquet
 from .config import EvaluateConfig
 
@@ -64,7 +65,8 @@ class EvalPlan:
 
 @dataclass
 class Alternative:
-    """What one --select-by rule chose on val: its checkpoint's embedder and its head (None with `problem` if unusable)."""
+    """What one --select-by rule chose on val: its checkpoint's embedder and its head (None with `problem` if
+    unusable)."""
 
     rule: str
     choice: dict[str, Any]
@@ -86,7 +88,8 @@ def check(cfg: EvaluateConfig, ctx: StageContext) -> EvalPlan:
     ckpt_key, head_key = selection["checkpoint_key"], selection["head_key"]
     if not store.exists(ckpt_key):
         raise BadInputError(
-            f"checkpoint {store.uri}/{ckpt_key} chosen by the sweep is missing; restore it or rerun `plankton linear-sweep --force`"
+            f"checkpoint {store.uri}/{ckpt_key} chosen by the sweep is missing; "
+            "restore it or rerun `plankton linear-sweep --force`"
         )
     embedder = load_embedder(store, ckpt_key)
     epoch = embedder.epoch if embedder.epoch is not None else int(selection.get("epoch", -1))
@@ -98,7 +101,8 @@ def check(cfg: EvaluateConfig, ctx: StageContext) -> EvalPlan:
     weight, bias = state["weight"].float(), state["bias"].float()
     if weight.ndim != 2 or bias.shape != (weight.shape[0],):
         raise BadInputError(
-            f"linear head {store.uri}/{head_key} has weight {tuple(weight.shape)} and bias {tuple(bias.shape)}: not a linear layer"
+            f"linear head {store.uri}/{head_key} has weight {tuple(weight.shape)} and bias {tuple(bias.shape)}: "
+            "not a linear layer"
         )
     if weight.shape[1] != embedder.dimension:
         raise BadInputError(
@@ -108,7 +112,8 @@ def check(cfg: EvaluateConfig, ctx: StageContext) -> EvalPlan:
     classes = [str(c) for c in meta.get("classes", [])]
     if len(classes) != weight.shape[0]:
         raise BadInputError(
-            f"linear head {store.uri}/{head_key} has {weight.shape[0]} outputs but records {len(classes)} class names; rerun `plankton linear-sweep --force`"
+            f"linear head {store.uri}/{head_key} has {weight.shape[0]} outputs but records {len(classes)} class names; "
+            "rerun `plankton linear-sweep --force`"
         )
     splits = load_splits(store)  # read once: the test rows and the classes with none
     test = splits.filter(pc.equal(splits.column("split"), "test"))
@@ -132,7 +137,8 @@ def check(cfg: EvaluateConfig, ctx: StageContext) -> EvalPlan:
 
 
 def classes_not_in_test(splits: pa.Table) -> list[dict[str, Any]]:
-    """Classes with no test crop (stats kept them whole in train: too few source images), with their counts (`splits`: every split's rows)."""
+    """Classes with no test crop (stats kept them whole in train: too few source images), with their counts
+    (`splits`: every split's rows)."""
     names = [str(c) for c in splits.column("class").to_pylist()]
     parts = [str(s) for s in splits.column("split").to_pylist()]
     sources = (
@@ -206,21 +212,31 @@ def _scored(
     )
 
 
+@dataclass
+class TestFeatures:
+    """The test crops' features per embedder, extracted once each (the chosen head and the alternatives share them)."""
+
+    store: Store
+    keys: list[str]
+    cfg: EvaluateConfig
+    device: torch.device
+    by_embedder: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def __call__(self, emb: Embedder) -> np.ndarray:
+        if id(emb) not in self.by_embedder:
+            cache = ImageCache.build(
+                self.store, self.keys, emb.size, workers=self.cfg.workers, preprocess=emb.preprocess
+            )
+            self.by_embedder[id(emb)] = emb.features(cache, self.cfg.batch_size, self.device, desc="test features")
+        return self.by_embedder[id(emb)]
+
+
 def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
     """Predict the test split with the checked plan; write the tables, figures, metrics, then the report."""
     store, plan = ctx.root, ctx.plan
-    embedder = plan.embedder
     keys = [str(k) for k in plan.test.column("crop_key").to_pylist()]
-    device = pick_device(cfg.device)
-    feats_of: dict[int, np.ndarray] = {}
-
-    def features(emb: Embedder) -> np.ndarray:
-        if id(emb) not in feats_of:
-            cache = ImageCache.build(store, keys, emb.size, workers=cfg.workers, preprocess=emb.preprocess)
-            feats_of[id(emb)] = emb.features(cache, cfg.batch_size, device, desc="test features")
-        return feats_of[id(emb)]
-
-    feats = features(embedder)
+    features = TestFeatures(store, keys, cfg, pick_device(cfg.device))
+    feats = features(plan.embedder)
     ctx.metrics.count("test_crops", len(keys))
     probs, pred = _predict(feats, plan.weight, plan.bias)
     score = probs[np.arange(len(pred)), pred]
@@ -230,33 +246,70 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
     metrics, intervals = _scored(y, pred, probs, n_classes, cfg)
     cm = confusion_matrix(y, pred, n_classes)
     table = per_class_table(cm)
-    sel = plan.selection
-    metrics.update(
-        {
-            "intervals": intervals["overall"],
-            "interval_level": intervals["level"],
-            "bootstrap": intervals["bootstrap"],
-            "interval_methods": intervals["methods"],
-            "counts": {"test": int(len(y)), "per_class": {c: int(n) for c, n in zip(plan.classes, table["support"])}},
-            "classes_not_in_test": plan.not_in_test,
-            "checkpoint": sel["checkpoint"],
-            "checkpoint_key": sel["checkpoint_key"],
-            "head_key": sel["head_key"],
-            "model": embedder.config.get("model", sel.get("model")),
-            "backbone_epoch": plan.epoch,
-            "head_epoch": sel.get("best_head_epoch"),
-            "backbone_batch_size": embedder.config.get("batch_size"),
-            "val_acc": sel.get("val_acc"),
-            "select_by": sel.get("select_by", "accuracy"),
-            "chosen_on": "val split (linear-sweep)",
-            "scored_on": "test split",
-            "classes": plan.classes,
-            "averages": "macro: unweighted mean over classes present in labels or predictions; weighted: by true support (as scikit-learn)",
-        }
-    )
+    metrics.update(_record(plan, intervals, table))
     metrics["selections"] = _selections(cfg, plan, features, metrics, intervals)
-    class_col = np.asarray(plan.classes, dtype=object)
-    predictions = pa.table(
+    predictions = _predictions_table(keys, y, pred, score, plan.classes)
+    per_class = _per_class_table(plan.classes, cm, table, intervals)
+    confusions = _confusions_table(cm, plan.classes)
+    png = confusion_png(
+        cm,
+        plan.classes,
+        title=f"Confusion matrix (test), {metrics['model']} {plan.selection['checkpoint']}, normalised per true class",
+    )
+
+    write_parquet(store, EVAL_PREDICTIONS, predictions)
+    write_parquet(store, EVAL_PER_CLASS, per_class)
+    write_parquet(store, EVAL_CONFUSIONS, confusions)
+    store.write_bytes(EVAL_CONFUSION_PNG, png)
+    write_json(store, EVAL_METRICS, metrics)
+    report = write_report(store, ctx.prefix, cfg.report_max_mb)
+    ctx.metrics.gauge("evaluate_test_accuracy", metrics["accuracy"], "Test accuracy of the chosen checkpoint and head.")
+    _notes(ctx, plan, metrics, report)
+    return {
+        "test": int(len(y)),
+        "accuracy": round(metrics["accuracy"], 6),
+        "macro_f1": round(metrics["macro_f1"], 6),
+        "checkpoint": plan.selection["checkpoint"],
+    }
+
+
+def _record(plan: EvalPlan, intervals: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's fields beside the metrics: intervals, counts, what was chosen and how, the classes."""
+    sel, embedder = plan.selection, plan.embedder
+    return {
+        "intervals": intervals["overall"],
+        "interval_level": intervals["level"],
+        "bootstrap": intervals["bootstrap"],
+        "interval_methods": intervals["methods"],
+        "counts": {
+            "test": int(len(plan.labels)),
+            "per_class": {c: int(n) for c, n in zip(plan.classes, table["support"])},
+        },
+        "classes_not_in_test": plan.not_in_test,
+        "checkpoint": sel["checkpoint"],
+        "checkpoint_key": sel["checkpoint_key"],
+        "head_key": sel["head_key"],
+        "model": embedder.config.get("model", sel.get("model")),
+        "backbone_epoch": plan.epoch,
+        "head_epoch": sel.get("best_head_epoch"),
+        "backbone_batch_size": embedder.config.get("batch_size"),
+        "val_acc": sel.get("val_acc"),
+        "select_by": sel.get("select_by", "accuracy"),
+        "chosen_on": "val split (linear-sweep)",
+        "scored_on": "test split",
+        "classes": plan.classes,
+        "averages": "macro: unweighted mean over classes present in labels or predictions; "
+        "weighted: by true support (as scikit-learn)",
+    }
+
+
+def _predictions_table(
+    keys: list[str], y: np.ndarray, pred: np.ndarray, score: np.ndarray, classes: list[str]
+) -> pa.Table:
+    """predictions.parquet: each test crop's true and predicted label and class, and the predicted class's
+    probability."""
+    class_col = np.asarray(classes, dtype=object)
+    return pa.table(
         {
             "crop_key": pa.array(keys, pa.string()),
             "label": pa.array(y, pa.int64()),
@@ -266,9 +319,13 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
             "pred_class": pa.array(class_col[pred].tolist(), pa.string()),
         }
     )
+
+
+def _per_class_table(classes: list[str], cm: np.ndarray, table: dict[str, Any], intervals: dict[str, Any]) -> pa.Table:
+    """per_class.parquet: support, predictions, precision, recall and F1 with their interval columns."""
     columns: dict[str, pa.Array] = {
-        "label": pa.array(np.arange(n_classes), pa.int64()),
-        "class": pa.array(plan.classes, pa.string()),
+        "label": pa.array(np.arange(len(classes)), pa.int64()),
+        "class": pa.array(classes, pa.string()),
         "support": pa.array(table["support"], pa.int64()),
         "predicted": pa.array(cm.sum(axis=0), pa.int64()),
     }
@@ -276,10 +333,13 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
         columns[name] = pa.array(table[name])
         columns[f"{name}_low"] = pa.array([lo for lo, _ in intervals["per_class"][name]], pa.float64())
         columns[f"{name}_high"] = pa.array([hi for _, hi in intervals["per_class"][name]], pa.float64())
-    per_class = pa.table(columns)
-    pairs = worst_confusions(cm, plan.classes)
-    confusions = pa.Table.from_pylist(
-        pairs,
+    return pa.table(columns)
+
+
+def _confusions_table(cm: np.ndarray, classes: list[str]) -> pa.Table:
+    """confusions.parquet: the worst confused pairs."""
+    return pa.Table.from_pylist(
+        worst_confusions(cm, classes),
         schema=pa.schema(
             [
                 ("true_class", pa.string()),
@@ -291,24 +351,16 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
             ]
         ),
     )
-    png = confusion_png(
-        cm,
-        plan.classes,
-        title=f"Confusion matrix (test), {metrics['model']} {sel['checkpoint']}, normalised per true class",
-    )
 
-    write_parquet(store, EVAL_PREDICTIONS, predictions)
-    write_parquet(store, EVAL_PER_CLASS, per_class)
-    write_parquet(store, EVAL_CONFUSIONS, confusions)
-    store.write_bytes(EVAL_CONFUSION_PNG, png)
-    write_json(store, EVAL_METRICS, metrics)
-    report = write_report(store, ctx.prefix, cfg.report_max_mb)
-    ctx.metrics.gauge("evaluate_test_accuracy", metrics["accuracy"], "Test accuracy of the chosen checkpoint and head.")
+
+def _notes(ctx: StageContext, plan: EvalPlan, metrics: dict[str, Any], report: dict[str, Any]) -> None:
+    """The test figures with their intervals and where the report is; the classes with no test crops."""
     acc_iv, f1_iv = metrics["intervals"]["accuracy"], metrics["intervals"]["macro_f1"]
     f1_text = f" ({100 * f1_iv['low']:.1f}–{100 * f1_iv['high']:.1f})" if f1_iv.get("low") is not None else ""
     ctx.notes.append(
-        f"test accuracy {100 * metrics['accuracy']:.2f}% (95% CI {100 * acc_iv['low']:.1f}–{100 * acc_iv['high']:.1f}), "
-        f"macro F1 {100 * metrics['macro_f1']:.2f}%{f1_text} → report {store.uri}/{report['html']}"
+        f"test accuracy {100 * metrics['accuracy']:.2f}% "
+        f"(95% CI {100 * acc_iv['low']:.1f}–{100 * acc_iv['high']:.1f}), "
+        f"macro F1 {100 * metrics['macro_f1']:.2f}%{f1_text} → report {ctx.root.uri}/{report['html']}"
         + (
             f" ({report['pictures_left_out']} picture(s) left out under --report-max-mb)"
             if report["pictures_left_out"]
@@ -322,15 +374,9 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
                 f"{m['class']} ({m['crops']} crops, {m['source_images']} source images)" for m in plan.not_in_test[:10]
             )
         )
-    return {
-        "test": int(len(y)),
-        "accuracy": round(metrics["accuracy"], 6),
-        "macro_f1": round(metrics["macro_f1"], 6),
-        "checkpoint": sel["checkpoint"],
-    }
 
 
-SELECTION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall")
+SELECTION_METRICS = (*SELECT_BY, "worst_class_recall")  # each rule's choice scored on test
 
 
 def _selections(
@@ -348,7 +394,7 @@ def _selections(
             "head_key": c.get("head_key"),
             "used": rule == used,
             "chosen_on": "val",
-            "val": {m: c.get(f"val_{m}") for m in ("accuracy", "balanced_accuracy", "macro_f1")},
+            "val": {m: c.get(f"val_{m}") for m in SELECT_BY},
             "scored_on": "test",
         }
         if alt.problem or alt.embedder is None or alt.weight is None or alt.bias is None:

@@ -145,7 +145,8 @@ class LocalRunner:
                     env.pop(name, None)
                 else:
                     raise BadInputError(
-                        f"run-local: {name} is not set; in the cluster it comes from {kind} {source.get('name')} key {source.get('key')}, "
+                        f"run-local: {name} is not set; "
+                        f"in the cluster it comes from {kind} {source.get('name')} key {source.get('key')}, "
                         f"here from the environment"
                     )
             elif "fieldRef" in ref:
@@ -223,7 +224,8 @@ class LocalRunner:
                     ignored += 1
                     if ignored > MAX_IGNORED:
                         self.echo(
-                            f"run-local: {name}: exit {code} {ignored} times in a row; giving up (the cluster would keep retrying)"
+                            f"run-local: {name}: exit {code} {ignored} times in a row; "
+                            "giving up (the cluster would keep retrying)"
                         )
                         return code
                     self.echo(f"run-local: {name}: exit {code} is ignored by podFailurePolicy (not counted); retrying")
@@ -231,7 +233,8 @@ class LocalRunner:
                 counted += 1
                 if counted > backoff:
                     self.echo(
-                        f"run-local: {name}: exit {code}; {counted} failed pods exceed backoffLimit {backoff}: the Job fails"
+                        f"run-local: {name}: exit {code}; {counted} failed pods exceed backoffLimit {backoff}: "
+                        "the Job fails"
                     )
                     return code or EXIT_BUG
                 self.echo(f"run-local: {name}: exit {code}; retrying ({counted} of backoffLimit {backoff})")

@@ -123,7 +123,8 @@ def _check(stage: str, s: dict[str, Any]) -> None:
         raise BadInputError(f"{stage}: multi-node torchrun needs gpus >= 1 per node")
     if s["gpus"] > 1 and not s["torchrun"]:
         raise BadInputError(
-            f"{stage}: uses one GPU per pod; only {distributed} (torchrun) uses several (set gpus: 1, or shards for {shardable})"
+            f"{stage}: uses one GPU per pod; only {distributed} (torchrun) uses several "
+            f"(set gpus: 1, or shards for {shardable})"
         )
     if s["shards"] > 1 and not (described and described.shardable):
         raise BadInputError(f"{stage}: is not shardable (only {shardable}); set shards: 1")

@@ -47,7 +47,10 @@ def job_outcome(job: dict[str, Any]) -> Outcome:
 
 def job_counts(job: dict[str, Any]) -> str:
     st = job.get("status") or {}
-    return f"active={st.get('active') or 0} ready={st.get('ready') or 0} succeeded={st.get('succeeded') or 0} failed={st.get('failed') or 0}"
+    return (
+        f"active={st.get('active') or 0} ready={st.get('ready') or 0} "
+        f"succeeded={st.get('succeeded') or 0} failed={st.get('failed') or 0}"
+    )
 
 
 def container_status(pod: dict[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,8 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature
 
 @torch.no_grad()
 def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
-    """Write `keys` (B, D: the global batch, in rank order) into `queue` (D, K) at `ptr` (in place), ptr ← (ptr + B) mod K."""
+    """Write `keys` (B, D: the global batch, in rank order) into `queue` (D, K) at `ptr` (in place),
+    ptr ← (ptr + B) mod K."""
     batch, size = keys.shape[0], queue.shape[1]
     if size % batch:
         raise ValueError(f"queue size {size} is not a multiple of the global batch {batch}")

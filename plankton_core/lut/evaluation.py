@@ -71,19 +71,6 @@ def predict_neighbours(
     return Predictions(pred, score, ranked_classes(labels, class_scores, max(k, TOP_K)))
 
 
-def evaluate_neighbours(
-    nb: Neighbours,
-    queries: QuerySet,
-    gallery_labels: np.ndarray,
-    n_classes: int,
-    method: str,
-    k: int,
-    id_map: np.ndarray | None = None,
-) -> dict[str, Any]:
-    p = predict_neighbours(nb, gallery_labels, n_classes, method, k, id_map)
-    return score_predictions(queries.labels, p.pred, n_classes, p.ranked)
-
-
 def predict_index(
     index: Searcher,
     queries: QuerySet,

@@ -71,12 +71,18 @@ def embed_rows(
             fresh = _compute(root, embedder, crop_keys[rows[check]], batch_size, device, workers)
             cosine = float(np.min(np.sum(fresh * out[check], axis=1)))
             if cosine < MIN_COSINE:
-                note = f"linear-sweep's cached features of {sweep_checkpoint} disagree with the checkpoint (cosine {cosine:.4f}); recomputed them"
+                note = (
+                    f"linear-sweep's cached features of {sweep_checkpoint} disagree with the checkpoint "
+                    f"(cosine {cosine:.4f}); recomputed them"
+                )
                 log.warning(note)
                 done[:] = False
                 reused = []
             else:
-                note = f"reused linear-sweep's {', '.join(reused)} features of {sweep_checkpoint} ({int(done.sum())} crops; spot check cosine ≥ {cosine:.4f})"
+                note = (
+                    f"reused linear-sweep's {', '.join(reused)} features of {sweep_checkpoint} "
+                    f"({int(done.sum())} crops; spot check cosine ≥ {cosine:.4f})"
+                )
     todo = np.flatnonzero(~done)
     if len(todo):
         out[todo] = _compute(root, embedder, crop_keys[rows[todo]], batch_size, device, workers)

@@ -122,7 +122,8 @@ def bf16_margin(a: Bf16Rows, b: Bf16Rows) -> float:
 
 
 def bf16_at_most(v: float) -> torch.Tensor:
-    """The largest bfloat16 value <= v, as a 0-d tensor (comparing a bf16 tensor with a Python float rounds the float)."""
+    """The largest bfloat16 value <= v, as a 0-d tensor (comparing a bf16 tensor with a Python float rounds
+    the float)."""
     t = torch.tensor([v], dtype=torch.float32).to(torch.bfloat16)
     while float(t) > v:
         t = torch.nextafter(t, torch.tensor([-np.inf], dtype=torch.bfloat16))
@@ -130,7 +131,8 @@ def bf16_at_most(v: float) -> torch.Tensor:
 
 
 def row_dots(a: np.ndarray, b: np.ndarray, ia: np.ndarray, ib: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """float32 a[ia[p]]·b[ib[p]] for every pair p, in chunks (bounded memory; numpy's take is far faster than torch indexing)."""
+    """float32 a[ia[p]]·b[ib[p]] for every pair p, in chunks (bounded memory; numpy's take is far faster than
+    torch indexing)."""
     out = np.empty(len(ia), np.float32)
     for s in range(0, len(ia), chunk):
         e = s + chunk

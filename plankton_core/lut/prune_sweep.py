@@ -30,7 +30,15 @@ import numpy as np
 import pyarrow as pa
 
 from .evaluation import QuerySet, predict_neighbours, score_predictions
-from .prune import NeighbourGraph, approx_lists, dense_first_kept, first_kept_exact, greedy_order, neighbour_graph
+from .prune import (
+    ApproxLists,
+    NeighbourGraph,
+    approx_lists,
+    dense_first_kept,
+    first_kept_exact,
+    greedy_order,
+    neighbour_graph,
+)
 from .retrieval import ArraySearcher, Neighbours
 from .selection import choose_threshold, largest_recall_drop, worse_p_values
 
@@ -66,6 +74,34 @@ class SweepOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SweepSettings:
+    """How each T is scored and one chosen: the vote and its k, the depth of each val query's candidate list, the
+    noise-aware rule of selection.choose_threshold, and how many queries time the search."""
+
+    vote: str = "top1"
+    k: int = 5
+    candidates: int = 100
+    select_by: str = "accuracy"
+    alpha: float = 0.05
+    max_recall_drop: float = 0.10
+    draws: int = 1000
+    seed: int = 0
+    latency_queries: int = 5
+
+    def rule(self, val_count: int) -> dict[str, Any]:
+        """How T was chosen (SweepOutcome.rule)."""
+        return {
+            "select_by": self.select_by,
+            "test": "McNemar exact, one-sided"
+            if self.select_by == "accuracy"
+            else f"paired stratified bootstrap, one-sided ({self.draws} draws, seed {self.seed})",
+            "alpha": self.alpha,
+            "min_class_recall": self.max_recall_drop,
+            "val_count": val_count,
+        }
+
+
 def sweep_thresholds(
     x: np.ndarray,
     labels: np.ndarray,
@@ -74,19 +110,15 @@ def sweep_thresholds(
     val: QuerySet,
     n_classes: int,
     grid: np.ndarray,
+    settings: SweepSettings,
     *,
-    vote: str = "top1",
-    k: int = 5,
-    candidates: int = 100,
-    select_by: str = "accuracy",
-    alpha: float = 0.05,
-    max_recall_drop: float = 0.10,
-    draws: int = 1000,
-    seed: int = 0,
-    latency_queries: int = 5,
     graph: NeighbourGraph | None = None,
 ) -> SweepOutcome:
-    """Run the sweep over the gallery `x` and choose T by selection.choose_threshold."""
+    """Run the sweep over the gallery `x` and choose T by selection.choose_threshold.
+
+    `settings` gives the vote, the candidates and the rule; `graph`: the gallery's neighbour graph when
+    already built (else built here).
+    """
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if graph is None:
@@ -102,16 +134,51 @@ def sweep_thresholds(
     t1 = time.perf_counter()
     # each val query's nearest train items once, by bfloat16 products (read exactly: prune.first_kept_exact); the
     # lists are twice `candidates` deep because the rounding band around the candidates-th item holds about as many
-    # items again: with depth = candidates, ~12% of val queries on the bench's gallery could not be settled by their list
+    # items again: with depth = candidates, ~12% of val queries on the bench's gallery could not be settled by their
+    # list
     x = np.ascontiguousarray(x, dtype=np.float32)
-    lists = approx_lists(x, val.x, 2 * max(candidates, k), gallery_groups, val.groups)
+    lists = approx_lists(x, val.x, 2 * max(settings.candidates, settings.k), gallery_groups, val.groups)
     seconds["val_candidates"] = time.perf_counter() - t1
 
-    # accuracy and F1 of a top-1 vote need only the nearest kept item; a weighted vote needs all k
-    need = 1 if vote == "top1" else k
     t2 = time.perf_counter()
-    rows: dict[str, list] = {name: [] for name in SWEEP_SCHEMA.names}
     masks = [graph.keep_mask(float(t)) for t in grid]
+    firsts = first_kept(x, val, lists, masks, gallery_groups, settings, seconds)
+    cand = Neighbours(firsts[0][0], firsts[0][1])
+    base = predict_neighbours(cand, labels, n_classes, settings.vote, settings.k)
+    baseline = score_predictions(val.labels, base.pred, n_classes, base.ranked)
+    rows, preds = score_thresholds(x, labels, val, n_classes, grid, masks, firsts[1:], base.pred, settings)
+    seconds["thresholds"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    chosen = choose(rows, val, base.pred, preds, n_classes, settings)
+    seconds["selection"] = time.perf_counter() - t3
+    rows["chosen"] = [i == chosen for i in range(len(grid))]
+    return SweepOutcome(
+        table=pa.table(rows, schema=SWEEP_SCHEMA),
+        chosen=chosen,
+        threshold=float(grid[chosen]),
+        keep=masks[chosen],
+        baseline=baseline,
+        graph_pairs=graph.pairs,
+        seconds=seconds,
+        rule=settings.rule(int(len(val))),
+    )
+
+
+def first_kept(
+    x: np.ndarray,
+    val: QuerySet,
+    lists: ApproxLists,
+    masks: list[np.ndarray],
+    gallery_groups: np.ndarray,
+    settings: SweepSettings,
+    seconds: dict[str, float],
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per gallery (the whole, then each mask of `masks`): every val query's first kept items (ids, similarities,
+    and which queries its list could not settle), exact in float32."""
+    k = settings.k
+    # accuracy and F1 of a top-1 vote need only the nearest kept item; a weighted vote needs all k
+    need = 1 if settings.vote == "top1" else k
     every = np.ones(len(x), bool)
     firsts = first_kept_exact(lists, x, val.x, [every, *masks], [k] + [need] * len(masks), k)
     t_hard = time.perf_counter()
@@ -127,15 +194,30 @@ def sweep_thresholds(
         len(hard),
         len(val),
     )
-    cand = Neighbours(firsts[0][0], firsts[0][1])
-    base = predict_neighbours(cand, labels, n_classes, vote, k)
-    baseline = score_predictions(val.labels, base.pred, n_classes, base.ranked)
+    return firsts
+
+
+def score_thresholds(
+    x: np.ndarray,
+    labels: np.ndarray,
+    val: QuerySet,
+    n_classes: int,
+    grid: np.ndarray,
+    masks: list[np.ndarray],
+    firsts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    base_pred: np.ndarray,
+    settings: SweepSettings,
+) -> tuple[dict[str, list], list[np.ndarray]]:
+    """The sweep's rows up to the choice (size, val figures, recall drop, latency per T) and each T's val
+    predictions."""
+    vote, k = settings.vote, settings.k
+    rows: dict[str, list] = {name: [] for name in SWEEP_SCHEMA.names}
     preds = []
-    for t, kept, (ids, sims, _) in zip(grid, masks, firsts[1:]):
+    for t, kept, (ids, sims, _) in zip(grid, masks, firsts):
         kept_ids = np.flatnonzero(kept)
         p = predict_neighbours(Neighbours(ids, sims), labels, n_classes, vote, k)
         metrics = score_predictions(val.labels, p.pred, n_classes, p.ranked)
-        drop, drop_label = largest_recall_drop(val.labels, base.pred, p.pred, n_classes)
+        drop, drop_label = largest_recall_drop(val.labels, base_pred, p.pred, n_classes)
         rows["threshold"].append(float(t))
         rows["gallery_size"].append(int(len(kept_ids)))
         rows["fraction_kept"].append(len(kept_ids) / max(len(x), 1))
@@ -145,44 +227,37 @@ def sweep_thresholds(
         rows["largest_class_recall_drop"].append(drop)
         rows["recall_drop_label"].append(drop_label)
         # exact search time depends on the gallery's size only: time the first n rows instead of copying the kept ones
-        rows["query_latency_ms"].append(single_query_latency_ms(x[: len(kept_ids)], val.x[:latency_queries], k))
+        rows["query_latency_ms"].append(
+            single_query_latency_ms(x[: len(kept_ids)], val.x[: settings.latency_queries], k)
+        )
         preds.append(p.pred)
-    seconds["thresholds"] = time.perf_counter() - t2
+    return rows, preds
 
-    t3 = time.perf_counter()
-    rows["p_worse"] = worse_p_values(val.labels, base.pred, preds, n_classes, select_by, draws, seed)
+
+def choose(
+    rows: dict[str, list],
+    val: QuerySet,
+    base_pred: np.ndarray,
+    preds: list[np.ndarray],
+    n_classes: int,
+    settings: SweepSettings,
+) -> int:
+    """Fill in each T's p-value and eligibility (`rows`) and return the chosen row (selection.choose_threshold)."""
+    alpha, max_recall_drop = settings.alpha, settings.max_recall_drop
+    rows["p_worse"] = worse_p_values(
+        val.labels, base_pred, preds, n_classes, settings.select_by, settings.draws, settings.seed
+    )
     rows["eligible"] = [
         bool(p >= alpha and d <= max_recall_drop + 1e-12)
         for p, d in zip(rows["p_worse"], rows["largest_class_recall_drop"])
     ]
-    chosen = choose_threshold(
+    return choose_threshold(
         np.asarray(rows["threshold"]),
         np.asarray(rows["gallery_size"]),
         np.asarray(rows["p_worse"]),
         np.asarray(rows["largest_class_recall_drop"]),
         alpha,
         max_recall_drop,
-    )
-    seconds["selection"] = time.perf_counter() - t3
-    rows["chosen"] = [i == chosen for i in range(len(grid))]
-    rule = {
-        "select_by": select_by,
-        "test": "McNemar exact, one-sided"
-        if select_by == "accuracy"
-        else f"paired stratified bootstrap, one-sided ({draws} draws, seed {seed})",
-        "alpha": alpha,
-        "min_class_recall": max_recall_drop,
-        "val_count": int(len(val)),
-    }
-    return SweepOutcome(
-        table=pa.table(rows, schema=SWEEP_SCHEMA),
-        chosen=chosen,
-        threshold=float(grid[chosen]),
-        keep=masks[chosen],
-        baseline=baseline,
-        graph_pairs=graph.pairs,
-        seconds=seconds,
-        rule=rule,
     )
 
 
@@ -229,7 +304,8 @@ def single_query_latency_ms(gallery: np.ndarray, queries: np.ndarray, k: int) ->
 
 
 def plot_sweep(table: pa.Table, chosen: int, baseline_accuracy: float, rule: str = "") -> bytes:
-    """PNG: fraction of the gallery kept and val accuracy / macro F1 against T; T's the rule rules out greyed, the chosen T marked."""
+    """PNG: fraction of the gallery kept and val accuracy / macro F1 against T; T's the rule rules out greyed, the
+    chosen T marked."""
     import matplotlib
 
     matplotlib.use("Agg")

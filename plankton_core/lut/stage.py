@@ -32,7 +32,7 @@ from .evaluation import Predictions, QuerySet, predict_index, score_predictions
 from .gallery_features import embed_rows
 from .index import build_index, save_index, save_npy, search_params, tune_recall
 from .prune import greedy_order, neighbour_graph, threshold_grid
-from .prune_sweep import plot_sweep, restrict_graph, sweep_thresholds
+from .prune_sweep import SweepOutcome, SweepSettings, plot_sweep, restrict_graph, sweep_thresholds
 from .retrieval import source_keys
 from .selection import headline_intervals, pruning_effect
 
@@ -73,6 +73,40 @@ class SweepGallery:
 
 
 @dataclass
+class LutRows:
+    """Which rows of the splits table the stage embeds (indices into it), and each row's split and crop key."""
+
+    split: np.ndarray
+    crop_keys: np.ndarray
+    gallery: np.ndarray  # the gallery's rows, in its order
+    heldout: np.ndarray  # val/test rows outside the gallery
+    needed: np.ndarray  # every row embedded: the gallery's, the held-out ones, train's for the sweep
+
+    def of(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+
+@dataclass
+class Embedded:
+    """The embedded rows' features, and every row's label and source-image group (by row of the splits table)."""
+
+    feats: np.ndarray  # row-aligned with LutRows.needed
+    position: np.ndarray  # row of the splits table -> row of `feats` (-1: not embedded)
+    labels: np.ndarray
+    groups: np.ndarray
+
+    def query_set(self, split: str, rows: LutRows) -> QuerySet:
+        """The split's rows as queries (features, labels, groups)."""
+        which = rows.of(split)
+        return QuerySet(
+            split,
+            self.feats[self.position[which]] if len(which) else np.zeros((0, self.feats.shape[1]), np.float32),
+            self.labels[which],
+            self.groups[which],
+        )
+
+
+@dataclass
 class Pruned:
     """The pruned index, the full-gallery ids it holds, its summary (retrieval.json) and its record (index.json)."""
 
@@ -93,7 +127,8 @@ def check(cfg: LutConfig, ctx: StageContext) -> Plan:
     missing = [s for s in cfg.gallery_splits if s not in present]
     if missing:
         raise BadInputError(
-            f"gallery split(s) {', '.join(missing)} have no rows in {root.uri}/{A.STATS_SPLITS} (splits there: {', '.join(present) or 'none'})"
+            f"gallery split(s) {', '.join(missing)} have no rows in {root.uri}/{A.STATS_SPLITS} "
+            f"(splits there: {', '.join(present) or 'none'})"
         )
     return Plan(checkpoint, splits)
 
@@ -104,6 +139,55 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     root, splits = ctx.root, plan.splits
     embedder = load_embedder(root, plan.checkpoint)
     classes = load_classes(root)
+    rows = choose_rows(cfg, splits)
+    t0 = time.perf_counter()
+    feats = _embed(cfg, ctx, embedder, rows)
+    embed_seconds = time.perf_counter() - t0
+    position = np.full(len(rows.split), -1, np.int64)
+    position[rows.needed] = np.arange(len(rows.needed))
+    n_gallery = len(rows.gallery)
+    x, heldout_x = feats[:n_gallery], feats[n_gallery : n_gallery + len(rows.heldout)]
+
+    manifest = read_parquet(root, A.CROP_MANIFEST) if root.exists(A.CROP_MANIFEST) else None
+    gallery = gallery_table(splits.take(pa.array(rows.gallery)), manifest)
+    labels_all = np.asarray(splits.column("label").to_numpy(zero_copy_only=False), dtype=np.int64)
+    groups_all = np.asarray(
+        pc.dictionary_encode(source_keys(splits)).indices.to_numpy(zero_copy_only=False), dtype=np.int64
+    )
+    embedded = Embedded(feats, position, labels_all, groups_all)
+    g_labels, g_groups = labels_all[rows.gallery], groups_all[rows.gallery]
+    _write_gallery(root, splits, rows, gallery, x, heldout_x)
+
+    val, test = embedded.query_set("val", rows), embedded.query_set("test", rows)
+    recall_queries = _recall_queries(heldout_x, x)
+    index, index_meta = _build(x, cfg, recall_queries)
+    save_index(root, A.LUT_INDEX["full"], index)
+    ctx.log.info(
+        "lut: %s index of %d × %d built in %.1fs", cfg.index, index.ntotal, index.d, index_meta["build_seconds"]
+    )
+    info = _index_info(cfg, embedder, classes, x, index_meta, embed_seconds)
+    counts: dict[str, Any] = {"gallery": int(len(x)), "dimension": int(x.shape[1]), "val": len(val), "test": len(test)}
+
+    # pruning sweep on val, then the pruned index with the chosen T
+    pruned = _prune_or_clear(cfg, ctx, rows, embedded, x, gallery, g_labels, val, len(classes), recall_queries)
+    if pruned is not None:
+        info["pruned"] = pruned.meta
+        info["files"].update(
+            pruned_index=A.LUT_INDEX["pruned"], pruned_gallery=A.LUT_GALLERY["pruned"], prune_sweep=A.LUT_PRUNE_SWEEP
+        )
+        counts.update(prune_threshold=pruned.summary["threshold"], pruned_gallery=int(len(pruned.ids)))
+
+    retrieval = _evaluate_test(cfg, ctx, test, index, pruned, g_labels, g_groups, classes, len(x))
+    if retrieval["rows"]:
+        counts["test_top1_accuracy"] = round(retrieval["rows"][0]["metrics"]["accuracy"], 6)
+    write_json(root, A.LUT_RETRIEVAL, retrieval)
+    write_json(root, A.LUT_INDEX_JSON, info)
+    ctx.metrics.gauge("lut_gallery_items", len(x), "Items in the LUT gallery.")
+    return counts
+
+
+def choose_rows(cfg: LutConfig, splits: pa.Table) -> LutRows:
+    """The gallery's rows (`--gallery-splits`), the held-out val/test rows, and what must be embedded."""
     split_col = np.asarray(splits.column("split").to_pylist(), dtype=object)
     in_gallery = np.isin(split_col, list(cfg.gallery_splits))
     heldout = ~in_gallery & np.isin(split_col, ["val", "test"])
@@ -114,65 +198,52 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     needed = np.concatenate(
         [gallery_rows, heldout_rows, extra_train]
     )  # gallery first: its embeddings are a view, not a copy
-
-    # one pass of the backbone over every crop the stage needs
     crop_keys = np.asarray(splits.column("crop_key").to_pylist(), dtype=object)
-    t0 = time.perf_counter()
+    return LutRows(split_col, crop_keys, gallery_rows, heldout_rows, needed)
+
+
+def _embed(cfg: LutConfig, ctx: StageContext, embedder: Embedder, rows: LutRows) -> np.ndarray:
+    """One pass of the backbone over every crop the stage needs: the features of `rows.needed`, in its order."""
     embedded = embed_rows(
-        root,
+        ctx.root,
         embedder,
-        crop_keys,
-        split_col,
-        needed,
-        sweep_checkpoint=_sweep_checkpoint(root, embedder),
+        rows.crop_keys,
+        rows.split,
+        rows.needed,
+        sweep_checkpoint=_sweep_checkpoint(ctx.root, embedder),
         batch_size=cfg.batch_size,
         device=pick_device(cfg.device),
         workers=cfg.workers or None,
     )
-    feats = embedded.x
     if embedded.note:
         ctx.notes.append(embedded.note)
     ctx.metrics.count("embedded", embedded.computed)
-    embed_seconds = time.perf_counter() - t0
-    position = np.full(len(split_col), -1, np.int64)
-    position[needed] = np.arange(len(needed))
-    x, heldout_x = feats[: len(gallery_rows)], feats[len(gallery_rows) : len(gallery_rows) + len(heldout_rows)]
+    return embedded.x
 
-    manifest = read_parquet(root, A.CROP_MANIFEST) if root.exists(A.CROP_MANIFEST) else None
-    gallery = gallery_table(splits.take(pa.array(gallery_rows)), manifest)
-    labels_all = np.asarray(splits.column("label").to_numpy(zero_copy_only=False), dtype=np.int64)
-    groups_all = np.asarray(
-        pc.dictionary_encode(source_keys(splits)).indices.to_numpy(zero_copy_only=False), dtype=np.int64
-    )
-    g_labels, g_groups = labels_all[gallery_rows], groups_all[gallery_rows]
 
+def _write_gallery(
+    root: Store, splits: pa.Table, rows: LutRows, gallery: pa.Table, x: np.ndarray, heldout_x: np.ndarray
+) -> None:
+    """gallery.parquet and embeddings.npy; heldout.parquet and heldout.npy."""
     write_parquet(root, A.LUT_GALLERY["full"], gallery)
     save_npy(root, A.LUT_EMBEDDINGS, x)
     heldout_table = splits.select(["crop_key", "class", "label", "split", "source_key"]).take(
-        pa.array(heldout_rows, pa.int64())
+        pa.array(rows.heldout, pa.int64())
     )
     write_parquet(root, A.LUT_HELDOUT, heldout_table)
     save_npy(root, A.LUT_HELDOUT_EMBEDDINGS, heldout_x)
 
-    def query_set(split: str) -> QuerySet:
-        rows = np.flatnonzero(split_col == split)
-        return QuerySet(
-            split,
-            feats[position[rows]] if len(rows) else np.zeros((0, x.shape[1]), np.float32),
-            labels_all[rows],
-            groups_all[rows],
-        )
 
-    val, test = query_set("val"), query_set("test")
-    recall_queries = _recall_queries(heldout_x, x)
-
-    index, index_meta = _build(x, cfg, recall_queries)
-    save_index(root, A.LUT_INDEX["full"], index)
-    ctx.log.info(
-        "lut: %s index of %d × %d built in %.1fs", cfg.index, index.ntotal, index.d, index_meta["build_seconds"]
-    )
-
-    info: dict[str, Any] = {
+def _index_info(
+    cfg: LutConfig,
+    embedder: Embedder,
+    classes: list[str],
+    x: np.ndarray,
+    index_meta: dict[str, Any],
+    embed_seconds: float,
+) -> dict[str, Any]:
+    """index.json's content for the full index (`pruned` is filled in when pruning runs)."""
+    return {
         **embedder.describe(),
         "classes": classes,
         "count": int(len(x)),
@@ -193,43 +264,42 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
         "pruned": None,
         "calibration": {},
     }
-    counts: dict[str, Any] = {"gallery": int(len(x)), "dimension": int(x.shape[1]), "val": len(val), "test": len(test)}
 
-    # pruning sweep on val, then the pruned index with the chosen T
-    pruned = None
-    train_rows = np.flatnonzero(split_col == "train")
+
+def _prune_or_clear(
+    cfg: LutConfig,
+    ctx: StageContext,
+    rows: LutRows,
+    embedded: Embedded,
+    x: np.ndarray,
+    gallery: pa.Table,
+    g_labels: np.ndarray,
+    val: QuerySet,
+    n_classes: int,
+    recall_queries: np.ndarray,
+) -> Pruned | None:
+    """The pruned LUT when pruning is on and there are val, train and gallery items; otherwise None, and any
+    pruned LUT of an earlier run removed."""
+    train_rows = rows.of("train")
     if cfg.prune and len(val) and len(x) and len(train_rows):
         train = SweepGallery(
-            feats[position[train_rows]],
-            labels_all[train_rows],
-            groups_all[train_rows],
-            crop_keys[train_rows].tolist(),
-            np.isin(gallery_rows, train_rows),
+            embedded.feats[embedded.position[train_rows]],
+            embedded.labels[train_rows],
+            embedded.groups[train_rows],
+            rows.crop_keys[train_rows].tolist(),
+            np.isin(rows.gallery, train_rows),
         )
-        pruned = _prune(cfg, ctx, x, gallery, g_labels, train, val, len(classes), recall_queries)
-        info["pruned"] = pruned.meta
-        info["files"].update(
-            pruned_index=A.LUT_INDEX["pruned"], pruned_gallery=A.LUT_GALLERY["pruned"], prune_sweep=A.LUT_PRUNE_SWEEP
-        )
-        counts.update(prune_threshold=pruned.summary["threshold"], pruned_gallery=int(len(pruned.ids)))
-    else:
-        if cfg.prune:
-            ctx.notes.append("no val or train split (or an empty gallery): pruning skipped")
-        for key in (
-            A.LUT_INDEX["pruned"],
-            A.LUT_GALLERY["pruned"],
-            A.LUT_PRUNE_SWEEP,
-            A.LUT_PRUNE_PLOT,
-        ):  # never leave a stale pruned LUT
-            root.delete(key)
-
-    retrieval = _evaluate_test(cfg, ctx, test, index, pruned, g_labels, g_groups, classes, len(x))
-    if retrieval["rows"]:
-        counts["test_top1_accuracy"] = round(retrieval["rows"][0]["metrics"]["accuracy"], 6)
-    write_json(root, A.LUT_RETRIEVAL, retrieval)
-    write_json(root, A.LUT_INDEX_JSON, info)
-    ctx.metrics.gauge("lut_gallery_items", len(x), "Items in the LUT gallery.")
-    return counts
+        return _prune(cfg, ctx, x, gallery, g_labels, train, val, n_classes, recall_queries)
+    if cfg.prune:
+        ctx.notes.append("no val or train split (or an empty gallery): pruning skipped")
+    for key in (
+        A.LUT_INDEX["pruned"],
+        A.LUT_GALLERY["pruned"],
+        A.LUT_PRUNE_SWEEP,
+        A.LUT_PRUNE_PLOT,
+    ):  # never leave a stale pruned LUT
+        ctx.root.delete(key)
+    return None
 
 
 def _evaluate_test(
@@ -331,6 +401,7 @@ def _prune(
     recall_queries: np.ndarray,
 ) -> Pruned:
     """Sweep T with val against train only, then build the pruned index of the whole gallery at the chosen T."""
+    root = ctx.root
     grid = threshold_grid(cfg.prune_min, cfg.prune_max, cfg.prune_step)
     keys = gallery.column("crop_key").to_pylist()
     t0 = time.perf_counter()
@@ -346,6 +417,43 @@ def _prune(
         val,
         n_classes,
         grid,
+        sweep_settings(cfg),
+        graph=sweep_graph,
+    )
+    outcome.seconds["neighbour_graph"] += graph_seconds
+    write_parquet(root, A.LUT_PRUNE_SWEEP, outcome.table)
+    rule_label = f"{cfg.select_by}, α={cfg.alpha:g}, recall guard {cfg.min_class_recall:g}"
+    root.write_bytes(
+        A.LUT_PRUNE_PLOT, plot_sweep(outcome.table, outcome.chosen, outcome.baseline["accuracy"], rule_label)
+    )
+    pruned_ids = np.flatnonzero(full_graph.keep_mask(outcome.threshold))
+    pruned_index, meta = _write_pruned(cfg, root, x, gallery, pruned_ids, recall_queries)
+    row = outcome.table.slice(outcome.chosen, 1).to_pylist()[0]
+    summary = _prune_summary(cfg, outcome, row, len(x), len(pruned_ids), train, val)
+    ctx.notes.append(
+        f"pruning: T={outcome.threshold:.2f} keeps {len(pruned_ids)}/{len(x)} items; "
+        f"on val against train, {cfg.select_by} "
+        f"not significantly below unpruned (p={row['p_worse']:.3g} >= {cfg.alpha:g}) and no class loses more than "
+        f"{100 * cfg.min_class_recall:g} points of recall (largest loss {100 * row['largest_class_recall_drop']:.1f}); "
+        f"val accuracy {100 * row['val_accuracy']:.2f}% vs {100 * outcome.baseline['accuracy']:.2f}% unpruned "
+        f"→ {root.uri}/{A.LUT_PRUNE_SWEEP}"
+    )
+    ctx.metrics.gauge("lut_prune_threshold", outcome.threshold, "Chosen pruning threshold.")
+    ctx.metrics.gauge("lut_pruned_gallery_items", len(pruned_ids), "Items in the pruned gallery.")
+    pruned_meta = {
+        "threshold": outcome.threshold,
+        "count": int(len(pruned_ids)),
+        "fraction_kept": round(len(pruned_ids) / len(x), 6),
+        "neighbour_pairs": full_graph.pairs,
+        "sweep_seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
+        **meta,
+    }
+    return Pruned(pruned_index, pruned_ids, summary, pruned_meta)
+
+
+def sweep_settings(cfg: LutConfig) -> SweepSettings:
+    """The pruning sweep's vote, candidates and choice rule, from the stage's options."""
+    return SweepSettings(
         vote=cfg.vote,
         k=cfg.k,
         candidates=cfg.prune_candidates,
@@ -355,17 +463,19 @@ def _prune(
         draws=cfg.bootstrap,
         seed=cfg.seed,
         latency_queries=cfg.latency_queries,
-        graph=sweep_graph,
     )
-    outcome.seconds["neighbour_graph"] += graph_seconds
-    root = ctx.root
-    write_parquet(root, A.LUT_PRUNE_SWEEP, outcome.table)
-    rule_label = f"{cfg.select_by}, α={cfg.alpha:g}, recall guard {cfg.min_class_recall:g}"
-    root.write_bytes(
-        A.LUT_PRUNE_PLOT, plot_sweep(outcome.table, outcome.chosen, outcome.baseline["accuracy"], rule_label)
-    )
-    keep = full_graph.keep_mask(outcome.threshold)
-    pruned_ids = np.flatnonzero(keep)
+
+
+def _write_pruned(
+    cfg: LutConfig,
+    root: Store,
+    x: np.ndarray,
+    gallery: pa.Table,
+    pruned_ids: np.ndarray,
+    recall_queries: np.ndarray,
+) -> tuple[faiss.Index, dict[str, Any]]:
+    """index_pruned.faiss and gallery_pruned.parquet (its own ids, `full_id` the full gallery's); the index and its
+    build record."""
     pruned_gallery = gallery.take(pa.array(pruned_ids)).rename_columns(
         ["full_id" if n == "id" else n for n in gallery.column_names]
     )
@@ -373,12 +483,24 @@ def _prune(
     pruned_index, meta = _build(x[pruned_ids], cfg, recall_queries)
     save_index(root, A.LUT_INDEX["pruned"], pruned_index)
     write_parquet(root, A.LUT_GALLERY["pruned"], pruned_gallery)
-    row = outcome.table.slice(outcome.chosen, 1).to_pylist()[0]
-    summary = {
+    return pruned_index, meta
+
+
+def _prune_summary(
+    cfg: LutConfig,
+    outcome: SweepOutcome,
+    row: dict[str, Any],
+    n_full: int,
+    n_pruned: int,
+    train: SweepGallery,
+    val: QuerySet,
+) -> dict[str, Any]:
+    """retrieval.json's `prune`: the chosen T, the gallery sizes, and the chosen row's val figures and test."""
+    return {
         "threshold": outcome.threshold,
-        "gallery_full": int(len(x)),
-        "gallery_pruned": int(len(pruned_ids)),
-        "fraction_pruned": round(1 - len(pruned_ids) / len(x), 6),
+        "gallery_full": int(n_full),
+        "gallery_pruned": int(n_pruned),
+        "fraction_pruned": round(1 - n_pruned / n_full, 6),
         "sweep_gallery": "train",
         "sweep_gallery_full": int(len(train.labels)),
         "sweep_gallery_pruned": int(row["gallery_size"]),
@@ -398,23 +520,6 @@ def _prune(
         "vote": cfg.vote,
         "sweep_seconds": round(sum(outcome.seconds.values()), 3),
     }
-    ctx.notes.append(
-        f"pruning: T={outcome.threshold:.2f} keeps {len(pruned_ids)}/{len(x)} items; on val against train, {cfg.select_by} "
-        f"not significantly below unpruned (p={row['p_worse']:.3g} >= {cfg.alpha:g}) and no class loses more than "
-        f"{100 * cfg.min_class_recall:g} points of recall (largest loss {100 * row['largest_class_recall_drop']:.1f}); "
-        f"val accuracy {100 * row['val_accuracy']:.2f}% vs {100 * outcome.baseline['accuracy']:.2f}% unpruned → {root.uri}/{A.LUT_PRUNE_SWEEP}"
-    )
-    ctx.metrics.gauge("lut_prune_threshold", outcome.threshold, "Chosen pruning threshold.")
-    ctx.metrics.gauge("lut_pruned_gallery_items", len(pruned_ids), "Items in the pruned gallery.")
-    pruned_meta = {
-        "threshold": outcome.threshold,
-        "count": int(len(pruned_ids)),
-        "fraction_kept": round(len(pruned_ids) / len(x), 6),
-        "neighbour_pairs": full_graph.pairs,
-        "sweep_seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
-        **meta,
-    }
-    return Pruned(pruned_index, pruned_ids, summary, pruned_meta)
 
 
 def _recall_queries(heldout: np.ndarray, gallery: np.ndarray) -> np.ndarray:

@@ -96,10 +96,13 @@ def render_markdown(blocks: Sequence[Block], prefix: str) -> str:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;\
+margin:2em auto;padding:0 1em;color:#222}
 h1{border-bottom:2px solid #2a6;padding-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:.8em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:center}
-th{background:#f2f5f3}tr.best td{font-weight:bold;background:#eef8f0}img{max-width:100%;height:auto;border:1px solid #eee}
+table{border-collapse:collapse;margin:.8em 0;font-size:.92em}\
+th,td{border:1px solid #ccc;padding:.3em .7em;text-align:center}
+th{background:#f2f5f3}tr.best td{font-weight:bold;background:#eef8f0}\
+img{max-width:100%;height:auto;border:1px solid #eee}
 .strip{display:flex;flex-wrap:wrap;gap:6px;margin:.3em 0 1em}.strip h3{flex-basis:100%;font-size:.95em;margin:.4em 0 0}
 .strip figure{margin:0;width:112px;font-size:.72em;text-align:center;word-break:break-word}
 .strip img{width:auto;height:auto;max-width:104px;max-height:104px;border:3px solid #bbb}
@@ -120,7 +123,8 @@ def _pictures(blocks: Sequence[Block]) -> list[Any]:
 
 
 def render_capped(blocks: Sequence[Block], max_bytes: int) -> tuple[str, int]:
-    """report.html at most `max_bytes` long (text is never cut): pictures by priority while they fit; (html, pictures left out)."""
+    """report.html at most `max_bytes` long (text is never cut): pictures by priority while they fit;
+    (html, pictures left out)."""
     pictures = _pictures(blocks)
     everything = {id(p) for p in pictures}
     text = render_html(blocks, everything, max_bytes)
@@ -147,17 +151,24 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 def _picture_html(p: Any) -> str:
     if isinstance(p, Image):
-        return f'<figure><img alt="{html.escape(p.alt)}" src="{_data_uri(p.data, "image/png")}"><figcaption>{html.escape(p.alt)}</figcaption></figure>'
+        return (
+            f'<figure><img alt="{html.escape(p.alt)}" src="{_data_uri(p.data, "image/png")}">'
+            f"<figcaption>{html.escape(p.alt)}</figcaption></figure>"
+        )
     t: Thumb = p
     cls = f' class="{t.kind}"' if t.kind else ""
     return (
-        f'<figure{cls}><img alt="{html.escape(t.caption)}" title="{html.escape(t.key)}" src="{_data_uri(t.data or b"", "image/jpeg")}">'
+        f'<figure{cls}><img alt="{html.escape(t.caption)}" title="{html.escape(t.key)}" '
+        f'src="{_data_uri(t.data or b"", "image/jpeg")}">'
         f"<figcaption>{html.escape(t.caption)}</figcaption></figure>"
     )
 
 
 def _omitted(n: int, max_bytes: int) -> str:
-    return f'<p class="omitted">{n} picture(s) left out to keep report.html under {max_bytes / 1024 / 1024:g} MB (raise --report-max-mb to see them).</p>'
+    return (
+        f'<p class="omitted">{n} picture(s) left out to keep report.html under {max_bytes / 1024 / 1024:g} MB '
+        "(raise --report-max-mb to see them).</p>"
+    )
 
 
 def render_html(blocks: Sequence[Block], include: set[int] | None = None, max_bytes: int = 0) -> str:

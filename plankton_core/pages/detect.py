@@ -45,8 +45,8 @@ def detect_blocks(store: Store) -> list[Block]:
             f"Faster R-CNN + FPN on {m.get('model')} (init: {m.get('init')}), {m.get('annotations')} annotations, "
             f"{frames.get('train', 0)}/{frames.get('val', 0)}/{frames.get('test', 0)} train/val/test frames. "
             f"Epoch {m.get('best_epoch')} chosen by {m.get('selected_by')}; the test split never chose anything. "
-            f"COCO figures (pycocotools) on {m.get('images', 0)} test frames, {m.get('objects', 0)} objects; – = no object of that size. "
-            + str(m.get("uncertainty", "")),
+            f"COCO figures (pycocotools) on {m.get('images', 0)} test frames, {m.get('objects', 0)} objects; "
+            "– = no object of that size. " + str(m.get("uncertainty", "")),
         ),
     ]
     if "AP" in m:

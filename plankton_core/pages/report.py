@@ -58,7 +58,8 @@ RULE_LABEL = {"accuracy": "val accuracy", "balanced_accuracy": "val balanced acc
 
 
 def write_report(store: Store, prefix: str, max_mb: float = DEFAULT_MAX_MB) -> dict[str, Any]:
-    """Render `<prefix>/report.html` (at most `max_mb` MB) and `<prefix>/report.md`; returns their keys and what was left out."""
+    """Render `<prefix>/report.html` (at most `max_mb` MB) and `<prefix>/report.md`; returns their keys and what was
+    left out."""
     blocks = build_blocks(store)
     keys: dict[str, Any] = {"html": join(prefix, REPORT_HTML), "md": join(prefix, REPORT_MD)}
     html_text, left_out = render_capped(blocks, int(max_mb * 1024 * 1024))
@@ -143,9 +144,15 @@ def interval_note(metrics: dict[str, Any]) -> str:
     """One sentence saying how the intervals were made."""
     boot = metrics.get("bootstrap") or {}
     reps = boot.get("reps", 0)
-    text = "95% intervals: Wilson's score interval for proportions (accuracy, top-5 accuracy; per class: recall and precision)"
+    text = (
+        "95% intervals: Wilson's score interval for proportions "
+        "(accuracy, top-5 accuracy; per class: recall and precision)"
+    )
     if reps:
-        text += f"; a percentile bootstrap over the test crops, resampled within each true class, {reps} resamples, seed {boot.get('seed')}, for the averaged metrics and per-class F1."
+        text += (
+            f"; a percentile bootstrap over the test crops, resampled within each true class, {reps} resamples, "
+            f"seed {boot.get('seed')}, for the averaged metrics and per-class F1."
+        )
     else:
         text += "; no bootstrap (--bootstrap 0), so the averaged metrics have none."
     return text
@@ -205,7 +212,8 @@ def not_in_test_blocks(metrics: dict[str, Any]) -> list[Block]:
         ("h2", "Classes not tested"),
         (
             "p",
-            f"{len(missing)} class(es) have no test crops: too few source images to split, they stayed in train (stats). No figure above covers them.",
+            f"{len(missing)} class(es) have no test crops: too few source images to split, "
+            "they stayed in train (stats). No figure above covers them.",
         ),
         ("table", Table(["Class", "Crops", "Source images", "In train", "In val"], rows)),
     ]
@@ -238,7 +246,8 @@ def retrieval_blocks(store: Store) -> list[Block]:
         ("h2", "Retrieval (LUT)"),
         (
             "p",
-            "Nearest-neighbour classification of the test split with the look-up table; precision, recall and F1 are macro averages.",
+            "Nearest-neighbour classification of the test split with the look-up table; "
+            "precision, recall and F1 are macro averages.",
         ),
     ]
     rows = []
@@ -265,7 +274,8 @@ def retrieval_blocks(store: Store) -> list[Block]:
         blocks.append(
             (
                 "p",
-                "Test split; 95% intervals in brackets (Wilson for accuracy and top-5, stratified bootstrap for the averaged metrics).",
+                "Test split; 95% intervals in brackets "
+                "(Wilson for accuracy and top-5, stratified bootstrap for the averaged metrics).",
             )
         )
     effect = data.get("prune_effect")
@@ -317,7 +327,8 @@ def prune_effect_blocks(effect: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [
         (
             "p",
-            f"Pruning at T={effect.get('threshold')} (chosen on val) scored on the test split ({effect.get('count')} crops):",
+            f"Pruning at T={effect.get('threshold')} (chosen on val) scored on the test split "
+            f"({effect.get('count')} crops):",
         ),
         (
             "table",
@@ -338,89 +349,119 @@ def _fmt(value: Any) -> str:
 
 
 def build_blocks(store: Store) -> list[Block]:
-    metrics = _maybe_json(store, EVAL_METRICS)
-    selection = _maybe_json(store, SWEEP_SELECTION)
-    sweep_rows = _maybe_rows(store, SWEEP_TABLE)
+    """The report's sections, each from what its stage has stored: test results, the checkpoint sweep, confusions,
+    per-class results, pictures, retrieval and detection."""
     blocks: list[Block] = [("h1", "plankton — test report")]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks.append(("p", f"Pipeline root {store.uri}; rendered {when}."))
-    if metrics:
-        blocks += [
-            ("h2", "Test results"),
-            (
-                "p",
-                f"Backbone {metrics.get('model')} checkpoint {metrics.get('checkpoint')} with its linear head, on the test split "
-                f"({metrics.get('count')} crops, {metrics.get('n_classes')} classes). Precision, recall and F1 are macro averages over classes.",
-            ),
-            ("table", headline_table(metrics)),
-            ("table", metrics_table(metrics)),
-            ("p", interval_note(metrics)),
-        ]
-        table = selections_table(metrics)
-        if table:
-            blocks += [
-                ("h2", "What each selection rule chose"),
-                (
-                    "p",
-                    "Each --select-by rule picked a checkpoint and head epoch from the val split (val figures: what chose it); "
-                    "the test split scored each choice (test figures, with 95% intervals). The rule in bold is the one used above. "
-                    "Overlapping intervals mean the test split cannot tell the rules apart.",
-                ),
-                ("table", table),
-            ]
-        blocks += not_in_test_blocks(metrics)
-    else:
-        blocks.append(("p", "No test results yet: run `plankton evaluate`."))
-    if sweep_rows:
-        chosen = selection.get("checkpoint") if selection else None
-        blocks.append(("h2", "Checkpoint sweep (val split)"))
-        if selection:
-            blocks.append(
-                (
-                    "p",
-                    f"Chosen on the val split by --select-by {selection.get('select_by', 'accuracy')}: {selection['checkpoint']} "
-                    f"(backbone epoch {selection['epoch']}, head epoch {selection['best_head_epoch']}); rule: {selection.get('rule', '')}. "
-                    "The val figures below chose it; they are not an estimate of test performance.",
-                )
-            )
-        img = _maybe_image(store, SWEEP_PLOT, "val accuracy per checkpoint")
-        if img:
-            blocks.append(("img", img))
-        blocks.append(("table", sweep_table(sweep_rows, chosen)))
+    blocks += results_blocks(_maybe_json(store, EVAL_METRICS))
+    blocks += sweep_blocks(store)
     img = _maybe_image(store, EVAL_CONFUSION_PNG, "confusion matrix, normalised per true class")
     if img:
         blocks += [("h2", "Confusion matrix"), ("img", img)]
     confusions = _maybe_rows(store, EVAL_CONFUSIONS)
-    if confusions is not None:
-        blocks.append(("h2", "Worst confusions"))
-        if confusions:
-            rows = [
-                [c["true_class"], c["pred_class"], str(c["count"]), pct(c["fraction_of_true"])]
-                for c in confusions[:WORST_CONFUSIONS]
-            ]
-            blocks.append(("table", Table(["True class", "Predicted as", "Crops", "Share of the true class"], rows)))
-        else:
-            blocks.append(("p", "No test crop was misclassified."))
-    per_class = _maybe_rows(store, EVAL_PER_CLASS)
-    if per_class:
-        rows = [
-            [
-                r["class"],
-                str(r["support"]),
-                pct_ci(r["precision"], {"low": r.get("precision_low"), "high": r.get("precision_high")}),
-                pct_ci(r["recall"], {"low": r.get("recall_low"), "high": r.get("recall_high")}),
-                pct_ci(r["f1"], {"low": r.get("f1_low"), "high": r.get("f1_high")}),
-            ]
-            for r in per_class
-        ]
-        blocks += [
-            ("h2", "Per-class results (test split)"),
-            ("table", Table(["Class", "Support", "Precision (95% CI)", "Recall (95% CI)", "F1 (95% CI)"], rows)),
-        ]
+    blocks += worst_confusion_blocks(confusions)
+    blocks += per_class_blocks(_maybe_rows(store, EVAL_PER_CLASS))
     blocks += picture_blocks(store, confusions or [])
     blocks += retrieval_blocks(store)
     blocks += detect_blocks(store)
     return blocks
+
+
+def results_blocks(metrics: dict[str, Any] | None) -> list[Block]:
+    """evaluate's test results: the headline and full tables with intervals, each selection rule's choice, and the
+    classes not tested."""
+    if not metrics:
+        return [("p", "No test results yet: run `plankton evaluate`.")]
+    blocks: list[Block] = [
+        ("h2", "Test results"),
+        (
+            "p",
+            f"Backbone {metrics.get('model')} checkpoint {metrics.get('checkpoint')} with its linear head, "
+            f"on the test split ({metrics.get('count')} crops, {metrics.get('n_classes')} classes). "
+            "Precision, recall and F1 are macro averages over classes.",
+        ),
+        ("table", headline_table(metrics)),
+        ("table", metrics_table(metrics)),
+        ("p", interval_note(metrics)),
+    ]
+    table = selections_table(metrics)
+    if table:
+        blocks += [
+            ("h2", "What each selection rule chose"),
+            (
+                "p",
+                "Each --select-by rule picked a checkpoint and head epoch from the val split "
+                "(val figures: what chose it); "
+                "the test split scored each choice (test figures, with 95% intervals). "
+                "The rule in bold is the one used above. "
+                "Overlapping intervals mean the test split cannot tell the rules apart.",
+            ),
+            ("table", table),
+        ]
+    return blocks + not_in_test_blocks(metrics)
+
+
+def sweep_blocks(store: Store) -> list[Block]:
+    """linear-sweep's val results per checkpoint, the chosen one in bold, and what chose it."""
+    selection = _maybe_json(store, SWEEP_SELECTION)
+    sweep_rows = _maybe_rows(store, SWEEP_TABLE)
+    if not sweep_rows:
+        return []
+    chosen = selection.get("checkpoint") if selection else None
+    blocks: list[Block] = [("h2", "Checkpoint sweep (val split)")]
+    if selection:
+        blocks.append(
+            (
+                "p",
+                f"Chosen on the val split by --select-by {selection.get('select_by', 'accuracy')}: "
+                f"{selection['checkpoint']} "
+                f"(backbone epoch {selection['epoch']}, head epoch {selection['best_head_epoch']}); "
+                f"rule: {selection.get('rule', '')}. "
+                "The val figures below chose it; they are not an estimate of test performance.",
+            )
+        )
+    img = _maybe_image(store, SWEEP_PLOT, "val accuracy per checkpoint")
+    if img:
+        blocks.append(("img", img))
+    blocks.append(("table", sweep_table(sweep_rows, chosen)))
+    return blocks
+
+
+def worst_confusion_blocks(confusions: list[dict[str, Any]] | None) -> list[Block]:
+    """The most frequent confused pairs (evaluate's confusions.parquet)."""
+    if confusions is None:
+        return []
+    if not confusions:
+        return [("h2", "Worst confusions"), ("p", "No test crop was misclassified.")]
+    rows = [
+        [c["true_class"], c["pred_class"], str(c["count"]), pct(c["fraction_of_true"])]
+        for c in confusions[:WORST_CONFUSIONS]
+    ]
+    return [
+        ("h2", "Worst confusions"),
+        ("table", Table(["True class", "Predicted as", "Crops", "Share of the true class"], rows)),
+    ]
+
+
+def per_class_blocks(per_class: list[dict[str, Any]] | None) -> list[Block]:
+    """Precision, recall and F1 per class with their intervals (evaluate's per_class.parquet)."""
+    if not per_class:
+        return []
+    rows = [
+        [
+            r["class"],
+            str(r["support"]),
+            pct_ci(r["precision"], {"low": r.get("precision_low"), "high": r.get("precision_high")}),
+            pct_ci(r["recall"], {"low": r.get("recall_low"), "high": r.get("recall_high")}),
+            pct_ci(r["f1"], {"low": r.get("f1_low"), "high": r.get("f1_high")}),
+        ]
+        for r in per_class
+    ]
+    return [
+        ("h2", "Per-class results (test split)"),
+        ("table", Table(["Class", "Support", "Precision (95% CI)", "Recall (95% CI)", "F1 (95% CI)"], rows)),
+    ]
 
 
 def _score(row: dict[str, Any]) -> str:
@@ -432,63 +473,87 @@ def picture_blocks(store: Store, confusions: Sequence[dict[str, Any]]) -> list[B
     predictions = _maybe_rows(store, EVAL_PREDICTIONS)
     if not predictions:
         return []
-    blocks: list[Block] = []
     examples = confusion_examples(predictions, confusions[:PICTURED_PAIRS], PER_PAIR)
-    if examples:
-        blocks += [
-            ("h2", "The crops behind the worst confusions"),
-            (
-                "p",
-                f"Per confused pair (most frequent first), up to {PER_PAIR} of its test crops, most confident mistakes first; p is the head's probability of the predicted class.",
-            ),
-        ]
-        for pair, rows in examples:
-            thumbs = [Thumb(r["crop_key"], f"{r['class']} → {r['pred_class']}, {_score(r)}", 1, "wrong") for r in rows]
-            title = f"true {pair['true_class']} predicted as {pair['pred_class']}: {pair['count']} crop(s)"
-            blocks.append(("gallery", Gallery(title, load_thumbnails(store, thumbs))))
+    blocks = confusion_picture_blocks(store, examples)
     wrong = [r for _, rows in examples for r in rows][:NEIGHBOUR_QUERIES]
+    blocks += neighbour_blocks(store, wrong)
+    blocks += class_strip_blocks(store, predictions)
+    return blocks
+
+
+def confusion_picture_blocks(store: Store, examples: Sequence[tuple[Any, Sequence[dict[str, Any]]]]) -> list[Block]:
+    """Per confused pair, its most confident mistakes."""
+    if not examples:
+        return []
+    blocks: list[Block] = [
+        ("h2", "The crops behind the worst confusions"),
+        (
+            "p",
+            f"Per confused pair (most frequent first), up to {PER_PAIR} of its test crops, "
+            "most confident mistakes first; p is the head's probability of the predicted class.",
+        ),
+    ]
+    for pair, rows in examples:
+        thumbs = [Thumb(r["crop_key"], f"{r['class']} → {r['pred_class']}, {_score(r)}", 1, "wrong") for r in rows]
+        title = f"true {pair['true_class']} predicted as {pair['pred_class']}: {pair['count']} crop(s)"
+        blocks.append(("gallery", Gallery(title, load_thumbnails(store, thumbs))))
+    return blocks
+
+
+def neighbour_blocks(store: Store, wrong: Sequence[dict[str, Any]]) -> list[Block]:
+    """Each wrong crop beside its nearest gallery neighbours, once lut has finished."""
     lut = finished_lut(store)
-    if wrong and lut is not None:
-        neighbours = gallery_neighbours(store, [r["crop_key"] for r in wrong], NEIGHBOURS)
-        if neighbours:
-            blocks += [
-                ("h2", "Wrong test crops and their nearest gallery neighbours"),
-                (
-                    "p",
-                    f"Each wrong test crop (first) beside its {NEIGHBOURS} nearest crops in the LUT's gallery (exact cosine similarity of "
-                    "the lut stage's embeddings); a neighbour of the crop's true class has a green frame, any other class a red one.",
-                ),
-            ]
-            for r in wrong:
-                if r["crop_key"] not in neighbours:
-                    continue
-                thumbs = [Thumb(r["crop_key"], f"test: {r['class']} → {r['pred_class']}, {_score(r)}", 2, "query")]
-                thumbs += [
-                    Thumb(
-                        n["crop_key"],
-                        f"{n['class']}, sim {n['similarity']:.3f}",
-                        2,
-                        "right" if n["class"] == r["class"] else "wrong",
-                    )
-                    for n in neighbours[r["crop_key"]]
-                ]
-                blocks.append(("gallery", Gallery(f"{r['crop_key']}", load_thumbnails(store, thumbs))))
-    strips = class_examples(predictions, PER_CLASS)
-    if strips:
-        blocks += [
-            ("h2", "Examples per class (test split)"),
-            (
-                "p",
-                f"Per class, up to {PER_CLASS} correctly classified crops (green, from least to most confident) and up to {PER_CLASS} misclassified ones (red, most confident first).",
-            ),
-        ]
-        for name, (ok, bad) in strips.items():
-            thumbs = [Thumb(r["crop_key"], f"{_score(r)}", 3, "right") for r in ok]
-            thumbs += [Thumb(r["crop_key"], f"→ {r['pred_class']}, {_score(r)}", 3, "wrong") for r in bad]
-            blocks.append(
-                (
-                    "gallery",
-                    Gallery(f"{name}: {len(ok)} correct, {len(bad)} incorrect shown", load_thumbnails(store, thumbs)),
-                )
+    if not wrong or lut is None:
+        return []
+    neighbours = gallery_neighbours(store, [r["crop_key"] for r in wrong], NEIGHBOURS)
+    if not neighbours:
+        return []
+    blocks: list[Block] = [
+        ("h2", "Wrong test crops and their nearest gallery neighbours"),
+        (
+            "p",
+            f"Each wrong test crop (first) beside its {NEIGHBOURS} nearest crops in the LUT's gallery "
+            "(exact cosine similarity of the lut stage's embeddings); "
+            "a neighbour of the crop's true class has a green frame, any other class a red one.",
+        ),
+    ]
+    for r in wrong:
+        if r["crop_key"] not in neighbours:
+            continue
+        thumbs = [Thumb(r["crop_key"], f"test: {r['class']} → {r['pred_class']}, {_score(r)}", 2, "query")]
+        thumbs += [
+            Thumb(
+                n["crop_key"],
+                f"{n['class']}, sim {n['similarity']:.3f}",
+                2,
+                "right" if n["class"] == r["class"] else "wrong",
             )
+            for n in neighbours[r["crop_key"]]
+        ]
+        blocks.append(("gallery", Gallery(f"{r['crop_key']}", load_thumbnails(store, thumbs))))
+    return blocks
+
+
+def class_strip_blocks(store: Store, predictions: Sequence[dict[str, Any]]) -> list[Block]:
+    """Per class, some correct and some misclassified crops."""
+    strips = class_examples(predictions, PER_CLASS)
+    if not strips:
+        return []
+    blocks: list[Block] = [
+        ("h2", "Examples per class (test split)"),
+        (
+            "p",
+            f"Per class, up to {PER_CLASS} correctly classified crops (green, from least to most confident) "
+            f"and up to {PER_CLASS} misclassified ones (red, most confident first).",
+        ),
+    ]
+    for name, (ok, bad) in strips.items():
+        thumbs = [Thumb(r["crop_key"], f"{_score(r)}", 3, "right") for r in ok]
+        thumbs += [Thumb(r["crop_key"], f"→ {r['pred_class']}, {_score(r)}", 3, "wrong") for r in bad]
+        blocks.append(
+            (
+                "gallery",
+                Gallery(f"{name}: {len(ok)} correct, {len(bad)} incorrect shown", load_thumbnails(store, thumbs)),
+            )
+        )
     return blocks

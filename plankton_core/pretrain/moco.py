@@ -71,7 +71,8 @@ def shuffle_permutation(global_batch: int, seed: int, epoch: int, step: int) -> 
 
 @torch.no_grad()
 def shuffled_keys(keys: MoCoKeys, im_k: torch.Tensor, dist: DistInfo, perm: torch.Tensor, amp: bool) -> torch.Tensor:
-    """Keys of the whole global batch in batch order, (B, D), every rank's BN fed a shuffled share (see the module doc)."""
+    """Keys of the whole global batch in batch order, (B, D), every rank's BN fed a shuffled share
+    (see the module doc)."""
     device = im_k.device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         if not dist.enabled:
@@ -88,7 +89,8 @@ def shuffled_keys(keys: MoCoKeys, im_k: torch.Tensor, dist: DistInfo, perm: torc
 
 @dataclass
 class MoCoStep:
-    """`loss_fn` of train_one_epoch for MoCo v2: queries with gradient, keys by momentum, InfoNCE against the queue, enqueue."""
+    """`loss_fn` of train_one_epoch for MoCo v2: queries with gradient, keys by momentum, InfoNCE against the
+    queue, enqueue."""
 
     views: object  # callable (images, epoch, step) -> (2b, 3, S, S): view 0 rows then view 1 rows
     keys: MoCoKeys

@@ -104,7 +104,8 @@ def unlabeled_input(cfg: PretrainConfig, ctx: StageContext) -> tuple[Store | Non
         )
     if cfg.crop and not any("/" in k for k in keys):
         raise BadInputError(
-            f"--crop reads --unlabeled {store.uri} as the crop stage reads its input: put the images in sub-folders (<folder>/<image>)"
+            f"--crop reads --unlabeled {store.uri} as the crop stage reads its input: "
+            "put the images in sub-folders (<folder>/<image>)"
         )
     return store, keys, {"uri": store.uri, "files": len(keys), "listing_sha256": digest.hexdigest()[:16]}
 
@@ -196,39 +197,17 @@ def decode_cache(reader: RootAndUnlabeled, keys: list[str], size: int, dist: Dis
 def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
     """Pretrain to `cfg.epochs` from the resume point, on this process's share of every global batch."""
     plan: PretrainPlan = ctx.plan
-    device, cuda = plan.device, plan.device.type == "cuda"
+    device = plan.device
     with training_process(device, cfg.deterministic) as (dist, stop):
-        extra_keys: list[str] = [UNLABELED_TAG + k for k in plan.unlabeled_keys]
-        if cfg.crop:
-            if dist.is_main:
-                crop_unlabeled(cfg, ctx)
-            barrier(dist)
-            extra_keys = unlabeled_crop_keys(ctx.root)
-        keys = plan.crop_keys + extra_keys
-        if len(keys) < cfg.batch_size:
-            raise BadInputError(
-                f"--batch-size {cfg.batch_size} is larger than the {len(keys)} images to pretrain on; lower it"
-            )
-        steps_per_epoch = len(keys) // cfg.batch_size
-        resolved = plan.resolved | {
-            "train_images": len(keys),
-            "labelled_crops": len(plan.crop_keys),
-            "unlabeled_images": len(extra_keys),
-        }
-        resolved["steps_per_epoch"] = steps_per_epoch
-        saved = plan.resume.ckpt.get("config", {}) if plan.resume.ckpt else {}
-        if plan.resume.ckpt is not None and plan.resume.exact and saved.get("train_images") not in (None, len(keys)):
-            raise BadInputError(
-                f"{plan.resume.label} was trained on {saved.get('train_images')} images, now {len(keys)}; "
-                "--resume never starts over, --resume last continues with the new set"
-            )
+        keys, extra_keys = pretrain_keys(cfg, ctx, plan, dist)
+        resolved = resolve_run(cfg, plan, keys, extra_keys)
         cache = decode_cache(RootAndUnlabeled(ctx.root, plan.unlabeled), keys, plan.size, dist)
         run = TrainingRun(
             stage="pretrain",
             ckpt_prefix=PRETRAIN_CKPT,
             metrics_key=PRETRAIN_METRICS,
             epochs=cfg.epochs,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=resolved["steps_per_epoch"],
             images_per_step=cfg.batch_size,
             save_every=cfg.save_every,
             seed=cfg.seed,
@@ -237,22 +216,7 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
         trainer = Trainer(ctx, run, dist=dist, stop=stop, device=device)
         net = build_model(cfg, ctx, fresh=plan.resume.ckpt is None)
         keys_state = MoCoKeys(net, cfg.queue, cfg.proj_dim, cfg.seed) if cfg.method == "moco" else None
-        optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        schedule = partial(
-            warmup_cosine,
-            peak_lr=cfg.lr(),
-            total_steps=cfg.epochs * steps_per_epoch,
-            warmup_steps=cfg.warmup() * steps_per_epoch,
-            min_ratio=cfg.min_lr_ratio,
-        )
-        state: dict[str, Any] = {"model": net.backbone, "head": net.head}
-        if keys_state is not None:
-            state["moco"] = keys_state
-        extra = {"feature_dim": net.feature_dim} | (
-            {"queue_bytes": keys_state.queue_bytes} if keys_state is not None else {}
-        )
-        scheduler = trainer.restore(plan.resume, state, optimizer, schedule, extra=extra)
-        plan.resume.ckpt = None
+        optimizer, scheduler = restore_training(cfg, plan, trainer, net, keys_state, run.steps_per_epoch)
         # MoCo keeps per-rank BatchNorm in the query encoder and shuffles the key encoder's across ranks (moco.py);
         # SimCLR uses SyncBatchNorm on GPUs, as in the SimCLR paper's global BN.
         also = [keys_state] if keys_state is not None else []
@@ -266,55 +230,10 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
             notes=ctx.notes,
             also=also,
         )
-
-        loader = CachedBatchLoader(
-            cache.array,
-            np.zeros(len(keys), dtype=np.int64),
-            EpochPlan(len(keys), cfg.batch_size, cfg.seed),
-            dist.rank,
-            dist.world,
-            prefetch=cfg.workers,
-            pin_memory=cuda,
-        )
-        b = loader.local_batch
-        views = V2Views(
-            cfg.batch_size,
-            slice(dist.rank * b, (dist.rank + 1) * b),
-            cfg.seed,
-            cfg.crop_scale_min,
-            cfg.jitter,
-            cfg.grayscale,
-            cfg.blur,
-            plan.size,
-            plan.mean,
-            plan.std,
-            device,
-        )
-        if not cuda and cfg.workers > 0:
-            loader.transform = partial(with_views, views=views)
-        amp = cfg.amp and cuda
-        loss_fn: Any
-        if keys_state is not None:
-            loss_fn = MoCoStep(
-                views, keys_state, net, dist, cfg.temperature, cfg.key_momentum, cfg.batch_size, cfg.seed, amp, device
-            )
-        else:
-            loss_fn = SimCLRStep(views, dist, cfg.temperature, amp, device)
+        loader, views = batch_pipeline(cfg, plan, cache, len(keys), dist)
+        loss_fn = step_loss(cfg, views, keys_state, net, dist, device)
         if dist.is_main:
-            log.info(
-                "pretrain %s: %s, %d images (%d labelled crops, %d unlabelled), global batch %d on %d process(es), lr %.4g, %d steps/epoch, device %s%s",
-                cfg.method,
-                cfg.model,
-                len(keys),
-                len(plan.crop_keys),
-                len(extra_keys),
-                cfg.batch_size,
-                dist.world,
-                cfg.lr(),
-                steps_per_epoch,
-                device,
-                f", queue {cfg.queue} ({keys_state.queue_bytes / 2**20:.1f} MiB)" if keys_state is not None else "",
-            )
+            log_start(cfg, plan, keys, extra_keys, keys_state, dist, run.steps_per_epoch, device)
         counts = trainer.fit(
             epoch_runner(
                 model,
@@ -339,6 +258,151 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
     }
 
 
+def pretrain_keys(
+    cfg: PretrainConfig, ctx: StageContext, plan: PretrainPlan, dist: DistInfo
+) -> tuple[list[str], list[str]]:
+    """(every image to pretrain on, the unlabelled ones among them): the labelled crops, then the --unlabeled
+    images, read in place or (`--crop`) cropped first by the first process."""
+    extra_keys: list[str] = [UNLABELED_TAG + k for k in plan.unlabeled_keys]
+    if cfg.crop:
+        if dist.is_main:
+            crop_unlabeled(cfg, ctx)
+        barrier(dist)
+        extra_keys = unlabeled_crop_keys(ctx.root)
+    keys = plan.crop_keys + extra_keys
+    if len(keys) < cfg.batch_size:
+        raise BadInputError(
+            f"--batch-size {cfg.batch_size} is larger than the {len(keys)} images to pretrain on; lower it"
+        )
+    return keys, extra_keys
+
+
+def resolve_run(cfg: PretrainConfig, plan: PretrainPlan, keys: list[str], extra_keys: list[str]) -> dict[str, Any]:
+    """The config every checkpoint records, with the image counts; an exact resume needs the same number of
+    images."""
+    steps_per_epoch = len(keys) // cfg.batch_size
+    resolved = plan.resolved | {
+        "train_images": len(keys),
+        "labelled_crops": len(plan.crop_keys),
+        "unlabeled_images": len(extra_keys),
+    }
+    resolved["steps_per_epoch"] = steps_per_epoch
+    saved = plan.resume.ckpt.get("config", {}) if plan.resume.ckpt else {}
+    if plan.resume.ckpt is not None and plan.resume.exact and saved.get("train_images") not in (None, len(keys)):
+        raise BadInputError(
+            f"{plan.resume.label} was trained on {saved.get('train_images')} images, now {len(keys)}; "
+            "--resume never starts over, --resume last continues with the new set"
+        )
+    return resolved
+
+
+def restore_training(
+    cfg: PretrainConfig,
+    plan: PretrainPlan,
+    trainer: Trainer,
+    net: SupConModel,
+    keys_state: MoCoKeys | None,
+    steps_per_epoch: int,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimiser and its warm-up + cosine schedule; weights, MoCo's keys and queue restored from the resume
+    point."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedule = partial(
+        warmup_cosine,
+        peak_lr=cfg.lr(),
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=cfg.warmup() * steps_per_epoch,
+        min_ratio=cfg.min_lr_ratio,
+    )
+    state: dict[str, Any] = {"model": net.backbone, "head": net.head}
+    if keys_state is not None:
+        state["moco"] = keys_state
+    extra = {"feature_dim": net.feature_dim} | (
+        {"queue_bytes": keys_state.queue_bytes} if keys_state is not None else {}
+    )
+    scheduler = trainer.restore(plan.resume, state, optimizer, schedule, extra=extra)
+    plan.resume.ckpt = None
+    return optimizer, scheduler
+
+
+def batch_pipeline(
+    cfg: PretrainConfig, plan: PretrainPlan, cache: ImageCache, count: int, dist: DistInfo
+) -> tuple[CachedBatchLoader, V2Views]:
+    """This process's batches from the decode cache, and the two augmented views of each (on the loader threads
+    when training on CPU)."""
+    cuda = plan.device.type == "cuda"
+    loader = CachedBatchLoader(
+        cache.array,
+        np.zeros(count, dtype=np.int64),
+        EpochPlan(count, cfg.batch_size, cfg.seed),
+        dist.rank,
+        dist.world,
+        prefetch=cfg.workers,
+        pin_memory=cuda,
+    )
+    b = loader.local_batch
+    views = V2Views(
+        cfg.batch_size,
+        slice(dist.rank * b, (dist.rank + 1) * b),
+        cfg.seed,
+        cfg.crop_scale_min,
+        cfg.jitter,
+        cfg.grayscale,
+        cfg.blur,
+        plan.size,
+        plan.mean,
+        plan.std,
+        plan.device,
+    )
+    if not cuda and cfg.workers > 0:
+        loader.transform = partial(with_views, views=views)
+    return loader, views
+
+
+def step_loss(
+    cfg: PretrainConfig,
+    views: V2Views,
+    keys_state: MoCoKeys | None,
+    net: SupConModel,
+    dist: DistInfo,
+    device: torch.device,
+) -> MoCoStep | SimCLRStep:
+    """`loss_fn` of one training step: MoCo's against the key encoder and queue, or SimCLR's."""
+    amp = cfg.amp and device.type == "cuda"
+    if keys_state is not None:
+        return MoCoStep(
+            views, keys_state, net, dist, cfg.temperature, cfg.key_momentum, cfg.batch_size, cfg.seed, amp, device
+        )
+    return SimCLRStep(views, dist, cfg.temperature, amp, device)
+
+
+def log_start(
+    cfg: PretrainConfig,
+    plan: PretrainPlan,
+    keys: list[str],
+    extra_keys: list[str],
+    keys_state: MoCoKeys | None,
+    dist: DistInfo,
+    steps_per_epoch: int,
+    device: torch.device,
+) -> None:
+    log.info(
+        "pretrain %s: %s, %d images (%d labelled crops, %d unlabelled), global batch %d on %d process(es), "
+        "lr %.4g, %d steps/epoch, device %s%s",
+        cfg.method,
+        cfg.model,
+        len(keys),
+        len(plan.crop_keys),
+        len(extra_keys),
+        cfg.batch_size,
+        dist.world,
+        cfg.lr(),
+        steps_per_epoch,
+        device,
+        f", queue {cfg.queue} ({keys_state.queue_bytes / 2**20:.1f} MiB)" if keys_state is not None else "",
+    )
+
+
 def build_model(cfg: PretrainConfig, ctx: StageContext, fresh: bool) -> SupConModel:
     """The query network, with the same initial weights on every process; `--pretrained` only when starting fresh."""
     torch.manual_seed(cfg.seed)
@@ -356,7 +420,8 @@ def with_views(batch: Batch, views: V2Views) -> Batch:
 
 @dataclass
 class SimCLRStep:
-    """`loss_fn` for SimCLR: both views through the model, projections gathered over ranks, NT-Xent over the global batch."""
+    """`loss_fn` for SimCLR: both views through the model, projections gathered over ranks, NT-Xent over the global
+    batch."""
 
     views: V2Views
     dist: DistInfo

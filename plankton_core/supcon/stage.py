@@ -138,70 +138,16 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
         trainer = Trainer(ctx, run, dist=dist, stop=stop, device=device)
 
         net = build_model(cfg, ctx, fresh=plan.resume.ckpt is None)
-        optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        schedule: Callable[..., Any]
-        if cfg.recipe == "supcontrast":  # SupContrast's per-epoch cosine, warm-up only for batches over 256
-            schedule = partial(
-                supcontrast_schedule,
-                peak_lr=cfg.lr(),
-                epochs=cfg.epochs,
-                steps_per_epoch=run.steps_per_epoch,
-                warm_epochs=cfg.warmup(),
-                warmup_from=SUPCONTRAST_WARMUP_FROM,
-                min_ratio=cfg.min_lr_ratio,
-            )
-        else:
-            schedule = partial(
-                warmup_cosine,
-                peak_lr=cfg.lr(),
-                total_steps=cfg.epochs * run.steps_per_epoch,
-                warmup_steps=cfg.warmup() * run.steps_per_epoch,
-                min_ratio=cfg.min_lr_ratio,
-            )
-        scaler = torch.amp.GradScaler(
-            device.type, enabled=False
-        )  # bf16 needs no loss scaling; kept for the checkpoint format
-        scheduler = trainer.restore(
-            plan.resume,
-            {"model": net.backbone, "head": net.head, "scaler": scaler},
-            optimizer,
-            schedule,
-            extra={"feature_dim": net.feature_dim},
-        )
-        plan.resume.ckpt = None  # restored: let the memory go
+        optimizer, scheduler = restore_training(cfg, plan, trainer, net)
         model = distribute(net, optimizer, dist, device, sync_bn=cfg.sync_bn, compile=cfg.compile, notes=ctx.notes)
-
-        loader = CachedBatchLoader(
-            cache.array,
-            plan.labels,
-            EpochPlan(len(plan.keys), cfg.batch_size, cfg.seed),
-            dist.rank,
-            dist.world,
-            prefetch=cfg.workers,
-            pin_memory=cuda,
-            geometry=geometry,
-        )
-        b = loader.local_batch
-        views = TwoViews(
-            cfg.batch_size,
-            slice(dist.rank * b, (dist.rank + 1) * b),
-            cfg.seed,
-            cfg.crop_scale_min,
-            cfg.jitter,
-            plan.size,
-            plan.mean,
-            plan.std,
-            device,
-            spec,
-        )
-        if not cuda and cfg.workers > 0:  # augment on the loader threads, overlapping the model step
-            loader.transform = partial(with_views, views=views)
+        loader, views = batch_pipeline(cfg, plan, cache.array, geometry, dist, spec)
         loss_fn = ContrastiveStep(
             views, dist, cfg.temperature, cfg.method, amp=cfg.amp and cuda, base_temperature=cfg.base_temperature
         )
         if dist.is_main:
             log.info(
-                "supcon: %s, %d train crops, global batch %d on %d process(es), lr %.4g (base %.4g per 256), %d steps/epoch, device %s",
+                "supcon: %s, %d train crops, global batch %d on %d process(es), lr %.4g (base %.4g per 256), "
+                "%d steps/epoch, device %s",
                 cfg.model,
                 len(plan.keys),
                 cfg.batch_size,
@@ -227,6 +173,86 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
             )
         )
     return counts | {"train_images": len(plan.keys)}
+
+
+def lr_schedule(cfg: SupConConfig, steps_per_epoch: int) -> Callable[..., Any]:
+    """`--recipe supcontrast`: SupContrast's per-epoch cosine, warm-up only for batches over 256; otherwise a
+    per-step warm-up then cosine."""
+    if cfg.recipe == "supcontrast":
+        return partial(
+            supcontrast_schedule,
+            peak_lr=cfg.lr(),
+            epochs=cfg.epochs,
+            steps_per_epoch=steps_per_epoch,
+            warm_epochs=cfg.warmup(),
+            warmup_from=SUPCONTRAST_WARMUP_FROM,
+            min_ratio=cfg.min_lr_ratio,
+        )
+    return partial(
+        warmup_cosine,
+        peak_lr=cfg.lr(),
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=cfg.warmup() * steps_per_epoch,
+        min_ratio=cfg.min_lr_ratio,
+    )
+
+
+def restore_training(
+    cfg: SupConConfig, plan: SupConPlan, trainer: Trainer, net: SupConModel
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimiser and its schedule, with the weights restored from the resume point."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr(), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedule = lr_schedule(cfg, trainer.run.steps_per_epoch)
+    scaler = torch.amp.GradScaler(
+        plan.device.type, enabled=False
+    )  # bf16 needs no loss scaling; kept for the checkpoint format
+    scheduler = trainer.restore(
+        plan.resume,
+        {"model": net.backbone, "head": net.head, "scaler": scaler},
+        optimizer,
+        schedule,
+        extra={"feature_dim": net.feature_dim},
+    )
+    plan.resume.ckpt = None  # restored: let the memory go
+    return optimizer, scheduler
+
+
+def batch_pipeline(
+    cfg: SupConConfig,
+    plan: SupConPlan,
+    images: np.ndarray,
+    geometry: np.ndarray | None,
+    dist: DistInfo,
+    spec: AugmentSpec,
+) -> tuple[CachedBatchLoader, TwoViews]:
+    """This process's batches from the decode cache, and the two augmented views of each."""
+    cuda = plan.device.type == "cuda"
+    loader = CachedBatchLoader(
+        images,
+        plan.labels,
+        EpochPlan(len(plan.keys), cfg.batch_size, cfg.seed),
+        dist.rank,
+        dist.world,
+        prefetch=cfg.workers,
+        pin_memory=cuda,
+        geometry=geometry,
+    )
+    b = loader.local_batch
+    views = TwoViews(
+        cfg.batch_size,
+        slice(dist.rank * b, (dist.rank + 1) * b),
+        cfg.seed,
+        cfg.crop_scale_min,
+        cfg.jitter,
+        plan.size,
+        plan.mean,
+        plan.std,
+        plan.device,
+        spec,
+    )
+    if not cuda and cfg.workers > 0:  # augment on the loader threads, overlapping the model step
+        loader.transform = partial(with_views, views=views)
+    return loader, views
 
 
 def augment_spec(cfg: SupConConfig) -> AugmentSpec:
@@ -270,7 +296,8 @@ def decode_cache(
 
 
 def with_attention_boxes(cache: ImageCache, cfg: SupConConfig, ctx: StageContext, device: torch.device) -> np.ndarray:
-    """The cache's geometry with the object boxes replaced by ViT-attention pseudo boxes (kept inside each pixel rectangle)."""
+    """The cache's geometry with the object boxes replaced by ViT-attention pseudo boxes (kept inside each pixel
+    rectangle)."""
     import timm
 
     from ..boxes import attention_boxes

@@ -115,14 +115,6 @@ class LinearHeadTrainer:
         # per selection rule: best score so far, its epoch, the head's weights then, and the val scores then
         self.best: dict[str, tuple[float, int, dict[str, torch.Tensor], dict[str, float]]] = {}
 
-    @property
-    def best_acc(self) -> float:
-        return self.best["accuracy"][0] if "accuracy" in self.best else -1.0
-
-    @property
-    def best_epoch(self) -> int:
-        return self.best["accuracy"][1] if "accuracy" in self.best else 0
-
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.head.train()
         loss = F.cross_entropy(self.head(x), y)
@@ -134,7 +126,8 @@ class LinearHeadTrainer:
 
     @torch.no_grad()
     def end_epoch(self, val_x: torch.Tensor, val_y: torch.Tensor) -> float:
-        """Score the head on val (accuracy, balanced accuracy, macro F1); each rule keeps it if it beats every earlier epoch."""
+        """Score the head on val (accuracy, balanced accuracy, macro F1); each rule keeps it if it beats every
+        earlier epoch."""
         self.epoch += 1
         self.head.eval()
         pred = self.head(val_x).argmax(dim=1)
@@ -217,5 +210,6 @@ def check_sizes(n_train: int, n_val: int) -> None:
         raise BadInputError("the train split is empty: nothing to train a linear head on; check stats/splits.parquet")
     if n_val == 0:
         raise BadInputError(
-            "the val split is empty: cannot choose a checkpoint without validation crops; rerun `plankton stats` with a val fraction"
+            "the val split is empty: cannot choose a checkpoint without validation crops; "
+            "rerun `plankton stats` with a val fraction"
         )

@@ -54,7 +54,8 @@ def write_sweep_outputs(
     extra_selection: dict[str, Any],
     select_by: str = "accuracy",
 ) -> dict[str, Any]:
-    """Write the four sweep outputs; returns the selection (the `select_by` rule's choice, every rule's in `by_rule`)."""
+    """Write the four sweep outputs; returns the selection (the `select_by` rule's choice, every rule's in
+    `by_rule`)."""
     best = choose_best(rows, select_by)
     chosen = rule_choice(best, select_by)
     selection = {
@@ -106,9 +107,12 @@ def sweep_markdown(rows: Sequence[dict[str, Any]], selection: dict[str, Any], he
     lines = [
         "# Linear-head sweep",
         "",
-        f"Backbone {model}; linear head trained on {'cached features' if head.get('mode') == 'cached' else 'augmented crops through the frozen backbone'} "
-        f"for {head.get('epochs')} epochs, batch {head.get('batch_size')}, lr {head.get('lr')} (SGD momentum {head.get('momentum')}, cosine)"
-        f"{', features z-scored' if head.get('standardize') else ''}; validated on the val split after every head epoch.",
+        f"Backbone {model}; linear head trained on "
+        f"{'cached features' if head.get('mode') == 'cached' else 'augmented crops through the frozen backbone'} "
+        f"for {head.get('epochs')} epochs, batch {head.get('batch_size')}, lr {head.get('lr')} "
+        f"(SGD momentum {head.get('momentum')}, cosine)"
+        f"{', features z-scored' if head.get('standardize') else ''}; "
+        "validated on the val split after every head epoch.",
         "",
         f"| ckpt | backbone epoch | {model} ACC / head epoch | val macro F1 | seconds |",
         "| :---: | :---: | :---: | :---: | :---: |",
@@ -116,7 +120,8 @@ def sweep_markdown(rows: Sequence[dict[str, Any]], selection: dict[str, Any], he
     lines += ["| " + " | ".join(r) + " |" for r in user_table_rows(rows, selection["checkpoint"])]
     lines += [
         "",
-        f"Chosen: **{selection['checkpoint']}** (backbone epoch {selection['epoch']}, head epoch {selection['best_head_epoch']}, "
+        f"Chosen: **{selection['checkpoint']}** "
+        f"(backbone epoch {selection['epoch']}, head epoch {selection['best_head_epoch']}, "
         f"val accuracy {pct(selection['val_acc'])}, val macro F1 {pct(selection['val_macro_f1'])}).",
         f"Rule (--select-by {selection.get('select_by', 'accuracy')}): {selection.get('rule', SELECTION_RULE)}.",
         "",
@@ -127,7 +132,8 @@ def sweep_markdown(rows: Sequence[dict[str, Any]], selection: dict[str, Any], he
     ]
     for rule, c in selection.get("by_rule", {}).items():
         lines.append(
-            f"| {rule} | {c['checkpoint']} | {c['best_head_epoch']} | {pct(c['val_accuracy'])} | {pct(c['val_balanced_accuracy'])} | {pct(c['val_macro_f1'])} |"
+            f"| {rule} | {c['checkpoint']} | {c['best_head_epoch']} | {pct(c['val_accuracy'])} "
+            f"| {pct(c['val_balanced_accuracy'])} | {pct(c['val_macro_f1'])} |"
         )
     lines.append("")
     return "\n".join(lines)

@@ -119,7 +119,8 @@ T = TypeVar("T")
 
 
 def node_first(info: DistInfo, build: Callable[[], T]) -> T:
-    """`build()` on the first process of each node, then, after a barrier, on the others (a decode cache the first fills and they open)."""
+    """`build()` on the first process of each node, then, after a barrier, on the others (a decode cache the
+    first fills and they open)."""
     if info.local_rank == 0:
         made = build()
     barrier(info)

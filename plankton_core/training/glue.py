@@ -31,7 +31,8 @@ def process_device(requested: str) -> tuple[int, torch.device]:
 
 @contextmanager
 def training_process(device: torch.device, deterministic: bool) -> Iterator[tuple[DistInfo, StopRequest]]:
-    """The process group (one process alone, or torchrun's), stop requests on SIGTERM/Ctrl-C and `--deterministic` kernels."""
+    """The process group (one process alone, or torchrun's), stop requests on SIGTERM/Ctrl-C and
+    `--deterministic` kernels."""
     with (
         process_group(use_cuda=device.type == "cuda") as dist,
         stop_on_signals(StopRequest()) as stop,
@@ -51,8 +52,9 @@ def distribute(
     notes: list[str],
     also: Sequence[nn.Module] = (),
 ) -> nn.Module:
-    """The model the loop calls: `net` (and the modules in `also`) on the device (channels_last on GPU), the optimiser's
-    restored state beside the weights, SyncBatchNorm if asked and on GPUs, DDP-wrapped under torchrun, compiled if asked."""
+    """The model the loop calls: `net` (and the modules in `also`) on the device (channels_last on GPU),
+    the optimiser's restored state beside the weights, SyncBatchNorm if asked and on GPUs, DDP-wrapped under
+    torchrun, compiled if asked."""
     cuda = device.type == "cuda"
     for module in (net, *also):
         module.to(device)

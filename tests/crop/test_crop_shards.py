@@ -43,7 +43,10 @@ def run_shards(run_cli, root, images, count, *extra):
 def test_shard_of_is_stable_across_processes_and_spreads_keys():
     keys = [f"class{i % 7}/frame_{i:05d}.png" for i in range(900)]
     here = [shard_of(k, 3) for k in keys]
-    code = "import sys, json; from plankton_core.shards import shard_of; print(json.dumps([shard_of(k, 3) for k in json.load(sys.stdin)]))"
+    code = (
+        "import sys, json; from plankton_core.shards import shard_of; "
+        "print(json.dumps([shard_of(k, 3) for k in json.load(sys.stdin)]))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # Python's own hash() would differ under another seed
     other = subprocess.run(
         [sys.executable, "-c", code], input=json.dumps(keys), capture_output=True, text=True, env=env, check=True
@@ -108,7 +111,8 @@ def test_merge_with_a_missing_part_exits_3(run_cli, tmp_path, synth_input):
     merged = run_cli(*crop_args(root, synth_input, "--merge"))
     assert merged.exit_code == 3
     assert merged.stderr.strip() == (
-        "plankton crop: error: crop shards incomplete: 2 of 3 done, missing shard index(es) 1; run those shards, then `plankton crop --merge`"
+        "plankton crop: error: crop shards incomplete: 2 of 3 done, missing shard index(es) 1; "
+        "run those shards, then `plankton crop --merge`"
     )
     assert not open_store(root).exists("crop/_SUCCESS")
 

@@ -116,8 +116,9 @@ def test_stage_records_fills_image_and_objects_per_row(tmp_path):
 
 
 def vignette_figures(objects: str, per_class: int, seed: int) -> str:
-    """The crop figures by case on generated vignettes (8 classes × per_class), as a text table: share giving exactly one
-    kept crop, share with one kept crop at IoU ≥ 0.8 to the true box, and vignettes giving more than one kept crop."""
+    """The crop figures by case on generated vignettes (8 classes × per_class), as a text table: share giving
+    exactly one kept crop, share with one kept crop at IoU ≥ 0.8 to the true box, and vignettes giving more
+    than one kept crop."""
     import tempfile
 
     from plankton_core.crop.stage import choose_objects

@@ -1,4 +1,5 @@
-"""The detect stage on generated frames: it learns, checkpoints, resumes exactly, scores; prediction and cropping use it."""
+"""The detect stage on generated frames: it learns, checkpoints, resumes exactly, scores; prediction and
+cropping use it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""classification_metrics, confusion_matrix, per_class_table and the confusion helpers against scikit-learn and hand counts."""
+"""classification_metrics, confusion_matrix, per_class_table and the confusion helpers against scikit-learn
+and hand counts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""write_report renders whatever finished stages left, escapes names, embeds images, and links them from its own prefix."""
+"""write_report renders whatever finished stages left, escapes names, embeds images, and links them from its
+own prefix."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ RETRIEVAL = {
 
 
 def lut_outputs(store, finished: bool = True):
-    """What a lut run leaves for the report; `_SUCCESS` and run.json (as the contract writes them) only once finished."""
+    """What a lut run leaves for the report; `_SUCCESS` and run.json (as the contract writes them) only once
+    finished."""
     write_json(store, "lut/retrieval.json", RETRIEVAL)
     store.write_bytes("lut/prune_sweep.png", PNG)
     if finished:

@@ -113,8 +113,8 @@ def test_evaluate_writes_metrics_equal_to_sklearn_and_a_report(root_uri, run_cli
         assert text in html and text in md, text
     acc = m["intervals"]["accuracy"]
     assert (
-        f"| 32 / {m['backbone_epoch']} / {m['head_epoch']} | {headline} ({100 * acc['low']:.1f}–{100 * acc['high']:.1f}) |"
-        in md
+        f"| 32 / {m['backbone_epoch']} / {m['head_epoch']} "
+        f"| {headline} ({100 * acc['low']:.1f}–{100 * acc['high']:.1f}) |" in md
     )
     assert "Examples per class" in html and "What each selection rule chose" in html
     assert "](../sweep/sweep.png)" in md and "](confusion.png)" in md

@@ -98,7 +98,10 @@ def failure_script(
     def script(job: dict[str, Any]) -> tuple[list[Step], dict[str, str]]:
         name = job["metadata"]["name"]
         stage = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
-        message = f"Container plankton for pod plankton/{name}-b1 failed with exit code {code} matching FailJob rule at index 1"
+        message = (
+            f"Container plankton for pod plankton/{name}-b1 failed with exit code {code} "
+            "matching FailJob rule at index 1"
+        )
         steps = [
             Step({"active": 1, "ready": 1}, [pod(name, "b1", "Running", {"running": {}})]),
             Step(

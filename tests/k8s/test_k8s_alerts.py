@@ -91,7 +91,8 @@ def test_a_wrong_expectation_fails_promtool(rules_dir):
     text = (rules_dir / "alerts_test.yml").read_text()
     text = text.replace(
         "      - eval_time: 5h\n        alertname: PlanktonSupconLossNotDecreasing\n        exp_alerts: []",
-        "      - eval_time: 5h\n        alertname: PlanktonSupconLossNotDecreasing\n        exp_alerts:\n          - exp_labels: {severity: warning, job: plankton_supcon, stage: supcon}",
+        "      - eval_time: 5h\n        alertname: PlanktonSupconLossNotDecreasing\n        exp_alerts:\n"
+        "          - exp_labels: {severity: warning, job: plankton_supcon, stage: supcon}",
     )
     (rules_dir / "alerts_test.yml").write_text(text)
     proc = run("test", "rules", "alerts_test.yml", cwd=rules_dir)

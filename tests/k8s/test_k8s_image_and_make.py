@@ -226,7 +226,10 @@ def test_make_has_a_submit_target_for_every_stage():
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    prefix = ".venv/bin/plankton submit --values k8s/gpu/values.yaml --set image=reg.example/plankton:1 --set gpus=2 --set args.epochs=3"
+    prefix = (
+        ".venv/bin/plankton submit --values k8s/gpu/values.yaml --set image=reg.example/plankton:1 "
+        "--set gpus=2 --set args.epochs=3"
+    )
     assert lines == [f"{prefix} {s}" for s in [*names, "pipeline"]]
 
 

@@ -23,7 +23,8 @@ state = sys.argv[1]
 codes = json.loads(sys.argv[2])
 runs = json.load(open(state)) if os.path.exists(state) else []
 runs.append({"index": os.environ.get("JOB_COMPLETION_INDEX"), "cache": os.environ.get("PLANKTON_CACHE_DIR"),
-             "home": os.environ.get("HOME"), "key": os.environ.get("AWS_ACCESS_KEY_ID"), "endpoint": os.environ.get("AWS_ENDPOINT_URL", "-"),
+             "home": os.environ.get("HOME"), "key": os.environ.get("AWS_ACCESS_KEY_ID"),
+             "endpoint": os.environ.get("AWS_ENDPOINT_URL", "-"),
              "rank": os.environ.get("PET_NODE_RANK"), "argv": sys.argv[3:]})
 json.dump(runs, open(state, "w"))
 sys.exit(codes[min(len(runs), len(codes)) - 1])
@@ -73,7 +74,8 @@ def test_a_missing_required_secret_value_is_bad_input(tmp_path):
     with LocalRunner(tmp_path, environ={"PATH": "/bin", "AWS_ACCESS_KEY_ID": "k"}) as runner:
         with pytest.raises(
             BadInputError,
-            match="run-local: AWS_SECRET_ACCESS_KEY is not set; in the cluster it comes from Secret plankton-s3 key AWS_SECRET_ACCESS_KEY",
+            match="run-local: AWS_SECRET_ACCESS_KEY is not set; "
+            "in the cluster it comes from Secret plankton-s3 key AWS_SECRET_ACCESS_KEY",
         ):
             runner.pod_env(job(), None)
 

@@ -10,7 +10,7 @@ import yaml
 from plankton_core.errors import BadInputError
 from plankton_core.jobspec import Settings, render_stage
 from plankton_core.jobspec.settings import deep_merge, job_names, parse_set
-from plankton_core.stage import pipeline_order, stages
+from plankton_core.stage import stages
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "k8s/local/values.yaml"
@@ -251,7 +251,7 @@ def test_render_cli_prints_the_same_documents(run_cli, tmp_path):
     )
     assert result.exit_code == 0, result.output
     names = [d["metadata"]["name"] for d in yaml.safe_load_all(out.read_text())]
-    order = pipeline_order()
+    order = [s.name for s in stages()]
     expected = [f"plankton-{s}-c1" for s in order[order.index("stats") : order.index("evaluate") + 1]]
     expected.insert(expected.index("plankton-linear-sweep-c1") + 1, "plankton-linear-sweep-merge-c1")
     assert names == expected

@@ -86,9 +86,9 @@ def test_pipeline_runs_stages_in_order_and_stops_at_the_first_failure(run_cli, t
     assert result.exit_code == 3, result.output
     names = [d["metadata"]["name"] for d in api.created]
     # each Job created only after the one before succeeded; nothing after the failed supcon
-    from plankton_core.stage import pipeline_order
+    from plankton_core.stage import stages
 
-    order = pipeline_order()
+    order = [s.name for s in stages()]
     expected = ["synth", *order[: order.index("supcon") + 1]]
     assert names == [f"plankton-{s}-p1" for s in expected]
     assert "job plankton-supcon-p1 failed" in result.stderr
@@ -176,8 +176,8 @@ def test_existing_job_name_is_a_clear_error(run_cli, tmp_path):
     assert first.exit_code == 0
     assert second.exit_code == 1
     assert (
-        'creating Job plankton/plankton-crop-same failed: 409 AlreadyExists: jobs.batch "plankton-crop-same" already exists'
-        in second.stderr
+        "creating Job plankton/plankton-crop-same failed: "
+        '409 AlreadyExists: jobs.batch "plankton-crop-same" already exists' in second.stderr
     )
 
 

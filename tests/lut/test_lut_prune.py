@@ -107,7 +107,7 @@ def test_threshold_grid():
 def test_sweep_rows_match_brute_force(candidates, select_by):
     """Every row of the sweep against naive pruning + brute-force kNN; candidates=k forces the re-search path."""
     from plankton_core.lut.evaluation import QuerySet
-    from plankton_core.lut.prune_sweep import sweep_thresholds
+    from plankton_core.lut.prune_sweep import SweepSettings, sweep_thresholds
     from plankton_core.lut.selection import bootstrap_metric, mcnemar_worse_p
     from plankton_core.scoring import classification_metrics
 
@@ -125,14 +125,16 @@ def test_sweep_rows_match_brute_force(candidates, select_by):
         val,
         3,
         grid,
-        vote="weighted",
-        k=5,
-        candidates=candidates,
-        select_by=select_by,
-        alpha=0.05,
-        max_recall_drop=0.2,
-        draws=300,
-        latency_queries=2,
+        SweepSettings(
+            vote="weighted",
+            k=5,
+            candidates=candidates,
+            select_by=select_by,
+            alpha=0.05,
+            max_recall_drop=0.2,
+            draws=300,
+            latency_queries=2,
+        ),
     )
     rank = greedy_order(keys)
     x64 = x.astype(np.float64)

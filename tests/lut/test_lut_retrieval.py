@@ -94,7 +94,7 @@ def test_ranked_classes_by_hand():
 @pytest.mark.parametrize("method", ["top1", "weighted"])
 def test_top5_counts_only_classes_found_among_the_neighbours(method):
     """Known answers: absent classes (score -inf for top1, 0 for weighted) never fill the top-5 list."""
-    from plankton_core.lut.evaluation import QuerySet, evaluate_neighbours
+    from plankton_core.lut.evaluation import predict_neighbours, score_predictions
     from plankton_core.lut.retrieval import Neighbours
 
     # gallery ids 0..5 have classes 3, 4, 5, 1, 2, 0
@@ -110,8 +110,8 @@ def test_top5_counts_only_classes_found_among_the_neighbours(method):
     )
     sims = np.where(ids >= 0, np.array([0.9, 0.8, 0.7, 0.6, 0.5]), -np.inf)
     y = np.array([0, 1, 2, 2, 0])
-    queries = QuerySet("val", np.zeros((5, 2), np.float32), y, np.arange(5))
-    m = evaluate_neighbours(Neighbours(ids, sims.astype(np.float32)), queries, gallery_labels, 6, method, 5)
+    p = predict_neighbours(Neighbours(ids, sims.astype(np.float32)), gallery_labels, 6, method, 5)
+    m = score_predictions(y, p.pred, 6, p.ranked)
     assert m["top5_accuracy"] == pytest.approx(1 / 5)  # only query 3
     assert m["accuracy"] == 0.0
 

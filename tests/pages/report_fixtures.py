@@ -24,7 +24,8 @@ def crop_png(rng: np.random.Generator, label: int, side: int) -> bytes:
 def evaluated_store(
     path, n_test: int = 30, n_gallery: int = 40, with_lut: bool = True, side: int = 120, seed: int = 0
 ) -> LocalStore:
-    """evaluate's outputs for `n_test` test crops (some wrong) and, optionally, a finished lut over `n_gallery` crops."""
+    """evaluate's outputs for `n_test` test crops (some wrong) and, optionally, a finished lut over `n_gallery`
+    crops."""
     rng = np.random.default_rng(seed)
     store = LocalStore(path)
     y = np.arange(n_test) % 3

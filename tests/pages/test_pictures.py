@@ -1,4 +1,5 @@
-"""Which crops the report shows, their thumbnails, the gallery neighbours (against a brute-force search) and the size cap."""
+"""Which crops the report shows, their thumbnails, the gallery neighbours (against a brute-force search) and
+the size cap."""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ from plankton_core.pages.report import write_report
 CHECK = """<script>
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
-  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0); }).map(function (i) { return i.alt; });
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0); })\
+.map(function (i) { return i.alt; });
   var tables = Array.prototype.slice.call(document.querySelectorAll("table"));
   var ragged = tables.filter(function (t) {
     var n = t.tHead ? t.tHead.rows[0].cells.length : -1;
@@ -86,7 +87,8 @@ def test_the_check_sees_a_broken_image(tmp_path):
     """The check can fail: an image whose data is not an image is reported broken."""
     page = tmp_path / "bad.html"
     page.write_text(
-        "<!doctype html><html><head><title>t</title></head><body><table><thead><tr><th>a</th></tr></thead><tbody><tr><td>1</td><td>2</td></tr></tbody></table>"
+        "<!doctype html><html><head><title>t</title></head><body>"
+        "<table><thead><tr><th>a</th></tr></thead><tbody><tr><td>1</td><td>2</td></tr></tbody></table>"
         '<img alt="bad" src="data:image/jpeg;base64,bm90IGFuIGltYWdl"></body></html>'
     )
     result = open_in_chromium(page, tmp_path)

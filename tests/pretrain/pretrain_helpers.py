@@ -1,4 +1,5 @@
-"""Small configs and helpers shared by the pretrain stage tests (the stage-independent ones are in tests/training_helpers.py)."""
+"""Small configs and helpers shared by the pretrain stage tests (the stage-independent ones are in
+tests/training_helpers.py)."""
 
 from __future__ import annotations
 

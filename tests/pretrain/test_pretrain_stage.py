@@ -1,4 +1,5 @@
-"""The pretrain stage end to end (local folder and S3 server), its consumers, exact resume with the queue, bad inputs."""
+"""The pretrain stage end to end (local folder and S3 server), its consumers, exact resume with the queue,
+bad inputs."""
 
 from __future__ import annotations
 

@@ -234,7 +234,8 @@ def test_calibrate_unreachable_precision_exit_2(fresh_lut, root_uri, run_cli, mo
 
 
 def test_accepted_precision_known_answers():
-    # accepted: true 0,0,0,1 predicted 0,0,1,1: accuracy 3/4; per true class 2/3 and 1/1; per predicted class 2/2 and 1/2
+    # accepted: true 0,0,0,1 predicted 0,0,1,1: accuracy 3/4; per true class 2/3 and 1/1;
+    # per predicted class 2/2 and 1/2
     y, p = np.array([0, 0, 0, 1]), np.array([0, 0, 1, 1])
     assert accepted_precision(y, p, 3, "accuracy") == pytest.approx(3 / 4)
     assert accepted_precision(y, p, 3, "balanced_accuracy") == pytest.approx((2 / 3 + 1) / 2)

@@ -36,7 +36,8 @@ def test_safetensors_file(tmp_path):
 
 
 def test_supcontrast_checkpoint_with_options_namespace_and_prefixes(tmp_path):
-    """The user's earlier main_supcon.py files: {'opt': Namespace, 'model': encoder.module.* + head.*, …}."""
+    """Checkpoints as the user's main_supcon.py writes them:
+    {'opt': Namespace, 'model': encoder.module.* + head.*, …}."""
     src = source_backbone()
     state = {f"encoder.module.{k}": v for k, v in src.state_dict().items() if not k.startswith("fc.")}
     state["head.0.weight"] = torch.zeros(96, 96)

@@ -1,4 +1,4 @@
-"""Learning-rate rule, and the torch-composed schedule against the hand-written formula it replaced."""
+"""Learning-rate rule, and the torch-composed schedule checked against the hand-written formula."""
 
 from __future__ import annotations
 

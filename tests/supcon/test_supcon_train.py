@@ -56,7 +56,8 @@ def test_training_beats_random_init_on_nearest_neighbour_accuracy(tmp_path):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted deterministic CPU run: 4 epochs of 3 steps (18 train crops, batch 6), epoch_0002 and epoch_0004 kept."""
+    """An uninterrupted deterministic CPU run: 4 epochs of 3 steps (18 train crops, batch 6), epoch_0002 and
+    epoch_0004 kept."""
     base = tmp_path_factory.mktemp("reference")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PLANKTON_CACHE_DIR", str(base / "cache"))

@@ -34,7 +34,8 @@ def checkpoint_dict(model, epoch: int, size: int, mean, std) -> dict:
 def make_supcon_root(
     root_uri: str, epochs=(2, 4, 6), last: bool = True, per_class: int = 24, n_classes: int = 3, size: int = 32
 ):
-    """stats outputs (separable shape classes, 32 px by default) plus test_resnet checkpoints that differ per epoch; supcon marked done."""
+    """stats outputs (separable shape classes, 32 px by default) plus test_resnet checkpoints that differ per
+    epoch; supcon marked done."""
     store = make_stats_root(root_uri, n_classes=n_classes, per_class=per_class, size=size)
     mean, std, size = load_normalisation(store)
     model = None

@@ -1,4 +1,5 @@
-"""--checkpoints parsing, the documented selection rule and each --select-by rule's choice of head epoch and checkpoint."""
+"""--checkpoints parsing, the documented selection rule and each --select-by rule's choice of head epoch and
+checkpoint."""
 
 from __future__ import annotations
 

@@ -61,7 +61,8 @@ def test_sweep_writes_features_heads_table_plot_and_selection(root_uri, run_cli)
     np.testing.assert_allclose(feats, direct, rtol=1e-5, atol=1e-5)
     assert feats.shape == (len(keys), model.feature_dim)
 
-    # the saved head is a plain state dict + meta, weights_only, and reproduces the recorded val accuracy on those features
+    # the saved head is a plain state dict + meta, weights_only, and reproduces the recorded val accuracy on
+    # those features
     head = torch.load(io.BytesIO(store.read_bytes("sweep/heads/epoch_0004.pt")), weights_only=True)
     pred = (torch.from_numpy(feats) @ head["state_dict"]["weight"].T + head["state_dict"]["bias"]).argmax(1).numpy()
     row = next(r for r in sweep if r["checkpoint"] == "epoch_0004")
