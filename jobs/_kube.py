@@ -163,7 +163,8 @@ class Kube:
             if deadline and time.monotonic() > deadline:
                 tracker.join(0)
                 raise KubeError(
-                    f"gave up following Job {ns}/{name} after {timeout_s:.0f}s; it keeps running (kubectl -n {ns} get job {name})"
+                    f"gave up following Job {ns}/{name} after {timeout_s:.0f}s; it keeps running "
+                    f"(kubectl -n {ns} get job {name})"
                 )
 
     def _report(self, name: str, job: dict[str, Any], last: str) -> str:
@@ -197,7 +198,8 @@ class _PodTracker:
                 waiting = (container_status(pod).get("state") or {}).get("waiting") or {}
                 if waiting.get("reason") in STUCK_REASONS:
                     self.kube.echo(
-                        f"pod {pod_name}: will not start by itself ({waiting.get('reason')}); check the image, Secret and ConfigMap"
+                        f"pod {pod_name}: will not start by itself ({waiting.get('reason')}); "
+                        "check the image, Secret and ConfigMap"
                     )
             if started(pod) and pod_name not in self.threads:
                 thread = threading.Thread(target=self._logs, args=(pod_name, pod), daemon=True)

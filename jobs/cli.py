@@ -72,7 +72,8 @@ class LazyGroup(click.Group):
         except OSError as exc:
             if exc.errno not in DISK_ERRNOS:
                 raise
-            # a full, read-only or forbidden disk outside the store (a temporary file, a cache): one line naming the path
+            # a full, read-only or forbidden disk outside the store (a temporary file, a cache):
+            # one line naming the path
             self._fail(ctx, f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}", 2)
 
     @staticmethod

@@ -65,7 +65,8 @@ def command(
     batch_size: int,
     device: str,
 ) -> None:
-    """Detect objects on FRAMES (paths, folders, URIs, or keys under the root); one row per box in detections.parquet."""
+    """Detect objects on FRAMES (paths, folders, URIs, or keys under the root); one row per box in
+    detections.parquet."""
     # Loaded here, not at module level: it pulls in torch, and `plankton --help` imports this module.
     from plankton_core.detection import DETECTIONS_COLUMNS, Detector, predict_rows
 
@@ -94,5 +95,6 @@ def command(
         raise BadInputError(f"--out must name a .parquet file, got {out}")
     write_parquet(dest, key, pa.table(rows, schema=SCHEMA))
     click.echo(
-        f"detect-predict: {len(rows['image_key'])} boxes scoring >= {score_threshold} on {len(refs)} frame(s) → {dest.uri}/{key}"
+        f"detect-predict: {len(rows['image_key'])} boxes scoring >= {score_threshold} "
+        f"on {len(refs)} frame(s) → {dest.uri}/{key}"
     )

@@ -125,7 +125,8 @@ def run_local_cmd(workdir: str | None, **params) -> None:
 
 @command.command(name="stages")
 def stages_cmd() -> None:
-    """Print what STAGE may name, one per line: the tools that run as Jobs, then the registered stages in pipeline order."""
+    """Print what STAGE may name, one per line: the tools that run as Jobs, then the registered stages in
+    pipeline order."""
     for name in job_names():
         click.echo(name)
 
@@ -200,7 +201,8 @@ def setup_cmd(values, sets, k8s_dir, s3_endpoint, region, pushgateway) -> None:
 )
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 def torchrun_cmd(argv: tuple[str, ...]) -> None:
-    """torchrun ARGS… keeping the workers' exit code (2, 3, 75; torchrun alone exits 1), for the Job's podFailurePolicy."""
+    """torchrun ARGS… keeping the workers' exit code (2, 3, 75; torchrun alone exits 1), for the Job's
+    podFailurePolicy."""
     from plankton_core.jobspec.torchrun import run
 
     sys.exit(run(list(argv)))

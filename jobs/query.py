@@ -23,7 +23,8 @@ def _held_out_line(record: dict) -> str:
         return f"on test it accepts none of {record['test_count']} crops"
     lo, hi = record["test_precision_ci"]
     return (
-        f"on test: {_precision_word(record['select_by'])} {record['test_precision']:.4f} (95% {lo:.3f}–{hi:.3f}) on {record['test_coverage']:.1%} of {record['test_count']} crops, "
+        f"on test: {_precision_word(record['select_by'])} {record['test_precision']:.4f} (95% {lo:.3f}–{hi:.3f}) "
+        f"on {record['test_coverage']:.1%} of {record['test_count']} crops, "
         f"{_drop_words(record, 'test')}"
     )
 
@@ -63,8 +64,9 @@ def command(images: tuple[str, ...], root: str, s3_endpoint: str | None, **param
     if cfg.calibrate:
         record = calibrate_threshold(store, cfg)
         click.echo(
-            f"query: threshold {record['threshold']:.4f} gives {_precision_word(cfg.select_by)} {record['val_precision']:.4f} on "
-            f"{record['val_coverage']:.1%} of {record['val_count']} val crops (which chose it), {_drop_words(record, 'val')} "
+            f"query: threshold {record['threshold']:.4f} gives {_precision_word(cfg.select_by)} "
+            f"{record['val_precision']:.4f} on {record['val_coverage']:.1%} of {record['val_count']} val crops "
+            f"(which chose it), {_drop_words(record, 'val')} "
             f"(guard {cfg.min_class_recall:g}); {_held_out_line(record)} → {store.uri}/{LUT_INDEX_JSON}",
             err=True,
         )
@@ -88,6 +90,7 @@ def command(images: tuple[str, ...], root: str, s3_endpoint: str | None, **param
     errors = [r for r in rows if r["status"] == "error"]
     if errors:
         click.echo(
-            f"query: {len(errors)} of {len(rows)} image(s) could not be read, e.g. {errors[0]['image']}: {errors[0]['error']}",
+            f"query: {len(errors)} of {len(rows)} image(s) could not be read, "
+            f"e.g. {errors[0]['image']}: {errors[0]['error']}",
             err=True,
         )

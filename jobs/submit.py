@@ -1,4 +1,5 @@
-"""`plankton submit STAGE|pipeline`: create the stage's Job(s) in the current kube context and follow them to the end."""
+"""`plankton submit STAGE|pipeline`: create the stage's Job(s) in the current kube context and follow them to
+the end."""
 
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ def command(out: str, s3_endpoint: str | None, **params) -> None:
     counts = generate(store, cfg)
     if cfg.kind == "vignettes":
         click.echo(
-            f"synth: {counts['frames']} vignettes, one object each ({counts['cut_by_border']} touching the border) in {counts['classes']} classes → {store.uri}"
+            f"synth: {counts['frames']} vignettes, one object each ({counts['cut_by_border']} touching the border) "
+            f"in {counts['classes']} classes → {store.uri}"
         )
         return
     click.echo(

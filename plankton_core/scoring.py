@@ -41,7 +41,8 @@ def per_class_table(cm: np.ndarray) -> dict[str, np.ndarray]:
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, scores: np.ndarray | None = None
 ) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, worst class recall, macro/weighted P/R/F1, top-5 (from `scores`, (N, n_classes)) and counts.
+    """Accuracy, balanced accuracy, worst class recall, macro/weighted P/R/F1, top-5 (from `scores`,
+    (N, n_classes)) and counts.
 
     worst_class_recall: the lowest recall over the classes present in y_true (the taxon the classifier serves worst).
 
@@ -192,7 +193,8 @@ def bootstrap_replicates(
     seed: int = 0,
     chunk: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Each metric on `reps` stratified resamples of the test items: {name: (reps,)} and {class_*: (reps, n_classes)}."""
+    """Each metric on `reps` stratified resamples of the test items: {name: (reps,)} and
+    {class_*: (reps, n_classes)}."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -229,8 +231,8 @@ def metric_intervals(
     class (stratified, so each class keeps its test count), `reps` replicates from `seed`. Per class, recall is a
     proportion of the class's test crops and precision one of the crops predicted as it: Wilson; F1 is bootstrapped.
     With reps = 0 the bootstrapped metrics get no interval (None).
-    Returns {"overall": {metric: {"low", "high", "method"}}, "per_class": {"precision"|"recall"|"f1": [(low, high), ...]},
-    "bootstrap": {...settings}}.
+    Returns {"overall": {metric: {"low", "high", "method"}},
+    "per_class": {"precision"|"recall"|"f1": [(low, high), ...]}, "bootstrap": {...settings}}.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -272,7 +274,13 @@ def metric_intervals(
             "interval": "percentile",
         },
         "methods": {
-            "wilson": "Wilson score interval of a proportion (accuracy, top-5 accuracy; per class: recall of its test crops, precision of the crops predicted as it)",
-            "bootstrap": f"percentile interval over {int(reps)} stratified bootstrap resamples of the test items (seed {int(seed)})",
+            "wilson": (
+                "Wilson score interval of a proportion (accuracy, top-5 accuracy; "
+                "per class: recall of its test crops, precision of the crops predicted as it)"
+            ),
+            "bootstrap": (
+                f"percentile interval over {int(reps)} stratified bootstrap resamples of the test items "
+                f"(seed {int(seed)})"
+            ),
         },
     }

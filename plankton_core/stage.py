@@ -33,7 +33,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -125,7 +125,8 @@ def _load_builtin() -> list[Stage]:
 
 
 def stages() -> list[Stage]:
-    """Every registered stage, in pipeline order: upstream first; ties keep BUILTIN_STAGES order, then registration order.
+    """Every registered stage, in pipeline order: upstream first; ties keep BUILTIN_STAGES order, then
+    registration order.
 
     Import order must not matter (a module importing one stage package early must not move it ahead).
     """
@@ -227,7 +228,8 @@ def require_upstream(root: Store, upstream: Iterable[str]) -> dict[str, str]:
         needed = f" (needed by {below})" if below else ""
         if not root.exists(join(prefix, SUCCESS)):
             raise UpstreamNotReadyError(
-                f"upstream stage '{name}'{needed} has not finished: no {root.uri}/{prefix}/{SUCCESS}; run `plankton {name}` first"
+                f"upstream stage '{name}'{needed} has not finished: no {root.uri}/{prefix}/{SUCCESS}; "
+                f"run `plankton {name}` first"
             )
         record = recorded_run(root, name)
         recorded = record.get("inputs", {}) or {}
@@ -235,7 +237,8 @@ def require_upstream(root: Store, upstream: Iterable[str]) -> dict[str, str]:
             now = current(up, name)
             if recorded.get(up) != now:
                 raise UpstreamNotReadyError(
-                    f"upstream stage '{name}'{needed} is stale: '{up}' changed since it ran; rerun `plankton {name}` first"
+                    f"upstream stage '{name}'{needed} is stale: '{up}' changed since it ran; "
+                    f"rerun `plankton {name}` first"
                 )
         checked[name] = record.get("digest", "")
         return checked[name]
@@ -412,7 +415,8 @@ class InvalidatingStore:
 
 
 def _plan(stage: Stage, cfg: Any, ctx: StageContext, *, check: bool = True) -> tuple[Any, str]:
-    """Upstream digests (ctx.upstream), the stage's check (ctx.plan), its input fingerprint, and the digest a run records."""
+    """Upstream digests (ctx.upstream), the stage's check (ctx.plan), its input fingerprint, and the digest a run
+    records."""
     ctx.upstream = require_upstream(ctx.root, stage.upstream)
     if stage.check is not None and (check or stage.fingerprint is not None):
         ctx.plan = resolve(stage.check)(cfg, ctx)
@@ -434,7 +438,8 @@ def plan_digest(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str |
 
 
 def is_up_to_date(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str | None = None) -> tuple[bool, str]:
-    """(True, why) when a run of `stage` with `cfg` would find its outputs up to date (`_SUCCESS` and the same digest); else (False, why)."""
+    """(True, why) when a run of `stage` with `cfg` would find its outputs up to date (`_SUCCESS` and the same
+    digest); else (False, why)."""
     stage = stage if isinstance(stage, Stage) else get_stage(stage)
     record = _finished_record(root, stage)
     recorded = None if record is None else record.get("digest")
@@ -447,7 +452,8 @@ def is_up_to_date(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str
     if digest != recorded:
         return (
             False,
-            f"its inputs or options changed since {root.uri}/{stage.key(RUN_JSON)} (digest {recorded[:12]} → {digest[:12]})",
+            f"its inputs or options changed since {root.uri}/{stage.key(RUN_JSON)} "
+            f"(digest {recorded[:12]} → {digest[:12]})",
         )
     return True, f"{root.uri}/{stage.key(RUN_JSON)} records the same digest {digest[:12]}"
 
@@ -561,7 +567,8 @@ def _run_shard(
 
 
 def _emit_metrics(ctx: StageContext, store: Store | None = None, failed: bool = False) -> None:
-    """Push the run's metrics, else write `<prefix>/metrics.prom`; for a failed run, a failure to write is only logged."""
+    """Push the run's metrics, else write `<prefix>/metrics.prom`; for a failed run, a failure to write is only
+    logged."""
     if ctx.metrics.push(final=True):
         return
     try:
@@ -570,9 +577,3 @@ def _emit_metrics(ctx: StageContext, store: Store | None = None, failed: bool = 
         if not failed:
             raise
         ctx.log.warning("could not write %s/%s: %s", (store or ctx.root).uri, ctx.key("metrics.prom"), exc)
-
-
-def pipeline_order(names: Sequence[str] | None = None) -> list[str]:
-    """Stage names in pipeline order (all, or those named)."""
-    order = [s.name for s in stages()]
-    return order if names is None else [n for n in order if n in set(names)]

@@ -147,7 +147,8 @@ def pushgateway(monkeypatch):
 
 @pytest.fixture
 def stats_root(tmp_path) -> str:
-    """A local root with fabricated crop + stats outputs (12 crops per class), from the one fabricator in pipeline_fixtures."""
+    """A local root with fabricated crop + stats outputs (12 crops per class), from the one fabricator in
+    pipeline_fixtures."""
     from pipeline_fixtures import make_stats_root
 
     root = str(tmp_path / "root")

@@ -57,7 +57,8 @@ def stage_package_of(module: str, stage_packages: set[str]) -> str | None:
 
 
 def violations(base: Path, stage_packages: set[str], package: str = PACKAGE) -> list[str]:
-    """Every import crossing from one stage package into another, and every click/kubernetes import, under base/package."""
+    """Every import crossing from one stage package into another, and every click/kubernetes import, under
+    base/package."""
     problems = []
     for path in sorted((base / package).rglob("*.py")):
         module = module_name(path, base)

@@ -402,6 +402,9 @@ def test_pipeline_order_does_not_depend_on_which_stage_package_was_imported_firs
     import subprocess
     import sys
 
-    code = "import plankton_core.lut.retrieval, plankton_core.report; from plankton_core.stage import stages; print(' '.join(s.name for s in stages()))"
+    code = (
+        "import plankton_core.lut.retrieval, plankton_core.report; from plankton_core.stage import stages; "
+        "print(' '.join(s.name for s in stages()))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["crop", "stats", "pretrain", "supcon", "linear-sweep", "evaluate", "lut", "detect", "report"]

@@ -27,8 +27,8 @@ STAGE = register(
         body="plankton_core.crop.stage:body",
         shard="plankton_core.crop.stage:shard",
         merge="plankton_core.crop.merge:merge",
-        help="Crop every object lying whole in its frame, or the one object of each vignette (--objects); input a class-folder "
-        "tree or an EcoTaxa export; writes crop/crops/<class>/… and crop/manifest.parquet.",
+        help="Crop every object lying whole in its frame, or the one object of each vignette (--objects); "
+        "input a class-folder tree or an EcoTaxa export; writes crop/crops/<class>/… and crop/manifest.parquet.",
         views={"manifest": "manifest.parquet"},
     )
 )

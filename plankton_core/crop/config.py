@@ -24,7 +24,8 @@ class CropConfig:
 
     input: str = option(
         "",
-        "Class-folder tree of images <class>/<image>, or an EcoTaxa export (.zip or folder of ecotaxa_*.tsv): a path, file:// or s3://.",
+        "Class-folder tree of images <class>/<image>, or an EcoTaxa export (.zip or folder of ecotaxa_*.tsv): "
+        "a path, file:// or s3://.",
         metavar="URI",
     )
     objects: Literal["auto", "frames", "single"] = option(
@@ -67,7 +68,8 @@ class CropConfig:
     max_bad_fraction: float = option(0.05, "Fail when more of the input is unreadable.", ge=0.0, le=1.0)
     max_pixels: int = option(
         MAX_PIXELS,
-        "Frames with more pixels (width × height, read from the header before decoding) are unreadable (decompression_bomb).",
+        "Frames with more pixels (width × height, read from the header before decoding) "
+        "are unreadable (decompression_bomb).",
         ge=1,
         le=PIL_HARD_LIMIT,
     )

@@ -38,11 +38,13 @@ def parse_schedule(text: str) -> list[tuple[int, float]]:
 
 @stage_config
 class DetectConfig(SGDOptions, RuntimeOptions):
-    """How the detector is trained and evaluated; `resume`, `device`, `workers`, `amp`, `deterministic` do not change the digest."""
+    """How the detector is trained and evaluated; `resume`, `device`, `workers`, `amp`, `deterministic` do not
+    change the digest."""
 
     annotations: Literal["synth", "coco", "manifest"] = option(
         "synth",
-        "synth: <input>/ground_truth.parquet; coco: a COCO JSON (--coco); manifest: the crop stage's kept boxes, frame class as label.",
+        "synth: <input>/ground_truth.parquet; coco: a COCO JSON (--coco); "
+        "manifest: the crop stage's kept boxes, frame class as label.",
         trajectory=True,
     )
     input: str = option(
@@ -54,7 +56,8 @@ class DetectConfig(SGDOptions, RuntimeOptions):
     model: str = option("resnet50", "timm backbone (features_only) under the FPN.", trajectory=True)
     init: str = option(
         "pretrain",
-        "Backbone weights: pretrain (pretrain/ckpt/last.pt), supcon (the checkpoint linear-sweep selected), none, or a file URI.",
+        "Backbone weights: pretrain (pretrain/ckpt/last.pt), supcon (the checkpoint linear-sweep selected), "
+        "none, or a file URI.",
         trajectory=True,
     )
     trainable_layers: int = option(
@@ -120,7 +123,8 @@ class DetectConfig(SGDOptions, RuntimeOptions):
             )
         if len(self.anchor_sizes) != 5 or any(s < 1 for s in self.anchor_sizes):
             raise BadInputError(
-                f"--anchor-sizes needs 5 positive sizes (one per pyramid level), got {','.join(map(str, self.anchor_sizes))}"
+                "--anchor-sizes needs 5 positive sizes (one per pyramid level), "
+                f"got {','.join(map(str, self.anchor_sizes))}"
             )
 
     def rounds(self) -> list[tuple[int, float]]:

@@ -8,11 +8,13 @@ from ..pages.report import DEFAULT_MAX_MB
 
 @stage_config
 class EvaluateConfig:
-    """Intervals and the report's size; inference batch, device and decode threads (left out of the up-to-date digest)."""
+    """Intervals and the report's size; inference batch, device and decode threads (left out of the up-to-date
+    digest)."""
 
     bootstrap: int = option(
         1000,
-        "Stratified bootstrap resamples of the test crops for the 95% intervals of averaged metrics; 0 = Wilson intervals only.",
+        "Stratified bootstrap resamples of the test crops for the 95% intervals of averaged metrics; "
+        "0 = Wilson intervals only.",
         ge=0,
     )
     seed: int = option(0, "Bootstrap seed.")

@@ -20,9 +20,10 @@ STAGE = register(
         body="plankton_core.lut.stage:body",
         check="plankton_core.lut.stage:check",
         upstream=("stats", "supcon", "linear-sweep"),
-        help="Embed the gallery (L2-normalised pre-projection features of the selected checkpoint) into lut/index.faiss "
-        "with lut/gallery.parquet row-aligned to its ids, choose a pruning threshold on val, write the pruned index "
-        "beside it, and evaluate retrieval on test (lut/retrieval.json, which the report shows).",
+        help="Embed the gallery (L2-normalised pre-projection features of the selected checkpoint) into "
+        "lut/index.faiss with lut/gallery.parquet row-aligned to its ids, choose a pruning threshold on val, "
+        "write the pruned index beside it, and evaluate retrieval on test (lut/retrieval.json, which the report "
+        "shows).",
         views={
             "gallery": "gallery.parquet",
             "gallery_pruned": "gallery_pruned.parquet",

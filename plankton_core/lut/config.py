@@ -40,11 +40,13 @@ class LutConfig:
     prune_step: float = option(0.01, "Step of the sweep.", gt=0.0)
     select_by: SelectBy = option(
         "accuracy",
-        "Criterion the pruned index is compared on (val): accuracy (McNemar exact) or balanced_accuracy / macro_f1 (paired bootstrap).",
+        "Criterion the pruned index is compared on (val): accuracy (McNemar exact) "
+        "or balanced_accuracy / macro_f1 (paired bootstrap).",
     )
     alpha: float = option(
         0.05,
-        "Significance level: a T whose val criterion is significantly below the unpruned index's (one sided, paired) is not eligible.",
+        "Significance level: a T whose val criterion is significantly below the unpruned index's "
+        "(one sided, paired) is not eligible.",
         gt=0.0,
         lt=1.0,
     )
@@ -71,7 +73,8 @@ class LutConfig:
             raise BadInputError("gallery_splits is empty: name at least one split (e.g. train,val)")
         if self.prune_min > self.prune_max:
             raise BadInputError(
-                f"prune grid must satisfy -1 <= prune_min <= prune_max <= 1 and prune_step > 0, got {self.prune_min}..{self.prune_max} by {self.prune_step}"
+                "prune grid must satisfy -1 <= prune_min <= prune_max <= 1 and prune_step > 0, "
+                f"got {self.prune_min}..{self.prune_max} by {self.prune_step}"
             )
         if self.prune_candidates < self.k:
             raise BadInputError(f"prune_candidates ({self.prune_candidates}) must be >= k ({self.k})")

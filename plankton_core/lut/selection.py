@@ -179,9 +179,11 @@ def pruning_effect(
     within = bool(lo - 1e-12 <= acc["pruned"] <= hi + 1e-12)
     out["within_interval"] = within
     out["verdict"] = (
-        f"pruned test accuracy {100 * acc['pruned']:.1f}% is {'within' if within else 'OUTSIDE'} the unpruned index's 95% interval "
+        f"pruned test accuracy {100 * acc['pruned']:.1f}% is {'within' if within else 'OUTSIDE'} "
+        f"the unpruned index's 95% interval "
         f"[{100 * lo:.1f}%, {100 * hi:.1f}%] (unpruned {100 * acc['full']:.1f}%; paired difference "
-        f"{100 * acc['difference']:+.1f} points, 95% interval [{100 * acc['difference_ci'][0]:+.1f}, {100 * acc['difference_ci'][1]:+.1f}], "
+        f"{100 * acc['difference']:+.1f} points, 95% interval "
+        f"[{100 * acc['difference_ci'][0]:+.1f}, {100 * acc['difference_ci'][1]:+.1f}], "
         f"{n} test items)" + ("" if within else ": the pruned index costs accuracy on test")
     )
     return out

@@ -18,7 +18,8 @@ from ..training.options import ContrastiveOptions
 
 @stage_config
 class PretrainConfig(ContrastiveOptions):
-    """How the backbone is pretrained without labels; `resume`, `device`, `workers`, `compile`, `amp`, `deterministic` do not change the digest."""
+    """How the backbone is pretrained without labels; `resume`, `device`, `workers`, `compile`, `amp`,
+    `deterministic` do not change the digest."""
 
     method: Literal["moco", "simclr"] = option(
         "moco",
@@ -69,7 +70,8 @@ class PretrainConfig(ContrastiveOptions):
             raise BadInputError("pretrain: --crop segments the --unlabeled images; give --unlabeled URI too")
         if self.method == "moco" and self.queue % self.batch_size:
             raise BadInputError(
-                f"pretrain: --queue {self.queue} must be a multiple of --batch-size {self.batch_size} (a batch never wraps the queue)"
+                f"pretrain: --queue {self.queue} must be a multiple of --batch-size {self.batch_size} "
+                "(a batch never wraps the queue)"
             )
 
     def lr(self) -> float:

@@ -49,8 +49,13 @@ from .service import Classifier, QueryConfig
 
 ACCEPTED_PRECISION = {
     "accuracy": "share of the accepted predictions that are right",
-    "balanced_accuracy": "mean over true classes (with accepted items) of the share of the class's accepted items predicted right",
-    "macro_f1": "mean over predicted classes (among accepted items) of the share of those predictions that are right (macro precision)",
+    "balanced_accuracy": (
+        "mean over true classes (with accepted items) of the share of the class's accepted items predicted right"
+    ),
+    "macro_f1": (
+        "mean over predicted classes (among accepted items) of the share of those predictions that are right "
+        "(macro precision)"
+    ),
 }
 BOOTSTRAP_DRAWS = 1000  # stratified resamples of the accepted items for the class-averaged precisions' intervals
 BOOTSTRAP_SEED = 0
@@ -193,14 +198,16 @@ def calibrate(root: Store, cfg: QueryConfig) -> dict[str, Any]:
     what = "precision" if select_by == "accuracy" else f"{select_by} precision"
     if pick.reason == "target":
         raise BadInputError(
-            f"no threshold reaches {what} {target_precision} on val ({len(labels)} crops; the best is {pick.precision:.4f} "
-            f"at coverage {pick.coverage:.4f}): lower --target-precision"
+            f"no threshold reaches {what} {target_precision} on val ({len(labels)} crops; "
+            f"the best is {pick.precision:.4f} at coverage {pick.coverage:.4f}): lower --target-precision"
         )
     if pick.reason == "guard":
         raise BadInputError(
-            f"the lowest threshold reaching {what} {target_precision} on val costs class {clf.classes[pick.drop_class]!r} "
-            f"{100 * pick.recall_drop:.1f} points of val recall, more than --min-class-recall {min_class_recall:g}; the guard allows "
-            f"thresholds up to {pick.guard_threshold:.4f}, where the best {what} is {pick.guard_precision:.4f} (coverage "
+            f"the lowest threshold reaching {what} {target_precision} on val "
+            f"costs class {clf.classes[pick.drop_class]!r} "
+            f"{100 * pick.recall_drop:.1f} points of val recall, more than --min-class-recall {min_class_recall:g}; "
+            f"the guard allows thresholds up to {pick.guard_threshold:.4f}, "
+            f"where the best {what} is {pick.guard_precision:.4f} (coverage "
             f"{pick.guard_coverage:.4f}): lower --target-precision or raise --min-class-recall"
         )
     assert pick.threshold is not None
@@ -238,7 +245,8 @@ def _figures(
     select_by: str,
     split: str,
 ) -> dict[str, Any]:
-    """Precision (the criterion's), coverage and the largest class-recall loss at `threshold` on `split`, with 95% intervals."""
+    """Precision (the criterion's), coverage and the largest class-recall loss at `threshold` on `split`,
+    with 95% intervals."""
     n_classes = len(clf.classes)
     n = len(labels)
     accepted = best >= threshold
@@ -260,7 +268,8 @@ def _figures(
     else:
         out[f"{split}_precision_ci"] = _bootstrap_ci(labels[accepted], pred[accepted], n_classes, select_by)
         out[f"{split}_precision_interval"] = (
-            f"stratified bootstrap percentile ({BOOTSTRAP_DRAWS} resamples of the accepted items within each true class, seed {BOOTSTRAP_SEED})"
+            f"stratified bootstrap percentile ({BOOTSTRAP_DRAWS} resamples of the accepted items "
+            f"within each true class, seed {BOOTSTRAP_SEED})"
         )
         # the bootstrap collapses to a point when every accepted item is right; the pooled share has Wilson's interval
         right = int((pred == labels)[accepted].sum())

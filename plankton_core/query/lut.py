@@ -47,12 +47,14 @@ def load_lut(root: Store, variant: str = "full") -> LoadedLut:
     gallery = read_parquet(root, LUT_GALLERY[variant])
     if index.ntotal != gallery.num_rows or index.ntotal != int(meta.get("count", -1)):
         raise BadInputError(
-            f"{root.uri}/{LUT_INDEX[variant]} holds {index.ntotal} vectors, {LUT_GALLERY[variant]} {gallery.num_rows} rows and "
+            f"{root.uri}/{LUT_INDEX[variant]} holds {index.ntotal} vectors, "
+            f"{LUT_GALLERY[variant]} {gallery.num_rows} rows and "
             f"index.json says {meta.get('count')}: the LUT is inconsistent; rerun `plankton lut --force`"
         )
     if index.d != int(info.get("dimension", -1)):
         raise BadInputError(
-            f"{root.uri}/{LUT_INDEX[variant]} is {index.d}-d but index.json says {info.get('dimension')}-d; rerun `plankton lut --force`"
+            f"{root.uri}/{LUT_INDEX[variant]} is {index.d}-d but index.json says {info.get('dimension')}-d; "
+            "rerun `plankton lut --force`"
         )
     return LoadedLut(variant=variant, info=info, index=index, gallery=gallery)
 

@@ -120,7 +120,8 @@ class Querier:
         self.cropper = Cropper(root, cfg.crop)
 
     def run(self, inputs: Sequence[ImageRef], modes: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
-        """One row per input image, in input order; `modes[i]` is input i's --objects mode under auto (None: by image)."""
+        """One row per input image, in input order; `modes[i]` is input i's --objects mode under auto
+        (None: by image)."""
         clf, cfg = self.classifier, self.cfg
         rows: list[dict[str, Any]] = []
         modes = list(modes) if modes is not None else [None] * len(inputs)

@@ -10,8 +10,8 @@ STAGE = register(
         config=StatsConfig,
         body="plankton_core.stats.stage:body",
         upstream=("crop",),
-        help="Split kept crops into train/val/test (stratified by class, grouped by source image, sample or acquisition) and measure the "
-        "per-channel mean and std of the train split at the training size.",
+        help="Split kept crops into train/val/test (stratified by class, grouped by source image, sample or "
+        "acquisition) and measure the per-channel mean and std of the train split at the training size.",
         views={"splits": "splits.parquet"},
     )
 )

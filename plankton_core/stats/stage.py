@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -54,7 +55,8 @@ def read_kept_crops(root: Store) -> pa.Table:
     kept = table.filter(pc.equal(table.column("status"), "kept")).select(["crop_key", "class", "source_key", *extra])
     if kept.num_rows == 0:
         raise BadInputError(
-            f"no kept crops in {root.uri}/{CROP_MANIFEST} ({table.num_rows} rows, none with status 'kept'): nothing to split"
+            f"no kept crops in {root.uri}/{CROP_MANIFEST} ({table.num_rows} rows, none with status 'kept'): "
+            "nothing to split"
         )
     for name in ("crop_key", "class", "source_key"):
         col = kept.column(name)
@@ -110,52 +112,8 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
     sources = kept.column("source_key").to_numpy(zero_copy_only=False)
     ctx.metrics.count("kept_crops", len(keys))
 
-    missing: dict[str, list[str]]
-    group_by, groups = split_groups(kept, cfg.group_by)
-    ctx.log.info("splitting grouped by %s (%d groups)", group_by, len(set(groups.tolist())))
-    if group_by == "source":  # a source image belongs to one class: assign_splits checks that
-        assignment, missing = assign_splits(classes, groups.tolist(), cfg.split, cfg.seed), {}
-    else:
-        assignment, missing = assign_grouped_splits(classes, groups.tolist(), cfg.split, cfg.seed)
-    if missing:
-        listed = ", ".join(f"{c} (no {'/'.join(s)})" for c, s in sorted(missing.items())[:10])
-        note = (
-            f"grouped by {group_by}: {len(missing)} class(es) are missing from a split, their crops lying in too few {group_by}s: {listed}"
-            + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        )
-        ctx.notes.append(note)
-        ctx.log.warning(note)
-    if assignment.unsplit_classes:
-        listed = ", ".join(f"{c} ({n})" for c, n in sorted(assignment.unsplit_classes.items())[:10])
-        more = len(assignment.unsplit_classes) - 10
-        note = (
-            f"{len(assignment.unsplit_classes)} class(es) have fewer than {min_frames_to_split(cfg.split)} source images, "
-            f"too few to split {','.join(f'{f:g}' for f in cfg.split)}, and stay whole in train: {listed}"
-            + (f" and {more} more" if more > 0 else "")
-        )
-        ctx.notes.append(note)
-        ctx.log.warning(note)
-
-    class_names = sorted(set(classes.tolist()))
-    label_of = {name: i for i, name in enumerate(class_names)}
-    labels = np.array([label_of[c] for c in classes], dtype=np.int64)
-    split_names = assignment.names()
-    write_parquet(
-        root,
-        STATS_SPLITS,
-        pa.table(
-            {
-                "crop_key": kept.column("crop_key"),
-                "class": kept.column("class"),
-                "label": pa.array(labels, pa.int64()),
-                "split": pa.array(split_names.tolist(), pa.string()),
-                "source_key": kept.column("source_key"),
-                "group": pa.array(groups.tolist(), pa.string()),
-            }
-        ),
-    )
-    write_json(root, STATS_CLASSES, {"classes": class_names})
-
+    group_by, groups, assignment = assign(cfg, ctx, kept, classes)
+    class_names = write_splits(root, kept, classes, groups, assignment)
     counts = _counts(class_names, classes, sources, assignment.split)
     train_keys = keys[assignment.split == 0].tolist()
     ctx.log.info(
@@ -193,8 +151,59 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
     return summary
 
 
+def assign(cfg: StatsConfig, ctx: StageContext, kept: pa.Table, classes: Sequence[str]) -> tuple[str, np.ndarray, Any]:
+    """(grouping used, each crop's group, the split assignment); classes a split cannot hold become notes."""
+    missing: dict[str, list[str]]
+    group_by, groups = split_groups(kept, cfg.group_by)
+    ctx.log.info("splitting grouped by %s (%d groups)", group_by, len(set(groups.tolist())))
+    if group_by == "source":  # a source image belongs to one class: assign_splits checks that
+        assignment, missing = assign_splits(classes, groups.tolist(), cfg.split, cfg.seed), {}
+    else:
+        assignment, missing = assign_grouped_splits(classes, groups.tolist(), cfg.split, cfg.seed)
+    notes = []
+    if missing:
+        listed = ", ".join(f"{c} (no {'/'.join(s)})" for c, s in sorted(missing.items())[:10])
+        notes.append(
+            f"grouped by {group_by}: {len(missing)} class(es) are missing from a split, their crops lying in too few "
+            f"{group_by}s: {listed}" + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        )
+    if assignment.unsplit_classes:
+        listed = ", ".join(f"{c} ({n})" for c, n in sorted(assignment.unsplit_classes.items())[:10])
+        more = len(assignment.unsplit_classes) - 10
+        notes.append(
+            f"{len(assignment.unsplit_classes)} class(es) have fewer than {min_frames_to_split(cfg.split)} source "
+            f"images, too few to split {','.join(f'{f:g}' for f in cfg.split)}, and stay whole in train: {listed}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+    for note in notes:
+        ctx.notes.append(note)
+        ctx.log.warning(note)
+    return group_by, groups, assignment
+
+
+def write_splits(root: Store, kept: pa.Table, classes: np.ndarray, groups: np.ndarray, assignment: Any) -> list[str]:
+    """stats/splits.parquet (one row per kept crop) and stats/classes.json; returns the sorted class names."""
+    class_names = sorted(set(classes.tolist()))
+    label_of = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([label_of[c] for c in classes], dtype=np.int64)
+    table = pa.table(
+        {
+            "crop_key": kept.column("crop_key"),
+            "class": kept.column("class"),
+            "label": pa.array(labels, pa.int64()),
+            "split": pa.array(assignment.names().tolist(), pa.string()),
+            "source_key": kept.column("source_key"),
+            "group": pa.array(groups.tolist(), pa.string()),
+        }
+    )
+    write_parquet(root, STATS_SPLITS, table)
+    write_json(root, STATS_CLASSES, {"classes": class_names})
+    return class_names
+
+
 def split_groups(kept: pa.Table, group_by: str) -> tuple[str, np.ndarray]:
-    """(the grouping used, each kept crop's group): `auto` is sample when every kept crop has a sample_id, else source."""
+    """(the grouping used, each kept crop's group): `auto` is sample when every kept crop has a sample_id,
+    else source."""
     if group_by == "auto":
         col = kept.column("sample_id") if "sample_id" in kept.column_names else None
         group_by = "sample" if col is not None and not _empty(col) else "source"
@@ -206,7 +215,8 @@ def split_groups(kept: pa.Table, group_by: str) -> tuple[str, np.ndarray]:
     col = kept.column(name)
     if _empty(col):
         raise BadInputError(
-            f"--group-by {group_by}: {_empty(col)} kept crop(s) have no {name} in {CROP_MANIFEST}; use --group-by source"
+            f"--group-by {group_by}: {_empty(col)} kept crop(s) have no {name} in {CROP_MANIFEST}; "
+            "use --group-by source"
         )
     return group_by, col.to_numpy(zero_copy_only=False)
 

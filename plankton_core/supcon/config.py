@@ -22,7 +22,8 @@ SUPCONTRAST_WARMUP_FROM = 0.01
 
 @stage_config
 class SupConConfig(ContrastiveOptions):
-    """How the backbone is trained; `resume`, `device`, `workers`, `compile`, `amp`, `deterministic` do not change the digest."""
+    """How the backbone is trained; `resume`, `device`, `workers`, `compile`, `amp`, `deterministic` do not
+    change the digest."""
 
     proj_dim: int = option(128, "Projection head output size.", ge=1, trajectory=True)
     epochs: int = option(1000, "Epochs to train.", ge=1, trajectory=True)
@@ -59,7 +60,8 @@ class SupConConfig(ContrastiveOptions):
     preprocess: Literal["letterbox", "resize-center-crop"] | None = option(
         None,
         "How crops are made square for every feature extraction downstream (recorded in the checkpoint); "
-        "default: letterbox for --recipe plankton, resize-center-crop (Resize 256 + CenterCrop 224, scaled) for supcontrast.",
+        "default: letterbox for --recipe plankton, "
+        "resize-center-crop (Resize 256 + CenterCrop 224, scaled) for supcontrast.",
     )
     base_temperature: float | None = option(
         None,
@@ -103,7 +105,8 @@ class SupConConfig(ContrastiveOptions):
         self.check_resume("supcon")
         if self.boxes == "attention" and not self.box_weights:
             raise BadInputError(
-                "supcon: --boxes attention needs --box-weights (a file or URI of the ViT's weights; nothing is downloaded)"
+                "supcon: --boxes attention needs --box-weights "
+                "(a file or URI of the ViT's weights; nothing is downloaded)"
             )
         if self.boxes == "attention" and self.crop_mode != "localized":
             raise BadInputError("supcon: --boxes attention only matters with --crop-mode localized")

@@ -37,7 +37,8 @@ class SweepConfig:
     seed: int = option(0, "Head initialisation and shuffling seed.")
     select_by: SelectBy = option(
         "accuracy",
-        "Val score choosing the head epoch and the checkpoint (accuracy: the user's protocol); every rule's choice is recorded.",
+        "Val score choosing the head epoch and the checkpoint (accuracy: the user's protocol); "
+        "every rule's choice is recorded.",
     )
     batch_size: int = option(256, "Feature extraction batch.", ge=1, digest=False)
     device: str = option("auto", "auto, cpu, cuda, cuda:1 …", digest=False)

@@ -59,14 +59,17 @@ def _epoch(text: str, token: str, allow_empty: bool = False) -> int | None:
         return int(text)
     except ValueError:
         raise BadInputError(
-            f"--checkpoints: cannot read {token!r}; use all, an epoch (700), a name (last, epoch_0700) or a range (700:, 700:900)"
+            f"--checkpoints: cannot read {token!r}; "
+            "use all, an epoch (700), a name (last, epoch_0700) or a range (700:, 700:900)"
         ) from None
 
 
 RULES = SELECT_BY  # --select-by choices; accuracy is the user's protocol
 RULE_TEXT = {
     "accuracy": "val accuracy",
-    "balanced_accuracy": "val balanced accuracy (mean recall over classes: a rare class counts as much as a common one)",
+    "balanced_accuracy": (
+        "val balanced accuracy (mean recall over classes: a rare class counts as much as a common one)"
+    ),
     "macro_f1": "val macro F1 (unweighted mean over classes)",
 }
 METRICS = SELECT_BY  # val scores recorded for each rule's choice
@@ -80,20 +83,25 @@ def rule_field(rule: str, name: str) -> str:
 def rule_description(rule: str) -> str:
     """The whole rule, ties included, as selection.json and the report state it."""
     return (
-        f"head epoch: the first with the highest {RULE_TEXT[rule]}; checkpoint: the highest {RULE_TEXT[rule]} at its head epoch; "
+        f"head epoch: the first with the highest {RULE_TEXT[rule]}; "
+        f"checkpoint: the highest {RULE_TEXT[rule]} at its head epoch; "
         "ties broken by higher val accuracy, then higher val macro F1, then the later backbone epoch, then a numbered "
         "epoch_NNNN checkpoint over last"
     )
 
 
 def _val(row: dict[str, Any], rule: str, metric: str) -> float:
-    """The val `metric` of `rule`'s head epoch; rows without per-rule fields (accuracy only) fall back to the legacy columns."""
+    """The val `metric` of `rule`'s head epoch.
+
+    A row without the per-rule fields is read for the accuracy rule only, from its val_acc / val_macro_f1 columns.
+    """
     value = row.get(rule_field(rule, f"val_{metric}"))
     if value is None and rule == "accuracy":
         value = row.get({"accuracy": "val_acc", "macro_f1": "val_macro_f1"}.get(metric, ""))
     if value is None:
         raise BadInputError(
-            f"sweep row {row.get('checkpoint')!r} has no val {metric} for --select-by {rule}; rerun `plankton linear-sweep --force`"
+            f"sweep row {row.get('checkpoint')!r} has no val {metric} for --select-by {rule}; "
+            "rerun `plankton linear-sweep --force`"
         )
     return float(value)
 
