@@ -22,12 +22,13 @@ CONTRACT = ("root", "config", "force", "s3_endpoint", "shard_index", "num_shards
 
 
 def stage_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options every stage has: the root options and --force."""
-    return root_options(fn, force=True)
+    """The options every stage has: the root options, --config and --force."""
+    return root_options(fn, config=True, force=True)
 
 
-def root_options(fn: Callable[..., Any], force: bool = False) -> Callable[..., Any]:
-    """--root, --config and --s3-endpoint: every command reading the pipeline root (and --force for a stage)."""
+def root_options(fn: Callable[..., Any], *, config: bool = False, force: bool = False) -> Callable[..., Any]:
+    """--root and --s3-endpoint, for every command reading the pipeline root; --config (a YAML file of the
+    declared options) and --force (a stage's) where asked."""
     fn = click.option(
         "--s3-endpoint",
         envvar="AWS_ENDPOINT_URL",
@@ -36,9 +37,10 @@ def root_options(fn: Callable[..., Any], force: bool = False) -> Callable[..., A
     )(fn)
     if force:
         fn = click.option("--force", is_flag=True, help="Redo the stage even when its outputs are up to date.")(fn)
-    fn = click.option(
-        "--config", "config", type=click.Path(dir_okay=False), default=None, help="YAML file of options; flags win."
-    )(fn)
+    if config:
+        fn = click.option(
+            "--config", "config", type=click.Path(dir_okay=False), default=None, help="YAML file of options; flags win."
+        )(fn)
     fn = click.option(
         "--root",
         envvar="PLANKTON_ROOT",

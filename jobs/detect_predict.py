@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 import pyarrow as pa
 
+from jobs._common import root_options
 from plankton_core.artifacts import DETECT_BEST
 from plankton_core.errors import BadInputError
 from plankton_core.imageio import UnreadableImage, decode_image
@@ -26,19 +27,7 @@ SCHEMA = pa.schema(
 
 @click.command(name="detect-predict")
 @click.argument("frames", nargs=-1)
-@click.option(
-    "--root",
-    envvar="PLANKTON_ROOT",
-    default="./artifacts",
-    show_default=True,
-    help="Pipeline root: a folder, file:// or s3://bucket/prefix.",
-)
-@click.option(
-    "--s3-endpoint",
-    envvar="AWS_ENDPOINT_URL",
-    default=None,
-    help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).",
-)
+@root_options
 @click.option(
     "--out",
     required=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import click
@@ -45,7 +46,7 @@ def _drop_words(record: dict, split: str) -> str:
 
 @click.command(name="query")
 @click.argument("images", nargs=-1)
-@root_options
+@partial(root_options, config=True)
 @config_options(QueryConfig)
 def command(images: tuple[str, ...], root: str, s3_endpoint: str | None, **params: Any) -> None:
     """Classify IMAGES (files, folders, file:// or s3:// URIs, or keys/prefixes under the root) by their

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from jobs._common import root_options
 from plankton_core.query.output import FORMATS, parquet_bytes, pick_format, render, text_table, write_output
 from plankton_core.sql import run_sql, views
 from plankton_core.store import open_store
@@ -17,19 +18,7 @@ VIEW_HELP = ", ".join(f"{name} ({key})" for name, key in views().items())
 {VIEW_HELP}. Works for a local root and an S3 root. One statement per call; SIGTERM stops it (exit 75).""",
 )
 @click.argument("query")
-@click.option(
-    "--root",
-    envvar="PLANKTON_ROOT",
-    default="./artifacts",
-    show_default=True,
-    help="Pipeline root: a folder, file:// or s3://bucket/prefix.",
-)
-@click.option(
-    "--s3-endpoint",
-    envvar="AWS_ENDPOINT_URL",
-    default=None,
-    help="S3 endpoint URL (default: $AWS_ENDPOINT_URL or AWS).",
-)
+@root_options
 @click.option("--out", default=None, help="Write the result to this path or URI instead of stdout.")
 @click.option(
     "--format",

@@ -15,6 +15,22 @@ import numpy as np
 SelectBy = Literal["accuracy", "balanced_accuracy", "macro_f1"]
 SELECT_BY: tuple[str, ...] = get_args(SelectBy)
 
+# The 12 detection figures of pycocotools' COCOeval.stats, in its order, named as in the user's table.
+COCO_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP small",
+    "AP medium",
+    "AP large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR small",
+    "AR medium",
+    "AR large",
+)
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(n_classes, n_classes) counts; rows are true labels, columns predictions."""

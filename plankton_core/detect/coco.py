@@ -19,23 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..detection import Detections, xyxy_to_xywh
+from ..scoring import COCO_NAMES
 from .annotations import Frame
-
-# the 12 figures of COCOeval.stats, named as in the user's table
-COCO_NAMES = (
-    "AP",
-    "AP50",
-    "AP75",
-    "AP small",
-    "AP medium",
-    "AP large",
-    "AR1",
-    "AR10",
-    "AR100",
-    "AR small",
-    "AR medium",
-    "AR large",
-)
 
 
 @dataclass

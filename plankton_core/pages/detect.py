@@ -9,24 +9,10 @@ import json
 from typing import Any
 
 from ..artifacts import DETECT_METRICS, DETECT_PAGE, DETECT_PR
+from ..scoring import COCO_NAMES
 from ..stage import SUCCESS
 from ..store import Store, join
 from .blocks import Block, Image, Table
-
-COCO_NAMES = (
-    "AP",
-    "AP50",
-    "AP75",
-    "AP small",
-    "AP medium",
-    "AP large",
-    "AR1",
-    "AR10",
-    "AR100",
-    "AR small",
-    "AR medium",
-    "AR large",
-)
 
 
 def _num(x: Any) -> str:
