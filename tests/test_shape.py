@@ -65,3 +65,12 @@ def test_no_library_function_is_over_80_lines():
         for name, lines in long_functions(path.read_text())
     ]
     assert not offenders, "split into named steps: " + "; ".join(offenders)
+
+
+def test_stage_packages_hold_no_re_export_shims():
+    """A stage package's __init__ registers the stage and names its config; code lives in its modules."""
+    for stage in stages():
+        init = _package_dir(stage) / "__init__.py"
+        tree = ast.parse(init.read_text())
+        names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        assert "__getattr__" not in names, f"{init}: import from the module that defines the name instead"

@@ -1,21 +1,14 @@
-"""The crop stage: segment each image of a class-folder tree and keep the objects lying whole in the frame.
+"""The crop stage: segment each image of a class-folder tree (or an EcoTaxa export) and keep the whole objects.
 
-Public API (used by the crop stage and by `plankton query`, so query images are
-cropped exactly as the gallery was): `CropConfig`, `recorded_config(root)` (the
-config the finished crop stage ran with), and from `.extract`/`.threshold`
-`make_segmenter`, `extract_crops`, `CropResult`, `Detection`,
-`ThresholdSegmenter` (also importable from here, loaded on first use so reading
-the stage registry does not import scipy). The stage runs through
-`run_stage("crop", cfg, root)`.
+Body in stage.py; the segmenters in threshold.py (frames), single.py (one object per vignette), sam2.py and
+detector.py; `extract.extract_crops` and `config.recorded_config` are what `plankton query` uses to crop a new
+image exactly as the gallery was cropped.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from ..stage import Stage, register
-from .config import CropConfig, recorded_config
+from .config import CropConfig
 
 STAGE = register(
     Stage(
@@ -33,27 +26,4 @@ STAGE = register(
     )
 )
 
-_SEGMENTING = {
-    "CropResult": ".extract",
-    "extract_crops": ".extract",
-    "make_segmenter": ".extract",
-    "Detection": ".threshold",
-    "ThresholdSegmenter": ".threshold",
-}
-
-__all__ = [
-    "STAGE",
-    "CropConfig",
-    "CropResult",
-    "Detection",
-    "ThresholdSegmenter",
-    "extract_crops",
-    "make_segmenter",
-    "recorded_config",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SEGMENTING:
-        return getattr(importlib.import_module(_SEGMENTING[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["STAGE", "CropConfig"]

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from crop_helpers import manifest_rows
 
-from plankton_core.crop import CropConfig, Detection, extract_crops
+from plankton_core.crop.config import CropConfig
+from plankton_core.crop.extract import extract_crops
 from plankton_core.crop.sam2 import Sam2Segmenter, load_sam2_model
+from plankton_core.crop.threshold import Detection
 from plankton_core.errors import BadInputError
 from plankton_core.stage import run_stage
 from plankton_core.store import open_store

@@ -242,7 +242,7 @@ def test_bad_config_values_exit_2(run_cli, tmp_path, synth_input):
 
 
 def test_recorded_config_is_what_the_stage_ran_with(tmp_path, synth_input):
-    from plankton_core.crop import recorded_config
+    from plankton_core.crop.config import recorded_config
 
     root = open_store(str(tmp_path / "art"))
     assert recorded_config(root) == CropConfig()  # no crop run yet: defaults

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plankton_core.crop import CropConfig, CropResult, Detection, ThresholdSegmenter, extract_crops, make_segmenter
-from plankton_core.crop.extract import border_distance, classify, padded_box
-from plankton_core.crop.threshold import background_stats
+from plankton_core.crop.config import CropConfig
+from plankton_core.crop.extract import CropResult, border_distance, classify, extract_crops, make_segmenter, padded_box
+from plankton_core.crop.threshold import Detection, ThresholdSegmenter, background_stats
 
 EXACT = ThresholdSegmenter(smooth=0.0, edge_fraction=0.5)  # no blur: boxes are exact on noise-free images
 
