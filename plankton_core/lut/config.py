@@ -19,8 +19,9 @@ class LutConfig:
 
     The gallery is what queries are matched against (train + val by default).
     The pruning threshold is chosen on val queried against train only (val is
-    never its own gallery), and test measures the retrieval classifier and
-    what the chosen pruning costs there.
+    never its own gallery): the most pruning whose val loss is bounded within
+    --max-loss. Test measures the retrieval classifier and what the chosen
+    pruning costs there.
     A query never matches gallery items cut from its own source image.
     """
 
@@ -40,15 +41,21 @@ class LutConfig:
     prune_step: float = option(0.01, "Step of the sweep.", gt=0.0)
     select_by: SelectBy = option(
         "accuracy",
-        "Criterion the pruned index is compared on (val): accuracy (McNemar exact) "
-        "or balanced_accuracy / macro_f1 (paired bootstrap).",
+        "Criterion whose val loss is bounded: accuracy (Tango's paired score bound) "
+        "or balanced_accuracy / macro_f1 (paired stratified bootstrap).",
+    )
+    max_loss: float = option(
+        0.01,
+        "Non-inferiority margin: a T is eligible only when the one-sided upper confidence bound of its val loss "
+        "(unpruned − pruned, 0–1; 0.01 = 1 point) is at most this.",
+        ge=0.0,
+        lt=1.0,
     )
     alpha: float = option(
         0.05,
-        "Significance level: a T whose val criterion is significantly below the unpruned index's "
-        "(one sided, paired) is not eligible.",
+        "One-sided level of that upper bound: 0.05 = a 95% one-sided bound.",
         gt=0.0,
-        lt=1.0,
+        le=0.5,
     )
     min_class_recall: float = option(
         0.10,
@@ -57,7 +64,7 @@ class LutConfig:
         le=1.0,
     )
     bootstrap: int = option(
-        1000, "Stratified bootstrap draws for the paired test and the test-split intervals.", ge=100
+        1000, "Stratified bootstrap draws for the paired loss bound and the test-split intervals.", ge=100
     )
     seed: int = option(0, "Seed of the bootstrap draws.", ge=0)
     prune_candidates: int = option(

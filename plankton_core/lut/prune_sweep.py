@@ -4,7 +4,9 @@ The stage runs it with val queried against a gallery of train only: with val
 in the gallery, a kept val item would suppress its own near-duplicates and
 then be left out of its own query, so pruned accuracy would be understated.
 The T it chooses is applied to the gallery that is written (train + val by
-default). The choice is selection.choose_threshold's noise-aware rule.
+default). The choice is selection.choose_threshold's non-inferiority rule; the
+grid always ends at 1.0, which prunes nothing, so the rule can always answer
+"prune nothing".
 
 Two things are computed once and reused for every T: the same-class
 neighbour graph (prune.neighbour_graph) and each val query's nearest items in
@@ -40,7 +42,7 @@ from .prune import (
     neighbour_graph,
 )
 from .retrieval import ArraySearcher, Neighbours
-from .selection import choose_threshold, largest_recall_drop, worse_p_values
+from .selection import choose_threshold, largest_recall_drop, loss_bounds
 
 log = logging.getLogger("plankton.lut")
 
@@ -54,10 +56,13 @@ SWEEP_SCHEMA = pa.schema(
         ("query_latency_ms", pa.float64()),
         ("chosen", pa.bool_()),
         ("val_balanced_accuracy", pa.float64()),
-        ("p_worse", pa.float64()),  # one-sided paired p-value: pruned worse than unpruned on --select-by
+        ("val_loss", pa.float64()),  # unpruned − pruned on --select-by (0–1; > 0: pruning costs)
+        ("val_loss_low", pa.float64()),  # its one-sided 1 − alpha lower bound
+        ("val_loss_high", pa.float64()),  # its one-sided 1 − alpha upper bound: the rule compares it with max_loss
+        ("val_accuracy_loss_high", pa.float64()),  # Tango's upper bound of the accuracy loss (also held to max_loss)
         ("largest_class_recall_drop", pa.float64()),  # 0–1, over classes with val items
         ("recall_drop_label", pa.int64()),  # the class losing most recall (-1: none has val items)
-        ("eligible", pa.bool_()),  # p_worse >= alpha and the recall drop within the guard
+        ("eligible", pa.bool_()),  # both loss bounds <= max_loss and the recall drop within the guard
     ]
 )
 
@@ -70,20 +75,23 @@ class SweepOutcome:
     keep: np.ndarray  # gallery mask at the chosen T
     baseline: dict[str, Any]  # val metrics of the unpruned gallery
     graph_pairs: int
-    rule: dict[str, Any] = field(default_factory=dict)  # how T was chosen (select_by, test, alpha, guard)
+    rule: dict[str, Any] = field(default_factory=dict)  # how T was chosen (select_by, bound, alpha, max_loss, guard)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class SweepSettings:
     """How each T is scored and one chosen: the vote and its k, the depth of each val query's candidate list, the
-    noise-aware rule of selection.choose_threshold, and how many queries time the search."""
+    non-inferiority rule of selection.choose_threshold (a T is eligible when the one-sided 1 − alpha upper bound of
+    its val loss is at most max_loss and no class loses more than max_recall_drop of recall), and how many queries
+    time the search."""
 
     vote: str = "top1"
     k: int = 5
     candidates: int = 100
     select_by: str = "accuracy"
     alpha: float = 0.05
+    max_loss: float = 0.01
     max_recall_drop: float = 0.10
     draws: int = 1000
     seed: int = 0
@@ -92,11 +100,15 @@ class SweepSettings:
     def rule(self, val_count: int) -> dict[str, Any]:
         """How T was chosen (SweepOutcome.rule)."""
         return {
+            "rule": "non-inferiority: one-sided upper bound of the val loss (unpruned − pruned) <= max_loss"
+            + ("" if self.select_by == "accuracy" else ", for the criterion and for accuracy (Tango) alike"),
             "select_by": self.select_by,
-            "test": "McNemar exact, one-sided"
+            "bound": "Tango score bound for paired proportions"
             if self.select_by == "accuracy"
-            else f"paired stratified bootstrap, one-sided ({self.draws} draws, seed {self.seed})",
+            else f"paired stratified bootstrap percentile ({self.draws} draws, seed {self.seed})",
             "alpha": self.alpha,
+            "level": 1 - self.alpha,
+            "max_loss": self.max_loss,
             "min_class_recall": self.max_recall_drop,
             "val_count": val_count,
         }
@@ -116,9 +128,12 @@ def sweep_thresholds(
 ) -> SweepOutcome:
     """Run the sweep over the gallery `x` and choose T by selection.choose_threshold.
 
-    `settings` gives the vote, the candidates and the rule; `graph`: the gallery's neighbour graph when
-    already built (else built here).
+    `grid`: the thresholds, ascending; 1.0 (no pruning) is added when it does not reach it. `settings` gives the
+    vote, the candidates and the rule; `graph`: the gallery's neighbour graph when already built (else built here).
     """
+    grid = np.asarray(grid, dtype=np.float64)
+    if grid.max() < 1.0:
+        grid = np.append(grid, 1.0)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if graph is None:
@@ -242,22 +257,36 @@ def choose(
     n_classes: int,
     settings: SweepSettings,
 ) -> int:
-    """Fill in each T's p-value and eligibility (`rows`) and return the chosen row (selection.choose_threshold)."""
-    alpha, max_recall_drop = settings.alpha, settings.max_recall_drop
-    rows["p_worse"] = worse_p_values(
-        val.labels, base_pred, preds, n_classes, settings.select_by, settings.draws, settings.seed
-    )
+    """Fill in each T's val loss, its bounds and eligibility (`rows`) and return the chosen row
+    (selection.choose_threshold).
+
+    A T that prunes nothing is the unpruned index itself: its loss is exactly 0, with no uncertainty to bound.
+    Under balanced_accuracy or macro_f1 the accuracy loss must be within the margin too: the bootstrap's bound is
+    0 where no val item changes for the worse, so it cannot see a loss val never shows; Tango's bound can.
+    """
+
+    def bounded(select_by: str) -> list[tuple[float, float, float]]:
+        found = loss_bounds(
+            val.labels, base_pred, preds, n_classes, select_by, settings.alpha, settings.draws, settings.seed
+        )
+        return [(0.0, 0.0, 0.0) if whole == 1.0 else b for b, whole in zip(found, rows["fraction_kept"])]
+
+    bounds = bounded(settings.select_by)
+    accuracy = bounds if settings.select_by == "accuracy" else bounded("accuracy")
+    rows["val_loss"], rows["val_loss_low"], rows["val_loss_high"] = (list(v) for v in zip(*bounds))
+    rows["val_accuracy_loss_high"] = [high for _, _, high in accuracy]
+    binding = np.maximum(np.asarray(rows["val_loss_high"]), np.asarray(rows["val_accuracy_loss_high"]))
     rows["eligible"] = [
-        bool(p >= alpha and d <= max_recall_drop + 1e-12)
-        for p, d in zip(rows["p_worse"], rows["largest_class_recall_drop"])
+        bool(high <= settings.max_loss + 1e-12 and d <= settings.max_recall_drop + 1e-12)
+        for high, d in zip(binding, rows["largest_class_recall_drop"])
     ]
     return choose_threshold(
         np.asarray(rows["threshold"]),
         np.asarray(rows["gallery_size"]),
-        np.asarray(rows["p_worse"]),
+        binding,
         np.asarray(rows["largest_class_recall_drop"]),
-        alpha,
-        max_recall_drop,
+        settings.max_loss,
+        settings.max_recall_drop,
     )
 
 

@@ -1,30 +1,33 @@
-"""Choosing the pruning threshold so that noise cannot pass for "no loss", and measuring what it cost on test.
+"""Choosing the pruning threshold by non-inferiority on val, and measuring what it cost on test.
 
 The unpruned and a pruned gallery classify the SAME val items, so the
-comparison is paired:
+comparison is paired. For each T the rule bounds the loss (unpruned − pruned
+on the `--select-by` criterion) from above, one-sided at level 1 − alpha:
 
-- `--select-by accuracy`: McNemar's exact test (one-sided binomial test on
-  the discordant items: val items the pruned index gets wrong and the full one
-  right vs the reverse; Dietterich 1998 recommends it for comparing two
-  classifiers on one test set). Exact for any number of items, no resampling.
-- `--select-by balanced_accuracy | macro_f1`: these are not sums over items,
-  so McNemar does not apply; a paired stratified bootstrap over val items
-  (the same draws for the full and every pruned gallery, class counts kept)
-  gives the one-sided p-value P*(pruned − full >= 0).
+- `accuracy`: Tango's score bound for a difference of paired proportions
+  (tango_loss_bounds), from the val items the two indexes disagree on.
+- `balanced_accuracy` / `macro_f1`: these are not sums over items, so a
+  paired stratified bootstrap over val items (the same draws for the full and
+  every pruned gallery, class counts kept) gives the percentile bound.
 
-A T is eligible when the pruned index is not significantly worse at `alpha`
-AND no class loses more than `max_recall_drop` of val recall (the guard for
-rare taxa, which a pooled test cannot see). The chosen T is the eligible one
-that prunes most; ties go to the larger (gentler) T.
+A T is eligible when that upper bound is at most `max_loss` (the loss the
+pruned index may cost, 0.01 = one point) AND no class loses more than
+`max_recall_drop` of val recall (the guard for rare taxa, which a pooled bound
+cannot see). The chosen T is the eligible one that prunes most; ties go to the
+larger (gentler) T. The burden of proof is on pruning: a small val set bounds
+the loss loosely, so it prunes little or nothing. A significance test would
+do the reverse (an unseen loss passes, and a small val set sees little).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.optimize import brentq
+from scipy.stats import binomtest, norm
 
 from ..scoring import SELECT_BY, bootstrap_replicates, metric_intervals, percentile_interval, wilson_interval
 from .evaluation import TOP_K, score_predictions
@@ -86,46 +89,99 @@ def bootstrap_metric(
     return out
 
 
-def paired_worse_p(draws_full: np.ndarray, draws: np.ndarray) -> float:
-    """One-sided paired-bootstrap p-value for "worse": the share of resamples where it is not (+1 smoothing)."""
-    diff = np.asarray(draws) - np.asarray(draws_full)
-    if not len(diff):
-        return 1.0
-    return float((1 + np.sum(diff >= -1e-12)) / (1 + len(diff)))
+def _tango_score(lost: int, gained: int, n: int, loss: float) -> float:
+    """Tango's score statistic for H0: (loss cell − gain cell) probability = `loss`, with the gain cell's
+    probability at its maximum likelihood under H0 (closed form, Tango 1998)."""
+    num = lost - gained - n * loss
+    if num == 0:
+        return 0.0
+    w = -lost - gained + (2 * n - lost + gained) * loss
+    gain_p = (math.sqrt(max(w * w + 8 * n * gained * loss * (1 - loss), 0.0)) - w) / (4 * n)  # 0: rounding at ±1
+    return num / math.sqrt(max(n * (2 * gain_p + loss * (1 - loss)), 1e-300))
 
 
-def worse_p_values(
+def tango_loss_bounds(lost: int, gained: int, n: int, alpha: float) -> tuple[float, float]:
+    """One-sided 1 − alpha lower and upper confidence bounds of a paired accuracy loss (lost − gained) / n.
+
+    `lost`: items the unpruned index gets right and the pruned one wrong;
+    `gained`: the reverse; `n`: all items. Each bound is where Tango's
+    asymptotic score test (Tango 1998, Stat Med 17:891) of "the loss equals d"
+    reaches z(1 − alpha); together they are a 1 − 2·alpha two-sided interval.
+
+    Why Tango's score bound: it is the test built for non-inferiority of two
+    paired proportions, so "upper bound <= margin" is exactly "Tango's test
+    rejects a loss >= margin at level alpha"; it uses the item-level pairing
+    (only discordant items move it), stays inside [-1, 1], keeps close to its
+    level at small n (a simulation in tests/lut checks it), needs no
+    resampling, and, unlike a Wald or bootstrap bound, does not collapse to 0
+    when no val item differs: with n items and none lost or gained the upper
+    bound is z² / (n + z²) (0.057 for 45 items at alpha 0.05), because n items
+    cannot show that a loss rarer than about 1 in n is absent.
+    """
+    if n <= 0:
+        return -1.0, 1.0
+    z = float(norm.ppf(1 - alpha))
+    est = (lost - gained) / n
+    below_one, above_minus_one = float(np.nextafter(1.0, 0.0)), float(np.nextafter(-1.0, 0.0))
+    high = 1.0 if lost == n else brentq(lambda d: _tango_score(lost, gained, n, d) + z, est, below_one)
+    low = -1.0 if gained == n else brentq(lambda d: _tango_score(lost, gained, n, d) - z, above_minus_one, est)
+    return float(low), float(high)
+
+
+def loss_bounds(
     y: np.ndarray,
     pred_full: np.ndarray,
     preds: Sequence[np.ndarray],
     n_classes: int,
     select_by: str,
+    alpha: float,
     draws: int,
     seed: int,
-) -> list[float]:
-    """For each candidate prediction vector, the one-sided p-value that it is worse than `pred_full` on `select_by`."""
+) -> list[tuple[float, float, float]]:
+    """Per candidate prediction vector: (loss, low, high), the loss `pred_full` − candidate on `select_by` and its
+    one-sided 1 − alpha lower and upper bounds.
+
+    accuracy: tango_loss_bounds. balanced_accuracy / macro_f1: the alpha and 1 − alpha percentiles of the paired
+    stratified bootstrap's losses (bootstrap_metric: the same `draws` resamples for every candidate). Where no val
+    item differs, every resample's loss is 0, so the bootstrap bound is 0 too: it cannot see a loss val never shows.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    out = []
     if select_by == "accuracy":
-        full = pred_full == y
-        return [mcnemar_worse_p(full, p == y) for p in preds]
+        full = np.asarray(pred_full) == y
+        for p in preds:
+            right = np.asarray(p) == y
+            lost, gained = int((full & ~right).sum()), int((~full & right).sum())
+            out.append(((lost - gained) / max(len(y), 1), *tango_loss_bounds(lost, gained, len(y), alpha)))
+        return out
     values = bootstrap_metric(y, [pred_full, *preds], n_classes, select_by, draws, seed)
-    return [paired_worse_p(values[0], values[i + 1]) for i in range(len(preds))]
+    base = metric_value(y, pred_full, n_classes, select_by)
+    for i, p in enumerate(preds):
+        low, high = percentile_interval(values[0] - values[i + 1], level=1 - 2 * alpha)
+        out.append((base - metric_value(y, p, n_classes, select_by), low, high))
+    return out
 
 
 def choose_threshold(
     thresholds: np.ndarray,
     kept_counts: np.ndarray,
-    p_values: np.ndarray,
+    loss_high: np.ndarray,
     recall_drops: np.ndarray,
-    alpha: float,
+    max_loss: float,
     max_recall_drop: float,
 ) -> int:
-    """Index of the T that prunes most among those not significantly worse (p >= alpha) whose largest class
-    recall loss is at most `max_recall_drop`. Ties in size go to the larger T; with none eligible (cannot happen
-    when the grid reaches 1.0, which prunes nothing), the largest T."""
+    """Index of the T that prunes most among those whose loss bound `loss_high` is at most `max_loss` and whose
+    largest class recall loss is at most `max_recall_drop`; ties in size go to the larger T.
+
+    A T that prunes nothing has loss 0 and no recall drop, so it is always eligible: a grid without one that finds
+    no eligible T is an error, never a silent choice of a T the rule refused.
+    """
     thresholds = np.asarray(thresholds)
-    ok = np.flatnonzero((np.asarray(p_values) >= alpha) & (np.asarray(recall_drops) <= max_recall_drop + 1e-12))
+    ok = np.flatnonzero(
+        (np.asarray(loss_high) <= max_loss + 1e-12) & (np.asarray(recall_drops) <= max_recall_drop + 1e-12)
+    )
     if not len(ok):
-        return int(np.argmax(thresholds))
+        raise ValueError("no T of the grid is eligible: the grid must hold a T that prunes nothing (1.0)")
     kept = np.asarray(kept_counts)[ok]
     best = ok[kept == kept.min()]
     return int(best[np.argmax(thresholds[best])])
@@ -201,6 +257,7 @@ def headline_intervals(
         out["per_class"] = {name: values[:n_classes] for name, values in out["per_class"].items()}
     else:
         out = metric_intervals(y, pred, n_classes, reps=draws, seed=seed)
-    lo, hi = wilson_interval(int(top_k_hits(y, ranked, min(TOP_K, n_classes)).sum()), len(y))
-    out["overall"]["top5_accuracy"] = {"low": lo, "high": hi, "method": "wilson"}
+    if n_classes > TOP_K:  # as score_predictions: top-5 of TOP_K classes or fewer is 100% by construction
+        lo, hi = wilson_interval(int(top_k_hits(y, ranked, TOP_K).sum()), len(y))
+        out["overall"]["top5_accuracy"] = {"low": lo, "high": hi, "method": "wilson"}
     return out

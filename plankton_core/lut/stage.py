@@ -422,7 +422,10 @@ def _prune(
     )
     outcome.seconds["neighbour_graph"] += graph_seconds
     write_parquet(root, A.LUT_PRUNE_SWEEP, outcome.table)
-    rule_label = f"{cfg.select_by}, α={cfg.alpha:g}, recall guard {cfg.min_class_recall:g}"
+    rule_label = (
+        f"{cfg.select_by} loss ≤ {cfg.max_loss:g} at {100 * (1 - cfg.alpha):g}% one-sided, "
+        f"recall guard {cfg.min_class_recall:g}"
+    )
     root.write_bytes(
         A.LUT_PRUNE_PLOT, plot_sweep(outcome.table, outcome.chosen, outcome.baseline["accuracy"], rule_label)
     )
@@ -430,14 +433,7 @@ def _prune(
     pruned_index, meta = _write_pruned(cfg, root, x, gallery, pruned_ids, recall_queries)
     row = outcome.table.slice(outcome.chosen, 1).to_pylist()[0]
     summary = _prune_summary(cfg, outcome, row, len(x), len(pruned_ids), train, val)
-    ctx.notes.append(
-        f"pruning: T={outcome.threshold:.2f} keeps {len(pruned_ids)}/{len(x)} items; "
-        f"on val against train, {cfg.select_by} "
-        f"not significantly below unpruned (p={row['p_worse']:.3g} >= {cfg.alpha:g}) and no class loses more than "
-        f"{100 * cfg.min_class_recall:g} points of recall (largest loss {100 * row['largest_class_recall_drop']:.1f}); "
-        f"val accuracy {100 * row['val_accuracy']:.2f}% vs {100 * outcome.baseline['accuracy']:.2f}% unpruned "
-        f"→ {root.uri}/{A.LUT_PRUNE_SWEEP}"
-    )
+    ctx.notes.append(_prune_note(cfg, outcome, row, len(x), len(pruned_ids)) + f" → {root.uri}/{A.LUT_PRUNE_SWEEP}")
     ctx.metrics.gauge("lut_prune_threshold", outcome.threshold, "Chosen pruning threshold.")
     ctx.metrics.gauge("lut_pruned_gallery_items", len(pruned_ids), "Items in the pruned gallery.")
     pruned_meta = {
@@ -445,6 +441,7 @@ def _prune(
         "count": int(len(pruned_ids)),
         "fraction_kept": round(len(pruned_ids) / len(x), 6),
         "neighbour_pairs": full_graph.pairs,
+        "rule": {**outcome.rule, **_val_loss(row)},
         "sweep_seconds": {k: round(v, 3) for k, v in outcome.seconds.items()},
         **meta,
     }
@@ -459,6 +456,7 @@ def sweep_settings(cfg: LutConfig) -> SweepSettings:
         candidates=cfg.prune_candidates,
         select_by=cfg.select_by,
         alpha=cfg.alpha,
+        max_loss=cfg.max_loss,
         max_recall_drop=cfg.min_class_recall,
         draws=cfg.bootstrap,
         seed=cfg.seed,
@@ -511,15 +509,46 @@ def _prune_summary(
         "val_macro_f1_pruned": row["val_macro_f1"],
         "val_balanced_accuracy_full": outcome.baseline["balanced_accuracy"],
         "val_balanced_accuracy_pruned": row["val_balanced_accuracy"],
+        "rule": outcome.rule["rule"],
         "select_by": cfg.select_by,
-        "test": outcome.rule["test"],
+        "bound": outcome.rule["bound"],
         "alpha": cfg.alpha,
-        "val_p_worse": row["p_worse"],
+        "max_loss": cfg.max_loss,
+        **_val_loss(row),
         "min_class_recall": cfg.min_class_recall,
         "val_largest_class_recall_drop": row["largest_class_recall_drop"],
         "vote": cfg.vote,
         "sweep_seconds": round(sum(outcome.seconds.values()), 3),
     }
+
+
+def _val_loss(row: dict[str, Any]) -> dict[str, Any]:
+    """The chosen row's val loss (unpruned − pruned on --select-by) and its interval: each end a one-sided
+    1 − alpha bound, the upper one the figure the rule compared with --max-loss."""
+    return {"val_loss": row["val_loss"], "val_loss_interval": [row["val_loss_low"], row["val_loss_high"]]}
+
+
+def _prune_note(cfg: LutConfig, outcome: SweepOutcome, row: dict[str, Any], n_full: int, n_pruned: int) -> str:
+    """The run's one-line account of the chosen T: what it keeps and why the rule allowed it."""
+    level = f"{100 * (1 - cfg.alpha):g}% one-sided"
+    if row["fraction_kept"] == 1.0:
+        pruning = [r for r in outcome.table.to_pylist() if r["fraction_kept"] < 1.0]
+        closest = ""
+        if pruning:
+            best = min(pruning, key=lambda r: r["val_loss_high"])
+            closest = f"; the tightest bound, at T={best['threshold']:.2f}, is {100 * best['val_loss_high']:.1f} points"
+        return (
+            f"pruning: nothing pruned (T={outcome.threshold:.2f} keeps {n_pruned}/{n_full} items): no T that prunes "
+            f"bounds its val {cfg.select_by} loss within --max-loss {cfg.max_loss:g} ({level}, "
+            f"{outcome.rule['val_count']} val items) and keeps the class-recall guard{closest}"
+        )
+    return (
+        f"pruning: T={outcome.threshold:.2f} keeps {n_pruned}/{n_full} items; on val against train, {cfg.select_by} "
+        f"loss {100 * row['val_loss']:+.1f} points, {level} upper bound {100 * row['val_loss_high']:.1f} points <= "
+        f"--max-loss {cfg.max_loss:g}, and no class loses more than {100 * cfg.min_class_recall:g} points of "
+        f"recall (largest loss {100 * row['largest_class_recall_drop']:.1f}); val accuracy "
+        f"{100 * row['val_accuracy']:.2f}% vs {100 * outcome.baseline['accuracy']:.2f}% unpruned"
+    )
 
 
 def _recall_queries(heldout: np.ndarray, gallery: np.ndarray) -> np.ndarray:

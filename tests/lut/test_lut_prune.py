@@ -84,18 +84,20 @@ def test_greedy_order_is_deterministic_and_a_permutation():
     assert not np.array_equal(a, np.arange(50))  # not the naming order
 
 
-def test_choose_threshold_most_pruning_not_significantly_worse_and_within_the_recall_guard():
+def test_choose_threshold_most_pruning_with_the_loss_bound_within_the_margin_and_the_recall_guard():
     t = np.array([0.8, 0.85, 0.9, 0.95, 1.0])
     kept = np.array([10, 40, 60, 60, 100])
-    p = np.array([0.001, 0.20, 0.5, 0.6, 1.0])
+    high = np.array([0.30, 0.008, 0.004, 0.002, 0.0])  # one-sided upper bounds of the val loss
     drop = np.array([0.5, 0.0, 0.05, 0.0, 0.0])
-    assert t[choose_threshold(t, kept, p, drop, alpha=0.05, max_recall_drop=0.1)] == 0.85
-    assert t[choose_threshold(t, kept, p, drop, alpha=0.25, max_recall_drop=0.1)] == 0.95  # tie in size → gentler T
+    assert t[choose_threshold(t, kept, high, drop, max_loss=0.01, max_recall_drop=0.1)] == 0.85
+    assert t[choose_threshold(t, kept, high, drop, max_loss=0.005, max_recall_drop=0.1)] == 0.95  # tie → gentler T
     assert (
-        t[choose_threshold(t, kept, p, np.array([0.5, 0.2, 0.0, 0.0, 0.0]), alpha=0.05, max_recall_drop=0.1)] == 0.95
+        t[choose_threshold(t, kept, high, np.array([0.5, 0.2, 0.0, 0.0, 0.0]), max_loss=0.01, max_recall_drop=0.1)]
+        == 0.95
     )  # guard
-    assert t[choose_threshold(t, kept, p, drop, alpha=0.0001, max_recall_drop=1.0)] == 0.8
-    assert t[choose_threshold(t, kept, np.zeros(5), drop, alpha=0.05, max_recall_drop=0.1)] == 1.0  # none eligible
+    assert t[choose_threshold(t, kept, high, drop, max_loss=0.5, max_recall_drop=1.0)] == 0.8
+    with pytest.raises(ValueError, match="prunes nothing"):  # a grid without a harmless T: never a silent choice
+        choose_threshold(t[:4], kept[:4], np.full(4, 0.2), drop[:4], max_loss=0.01, max_recall_drop=0.1)
 
 
 def test_threshold_grid():
@@ -108,7 +110,7 @@ def test_sweep_rows_match_brute_force(candidates, select_by):
     """Every row of the sweep against naive pruning + brute-force kNN; candidates=k forces the re-search path."""
     from plankton_core.lut.evaluation import QuerySet
     from plankton_core.lut.prune_sweep import SweepSettings, sweep_thresholds
-    from plankton_core.lut.selection import bootstrap_metric, mcnemar_worse_p
+    from plankton_core.lut.selection import bootstrap_metric, tango_loss_bounds
     from plankton_core.scoring import classification_metrics
 
     x, labels = clustered(240, 24, 3, seed=3)
@@ -131,6 +133,7 @@ def test_sweep_rows_match_brute_force(candidates, select_by):
             candidates=candidates,
             select_by=select_by,
             alpha=0.05,
+            max_loss=0.15,
             max_recall_drop=0.2,
             draws=300,
             latency_queries=2,
@@ -157,15 +160,23 @@ def test_sweep_rows_match_brute_force(candidates, select_by):
     y, full = labels[val_idx], preds[1.0]
     for row in out.table.to_pylist():
         pred = preds[row["threshold"]]
-        if select_by == "accuracy":
-            assert row["p_worse"] == pytest.approx(mcnemar_worse_p(full == y, pred == y))
-        else:  # the paired bootstrap: share of the same 300 stratified draws where the pruned index is not worse
+        want = classification_metrics(y, full, 3)[select_by] - classification_metrics(y, pred, 3)[select_by]
+        assert row["val_loss"] == pytest.approx(0.0 if row["fraction_kept"] == 1.0 else want)
+        if row["fraction_kept"] == 1.0:  # the unpruned gallery itself: no loss to bound
+            assert (row["val_loss_low"], row["val_loss_high"]) == (0.0, 0.0)
+        elif select_by == "accuracy":  # Tango's bounds from the lost and gained val items
+            lost, gained = int(((full == y) & (pred != y)).sum()), int(((full != y) & (pred == y)).sum())
+            want_bounds = tango_loss_bounds(lost, gained, len(y), 0.05)
+            assert (row["val_loss_low"], row["val_loss_high"]) == pytest.approx(want_bounds)
+        else:  # the paired bootstrap: 5th and 95th percentiles of the loss over the same 300 stratified draws
             draws = bootstrap_metric(y, [full, pred], 3, "macro_f1", 300, 0)
-            assert row["p_worse"] == pytest.approx((1 + np.sum(draws[1] - draws[0] >= -1e-12)) / 301)
+            want_bounds = tuple(np.quantile(draws[0] - draws[1], [0.05, 0.95]))
+            assert (row["val_loss_low"], row["val_loss_high"]) == pytest.approx(want_bounds)
         recall = [((pred == c) & (y == c)).sum() / (y == c).sum() for c in range(3)]
         recall_full = [((full == c) & (y == c)).sum() / (y == c).sum() for c in range(3)]
         assert row["largest_class_recall_drop"] == pytest.approx(max(0.0, max(np.subtract(recall_full, recall))))
-        assert row["eligible"] == (row["p_worse"] >= 0.05 and row["largest_class_recall_drop"] <= 0.2 + 1e-12)
+        within = row["val_loss_high"] <= 0.15 + 1e-12
+        assert row["eligible"] == (within and row["largest_class_recall_drop"] <= 0.2 + 1e-12)
     assert out.table.column("chosen").to_pylist().count(True) == 1
     eligible = [r for r in out.table.to_pylist() if r["eligible"]]
     assert out.threshold == max(
@@ -173,6 +184,7 @@ def test_sweep_rows_match_brute_force(candidates, select_by):
     )
     assert np.array_equal(out.keep, naive_keep(x, labels, rank, out.threshold))
     assert out.table.column("fraction_kept").to_pylist()[0] < 0.9  # the data exercises pruning
+    assert out.keep.mean() < 1.0  # and the margin lets the rule choose a T that prunes
 
 
 @pytest.mark.parametrize("d", [24, 2048])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 
 import faiss
 import numpy as np
@@ -111,8 +110,9 @@ def test_build_outputs_are_aligned_and_figures_match_references(built_lut):
     assert retrieval["prune"]["threshold"] == info["pruned"]["threshold"]
     for row in retrieval["rows"]:  # every headline figure carries its 95% interval
         m, iv = row["metrics"], row["intervals"]["overall"]
-        for name in ("accuracy", "macro_f1", "balanced_accuracy", "top5_accuracy"):
+        for name in ("accuracy", "macro_f1", "balanced_accuracy"):
             assert iv[name]["low"] <= m[name] <= iv[name]["high"], (row["name"], name)
+        assert "top5_accuracy" not in m and "top5_accuracy" not in iv  # 3 classes: 100% by construction
 
     # the chosen T's effect on test: full vs pruned (top-1, the sweep's vote), by brute force
     pruned_ids = np.array(read_parquet(store, "lut/gallery_pruned.parquet").column("full_id").to_pylist())
@@ -149,11 +149,9 @@ def naive_pruned(emb, labels, keys, t):
     return out
 
 
-def mcnemar_worse(correct_full, correct):
-    """P(Bin(b + c, 1/2) >= b), b = lost, c = gained: the exact one-sided McNemar p-value, by hand."""
-    b = int((correct_full & ~correct).sum())
-    n = b + int((~correct_full & correct).sum())
-    return 1.0 if n == 0 else sum(math.comb(n, i) for i in range(b, n + 1)) / 2**n
+def no_change_bound(n: int, z: float = 1.6448536269514722) -> float:
+    """Tango's one-sided 95% upper bound of a paired accuracy loss when no item of n differs: z² / (n + z²)."""
+    return z * z / (n + z * z)
 
 
 def test_prune_sweep_choice_and_pruned_index(built_lut):
@@ -168,7 +166,10 @@ def test_prune_sweep_choice_and_pruned_index(built_lut):
         "query_latency_ms",
         "chosen",
         "val_balanced_accuracy",
-        "p_worse",
+        "val_loss",
+        "val_loss_low",
+        "val_loss_high",
+        "val_accuracy_loss_high",
         "largest_class_recall_drop",
         "recall_drop_label",
         "eligible",
@@ -200,10 +201,18 @@ def test_prune_sweep_choice_and_pruned_index(built_lut):
         kept = train[naive_pruned(emb[train], labels[train], keys[train].tolist(), r["threshold"])]
         pred = naive_predict(emb[val], src[val], emb[kept], labels[kept], src[kept], 5, "top1", 3)
         assert r["val_accuracy"] == pytest.approx(float((pred == labels[val]).mean()))
-        assert r["p_worse"] == pytest.approx(mcnemar_worse(full_pred == labels[val], pred == labels[val]))
+        if r["fraction_kept"] == 1.0:  # the unpruned train gallery: no loss, nothing to bound
+            assert (r["val_loss"], r["val_loss_low"], r["val_loss_high"]) == (0.0, 0.0, 0.0)
+        else:
+            lost = int(((full_pred == labels[val]) & (pred != labels[val])).sum())
+            gained = int(((full_pred != labels[val]) & (pred == labels[val])).sum())
+            assert r["val_loss"] == pytest.approx((lost - gained) / len(val))
+            assert r["val_loss_high"] >= r["val_loss"] >= r["val_loss_low"]
+            if lost == gained == 0:
+                assert r["val_loss_high"] == pytest.approx(no_change_bound(len(val)), abs=1e-9)
         drops = [(full_pred[labels[val] == c] == c).mean() - (pred[labels[val] == c] == c).mean() for c in range(3)]
         assert r["largest_class_recall_drop"] == pytest.approx(max(max(drops), 0.0))
-        assert r["eligible"] == (r["p_worse"] >= 0.05 and r["largest_class_recall_drop"] <= 0.10 + 1e-12)
+        assert r["eligible"] == (r["val_loss_high"] <= 0.01 + 1e-12 and r["largest_class_recall_drop"] <= 0.10 + 1e-12)
     ok = [r for r in rows if r["eligible"]]
     smallest = min(r["gallery_size"] for r in ok)
     chosen = [r for r in rows if r["chosen"]]
@@ -215,6 +224,20 @@ def test_prune_sweep_choice_and_pruned_index(built_lut):
         0.1,
         "train",
     )
+    # the rule, its margin and the chosen T's val loss with its interval, in retrieval.json and index.json
+    assert summary["max_loss"] == 0.01 and summary["bound"].startswith("Tango")
+    assert summary["val_loss"] == chosen[0]["val_loss"]
+    assert summary["val_loss_interval"] == [chosen[0]["val_loss_low"], chosen[0]["val_loss_high"]]
+    assert summary["val_loss_interval"][1] <= summary["max_loss"]
+    rule = read_json(store, LUT_INDEX_JSON)["pruned"]["rule"]
+    assert (rule["max_loss"], rule["alpha"], rule["level"], rule["select_by"]) == (0.01, 0.05, 0.95, "accuracy")
+    assert (rule["val_loss"], rule["val_loss_interval"]) == (summary["val_loss"], summary["val_loss_interval"])
+    # 18 val items cannot bound any loss within 1 point (z²/(18 + z²) = 13 points with no item changed): nothing
+    # is pruned, and the test split sees the unpruned index twice
+    assert len(val) == 18 and all(not r["eligible"] for r in rows if r["fraction_kept"] < 1.0)
+    assert chosen[0]["threshold"] == 1.0 and summary["gallery_pruned"] == summary["gallery_full"]
+    effect = read_json(store, LUT_RETRIEVAL)["prune_effect"]
+    assert effect["metrics"]["accuracy"]["difference"] == 0.0 and effect["within_interval"] is True
 
     # the written pruned LUT is the whole gallery (train + val) pruned at the chosen T
     pruned = read_parquet(store, "lut/gallery_pruned.parquet")
@@ -413,5 +436,6 @@ def test_sweep_queries_val_against_train_even_when_train_is_not_in_the_gallery(t
     info = read_json(store, "lut/index.json")
     assert info["count"] == splits.count("val") + splits.count("test")  # the written LUT: the splits asked for
     prune = read_json(store, LUT_RETRIEVAL)["prune"]
-    assert prune["select_by"] == "macro_f1" and prune["test"].startswith("paired stratified bootstrap")
+    assert prune["select_by"] == "macro_f1" and prune["bound"].startswith("paired stratified bootstrap")
+    assert prune["max_loss"] == 0.01 and len(prune["val_loss_interval"]) == 2
     assert prune["gallery_full"] == info["count"] and prune["sweep_gallery_full"] == splits.count("train")
