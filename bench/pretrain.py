@@ -3,7 +3,7 @@
 All three run as stages (`run_stage`) on one fabricated root, so loader, decode
 cache, augmentation, loop and checkpoints are each stage's own. images/s is the
 trainer's figure for the last epoch (the first epoch warms caches up). supcon
-trains on the train split only, pretrain on every kept crop; images/s is per
+trains on the train split only, pretrain on train and val crops; images/s is per
 image, so the figures compare. MoCo does one extra forward pass (the key
 encoder, no backward) and the queue matmul per step; SimCLR two forward and
 backward passes like supcon. The queue is D × K float32: its memory is printed

@@ -15,7 +15,8 @@ An `AugmentSpec` chooses the recipe and the crop mode (supcon and pretrain pass 
 - recipe `plankton` (default, the above) or `supcontrast`: SupContrast's training
   transform, i.e. RandomResizedCrop(scale=(crop_scale_min, 1)) of the crop's own pixels
   (not of the letterbox padding), horizontal flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with
-  p=0.8 and RandomGrayscale(p=0.2) (`colour.py`); no vertical flips, no rotations;
+  p=0.8 and RandomGrayscale(p=0.2) (`colour.py`); no vertical flips, no rotations (pretrain's
+  `--augment mocov2` is this transform with MoCo v2's Gaussian blur added);
 - crop mode `random` (the recipe's crop) or `localized`: crops of the context crop
   around the object box (`boxes.localized_crops`, threshold `loc_thr`).
 
@@ -36,7 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from .boxes import localized_crops, random_resized_crops
-from .colour import ColourParams, apply_colour, sample_colour
+from .colour import (
+    SUPCONTRAST_GRAYSCALE_P,
+    SUPCONTRAST_JITTER,
+    SUPCONTRAST_JITTER_P,
+    ColourParams,
+    apply_colour,
+    sample_colour,
+)
 
 RECIPES = ("plankton", "supcontrast")
 CROP_MODES = ("random", "localized")
@@ -52,6 +60,11 @@ class AugmentSpec:
     scale_min: float = 0.2  # crop area fraction lower bound (RandomResizedCrop scale)
     jitter: float = 0.2  # plankton recipe: brightness/contrast factors in [1 - jitter, 1 + jitter]
     loc_thr: float = 0.5  # localized crops: the threshold thr of the user's formulas
+    # supcontrast recipe: RandomApply([ColorJitter(*colour)], p=colour_p), RandomGrayscale(p=grey_p)
+    # (SupContrast's values; pretrain's `--augment mocov2` passes its --jitter and --grayscale)
+    colour: tuple[float, float, float, float] = SUPCONTRAST_JITTER
+    colour_p: float = SUPCONTRAST_JITTER_P
+    grey_p: float = SUPCONTRAST_GRAYSCALE_P
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -236,7 +249,7 @@ def view_params(
     n = 2 * global_batch
     base = sample_params(n, g, spec.scale_min, spec.jitter)
     u = torch.rand(n, 4 * RRC_TRIES, generator=g, dtype=torch.float64)
-    colour = sample_colour(n, g) if spec.recipe == "supcontrast" else None
+    colour = sample_colour(n, g, spec.colour, spec.colour_p, spec.grey_p) if spec.recipe == "supcontrast" else None
     geometry = geometry.double().cpu()
     image, box = geometry[:, :4], geometry[:, 4:]
     out: list[tuple[ViewParams, ColourParams | None]] = []

@@ -15,6 +15,16 @@ import numpy as np
 SelectBy = Literal["accuracy", "balanced_accuracy", "macro_f1"]
 SELECT_BY: tuple[str, ...] = get_args(SelectBy)
 
+# Top-k accuracy counts a hit when the true class is among the k best-scored. With k classes or fewer every class is,
+# so the figure is 100% by construction: it is computed (and given an interval) only with more than TOP_K classes.
+TOP_K = 5
+
+
+def reports_top_k(n_classes: int) -> bool:
+    """Whether top-5 accuracy is reported for `n_classes` classes (only with more than TOP_K: else it is 100%)."""
+    return n_classes > TOP_K
+
+
 # The 12 detection figures of pycocotools' COCOeval.stats, in its order, named as in the user's table.
 COCO_NAMES = (
     "AP",
@@ -58,7 +68,7 @@ def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, scores: np.ndarray | None = None
 ) -> dict[str, Any]:
     """Accuracy, balanced accuracy, worst class recall, macro/weighted P/R/F1, top-5 (from `scores`,
-    (N, n_classes)) and counts.
+    (N, n_classes), and only with more than TOP_K classes: `reports_top_k`) and counts.
 
     worst_class_recall: the lowest recall over the classes present in y_true (the taxon the classifier serves worst).
 
@@ -84,10 +94,8 @@ def classification_metrics(
         values = table[name][present]
         out[f"macro_{name}"] = float(values.mean()) if values.size else 0.0
         out[f"weighted_{name}"] = float((values * weights).sum())
-    if scores is not None:
-        k = min(5, scores.shape[1])
-        top = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k]
-        out["top5_accuracy"] = float((top == y_true[:, None]).any(axis=1).mean())
+    if scores is not None and reports_top_k(n_classes):
+        out["top5_accuracy"] = float(top5_hits(y_true, scores).mean())
     return out
 
 
@@ -193,9 +201,9 @@ def _batched_metrics(y: np.ndarray, p: np.ndarray, hit: np.ndarray | None, n_cla
 
 
 def top5_hits(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Per item: is the true class among the 5 best-scored (as `classification_metrics`' top-5)."""
+    """Per item: is the true class among the TOP_K best-scored (as `classification_metrics`' top-5)."""
     y_true = np.asarray(y_true, dtype=np.int64)
-    k = min(5, scores.shape[1])
+    k = min(TOP_K, scores.shape[1])
     top = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k]
     return (top == y_true[:, None]).any(axis=1)
 
@@ -242,7 +250,8 @@ def metric_intervals(
 ) -> dict[str, Any]:
     """95% intervals of every headline metric and of each class's precision, recall and F1.
 
-    Accuracy and top-5 accuracy are proportions of the test items: Wilson's interval. The averaged metrics (balanced
+    Accuracy and top-5 accuracy (only with more than TOP_K classes, as `classification_metrics`) are proportions
+    of the test items: Wilson's interval. The averaged metrics (balanced
     accuracy, macro/weighted P/R/F1) are not: a percentile bootstrap over the test items, resampled within each true
     class (stratified, so each class keeps its test count), `reps` replicates from `seed`. Per class, recall is a
     proportion of the class's test crops and precision one of the crops predicted as it: Wilson; F1 is bootstrapped.
@@ -253,7 +262,7 @@ def metric_intervals(
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     n = len(y_true)
-    hits = top5_hits(y_true, scores) if scores is not None else None
+    hits = top5_hits(y_true, scores) if scores is not None and reports_top_k(n_classes) else None
     reps_out = bootstrap_replicates(y_true, y_pred, n_classes, hits, reps, seed) if reps > 0 and n else {}
     overall: dict[str, Any] = {}
     for name in BOOTSTRAP_METRICS:

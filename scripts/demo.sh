@@ -16,7 +16,7 @@ step "crop"
 "$P" crop --root "$ROOT" --input "$IMAGES"
 step "stats"
 "$P" stats --root "$ROOT" --size 64
-step "pretrain: MoCo v2 without labels on every kept crop (short), then supcon starts from it"
+step "pretrain: MoCo v2 without labels on the train and val crops (short), then supcon starts from it"
 "$P" pretrain --root "$ROOT" --model test_resnet --size 64 --epochs 3 --batch-size 64 --queue 1024 --base-lr 0.06 --save-every 3 --device cpu
 step "supcon"
 "$P" supcon --root "$ROOT" --model test_resnet --size 64 --epochs 40 --batch-size 64 --base-lr 0.5 --save-every 10 --device cpu --init pretrain

@@ -122,3 +122,20 @@ def test_many_classes_are_bootstrapped_in_small_chunks(monkeypatch):
     out = bootstrap_replicates(y, y, 300, reps=100, seed=0)
     assert max(sizes) * 300 * 300 <= scoring.BOOTSTRAP_CHUNK_CELLS and sum(sizes) == 100
     assert out["macro_f1"].shape == (100,) and (out["macro_f1"] == 1).all()
+
+
+@pytest.mark.parametrize("n_classes", [3, 5, 6])
+def test_top5_is_reported_only_with_more_than_five_classes(n_classes):
+    """With 5 classes or fewer every class is among the 5 best: 100% by construction, so no figure and no interval."""
+    rng = np.random.default_rng(n_classes)
+    y = np.arange(120) % n_classes
+    p = np.where(rng.random(120) < 0.6, y, rng.integers(0, n_classes, 120))
+    scores = rng.random((120, n_classes))
+    m = classification_metrics(y, p, n_classes, scores=scores)
+    iv = metric_intervals(y, p, n_classes, scores=scores, reps=50, seed=0)["overall"]
+    if n_classes <= 5:
+        assert "top5_accuracy" not in m and "top5_accuracy" not in iv
+        return
+    hits = (np.argsort(-scores, axis=1)[:, :5] == y[:, None]).any(axis=1)
+    assert m["top5_accuracy"] == pytest.approx(hits.mean()) and m["top5_accuracy"] < 1
+    assert (iv["top5_accuracy"]["low"], iv["top5_accuracy"]["high"]) == wilson_interval(int(hits.sum()), 120)

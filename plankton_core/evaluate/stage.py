@@ -13,6 +13,9 @@ per_class.parquet carries interval columns, and metrics.json lists the classes
 that have no test crops (too few source images, kept in train by stats) with
 their counts. Beside the sweep's choice, the choice each other `--select-by`
 rule made on val is scored on test too (`selections` in metrics.json).
+A backbone that descends from a pretrain run which saw the test split's
+images (`pretrain --include-test`) is flagged: `pretrain_saw_test` and a note
+in metrics.json, a warning in the report (`pretrain_exposure`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from ..artifacts import (
     EVAL_METRICS,
     EVAL_PER_CLASS,
     EVAL_PREDICTIONS,
+    PRETRAIN_CKPT,
+    PRETRAIN_RUN,
     SWEEP_SELECTION,
 )
 from ..data import ImageCache, load_splits
@@ -61,6 +66,7 @@ class EvalPlan:
     labels: np.ndarray
     alternatives: dict[str, Alternative]
     not_in_test: list[dict[str, Any]]
+    pretrain: dict[str, Any] = field(default_factory=dict)  # pretrain_exposure's fields for metrics.json
 
 
 @dataclass
@@ -133,7 +139,41 @@ def check(cfg: EvaluateConfig, ctx: StageContext) -> EvalPlan:
     labels = np.array([index[c] for c in names], dtype=np.int64)
     plan = EvalPlan(selection, embedder, epoch, weight, bias, classes, test, labels, {}, classes_not_in_test(splits))
     plan.alternatives = _alternatives(store, selection, plan)
+    plan.pretrain = pretrain_exposure(store, ckpt_key, embedder.config)
     return plan
+
+
+def pretrain_exposure(store: Store, ckpt_key: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Whether the evaluated backbone descends from a pretrain run that saw the test split's images.
+
+    Read from what is stored, not from the pretrain package: a pretrain checkpoint (linear-sweep --source
+    pretrain) records its own config; a supcon one started from pretrain (--init pretrain) records that run's
+    digest, matched against pretrain's run.json. Returns metrics.json's `pretrain_saw_test` (True, False, or None
+    when it cannot tell), with `pretrain_test_images` and a `pretrain_test_note` unless False.
+    """
+    if ckpt_key.startswith(PRETRAIN_CKPT + "/"):
+        record, source = config, f"checkpoint {ckpt_key}"
+    elif config.get("pretrain_digest"):
+        run = read_json(store, PRETRAIN_RUN) if store.exists(PRETRAIN_RUN) else {}
+        if run.get("digest") != config["pretrain_digest"]:
+            return {
+                "pretrain_saw_test": None,
+                "pretrain_test_note": f"the backbone started from a pretrain run that {PRETRAIN_RUN} no longer "
+                "records (pretrain ran again since): whether it saw the test images is unknown",
+            }
+        record, source = {**run.get("config", {}), **run.get("counts", {})}, PRETRAIN_RUN
+    else:
+        return {"pretrain_saw_test": False}
+    seen = record.get("test_images_seen")
+    if not (seen if seen is not None else record.get("include_test")):
+        return {"pretrain_saw_test": False}
+    return {
+        "pretrain_saw_test": True,
+        "pretrain_test_images": seen,
+        "pretrain_test_note": f"the backbone descends from a pretrain run with --include-test ({source}): its "
+        f"self-supervised features were learned on {seen if seen is not None else 'the'} test-split images too, so "
+        "these test figures are optimistic; pretrain without --include-test for an unbiased estimate",
+    }
 
 
 def classes_not_in_test(splits: pa.Table) -> list[dict[str, Any]]:
@@ -286,6 +326,7 @@ def _record(plan: EvalPlan, intervals: dict[str, Any], table: dict[str, Any]) ->
             "per_class": {c: int(n) for c, n in zip(plan.classes, table["support"])},
         },
         "classes_not_in_test": plan.not_in_test,
+        **plan.pretrain,
         "checkpoint": sel["checkpoint"],
         "checkpoint_key": sel["checkpoint_key"],
         "head_key": sel["head_key"],
@@ -367,6 +408,8 @@ def _notes(ctx: StageContext, plan: EvalPlan, metrics: dict[str, Any], report: d
             else ""
         )
     )
+    if plan.pretrain.get("pretrain_test_note"):
+        ctx.notes.append(f"warning: {plan.pretrain['pretrain_test_note']}")
     if plan.not_in_test:
         ctx.notes.append(
             f"{len(plan.not_in_test)} class(es) have no test crops (kept in train by stats): "

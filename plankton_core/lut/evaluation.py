@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..scoring import classification_metrics
+from ..scoring import TOP_K, classification_metrics, reports_top_k
 from .retrieval import Neighbours, Searcher, ranked_classes, search_excluding, top_k_hits, vote
 
 
@@ -29,9 +29,6 @@ def neighbour_labels(nb: Neighbours, gallery_labels: np.ndarray, id_map: np.ndar
     return np.where(ids >= 0, gallery_labels[np.maximum(ids, 0)], -1)
 
 
-TOP_K = 5  # the report's "top-5 accuracy"
-
-
 def score_predictions(
     y_true: np.ndarray, pred: np.ndarray, n_classes: int, ranked: np.ndarray | None = None
 ) -> dict[str, Any]:
@@ -41,7 +38,9 @@ def score_predictions(
     when the true class is among the 5 best-scored classes found among the
     neighbours. Classes no neighbour voted for are never ranked, so they can
     never fill the list (scikit-learn's top_k_accuracy_score, like an
-    argpartition over class scores, would count tied absent classes).
+    argpartition over class scores, would count tied absent classes). As in
+    `classification_metrics`, it is left out with TOP_K classes or fewer
+    (`scoring.reports_top_k`).
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     pred = np.asarray(pred, dtype=np.int64)
@@ -49,8 +48,8 @@ def score_predictions(
         out = classification_metrics(y_true, np.where(pred < 0, n_classes, pred), n_classes + 1)
     else:
         out = classification_metrics(y_true, pred, n_classes)
-    if ranked is not None:
-        out["top5_accuracy"] = float(top_k_hits(y_true, ranked, min(TOP_K, n_classes)).mean()) if len(y_true) else 0.0
+    if ranked is not None and reports_top_k(n_classes):
+        out["top5_accuracy"] = float(top_k_hits(y_true, ranked, TOP_K).mean()) if len(y_true) else 0.0
     return out
 
 

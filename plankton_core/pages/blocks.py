@@ -56,7 +56,8 @@ class Gallery:
     thumbs: list[Thumb]
 
 
-Block = tuple  # ("h1"|"h2"|"p", text) | ("table", Table) | ("img", Image) | ("gallery", Gallery)
+Block = tuple  # ("h1"|"h2"|"p"|"warning", text) | ("table", Table) | ("img", Image) | ("gallery", Gallery)
+WARNING = "Warning: "  # how a ("warning", text) block starts, in HTML and Markdown
 
 
 def _md_cell(text: str) -> str:
@@ -74,6 +75,8 @@ def render_markdown(blocks: Sequence[Block], prefix: str) -> str:
             out += [f"## {block[1]}", ""]
         elif kind == "p":
             out += [block[1], ""]
+        elif kind == "warning":
+            out += [f"> **{WARNING.strip()}** {block[1]}", ""]
         elif kind == "img":
             out += [f"![{block[1].alt}]({posixpath.relpath(block[1].key, prefix)})", ""]
         elif kind == "gallery":
@@ -108,6 +111,7 @@ img{max-width:100%;height:auto;border:1px solid #eee}
 .strip img{width:auto;height:auto;max-width:104px;max-height:104px;border:3px solid #bbb}
 .strip .right img{border-color:#3a3}.strip .wrong img{border-color:#c33}.strip .query img{border-color:#36c}
 .omitted{color:#a60;font-style:italic}
+.warning{border-left:4px solid #c60;background:#fff4e5;padding:.5em .8em;font-weight:bold}
 """
 
 
@@ -183,6 +187,8 @@ def render_html(blocks: Sequence[Block], include: set[int] | None = None, max_by
         kind = block[0]
         if kind in ("h1", "h2", "p"):
             out.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
+        elif kind == "warning":
+            out.append(f'<p class="warning">{html.escape(WARNING + block[1])}</p>')
         elif kind == "img":
             img: Image = block[1]
             out.append(_picture_html(img) if include is None or id(img) in include else _omitted(1, max_bytes))

@@ -37,6 +37,7 @@ from ..artifacts import (
     SWEEP_SELECTION,
     SWEEP_TABLE,
 )
+from ..scoring import reports_top_k
 from ..stage import RUN_JSON, SUCCESS
 from ..store import Store, join
 from ..tables import read_json, read_parquet
@@ -133,21 +134,27 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     rows = [
         [label, pct(metrics[key]), ci(iv.get(key)) or "–", str(iv.get(key, {}).get("method", "–"))]
         for key, label in names
-        if key in metrics
+        if key in metrics and (key != "top5_accuracy" or top5_applies(metrics))
     ]
     rows.append(["Test crops", str(metrics.get("count", "–")), "", ""])
     rows.append(["Classes", str(metrics.get("n_classes", "–")), "", ""])
     return Table(["Metric", "Value", "95% interval", "Interval"], rows)
 
 
+def top5_applies(metrics: dict[str, Any]) -> bool:
+    """Whether the class count gives top-5 accuracy a meaning (more than 5 classes; a count not recorded: yes)."""
+    n = metrics.get("n_classes")
+    return not isinstance(n, int) or reports_top_k(n)
+
+
 def interval_note(metrics: dict[str, Any]) -> str:
     """One sentence saying how the intervals were made."""
     boot = metrics.get("bootstrap") or {}
     reps = boot.get("reps", 0)
-    text = (
-        "95% intervals: Wilson's score interval for proportions "
-        "(accuracy, top-5 accuracy; per class: recall and precision)"
-    )
+    top5 = ", top-5 accuracy" if "top5_accuracy" in metrics and top5_applies(metrics) else ""
+    text = f"95% intervals: Wilson's score interval for proportions (accuracy{top5}; per class: recall and precision)"
+    if not top5_applies(metrics):
+        text = f"Top-5 accuracy is left out: with {metrics['n_classes']} classes it is 100% by construction. " + text
     if reps:
         text += (
             f"; a percentile bootstrap over the test crops, resampled within each true class, {reps} resamples, "
@@ -250,32 +257,25 @@ def retrieval_blocks(store: Store) -> list[Block]:
             "precision, recall and F1 are macro averages.",
         ),
     ]
+    items = data.get("rows", [])
+    # top-5 only where lut reported it (more than 5 classes: with fewer it is 100% by construction)
+    top5 = any("top5_accuracy" in (item.get("metrics") or {}) for item in items)
+    keys = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "balanced_accuracy"] + (
+        ["top5_accuracy"] if top5 else []
+    )
     rows = []
-    for item in data.get("rows", []):
+    for item in items:
         m = item.get("metrics", {})
         iv = (item.get("intervals") or {}).get("overall", {})
-        rows.append(
-            [str(item.get("name", ""))]
-            + [
-                pct_ci(m.get(k), iv.get(k))
-                for k in (
-                    "accuracy",
-                    "macro_precision",
-                    "macro_recall",
-                    "macro_f1",
-                    "balanced_accuracy",
-                    "top5_accuracy",
-                )
-            ]
-        )
+        rows.append([str(item.get("name", ""))] + [pct_ci(m.get(k), iv.get(k)) for k in keys])
     if rows:
-        headers = ["Index / vote", "Accuracy", "Precision", "Recall", "F1 Score", "Balanced accuracy", "Top-5 accuracy"]
-        blocks.append(("table", Table(headers, rows)))
+        headers = ["Index / vote", "Accuracy", "Precision", "Recall", "F1 Score", "Balanced accuracy"]
+        blocks.append(("table", Table(headers + (["Top-5 accuracy"] if top5 else []), rows)))
         blocks.append(
             (
                 "p",
                 "Test split; 95% intervals in brackets "
-                "(Wilson for accuracy and top-5, stratified bootstrap for the averaged metrics).",
+                f"(Wilson for accuracy{' and top-5' if top5 else ''}, stratified bootstrap for the averaged metrics).",
             )
         )
     effect = data.get("prune_effect")
@@ -373,8 +373,10 @@ def results_blocks(metrics: dict[str, Any] | None) -> list[Block]:
     classes not tested."""
     if not metrics:
         return [("p", "No test results yet: run `plankton evaluate`.")]
-    blocks: list[Block] = [
-        ("h2", "Test results"),
+    blocks: list[Block] = [("h2", "Test results")]
+    if metrics.get("pretrain_test_note"):  # evaluate: the backbone's pretraining saw the test images (or may have)
+        blocks.append(("warning", str(metrics["pretrain_test_note"])))
+    blocks += [
         (
             "p",
             f"Backbone {metrics.get('model')} checkpoint {metrics.get('checkpoint')} with its linear head, "

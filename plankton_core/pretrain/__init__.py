@@ -1,4 +1,4 @@
-"""The pretrain stage: self-supervised MoCo v2 or SimCLR on every crop, labelled or not (body in stage.py)."""
+"""The pretrain stage: self-supervised MoCo v2 or SimCLR on the kept crops but the test split's (body in stage.py)."""
 
 from ..stage import Stage, register
 from .config import PretrainConfig
@@ -12,8 +12,8 @@ STAGE = register(
         check="plankton_core.pretrain.stage:check",
         fingerprint="plankton_core.pretrain.stage:fingerprint",
         upstream=("stats",),
-        help="Pretrain a backbone without labels (MoCo v2 or SimCLR) on every kept crop and --unlabeled images "
-        "(resumable; exit 75 on SIGTERM after saving).",
+        help="Pretrain a backbone without labels (MoCo v2 or SimCLR) on the kept crops (the test split's only with "
+        "--include-test) and --unlabeled images (resumable; exit 75 on SIGTERM after saving).",
         epilog="\b\n"
         "Start supcon from it with `plankton supcon --init pretrain`; probe it with `plankton linear-sweep --source "
         "pretrain`.\n"

@@ -17,6 +17,7 @@ one GPU in MoCo's own code.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -92,7 +93,7 @@ class MoCoStep:
     """`loss_fn` of train_one_epoch for MoCo v2: queries with gradient, keys by momentum, InfoNCE against the
     queue, enqueue."""
 
-    views: object  # callable (images, epoch, step) -> (2b, 3, S, S): view 0 rows then view 1 rows
+    views: Callable[..., torch.Tensor]  # (images, epoch, step, geometry) -> (2b, 3, S, S): view 0 rows, then view 1
     keys: MoCoKeys
     query: SupConModel  # the unwrapped query network (the momentum update reads its parameters)
     dist: DistInfo
@@ -104,7 +105,11 @@ class MoCoStep:
     device: torch.device
 
     def __call__(self, model: nn.Module, batch) -> torch.Tensor:  # noqa: ANN001 - a training.loader.Batch
-        x = batch.views if batch.views is not None else self.views(batch.images, batch.epoch, batch.step)  # type: ignore[operator]
+        x = (
+            batch.views
+            if batch.views is not None
+            else self.views(batch.images, batch.epoch, batch.step, batch.geometry)
+        )
         b = len(batch.images)
         im_q, im_k = x[:b], x[b:]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):

@@ -1,19 +1,21 @@
-"""The pretrain stage body: self-supervised MoCo v2 or SimCLR on every crop, labelled or not.
+"""The pretrain stage body: self-supervised MoCo v2 or SimCLR on the crops, labelled or not.
 
-Input: every crop the crop stage kept (its manifest, through artifacts; with
-`--no-include-test` without the test split's), plus the images under
-`--unlabeled URI`. With `--crop` those go through the crop stage first: the
-crop stage runs, under the contract, on a root of its own under
+Input: every crop the crop stage kept (its manifest, through artifacts) but the
+test split's (`--include-test` adds them: run.json's `test_images_seen` counts
+them, and evaluate flags the test figures of a backbone that saw them), plus
+the images under `--unlabeled URI`. With `--crop` those go through the crop
+stage first: the crop stage runs, under the contract, on a root of its own under
 pretrain/unlabeled/ with the settings the main crop stage recorded (so they
 are segmented like the labelled ones), and its kept crops are added.
 
 The rest is the supcon contract, reused: `plankton_core.training` (Trainer,
 train_one_epoch, warmup_cosine, checkpoints under pretrain/ckpt/, `--resume
 auto`, SIGTERM → 75, NaN → 2, metrics.jsonl and gauges), the decode cache and
-the batched views (`plankton_core.augment`), DDP under torchrun. A checkpoint
-holds the query network as `model` and `head` (what supcon `--init pretrain`,
-linear-sweep `--source pretrain`, evaluate and lut read) and, for MoCo, the key
-encoder and the queue under `moco`, so a resume is exact.
+the batched views (`plankton_core.augment`; `--augment` in pretrain/augment.py),
+DDP under torchrun. A checkpoint holds the query network as `model` and `head`
+(what supcon `--init pretrain`, linear-sweep `--source pretrain`, evaluate and
+lut read) and, for MoCo, the key encoder and the queue under `moco`, so a
+resume is exact.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ..errors import BadInputError
 from ..imageio import is_image_key
 from ..losses import supcon_loss
 from ..models import SupConModel, create_model
-from ..stage import StageContext, get_stage, run_stage
+from ..stage import StageContext, content_fingerprint, get_stage, run_stage
 from ..store import Store, open_store
 from ..tables import read_json, read_parquet
 from ..training import (
@@ -72,6 +74,7 @@ class PretrainPlan:
     mean: list[float]
     std: list[float]
     crop_keys: list[str]  # kept crops of the crop stage (keys under the root)
+    test_images: int  # how many of them are test-split crops (0 unless --include-test)
     unlabeled: Store | None
     unlabeled_keys: list[str]  # without --crop: image keys under --unlabeled
     unlabeled_fingerprint: dict[str, Any] | None
@@ -107,7 +110,10 @@ def unlabeled_input(cfg: PretrainConfig, ctx: StageContext) -> tuple[Store | Non
             f"--crop reads --unlabeled {store.uri} as the crop stage reads its input: "
             "put the images in sub-folders (<folder>/<image>)"
         )
-    return store, keys, {"uri": store.uri, "files": len(keys), "listing_sha256": digest.hexdigest()[:16]}
+    fingerprint = {"uri": store.uri, "files": len(keys), "listing_sha256": digest.hexdigest()[:16]}
+    if cfg.fingerprint == "content":  # each file's bytes too, not only its name and size
+        fingerprint["content_sha256"] = content_fingerprint(store, keys)
+    return store, keys, fingerprint
 
 
 def check(cfg: PretrainConfig, ctx: StageContext) -> PretrainPlan:
@@ -122,9 +128,10 @@ def check(cfg: PretrainConfig, ctx: StageContext) -> PretrainPlan:
         raise BadInputError(f"no {root.uri}/{CROP_MANIFEST}; rerun `plankton crop`")
     kept = manifest.filter(pc.equal(manifest.column("status"), "kept"))
     crop_keys = [str(k) for k in kept.column("crop_key").to_pylist() if k]
+    test = set(str(k) for k in load_splits(root, "test").column("crop_key").to_pylist())
     if not cfg.include_test:
-        test = set(str(k) for k in load_splits(root, "test").column("crop_key").to_pylist())
         crop_keys = [k for k in crop_keys if k not in test]
+    test_images = sum(k in test for k in crop_keys)
     unlabeled, unlabeled_keys, fingerprint = unlabeled_input(cfg, ctx)
     if cfg.batch_size % world:
         raise BadInputError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
@@ -145,7 +152,17 @@ def check(cfg: PretrainConfig, ctx: StageContext) -> PretrainPlan:
     trajectory = TRAJECTORY_FIELDS + ("stats_digest", "crop_digest", "unlabeled_listing")
     resume = choose_resume(root, PRETRAIN_CKPT, cfg.resume, resolved, trajectory, ctx.s3_endpoint)
     return PretrainPlan(
-        device, size, list(mean), list(std), crop_keys, unlabeled, unlabeled_keys, fingerprint, resolved, resume
+        device,
+        size,
+        list(mean),
+        list(std),
+        crop_keys,
+        test_images,
+        unlabeled,
+        unlabeled_keys,
+        fingerprint,
+        resolved,
+        resume,
     )
 
 
@@ -158,7 +175,7 @@ def crop_unlabeled(cfg: PretrainConfig, ctx: StageContext) -> list[str]:
     """`--crop`: the crop stage, under the contract, on pretrain/unlabeled/; its kept crops as keys under the root."""
     crop = get_stage("crop")
     recorded = read_json(ctx.root, CROP_RUN).get("config") if ctx.root.exists(CROP_RUN) else None
-    crop_cfg: Any = replace(from_recorded(crop.config, recorded), input=cfg.unlabeled)
+    crop_cfg: Any = replace(from_recorded(crop.config, recorded), input=cfg.unlabeled, fingerprint=cfg.fingerprint)
     sub = ctx.root.child(PRETRAIN_UNLABELED)
     result = run_stage(crop, crop_cfg, sub, force=ctx.force, s3_endpoint=ctx.s3_endpoint, rank=0)
     ctx.notes.append(f"--unlabeled cropped into {result.uri}" + (" (up to date)" if result.up_to_date else ""))
@@ -188,10 +205,22 @@ class RootAndUnlabeled:
         return self.root.read_bytes(key)
 
 
-def decode_cache(reader: RootAndUnlabeled, keys: list[str], size: int, dist: DistInfo) -> ImageCache:
-    """The uint8 decode cache: the first process of each node fills it, the others open it."""
+def decode_cache(
+    reader: RootAndUnlabeled, keys: list[str], size: int, dist: DistInfo, geometry: bool = False
+) -> ImageCache:
+    """The uint8 decode cache: the first process of each node fills it, the others open it; with `geometry`, each
+    image's pixel rectangle too (`--augment mocov2` crops the image's own pixels)."""
     store = cast(Store, reader)
-    return node_first(dist, lambda: ImageCache.build(store, keys, size))
+    return node_first(dist, lambda: ImageCache.build(store, keys, size, geometry=geometry))
+
+
+def note_test_images(ctx: StageContext, plan: PretrainPlan) -> None:
+    """Say when the test split's crops are among the images pretrained on (`--include-test`)."""
+    if plan.test_images:
+        ctx.notes.append(
+            f"--include-test: pretraining on {plan.test_images} test-split crops (without labels); test figures of "
+            "a backbone from this run are optimistic (evaluate and the report say so)"
+        )
 
 
 def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
@@ -201,7 +230,9 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
     with training_process(device, cfg.deterministic) as (dist, stop):
         keys, extra_keys = pretrain_keys(cfg, ctx, plan, dist)
         resolved = resolve_run(cfg, plan, keys, extra_keys)
-        cache = decode_cache(RootAndUnlabeled(ctx.root, plan.unlabeled), keys, plan.size, dist)
+        cache = decode_cache(
+            RootAndUnlabeled(ctx.root, plan.unlabeled), keys, plan.size, dist, geometry=cfg.augment == "mocov2"
+        )
         run = TrainingRun(
             stage="pretrain",
             ckpt_prefix=PRETRAIN_CKPT,
@@ -234,6 +265,7 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
         loss_fn = step_loss(cfg, views, keys_state, net, dist, device)
         if dist.is_main:
             log_start(cfg, plan, keys, extra_keys, keys_state, dist, run.steps_per_epoch, device)
+            note_test_images(ctx, plan)
         counts = trainer.fit(
             epoch_runner(
                 model,
@@ -253,6 +285,7 @@ def body(cfg: PretrainConfig, ctx: StageContext) -> dict[str, Any]:
         "method": cfg.method,
         "train_images": len(keys),
         "labelled_crops": len(plan.crop_keys),
+        "test_images_seen": plan.test_images,
         "unlabeled_images": len(extra_keys),
         **({"queue_bytes": keys_state.queue_bytes} if keys_state is not None else {}),
     }
@@ -284,6 +317,7 @@ def resolve_run(cfg: PretrainConfig, plan: PretrainPlan, keys: list[str], extra_
     resolved = plan.resolved | {
         "train_images": len(keys),
         "labelled_crops": len(plan.crop_keys),
+        "test_images_seen": plan.test_images,
         "unlabeled_images": len(extra_keys),
     }
     resolved["steps_per_epoch"] = steps_per_epoch
@@ -339,6 +373,7 @@ def batch_pipeline(
         dist.world,
         prefetch=cfg.workers,
         pin_memory=cuda,
+        geometry=cache.geometry,
     )
     b = loader.local_batch
     views = V2Views(
@@ -353,6 +388,7 @@ def batch_pipeline(
         plan.mean,
         plan.std,
         plan.device,
+        recipe=cfg.augment,
     )
     if not cuda and cfg.workers > 0:
         loader.transform = partial(with_views, views=views)
@@ -414,7 +450,7 @@ def build_model(cfg: PretrainConfig, ctx: StageContext, fresh: bool) -> SupConMo
 
 
 def with_views(batch: Batch, views: V2Views) -> Batch:
-    batch.views = views(batch.images, batch.epoch, batch.step)
+    batch.views = views(batch.images, batch.epoch, batch.step, batch.geometry)
     return batch
 
 
@@ -430,7 +466,11 @@ class SimCLRStep:
     device: torch.device
 
     def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        x = batch.views if batch.views is not None else self.views(batch.images, batch.epoch, batch.step)
+        x = (
+            batch.views
+            if batch.views is not None
+            else self.views(batch.images, batch.epoch, batch.step, batch.geometry)
+        )
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             z = model(x)
         z = torch.stack(z.float().split(len(batch.images)), dim=1)  # (b, 2 views, dim)

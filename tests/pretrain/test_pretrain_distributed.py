@@ -26,11 +26,11 @@ OPTIONS = dict(model="test_efficientnet_gn", epochs=2, batch_size=12, queue=48, 
 def test_two_processes_fill_the_queue_like_one(tmp_path):
     one = make_stats_root(str(tmp_path / "one"), per_class=12)
     make_stats_root(str(tmp_path / "two"), per_class=12)
-    run_stage("pretrain", small_cfg(**OPTIONS), one)
+    run_stage("pretrain", small_cfg(**OPTIONS, include_test=True), one)  # all 36 crops: 3 steps per epoch
 
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
-    args = cli_args(str(tmp_path / "two"), **OPTIONS) + ["--deterministic"]
+    args = cli_args(str(tmp_path / "two"), **OPTIONS) + ["--deterministic", "--include-test"]
     cmd = [
         sys.executable,
         "-m",
