@@ -26,6 +26,10 @@ from .store import Store
 from .tables import write_parquet
 
 GROUND_TRUTH_KEY = "ground_truth.parquet"
+# vignette cases: bench-top cuts (FlowCam, IFCB, ZooScan) and in-situ ones (UVP, ISIIS: a small object in wide
+# margins, with specks beside it or a glow around it)
+VIGNETTE_CASES = ("padded", "tight", "border", "filled", "translucent", "chain", "specks", "halo", "small")
+IN_SITU_CASES = ("specks", "halo", "small")
 # how a frame is written: (file suffix, encoder); "png" is the default, the others give format coverage
 FORMATS = ("png", "png16", "tiff", "tiff16", "jpeg", "rgb", "rgba", "la", "1bit")
 INSIDE_GAP = 4  # whole objects keep at least this many background pixels to the frame border
@@ -53,6 +57,10 @@ class SynthConfig:
     cut_fraction: float = option(0.15, "Objects placed cut by the frame border.")
     noise: float = option(6, "Gaussian noise sigma, grey levels.")
     formats: tuple[str, ...] = option(("png",), f"Comma-separated encodings frames cycle through: {','.join(FORMATS)}.")
+    cases: tuple[str, ...] = option(
+        VIGNETTE_CASES,
+        "Vignettes: comma-separated cases to cycle through (specks, halo, small: in-situ ones, UVP-like).",
+    )
 
     def validate(self) -> None:
         if not 1 <= self.classes <= len(SHAPES):
@@ -68,6 +76,11 @@ class SynthConfig:
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise BadInputError(f"unknown format(s) {', '.join(bad) or '(none)'}: use {', '.join(FORMATS)}")
+        bad = [c for c in self.cases if c not in VIGNETTE_CASES]
+        if bad or not self.cases:
+            raise BadInputError(
+                f"unknown vignette case(s) {', '.join(bad) or '(none)'}: use {', '.join(VIGNETTE_CASES)}"
+            )
 
 
 # --- shapes: each maps local coordinates (u along the long axis, v across; radius r) to a mask ---------------
@@ -323,7 +336,6 @@ def generate(out: Store, cfg: SynthConfig) -> dict[str, int]:
 
 # --- vignettes: one object per image, as FlowCam, IFCB, UVP and ZooScan cut them ----------------------------
 
-VIGNETTE_CASES = ("padded", "tight", "border", "filled", "translucent", "chain")
 VIGNETTE_MAX = 400  # pixels: the largest vignette side
 VIGNETTE_SCHEMA = pa.schema(
     [
@@ -357,18 +369,19 @@ def _chain_of(shape: str, radius: float, rng: np.random.Generator) -> np.ndarray
     return np.rot90(out, int(rng.integers(4)))
 
 
-def render_vignette(
-    shape: str, case: str, rng: np.random.Generator, dark: bool, noise: float
-) -> tuple[np.ndarray, dict]:
-    """One uint8 vignette of `case` and its object's ground truth: box (ends exclusive), touches_border."""
-    if dark:
-        background, contrast = rng.uniform(4, 30), rng.uniform(70, 220)
-    else:
-        background, contrast = rng.uniform(180, 235), -rng.uniform(60, 160)
+SPECK_GAP = 8  # pixels: specks lie at least this far from the object (beside it, beyond --merge-gap and the blur)
+
+
+def _vignette_object(shape: str, case: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(the object's mask, its brightness weight 0-1 on the same grid) for one vignette case."""
     if case == "translucent":
         radius = rng.uniform(70, 180)
     elif case == "chain":
         radius = rng.uniform(8, 40)
+    elif case == "small":
+        radius = rng.uniform(5, 12)
+    elif case in IN_SITU_CASES:
+        radius = float(np.exp(rng.uniform(np.log(8), np.log(60))))
     else:
         radius = float(np.exp(rng.uniform(np.log(15), np.log(150))))
     mask = _chain_of(shape, radius, rng) if case == "chain" else object_mask(shape, radius, rng)
@@ -379,28 +392,63 @@ def render_vignette(
         rim = 0.3 + 0.7 * np.abs(np.sin(rng.integers(2, 5) * theta + rng.uniform(0, np.pi)))  # faint in places
         granules = ndimage.gaussian_filter(rng.random(mask.shape).astype(np.float32), 2.0)
         granules = (granules > np.quantile(granules, 0.9)) * rng.uniform(0.3, 0.5)  # scattered inner bodies
-        weight = np.where(inside, rng.uniform(0.08, 0.15) + granules, rim) * mask
-    else:
-        weight = mask.astype(np.float32)
-    h, w = mask.shape
+        return mask, np.where(inside, rng.uniform(0.08, 0.15) + granules, rim) * mask
+    if case == "halo":  # light scattered around the object (in-situ imagers): a faint glow fading over a few pixels
+        sigma = rng.uniform(1.5, 4.0)
+        mask = np.pad(mask, int(np.ceil(3 * sigma)))
+        glow = ndimage.gaussian_filter(mask.astype(np.float32), sigma) * rng.uniform(0.25, 0.5)
+        return mask, np.where(mask, 1.0, glow).astype(np.float32)
+    return mask, mask.astype(np.float32)
+
+
+def _vignette_margins(case: str, h: int, w: int, rng: np.random.Generator) -> list[int]:
+    """Background pixels (top, bottom, left, right) around an h × w object; negative ones cut it."""
     if case in ("padded", "translucent", "chain"):
-        top, bottom, left, right = (int(round(f * max(h, w))) + 2 for f in rng.uniform(0.05, 0.3, 4))
-    elif case == "tight":
-        top, bottom, left, right = (int(v) for v in rng.integers(0, 3, 4))
-    elif case == "border":  # cut by one or two borders
-        top, bottom, left, right = (int(v) for v in rng.integers(1, 6, 4))
+        return [int(round(f * max(h, w))) + 2 for f in rng.uniform(0.05, 0.3, 4)]
+    if case in IN_SITU_CASES:  # wide margins: the object's box covers a few percent to a third of the image
+        margins = [
+            int(round(f * max(h, w))) + 2 for f in rng.uniform(*((1.0, 3.0) if case == "small" else (0.3, 1.5)), 4)
+        ]
+        if case == "specks" and rng.random() < 0.25:  # now and then the object reaches the vignette's edge
+            margins[int(rng.integers(4))] = int(rng.integers(0, 3))
+        return margins
+    if case == "tight":
+        return [int(v) for v in rng.integers(0, 3, 4)]
+    if case == "border":  # cut by one or two borders
+        margins = [int(v) for v in rng.integers(1, 6, 4)]
         for side in rng.choice(4, size=int(rng.integers(1, 3)), replace=False):
-            cut = -int((h if side < 2 else w) * rng.uniform(0.1, 0.3))
-            if side == 0:
-                top = cut
-            elif side == 1:
-                bottom = cut
-            elif side == 2:
-                left = cut
-            else:
-                right = cut
-    else:  # filled: the image is the middle of an object larger than it
-        top, bottom, left, right = (-int(round(f * max(h, w))) for f in rng.uniform(0.0, 0.15, 4))
+            margins[side] = -int((h if side < 2 else w) * rng.uniform(0.1, 0.3))
+        return margins
+    # filled: the image is the middle of an object larger than it
+    return [-int(round(f * max(h, w))) for f in rng.uniform(0.0, 0.15, 4)]
+
+
+def _add_specks(canvas: np.ndarray, obj: np.ndarray, case: str, rng: np.random.Generator) -> None:
+    """Small particles (marine snow, debris) beside the object, at least SPECK_GAP pixels from it, in place."""
+    n = int(rng.integers(2, 11)) if case == "specks" else int(rng.integers(0, 4))
+    free = np.flatnonzero(ndimage.distance_transform_edt(~obj) >= SPECK_GAP)
+    if n == 0 or free.size == 0:
+        return
+    yy, xx = np.mgrid[-3:4, -3:4]
+    for at in rng.choice(free, size=min(n, free.size), replace=False):
+        y, x = divmod(int(at), canvas.shape[1])
+        disc = yy**2 + xx**2 <= rng.uniform(0.5, 1.2 if case == "small" else 2.0) ** 2
+        ys, xs = yy[disc] + y, xx[disc] + x
+        inside = (ys >= 0) & (ys < canvas.shape[0]) & (xs >= 0) & (xs < canvas.shape[1])
+        canvas[ys[inside], xs[inside]] = np.maximum(canvas[ys[inside], xs[inside]], rng.uniform(0.3, 1.0))
+
+
+def render_vignette(
+    shape: str, case: str, rng: np.random.Generator, dark: bool, noise: float
+) -> tuple[np.ndarray, dict]:
+    """One uint8 vignette of `case` and its object's ground truth: box (ends exclusive), touches_border."""
+    if dark:
+        background, contrast = rng.uniform(4, 30), rng.uniform(70, 220)
+    else:
+        background, contrast = rng.uniform(180, 235), -rng.uniform(60, 160)
+    mask, weight = _vignette_object(shape, case, rng)
+    h, w = mask.shape
+    top, bottom, left, right = _vignette_margins(case, h, w, rng)
     if h + top + bottom > VIGNETTE_MAX:  # too large: less padding
         top = bottom = max(0, (VIGNETTE_MAX - h) // 2)
     if w + left + right > VIGNETTE_MAX:
@@ -414,6 +462,10 @@ def render_vignette(
     ys0, xs0 = max(oy, 0), max(ox, 0)
     ys1, xs1 = min(oy + h, big.shape[0]), min(ox + w, big.shape[1])
     big[ys0:ys1, xs0:xs1] = weight[ys0 - oy : ys1 - oy, xs0 - ox : xs1 - ox] * rng.uniform(0.75, 1.0)
+    if case in IN_SITU_CASES:
+        placed = np.zeros(big.shape, dtype=bool)
+        placed[ys0:ys1, xs0:xs1] = mask[ys0 - oy : ys1 - oy, xs0 - ox : xs1 - ox]
+        _add_specks(big[p : p + height, p : p + width], placed[p : p + height, p : p + width], case, rng)
     big = ndimage.gaussian_filter(big, BLUR_SIGMA)[p : p + height, p : p + width]
     big *= 0.85 + 0.15 * np.sin(xx * fx + yy * fy)
     image = background + contrast * big
@@ -435,14 +487,14 @@ def render_vignette(
 
 
 def generate_vignettes(out: Store, cfg: SynthConfig) -> dict[str, int]:
-    """One object per image, cycling through VIGNETTE_CASES; `ground_truth.parquet` has each object's box and case."""
+    """One object per image, cycling through cfg.cases; `ground_truth.parquet` has each object's box and case."""
     rows: dict[str, list] = {name: [] for name in VIGNETTE_SCHEMA.names}
     n = 0
     for c, (name, count) in enumerate(class_counts(cfg).items()):
         for i in range(count):
             rng = np.random.default_rng([cfg.seed, c, i, 1])
             dark = cfg.mode == "dark" or (cfg.mode == "both" and rng.random() < 0.5)
-            case = VIGNETTE_CASES[(c + i) % len(VIGNETTE_CASES)]
+            case = cfg.cases[(c + i) % len(cfg.cases)]
             image, obj = render_vignette(name, case, rng, dark, cfg.noise)
             data, suffix = encode_frame(image, cfg.formats[n % len(cfg.formats)])
             key = f"{name}/{name}_{i:05d}{suffix}"

@@ -107,6 +107,13 @@ def tsv(columns, types, rows, encoding="utf-8") -> bytes:
     return buf.getvalue().encode(encoding)
 
 
+def rejected_rows(root, stderr: str) -> list[dict]:
+    """The rows of the refused run whose side file (crop/rejected/<run id>.parquet) its error line names."""
+    store = open_store(str(root))
+    (key,) = [k for k in store.list("crop/rejected") if k in stderr]
+    return read_parquet(store, key).to_pylist()
+
+
 def crop(root, export, s3_endpoint=None, **kw):
     return run_stage("crop", CropConfig(input=export, workers=1, **kw), open_store(str(root)), s3_endpoint=s3_endpoint)
 
@@ -191,11 +198,12 @@ def test_bad_inputs_exit_2_and_each_bad_row_is_recorded(run_cli, tmp_path, kind,
     result = run_cli("crop", "--root", root, "--input", export, "--workers", 1)
     assert result.exit_code == 2, result.output
     line = result.stderr.strip()
-    assert len(line.splitlines()) == 1 and kind in line and message in line and "crop/manifest.parquet" in line
-    manifest = read_parquet(open_store(str(root)), "crop/manifest.parquet").to_pylist()
-    bad = [m for m in manifest if m["status"] == "bad_row"]
+    assert len(line.splitlines()) == 1 and kind in line and message in line and "crop/rejected/" in line
+    rejected = rejected_rows(root, line)
+    bad = [m for m in rejected if m["status"] == "bad_row"]
     assert bad and all(message.split(":")[0] in m["reason"] for m in bad)
     assert not (root / "crop" / "_SUCCESS").exists() and not (root / "crop" / "crops").exists()
+    assert not (root / "crop" / "manifest.parquet").exists()
     if kind == "mixed encodings":
         assert [m["source_key"] for m in bad] == [
             "cruise1_st00/ecotaxa_cruise1_st00.tsv:6"
@@ -419,3 +427,33 @@ def test_ecotaxa_format_needs_a_zip_out(run_cli, tmp_path):
     for extra in ([], ["--out", str(tmp_path / "p.tsv")]):
         result = run_cli("query", "--root", tmp_path / "art", "x.png", "--format", "ecotaxa", *extra)
         assert result.exit_code == 2 and "--format ecotaxa needs --out PATH.zip" in result.stderr
+
+
+def test_bad_rows_in_a_rerun_leave_the_last_good_result(run_cli, tmp_path):
+    """An image missing from a rerun's export is found by the check: exit 2 before anything is touched, so the
+    last crop (manifest, run.json, crops, `_SUCCESS`) stays and stats still runs on it; the rows go to the side file.
+    A shard run of the same export is refused the same way, before the contract unfinishes the merged stage."""
+    export, rows = make_export(tmp_path / "export", samples=4, per_class=4)
+    root = tmp_path / "art"
+    store = open_store(str(root))
+    assert run_cli("crop", "--root", root, "--input", export, "--workers", 1).exit_code == 0
+    assert run_cli("stats", "--root", root, "--size", 32, "--split", "0.5,0.25,0.25").exit_code == 0
+    before = {k: store.read_bytes(k) for k in store.list("crop")}
+    assert "crop/_SUCCESS" in before and "crop/manifest.parquet" in before
+
+    (tmp_path / "export" / rows[1]["sample_id"] / rows[1]["img_file_name"]).unlink()
+    result = run_cli("crop", "--root", root, "--input", export, "--workers", 1)
+    line = result.stderr.strip()
+    assert result.exit_code == 2 and len(line.splitlines()) == 1 and "1 missing image" in line, result.output
+    rejected = rejected_rows(root, line)
+    (bad,) = [r for r in rejected if r["status"] == "bad_row"]
+    assert bad["object_id"] == rows[1]["object_id"] and "which the archive does not hold" in bad["reason"]
+    after = {k: store.read_bytes(k) for k in store.list("crop") if not k.startswith("crop/rejected/")}
+    assert after == before  # not a byte of the last result changed
+
+    shard = run_cli("crop", "--root", root, "--input", export, "--workers", 1, "--shard-index", 0, "--num-shards", 2)
+    assert shard.exit_code == 2 and "1 missing image" in shard.stderr
+    assert store.exists("crop/_SUCCESS") and not list(store.list("crop/shards"))
+
+    stats = run_cli("stats", "--root", root, "--size", 32, "--split", "0.5,0.25,0.25", "--force")
+    assert stats.exit_code == 0, stats.output

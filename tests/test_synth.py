@@ -243,3 +243,42 @@ def test_vignette_cli(run_cli, tmp_path):
     result = run_cli("synth", "--out", tmp_path / "v", "--kind", "vignettes", "--classes", 2, "--per-class", 3)
     assert result.exit_code == 0, result.output
     assert "4 vignettes, one object each" in result.stdout  # 3 and 1 (imbalance 0.4)
+
+
+def test_in_situ_vignettes_hold_a_small_object_in_wide_margins_with_specks_beside_it(tmp_path):
+    """In-situ vignettes (UVP-like): the object's box covers at most about a third of the image, and in the specks
+    case small bright particles lie beside the object, away from its box."""
+    from plankton_core.synth import IN_SITU_CASES, SPECK_GAP
+
+    store = open_store(str(tmp_path))
+    cfg = SynthConfig(
+        kind="vignettes", classes=4, per_class=9, imbalance=1.0, mode="dark", cases=IN_SITU_CASES, noise=0.0, seed=2
+    )
+    generate(store, cfg)
+    rows = read_parquet(store, "ground_truth.parquet").to_pylist()
+    assert {r["case"] for r in rows} == set(IN_SITU_CASES) and all(r["dark_field"] for r in rows)
+    with_specks = 0
+    for r in rows:
+        share = (r["x1"] - r["x0"]) * (r["y1"] - r["y0"]) / (r["width"] * r["height"])
+        assert share <= 0.4, r
+        img = decode_image(store.read_bytes(r["image_key"])).astype(int)
+        away = np.ones(img.shape, dtype=bool)  # farther from the object's box than its blur reaches
+        g = SPECK_GAP - 3
+        away[max(0, r["y0"] - g) : r["y1"] + g, max(0, r["x0"] - g) : r["x1"] + g] = False
+        if r["case"] == "specks":
+            with_specks += bool((img[away] > np.median(img) + 5).any())
+    assert with_specks >= 0.8 * sum(r["case"] == "specks" for r in rows)
+
+
+def test_vignette_cases_are_chosen_and_checked(run_cli, tmp_path):
+    store = open_store(str(tmp_path / "one"))
+    generate(store, SynthConfig(kind="vignettes", classes=2, per_class=4, imbalance=1.0, cases=("halo", "small")))
+    assert {r["case"] for r in read_parquet(store, "ground_truth.parquet").to_pylist()} == {"halo", "small"}
+    with pytest.raises(BadInputError, match="unknown vignette case"):
+        SynthConfig(kind="vignettes", cases=("speckled",)).validate()
+    result = run_cli("synth", "--out", tmp_path / "v", "--kind", "vignettes", "--cases", "specks,small", "--classes", 2)
+    assert result.exit_code == 0, result.output
+    assert {r["case"] for r in read_parquet(open_store(str(tmp_path / "v")), "ground_truth.parquet").to_pylist()} == {
+        "specks",
+        "small",
+    }

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Literal
 
 from ..artifacts import CROP_RUN
-from ..config import from_recorded, option, stage_config
+from ..config import Fingerprint, fingerprint_option, from_recorded, option, stage_config
+from ..ecotaxa import MAX_MEMBER_BYTES, MemberLimits
 from ..errors import BadInputError
 from ..imageio import MAX_PIXELS, PIL_HARD_LIMIT
 from ..store import Store
@@ -28,10 +29,14 @@ class CropConfig:
         "a path, file:// or s3://.",
         metavar="URI",
     )
+    fingerprint: Fingerprint = fingerprint_option(
+        "the --input files", "names, sizes and mtimes or S3 ETags; EcoTaxa: a zip's CRCs, a folder's names and sizes"
+    )
     objects: Literal["auto", "frames", "single"] = option(
         "auto",
         "frames: many objects per image, border-cut ones dropped; single: each image is one object (a vignette); "
-        "auto: chosen per image (single for EcoTaxa input).",
+        "auto: decided once per input from a sample of its images, the evidence in crop's notes "
+        "(single for EcoTaxa input).",
     )
     label_column: str = option(
         "object_annotation_category", "EcoTaxa input: the column holding the class.", metavar="NAME"
@@ -73,6 +78,13 @@ class CropConfig:
         ge=1,
         le=PIL_HARD_LIMIT,
     )
+    max_member_bytes: int = option(
+        MAX_MEMBER_BYTES,
+        "EcoTaxa input: refuse a TSV that unpacks to more bytes (its declared size, before it is read); "
+        "images are bounded by --max-pixels.",
+        ge=1,
+        digest=False,
+    )
     sam2_checkpoint: str = option(
         "", "SAM2 checkpoint URI (path, file:// or s3://), for --segmenter sam2.", metavar="URI"
     )
@@ -99,6 +111,11 @@ class CropConfig:
             raise BadInputError(
                 f"--statuses takes {', '.join(allowed)} (comma-separated), not {','.join(bad) or '(none)'}"
             )
+
+    def member_limits(self) -> MemberLimits:
+        """What an EcoTaxa archive member may unpack to before it is read: --max-member-bytes for a TSV, what
+        --max-pixels allows for an image."""
+        return MemberLimits.of(self.max_member_bytes, self.max_pixels)
 
     def status_set(self) -> set[str]:
         """--statuses as a set of lower-case names."""

@@ -5,7 +5,8 @@ label in `--label-column` (cut at `--label-depth` levels of the `>`-separated hi
 class holding at least `--min-per-class` such rows. The others are `excluded` rows of the
 manifest, with the reason; smaller classes are named in the run's notes. Rows that cannot be
 used (an image the archive lacks, a repeated object_id, a line that is not UTF-8, a file with
-no usable label column) are `bad_row` rows, and the stage stops with exit 2 naming them.
+no usable label column) are `bad_row` rows, and the stage's check stops with exit 2 naming them,
+before any output is touched (the rows go to a side file, `crop/rejected/<run id>.parquet`).
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def listing_digest(archive: Any, listing: dict[str, int]) -> str:
 
 
 def read_input(archive: Any, cfg: CropConfig) -> EcoTaxaInput:
-    table = ecotaxa.read_objects(archive, cfg.label_column, cfg.label_depth)
+    """The archive's rows sorted into objects to crop and rows recorded as they are. Streamed, keeping only what
+    identifies each row; a TSV or an image to crop whose declared size is over the limits (`cfg.member_limits`)
+    stops it before it is read (exit 2, one line naming the member)."""
+    limits = cfg.member_limits()
+    table = ecotaxa.read_objects(archive, cfg.label_column, cfg.label_depth, keep_values=False, limits=limits)
     statuses = cfg.status_set()
     out = EcoTaxaInput(archive, [], [])
     for key, reason in table.file_errors:
@@ -104,6 +109,7 @@ def read_input(archive: Any, cfg: CropConfig) -> EcoTaxaInput:
             f"{len(small)} class(es) with fewer than {cfg.min_per_class} objects left out of training "
             f"(rows 'excluded'): {listed}{more}"
         )
+    ecotaxa.check_members(archive, ((o.image, table.listing[o.image]) for o in out.objects), limits)
     out.objects.sort(key=lambda o: o.image)
     out.recorded.sort(key=lambda r: r[1])
     out.fingerprint = {
@@ -115,12 +121,13 @@ def read_input(archive: Any, cfg: CropConfig) -> EcoTaxaInput:
     return out
 
 
-def bad_input_error(inp: EcoTaxaInput, manifest_uri: str) -> BadInputError:
+def bad_input_error(inp: EcoTaxaInput, rows_at: str) -> BadInputError:
+    """The one line for an input with bad rows; `rows_at` says where every bad row and its reason was written."""
     kinds = Counter(_kind(b) for b in inp.bad)
     summary = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
     return BadInputError(
         f"the EcoTaxa input {inp.archive.uri} has {len(inp.bad)} bad row(s) or file(s) ({summary}), "
-        f"e.g. {inp.bad[0]}; every one is in {manifest_uri}"
+        f"e.g. {inp.bad[0]}; every one is in {rows_at}"
     )
 
 

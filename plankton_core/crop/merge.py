@@ -4,7 +4,9 @@ The contract hands over the complete set of parts made with the current digest
 (same input listing and config). Their rows are each in listing order, so a
 k-way merge by source_key restores the unsharded manifest; crops that no row
 names (an earlier run's) are deleted, and the whole input is judged again (the
-bad-file limit, the mostly-dropped classes) as an unsharded run would.
+bad-file limit, the mostly-dropped classes) as an unsharded run would. The
+bad-file limit is judged before anything is written: a merged set over it
+leaves its rows in `crop/rejected/<run id>.parquet`, never over the manifest.
 """
 
 from __future__ import annotations
@@ -23,12 +25,27 @@ from ..shards import PartRecord, ShardSet
 from ..stage import StageContext
 from ..store import Store
 from .config import CropConfig
-from .stage import COLUMNS, CROPS, MANIFEST, SCHEMA, Tally, finish, log, note_objects, too_many_bad_error, write_rows
+from .stage import (
+    COLUMNS,
+    CROPS,
+    MANIFEST,
+    SCHEMA,
+    Tally,
+    finish,
+    log,
+    note_input,
+    note_objects,
+    reject,
+    too_many_bad_error,
+    write_rows,
+)
 
 
 def merge(cfg: CropConfig, ctx: StageContext, parts: list[PartRecord]) -> dict[str, Any]:
-    """Gather the parts into crop/manifest.parquet, delete crops no row names, and finish as an unsharded run."""
+    """Gather the parts into crop/manifest.parquet, delete crops no row names, and finish as an unsharded run; a
+    merged set over --max-bad-fraction writes nothing but its rows to the rejected side file."""
     root, total = ctx.root, ctx.plan.fingerprint["files"]
+    note_input(ctx)
     note_objects(ctx)
     owned = sum(int(p.extra.get("files", 0)) for p in parts)
     if owned != total:
@@ -56,12 +73,12 @@ def merge(cfg: CropConfig, ctx: StageContext, parts: list[PartRecord]) -> dict[s
                 if len(batch) >= 4096:
                     write_rows(writer, batch, ctx)
             write_rows(writer, batch, ctx)
+        if tally.bad > cfg.max_bad_fraction * total:
+            raise too_many_bad_error(tally, total, cfg, reject(ctx, local))
         root.put_file(local, ctx.key(MANIFEST))
         stale = remove_unnamed(root, ctx.key(CROPS), local)
     if stale:
         log.info("removed %d crops no manifest row names (an earlier run's)", stale)
-    if tally.bad > cfg.max_bad_fraction * total:
-        raise too_many_bad_error(tally, total, cfg, manifest_uri)
     ctx.notes.append(f"merged {len(parts)} shard(s)")
     return finish(tally, cfg, ctx, manifest_uri)
 

@@ -4,7 +4,8 @@ A vignette is already cut around one particle, so the questions differ from a fr
 the object may touch the border (normal here), may fill the image, may be a large
 translucent cell whose faint inside breaks into pieces, or a chain with gaps. So:
 
-1. background and object are separated by Otsu's threshold on the smoothed grey image;
+1. background and object are separated by Otsu's threshold on the smoothed grey image (the object's pixels
+   then taken at half the smoothing, which spreads a small object by a pixel and dims thin parts);
    the background is the side holding most of the image's outer ring of pixels (in a
    vignette the border is mostly background, whatever the polarity); when neither side
    holds 90% of the ring (the object reaches much of the border), or when the side the ring
@@ -18,14 +19,20 @@ translucent cell whose faint inside breaks into pieces, or a chain with gaps. So
    group plus any other group at least MERGE_SHARE of its size (a chain broken wider);
    specks stay out.
 
-`choose` judges one image for `--objects auto`: single when it is at most AUTO_MAX_SIDE px and
-the main object's box covers at least AUTO_SHARE of it. The crop stage applies it to AUTO_SAMPLE
-images spread over a class-folder tree and reads the whole input the way most of them look
-(one odd image, a long chain in wide margins or three small cells in a frame, does not flip
-the reading); an EcoTaxa export is single by definition (one object per row).
+`look` judges one image for `--objects auto` (its size; whether its largest object holds at least AUTO_DOMINANT
+of the foreground; whether the main object's box covers at least AUTO_SHARE of it) and `decide` reads the whole
+input from AUTO_SAMPLE such looks, spread over a class-folder tree, on signals that hold across instruments:
+vignettes vary in size (each is cut around its object) and their largest object dominates whatever specks lie
+beside it, while the frames of one camera share one size. So an input whose sampled images come in many sizes
+(at least AUTO_VARIED of the sample) and mostly hold one dominant object is single; otherwise the images are read
+the way most of them look on their own: single where the object's box covers most of the image (fixed-size
+vignettes), frames elsewhere (one odd image, a long chain in wide margins or three small cells in a frame, does
+not flip the reading). An EcoTaxa export is single by definition (one object per row).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -42,6 +49,9 @@ AUTO_MAX_SIDE = 1024  # auto: larger images are frames (vignettes are tens to hu
 AUTO_REACH = 1  # auto: parts this many pixels apart (each side) are one object
 AUTO_SHARE = 0.3  # auto: a main object whose box covers at least this share of the image makes it a vignette
 AUTO_SAMPLE = 32  # auto on a class-folder tree: images judged to choose for the whole input
+AUTO_DOMINANT = 0.8  # auto: a largest object holding at least this share of the foreground pixels dominates
+AUTO_VARIED = 0.5  # auto: sampled images in at least this many distinct sizes per image vary in size (vignettes)
+AUTO_MIN_SIZES = 3  # auto: fewer distinct sizes than this never count as varied (two images say little)
 
 
 def otsu(values: np.ndarray) -> float:
@@ -84,6 +94,16 @@ def only_at_border(mask: np.ndarray) -> bool:
     return bool(np.isin(sizeable, labels[edge & mask]).all())
 
 
+@dataclass(frozen=True)
+class Foreground:
+    """An image split into background and object side: `mask` (None when nothing stands out), the smoothed grey
+    image and the noise sigma."""
+
+    mask: np.ndarray | None
+    gray: np.ndarray
+    noise: float
+
+
 class SingleObject:
     """The one object of a vignette: `find(arr)` gives (Detection or None, reason)."""
 
@@ -109,12 +129,12 @@ class SingleObject:
         """A blank image: the smoothed image varies hardly more than its noise does."""
         return float(gray.std()) < max(FLAT_STD, noise)
 
-    def foreground(self, arr: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, float]:
-        """(object-side mask or None when nothing stands out, the smoothed grey image, the noise sigma)."""
+    def foreground(self, arr: np.ndarray) -> Foreground:
+        """The object side of the image (mask None when nothing stands out), with what measured it."""
         full = (arr if arr.ndim == 2 else to_gray(arr)).astype(np.float32)
         gray = ndimage.gaussian_filter(full, self.smooth, mode="nearest")
         if min(gray.shape) <= 2 * RING:
-            return None, gray, 0.0
+            return Foreground(None, gray, 0.0)
         noise = 1.4826 * float(np.median(np.abs(full - gray - np.median(full - gray))))
         level = otsu(gray)
         upper = gray > level
@@ -129,20 +149,24 @@ class SingleObject:
                 bright_object = low < 255.0 - high  # dark-field backgrounds are near black, bright-field near white
         mask = upper if bright_object else ~upper
         if not mask.any() or mask.all():
-            return None, gray, noise
+            return Foreground(None, gray, noise)
         # how far the object's clearly different pixels (its 90th percentile) lie from the background's median:
         # a translucent cell's faint inside does not hide its rim, while Otsu's split of pure noise stays small
         contrast = float(np.percentile(np.abs(gray[mask] - float(np.median(gray[~mask]))), 90))
         smoothed_noise = noise / (2.0 * np.sqrt(np.pi) * self.smooth)  # a Gaussian of sigma s averages ~4πs² pixels
         if contrast < max(self.min_contrast, self.noise_k * smoothed_noise):
-            return None, gray, noise
-        return mask, gray, noise
+            return Foreground(None, gray, noise)
+        # the pixels themselves at half the smoothing: the smoothing that steadies the level and the polarity also
+        # spreads an object by about a pixel (much of a small object's box) and dims thin parts (antennae) below it
+        fine = ndimage.gaussian_filter(full, self.smooth / 2, mode="nearest")
+        return Foreground((fine > level) if bright_object else (fine <= level), gray, noise)
 
     def object_mask(
         self, mask: np.ndarray, reach: int | None = None, share: float = MERGE_SHARE
     ) -> tuple[np.ndarray | None, int]:
-        """The object's pixels in a foreground mask (specks out, groups merged across `merge_gap`) and how many
-        separate parts it has; (None, 0) when only specks stand out."""
+        """The object's pixels in a foreground mask (specks out, groups merged across `merge_gap`, other groups of at
+        least `share` of the largest one's pixels joined; share 1: the largest alone) and how many separate parts
+        it has; (None, 0) when only specks stand out."""
         labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
         areas = np.bincount(labels.ravel(), minlength=n + 1)
         keep = areas >= self.speck_area
@@ -154,7 +178,7 @@ class SingleObject:
         grown = ndimage.binary_dilation(solid, EIGHT_CONNECTED, iterations=reach) if reach > 0 else solid
         groups, m = ndimage.label(grown, structure=EIGHT_CONNECTED)
         sizes = np.bincount(groups[solid], minlength=m + 1)
-        chosen = sizes >= share * sizes.max()
+        chosen = sizes >= share * sizes.max() if share < 1.0 else np.arange(m + 1) == int(np.argmax(sizes))
         chosen[0] = False
         obj = solid & chosen[groups]
         big = areas >= MERGE_SHARE * areas[keep].max()
@@ -163,13 +187,13 @@ class SingleObject:
         return obj, parts
 
     def find(self, arr: np.ndarray) -> tuple[Detection | None, str]:
-        mask, gray, noise = self.foreground(arr)
-        height, width = gray.shape
-        if mask is None:
-            if self.flat(gray, noise):
+        fg = self.foreground(arr)
+        height, width = fg.gray.shape
+        if fg.mask is None:
+            if self.flat(fg.gray, fg.noise):
                 return None, "no object stands out of a flat image"
             return Detection((0, 0, width, height), height * width), "fills_image"
-        obj, _ = self.object_mask(mask)
+        obj, _ = self.object_mask(fg.mask)
         if obj is None:
             return None, "only specks stand out"
         return Detection(box_of(obj), int(np.count_nonzero(obj))), ""
@@ -180,21 +204,68 @@ def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def choose(arr: np.ndarray, finder: SingleObject) -> tuple[str, str]:
-    """(`frames` or `single`, why) for one image under --objects auto."""
+@dataclass(frozen=True)
+class Look:
+    """How one image looks to --objects auto."""
+
+    size: tuple[int, int]  # width, height
+    mode: str  # frames or single, judged on this image alone
+    why: str
+    dominant: bool = False  # its largest object holds at least AUTO_DOMINANT of the foreground (or fills the image)
+
+
+def look(arr: np.ndarray, finder: SingleObject) -> Look:
+    """One image under --objects auto: its size, whether its largest object dominates the foreground, and the
+    reading it calls for alone (single when the main object's box covers at least AUTO_SHARE of it)."""
     height, width = arr.shape[:2]
+    size = (width, height)
     if max(height, width) > AUTO_MAX_SIDE:
-        return "frames", f"auto: {width}×{height} px is a frame (vignettes are at most {AUTO_MAX_SIDE} px)"
-    mask, gray, noise = finder.foreground(arr)
-    if mask is None:
-        if finder.flat(gray, noise):
-            return "frames", "auto: a flat image"
-        return "single", "auto: no object stands out of a textured image (it fills the image)"
-    obj, _ = finder.object_mask(mask, reach=AUTO_REACH, share=1.0)  # the largest group alone, gaps of 2 px bridged
-    if obj is None:
-        return "frames", "auto: only specks"
+        return Look(size, "frames", f"auto: {width}×{height} px is a frame (vignettes are at most {AUTO_MAX_SIDE} px)")
+    fg = finder.foreground(arr)
+    if fg.mask is None:
+        if finder.flat(fg.gray, fg.noise):
+            return Look(size, "frames", "auto: a flat image")
+        return Look(size, "single", "auto: no object stands out of a textured image (it fills the image)", True)
+    # the largest object alone, parts up to twice --merge-gap apart joined (a chain or a translucent cell in pieces)
+    largest, _ = finder.object_mask(fg.mask, reach=finder.merge_gap, share=1.0)
+    if largest is None:
+        return Look(size, "frames", "auto: only specks")
+    dominant = np.count_nonzero(largest) >= AUTO_DOMINANT * np.count_nonzero(fg.mask)
+    obj, _ = finder.object_mask(fg.mask, reach=AUTO_REACH, share=1.0)  # gaps of 2 px bridged
+    assert obj is not None  # the same specks stand out at any reach
     x0, y0, x1, y1 = box_of(obj)
-    share = (x1 - x0) * (y1 - y0) / gray.size
-    if share >= AUTO_SHARE:
-        return "single", f"auto: the object covers {share:.0%} of the image"
-    return "frames", f"auto: the object covers {share:.0%} of the image"
+    share = (x1 - x0) * (y1 - y0) / fg.gray.size
+    mode = "single" if share >= AUTO_SHARE else "frames"
+    return Look(size, mode, f"auto: the object covers {share:.0%} of the image", bool(dominant))
+
+
+def choose(arr: np.ndarray, finder: SingleObject) -> tuple[str, str]:
+    """(`frames` or `single`, why) for one image under --objects auto, judged alone (no other image to compare
+    sizes with)."""
+    one = look(arr, finder)
+    return one.mode, one.why
+
+
+def decide(looks: list[Look]) -> tuple[str, str]:
+    """(`frames` or `single`, the evidence) for a whole input from the looks of its sampled images."""
+    n = len(looks)
+    if n == 0:
+        return "frames", "--objects auto → frames: no sampled image could be read"
+    sizes = len({one.size for one in looks})
+    dominant = sum(one.dominant for one in looks)
+    alone = sum(one.mode == "single" for one in looks)
+    varied = sizes >= max(AUTO_MIN_SIZES, AUTO_VARIED * n)
+    if varied and dominant * 2 > n:
+        mode, why = "single", "sizes vary and one object dominates most images: vignettes"
+    elif alone * 2 > n:
+        mode, why = "single", "the object's box covers much of most images: vignettes"
+    else:
+        mode = "frames"
+        why = (
+            "no object dominates most images" if varied else "few sizes, as one camera's frames"
+        ) + ", and most objects cover little of their image"
+    return mode, (
+        f"--objects auto → {mode}: {n} sampled images, {sizes} distinct size{'s' * (sizes != 1)}, "
+        f"largest object ≥ {AUTO_DOMINANT:.0%} of the foreground in {dominant}, "
+        f"the object's box ≥ {AUTO_SHARE:.0%} of the image in {alone} ({why})"
+    )

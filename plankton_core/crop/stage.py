@@ -12,6 +12,13 @@ hash of source_key mod n is i and hands its rows to the contract, which keeps
 them as a part under crop/shards/ without `_SUCCESS`; `crop.merge` gathers a
 complete set into the manifest an unsharded run would write (same rows, same
 digest), judges the whole input and finishes.
+
+Bad input never costs the last good result: an EcoTaxa input with bad rows is
+refused by the check, and the --max-bad-fraction rule, which needs the frames
+decoded, is judged before the manifest and crops are replaced. A run with a
+last result to keep (`_SUCCESS`) crops into `crop/staging/<run id>/` (the
+root's keys under it) and moves the crops in once the input passed; a refused
+run's rows go to `crop/rejected/<run id>.parquet`, never over the manifest.
 """
 
 from __future__ import annotations
@@ -26,30 +33,33 @@ import tempfile
 import weakref
 from collections import Counter, defaultdict, deque
 from collections.abc import Generator, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..ecotaxa import ZipSpec, open_archive, reopen
+from ..ecotaxa import ZipSpec, ZipStore, open_archive, reopen, tsv_keys
 from ..errors import BadInputError
 from ..imageio import UnreadableImage, decode_image, encode_png
 from ..progress import progress
-from ..shards import SHARDS, ShardOutput, ShardSet, shard_of
-from ..stage import StageContext
-from ..store import Listed, Store, StoreURI, open_store
+from ..shards import SHARDS, ShardOutput, shard_of
+from ..stage import SUCCESS, InvalidatingStore, StageContext, content_fingerprint
+from ..store import Listed, LocalStore, Store, StoreURI, join, open_store
 from .config import CropConfig
 from .ecotaxa_input import BAD_ROW, EXCLUDED, EcoTaxaInput, bad_input_error, is_ecotaxa, read_input, safe_part
 from .extract import KEPT, Segmenter, extract_crops, make_segmenter
-from .single import AUTO_SAMPLE, SingleObject, choose
+from .single import AUTO_SAMPLE, Look, SingleObject, decide, look
 
 log = logging.getLogger("plankton.crop")
 
 MANIFEST = "manifest.parquet"
 CROPS = "crops"
+REJECTED = "rejected"  # crop/rejected/<run id>.parquet: the rows of a run refused for its input
+STAGING = "staging"  # crop/staging/<run id>/: crops of a run beside a last result it must not spoil yet
+MOVE_THREADS = 16  # staged crops moved in at a time (each a read and a write; on S3, requests that wait)
 NO_OBJECT, UNREADABLE = "no_object", "unreadable"
 SCHEMA = pa.schema(
     [
@@ -98,18 +108,38 @@ def input_files(store: Store) -> Iterator[Listed]:
     for entry in store.list_inputs(""):
         if "/" not in entry.key.strip("/") and not entry.problem:
             continue
+        refuse_odd_class(store, entry)
         yield entry
 
 
-def input_fingerprint(store: Store) -> dict[str, Any]:
+def refuse_odd_class(store: Store, entry: Listed) -> None:
+    """A class folder that is a symbolic link, or a key whose class part is '.', '..' or empty, would become a
+    class of that name whose images "could not be decoded": refused (exit 2) with the real reason instead."""
+    cls, _, rest = entry.key.partition("/")
+    if not rest and entry.problem.startswith("symlinked_folder"):
+        raise BadInputError(
+            f"class folder {cls} is a symbolic link: crop follows no link to a folder (it could loop or repeat "
+            f"images); move or copy the folder itself into {store.uri}"
+        )
+    if rest and cls in ("", ".", ".."):
+        raise BadInputError(
+            f"key {store.uri}/{entry.key} has a {cls or 'empty'!r} segment: S3 keys are not paths, and its class "
+            f"would be {cls!r}; rename or delete it"
+        )
+
+
+def input_fingerprint(store: Store, how: str = "stat") -> dict[str, Any]:
     """What identifies the input for the up-to-date check: its URI and a hash of its listing (keys, sizes,
-    and mtime or ETag, so a same-size rewrite counts as a change)."""
+    and mtime or ETag, so a same-size rewrite counts as a change). `how` content: each file's bytes instead
+    of its mtime or ETag (`--fingerprint content`: an edit that keeps size and mtime counts too)."""
     digest = hashlib.sha256()
-    files = 0
+    files, readable = 0, []
     for key, size, version, problem in input_files(store):
-        digest.update(f"{key}\t{size}\t{version}\t{problem}\n".encode())
+        digest.update(f"{key}\t{size}\t{'' if how == 'content' else version}\t{problem}\n".encode())
         files += 1
-    return {"input": store.uri, "files": files, "listing_sha256": digest.hexdigest()[:16]}
+        readable += [key] if how == "content" and not problem else []
+    out = {"input": store.uri, "files": files, "listing_sha256": digest.hexdigest()[:16]}
+    return out | ({"content_sha256": content_fingerprint(store, readable)} if how == "content" else {})
 
 
 def owned_files(store: Store, index: int, count: int) -> int:
@@ -218,7 +248,10 @@ def _crop_chunk(tasks: list[Task]) -> list[list[tuple]]:
     return [crop_file(t, w["source"], w["root"], w["cfg"], w["segmenter"]) for t in tasks]
 
 
-def _chunks(items: Iterable[Task], size: int) -> Iterator[list[Task]]:
+T = TypeVar("T")
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
@@ -346,7 +379,7 @@ def check(cfg: CropConfig, ctx: StageContext) -> CropInput:
     """Open and list the input before anything is touched: it must exist, hold images and not contain the root."""
     if not cfg.input:
         raise BadInputError("crop needs --input URI: a folder or s3:// prefix of class folders of images")
-    source = open_archive(cfg.input, ctx.s3_endpoint)
+    source = open_archive(cfg.input, ctx.s3_endpoint, cfg.member_limits())
     root = ctx.root
     if source.uri.rstrip("/") == root.uri.rstrip("/") or root.uri.startswith(source.uri.rstrip("/") + "/"):
         raise BadInputError(
@@ -356,8 +389,10 @@ def check(cfg: CropConfig, ctx: StageContext) -> CropInput:
         inp = read_input(source, cfg)
         if not inp.objects and not inp.recorded:
             raise BadInputError(f"the EcoTaxa input {source.uri} holds no object rows")
-        return CropInput(source, inp.fingerprint, inp)
-    fingerprint = input_fingerprint(source)
+        if inp.bad:
+            raise reject_rows(inp, ctx)
+        return CropInput(source, ecotaxa_fingerprint(source, inp, cfg.fingerprint), inp)
+    fingerprint = input_fingerprint(source, cfg.fingerprint)
     if fingerprint["files"] == 0:
         missing = not source.is_dir()
         raise BadInputError(
@@ -369,27 +404,30 @@ def check(cfg: CropConfig, ctx: StageContext) -> CropInput:
     return CropInput(source, fingerprint, None, chosen)
 
 
+def ecotaxa_fingerprint(source: Any, inp: EcoTaxaInput, how: str) -> dict[str, Any]:
+    """An EcoTaxa input's fingerprint; `how` content adds the bytes of a folder's TSVs and images (a zip's
+    listing holds its members' CRCs already)."""
+    if how != "content" or isinstance(source, ZipStore):
+        return inp.fingerprint
+    keys = sorted(set(tsv_keys(source)) | {o.image for o in inp.objects})
+    return inp.fingerprint | {"content_sha256": content_fingerprint(source, keys)}
+
+
 def choose_objects(source: Store, files: int, cfg: CropConfig) -> tuple[str, str]:
     """--objects auto on a class-folder tree: frames or single for the whole input, from AUTO_SAMPLE images spread
-    over the listing (each judged by `single.choose`: its size and the share of it the main object covers)."""
+    over the listing, judged by `single.look` and read together by `single.decide`: (mode, its evidence)."""
     step = max(1, files // AUTO_SAMPLE)
     finder = SingleObject.from_config(cfg)
-    votes: Counter = Counter()
+    looks: list[Look] = []
     for n, entry in enumerate(input_files(source)):
-        if n % step or entry.problem or sum(votes.values()) >= AUTO_SAMPLE:
+        if n % step or entry.problem or len(looks) >= AUTO_SAMPLE:
             continue
         try:
             arr = decode_image(source.read_bytes(entry.key), cfg.max_pixels)
         except (UnreadableImage, BadInputError):
             continue
-        votes[choose(arr, finder)[0]] += 1
-    total = sum(votes.values())
-    mode = "single" if total and votes["single"] * 2 > total else "frames"
-    return (
-        mode,
-        f"--objects auto: {mode} for this input "
-        f"({votes['single']} of {total} sampled images look like one object each)",
-    )
+        looks.append(look(arr, finder))
+    return decide(looks)
 
 
 def fingerprint(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
@@ -398,38 +436,100 @@ def fingerprint(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
 
 
 def body(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
-    """The whole input in one run: clear the earlier run's crops and shard parts, crop, write the manifest."""
+    """The whole input in one run: crop, judge --max-bad-fraction, and only then replace the manifest and crops.
+
+    With a last result to keep (`_SUCCESS`), the crops go to `crop/staging/<run id>/` and are moved in once the
+    input passed; without one, straight to their keys. Over the limit, the rows go to the rejected side file and
+    the manifest, crops and `_SUCCESS` stay as they were."""
     root, source, total = ctx.root, ctx.plan.source, ctx.plan.fingerprint["files"]
-    stop_on_bad_rows(ctx)
+    note_input(ctx)
     note_objects(ctx)
-    crops_prefix = ctx.key(CROPS)
-    stale = root.delete_prefix(crops_prefix)  # a rerun must not leave crops the new manifest does not name
-    if stale:
-        log.info("removed %d crops of an earlier run", stale)
-    root.delete_prefix(ctx.key(SHARDS))  # this run supersedes earlier shard parts: a later merge must not use them
+    side = untouched_root(ctx)
+    side.delete_prefix(ctx.key(STAGING))  # what a run that died before its commit left
+    staging = ctx.key(STAGING, ctx.run_id) if side.exists(ctx.key(SUCCESS)) else None
+    if staging is None:
+        clear_outputs(ctx)
     manifest_uri = f"{root.uri}/{ctx.key(MANIFEST)}"
+    tasks = plan(source, ctx.key(CROPS), ctx.plan.ecotaxa, chosen_mode(ctx))
     with tempfile.TemporaryDirectory(prefix="plankton-crop-") as tmp:
         local = Path(tmp) / MANIFEST
-        tally, too_many_bad = crop_into(
-            local, plan(source, crops_prefix, ctx.plan.ecotaxa, chosen_mode(ctx)), total, total, cfg, ctx
-        )
-        root.put_file(local, ctx.key(MANIFEST))  # on failure too: it names every bad file's reason
-    if too_many_bad:
-        raise too_many_bad_error(tally, total, cfg, manifest_uri, "already")
+        try:
+            target = side.child(staging) if staging else root
+            tally, too_many_bad = crop_into(local, tasks, total, total, cfg, ctx, target)
+            if too_many_bad:
+                raise too_many_bad_error(tally, total, cfg, reject(ctx, local), "already")
+            if staging:
+                clear_outputs(ctx)  # the first change to the outputs: the contract removes `_SUCCESS` here
+                log.info("moved %d staged crops in", move_staged(side, staging, root, ctx.key(CROPS)))
+        finally:
+            if staging:
+                side.delete_prefix(staging)
+        root.put_file(local, ctx.key(MANIFEST))
     return finish(tally, cfg, ctx, manifest_uri)
+
+
+def untouched_root(ctx: StageContext) -> Store:
+    """The root for writes that leave the last result usable (staged crops, rejected rows): past the contract's
+    `InvalidatingStore`, so they do not remove `_SUCCESS`."""
+    return ctx.root.inner if isinstance(ctx.root, InvalidatingStore) else ctx.root
+
+
+def clear_outputs(ctx: StageContext) -> None:
+    """Remove the earlier run's crops (the new manifest must not leave crops it does not name) and shard parts
+    (this run supersedes them: a later merge must not use them)."""
+    stale = ctx.root.delete_prefix(ctx.key(CROPS))
+    if stale:
+        log.info("removed %d crops of an earlier run", stale)
+    ctx.root.delete_prefix(ctx.key(SHARDS))
+
+
+def move_staged(side: Store, staging: str, root: Store, crops: str) -> int:
+    """Move the crops written under `staging` (the root's keys below it) to their keys in `root`, whose earlier
+    crops are gone; returns how many. On a local root the folder is renamed (the crops never leave the disk);
+    elsewhere each crop is read and written, MOVE_THREADS at a time."""
+    if isinstance(side, LocalStore):
+        src, dst = side.path / staging / crops, side.path / crops
+        moved = sum(1 for _ in side.list(join(staging, crops)))
+        try:
+            if src.is_dir():
+                shutil.rmtree(dst, ignore_errors=True)  # empty folders the earlier crops left
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+            return moved
+        except OSError as exc:
+            log.info("could not rename %s to %s (%s): moving the crops one by one", src, dst, exc)
+    cut = len(staging) + 1
+
+    def move(key: str) -> None:
+        root.write_bytes(key[cut:], side.read_bytes(key))
+
+    moved = 0
+    with ThreadPoolExecutor(MOVE_THREADS) as pool:
+        for batch in _chunks(side.list(staging), 1024):  # a batch of futures at a time, not one per crop
+            for _ in pool.map(move, batch):
+                moved += 1
+    return moved
+
+
+def reject(ctx: StageContext, local: Path) -> str:
+    """Keep a refused run's rows (every bad file's reason) at `crop/rejected/<run id>.parquet`, beside the last
+    result and never over its manifest; returns the file's URI."""
+    side = untouched_root(ctx)
+    key = ctx.key(REJECTED, f"{ctx.run_id}.parquet")
+    side.put_file(local, key)
+    return f"{side.uri}/{key}"
 
 
 def shard(cfg: CropConfig, ctx: StageContext, index: int, count: int) -> ShardOutput:
     """Crop the files of shard `index` of `count`; the contract keeps their rows as the shard's part.
 
     More unreadable files in this shard alone than the whole input may have fails the shard at once; its
-    rows so far go to `<i>-of-<n>.failed.parquet` (they name the bad files' reasons), never a part a merge could take.
+    rows so far go to `crop/rejected/<run id>.parquet` (they name the bad files' reasons), never a part a merge
+    could take.
     """
-    root, source, total = ctx.root, ctx.plan.source, ctx.plan.fingerprint["files"]
-    stop_on_bad_rows(ctx)
+    source, total = ctx.plan.source, ctx.plan.fingerprint["files"]
+    note_input(ctx)
     note_objects(ctx)
-    failed_key = ShardSet(root, ctx.stage, ctx.prefix).part_key(index, count, "failed.parquet")
-    root.delete(failed_key)
     tasks = (
         t for t in plan(source, ctx.key(CROPS), ctx.plan.ecotaxa, chosen_mode(ctx)) if shard_of(t.key, count) == index
     )
@@ -442,10 +542,9 @@ def shard(cfg: CropConfig, ctx: StageContext, index: int, count: int) -> ShardOu
         if ctx.plan.ecotaxa is not None
         else owned_files(source, index, count)
     )
-    tally, too_many_bad = crop_into(local, tasks, owned, total, cfg, ctx)
+    tally, too_many_bad = crop_into(local, tasks, owned, total, cfg, ctx, ctx.root)
     if too_many_bad:
-        root.put_file(local, failed_key)
-        raise too_many_bad_error(tally, total, cfg, f"{root.uri}/{failed_key}", f"in shard {index} of {count} alone")
+        raise too_many_bad_error(tally, total, cfg, reject(ctx, local), f"in shard {index} of {count} alone")
     ctx.notes.append(
         f"shard {index} of {count} done ({tally.files} of {total} input files); "
         "`plankton crop --merge` gathers the shards"
@@ -456,9 +555,16 @@ def shard(cfg: CropConfig, ctx: StageContext, index: int, count: int) -> ShardOu
 
 
 def crop_into(
-    local: Path, tasks: Iterable[Task], total: int, input_files_total: int, cfg: CropConfig, ctx: StageContext
+    local: Path,
+    tasks: Iterable[Task],
+    total: int,
+    input_files_total: int,
+    cfg: CropConfig,
+    ctx: StageContext,
+    target: Store,
 ) -> tuple[Tally, bool]:
-    """Crop `tasks` (`total` of them), writing crops to the root and the rows to the local Parquet file `local`;
+    """Crop `tasks` (`total` of them), writing crops to `target` (the root, or a staging place that mirrors its keys)
+    and the rows to the local Parquet file `local`;
     stops once the unreadable files exceed --max-bad-fraction of the whole input (they can only stay above it).
     Returns (tally, stopped)."""
     workers = cfg.workers or len(os.sched_getaffinity(0))
@@ -472,7 +578,7 @@ def crop_into(
     too_many_bad = False
     with pq.ParquetWriter(local, SCHEMA, compression="zstd") as writer:
         batch: list[tuple] = []
-        results = crop_results(tasks, ctx.plan.source, ctx.root, cfg, workers, ctx.s3_endpoint)
+        results = crop_results(tasks, ctx.plan.source, target, cfg, workers, ctx.s3_endpoint)
         try:
             for rows in progress(results, total=total, desc="crop"):
                 tally.add(rows)
@@ -498,32 +604,32 @@ def note_objects(ctx: StageContext) -> None:
         log.info("%s", ctx.plan.objects[1])
 
 
-def stop_on_bad_rows(ctx: StageContext) -> None:
-    """An EcoTaxa input with bad rows: write a manifest of the rows decided without cropping (bad and excluded ones,
-    each with its reason) and stop with exit 2, before any crop is written or removed."""
-    inp = ctx.plan.ecotaxa
-    if inp is None:
-        return
-    ctx.notes.extend(inp.notes)
-    if not inp.bad:
-        return
-    manifest_uri = f"{ctx.root.uri}/{ctx.key(MANIFEST)}"
+def note_input(ctx: StageContext) -> None:
+    """An EcoTaxa input's notes (classes left out) in the run's summary."""
+    if ctx.plan.ecotaxa is not None:
+        ctx.notes.extend(ctx.plan.ecotaxa.notes)
+
+
+def reject_rows(inp: EcoTaxaInput, ctx: StageContext) -> BadInputError:
+    """The check's answer to an EcoTaxa input with bad rows: the rows decided without cropping (bad and excluded
+    ones, each with its reason) go to the rejected side file, and the error to raise says where; nothing else is
+    touched. Outside a run (`plankton submit` computing the digest) nothing is written."""
+    if not ctx.run_id:
+        return bad_input_error(inp, f"the {ctx.key(REJECTED)}/<run id>.parquet a crop run writes")
     rows = [_row(t, *t.recorded) for t in ecotaxa_plan(inp, "") if t.recorded is not None]
     with tempfile.TemporaryDirectory(prefix="plankton-crop-") as tmp:
         local = Path(tmp) / MANIFEST
         with pq.ParquetWriter(local, SCHEMA, compression="zstd") as writer:
             write_rows(writer, rows, ctx)
-        ctx.root.put_file(local, ctx.key(MANIFEST))
-    raise bad_input_error(inp, manifest_uri)
+        return bad_input_error(inp, reject(ctx, local))
 
 
-def too_many_bad_error(
-    tally: Tally, total: int, cfg: CropConfig, manifest_uri: str, already: str = ""
-) -> BadInputError:
+def too_many_bad_error(tally: Tally, total: int, cfg: CropConfig, rows_at: str, already: str = "") -> BadInputError:
+    """The one line for an input over --max-bad-fraction; `rows_at` is the rejected side file holding every reason."""
     return BadInputError(
         f"too many unreadable input files: {tally.bad} of {total}{' ' + already if already else ''}, more than "
         f"--max-bad-fraction {cfg.max_bad_fraction} allows, e.g. {', '.join(tally.bad_examples)}; "
-        f"reasons in {manifest_uri}"
+        f"reasons in {rows_at}"
     )
 
 

@@ -12,8 +12,17 @@ from crop_helpers import box, manifest_rows
 from PIL import Image
 
 from plankton_core.store import open_store
+from plankton_core.synth import SynthConfig, generate
+from plankton_core.tables import read_parquet
 
 TRUTH = (14, 18, 34, 30)  # x0, y0, x1, y1 of the object in `_frame`
+
+
+def rejected_rows(root_uri: str) -> list[dict]:
+    """The rows of the one refused run under crop/rejected/ (its side file, beside the manifest)."""
+    store = open_store(root_uri)
+    (key,) = [k for k in store.list("crop/rejected") if k.endswith(".parquet")]
+    return read_parquet(store, key).to_pylist()
 
 
 def _frame() -> np.ndarray:
@@ -174,8 +183,10 @@ def test_too_many_bad_files_exit_2_with_message(run_cli, tmp_path):
     assert "plankton crop: error: too many unreadable input files: 2 of 21" in result.stderr
     assert "--max-bad-fraction 0.05" in result.stderr and "bad/a.png (empty" in result.stderr
     store = open_store(root)
-    assert not store.exists("crop/_SUCCESS")
-    assert {r["source_key"] for r in manifest_rows(root) if r["status"] == "unreadable"} == {"bad/a.png", "bad/b.png"}
+    assert not store.exists("crop/_SUCCESS") and not store.exists("crop/manifest.parquet")
+    assert "reasons in file://" in result.stderr and "/crop/rejected/" in result.stderr
+    rejected = {r["source_key"] for r in rejected_rows(root) if r["status"] == "unreadable"}
+    assert rejected == {"bad/a.png", "bad/b.png"}
     ok = run_cli("crop", "--root", root, "--input", images.uri, "--workers", 1, "--max-bad-fraction", 0.1)
     assert ok.exit_code == 0 and store.exists("crop/_SUCCESS")
 
@@ -188,7 +199,7 @@ def test_mostly_garbage_input_stops_early(run_cli, tmp_path):
     root = str(tmp_path / "art")
     result = run_cli("crop", "--root", root, "--input", images.uri, "--workers", 1)
     assert result.exit_code == 2 and "too many unreadable input files: 4 of 60 already" in result.stderr
-    assert len(manifest_rows(root)) == 4  # 4 > 0.05 × 60 = 3: it stopped there
+    assert len(rejected_rows(root)) == 4  # 4 > 0.05 × 60 = 3: it stopped there
 
 
 def test_empty_input_exit_2(run_cli, tmp_path):
@@ -211,3 +222,41 @@ def test_empty_s3_input_exit_2(run_cli, s3_root):
 def test_missing_bucket_is_one_line(run_cli, s3_env, tmp_path):
     result = run_cli("crop", "--root", tmp_path / "art", "--input", "s3://no-such-bucket-here/images")
     assert result.exit_code == 2 and "bucket does not exist: s3://no-such-bucket-here" in result.stderr
+
+
+def test_input_over_the_bad_limit_leaves_the_last_good_result(run_cli, tmp_path, root_uri):
+    """A rerun whose input is over --max-bad-fraction exits 2 and changes nothing of the last good crop: its
+    manifest, run.json, crops and `_SUCCESS` stay, stats still runs on them; its rows go to the rejected side file."""
+    images = open_store(str(tmp_path / "images"))
+    generate(images, SynthConfig(classes=3, per_class=10, size=48, seed=3))
+    root = root_uri
+    store = open_store(root)
+    assert run_cli("crop", "--root", root, "--input", images.uri, "--workers", 1).exit_code == 0
+    assert run_cli("stats", "--root", root, "--size", 16).exit_code == 0
+    before = {k: store.read_bytes(k) for k in store.list("crop") if not k.endswith("metrics.prom")}
+    assert "crop/_SUCCESS" in before and any(k.startswith("crop/crops/") for k in before)
+
+    files = sum(1 for k in images.list() if "/" in k)
+    for name in ("a.png", "b.png"):  # 2 > 0.05 × (files + 2)
+        images.write_bytes(f"diatom/bad_{name}", b"not an image")
+    result = run_cli("crop", "--root", root, "--input", images.uri, "--workers", 1, "--pad", 1)
+    assert result.exit_code == 2 and f"too many unreadable input files: 2 of {files + 2}" in result.stderr
+    after = {k: store.read_bytes(k) for k in store.list("crop") if not k.endswith("metrics.prom")}
+    rejected = [k for k in after if k.startswith("crop/rejected/")]
+    assert len(rejected) == 1 and rejected[0] in result.stderr
+    assert {k: v for k, v in after.items() if k not in rejected} == before  # not a byte of the last result changed
+    assert {r["source_key"] for r in rejected_rows(root) if r["status"] == "unreadable"} == {
+        f"diatom/bad_{name}" for name in ("a.png", "b.png")
+    }
+    assert list(store.list("crop/staging")) == []
+
+    stats = run_cli("stats", "--root", root, "--size", 16, "--force")
+    assert stats.exit_code == 0, stats.output
+    assert (
+        run_cli("crop", "--root", root, "--input", images.uri, "--workers", 1, "--max-bad-fraction", 0.2).exit_code == 0
+    )
+    assert {r["source_key"] for r in manifest_rows(root) if r["status"] == "unreadable"} == {
+        f"diatom/bad_{name}" for name in ("a.png", "b.png")
+    }
+    assert set(store.list("crop/crops")) == {r["crop_key"] for r in manifest_rows(root) if r["crop_key"]}
+    assert list(store.list("crop/staging")) == []

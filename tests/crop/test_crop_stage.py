@@ -149,6 +149,22 @@ def test_parallel_workers_give_the_same_manifest(tmp_path):
         assert serial.read_bytes(key) == parallel.read_bytes(key)
 
 
+def test_a_rerun_over_a_good_result_gives_what_a_fresh_run_gives(tmp_path, synth_input):
+    """A rerun beside a last result crops into crop/staging/<run id>/ (here by worker processes) and moves the crops
+    in: the same manifest and crop bytes as a fresh run, no crop of the earlier run, nothing left in staging."""
+    rerun, fresh = open_store(str(tmp_path / "rerun")), open_store(str(tmp_path / "fresh"))
+    run_stage("crop", CropConfig(input=synth_input, workers=1, pad=8), rerun)
+    before = set(rerun.list("crop/crops"))
+    result = run_stage("crop", CropConfig(input=synth_input, workers=2, chunk_size=4, pad=1), rerun)
+    run_stage("crop", CropConfig(input=synth_input, workers=1, pad=1), fresh)
+    assert result.counts["kept"] and rerun.exists("crop/_SUCCESS")
+    assert manifest_rows(rerun.uri) == manifest_rows(fresh.uri)
+    assert {k: rerun.read_bytes(k) for k in rerun.list("crop/crops")} == {
+        k: fresh.read_bytes(k) for k in fresh.list("crop/crops")
+    }
+    assert before and list(rerun.list("crop/staging")) == [] and list(rerun.list("crop/rejected")) == []
+
+
 def test_same_crop_run_on_s3_and_local(run_cli, root_uri, tmp_path, s3_env):
     """Input and root on either backend (root_uri is a folder or the S3 server); workers reopen the stores."""
     images_uri = root_uri.rsplit("/", 1)[0] + "/images" if root_uri.startswith("s3://") else str(tmp_path / "images")
