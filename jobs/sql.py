@@ -6,7 +6,7 @@ import click
 
 from jobs._common import root_options
 from plankton_core.query.output import FORMATS, parquet_bytes, pick_format, render, text_table, write_output
-from plankton_core.sql import run_sql, views
+from plankton_core.sql import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, check_out, run_sql, views
 from plankton_core.store import open_store
 
 VIEW_HELP = ", ".join(f"{name} ({key})" for name, key in views().items())
@@ -15,11 +15,16 @@ VIEW_HELP = ", ".join(f"{name} ({key})" for name, key in views().items())
 @click.command(
     name="sql",
     help=f"""Run a read-only SQL QUERY (DuckDB dialect) over the pipeline's Parquet files, each a view:
-{VIEW_HELP}. Works for a local root and an S3 root. One statement per call; SIGTERM stops it (exit 75).""",
+{VIEW_HELP}. Works for a local root and an S3 root. One query per call (SELECT and its forms, EXPLAIN); SIGTERM
+stops it (exit 75).""",
 )
 @click.argument("query")
 @root_options
-@click.option("--out", default=None, help="Write the result to this path or URI instead of stdout.")
+@click.option(
+    "--out",
+    default=None,
+    help="Write the result to this path or URI instead of stdout (not inside a stage's folder of the root).",
+)
 @click.option(
     "--format",
     "fmt",
@@ -36,10 +41,19 @@ VIEW_HELP = ", ".join(f"{name} ({key})" for name, key in views().items())
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
     metavar="S",
-    help="Stop the query after S seconds (exit 2) [no limit].",
+    help="Stop the query after S seconds (exit 2); 0 = no limit.",
+)
+@click.option(
+    "--memory-limit",
+    default=DEFAULT_MEMORY_LIMIT,
+    show_default=True,
+    metavar="SIZE",
+    help="Memory DuckDB may hold (beyond it, it spills to disk where it can): a share of the machine's, 50%, or a "
+    "size, 4GB.",
 )
 def command(
     query: str,
@@ -48,10 +62,14 @@ def command(
     out: str | None,
     fmt: str | None,
     max_rows: int,
-    timeout: float | None,
+    timeout: float,
+    memory_limit: str,
 ) -> None:
     fmt = pick_format(fmt, out)
-    result = run_sql(open_store(root, s3_endpoint), query, timeout=timeout)
+    store = open_store(root, s3_endpoint)
+    if out:
+        check_out(store, out)
+    result = run_sql(store, query, timeout=timeout or None, memory_limit=memory_limit)
     if result is None:
         return
     if fmt == "table":

@@ -9,9 +9,12 @@ The pixel cap is `max_pixels` (MAX_PIXELS, 100 MP, unless a caller passes
 another), checked on the header's width × height before any pixel is decoded.
 PIL's own warning at its 89.5 MP limit is not what applies; its hard stop at
 twice that (`PIL_HARD_LIMIT`) stays as a backstop, so a cap cannot exceed it.
-Deep images (16-bit, 32-bit, float) are converted to uint8 a strip of rows at a
-time, so a decode needs the decoded frame plus its uint8 copy, not several
-float64 copies of it.
+One-channel 8- and 16-bit images (the microscope frames) are decoded by PIL
+straight into a numpy buffer (PIL's memory mapped over it, so no second copy of
+the frame), and 16-bit ones are scaled to uint8 in that same buffer a strip of
+rows at a time, which is then shrunk to the uint8 frame: a decode peaks at the
+decoded frame itself (bench/memory16.py). Other deep images (32-bit, float) are
+converted a strip at a time, so they need the frame plus its uint8 copy.
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 100_000_000  # ~10k x 10k: larger frames are refused as decompression bombs
 PIL_HARD_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)  # PIL refuses more than this in Image.open
-STRIP_PIXELS = 1 << 22  # pixels per strip when deep images are scaled to uint8
+STRIP_PIXELS = 1 << 20  # pixels per strip when deep images are scaled to uint8
+SCALE16 = ((2 * np.arange(65536, dtype=np.uint32) + 257) // 514).astype(np.uint8)  # round(v / 257), v 16-bit
+MAPPED: dict[str, np.dtype] = {  # one-channel modes PIL decodes straight into a numpy buffer of this dtype
+    "L": np.dtype(np.uint8),
+    "I;16": np.dtype("<u2"),
+    "I;16L": np.dtype("<u2"),
+    "I;16B": np.dtype(">u2"),
+}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -55,7 +65,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             w, h = img.size
             if w * h > max_pixels:
                 raise UnreadableImage("decompression_bomb", f"{w}x{h} pixels exceeds the cap of {max_pixels}")
-            img.load()
+            pixels = _load(img)
     except UnreadableImage:
         raise
     except Image.DecompressionBombError as exc:
@@ -66,7 +76,46 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise UnreadableImage("corrupt", str(exc)) from None
     if img.size[0] == 0 or img.size[1] == 0:
         raise UnreadableImage("empty", "zero-sized image")
-    return to_uint8(img)
+    return to_uint8(img) if pixels is None else pixels
+
+
+def _load(img: Image.Image) -> np.ndarray | None:
+    """Decode the pixels: a one-channel 8- or 16-bit image into a numpy buffer, returned as uint8 (H, W); any
+    other image into PIL's own memory (None: `to_uint8` converts it)."""
+    dtype = MAPPED.get(img.mode)
+    w, h = img.size
+    if dtype is None or not w * h or not hasattr(Image.core, "map_buffer"):
+        img.load()
+        return None
+    buffer = np.empty(h * w * dtype.itemsize, np.uint8)
+    core = Image.core.map_buffer(buffer.view(dtype), (w, h), "raw", 0, (img.mode, 0, 1))
+    img.im = core
+    img.load()
+    if img.im is not core:  # the plugin replaced the memory (a TIFF orientation, say): PIL's own holds the pixels
+        return None
+    img.close()  # PIL lets go of the buffer
+    del core
+    if dtype.itemsize == 1:
+        return buffer.reshape(h, w)
+    _scale16_to_front(buffer, dtype, h, w)
+    try:
+        buffer.resize(h * w)  # realloc: the 16-bit half goes back to the system, the uint8 frame stays in place
+    except ValueError:  # another reference to the buffer (a debugger's, say): a copy instead
+        buffer = buffer[: h * w].copy()
+    return buffer.reshape(h, w)
+
+
+def _scale16_to_front(buffer: np.ndarray, dtype: np.dtype, h: int, w: int) -> None:
+    """16-bit (H, W) pixels in `buffer` → uint8 in its first H·W bytes, a strip of rows at a time.
+
+    Row r's uint8 bytes end at (r + 1)·W, never past 2·(r + 1)·W where the rows not yet read begin, so each
+    strip is read before anything is written over it.
+    """
+    values = buffer.view(dtype).reshape(h, w)
+    rows = max(1, STRIP_PIXELS // w)
+    for top in range(0, h, rows):
+        strip = SCALE16[values[top : top + rows]]
+        buffer[top * w : top * w + strip.size] = strip.reshape(-1)
 
 
 def to_uint8(img: Image.Image) -> np.ndarray:
@@ -112,9 +161,8 @@ def _deep_to_uint8(img: Image.Image) -> np.ndarray:
                 scaled = np.clip(strip, 0, 255).astype(np.uint8)
             else:
                 # 16-bit containers (I;16, and I for 16-bit PNG) are scaled by their full range, never per image:
-                # round(v / 257) in integers (v / 257 is never exactly halfway)
-                v = np.clip(strip.astype(np.int64), 0, 65535)
-                scaled = ((2 * v + 257) // 514).astype(np.uint8)
+                # round(v / 257), by table (v / 257 is never exactly halfway)
+                scaled = SCALE16[np.clip(strip, 0, 65535).astype(np.uint16)]
         else:
             raise UnreadableImage("unsupported_mode", img.mode)
         if out is None:

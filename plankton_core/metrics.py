@@ -2,7 +2,10 @@
 
 With `PUSHGATEWAY_URL` set, metrics are pushed (POST semantics, so a failed run
 never erases the last success timestamp of an earlier one); without it they are
-written to `<stage>/metrics.prom` in the text exposition format.
+written to `<stage>/metrics.prom` in the text exposition format. A Pushgateway
+behind a password gets HTTP basic auth, from the URL's `user:password@` or else
+`PUSHGATEWAY_USERNAME` / `PUSHGATEWAY_PASSWORD`; the credentials are sent as a
+header, never as part of the address, and never logged.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
+from functools import partial
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +25,7 @@ from prometheus_client import (
     generate_latest,
     pushadd_to_gateway,
 )
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from .progress import redact
 
@@ -28,6 +35,21 @@ log = logging.getLogger("plankton.metrics")
 PREFIX = "plankton"
 PUSH_TIMEOUT_S = 5
 PUSH_BACKOFF_S = 300
+
+
+def gateway_and_handler(url: str) -> tuple[str, Callable]:
+    """(the Pushgateway address without credentials, the prometheus_client handler that sends them).
+
+    Credentials come from the URL's `user:password@` (percent-decoded), else from `PUSHGATEWAY_USERNAME` and
+    `PUSHGATEWAY_PASSWORD`; either one alone counts, the other being empty. Without any, the plain handler.
+    """
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    username = unquote(parts.username) if parts.username is not None else os.environ.get("PUSHGATEWAY_USERNAME")
+    password = unquote(parts.password) if parts.password is not None else os.environ.get("PUSHGATEWAY_PASSWORD")
+    gateway = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    if username is None and password is None:
+        return gateway, default_handler
+    return gateway, partial(basic_auth_handler, username=username or "", password=password or "")
 
 
 class StageMetrics:
@@ -99,8 +121,11 @@ class StageMetrics:
         url = os.environ.get("PUSHGATEWAY_URL")
         if not url or (not final and time.monotonic() < self._push_retry_at):
             return False
+        gateway, handler = gateway_and_handler(url)
         try:
-            pushadd_to_gateway(url, job=f"{PREFIX}_{self.stage}", registry=self.registry, timeout=PUSH_TIMEOUT_S)
+            pushadd_to_gateway(
+                gateway, job=f"{PREFIX}_{self.stage}", registry=self.registry, timeout=PUSH_TIMEOUT_S, handler=handler
+            )
             return True
         except Exception as exc:  # a monitoring outage must not fail a training run
             log.warning("could not push metrics to %s: %s", redact(url), redact(str(exc)))

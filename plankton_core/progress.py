@@ -35,7 +35,7 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", every
         log.info("%s: %d done in %.1fs", desc, count, time.monotonic() - start)
 
 
-SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "PUSHGATEWAY_PASSWORD")
 _PATTERNS = (
     (re.compile(r"(?P<keep>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@"), r"\g<keep>***@"),  # URL userinfo
     (re.compile(r"(?P<keep>Credential=)[^/,\s]+"), r"\g<keep>***"),  # SigV4 Authorization header
@@ -60,7 +60,8 @@ _PATTERNS = (
 
 def redact(text: str) -> str:
     """`text` with secrets replaced by `***`: URL userinfo, S3 signatures and credentials, and the values of
-    the AWS key variables wherever they appear (botocore's debug logs print request headers)."""
+    the SECRET_ENV variables (AWS keys, the Pushgateway password) wherever they appear (botocore's debug logs
+    print request headers)."""
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
     for var in SECRET_ENV:

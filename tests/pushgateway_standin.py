@@ -1,7 +1,12 @@
-"""A Pushgateway stand-in on 127.0.0.1: records every push and parses it with prometheus-client's parser."""
+"""A Pushgateway stand-in on 127.0.0.1: records every push and parses it with prometheus-client's parser.
+
+With `user` and `password` it answers 401 to any push without that HTTP basic auth, as a Pushgateway started
+with a web config's `basic_auth_users` does, and counts the refusals in `refused`.
+"""
 
 from __future__ import annotations
 
+import base64
 from http.server import BaseHTTPRequestHandler
 
 from http_standin import LocalHTTPStandIn
@@ -9,10 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 class PushgatewayStandIn(LocalHTTPStandIn):
-    """Each push is kept as (method, path, body); `samples(job)` parses the bodies pushed for a job."""
+    """Each accepted push is kept as (method, path, body); `samples(job)` parses the bodies pushed for a job."""
 
-    def __init__(self) -> None:
+    def __init__(self, user: str | None = None, password: str | None = None) -> None:
         self.pushes: list[tuple[str, str, str]] = []
+        self.refused = 0
+        expected = None
+        if user is not None or password is not None:
+            expected = "Basic " + base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -21,6 +30,13 @@ class PushgatewayStandIn(LocalHTTPStandIn):
 
             def _push(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                if expected is not None and self.headers.get("Authorization") != expected:
+                    outer.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="pushgateway"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 outer.pushes.append((self.command, self.path, body))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")

@@ -35,6 +35,7 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 STATS_SAMPLE = 1 << 12  # pixels sampled (on a regular grid) for the background statistics
 MAX_AUTO_BINNING = 4
 AUTO_BINNING_SIDE = 128  # auto binning: one step per this many pixels of the shorter side
+BAND_PIXELS = 1 << 20  # block means are taken over bands of about this many pixels: only a band is ever padded
 
 
 @dataclass(frozen=True)
@@ -89,27 +90,34 @@ def _gaussian_weights(sigma: float) -> np.ndarray:
     return _gaussian_kernel1d(sigma, 0, radius)[::-1].copy()
 
 
-def gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
+def gaussian(image: np.ndarray, sigma: float, out: np.ndarray | None = None) -> np.ndarray:
     """ndimage.gaussian_filter(image, sigma, mode="nearest") of a float32 image, the same values without its
-    per-call set-up."""
+    per-call set-up; `out=image` smooths in place (each pass reads a whole line before writing it)."""
     weights = _gaussian_weights(sigma)
-    out = ndimage.correlate1d(image, weights, 0, mode="nearest")
+    out = ndimage.correlate1d(image, weights, 0, output=out, mode="nearest")
     return ndimage.correlate1d(out, weights, 1, output=out, mode="nearest")
 
 
 def block_mean(gray: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of factor×factor blocks (float32); edges are padded by repetition to a whole number of blocks."""
+    """Mean of factor×factor blocks (float32); edges are padded by repetition to a whole number of blocks.
+
+    Taken a band of block rows at a time, so padding copies one band, never the frame."""
     if factor == 1:
         return gray.astype(np.float32, copy=False)
     h, w = gray.shape
-    ph, pw = -h % factor, -w % factor
-    if ph or pw:
-        gray = np.pad(gray, ((0, ph), (0, pw)), mode="edge")
-    total = np.zeros((gray.shape[0] // factor, gray.shape[1] // factor), dtype=np.float32)
-    for dy in range(factor):  # factor² strided adds: much faster than a reshaped mean
-        for dx in range(factor):
-            total += gray[dy::factor, dx::factor]
-    return total / np.float32(factor * factor)
+    out = np.zeros((-(-h // factor), -(-w // factor)), dtype=np.float32)
+    step = factor * max(1, BAND_PIXELS // (factor * w))  # whole blocks per band
+    for top in range(0, h, step):
+        band = gray[top : top + step]
+        ph, pw = -band.shape[0] % factor, -w % factor
+        if ph or pw:
+            band = np.pad(band, ((0, ph), (0, pw)), mode="edge")
+        total = out[top // factor : (top + band.shape[0]) // factor]
+        for dy in range(factor):  # factor² strided adds: much faster than a reshaped mean
+            for dx in range(factor):
+                total += band[dy::factor, dx::factor]
+    out /= np.float32(factor * factor)
+    return out
 
 
 class ThresholdSegmenter:
@@ -142,10 +150,11 @@ class ThresholdSegmenter:
             binning=cfg.binning,
         )
 
-    def _smooth(self, gray: np.ndarray, factor: int = 1) -> np.ndarray:
-        """Gaussian of `smooth` full-resolution pixels (a block mean has already averaged `factor` of them)."""
+    def _smooth(self, gray: np.ndarray, factor: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+        """Gaussian of `smooth` full-resolution pixels (a block mean has already averaged `factor` of them);
+        `out=gray` smooths in place."""
         sigma = self.smooth / factor
-        return gaussian(gray, sigma) if sigma > 0 else gray
+        return gaussian(gray, sigma, out) if sigma > 0 else gray
 
     def _levels(self, gray: np.ndarray, labels: np.ndarray, n: int, background: float, margin: float):
         """Per label: the outline level (inf for unseeded noise components); index 0 is the background."""
@@ -162,12 +171,15 @@ class ThresholdSegmenter:
     def find_objects(self, arr: np.ndarray) -> list[Detection]:
         full = arr if arr.ndim == 2 else to_gray(arr)  # uint8 grey stays uint8: no full-size float copy
         factor = self.binning or auto_binning(*full.shape)
-        gray = self._smooth(block_mean(full, factor), factor)
+        gray = block_mean(full, factor)
+        own = gray is not arr  # a new array (not the caller's): smoothed and flipped in place, no further copy
+        gray = self._smooth(gray, factor, gray if own else None)
         background, sigma = background_stats(gray)
         margin = max(self.min_contrast, self.noise_k * sigma)
         flip = bool(np.count_nonzero(gray < background - margin) > np.count_nonzero(gray > background + margin))
         if flip:  # bright-field: dark objects on a light background
-            gray, background = 255.0 - gray, 255.0 - background
+            gray = np.subtract(np.float32(255.0), gray, out=gray if own else None)
+            background = 255.0 - background
         labels, n = ndimage.label(gray > background + margin / 2, structure=EIGHT_CONNECTED)
         if n == 0:
             return []
