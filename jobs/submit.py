@@ -3,7 +3,10 @@ the end."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -150,10 +153,26 @@ def freshness(stage: str, docs: list[dict[str, Any]], ran: list[str], s3_endpoin
             options = dict(ctx.params)
         options["s3_endpoint"] = s3_endpoint or options.get("s3_endpoint")
         cfg = resolve_config(registered.config, options)
-        return is_up_to_date(registered, cfg, store_from(options), s3_endpoint=options["s3_endpoint"])
+        with _quick_s3_retries():
+            return is_up_to_date(registered, cfg, store_from(options), s3_endpoint=options["s3_endpoint"])
     except (Exception, click.exceptions.Exit) as exc:  # best effort: the Job itself checks again
         reason = " ".join(str(exc).split()) or type(exc).__name__
         return False, f"cannot tell whether it is up to date from here ({reason})"
+
+
+@contextlib.contextmanager
+def _quick_s3_retries() -> Iterator[None]:
+    """A few S3 attempts for the best-effort check (the Job retries for minutes itself), unless the user set them."""
+    from plankton_core.store import S3_ATTEMPTS_ENV
+
+    if os.environ.get(S3_ATTEMPTS_ENV):
+        yield
+        return
+    os.environ[S3_ATTEMPTS_ENV] = "3"
+    try:
+        yield
+    finally:
+        os.environ.pop(S3_ATTEMPTS_ENV, None)
 
 
 def _all_upstream(stage: str, known: dict[str, Any]) -> set[str]:

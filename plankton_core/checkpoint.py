@@ -33,11 +33,7 @@ def save_checkpoint(store: Store, key: str, ckpt: dict[str, Any]) -> None:
 
 def load_checkpoint(store: Store, key: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load with `weights_only=True`: a checkpoint from a bucket cannot execute code."""
-    data = store.read_bytes(key)
-    try:
-        ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated/corrupt/unsafe files
-        raise BadInputError(f"checkpoint {store.uri}/{key} is corrupt or unsafe: {str(exc).splitlines()[0]}") from None
+    ckpt = safe_torch_load(store.read_bytes(key), f"checkpoint {store.uri}/{key}", map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise BadInputError(f"checkpoint {store.uri}/{key} is not a plankton checkpoint (no model/config)")
     return ckpt
@@ -91,15 +87,41 @@ def read_uri(uri: str, s3_endpoint: str | None = None, what: str = "file") -> by
     return store.read_bytes(name)
 
 
-def safe_torch_load(data: bytes, what: str, map_location: str | torch.device = "cpu") -> Any:
-    """`torch.load(weights_only=True)`; argparse.Namespace (SupContrast's saved options) is allowed as plain data."""
+def safe_torch_load(data: bytes, what: str, map_location: str | torch.device = "cpu", hint: str = "") -> Any:
+    """`torch.load(weights_only=True)`: a file from a bucket cannot run code. argparse.Namespace (SupContrast's
+    saved options) is allowed as plain data.
+
+    Every failure is one BadInputError line of ours, `{what} is corrupt or unsafe: <why>` (+ `; {hint}`):
+    torch's own advice to retry with `weights_only=False` is never repeated, and its warnings (e.g. on the
+    pickle protocol of a file that is refused anyway) are not printed.
+    """
     import argparse
+    import warnings
 
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+            warnings.simplefilter("ignore")
             return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise BadInputError(f"{what} is corrupt or unsafe to load: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # torch raises many types for truncated, corrupt or unsafe files
+        raise BadInputError(
+            f"{what} is corrupt or unsafe: {_load_failure(exc)}" + (f"; {hint}" if hint else "")
+        ) from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why a weights-only load failed, in our words: what an unsafe file needs, or torch's first sentence."""
+    text = _ANSI.sub("", str(exc))
+    if "Weights only load failed" in text:
+        found = _GLOBAL.search(text)
+        held = f"{found.group(1)}, not only tensors and plain values" if found else "more than tensors and plain values"
+        return f"it holds {held}; plankton loads no file that could run code"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    sentence = first.split(". ")[0].rstrip(".")
+    return f"not a readable torch file ({type(exc).__name__}: {sentence or 'no detail'})"
 
 
 def state_dict_from_file(data: bytes, what: str) -> dict[str, torch.Tensor]:

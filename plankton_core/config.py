@@ -76,6 +76,20 @@ def option(
     return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, json_schema_extra=extra)
 
 
+Fingerprint = Literal["stat", "content"]
+
+
+def fingerprint_option(inputs: str, stat: str) -> Any:
+    """`--fingerprint`, declared alike by the stages that read inputs outside the root: how the up-to-date check
+    sees that `inputs` changed. `stat` says what the default listing holds for that stage."""
+    return option(
+        "stat",
+        f"How a change to {inputs} is seen: stat ({stat}; an edit keeping those is missed) "
+        "or content (every byte hashed, read in full at each run).",
+        digest=False,
+    )
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """What the CLI, the README check and run.json need to know of one option."""

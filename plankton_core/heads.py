@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint import safe_torch_load
 from .errors import BadInputError
 from .store import Store
 
@@ -26,17 +27,9 @@ def save_head(store: Store, key: str, state_dict: dict[str, torch.Tensor], meta:
 
 def load_head(store: Store, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict with weight and bias, meta); BadInputError (exit 2) for a corrupt, unsafe or foreign file."""
-    data = store.read_bytes(key)
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt or unsafe
-        raise BadInputError(
-            f"linear head {store.uri}/{key} is corrupt or unsafe: {str(exc).splitlines()[0]}; "
-            "rerun `plankton linear-sweep --force`"
-        ) from None
+    rerun = "rerun `plankton linear-sweep --force`"
+    obj = safe_torch_load(store.read_bytes(key), f"linear head {store.uri}/{key}", hint=rerun)
     state = obj.get("state_dict") if isinstance(obj, dict) else None
     if not isinstance(state, dict) or "weight" not in state or "bias" not in state:
-        raise BadInputError(
-            f"linear head {store.uri}/{key} has no weight/bias state dict; rerun `plankton linear-sweep --force`"
-        )
+        raise BadInputError(f"linear head {store.uri}/{key} has no weight/bias state dict; {rerun}")
     return state, dict(obj.get("meta", {}))

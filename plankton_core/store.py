@@ -25,6 +25,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -37,7 +38,10 @@ from .errors import StoreError, TransientStoreError
 
 DEFAULT_ROOT = "./artifacts"
 S3_ATTEMPTS_ENV = "PLANKTON_S3_MAX_ATTEMPTS"
-S3_DEFAULT_ATTEMPTS = 10  # botocore adaptive mode: exponential backoff with jitter, ~1 min in all before giving up
+# Attempts per S3 request, the first included. botocore waits rand(0, 1) × min(2^i s, 20 s) before retry i+1 after
+# throttling (SlowDown) and a twentieth of that after a 5xx or a dropped connection: 20 attempts ride out about
+# 2.5 min of SlowDown (about 2 min of 5xx) on average before exit 75 (docs/cluster.md); 10 gave about one.
+S3_DEFAULT_ATTEMPTS = 20
 
 
 class Listed(NamedTuple):
@@ -240,12 +244,12 @@ class LocalStore:
             if exc.errno == errno.ELOOP:
                 return Listed(key, 0, "", "symlink_loop: the link points back at itself")
             return Listed(key, 0, "", "broken_symlink: the link points at nothing")
-        if not target.is_relative_to(self.path):
-            return Listed(key, 0, "", "symlink_outside_root: links out of the input folder are not followed")
-        if target.is_dir():
+        if target.is_dir():  # wherever it points: a linked class folder is named for what it is
             return Listed(
                 key, 0, "", "symlinked_folder: folders reached through a link are not read (loops, duplicates)"
             )
+        if not target.is_relative_to(self.path):
+            return Listed(key, 0, "", "symlink_outside_root: links out of the input folder are not followed")
         st = target.stat()
         if not stat.S_ISREG(st.st_mode):
             return Listed(key, 0, "", "not_a_file: the link points at a device, socket or pipe")
@@ -318,6 +322,7 @@ class S3Store:
     def _check_bucket(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+        started = time.monotonic()
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except NoCredentialsError:
@@ -332,14 +337,14 @@ class S3Store:
                 raise StoreError(f"access denied to s3://{self.bucket}: check the S3 credentials") from None
             if _is_transient(exc):
                 raise TransientStoreError(
-                    f"S3 check of s3://{self.bucket} failed after {s3_attempts()} attempts: {code}; retry later"
+                    f"S3 check of s3://{self.bucket} failed after {s3_attempts()} attempts: {code}; {_gave_up(started)}"
                 ) from None
             raise StoreError(f"cannot use s3://{self.bucket}: {code or exc}") from None
         except BotoCoreError as exc:
             if _is_transient(exc):
                 raise TransientStoreError(
                     f"cannot reach S3 endpoint {self.endpoint_url or 'default'} for s3://{self.bucket} "
-                    f"after {s3_attempts()} attempts: {_short(exc)}; retry later"
+                    f"after {s3_attempts()} attempts: {_short(exc)}; {_gave_up(started)}"
                 ) from None
             raise StoreError(f"cannot reach S3 endpoint {self.endpoint_url or 'default'}: {exc}") from None
 
@@ -572,6 +577,7 @@ class _S3ErrorContext:
         self.store, self.key, self.op = store, key, op
 
     def __enter__(self):
+        self.started = time.monotonic()
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -582,7 +588,8 @@ class _S3ErrorContext:
         where = f"{self.store.uri}/{self.key}"
         if isinstance(exc, (BotoCoreError, ClientError)) and _is_transient(exc):
             raise TransientStoreError(
-                f"S3 {self.op} of {where} failed after {s3_attempts()} attempts: {_short(exc)}; retry later"
+                f"S3 {self.op} of {where} failed after {s3_attempts()} attempts: {_short(exc)}; "
+                + _gave_up(self.started)
             ) from None
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
@@ -602,8 +609,13 @@ def _short(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
+def _gave_up(started: float) -> str:
+    """The end of an exit-75 line: how long botocore retried, and the knob for longer."""
+    return f"retried for {time.monotonic() - started:.0f} s (${S3_ATTEMPTS_ENV} allows more); retry later"
+
+
 def s3_attempts() -> int:
-    """Attempts per S3 request (the first try included), from $PLANKTON_S3_MAX_ATTEMPTS."""
+    """Attempts per S3 request (the first try included): $PLANKTON_S3_MAX_ATTEMPTS, default S3_DEFAULT_ATTEMPTS."""
     raw = os.environ.get(S3_ATTEMPTS_ENV, "")
     try:
         value = int(raw) if raw else S3_DEFAULT_ATTEMPTS

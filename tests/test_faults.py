@@ -414,6 +414,34 @@ def test_a_rerun_failing_before_it_writes_keeps_the_last_result(store):
     assert not store.exists(f"fault-a/{SUCCESS}")
 
 
+def test_a_crop_rerun_failing_mid_crop_keeps_the_last_crop(tmp_path, monkeypatch):
+    """A crop rerun beside a last result writes only to its staging place until the input passed, so one that
+    fails halfway (a store error while writing a crop) leaves the manifest, crops and `_SUCCESS` as they were."""
+    from plankton_core.crop import CropConfig
+    from plankton_core.crop import stage as crop_stage
+    from plankton_core.synth import SynthConfig, generate
+
+    images = open_store(str(tmp_path / "images"))
+    generate(images, SynthConfig(classes=2, per_class=6, size=48, seed=4))
+    root = open_store(str(tmp_path / "art"))
+    run_stage("crop", CropConfig(input=images.uri, workers=1), root)
+    before = {k: root.read_bytes(k) for k in root.list("crop") if not k.endswith("metrics.prom")}
+    real, calls = crop_stage.crop_file, []
+
+    def failing(task, source, target, cfg, segmenter):
+        calls.append(task.key)
+        if len(calls) == 5:
+            raise StoreError(f"write failed: {target.uri}/{task.crop_base}_0.png")
+        return real(task, source, target, cfg, segmenter)
+
+    monkeypatch.setattr(crop_stage, "crop_file", failing)
+    with pytest.raises(StoreError, match="write failed"):
+        run_stage("crop", CropConfig(input=images.uri, workers=1, pad=1), root)
+    after = {k: root.read_bytes(k) for k in root.list("crop") if not k.endswith("metrics.prom")}
+    assert after == before and root.exists(f"crop/{SUCCESS}")
+    assert run_stage("crop", CropConfig(input=images.uri, workers=1), root).up_to_date
+
+
 def test_lut_with_a_mistyped_checkpoint_keeps_the_last_lut(tmp_path):
     from lut_fixtures import make_lut_upstream
 
@@ -624,3 +652,38 @@ def test_crop_records_every_odd_input_as_an_unreadable_row(tmp_path):
         "cls/out.png": ("unreadable", "symlink_outside_root"),
     }
     assert {k for k, r in rows.items() if r["status"] == "kept"} == {f"cls/img{i}.png" for i in range(6)}
+
+
+# --- 4b: a class folder that is a link, a key with a '..' segment: refused with the real reason -----------
+
+
+def test_crop_refuses_a_linked_class_folder_naming_the_link(tmp_path, run_cli):
+    """Not a class 'linked_dir' whose images 'could not be decoded': exit 2 before anything is written."""
+    from lut_fixtures import frame_png
+
+    src, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    for folder in (src / "cls", elsewhere):
+        folder.mkdir(parents=True)
+        for i in range(3):
+            (folder / f"img{i}.png").write_bytes(frame_png("disc", seed=i))
+    for target in (elsewhere, src / "cls"):  # out of the input, and inside it
+        link = src / "linked_dir"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        result = run_cli("crop", "--input", src, "--root", tmp_path / "artifacts", "--workers", "1")
+        assert result.exit_code == 2, result.output
+        assert "class folder linked_dir is a symbolic link" in result.stderr and "decoded" not in result.output
+        assert not (tmp_path / "artifacts" / "crop").exists()
+
+
+def test_crop_refuses_an_s3_key_with_a_dot_dot_segment(s3_bucket, s3_env, tmp_path, run_cli):
+    """`in/../x.png` under --input s3://…/in is not a class '..': exit 2 naming the key and the reason."""
+    from lut_fixtures import frame_png
+
+    client = boto3.client("s3", endpoint_url=s3_env)
+    for key in ("in/cls/img0.png", "in/cls/img1.png", "in/../x.png"):
+        client.put_object(Bucket=s3_bucket, Key=key, Body=frame_png("disc"))
+    result = run_cli("crop", "--input", f"s3://{s3_bucket}/in", "--root", tmp_path / "artifacts", "--workers", "1")
+    assert result.exit_code == 2, result.output
+    assert f"key s3://{s3_bucket}/in/../x.png has a '..' segment" in result.stderr
+    assert "decoded" not in result.output and not (tmp_path / "artifacts" / "crop").exists()

@@ -342,3 +342,78 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- S3 throttling: how much SlowDown the default attempts ride out ---------------------------------------
+
+SLOW_DOWN = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+
+
+@pytest.fixture
+def quick_backoff(monkeypatch) -> list[float]:
+    """botocore's backoff computed at its mean (jitter 0.5) and recorded, but not slept, and the adaptive rate
+    limiter's waits skipped: a test sees how long the attempts would ride out throttling, in no time."""
+    from botocore.retries import bucket, standard
+
+    asked: list[float] = []
+    compute = standard.ExponentialBackoff.delay_amount
+
+    def delay(self, context):
+        self._random = lambda: 0.5
+        asked.append(compute(self, context))
+        return 0
+
+    monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", delay)
+    monkeypatch.setattr(bucket.TokenBucket, "acquire", lambda self, amount=1, block=True: True)
+    monkeypatch.delenv(store_module.S3_ATTEMPTS_ENV, raising=False)
+    return asked
+
+
+def _slow_down(client, operation: str, times: int) -> list[int]:
+    """The first `times` `operation` requests get 503 SlowDown (S3 throttling); later ones reach the server.
+    Returns [requests answered SlowDown]."""
+    from botocore.awsrequest import AWSResponse
+
+    class Raw:
+        def stream(self, **kwargs):
+            yield SLOW_DOWN
+
+    answered = [0]
+
+    def reply(request, **kwargs):
+        if answered[0] >= times:
+            return None
+        answered[0] += 1
+        return AWSResponse(request.url, 503, {}, Raw())
+
+    client.meta.events.register(f"before-send.s3.{operation}", reply)
+    return answered
+
+
+def test_default_attempts_ride_out_a_couple_of_minutes_of_slow_down(s3_root, quick_backoff):
+    store = open_store(s3_root)
+    store.write_bytes("x.bin", b"data")
+    answered = _slow_down(store._client, "GetObject", 15)
+    assert store.read_bytes("x.bin") == b"data" and answered == [15]
+
+    quick_backoff.clear()
+    answered = _slow_down(store._client, "HeadObject", 10_000)  # throttled for good: exit 75 in the end
+    with pytest.raises(store_module.TransientStoreError) as err:
+        store.exists("x.bin")
+    attempts = store_module.S3_DEFAULT_ATTEMPTS
+    assert answered == [attempts] and len(quick_backoff) == attempts - 1
+    assert sum(quick_backoff) >= 120  # seconds of backoff on average before giving up
+    assert err.value.exit_code == 75 and str(err.value).startswith(
+        f"S3 check of {s3_root}/x.bin failed after {attempts} attempts: "
+    )
+    assert str(err.value).endswith("s ($PLANKTON_S3_MAX_ATTEMPTS allows more); retry later"), str(err.value)
+
+
+def test_the_attempts_are_set_by_the_environment(s3_root, quick_backoff, monkeypatch):
+    monkeypatch.setenv(store_module.S3_ATTEMPTS_ENV, "4")
+    store = open_store(s3_root)
+    store.write_bytes("x.bin", b"data")
+    answered = _slow_down(store._client, "GetObject", 10_000)
+    with pytest.raises(store_module.TransientStoreError, match=r"S3 read of .*/x\.bin failed after 4 attempts: "):
+        store.read_bytes("x.bin")
+    assert answered == [4]

@@ -8,6 +8,7 @@ trainer fills it (see `Trainer.snapshot`); this module only moves it around.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 from collections.abc import Sequence
@@ -131,22 +132,12 @@ def find_resume(store: Store, prefix: str, resume: str, s3_endpoint: str | None 
 
     `auto`: the newest checkpoint that loads (last.pt, or a numbered one if it is newer);
     a corrupt one is reported in the notes and the next older one is tried.
-    `never`: none. A name (`last`, `epoch_0100`) or a path/URI: that checkpoint, which must load.
+    `never`: none. Anything else names one checkpoint, which must load (`named_checkpoint`).
     """
     if resume == "never":
         return ResumePoint()
     if resume != "auto":
-        if "/" in resume or resume.endswith(".pt"):
-            src, name = split_uri(resume, s3_endpoint)
-            if not name or not src.exists(name):
-                raise BadInputError(f"--resume checkpoint not found: {resume}")
-            return ResumePoint(resume, load_checkpoint(src, name))
-        key = checkpoint_key(resume, prefix)
-        if not store.exists(key):
-            raise BadInputError(
-                f"--resume checkpoint not found: {store.uri}/{key} (use auto, never, last, epoch_NNNN or a URI)"
-            )
-        return ResumePoint(key, load_checkpoint(store, key))
+        return named_checkpoint(store, prefix, resume, s3_endpoint)
 
     notes: list[str] = []
     found = list_checkpoints(store, prefix)
@@ -175,6 +166,35 @@ def find_resume(store: Store, prefix: str, resume: str, s3_endpoint: str | None 
         return ResumePoint(notes=notes)
     best.notes = notes
     return best
+
+
+def named_checkpoint(store: Store, prefix: str, resume: str, s3_endpoint: str | None = None) -> ResumePoint:
+    """The checkpoint `--resume VALUE` names, which must exist and load.
+
+    A name (`last`, `epoch_0100`): that checkpoint under `prefix`. A file:// or s3:// URI or an absolute
+    path: that file. Any other value is a key under the root, as `--checkpoint` is (never a path relative
+    to the current folder, which a Job does not share).
+    """
+    if "://" in resume or os.path.isabs(os.path.expanduser(resume)):
+        src, name = split_uri(resume, s3_endpoint)
+        if not name or not src.exists(name):
+            raise BadInputError(f"--resume checkpoint not found: {resume}")
+        return ResumePoint(resume, load_checkpoint(src, name))
+    if "/" in resume:
+        key = resume.strip("/")
+    elif resume.endswith(".pt") and store.exists(resume):
+        key = resume  # a bare file name at the top of the root
+    else:
+        key = checkpoint_key(resume.removesuffix(".pt"), prefix)
+    if not store.exists(key):
+        here = ""
+        if os.path.isfile(resume):
+            here = " (a file of that name is in the current folder: give its absolute path)"
+        raise BadInputError(
+            f"--resume checkpoint not found: {store.uri}/{key}{here}; use auto, never, last, epoch_NNNN, "
+            "a key under the root, a file:// or s3:// URI or an absolute path"
+        )
+    return ResumePoint(key, load_checkpoint(store, key))
 
 
 def choose_resume(

@@ -18,7 +18,8 @@ class RuntimeOptions:
 
     resume: str = option(
         "auto",
-        "auto (newest readable checkpoint), never (start over), last, epoch_NNNN or a checkpoint URI.",
+        "auto (newest readable checkpoint), never (start over), last, epoch_NNNN, a checkpoint key under the "
+        "root, or a checkpoint URI.",
         digest=False,
     )
     device: str = option("auto", "auto, cpu, cuda or cuda:N.", digest=False)

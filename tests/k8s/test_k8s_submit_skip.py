@@ -140,3 +140,27 @@ def test_tools_are_always_submitted(run_cli, tmp_path, root, s3_env, settings):
         result = submit(run_cli, api, tmp_path, "synth", *settings(root), "--run-id", "t1")
     assert result.exit_code == 0, result.output
     assert "synth: submitted: a tool, not a stage: it keeps no record to compare" in result.stderr
+
+
+def test_the_up_to_date_check_gives_up_on_s3_quickly(run_cli, tmp_path, root, s3_env, settings, monkeypatch):
+    """The check from the submitting machine is best effort (the Job checks again): a few S3 attempts, not the
+    minutes of retries a stage allows, unless the user set $PLANKTON_S3_MAX_ATTEMPTS."""
+    import os
+
+    import plankton_core.stage as stage_module
+    from plankton_core.store import S3_ATTEMPTS_ENV
+
+    seen: list[str | None] = []
+
+    def spy(*args, **kwargs):
+        seen.append(os.environ.get(S3_ATTEMPTS_ENV))
+        return False, "spied"
+
+    monkeypatch.setattr(stage_module, "is_up_to_date", spy)
+    monkeypatch.delenv(S3_ATTEMPTS_ENV, raising=False)
+    with KubeStandIn(success_script) as api:
+        assert submit(run_cli, api, tmp_path, "stats", *settings(root), "--run-id", "q1").exit_code == 0
+        monkeypatch.setenv(S3_ATTEMPTS_ENV, "7")
+        assert submit(run_cli, api, tmp_path, "stats", *settings(root), "--run-id", "q2").exit_code == 0
+    assert seen == ["3", "7"]
+    assert os.environ[S3_ATTEMPTS_ENV] == "7"
