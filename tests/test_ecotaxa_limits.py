@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -51,9 +50,17 @@ def _claim_size(path: Path, member: str, size: int) -> None:
 
 
 def _crop(run_cli, tmp_path: Path, export: Path, *extra):
-    started = time.monotonic()
-    result = run_cli("crop", "--root", tmp_path / "art", "--input", export, "--workers", 1, *extra)
-    return result, time.monotonic() - started
+    return run_cli("crop", "--root", tmp_path / "art", "--input", export, "--workers", 1, *extra)
+
+
+def _crop_traced(run_cli, tmp_path: Path, export: Path):
+    """The crop run's result and its peak of Python allocations (tracemalloc), in bytes."""
+    tracemalloc.start()
+    try:
+        result = _crop(run_cli, tmp_path, export)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def _one_line(result) -> str:
@@ -70,10 +77,9 @@ def test_a_tsv_declaring_2_gib_is_refused_unread(run_cli, tmp_path):
         zf.writestr("a.png", _png())
     _claim_size(export, "ecotaxa_big.tsv", 2 * GIB)
     assert zipfile.ZipFile(export).getinfo("ecotaxa_big.tsv").file_size == 2 * GIB
-    result, seconds = _crop(run_cli, tmp_path, export)
+    result = _crop(run_cli, tmp_path, export)
     line = _one_line(result)
     assert "ecotaxa_big.tsv, which unpacks to 2.0 GiB" in line and "--max-member-bytes" in line, line
-    assert seconds < 10
     assert not (tmp_path / "art" / "crop" / "manifest.parquet").exists()
 
 
@@ -88,15 +94,10 @@ def test_a_ratio_bomb_is_refused_unread(run_cli, tmp_path):
                 member.write(block)
         zf.writestr("a.png", _png())
     assert export.stat().st_size < 1 << 20
-    tracemalloc.start()
-    try:
-        result, seconds = _crop(run_cli, tmp_path, export)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    result, peak = _crop_traced(run_cli, tmp_path, export)
     line = _one_line(result)
     assert "ecotaxa_bomb.tsv, which unpacks to 200.0 MiB" in line and "a zip bomb" in line, line
-    assert seconds < 10 and peak < 20 << 20, (seconds, peak)
+    assert peak < 20 << 20, peak  # refused from the declared sizes: nothing unpacked
 
 
 def test_a_2_gib_image_member_is_refused_unread(run_cli, tmp_path):
@@ -105,15 +106,10 @@ def test_a_2_gib_image_member_is_refused_unread(run_cli, tmp_path):
         zf.writestr("ecotaxa_s.tsv", _tsv(1, "big.png"))
         zf.writestr("big.png", _png())
     _claim_size(export, "big.png", 2 * GIB)
-    tracemalloc.start()
-    try:
-        result, seconds = _crop(run_cli, tmp_path, export)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    result, peak = _crop_traced(run_cli, tmp_path, export)
     line = _one_line(result)
     assert "big.png, which unpacks to 2.0 GiB" in line and "--max-pixels" in line, line
-    assert seconds < 10 and peak < 20 << 20, (seconds, peak)
+    assert peak < 20 << 20, peak  # refused from the declared sizes: nothing unpacked
     # read as an image elsewhere (query), the member is an unreadable image, never unpacked
     with pytest.raises(UnreadableImage, match="decompression_bomb"):
         ecotaxa.open_archive(str(export)).read_bytes("big.png")
@@ -127,15 +123,15 @@ def test_a_folder_export_is_judged_on_its_file_sizes(run_cli, tmp_path):
     with open(export / "ecotaxa_big.tsv", "wb") as f:
         f.write(_tsv(2))
         f.truncate(300 << 20)
-    line = _one_line(_crop(run_cli, tmp_path, export)[0])
+    line = _one_line(_crop(run_cli, tmp_path, export))
     assert "ecotaxa_big.tsv, which is 300.0 MiB" in line and "--max-member-bytes" in line, line
-    raised = _one_line(_crop(run_cli, tmp_path, export, "--max-member-bytes", 400 << 20)[0])
+    raised = _one_line(_crop(run_cli, tmp_path, export, "--max-member-bytes", 400 << 20))
     assert "ecotaxa_big.tsv:4 is longer than 1.0 MiB" in raised, raised  # read now, a line at a time
 
     (export / "ecotaxa_big.tsv").write_bytes(_tsv(1, "big.png"))
     with open(export / "big.png", "wb") as f:
         f.truncate(2 * GIB)
-    line = _one_line(_crop(run_cli, tmp_path, export)[0])
+    line = _one_line(_crop(run_cli, tmp_path, export))
     assert "big.png, which is 2.0 GiB" in line and "--max-pixels" in line, line
 
 
