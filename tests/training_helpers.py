@@ -6,13 +6,28 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from plankton_core.checkpoint import checkpoint_key, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(args: list[str], nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`plankton ARGS…` as `nproc` CPU processes under torchrun (gloo), as a multi-GPU Job runs it."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    env.pop("PUSHGATEWAY_URL", None)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    cmd = [*launch, "-m", "jobs.cli", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def stage_cli_args(stage: str, root: str, defaults: Mapping[str, Any], **options: Any) -> list[str]:

@@ -9,17 +9,12 @@ summation orders. Stated tolerance: queue, key encoder and weights within 1e-5 a
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 from pipeline_fixtures import make_stats_root
 from pretrain_helpers import assert_same_state, cli_args, final_state, small_cfg
+from training_helpers import torchrun
 
 from plankton_core.stage import run_stage
 
-REPO = Path(__file__).resolve().parents[2]
 OPTIONS = dict(model="test_efficientnet_gn", epochs=2, batch_size=12, queue=48, base_lr=0.5, save_every=1)
 
 
@@ -28,21 +23,7 @@ def test_two_processes_fill_the_queue_like_one(tmp_path):
     make_stats_root(str(tmp_path / "two"), per_class=12)
     run_stage("pretrain", small_cfg(**OPTIONS, include_test=True), one)  # all 36 crops: 3 steps per epoch
 
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    env.pop("WORLD_SIZE", None)
-    args = cli_args(str(tmp_path / "two"), **OPTIONS) + ["--deterministic", "--include-test"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "jobs.cli",
-        *args,
-    ]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = torchrun(cli_args(str(tmp_path / "two"), **OPTIONS) + ["--deterministic", "--include-test"])
     assert done.returncode == 0, done.stderr[-3000:]
 
     from plankton_core.store import open_store

@@ -9,35 +9,21 @@ epochs (6 steps, lr 0.375) every weight agrees within 1e-5 absolute and every ep
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from pipeline_fixtures import make_stats_root
 from supcon_helpers import assert_same_weights, cli_args, final_state, metrics_rows, small_cfg, train
+from training_helpers import torchrun
 
 REPO = Path(__file__).resolve().parents[2]
 OPTIONS = dict(model="test_efficientnet_gn", epochs=2, batch_size=12, base_lr=8.0, save_every=1, deterministic=True)
 
 
-def torchrun(root: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    env.pop("WORLD_SIZE", None)
+def run_two(root: str) -> subprocess.CompletedProcess:
     args = cli_args(root, **{k: v for k, v in OPTIONS.items() if k != "deterministic"}) + ["--deterministic"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "jobs.cli",
-        *args,
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return torchrun(args, timeout=300)
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
@@ -45,14 +31,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     two = make_stats_root(str(tmp_path / "two"))
     train(small_cfg(**OPTIONS), one)
 
-    done = torchrun(str(tmp_path / "two"))
+    done = run_two(str(tmp_path / "two"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_weights(final_state(two), final_state(one), atol=1e-5)
     assert final_state(two)["config"]["world_size"] == 2
     losses = [[row["loss"] for row in metrics_rows(s)] for s in (one, two)]
     assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-5)
 
-    again = torchrun(str(tmp_path / "two"))  # every rank finds it up to date under the contract
+    again = run_two(str(tmp_path / "two"))  # every rank finds it up to date under the contract
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("supcon: up to date") == 1  # one summary: rank 0's
     assert done.stdout.count("supcon: done") == 1
