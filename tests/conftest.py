@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # teardown) from `make durations` on the two-core machine; a test over SLOW_SECONDS is marked `slow` and left out
 # of `make test` (`-m "not slow"`). `smoke` tests stay in the fast tier whatever they take.
 DURATIONS = Path(__file__).with_name("durations.json")
-SLOW_SECONDS = 5.0
+SLOW_SECONDS = 3.0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
