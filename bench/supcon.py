@@ -37,9 +37,13 @@ from plankton_core.data import ImageCache, load_normalisation, load_splits  # no
 from plankton_core.losses import supcon_loss  # noqa: E402
 from plankton_core.models import create_model  # noqa: E402
 from plankton_core.supcon.config import SupConConfig  # noqa: E402
-from plankton_core.supcon.stage import ContrastiveStep, with_views  # noqa: E402
+from plankton_core.supcon.stage import ContrastiveStep  # noqa: E402
 from plankton_core.training import DistInfo, EpochStats, train_one_epoch, warmup_cosine  # noqa: E402
-from plankton_core.training.loader import CachedBatchLoader, EpochPlan  # noqa: E402
+from plankton_core.training.loader import (  # noqa: E402
+    CachedBatchLoader,
+    EpochPlan,
+    with_views,  # noqa: E402
+)
 
 
 class TwoCropTransform:

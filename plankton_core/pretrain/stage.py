@@ -54,7 +54,7 @@ from ..training import (
 )
 from ..training.distributed import barrier, gather_with_grad, node_first
 from ..training.glue import distribute, epoch_runner, process_device, training_process
-from ..training.loader import Batch, CachedBatchLoader, EpochPlan
+from ..training.loader import Batch, CachedBatchLoader, EpochPlan, with_views
 from .augment import V2Views
 from .config import TRAJECTORY_FIELDS, PretrainConfig
 from .moco import MoCoKeys, MoCoStep
@@ -447,11 +447,6 @@ def build_model(cfg: PretrainConfig, ctx: StageContext, fresh: bool) -> SupConMo
     if pretrained is not None:
         ctx.notes.append(f"backbone initialised from {cfg.pretrained}")
     return net
-
-
-def with_views(batch: Batch, views: V2Views) -> Batch:
-    batch.views = views(batch.images, batch.epoch, batch.step, batch.geometry)
-    return batch
 
 
 @dataclass

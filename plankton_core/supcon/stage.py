@@ -43,7 +43,7 @@ from ..training import (
 )
 from ..training.distributed import gather_with_grad, node_first
 from ..training.glue import distribute, epoch_runner, process_device, training_process
-from ..training.loader import Batch, CachedBatchLoader, EpochPlan
+from ..training.loader import Batch, CachedBatchLoader, EpochPlan, with_views
 from ..training.schedule import supcontrast_schedule
 from .config import SUPCONTRAST_WARMUP_FROM, TRAJECTORY_FIELDS, SupConConfig
 
@@ -353,12 +353,6 @@ def build_model(cfg: SupConConfig, ctx: StageContext, fresh: bool) -> SupConMode
     if pretrained is not None:
         ctx.notes.append(f"backbone initialised from {source}")
     return net
-
-
-def with_views(batch: Batch, views: TwoViews) -> Batch:
-    """Loader-thread transform for CPU training: the next batches are augmented while this one trains."""
-    batch.views = views(batch.images, batch.epoch, batch.step, batch.geometry)
-    return batch
 
 
 @dataclass

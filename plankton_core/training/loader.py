@@ -30,6 +30,13 @@ class Batch:
     geometry: torch.Tensor | None = None  # (b, 8) pixel rectangles and object boxes of this process's rows, when given
 
 
+def with_views(batch: Batch, views: Callable[..., torch.Tensor]) -> Batch:
+    """Loader-thread transform for CPU training: the next batches are augmented while this one trains
+    (`views(images, epoch, step, geometry)`: a stage's two augmented views)."""
+    batch.views = views(batch.images, batch.epoch, batch.step, batch.geometry)
+    return batch
+
+
 class EpochPlan:
     """Which cache rows make up each global batch of each epoch (full batches only)."""
 
