@@ -23,7 +23,6 @@ stage's `_SUCCESS` stays.
 
 from __future__ import annotations
 
-import posixpath
 import re
 import shutil
 import tempfile
@@ -32,14 +31,13 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from .errors import BadInputError, InterruptedRun
 from .stage import stages
-from .store import LocalStore, S3Store, Store, join
+from .store import Store, join
 
 DEFAULT_TIMEOUT_S: float = 300  # seconds
 DEFAULT_MEMORY_LIMIT = "50%"  # of the machine's memory (DuckDB reads a container's limit too)
@@ -92,22 +90,10 @@ def check_out(root: Store, out: str) -> None:
     Locations are compared resolved: a local path absolute with symlinks and `..` folded, an S3 key with `..`
     and doubled slashes folded, against the root's own.
     """
-    parsed = urlparse(out)
-    if parsed.scheme == "s3":
-        if not isinstance(root, S3Store) or parsed.netloc != root.bucket:
-            return
-        parts = posixpath.normpath("/" + parsed.path).strip("/").split("/")
-        base = root.prefix.split("/") if root.prefix else []
-        if parts[: len(base)] != base:
-            return
-        inside = parts[len(base) :]
-    else:
-        if not isinstance(root, LocalStore):
-            return
-        path = Path(parsed.path if parsed.scheme == "file" else out).expanduser().resolve()
-        if not path.is_relative_to(root.path):
-            return
-        inside = list(path.relative_to(root.path).parts)
+    key = root.key_of(out)
+    if key is None:
+        return
+    inside = key.split("/")
     for stage in stages():
         prefix = stage.prefix.strip("/").split("/")
         if inside[: len(prefix)] == prefix:

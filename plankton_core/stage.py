@@ -399,6 +399,9 @@ class InvalidatingStore:
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
 
+    def key_of(self, location: str) -> str | None:
+        return self.inner.key_of(location)
+
     def read_bytes(self, key: str) -> bytes:
         return self.inner.read_bytes(key)
 

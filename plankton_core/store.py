@@ -22,6 +22,7 @@ import builtins
 import errno
 import io
 import os
+import posixpath
 import shutil
 import stat
 import tempfile
@@ -109,6 +110,11 @@ class Store(Protocol):
     def child(self, prefix: str) -> Store: ...
     def reopen_spec(self) -> StoreURI:
         """What `open_store` needs to open this store again in another process."""
+        ...
+
+    def key_of(self, location: str) -> str | None:
+        """The key under this store that `location` (a path, file:// or s3:// URI) names, `..` folded; None
+        when it lies elsewhere."""
         ...
 
 
@@ -306,6 +312,13 @@ class LocalStore:
 
     def reopen_spec(self) -> StoreURI:
         return StoreURI(self.uri)
+
+    def key_of(self, location: str) -> str | None:
+        parsed = urlparse(location)
+        if parsed.scheme not in ("", "file"):
+            return None
+        path = Path(unquote(parsed.path) if parsed.scheme == "file" else location).expanduser().resolve()
+        return path.relative_to(self.path).as_posix() if path.is_relative_to(self.path) else None
 
 
 class S3Store:
@@ -537,6 +550,14 @@ class S3Store:
 
     def child(self, prefix: str) -> S3Store:
         return S3Store(self.bucket, join(self.prefix, prefix), self.endpoint_url, client=self._client)
+
+    def key_of(self, location: str) -> str | None:
+        parsed = urlparse(location)
+        if parsed.scheme != "s3" or parsed.netloc != self.bucket:
+            return None
+        parts = posixpath.normpath("/" + parsed.path).strip("/").split("/")
+        base = self.prefix.split("/") if self.prefix else []
+        return "/".join(parts[len(base) :]) if parts[: len(base)] == base else None
 
     def reopen_spec(self) -> StoreURI:
         return StoreURI(self.uri, self.endpoint_url)

@@ -417,3 +417,13 @@ def test_the_attempts_are_set_by_the_environment(s3_root, quick_backoff, monkeyp
     with pytest.raises(store_module.TransientStoreError, match=r"S3 read of .*/x\.bin failed after 4 attempts: "):
         store.read_bytes("x.bin")
     assert answered == [4]
+
+
+def test_key_of_names_the_key_a_location_points_at(store):
+    """Paths and URIs inside the store fold to their key (`..`, doubled slashes); anything elsewhere is None."""
+    root = store.uri
+    assert store.key_of(f"{root}/lut/gallery.parquet") == "lut/gallery.parquet"
+    assert store.key_of(f"{root}/other/../lut//gallery.parquet") == "lut/gallery.parquet"
+    assert store.key_of(f"{root}/../elsewhere/x.parquet") is None
+    other = "s3://another-bucket/x.parquet" if root.startswith("file:") else "/tmp/x.parquet"
+    assert store.key_of(other) is None
