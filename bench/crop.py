@@ -1,11 +1,12 @@
 """Crop stage throughput, serial and parallel, next to merely decoding the same files on the same cores.
 
-    .venv/bin/python bench/crop.py [--frames 2000] [--size 256] [--workers N]
+    .venv/bin/python bench/crop.py [--frames 2000] [--size 256] [--workers N] [--kind frames|vignettes]
 
-Generates synth frames into a temporary folder, then times, in one run:
+Generates synth frames (or vignettes) into a temporary folder, then times, in one run:
 decode only (read + decode_image, the floor any crop stage pays) and the
 whole crop stage (listing, decode, segment, crop PNGs written, manifest), each
 with 1 process and with N. The stage's goal is at least half the decode-only rate.
+Last, the morphometric features' cost: the stage with --no-features and with features, one process (aim: ≤ +20%).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import resource
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+
+from loadwatch import LoadWatch
 
 from plankton_core.crop import CropConfig
 from plankton_core.imageio import decode_image
@@ -64,10 +67,11 @@ def decode_fps(uri: str, keys: list[str], workers: int, chunk: int = 256) -> flo
     return len(keys) / (time.perf_counter() - t0)
 
 
-def crop_fps(uri: str, n: int, workers: int, root: str) -> float:
-    """Frames per second of a first crop run into an empty root (listing, decode, segment, crops, manifest)."""
+def crop_fps(uri: str, n: int, workers: int, root: str, features: bool = True) -> float:
+    """Frames per second of a first crop run into an empty root (listing, decode, segment, crops, manifest;
+    `features`: the morphometric features of every kept object too)."""
     t0 = time.perf_counter()
-    run_stage("crop", CropConfig(input=uri, workers=workers), open_store(root))
+    run_stage("crop", CropConfig(input=uri, workers=workers, features=features), open_store(root))
     return n / (time.perf_counter() - t0)
 
 
@@ -76,14 +80,29 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=2000)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--kind", choices=["frames", "vignettes"], default="frames", help="what synth generates")
     args = ap.parse_args()
+    with LoadWatch() as watch:
+        run(args, watch)
+
+
+def run(args: argparse.Namespace, watch: LoadWatch) -> None:
+    """The measurements, under the load watch."""
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-crop-") as tmp:
         images = open_store(os.path.join(tmp, "images"))
         classes = 8
         t0 = time.perf_counter()
         counts = generate(
-            images, SynthConfig(classes=classes, per_class=args.frames // classes * 10 // 7 + 1, size=args.size, seed=0)
+            images,
+            SynthConfig(
+                kind=args.kind,
+                classes=classes,
+                per_class=args.frames // classes * 10 // 7 + 1,
+                size=args.size,
+                seed=0,
+                imbalance=0.4 if args.kind == "frames" else 1.0,
+            ),
         )
         synth_s = time.perf_counter() - t0
         keys = sorted(k for k in images.list() if "/" in k)
@@ -112,7 +131,35 @@ def main() -> None:
                 f"parallel speed-up with {args.workers} workers: decode x{dn / d1:.2f}, crop x{cn / c1:.2f} "
                 f"(both include starting the processes: {pool_startup_s(args.workers):.1f}s measured apart)"
             )
-        print(f"cores: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}); goal: crop / decode >= 0.5")
+        print(f"cores: {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))})")
+        for workers, (dec, crop) in results.items():
+            print(watch.verdict(crop / dec >= 0.5, f"crop / decode ≥ 0.5 with {workers} worker(s) ({crop / dec:.2f})"))
+        feature_cost(images.uri, n, tmp, watch)
+
+
+def feature_cost(uri: str, n: int, tmp: str, watch: LoadWatch) -> None:
+    """The morphometric features' share of crop time: one process, --no-features and features alternately, twice,
+    the faster of each (wall time, and CPU time, which a busy machine disturbs less). The modules the features
+    import (scikit-image, Qhull) are loaded first: a once-per-process cost, not a per-frame one."""
+    import numpy as np
+
+    from plankton_core.morphometrics import features
+
+    features(np.ones((4, 4), bool), np.zeros((4, 4), np.uint8))
+    fps: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    for i, on in enumerate((False, True, False, True)):
+        c0 = cpu_seconds()
+        fps[on].append(crop_fps(uri, n, 1, os.path.join(tmp, f"art-features-{i}"), features=on))
+        cpu[on].append(cpu_seconds() - c0)
+    without, with_ = max(fps[False]), max(fps[True])
+    c_off, c_on = min(cpu[False]), min(cpu[True])
+    added = without / with_ - 1.0
+    print(
+        f"features (1 process): crop without {without:7.0f} frames/s | with {with_:7.0f} frames/s "
+        f"(CPU {c_off / n * 1e3:.2f} → {c_on / n * 1e3:.2f} ms/frame, {c_on / c_off - 1:+.0%})"
+    )
+    print(watch.verdict(added <= 0.2, f"features add ≤ 20% to crop's time ({added:+.0%})"))
 
 
 if __name__ == "__main__":

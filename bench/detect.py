@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+from loadwatch import LoadWatch
 
 from plankton_core.artifacts import DETECT_BEST, DETECT_EVAL_TXT, DETECT_METRICS, DETECT_TRAIN_METRICS
 from plankton_core.config import load_config
@@ -129,6 +130,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--score", type=float, default=0.5, help="detector score threshold for cropping")
     args = ap.parse_args()
+    with LoadWatch():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The measurements, under the load watch."""
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from loadwatch import LoadWatch  # noqa: E402
 from pipeline_fixtures import make_stats_root  # noqa: E402
 
 from plankton_core.augment import AugmentSpec, view_params  # noqa: E402
@@ -56,6 +57,12 @@ def main() -> None:
     ap.add_argument("--model", default="test_resnet")
     ap.add_argument("--batch-size", type=int, default=24)
     args = ap.parse_args()
+    with LoadWatch():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The measurements, under the load watch."""
     rows = []
     for name, mode, thr in WAYS:
         with tempfile.TemporaryDirectory() as tmp:

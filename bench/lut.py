@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from loadwatch import LoadWatch  # noqa: E402
 from prune import synthetic_gallery  # noqa: E402
 
 from plankton_core.lut.index import build_index, recall_at, search_params, tune_recall  # noqa: E402
@@ -147,11 +148,14 @@ def main() -> None:
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--size", type=int, default=224)
     args = ap.parse_args()
+    with LoadWatch():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The measurements, under the load watch."""
     threads = faiss.omp_get_max_threads()
-    print(
-        f"bench/lut.py on {os.cpu_count()} CPU(s), faiss threads {threads}, "
-        f"load average {os.getloadavg()[0]:.1f} at start"
-    )
+    print(f"bench/lut.py on {os.cpu_count()} CPU(s), faiss threads {threads}")
     x, _ = synthetic_gallery(args.n + 1000, args.dim, seed=3)
     rng = np.random.default_rng(0)
     perm = rng.permutation(len(x))
@@ -198,10 +202,7 @@ def main() -> None:
             f"{args.images} frames of 256 px, batch 32): "
             f"{rate:.1f} images/s (+ {load_s:.1f} s once per call to load the LUT and checkpoint)"
         )
-    print(
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; "
-        f"load average at end {os.getloadavg()[0]:.1f}"
-    )
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
 
 if __name__ == "__main__":

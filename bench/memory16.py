@@ -22,6 +22,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from loadwatch import LoadWatch
 
 from plankton_core.imageio import PNG_SIGNATURE, encode_png
 
@@ -98,6 +99,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=9400, help="frame side in pixels")
     ap.add_argument("--objects", type=int, default=40)
     args = ap.parse_args()
+    with LoadWatch() as watch:
+        run(args, watch)
+
+
+def run(args: argparse.Namespace, watch: LoadWatch) -> None:
+    """The measurements, under the load watch."""
     if not Path("/proc/self/clear_refs").exists():
         sys.exit("needs Linux /proc (VmHWM and clear_refs)")
     deep = frame(args.size, args.objects)
@@ -112,6 +119,9 @@ def main() -> None:
         for name, (data, decoded) in cases.items():
             peak, found = peak_added(data, Path(tmp))
             print(f"{name:8} {decoded / 1e6:11.1f} {peak / 1e6:14.1f} {peak / decoded:6.2f} {found:8}")
+            if name == "16-bit":
+                ratio_16 = peak / decoded
+    print(watch.verdict(ratio_16 <= 1.2, f"16-bit peak added / decoded frame ≤ 1.2 ({ratio_16:.2f})"))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from loadwatch import LoadWatch  # noqa: E402
 from pipeline_fixtures import make_stats_root  # noqa: E402
 
 from plankton_core.pretrain.config import PretrainConfig  # noqa: E402
@@ -45,6 +46,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
+    with LoadWatch():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The measurements, under the load watch."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("PLANKTON_CACHE_DIR", str(Path(tmp) / "cache"))

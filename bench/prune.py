@@ -10,9 +10,14 @@ the 0.80–1.00 grid prunes from ~35% to 100% kept. Val is 15% of the gallery
 built once over the whole gallery, restricted to train, and val is queried
 against train only. One run, side by side:
 
-  floor     every within-class similarity of the gallery once (float32 tiled GEMM over lower triangles, nothing kept)
-  blocked   plankton_core.lut as the stage runs it: neighbour graph of the gallery, restricted to train, val
-            candidates once, then 21 thresholds (greedy pass, val accuracy/F1, single-query latency)
+  floor     the products the sweep cannot avoid, in the precision the sweep picks its candidates in
+            (prune_pass.candidate_dtype: float32 here, bfloat16 on CPUs with AMX), on the same tiles, nothing kept:
+            every within-class similarity of the gallery (lower triangles) + every val query against every train
+            item; a bfloat16 line gives the same products in bfloat16
+  blocked   plankton_core.lut as the stage runs it: one pass over the gallery's class tiles builds the neighbour
+            graph (restricted to train) and val's candidate lists among train, then 21 thresholds (greedy pass, val
+            accuracy/F1, single-query latency); train is read in place (no copy). Aims, judged only on a quiet
+            machine (bench/loadwatch.py): sweep ≤ 2.5× the floor, peak RSS ≤ 2× the gallery's float32 size
   straight  per T: visit items in order, compare each with the kept items of its class (numpy per item),
             then brute-force val search of the pruned train gallery; timed on two subsamples large enough
             for the pairwise term to dominate (class blocks out of cache), extrapolated with
@@ -33,10 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from loadwatch import LoadWatch  # noqa: E402
 
 from plankton_core.lut.evaluation import QuerySet  # noqa: E402
 from plankton_core.lut.prune import greedy_order, neighbour_graph, threshold_grid  # noqa: E402
-from plankton_core.lut.prune_sweep import SweepSettings, restrict_graph, sweep_thresholds  # noqa: E402
+from plankton_core.lut.prune_pass import candidate_dtype, graph_and_lists  # noqa: E402
+from plankton_core.lut.prune_sweep import (  # noqa: E402
+    SweepSettings,
+    candidate_depth,
+    restrict_graph,
+    sweep_thresholds,
+)
 
 
 def synthetic_gallery(
@@ -79,21 +91,43 @@ def synthetic_gallery(
             + 0.8 * sub_centres[sub[s]]
             + spread[sub[s], None] * rng.standard_normal((s.stop - s.start, dim), dtype=np.float32)
         )
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for i0 in range(0, n, 10_000):  # in chunks: a whole-gallery norm would hold a second gallery-sized temporary
+        x[i0 : i0 + 10_000] /= np.linalg.norm(x[i0 : i0 + 10_000], axis=1, keepdims=True)
     return x, labels
 
 
-def floor_seconds(x: np.ndarray, labels: np.ndarray, row_block: int = 1024, col_block: int = 8192) -> float:
-    """Every within-class similarity once: the same tiles as the neighbour graph, with no thresholding."""
-    t0 = time.perf_counter()
+def floor_seconds(
+    x: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    val_x: np.ndarray,
+    dtype: torch.dtype,
+    row_block: int = 1024,
+    col_block: int = 8192,
+    query_block: int = 2048,
+) -> tuple[float, float]:
+    """Seconds of (every within-class similarity of x, every val row against every train row) in `dtype`, in the
+    sweep's tiles, nothing kept; only the products are timed (copies and conversions are not)."""
+    within = across = 0.0
     for c in np.unique(labels):
-        xc = torch.from_numpy(x[labels == c])
-        n = len(xc)
-        for i0 in range(0, n, row_block):
-            i1 = min(i0 + row_block, n)
-            for j0 in range(0, i1, col_block):
-                _ = xc[i0:i1] @ xc[j0 : min(j0 + col_block, i1)].T
-    return time.perf_counter() - t0
+        ids = np.flatnonzero(labels == c)
+        n = len(ids)
+        for j0 in range(0, n, col_block):
+            cols = torch.from_numpy(np.take(x, ids[j0 : j0 + col_block], axis=0)).to(dtype)
+            for i0 in range(j0, n, row_block):
+                i1 = min(i0 + row_block, n)
+                rows = cols[i0 - j0 : i1 - j0] if i1 <= j0 + len(cols) else torch.from_numpy(x[ids[i0:i1]]).to(dtype)
+                t0 = time.perf_counter()
+                _ = rows @ cols[: min(j0 + col_block, i1) - j0].T
+                within += time.perf_counter() - t0
+    q = torch.from_numpy(np.ascontiguousarray(val_x)).to(dtype)
+    for g0 in range(0, len(train), col_block):
+        tile = torch.from_numpy(np.take(x, train[g0 : g0 + col_block], axis=0)).to(dtype)
+        for s in range(0, len(q), query_block):
+            t0 = time.perf_counter()
+            _ = q[s : s + query_block] @ tile.T
+            across += time.perf_counter() - t0
+    return within, across
 
 
 def straightforward_sweep(x, labels, keys, val_idx, thresholds):
@@ -123,17 +157,28 @@ def straightforward_sweep(x, labels, keys, val_idx, thresholds):
 
 
 def blocked_sweep(x, labels, keys, groups, val_idx, n_classes, grid, settings):
-    """What the lut stage runs: the gallery's neighbour graph, restricted to train, then the sweep of val
-    against train."""
+    """What the lut stage runs: one pass over the gallery for its neighbour graph (restricted to train) and val's
+    candidate lists among train, then the sweep of val against train, train read in place."""
     in_train = np.ones(len(x), bool)
     in_train[val_idx] = False
-    t0, c0 = time.perf_counter(), time.process_time()
-    graph = neighbour_graph(x, labels, greedy_order(keys), float(grid.min()))
-    graph_s, graph_c = time.perf_counter() - t0, time.process_time() - c0
     train = np.flatnonzero(in_train)
     val = QuerySet("val", x[val_idx], labels[val_idx], groups[val_idx])
+    t0, c0 = time.perf_counter(), time.process_time()
+    graph, lists = graph_and_lists(
+        x,
+        labels,
+        greedy_order(keys),
+        float(grid.min()),
+        val.x,
+        candidate_depth(settings),
+        train=train,
+        gallery_groups=groups[train],
+        query_groups=val.groups,
+        grid=np.union1d(grid, [1.0]),  # the sweep's thresholds (it adds 1.0): the graph is exact there
+    )
+    graph_s, graph_c = time.perf_counter() - t0, time.process_time() - c0
     outcome = sweep_thresholds(
-        x[train],
+        x,
         labels[train],
         [keys[i] for i in train],
         groups[train],
@@ -142,6 +187,8 @@ def blocked_sweep(x, labels, keys, groups, val_idx, n_classes, grid, settings):
         grid,
         settings,
         graph=restrict_graph(graph, in_train),
+        lists=lists,
+        rows=train,
     )
     return graph, outcome, graph_s, graph_c
 
@@ -159,12 +206,22 @@ def main() -> None:
         default="0.90",
         help="thresholds timed for the straightforward sweep (the time per threshold is their mean)",
     )
+    ap.add_argument(
+        "--bf16-floor", action="store_true", help="time the floor in bfloat16 too where the sweep uses float32"
+    )
     ap.add_argument("--profile", default="", help="write a cProfile of the blocked sweep to this file (adds overhead)")
     args = ap.parse_args()
+    with LoadWatch() as watch:
+        run(args, watch)
+
+
+def run(args: argparse.Namespace, watch: LoadWatch) -> None:
+    """Generate the gallery, time the floor and the sweep, judge them (on a quiet machine), check a subsample."""
     threads = torch.get_num_threads()
     grid = threshold_grid(0.80, 1.00, 0.01)
     settings = SweepSettings(k=5, candidates=100, latency_queries=5)
 
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes (kB on Linux): the imports' share
     t0 = time.perf_counter()
     x, labels = synthetic_gallery(args.n, args.dim)
     keys = [f"crop/crops/c{labels[i]}/img_{i:07d}_0.png" for i in range(args.n)]
@@ -172,25 +229,15 @@ def main() -> None:
     val_idx = np.sort(rng.choice(args.n, int(args.n * args.val_fraction), replace=False))
     groups = np.arange(args.n)  # each item its own source image
     sizes = np.bincount(labels)
+    print(f"bench/prune.py on {os.cpu_count()} CPU(s), torch threads {threads}")
     print(
-        f"bench/prune.py on {os.cpu_count()} CPU(s), torch threads {threads}, "
-        f"load average {os.getloadavg()[0]:.1f} at start"
-    )
-    print(
-        f"gallery {args.n:,} × {args.dim}, {len(sizes)} classes "
+        f"gallery {args.n:,} × {args.dim} ({x.nbytes / 1e9:.2f} GB float32), {len(sizes)} classes "
         f"(largest {sizes.max():,} = {sizes.max() / args.n:.0%}, smallest {sizes.min():,}), "
         f"val {len(val_idx):,} queried against the {args.n - len(val_idx):,} train items, "
         f"{len(grid)} thresholds {grid[0]:.2f}–{grid[-1]:.2f}; "
         f"generated in {time.perf_counter() - t0:.1f}s"
     )
-
-    c0 = time.process_time()
-    floor = floor_seconds(x, labels)
-    c_floor = time.process_time() - c0
-    print(
-        f"floor    every within-class similarity once (float32 tiled GEMM)  {floor:7.1f} s   "
-        f"(CPU {c_floor:.0f} s over {threads} threads)"
-    )
+    floor = print_floor(x, labels, val_idx, threads, args.bf16_floor)
 
     profiler = cProfile.Profile() if args.profile else None
     t0, c0 = time.perf_counter(), time.process_time()
@@ -203,13 +250,13 @@ def main() -> None:
     blocked, c_blocked = time.perf_counter() - t0, time.process_time() - c0
     s = outcome.seconds
     print(
-        f"blocked  full sweep                                               {blocked:7.1f} s   "
-        f"({blocked / floor:.2f}× the floor; CPU {c_blocked:.0f} s vs {c_floor:.0f} s)"
+        f"blocked  full sweep                                           {blocked:7.1f} s   "
+        f"= {blocked / floor:.2f}× the floor (CPU {c_blocked:.0f} s)"
     )
     print(
-        f"         neighbour graph {t_graph:.1f} s "
+        f"         one pass: neighbour graph + val top-{2 * settings.candidates} candidates {t_graph:.1f} s "
         f"(CPU {c_graph:.0f} s; {graph.pairs:,} same-class pairs ≥ {grid.min():.2f}), "
-        f"val top-100 candidates {s['val_candidates']:.1f} s, {len(grid)} thresholds {s['thresholds']:.1f} s "
+        f"{len(grid)} thresholds {s['thresholds']:.1f} s "
         f"(of which exact lists of hard val queries {s.get('hard_queries', 0.0):.1f} s), "
         f"selection {s['selection']:.1f} s"
     )
@@ -222,8 +269,51 @@ def main() -> None:
             f"{'  ← chosen' if r['chosen'] else ''}"
         )
     print(f"         chosen T={outcome.threshold:.2f} (unpruned val accuracy {outcome.baseline['accuracy']:.4f})")
-    print(f"peak RSS after the blocked sweep {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    added = rss - rss0
+    print(
+        f"peak RSS after the blocked sweep {rss / 1e9:.2f} GB = {rss / x.nbytes:.2f}× the gallery's float32 size "
+        f"({x.nbytes / 1e9:.2f} GB); less the {rss0 / 1e9:.2f} GB the imports hold before the gallery exists: "
+        f"{added / 1e9:.2f} GB = {added / x.nbytes:.2f}×"
+    )
+    print(watch.verdict(blocked <= 2.5 * floor, f"sweep ≤ 2.5× the floor ({blocked / floor:.2f}×)"))
+    print(
+        watch.verdict(
+            added <= 2 * x.nbytes,
+            f"peak RSS over the imports' ≤ 2× the gallery ({added / x.nbytes:.2f}×; "
+            f"whole process {rss / x.nbytes:.2f}×)",
+        )
+    )
+    check_subsamples(args, x, labels, keys, groups, val_idx, len(sizes), settings, blocked, grid)
 
+
+def print_floor(x: np.ndarray, labels: np.ndarray, val_idx: np.ndarray, threads: int, bf16: bool) -> float:
+    """Time the floor in the sweep's candidate precision (float32 too when that is bfloat16; bfloat16 too when
+    asked), print it, return its seconds."""
+    train = np.setdiff1d(np.arange(len(x)), val_idx)
+    val_x = x[val_idx]
+    dtype = candidate_dtype()
+    lines = {}
+    extra = [torch.float32] if dtype == torch.bfloat16 else [torch.bfloat16] if bf16 else []
+    for dt in [dtype, *extra]:
+        c0 = time.process_time()
+        within, across = floor_seconds(x, labels, train, val_x, dt)
+        lines[dt] = (within, across, time.process_time() - c0)
+    for dt, (within, across, cpu) in lines.items():
+        name = str(dt).removeprefix("torch.")
+        tag = "floor   " if dt == dtype else "        "
+        note = "the sweep's candidate precision" if dt == dtype else "for reference"
+        print(
+            f"{tag} {name:8} within-class GEMM {within:6.1f} s + val × train GEMM {across:6.1f} s "
+            f"= {within + across:7.1f} s   ({note}; CPU {cpu:.0f} s over {threads} threads)"
+        )
+    within, across, _ = lines[dtype]
+    return within + across
+
+
+def check_subsamples(args, x, labels, keys, groups, val_idx, n_classes, settings, blocked, grid) -> None:
+    """The straightforward sweep on subsamples: same kept sets and val accuracy as the blocked one, and its time
+    extrapolated to the full gallery."""
     subs = [int(v) for v in args.sub.split(",") if v]
     sub_t = [float(v) for v in args.sub_thresholds.split(",")]
     per_t = {}
@@ -235,7 +325,7 @@ def main() -> None:
         t0 = time.perf_counter()
         masks, accs = straightforward_sweep(xs, ls, ks, vs, sub_t)
         per_t[n_sub] = (time.perf_counter() - t0) / len(sub_t)
-        _, sub_out, _, _ = blocked_sweep(xs, ls, ks, groups[pick], vs, len(sizes), np.asarray(sub_t), settings)
+        _, sub_out, _, _ = blocked_sweep(xs, ls, ks, groups[pick], vs, n_classes, np.asarray(sub_t), settings)
         got = sub_out.table.to_pylist()
         in_train = ~np.isin(np.arange(n_sub), vs)
         g = neighbour_graph(
@@ -264,10 +354,6 @@ def main() -> None:
             f"× {len(grid)} thresholds = {extrapolated:,.0f} s = {extrapolated / 3600:.1f} h"
         )
         print(f"speed-up blocked vs straightforward: {extrapolated / blocked:,.0f}×")
-    print(
-        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB; "
-        f"load average at end {os.getloadavg()[0]:.1f}"
-    )
 
 
 if __name__ == "__main__":

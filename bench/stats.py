@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import numpy as np
+from loadwatch import LoadWatch
 
 from plankton_core.crop import CropConfig
 from plankton_core.data import load_crop, load_splits
@@ -40,6 +41,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     args = ap.parse_args()
+    with LoadWatch():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The measurements, under the load watch."""
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-stats-") as tmp:
         os.environ["PLANKTON_CACHE_DIR"] = os.path.join(tmp, "cache")

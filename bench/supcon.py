@@ -30,6 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from loadwatch import LoadWatch  # noqa: E402
 from pipeline_fixtures import make_stats_root  # noqa: E402
 
 from plankton_core.augment import TwoViews  # noqa: E402
@@ -269,6 +270,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="device for the side-by-side comparison")
     ap.add_argument("--skip-gpu", action="store_true")
     args = ap.parse_args()
+    with LoadWatch():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The measurements, under the load watch."""
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     device = torch.device(args.device)
 

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from loadwatch import LoadWatch  # bench/ is on sys.path until the line below drops it
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(REPO), str(REPO / "tests")] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 
@@ -38,6 +40,12 @@ def main() -> None:
         help="torch threads for both modes (0: torch's default); 1 avoids thread contention on a shared machine",
     )
     args = ap.parse_args()
+    with LoadWatch():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The measurements, under the load watch."""
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PLANKTON_CACHE_DIR"] = str(Path(tmp) / "cache")

@@ -28,7 +28,10 @@ def command(out: str, s3_endpoint: str | None, **params) -> None:
     cfg = resolve_config(SynthConfig, params)
     store = open_store(out, s3_endpoint)
     counts = generate(store, cfg)
-    if cfg.kind == "vignettes":
+    if cfg.kind == "ood":
+        click.echo(f"synth: {counts['frames']} far-OOD images (textures, noise, squares: no class) → {store.uri}")
+        return
+    if cfg.kind in ("vignettes", "sizes"):
         click.echo(
             f"synth: {counts['frames']} vignettes, one object each ({counts['cut_by_border']} touching the border) "
             f"in {counts['classes']} classes → {store.uri}"

@@ -10,11 +10,13 @@ from __future__ import annotations
 CROP_MANIFEST = "crop/manifest.parquet"
 CROP_CROPS = "crop/crops"
 CROP_RUN = "crop/run.json"
+CROP_FEATURES = "crop/features.parquet"  # crop_key, class and the morphometric features of every kept object
 
 # stats
 STATS_SPLITS = "stats/splits.parquet"
 STATS_CLASSES = "stats/classes.json"
 STATS_JSON = "stats/stats.json"
+STATS_LABEL_NOISE = "stats/label_noise.parquet"  # `--label-noise`: the flips (read only to evaluate an audit)
 
 # pretrain
 PRETRAIN_CKPT = "pretrain/ckpt"
@@ -46,6 +48,10 @@ EVAL_CONFUSION_PNG = "evaluate/confusion.png"
 EVAL_REPORT_HTML = "evaluate/report.html"
 EVAL_REPORT_MD = "evaluate/report.md"
 
+# baseline
+BASELINE_PREDICTIONS = "baseline/predictions.parquet"  # crop_key, class, split, pred (+ per-class probabilities)
+BASELINE_METRICS = "baseline/metrics.json"
+
 # lut
 LUT_INDEX_JSON = "lut/index.json"
 LUT_INDEX = {"full": "lut/index.faiss", "pruned": "lut/index_pruned.faiss"}
@@ -56,6 +62,14 @@ LUT_HELDOUT_EMBEDDINGS = "lut/heldout.npy"
 LUT_PRUNE_SWEEP = "lut/prune_sweep.parquet"
 LUT_PRUNE_PLOT = "lut/prune_sweep.png"
 LUT_RETRIEVAL = "lut/retrieval.json"
+LUT_QUANTIFICATION = "lut/quantification.json"  # quantification methods on val/test bags (APP), the choice
+LUT_QUANT_PLOT = "lut/quantification.png"  # true vs estimated proportion per method, test bags
+LUT_QUANT_CALIBRATION = "lut/quantification_calibration.npz"  # what plankton_core.quantify needs per sample
+LUT_OPEN_SET = "lut/open_set.npz"  # open-set fit: linear head, Gaussians, ViM, val scores (plankton_core.openset)
+LUT_OOD = "lut/ood.json"  # open-set figures on test per score and OOD set, and how the score was chosen
+LUT_OOD_PLOT = "lut/ood.png"  # score histograms, known vs unknown
+LUT_CHANGES = "lut/changes.parquet"  # `lut --add`: what each addition added, relabelled, removed
+LUT_ADDED = "lut/added"  # `lut --add`: the images of objects added to the gallery
 
 # detect
 DETECT_CKPT = "detect/ckpt"
@@ -69,3 +83,10 @@ DETECT_EVAL_TXT = "detect/eval.txt"  # COCOeval.summarize()'s printout on test
 DETECT_PR = "detect/pr.png"
 DETECT_PAGE = "detect/test_frames.png"
 DETECT_TEST_DETECTIONS = "detect/test_detections.parquet"
+
+# audit
+AUDIT_SCORES = "audit/scores.parquet"
+AUDIT_SUSPECTS = "audit/suspects.parquet"
+AUDIT_DUPLICATES = "audit/duplicates.parquet"
+AUDIT_EVALUATION = "audit/evaluation.json"
+AUDIT_SUMMARY = "audit/summary.json"

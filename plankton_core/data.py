@@ -57,7 +57,7 @@ def letterbox(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(canvas).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None))
 
 
-PREPROCESS = ("letterbox", "resize-center-crop")
+PREPROCESS = ("letterbox", "resize-center-crop", "keep-scale")
 RESIZE_FOR_CENTER_CROP = 256 / 224  # SupContrast / torchvision evaluation: Resize(256) then CenterCrop(224)
 
 
@@ -85,9 +85,32 @@ def resize_center_crop(arr: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(img[top : top + size, left : left + size])
 
 
+def keep_scale_factor(h: int, w: int, size: int) -> float:
+    """How `keep_scale` scales an h×w crop onto a size×size canvas: 1 when it fits, else size / its longer side."""
+    return min(1.0, size / max(h, w, 1))
+
+
+def keep_scale(arr: np.ndarray, size: int) -> np.ndarray:
+    """A crop at its own scale: one that fits is centred on a size×size canvas of its own background (padded, never
+    enlarged, so the object's absolute size in pixels survives); a larger one is shrunk to fit, as letterbox does,
+    by `keep_scale_factor`."""
+    rgb = to_rgb(arr)
+    h, w = rgb.shape[:2]
+    if max(h, w) >= size:
+        return letterbox(rgb, size)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
+    canvas = np.empty((size, size, 3), dtype=np.uint8)
+    canvas[:] = np.median(border, axis=0).astype(np.uint8)
+    top, left = (size - h) // 2, (size - w) // 2
+    canvas[top : top + h, left : left + w] = rgb
+    return canvas
+
+
 def preprocess_crop(arr: np.ndarray, size: int, preprocess: str = "letterbox") -> np.ndarray:
-    """A crop as the network sees it at evaluation: `letterbox` (default) or `resize-center-crop`."""
+    """A crop as the network sees it at evaluation: `letterbox` (default), `resize-center-crop` or `keep-scale`."""
     check_preprocess(preprocess)
+    if preprocess == "keep-scale":
+        return keep_scale(arr, size)
     return letterbox(arr, size) if preprocess == "letterbox" else resize_center_crop(arr, size)
 
 

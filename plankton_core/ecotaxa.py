@@ -202,6 +202,8 @@ class ZipStore:
 
 def reopen(spec: StoreURI | ZipSpec) -> Any:
     """The store or zip archive `spec` names (in a worker process)."""
+    if hasattr(spec, "reopen"):  # a wrapping input's own spec (crop's IFCB bins: crop.ifcb_input.IfcbSpec)
+        return spec.reopen()
     if isinstance(spec, ZipSpec):
         return ZipStore(spec.path, spec.uri, spec.limits)
     return open_store(spec)
@@ -626,3 +628,30 @@ def archive_bytes(
             seen.add(path)
             zf.writestr(path, data, compress_type=zipfile.ZIP_STORED)  # images are compressed already
     return buf.getvalue()
+
+
+def morphometric_items(features: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """An object's morphometric features (as `morphometrics.features` names them, or as the manifest's `object_`
+    columns) as EcoTaxa columns and their `[f]` type hints: object_area, object_esd, object_perim., object_circ., …
+    (ZooProcess's names where they overlap; the µm figures as object_<name>_um / _um2). Returns (items, hints)."""
+    from .morphometrics import ALL, ecotaxa_name
+
+    items: dict[str, Any] = {}
+    for name in ALL:
+        value = features.get(name, features.get(f"object_{name}"))
+        if name in features or f"object_{name}" in features:
+            items[ecotaxa_name(name)] = None if value is None or value != value else float(value)  # NaN → empty
+    return items, {column: "f" for column in items}
+
+
+# --- the review loop (audit's suspects out, validated labels back through `lut --add`) ---------------------------
+
+PERSON = "object_annotation_person_name"  # who validated an object, where the export says
+GIVEN_LABEL = "object_plankton_given_label"  # the label a reviewed object had before review
+
+
+def object_id_of(crop_key: str) -> str:
+    """The object_id an exported crop carries, by which its validated row finds the crop again: the key without the
+    crop folder and suffix, characters outside [A-Za-z0-9_.-] as `_`."""
+    stem = re.sub(r"^crop/crops/", "", crop_key).rsplit(".", 1)[0]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_") or "object"

@@ -309,3 +309,67 @@ def metric_intervals(
             ),
         },
     }
+
+
+# --- two models on the same test items ----------------------------------------------------------------------------
+
+MCNEMAR_EXACT_BELOW = 25  # discordant pairs: fewer → the exact binomial test, else chi-square with continuity
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, Any]:
+    """McNemar's test of two classifiers on the same items, from whether each got each item right.
+
+    b = items only A got right, c = items only B got right. With fewer than MCNEMAR_EXACT_BELOW discordant pairs the
+    exact two-sided binomial test (statsmodels' mcnemar(exact=True)), else the chi-square statistic with continuity
+    correction (mcnemar(exact=False, correction=True)). Returns {"b", "c", "p", "method"}."""
+    from scipy import stats
+
+    a, bb = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    b, c = int((a & ~bb).sum()), int((~a & bb).sum())
+    n = b + c
+    if n == 0:
+        return {"b": b, "c": c, "p": 1.0, "method": "no discordant items"}
+    if n < MCNEMAR_EXACT_BELOW:
+        p = min(1.0, 2.0 * float(stats.binom.cdf(min(b, c), n, 0.5)))
+        return {"b": b, "c": c, "p": p, "method": "exact binomial"}
+    chi2 = (abs(b - c) - 1.0) ** 2 / n
+    return {"b": b, "c": c, "p": float(stats.chi2.sf(chi2, 1)), "method": "chi-square, continuity-corrected"}
+
+
+def paired_difference(
+    y_true: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    n_classes: int,
+    reps: int = 1000,
+    seed: int = 0,
+    names: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall"),
+) -> dict[str, dict[str, Any]]:
+    """A − B for each metric in `names` on the same test items, with the 95% percentile interval of the difference
+    over `reps` stratified bootstrap resamples drawn once for both (paired). {name: {"a", "b", "diff", "low",
+    "high"}}; low/high None with reps = 0."""
+    y = np.asarray(y_true, dtype=np.int64)
+    a, b = np.asarray(pred_a, dtype=np.int64), np.asarray(pred_b, dtype=np.int64)
+    point_a = _batched_metrics(y[None], a[None], None, n_classes)
+    point_b = _batched_metrics(y[None], b[None], None, n_classes)
+    diffs: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(BOOTSTRAP_CHUNK_ITEMS // max(len(y), 1), BOOTSTRAP_CHUNK_CELLS // max(n_classes**2, 1)))
+    for idx in stratified_indices(y, reps, rng, chunk) if reps > 0 and len(y) else ():
+        ma, mb = _batched_metrics(y[idx], a[idx], None, n_classes), _batched_metrics(y[idx], b[idx], None, n_classes)
+        for name in names:
+            diffs[name].append(ma[name] - mb[name])
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        va, vb = float(point_a[name][0]), float(point_b[name][0])
+        lo, hi = percentile_interval(np.concatenate(diffs[name])) if diffs[name] else (None, None)
+        out[name] = {"a": va, "b": vb, "diff": va - vb, "low": lo, "high": hi}
+    return out
+
+
+def verdict(p: float, diff: float, alpha: float = 0.05) -> str:
+    """ "better" / "worse" when McNemar's p is below `alpha` (the sign of the accuracy difference A − B says which),
+    else "not distinguishable"."""
+    if p >= alpha or diff == 0:
+        return "not distinguishable"
+    return "better" if diff > 0 else "worse"

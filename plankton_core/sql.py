@@ -120,14 +120,24 @@ def run_sql(
         stack.callback(shutil.rmtree, scratch, True)
         con = _connect(scratch, memory_limit)
         stack.callback(con.close)
-        paths: dict[str, Path] = {
-            n: stack.enter_context(root.local_path(keys[n])) for n in names if root.exists(keys[n])
+        found = {n: _view_keys(root, keys[n]) for n in names}
+        paths: dict[str, list[Path]] = {
+            n: [stack.enter_context(root.local_path(k)) for k in found[n]] for n in names if found[n]
         }
-        for name, path in paths.items():
-            con.register(name, ds.dataset(str(path), format="parquet"))
+        for name, files in paths.items():
+            con.register(name, ds.dataset([str(p) for p in files], format="parquet"))
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         return _run(con, query, timeout, lambda exc: _explain(exc, paths, names, memory_limit))
+
+
+def _view_keys(root: Store, key: str) -> list[str]:
+    """The files of a view: its key, or for a key with `*` (classify's `classify/*/objects.parquet`: one file per
+    --name) every key matching it, sorted."""
+    if "*" not in key:
+        return [key] if root.exists(key) else []
+    pattern = re.compile("^" + "[^/]+".join(re.escape(p) for p in key.split("*")) + "$")
+    return sorted(k for k in root.list(key.split("*", 1)[0].rstrip("/")) if pattern.match(k))
 
 
 def _connect(scratch: str, memory_limit: str):
@@ -183,7 +193,7 @@ def _run(con, query: str, timeout: float | None, explain) -> pa.Table | None:
     return outcome["table"]
 
 
-def _explain(exc: Exception, paths: dict[str, Path], names: list[str], memory_limit: str = "") -> str:
+def _explain(exc: Exception, paths: dict[str, Any], names: list[str], memory_limit: str = "") -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     msg = f"SQL error: {first}"
     missing = [n for n in names if n not in paths]

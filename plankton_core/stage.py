@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any
@@ -58,13 +58,16 @@ RUN_JSON = "run.json"
 BUILTIN_STAGES = (
     "plankton_core.crop",
     "plankton_core.stats",
+    "plankton_core.baseline",
     "plankton_core.pretrain",
     "plankton_core.supcon",
     "plankton_core.sweep",
     "plankton_core.evaluate",
     "plankton_core.lut",
+    "plankton_core.audit",
     "plankton_core.detect",
     "plankton_core.report",
+    "plankton_core.classify",
 )
 
 
@@ -91,6 +94,7 @@ class Stage:
     shard: str | Callable[..., Any] | None = None
     merge: str | Callable[..., Any] | None = None
     views: dict[str, str] = field(default_factory=dict)
+    instance: str | Callable[..., Any] | None = None  # (cfg) -> sub-prefix: each run writes under <prefix>/<it>
     gpu: bool = False  # wants a GPU node on a cluster
     distributed: bool = False  # may run under torchrun (DDP ranks)
 
@@ -164,6 +168,15 @@ def get_stage(name: str) -> Stage:
 
 def stage_prefix(name: str) -> str:
     return get_stage(name).prefix
+
+
+def run_instance(stage: Stage, cfg: Any) -> tuple[Stage, str]:
+    """(the stage as a run with `cfg` sees it, its lease name). A stage with `instance` (classify: one trained root
+    serves many samples) writes under `<prefix>/<instance(cfg)>` and leases that place alone."""
+    if stage.instance is None:
+        return stage, stage.name
+    sub = resolve(stage.instance)(cfg)
+    return replace(stage, prefix=join(stage.prefix, sub)), f"{stage.name}.{sub.replace('/', '.')}"
 
 
 def resolve(ref: str | Callable[..., Any]) -> Callable[..., Any]:
@@ -276,6 +289,22 @@ FINGERPRINT_CHUNK = 1 << 20  # bytes read at a time by `content_fingerprint`
 FINGERPRINT_THREADS = 16  # objects read at once (S3 answers each GET in tens of milliseconds)
 
 
+def listing_fingerprint(store: Any, how: str = "stat") -> dict[str, Any]:
+    """What identifies an input outside the root for the up-to-date check: its URI, file count and a hash of its
+    listing (keys, sizes, and mtime or ETag, so a same-size rewrite counts as a change). `how` content: each
+    file's bytes instead of its mtime or ETag. An archive (EcoTaxa zip) enters by its own `listing_digest()`."""
+    if hasattr(store, "listing_digest"):
+        return {"input": store.uri, "listing_sha256": store.listing_digest()}
+    digest = hashlib.sha256()
+    files, readable = 0, []
+    for key, size, version, problem in store.list_inputs(""):
+        digest.update(f"{key}\t{size}\t{'' if how == 'content' else version}\t{problem}\n".encode())
+        files += 1
+        readable += [key] if how == "content" and not problem else []
+    out = {"input": store.uri, "files": files, "listing_sha256": digest.hexdigest()[:16]}
+    return out | ({"content_sha256": content_fingerprint(store, readable)} if how == "content" else {})
+
+
 def content_fingerprint(store: Store, keys: Iterable[str]) -> str:
     """`--fingerprint content`: one hash over each key and the blake2b of its bytes, so an edit that keeps the size
     and the mtime is seen too (and a copy that only changes mtimes is not). Streamed in 1 MiB chunks, 16 objects
@@ -315,7 +344,7 @@ def run_stage(
     rank: int | None = None,
 ) -> StageResult:
     """Run one stage under the contract: a plain run, one shard of a sharded run, or the merge of the shards."""
-    stage = stage if isinstance(stage, Stage) else get_stage(stage)
+    stage, lease_base = run_instance(stage if isinstance(stage, Stage) else get_stage(stage), cfg)
     log = logging.getLogger(f"plankton.{stage.name}")
     rank = int(os.environ.get("RANK", "0")) if rank is None else rank
     uri = f"{root.uri}/{stage.prefix}"
@@ -332,7 +361,7 @@ def run_stage(
         rank=rank,
     )
     index, count = resolve_shard(shard_index, num_shards) if stage.shardable and not merge else (0, 1)
-    lease_name = stage.name if count == 1 else f"{stage.name}.shard-{index}-of-{count}"
+    lease_name = lease_base if count == 1 else f"{lease_base}.shard-{index}-of-{count}"
     what = stage.name if count == 1 else f"{stage.name} shard {index}-of-{count}"
     # only the primary process holds the lease: DDP ranks of one run share it
     held: AbstractContextManager[Any] = acquire(root, lease_name, run_id, what) if ctx.primary else nullcontext()
@@ -468,7 +497,7 @@ def plan_digest(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str |
     fingerprint (which may read the plan); the digest depends on the check through the fingerprint alone.
     Raises what the run would: UpstreamNotReadyError (an upstream unfinished or stale), BadInputError.
     """
-    stage = stage if isinstance(stage, Stage) else get_stage(stage)
+    stage = run_instance(stage if isinstance(stage, Stage) else get_stage(stage), cfg)[0]
     log = logging.getLogger(f"plankton.{stage.name}")
     ctx = StageContext(stage.name, stage.prefix, root, StageMetrics(stage.name), log, s3_endpoint=s3_endpoint)
     return _plan(stage, cfg, ctx, check=False)[1]
@@ -477,13 +506,14 @@ def plan_digest(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str |
 def is_up_to_date(stage: Stage | str, cfg: Any, root: Store, *, s3_endpoint: str | None = None) -> tuple[bool, str]:
     """(True, why) when a run of `stage` with `cfg` would find its outputs up to date (`_SUCCESS` and the same
     digest); else (False, why)."""
-    stage = stage if isinstance(stage, Stage) else get_stage(stage)
+    base = stage if isinstance(stage, Stage) else get_stage(stage)
+    stage = run_instance(base, cfg)[0]
     record = _finished_record(root, stage)
     recorded = None if record is None else record.get("digest")
     if recorded is None:
         return False, f"no {root.uri}/{stage.key(SUCCESS)}"
     try:
-        digest = plan_digest(stage, cfg, root, s3_endpoint=s3_endpoint)
+        digest = plan_digest(base, cfg, root, s3_endpoint=s3_endpoint)
     except UpstreamNotReadyError as exc:
         return False, str(exc)
     if digest != recorded:

@@ -43,9 +43,11 @@ class SynthConfig:
     Build one with `load_config` (which validates); the constructor alone checks types only.
     """
 
-    kind: Literal["frames", "vignettes"] = option(
+    kind: Literal["frames", "vignettes", "sizes", "ood"] = option(
         "frames",
-        "frames (several objects per image) or vignettes (one object per image, as imaging instruments cut them).",
+        "frames (several objects per image) or vignettes (one object per image, as imaging instruments cut them); "
+        "sizes: vignettes of two classes differing only by size (diatom_small, diatom_large); "
+        "ood: images of none of the classes (textures, noise, square outlines), a far-OOD set for `lut --ood`.",
     )
     classes: int = option(5, "Shape classes (1-8).")
     per_class: int = option(40, "Frames of the largest class; others get fewer.")
@@ -297,6 +299,10 @@ def generate(out: Store, cfg: SynthConfig) -> dict[str, int]:
     cfg.validate()
     if cfg.kind == "vignettes":
         return generate_vignettes(out, cfg)
+    if cfg.kind == "sizes":
+        return generate_size_pair(out, cfg)
+    if cfg.kind == "ood":
+        return generate_ood(out, cfg)
     rows: dict[str, list] = {
         k: [] for k in ("image_key", "class", "x0", "y0", "x1", "y1", "touches_border", "dark_field")
     }
@@ -513,3 +519,94 @@ def generate_vignettes(out: Store, cfg: SynthConfig) -> dict[str, int]:
                 rows[col].append(row[col])
     write_parquet(out, GROUND_TRUTH_KEY, pa.table(rows, schema=VIGNETTE_SCHEMA))
     return {"frames": n, "objects": n, "cut_by_border": int(sum(rows["touches_border"])), "classes": cfg.classes}
+
+
+# --- a pair of classes that differ only by size ---------------------------------------------------------------
+
+SIZE_PAIR = {"diatom_small": (9.0, 13.0), "diatom_large": (18.0, 26.0)}  # object radius ranges, pixels: twice as big
+
+
+def _size_vignette(low: float, high: float, rng: np.random.Generator, dark: bool, noise: float) -> tuple:
+    """One vignette of the size pair: an ellipse of radius in [low, high), margins and blur in proportion to it;
+    (uint8 image, its box)."""
+    if dark:
+        background, contrast = rng.uniform(4, 30), rng.uniform(70, 220)
+    else:
+        background, contrast = rng.uniform(180, 235), -rng.uniform(60, 160)
+    mask = object_mask("diatom", rng.uniform(low, high), rng)
+    h, w = mask.shape
+    top, bottom, left, right = (int(round(f * max(h, w))) + 1 for f in rng.uniform(0.15, 0.3, 4))
+    canvas = np.zeros((h + top + bottom, w + left + right), dtype=np.float32)
+    canvas[top : top + h, left : left + w] = mask * rng.uniform(0.75, 1.0)
+    image = background + contrast * ndimage.gaussian_filter(canvas, BLUR_SIGMA * max(h, w) / 20.0)
+    image += rng.standard_normal(image.shape).astype(np.float32) * np.float32(noise)
+    box = {"x0": left, "y0": top, "x1": left + w, "y1": top + h, "touches_border": False}
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), box
+
+
+def generate_size_pair(out: Store, cfg: SynthConfig) -> dict[str, int]:
+    """`--kind sizes`: --per-class vignettes of each of two classes of one shape (an ellipse) whose radii differ
+    twofold and do not overlap; everything else (aspect, rotation, field, noise, margins and blur as a share of the
+    object) is drawn alike, so once a crop is scaled to a fixed size the classes look the same and only the object's
+    absolute size (the morphometric features, or `--preprocess keep-scale`) tells them apart."""
+    cfg.validate()
+    rows: dict[str, list] = {name: [] for name in VIGNETTE_SCHEMA.names}
+    n = 0
+    for c, (name, (low, high)) in enumerate(SIZE_PAIR.items()):
+        for i in range(cfg.per_class):
+            rng = np.random.default_rng([cfg.seed, c, i, 2])
+            dark = cfg.mode == "dark" or (cfg.mode == "both" and rng.random() < 0.5)
+            image, box = _size_vignette(low, high, rng, dark, cfg.noise)
+            data, suffix = encode_frame(image, cfg.formats[n % len(cfg.formats)])
+            key = f"{name}/{name}_{i:05d}{suffix}"
+            out.write_bytes(key, data)
+            n += 1
+            height, width = image.shape
+            row = {"image_key": key, "class": name, "case": "sizes", "width": width, "height": height, **box}
+            row["dark_field"] = dark
+            for col in VIGNETTE_SCHEMA.names:
+                rows[col].append(row[col])
+    write_parquet(out, GROUND_TRUTH_KEY, pa.table(rows, schema=VIGNETTE_SCHEMA))
+    return {"frames": n, "objects": n, "cut_by_border": 0, "classes": len(SIZE_PAIR)}
+
+
+# --- far-OOD images: none of the synthetic classes ------------------------------------------------------------
+
+OOD_KINDS = ("texture", "noise", "square")
+
+
+def render_ood(kind: str, rng: np.random.Generator, noise: float) -> np.ndarray:
+    """One uint8 image that is no plankton shape: a grating/checker texture, a noise field, or a hollow square."""
+    side = int(rng.integers(40, 120))
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    if kind == "texture":
+        angle, period = rng.uniform(0, np.pi), rng.uniform(4, 14)
+        wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+        field = 0.5 + 0.5 * (np.sign(wave) if rng.random() < 0.5 else wave)
+    elif kind == "noise":
+        field = ndimage.gaussian_filter(rng.random((side, side)).astype(np.float32), rng.uniform(0, 2.5))
+        field = (field - field.min()) / max(float(field.max() - field.min()), 1e-6)
+    else:
+        a, b = side * rng.uniform(0.15, 0.3), side * rng.uniform(0.06, 0.1)
+        box = np.maximum(np.abs(xx - side / 2), np.abs(yy - side / 2))
+        field = ((box < a) & (box > a - b)).astype(np.float32)
+    dark = rng.random() < 0.5
+    background, contrast = (rng.uniform(4, 30), rng.uniform(70, 220)) if dark else (rng.uniform(180, 235), -120.0)
+    image = background + contrast * field + rng.standard_normal(field.shape).astype(np.float32) * np.float32(noise)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def generate_ood(out: Store, cfg: SynthConfig) -> dict[str, int]:
+    """`--kind ood`: --per-class images of each of OOD_KINDS under `<kind>/`, with a ground_truth.parquet naming
+    each image's kind."""
+    keys: list[str] = []
+    kinds: list[str] = []
+    for c, kind in enumerate(OOD_KINDS):
+        for i in range(cfg.per_class):
+            image = render_ood(kind, np.random.default_rng([cfg.seed, c, i, 3]), cfg.noise)
+            data, suffix = encode_frame(image, cfg.formats[len(keys) % len(cfg.formats)])
+            keys.append(f"{kind}/{kind}_{i:05d}{suffix}")
+            kinds.append(kind)
+            out.write_bytes(keys[-1], data)
+    write_parquet(out, GROUND_TRUTH_KEY, pa.table({"image_key": keys, "class": kinds}))
+    return {"frames": len(keys), "objects": len(keys), "cut_by_border": 0, "classes": len(OOD_KINDS)}

@@ -19,11 +19,13 @@ TINY_TRAINING = ["--model", "test_resnet", "--device", "cpu", "--workers", "0"]
 STAGE_ARGS: dict[str, list[str]] = {
     "crop": ["--workers", "1"],  # --input is the generated frames
     "stats": ["--size", "32"],
+    "baseline": ["--max-iter", "20", "--patience", "10"],
     "pretrain": [*TINY_TRAINING, "--epochs", "1", "--batch-size", "16", "--queue", "64", "--save-every", "1"],
     "supcon": [*TINY_TRAINING, "--epochs", "2", "--batch-size", "16", "--save-every", "1", "--init", "pretrain"],
     "linear-sweep": ["--head-epochs", "3", "--device", "cpu"],
     "evaluate": ["--bootstrap", "0", "--device", "cpu"],
     "lut": ["--bootstrap", "100", "--device", "cpu", "--latency-queries", "0"],
+    "audit": ["--bootstrap", "100", "--k", "5"],
     "detect": [
         *TINY_TRAINING,
         "--init",
@@ -46,6 +48,7 @@ STAGE_ARGS: dict[str, list[str]] = {
         "0.5,0.25,0.25",
     ],
     "report": [],
+    "classify": ["--workers", "0", "--name", "smoke"],  # --input is the generated frames
 }
 
 
@@ -56,10 +59,11 @@ def test_every_registered_stage_runs_once_through_the_cli(tmp_path, run_cli):
     names = [stage.name for stage in stages()]
     assert set(names) <= set(STAGE_ARGS), f"add the smallest arguments of {set(names) - set(STAGE_ARGS)} here"
     for stage in stages():
-        extra = ["--input", str(frames)] if stage.name == "crop" else []
+        extra = ["--input", str(frames)] if stage.name in ("crop", "classify") else []
         res = run_cli(stage.name, "--root", root, *extra, *STAGE_ARGS[stage.name])
         assert res.exit_code == 0, f"{stage.name}: {res.output}"
-        assert (root / stage.prefix / SUCCESS).exists(), stage.name
-        assert json.loads((root / stage.prefix / "run.json").read_text())["stage"] == stage.name
+        where = root / stage.prefix / ("smoke" if stage.name == "classify" else "")
+        assert (where / SUCCESS).exists(), stage.name
+        assert json.loads((where / "run.json").read_text())["stage"] == stage.name
     again = run_cli("report", "--root", root)  # the contract's up-to-date check, once
     assert again.exit_code == 0 and "up to date" in again.stdout

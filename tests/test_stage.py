@@ -407,4 +407,17 @@ def test_pipeline_order_does_not_depend_on_which_stage_package_was_imported_firs
         "print(' '.join(s.name for s in stages()))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["crop", "stats", "pretrain", "supcon", "linear-sweep", "evaluate", "lut", "detect", "report"]
+    assert out == [
+        "crop",
+        "stats",
+        "baseline",
+        "pretrain",
+        "supcon",
+        "linear-sweep",
+        "evaluate",
+        "lut",
+        "audit",
+        "detect",
+        "report",
+        "classify",
+    ]

@@ -70,6 +70,14 @@ class CropConfig:
         0, "Search objects on frames shrunk this many times (boxes measured at full size); 0 = by frame size.", ge=0
     )
     speck_area: int = option(4, "Components smaller than this are noise, not objects.", ge=1)
+    features: bool = option(
+        True,
+        "Measure each kept object's morphometric features (size, shape, grey levels) into the manifest and "
+        "crop/features.parquet.",
+    )
+    pixel_size_um: float = option(
+        0.0, "Micrometres per pixel, for the features in µm (and the baseline); 0 = unknown.", ge=0.0
+    )
     max_bad_fraction: float = option(0.05, "Fail when more of the input is unreadable.", ge=0.0, le=1.0)
     max_pixels: int = option(
         MAX_PIXELS,

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..morphometrics import EMPTY_ROW, feature_row
 from .config import CropConfig
 from .single import SingleObject, choose
 from .threshold import Detection, ThresholdSegmenter
@@ -32,6 +33,12 @@ class CropResult:
     area: int
     crop: np.ndarray | None = None  # uint8, (h, w) or (h, w, 3); set when kept
     objects: str = "frames"  # how the image was read: frames (many objects) or single (one object, a vignette)
+    features: tuple = EMPTY_ROW  # morphometrics.ALL of the kept object (in the crop), when cfg.features
+
+
+def measure(cfg: CropConfig, crop: np.ndarray, mask: np.ndarray | None) -> tuple:
+    """The kept object's morphometric features (morphometrics.ALL order), or EMPTY_ROW when --no-features."""
+    return feature_row(mask, crop, cfg.pixel_size_um or None) if cfg.features else EMPTY_ROW
 
 
 def make_segmenter(cfg: CropConfig, s3_endpoint: str | None = None) -> Segmenter:
@@ -85,22 +92,25 @@ def extract_crops(
         if mode == "single":
             return single_crop(arr, cfg, finder, why)
     segmenter = segmenter or make_segmenter(cfg)
+    finder = SingleObject.from_config(cfg)  # measures each kept object's mask inside its crop
     height, width = arr.shape[:2]
     results = []
     for det in sorted(segmenter.find_objects(arr), key=lambda d: (d.box[1], d.box[0])):
         status, reason = classify(det, width, height, cfg)
-        crop = None
+        crop, feats = None, EMPTY_ROW
         if status == KEPT:
             x0, y0, x1, y1 = padded_box(det.box, cfg.pad, width, height)
             crop = np.ascontiguousarray(arr[y0:y1, x0:x1])
-        results.append(CropResult(status, "; ".join(p for p in (reason, why) if p), det.box, det.area, crop))
+            feats = measure(cfg, crop, finder.crop_mask(crop, cfg.edge_fraction) if cfg.features else None)
+        reason = "; ".join(p for p in (reason, why) if p)
+        results.append(CropResult(status, reason, det.box, det.area, crop, features=feats))
     return results
 
 
 def single_crop(arr: np.ndarray, cfg: CropConfig, finder: SingleObject, why: str = "") -> list[CropResult]:
     """The one object of a vignette (border contact allowed), or [] when the image is blank."""
     height, width = arr.shape[:2]
-    det, reason = finder.find(arr)
+    det, reason, mask = finder.find_object(arr)
     if det is None:
         return []
     reason = "; ".join(p for p in (reason, why) if p)
@@ -116,4 +126,6 @@ def single_crop(arr: np.ndarray, cfg: CropConfig, finder: SingleObject, why: str
             )
         ]
     x0, y0, x1, y1 = padded_box(det.box, cfg.pad, width, height)
-    return [CropResult(KEPT, reason, det.box, det.area, np.ascontiguousarray(arr[y0:y1, x0:x1]), "single")]
+    crop = np.ascontiguousarray(arr[y0:y1, x0:x1])
+    feats = measure(cfg, crop, mask[y0:y1, x0:x1] if mask is not None else None)
+    return [CropResult(KEPT, reason, det.box, det.area, crop, "single", feats)]

@@ -39,15 +39,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  pa.compute
 import pyarrow.parquet as pq
 
 from ..ecotaxa import ZipSpec, ZipStore, open_archive, reopen, tsv_keys
 from ..errors import BadInputError
 from ..imageio import UnreadableImage, decode_image, encode_png
+from ..morphometrics import COLUMNS as FEATURE_COLUMNS
+from ..morphometrics import EMPTY_ROW
 from ..progress import progress
 from ..shards import SHARDS, ShardOutput, shard_of
 from ..stage import SUCCESS, InvalidatingStore, StageContext, content_fingerprint
 from ..store import Listed, LocalStore, Store, StoreURI, join, open_store
+from . import ifcb_input
 from .config import CropConfig
 from .ecotaxa_input import BAD_ROW, EXCLUDED, EcoTaxaInput, bad_input_error, is_ecotaxa, read_input, safe_part
 from .extract import KEPT, Segmenter, extract_crops, make_segmenter
@@ -83,9 +87,11 @@ SCHEMA = pa.schema(
         ("object_id", pa.string()),  # EcoTaxa input: the row's object_id, sample_id and acq_id; null otherwise
         ("sample_id", pa.string()),
         ("acq_id", pa.string()),
+        *((name, pa.float64()) for name in FEATURE_COLUMNS),  # morphometrics of kept objects; null on other rows
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
+FEATURES = "features.parquet"  # crop/features.parquet: crop_key, class and the features of every kept object
 MOSTLY_DROPPED = 0.5  # a class with more than this fraction of images giving no crop gets a note
 
 
@@ -215,7 +221,9 @@ def crop_file(task: Task, source: Store, root: Store, cfg: CropConfig, segmenter
         if res.crop is not None:  # set on kept objects only
             crop_key = f"{task.crop_base}_{i}.png"
             root.write_bytes(crop_key, encode_png(res.crop))
-        rows.append(_row(task, res.status, res.reason, crop_key, i, res.box, res.area, width, height, res.objects))
+        rows.append(
+            _row(task, res.status, res.reason, crop_key, i, res.box, res.area, width, height, res.objects, res.features)
+        )
     return rows
 
 
@@ -230,8 +238,9 @@ def _row(
     width=None,
     height=None,
     objects=None,
+    features=EMPTY_ROW,
 ):
-    return (task.key, task.cls, status, reason, crop_key, obj, *box, area, width, height, objects, *task.ids)
+    return (task.key, task.cls, status, reason, crop_key, obj, *box, area, width, height, objects, *task.ids) + features
 
 
 # --- the process pool ---------------------------------------------------------------------------------------
@@ -392,6 +401,7 @@ def check(cfg: CropConfig, ctx: StageContext) -> CropInput:
         if inp.bad:
             raise reject_rows(inp, ctx)
         return CropInput(source, ecotaxa_fingerprint(source, inp, cfg.fingerprint), inp)
+    source = ifcb_input.wrap(source)  # IFCB bins in class folders: one input image per region of interest
     fingerprint = input_fingerprint(source, cfg.fingerprint)
     if fingerprint["files"] == 0:
         missing = not source.is_dir()
@@ -636,6 +646,7 @@ def too_many_bad_error(tally: Tally, total: int, cfg: CropConfig, rows_at: str, 
 def finish(tally: Tally, cfg: CropConfig, ctx: StageContext, manifest_uri: str) -> dict[str, Any]:
     """The notes, the kept-fraction gauge and the counts of a finished (whole or merged) manifest."""
     ctx.notes.extend(tally.notes(cfg, manifest_uri))  # printed in the summary and kept in run.json
+    write_features(ctx)
     counts: dict[str, Any] = dict(tally.counts())
     if cfg.objects == "auto" and (ctx.plan.objects or ctx.plan.ecotaxa is not None):
         counts["objects"] = ctx.plan.objects[0] if ctx.plan.objects else "single"  # what auto chose (query reuses it)
@@ -655,3 +666,22 @@ def write_rows(writer: pq.ParquetWriter, batch: list[tuple], ctx: StageContext) 
     for status, n in Counter(columns[2]).items():
         ctx.metrics.count(status, n)
     batch.clear()
+
+
+def write_features(ctx: StageContext) -> int:
+    """crop/features.parquet from the finished manifest: crop_key, class and the morphometric features of every
+    kept object, a batch at a time; returns how many rows."""
+    columns = ["crop_key", "class", *FEATURE_COLUMNS]
+    schema = pa.schema([SCHEMA.field(name) for name in columns])
+    rows = 0
+    with tempfile.TemporaryDirectory(prefix="plankton-crop-features-") as tmp:
+        manifest, out = Path(tmp) / MANIFEST, Path(tmp) / FEATURES
+        ctx.root.get_file(ctx.key(MANIFEST), manifest)
+        with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+            for batch in pq.ParquetFile(manifest).iter_batches(batch_size=65536, columns=[*columns, "status"]):
+                table = pa.Table.from_batches([batch])
+                kept = table.filter(pa.compute.equal(table["status"], KEPT)).select(columns)
+                writer.write_table(kept.cast(schema))
+                rows += kept.num_rows
+        ctx.root.put_file(out, ctx.key(FEATURES))
+    return rows

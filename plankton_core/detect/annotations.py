@@ -262,6 +262,10 @@ def assign_frame_splits(ann: Annotations, fractions: Sequence[float], seed: int,
                     (str(s) for s in table.column("split").to_pylist()),
                 )
             )
+    held = [f for f in ann.frames if known.get(f.key) == "unseen"]  # stats --unseen-classes: out of every split
+    if held:
+        ann.frames = [f for f in ann.frames if known.get(f.key) != "unseen"]
+        ann.notes.append(f"{len(held)} frame(s) of stats' unseen classes (--unseen-classes) left out of every split")
     rest = [f for f in ann.frames if f.key not in known]
     for f in ann.frames:
         if f.key in known:

@@ -10,6 +10,7 @@ STAGE = register(
         config=EvaluateConfig,
         body="plankton_core.evaluate.stage:body",
         check="plankton_core.evaluate.stage:check",
+        fingerprint="plankton_core.evaluate.stage:fingerprint",
         upstream=("stats", "supcon", "linear-sweep"),
         help="Test-split metrics, predictions, confusion matrix and evaluate/report.html for the sweep's chosen "
         "checkpoint.",

@@ -49,6 +49,7 @@ from ..scoring import SELECT_BY, classification_metrics, confusion_matrix, metri
 from ..stage import StageContext
 from ..store import Store
 from ..tables import read_json, write_json, write_parquet
+from . import baseline
 from .config import EvaluateConfig
 
 
@@ -188,6 +189,8 @@ def classes_not_in_test(splits: pa.Table) -> list[dict[str, Any]]:
     )
     rows: dict[str, dict[str, Any]] = {}
     for name, part, source in zip(names, parts, sources):
+        if part == "unseen":  # stats --unseen-classes: held out on purpose, not a class too small to split
+            continue
         r = rows.setdefault(name, {"class": name, "crops": 0, "train": 0, "val": 0, "test": 0, "sources": set()})
         r["crops"] += 1
         r[part] = r.get(part, 0) + 1
@@ -271,6 +274,11 @@ class TestFeatures:
         return self.by_embedder[id(emb)]
 
 
+def fingerprint(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
+    """The optional input: the baseline stage's digest once it has finished, so evaluate compares with it."""
+    return baseline.fingerprint(ctx.root)
+
+
 def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
     """Predict the test split with the checked plan; write the tables, figures, metrics, then the report."""
     store, plan = ctx.root, ctx.plan
@@ -288,6 +296,9 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
     table = per_class_table(cm)
     metrics.update(_record(plan, intervals, table))
     metrics["selections"] = _selections(cfg, plan, features, metrics, intervals)
+    against = baseline.compare(store, keys, y, pred, plan.classes, cfg.bootstrap, cfg.seed)
+    if against is not None:
+        metrics["baseline"] = against
     predictions = _predictions_table(keys, y, pred, score, plan.classes)
     per_class = _per_class_table(plan.classes, cm, table, intervals)
     confusions = _confusions_table(cm, plan.classes)
@@ -305,6 +316,7 @@ def body(cfg: EvaluateConfig, ctx: StageContext) -> dict[str, Any]:
     report = write_report(store, ctx.prefix, cfg.report_max_mb)
     ctx.metrics.gauge("evaluate_test_accuracy", metrics["accuracy"], "Test accuracy of the chosen checkpoint and head.")
     _notes(ctx, plan, metrics, report)
+    ctx.notes += baseline.notes(metrics.get("baseline"))
     return {
         "test": int(len(y)),
         "accuracy": round(metrics["accuracy"], 6),

@@ -109,7 +109,7 @@ def _check(stage: str, s: dict[str, Any]) -> None:
     """Settings a stage cannot run with, refused before anything is created."""
     described = registered(stage)
     distributed = ", ".join(x.name for x in stages() if x.distributed) or "none"
-    shardable = " and ".join(x.name for x in stages() if x.shardable) or "none"
+    shardable = _listed([x.name for x in stages() if x.shardable])
     for key in ("gpus", "nodes", "shards", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
         if not isinstance(s.get(key), int) or isinstance(s.get(key), bool) or s[key] < 0:
             raise BadInputError(f"{stage}: setting {key} must be a whole number >= 0, got {s.get(key)!r}")
@@ -319,3 +319,10 @@ def _env(
 
 def dump(docs: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=120)
+
+
+def _listed(names: list[str]) -> str:
+    """ "a", "a and b", "a, b and c"; "none" for no names."""
+    if not names:
+        return "none"
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

@@ -19,6 +19,7 @@ STAGE = register(
         config=LutConfig,
         body="plankton_core.lut.stage:body",
         check="plankton_core.lut.stage:check",
+        fingerprint="plankton_core.lut.stage:fingerprint",
         upstream=("stats", "supcon", "linear-sweep"),
         help="Embed the gallery (L2-normalised pre-projection features of the selected checkpoint) into "
         "lut/index.faiss with lut/gallery.parquet row-aligned to its ids, choose a pruning threshold on val, "

@@ -70,10 +70,28 @@ class LutConfig:
     prune_candidates: int = option(
         100, "Nearest items per val query kept from the full gallery and reused for every T (>= --k).", ge=1
     )
+    ood: tuple[str, ...] = option(
+        (),
+        "Far-OOD sets: folders or URIs (file://, s3://) of images that belong to no known class, comma-separated; "
+        "measured in lut/ood.json beside the near-OOD set (stats --unseen-classes).",
+    )
+    ood_k: int = option(0, "The knn open-set score's neighbour; 0 = chosen on val among 1, 5, 10, 20, 50.", ge=0)
+    ood_recall: float = option(0.95, "Known-class recall the stored unknown threshold keeps on val.", gt=0.0, le=1.0)
+    ood_folds: int = option(10, "Leave-one-class-out val folds that choose the open-set score (at most).", ge=1)
+    quantify_bags: int = option(
+        100,
+        "Bags of 100-500 items at random mixes per split: val chooses the count correction, test reports; 0 = off.",
+        ge=0,
+    )
+    quantify_draws: int = option(1000, "Bootstrap draws of each test bag's proportion intervals.", ge=50)
     batch_size: int = option(256, "Crops per forward pass.", ge=1, digest=False)
     device: str = option("auto", "auto, cpu, cuda, cuda:N.", digest=False)
     workers: int = option(0, "Decoding threads; 0 = automatic.", ge=0, digest=False)
     latency_queries: int = option(5, "Single-query searches timed per T of the sweep.", ge=0, digest=False)
+    add: str = option(
+        "", "Grow and correct the built LUT from validated labels (an EcoTaxa export or class folders), no retraining."
+    )
+    allow_new_classes: bool = option(False, "--add: accept classes the LUT has never seen.")
 
     def validate(self) -> None:
         if not self.gallery_splits:

@@ -45,13 +45,19 @@ def threshold_grid(lo: float = 0.80, hi: float = 1.00, step: float = 0.01) -> np
 
 @dataclass
 class NeighbourGraph:
-    """Same-class pairs (later item, earlier item in greedy order) with similarity ≥ t_min, most similar first."""
+    """Same-class pairs (later item, earlier item in greedy order) with similarity ≥ t_min, most similar first.
+
+    With `exact_at`, only similarities within the rounding bound of one of those thresholds are float32 ones
+    (row_dots); the others are candidate products on the same side of every such threshold, so the pairs above each
+    of them, and the keep masks there, are the float32 ones; other thresholds are refused.
+    """
 
     n: int
     later: np.ndarray  # int32 item ids
     earlier: np.ndarray  # int32 item ids
     sim: np.ndarray  # float32, descending
     t_min: float
+    exact_at: tuple[float, ...] | None = None  # None: every similarity is the float32 one
 
     @property
     def pairs(self) -> int:
@@ -61,6 +67,8 @@ class NeighbourGraph:
         """Number of pairs with similarity > t (a prefix, as `sim` is sorted descending)."""
         if t < self.t_min:
             raise ValueError(f"threshold {t} is below the graph's t_min {self.t_min}")
+        if self.exact_at is not None and not np.isclose(self.exact_at, t, rtol=0, atol=1e-9).any():
+            raise ValueError(f"threshold {t} is not one the graph was built exact at ({self.exact_at})")
         return int(np.searchsorted(-self.sim, -np.float32(t), side="left"))
 
     def keep_mask(self, t: float) -> np.ndarray:
@@ -147,60 +155,21 @@ def neighbour_graph(
     t_min: float,
     row_block: int = 1024,
     col_block: int = 8192,
+    precision: str = "auto",
 ) -> NeighbourGraph:
     """All same-class pairs with cosine ≥ t_min, from tiled products over each class's lower triangle.
 
     `x` holds L2-normalised rows. Every within-class similarity is computed
-    once (the diagonal tiles twice as much as needed, a few percent) in
-    bfloat16; the pairs within the rounding bound of t_min (Bf16Rows) are
-    recomputed in float32 and kept when ≥ t_min, so the graph is the float32
-    one. Memory: one class block (float32 + bfloat16), one tile, the pairs found.
+    once in the candidate precision (prune_pass.candidate_dtype); the pairs
+    within the rounding bound of t_min are recomputed in float32 (row_dots)
+    and kept when ≥ t_min, so the graph is the float32 one. Memory: one column
+    tile, one row tile, one product tile, the pairs found (prune_pass.graph_and_lists).
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    col_block = max(1, -(-col_block // row_block)) * row_block  # column tiles start on row-tile bounds
-    labels = np.asarray(labels)
-    rank = np.asarray(rank)
-    strict_lower = torch.from_numpy(np.tri(row_block, row_block, k=-1, dtype=bool))
-    t = float(np.float32(t_min))  # the float32 value the similarities are compared with
-    found_later, found_earlier, found_sim = [], [], []
-    for label in np.unique(labels):
-        ids = np.flatnonzero(labels == label)
-        ids = ids[np.argsort(rank[ids], kind="stable")]  # greedy order within the class
-        if len(ids) < 2:
-            continue
-        xc = x[ids]
-        hc = Bf16Rows.of(xc)
-        loose = bf16_at_most(t - bf16_margin(hc, hc))
-        n = len(ids)
-        for i0 in range(0, n, row_block):
-            i1 = min(i0 + row_block, n)
-            rows = hc.h[i0:i1]
-            for j0 in range(0, i1, col_block):
-                j1 = min(j0 + col_block, i1)
-                hit = (rows @ hc.h[j0:j1].T) >= loose
-                if j1 > i0:  # the tile crosses the diagonal: keep earlier items (column < row) only
-                    d0 = i0 - j0  # tile column of item i0
-                    band = hit[:, d0:]
-                    band &= strict_lower[: i1 - i0, : j1 - i0]
-                r, c = (v.numpy() for v in torch.nonzero(hit, as_tuple=True))
-                if len(r):
-                    r, c = r + i0, c + j0
-                    sim = row_dots(xc, xc, r, c)
-                    ok = sim >= t
-                    if ok.any():
-                        found_later.append(ids[r[ok]].astype(np.int32))
-                        found_earlier.append(ids[c[ok]].astype(np.int32))
-                        found_sim.append(np.minimum(sim[ok], np.float32(1.0)))
-    if found_sim:
-        later = np.concatenate(found_later)
-        earlier = np.concatenate(found_earlier)
-        sim = np.concatenate(found_sim)
-        order = np.argsort(-sim, kind="stable")
-        later, earlier, sim = later[order], earlier[order], sim[order]
-    else:
-        later = earlier = np.zeros(0, np.int32)
-        sim = np.zeros(0, np.float32)
-    return NeighbourGraph(n=len(x), later=later, earlier=earlier, sim=sim, t_min=float(t_min))
+    from .prune_pass import graph_and_lists  # the pass builds on this module's types
+
+    graph, _ = graph_and_lists(x, labels, rank, t_min, row_block=row_block, col_block=col_block, precision=precision)
+    assert graph is not None
+    return graph
 
 
 UNDECIDED, KEPT, DROPPED = 0, 1, 2
@@ -258,41 +227,28 @@ def approx_lists(
     query_groups: np.ndarray | None = None,
     block: int = 2048,
     gallery_block: int = 16384,
+    precision: str = "auto",
 ) -> ApproxLists:
-    """Top-`depth` (+ the largest own group, so `depth` valid ones remain) per query from blocked bfloat16 products.
+    """Top-`depth` (+ the largest own group, so `depth` valid ones remain) per query from blocked products in the
+    candidate precision, merged into running top lists (prune_pass.graph_and_lists without a graph)."""
+    from .prune_pass import graph_and_lists  # the pass builds on this module's types
 
-    The gallery is converted to bfloat16 one block at a time (never a whole
-    bfloat16 copy of it) and each query block keeps a running top list.
-    """
-    n, q = len(gallery), len(queries)
-    extra = 0
-    if gallery_groups is not None and query_groups is not None and n and q:
-        sizes = np.bincount(
-            gallery_groups, minlength=int(max(gallery_groups.max(initial=0), query_groups.max(initial=0))) + 1
-        )
-        extra = int(sizes[query_groups].max(initial=0))
-    d = min(depth + extra, n)
-    qrows = Bf16Rows.of(queries)
-    vals = torch.full((q, d), -np.inf, dtype=torch.bfloat16)
-    idx = torch.full((q, d), -1, dtype=torch.int64)
-    margin = 0.0
-    for g0 in range(0, n, gallery_block):
-        grows = Bf16Rows.of(gallery[g0 : g0 + gallery_block])
-        margin = max(margin, bf16_margin(qrows, grows))
-        for s in range(0, q, block):
-            e = min(s + block, q)
-            v, i = torch.topk(qrows.h[s:e] @ grows.h.T, min(d, len(grows.h)), dim=1, sorted=False)
-            v, i = torch.cat([vals[s:e], v], dim=1), torch.cat([idx[s:e], i + g0], dim=1)
-            top, pos = torch.topk(v, d, dim=1, sorted=False)
-            vals[s:e], idx[s:e] = top, torch.gather(i, 1, pos)
-    approx, ids = vals.float().numpy(), idx.numpy()
-    order = np.lexsort((ids, -approx), axis=1)  # most similar first, ties by id (deterministic)
-    approx, ids = np.take_along_axis(approx, order, 1), np.take_along_axis(ids, order, 1)
-    valid = np.ones((q, d), bool)
-    if extra and gallery_groups is not None and query_groups is not None:
-        valid = gallery_groups[ids] != np.asarray(query_groups)[:, None]
-    floor = approx[:, -1].copy() if d < n else np.full(q, -np.inf, np.float32)
-    return ApproxLists(ids, approx, valid, floor, margin)
+    n = len(gallery)
+    _, lists = graph_and_lists(
+        gallery,
+        np.zeros(n, np.int64),
+        np.arange(n),
+        None,
+        queries,
+        depth,
+        gallery_groups=gallery_groups,
+        query_groups=query_groups,
+        precision=precision,
+        col_block=gallery_block,
+        query_block=block,
+    )
+    assert lists is not None
+    return lists
 
 
 def first_kept_exact(
@@ -303,6 +259,7 @@ def first_kept_exact(
     need: Sequence[int],
     k: int,
     chunk: int = 1024,
+    gallery_rows: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per mask of kept gallery items: (ids, sims, incomplete) of each query's first k kept neighbours.
 
@@ -316,6 +273,7 @@ def first_kept_exact(
     recomputed once per query and ordered once; each mask is then a masked
     first-k. `incomplete` marks queries whose answer may lie outside the list
     (they need a real search of the pruned gallery), as retrieval.first_kept.
+    With `gallery_rows`, the gallery is gallery[gallery_rows] (read in place, never copied).
     """
     approx, ids, valid = lists.approx, lists.ids, lists.valid
     q, d = ids.shape
@@ -337,8 +295,9 @@ def first_kept_exact(
     cols = np.arange(len(rows)) - np.repeat(np.cumsum(length) - length, length)
     exact = np.full((q, d), -np.inf, np.float32)
     if len(rows):
+        g_ids = ids[rows, cols] if gallery_rows is None else np.asarray(gallery_rows)[ids[rows, cols]]
         exact[rows, cols] = row_dots(
-            np.asarray(queries, np.float32), np.asarray(gallery, np.float32), rows, ids[rows, cols], chunk
+            np.asarray(queries, np.float32), np.asarray(gallery, np.float32), rows, g_ids, chunk
         )
     order = np.argsort(-exact, axis=1, kind="stable")
     e_sims = np.take_along_axis(exact, order, 1)
@@ -367,22 +326,23 @@ def dense_first_kept(
     gallery_groups: np.ndarray | None = None,
     query_groups: np.ndarray | None = None,
     block: int = 256,
+    gallery_rows: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per mask, (ids, sims) of each query's k nearest kept items (own group left out) by a dense float32 product.
 
     The exact fallback for the few queries first_kept_exact cannot settle:
-    one product per block of queries, then a masked top-k per mask.
+    one product per block of queries, then a masked top-k per mask. With `gallery_rows`, the gallery is
+    gallery[gallery_rows] (never copied).
     """
-    q, n = len(queries), len(gallery)
+    q, n = len(queries), len(gallery) if gallery_rows is None else len(gallery_rows)
     out = [(np.full((q, k), -1, np.int64), np.full((q, k), -np.inf, np.float32)) for _ in masks]
     if q == 0 or n == 0:
         return out
-    g = torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32))
     drops = [torch.from_numpy(~np.asarray(m, bool)) for m in masks]
     kk = min(k, n)
     for s in range(0, q, block):
         e = min(s + block, q)
-        sims = torch.from_numpy(np.ascontiguousarray(queries[s:e], dtype=np.float32)) @ g.T
+        sims = _dense_sims(gallery, np.ascontiguousarray(queries[s:e], dtype=np.float32), gallery_rows)
         if gallery_groups is not None and query_groups is not None:
             sims.masked_fill_(
                 torch.from_numpy(np.asarray(gallery_groups)[None, :] == np.asarray(query_groups)[s:e, None]), -np.inf
@@ -394,3 +354,10 @@ def dense_first_kept(
             ids[s:e, :kk] = np.where(found, i, -1)
             vals[s:e, :kk] = np.where(found, v, -np.inf)
     return out
+
+
+def _dense_sims(gallery: np.ndarray, q: np.ndarray, rows: np.ndarray | None) -> torch.Tensor:
+    """float32 q · gallery[rows]ᵀ (the whole gallery when rows is None): the product with the whole array, then its
+    columns `rows` (cheaper than gathering the rows for the few queries this serves)."""
+    sims = torch.from_numpy(q) @ torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32)).T
+    return sims if rows is None else sims[:, torch.from_numpy(np.asarray(rows))]

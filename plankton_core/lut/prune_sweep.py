@@ -8,12 +8,14 @@ default). The choice is selection.choose_threshold's non-inferiority rule; the
 grid always ends at 1.0, which prunes nothing, so the rule can always answer
 "prune nothing".
 
-Two things are computed once and reused for every T: the same-class
-neighbour graph (prune.neighbour_graph) and each val query's nearest items in
-the full gallery (prune.approx_lists: bfloat16 products, 2 × `candidates`
-deep). A query's nearest items in a pruned gallery are the first kept entries
-of its full list, so evaluating a T is a masking operation: the list's prefix
-that can hold them is recomputed in float32 once (prune.first_kept_exact),
+Two things are computed once, in one pass over the same tiles
+(prune_pass.graph_and_lists), and reused for every T: the same-class
+neighbour graph and each val query's nearest items in the full gallery
+(candidate lists, 2 × `candidates` deep, from products in the candidate
+precision: float32, or bfloat16 on CPUs with AMX). A query's nearest items
+in a pruned gallery are the first kept entries of its full list, so
+evaluating a T is a masking operation: the list's prefix that can hold them
+is recomputed in float32 once (prune.first_kept_exact),
 and the few queries whose list cannot settle some T are searched exactly
 against the whole gallery once, then masked per T (prune.dense_first_kept).
 Every row equals a float32 brute-force search of each pruned gallery.
@@ -35,12 +37,11 @@ from .evaluation import QuerySet, predict_neighbours, score_predictions
 from .prune import (
     ApproxLists,
     NeighbourGraph,
-    approx_lists,
     dense_first_kept,
     first_kept_exact,
     greedy_order,
-    neighbour_graph,
 )
+from .prune_pass import graph_and_lists
 from .retrieval import ArraySearcher, Neighbours
 from .selection import choose_threshold, largest_recall_drop, loss_bounds
 
@@ -125,19 +126,38 @@ def sweep_thresholds(
     settings: SweepSettings,
     *,
     graph: NeighbourGraph | None = None,
+    lists: ApproxLists | None = None,
+    rows: np.ndarray | None = None,
 ) -> SweepOutcome:
-    """Run the sweep over the gallery `x` and choose T by selection.choose_threshold.
+    """Run the sweep over the gallery `x` (or x[rows], read in place) and choose T by selection.choose_threshold.
 
     `grid`: the thresholds, ascending; 1.0 (no pruning) is added when it does not reach it. `settings` gives the
-    vote, the candidates and the rule; `graph`: the gallery's neighbour graph when already built (else built here).
+    vote, the candidates and the rule; `graph` and `lists`: the gallery's neighbour graph and val's candidate lists
+    when already built, e.g. by one prune_pass.graph_and_lists over a larger gallery (else built
+    here in one pass; with `rows` both must be given).
     """
     grid = np.asarray(grid, dtype=np.float64)
     if grid.max() < 1.0:
         grid = np.append(grid, 1.0)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    if graph is None:
-        graph = neighbour_graph(x, labels, greedy_order(keys), float(np.min(grid)))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if graph is None or lists is None:
+        if rows is not None:
+            raise ValueError("sweep_thresholds over x[rows] needs the graph and the val lists")
+        found, got = graph_and_lists(
+            x,
+            labels,
+            greedy_order(keys),
+            float(np.min(grid)) if graph is None else None,
+            val.x if lists is None else None,
+            candidate_depth(settings),
+            gallery_groups=gallery_groups,
+            query_groups=val.groups,
+            grid=grid,
+        )
+        graph, lists = (found if graph is None else graph), (got if lists is None else lists)
+        assert graph is not None and lists is not None
     seconds["neighbour_graph"] = time.perf_counter() - t0
     log.info(
         "prune: %d same-class pairs with cosine >= %.2f in %.1fs",
@@ -146,30 +166,23 @@ def sweep_thresholds(
         seconds["neighbour_graph"],
     )
 
-    t1 = time.perf_counter()
-    # each val query's nearest train items once, by bfloat16 products (read exactly: prune.first_kept_exact); the
-    # lists are twice `candidates` deep because the rounding band around the candidates-th item holds about as many
-    # items again: with depth = candidates, ~12% of val queries on the bench's gallery could not be settled by their
-    # list
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    lists = approx_lists(x, val.x, 2 * max(settings.candidates, settings.k), gallery_groups, val.groups)
-    seconds["val_candidates"] = time.perf_counter() - t1
+    seconds["val_candidates"] = 0.0  # from the same pass as the graph (neighbour_graph holds both)
 
     t2 = time.perf_counter()
     masks = [graph.keep_mask(float(t)) for t in grid]
-    firsts = first_kept(x, val, lists, masks, gallery_groups, settings, seconds)
+    firsts = first_kept(x, val, lists, masks, gallery_groups, settings, seconds, rows)
     cand = Neighbours(firsts[0][0], firsts[0][1])
     base = predict_neighbours(cand, labels, n_classes, settings.vote, settings.k)
     baseline = score_predictions(val.labels, base.pred, n_classes, base.ranked)
-    rows, preds = score_thresholds(x, labels, val, n_classes, grid, masks, firsts[1:], base.pred, settings)
+    table, preds = score_thresholds(x, labels, val, n_classes, grid, masks, firsts[1:], base.pred, settings)
     seconds["thresholds"] = time.perf_counter() - t2
 
     t3 = time.perf_counter()
-    chosen = choose(rows, val, base.pred, preds, n_classes, settings)
+    chosen = choose(table, val, base.pred, preds, n_classes, settings)
     seconds["selection"] = time.perf_counter() - t3
-    rows["chosen"] = [i == chosen for i in range(len(grid))]
+    table["chosen"] = [i == chosen for i in range(len(grid))]
     return SweepOutcome(
-        table=pa.table(rows, schema=SWEEP_SCHEMA),
+        table=pa.table(table, schema=SWEEP_SCHEMA),
         chosen=chosen,
         threshold=float(grid[chosen]),
         keep=masks[chosen],
@@ -180,6 +193,13 @@ def sweep_thresholds(
     )
 
 
+def candidate_depth(settings: SweepSettings) -> int:
+    """How deep each val query's candidate list is: twice `candidates`, because the rounding band around the
+    candidates-th item holds about as many items again (with depth = candidates, ~12% of val queries on the bench's
+    gallery could not be settled by their bfloat16 list)."""
+    return 2 * max(settings.candidates, settings.k)
+
+
 def first_kept(
     x: np.ndarray,
     val: QuerySet,
@@ -188,24 +208,27 @@ def first_kept(
     gallery_groups: np.ndarray,
     settings: SweepSettings,
     seconds: dict[str, float],
+    rows: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per gallery (the whole, then each mask of `masks`): every val query's first kept items (ids, similarities,
     and which queries its list could not settle), exact in float32."""
     k = settings.k
     # accuracy and F1 of a top-1 vote need only the nearest kept item; a weighted vote needs all k
     need = 1 if settings.vote == "top1" else k
-    every = np.ones(len(x), bool)
-    firsts = first_kept_exact(lists, x, val.x, [every, *masks], [k] + [need] * len(masks), k)
+    every = np.ones(len(x) if rows is None else len(rows), bool)
+    firsts = first_kept_exact(lists, x, val.x, [every, *masks], [k] + [need] * len(masks), k, gallery_rows=rows)
     t_hard = time.perf_counter()
     hard = np.flatnonzero(np.any([inc for _, _, inc in firsts], axis=0))
     if len(hard):
         # queries whose list cannot settle some mask (a flat neighbourhood, or all its items pruned): exactly, densely
-        dense = dense_first_kept(x, val.x[hard], [every, *masks], k, gallery_groups, val.groups[hard])
+        dense = dense_first_kept(
+            x, val.x[hard], [every, *masks], k, gallery_groups, val.groups[hard], gallery_rows=rows
+        )
         for (ids, sims, _), (d_ids, d_sims) in zip(firsts, dense):
             ids[hard], sims[hard] = d_ids, d_sims
     seconds["hard_queries"] = time.perf_counter() - t_hard
     log.info(
-        "prune: %d of %d val queries searched exactly (their bfloat16 lists could not settle every T)",
+        "prune: %d of %d val queries searched exactly (their candidate lists could not settle every T)",
         len(hard),
         len(val),
     )
@@ -235,7 +258,7 @@ def score_thresholds(
         drop, drop_label = largest_recall_drop(val.labels, base_pred, p.pred, n_classes)
         rows["threshold"].append(float(t))
         rows["gallery_size"].append(int(len(kept_ids)))
-        rows["fraction_kept"].append(len(kept_ids) / max(len(x), 1))
+        rows["fraction_kept"].append(len(kept_ids) / max(len(kept), 1))
         rows["val_accuracy"].append(metrics["accuracy"])
         rows["val_macro_f1"].append(metrics["macro_f1"])
         rows["val_balanced_accuracy"].append(metrics["balanced_accuracy"])
@@ -307,6 +330,7 @@ def restrict_graph(graph: NeighbourGraph, mask: np.ndarray) -> NeighbourGraph:
         earlier=new_id[graph.earlier[both]].astype(np.int32),
         sim=graph.sim[both],
         t_min=graph.t_min,
+        exact_at=graph.exact_at,
     )
 
 

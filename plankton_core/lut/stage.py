@@ -20,19 +20,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import artifacts as A
+from .. import ecotaxa
 from ..data import load_classes, load_splits
 from ..embedding import Embedder, l2_normalise, load_embedder, selected_checkpoint
 from ..errors import BadInputError
 from ..features import pick_device
-from ..stage import StageContext
+from ..stage import StageContext, listing_fingerprint
 from ..store import Store
 from ..tables import read_json, read_parquet, write_json, write_parquet
+from . import add
 from .config import LutConfig
 from .evaluation import Predictions, QuerySet, predict_index, score_predictions
 from .gallery_features import embed_rows
 from .index import build_index, save_index, save_npy, search_params, tune_recall
-from .prune import greedy_order, neighbour_graph, threshold_grid
-from .prune_sweep import SweepOutcome, SweepSettings, plot_sweep, restrict_graph, sweep_thresholds
+from .ood import check_ood_sets, list_ood_images, open_set_step
+from .prune import greedy_order, threshold_grid
+from .prune_pass import graph_and_lists
+from .prune_sweep import (
+    SweepOutcome,
+    SweepSettings,
+    candidate_depth,
+    plot_sweep,
+    restrict_graph,
+    sweep_thresholds,
+)
+from .quantification import quantification_step
 from .retrieval import source_keys
 from .selection import headline_intervals, pruning_effect
 
@@ -116,8 +128,10 @@ class Pruned:
     meta: dict[str, Any]
 
 
-def check(cfg: LutConfig, ctx: StageContext) -> Plan:
+def check(cfg: LutConfig, ctx: StageContext) -> Any:
     """Refuse a missing checkpoint or a gallery split with no rows before any output is touched."""
+    if cfg.add:  # `lut --add`: grow the built LUT (plankton_core.lut.add)
+        return add.check(cfg, ctx)
     root = ctx.root
     checkpoint = cfg.checkpoint or selected_checkpoint(root)
     if not root.exists(checkpoint):
@@ -130,11 +144,23 @@ def check(cfg: LutConfig, ctx: StageContext) -> Plan:
             f"gallery split(s) {', '.join(missing)} have no rows in {root.uri}/{A.STATS_SPLITS} "
             f"(splits there: {', '.join(present) or 'none'})"
         )
+    check_ood_sets(cfg, ctx.s3_endpoint)  # an --ood set without images: exit 2 before anything is written
     return Plan(checkpoint, splits)
+
+
+def fingerprint(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
+    """The inputs outside the root: each --ood set's listing and the --add export's, so new images there make the
+    LUT stale (the URI alone would not)."""
+    out: dict[str, Any] = {"ood": [listing_fingerprint(list_ood_images(uri, ctx.s3_endpoint)[0]) for uri in cfg.ood]}
+    if cfg.add:
+        out["add"] = listing_fingerprint(ecotaxa.open_archive(cfg.add, ctx.s3_endpoint))
+    return out
 
 
 def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     """Build the LUT and its pruned variant; return the counts run.json records."""
+    if cfg.add:
+        return add.body(cfg, ctx)
     plan: Plan = ctx.plan
     root, splits = ctx.root, plan.splits
     embedder = load_embedder(root, plan.checkpoint)
@@ -181,6 +207,8 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     if retrieval["rows"]:
         counts["test_top1_accuracy"] = round(retrieval["rows"][0]["metrics"]["accuracy"], 6)
     write_json(root, A.LUT_RETRIEVAL, retrieval)
+    counts.update(quantification_step(cfg, ctx, index, val, test, g_labels, g_groups, classes))  # quantification
+    info["open_set"] = open_set_step(cfg, ctx, embedder, rows, embedded, classes, pruned)  # lut/ood.json
     write_json(root, A.LUT_INDEX_JSON, info)
     ctx.metrics.gauge("lut_gallery_items", len(x), "Items in the LUT gallery.")
     return counts
@@ -405,10 +433,23 @@ def _prune(
     grid = threshold_grid(cfg.prune_min, cfg.prune_max, cfg.prune_step)
     keys = gallery.column("crop_key").to_pylist()
     t0 = time.perf_counter()
-    full_graph = neighbour_graph(x, g_labels, greedy_order(keys), float(np.min(grid)))
+    settings = sweep_settings(cfg)
+    # one pass over the written gallery: its graph and, when train is in it, val's candidate lists among train
+    whole = bool(train.in_gallery.sum() == len(train.labels))
+    full_graph, lists = graph_and_lists(
+        x,
+        g_labels,
+        greedy_order(keys),
+        float(np.min(grid)),
+        val.x if whole else None,
+        candidate_depth(settings),
+        train=np.flatnonzero(train.in_gallery),
+        gallery_groups=train.groups,
+        query_groups=val.groups,
+        grid=np.union1d(grid, [1.0]),  # the sweep's thresholds (it adds 1.0): the graph is exact there
+    )
+    assert full_graph is not None
     graph_seconds = time.perf_counter() - t0
-    # train's graph is the written gallery's restricted to train when train is in it; else its own pass
-    sweep_graph = restrict_graph(full_graph, train.in_gallery) if train.in_gallery.sum() == len(train.labels) else None
     outcome = sweep_thresholds(
         train.x,
         train.labels,
@@ -417,8 +458,9 @@ def _prune(
         val,
         n_classes,
         grid,
-        sweep_settings(cfg),
-        graph=sweep_graph,
+        settings,
+        graph=restrict_graph(full_graph, train.in_gallery) if whole else None,  # else the sweep's own pass
+        lists=lists,
     )
     outcome.seconds["neighbour_graph"] += graph_seconds
     write_parquet(root, A.LUT_PRUNE_SWEEP, outcome.table)

@@ -41,9 +41,13 @@ from ..scoring import reports_top_k
 from ..stage import RUN_JSON, SUCCESS
 from ..store import Store, join
 from ..tables import read_json, read_parquet
+from .audit import audit_blocks
+from .baseline import baseline_blocks
 from .blocks import Block, Gallery, Image, Table, ci, pct, pct_ci, render_capped, render_markdown
 from .detect import detect_blocks
+from .ood import ood_blocks
 from .pictures import Thumb, class_examples, confusion_examples, gallery_neighbours, load_thumbnails
+from .quantification import quantification_blocks
 
 REPORT_HTML = "report.html"  # under the writing stage's prefix
 REPORT_MD = "report.md"
@@ -355,6 +359,7 @@ def build_blocks(store: Store) -> list[Block]:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks.append(("p", f"Pipeline root {store.uri}; rendered {when}."))
     blocks += results_blocks(_maybe_json(store, EVAL_METRICS))
+    blocks += baseline_blocks(_maybe_json(store, EVAL_METRICS))
     blocks += sweep_blocks(store)
     img = _maybe_image(store, EVAL_CONFUSION_PNG, "confusion matrix, normalised per true class")
     if img:
@@ -364,6 +369,9 @@ def build_blocks(store: Store) -> list[Block]:
     blocks += per_class_blocks(_maybe_rows(store, EVAL_PER_CLASS))
     blocks += picture_blocks(store, confusions or [])
     blocks += retrieval_blocks(store)
+    blocks += ood_blocks(store)  # lut/ood.json: unknowns, one table and one plot
+    blocks += quantification_blocks(store)  # lut/quantification.json: corrected sample composition
+    blocks += audit_blocks(store)  # audit/: suspects beside their neighbours, duplicates across splits
     blocks += detect_blocks(store)
     return blocks
 

@@ -131,6 +131,8 @@ def check(cfg: PretrainConfig, ctx: StageContext) -> PretrainPlan:
     test = set(str(k) for k in load_splits(root, "test").column("crop_key").to_pylist())
     if not cfg.include_test:
         crop_keys = [k for k in crop_keys if k not in test]
+    unseen = set(str(k) for k in load_splits(root, "unseen").column("crop_key").to_pylist())  # near-OOD: never seen
+    crop_keys = [k for k in crop_keys if k not in unseen]
     test_images = sum(k in test for k in crop_keys)
     unlabeled, unlabeled_keys, fingerprint = unlabeled_input(cfg, ctx)
     if cfg.batch_size % world:

@@ -10,7 +10,14 @@ from ..lut.config import Vote
 from ..scoring import SelectBy
 
 Format = Literal["table", "csv", "jsonl", "parquet", "ecotaxa"]
+UnknownScore = Literal["knn", "mahalanobis", "vim", "energy", "msp", "similarity"]
+UNKNOWN_SCORE_HELP = (
+    "Open-set score flagging objects of no known class (answered 'unknown'): knn, mahalanobis, vim, energy, msp "
+    "or similarity [the LUT's chosen one; none when the LUT has no open-set fit]."
+)
+UNKNOWN_RECALL_HELP = "Recall of known objects the open-set threshold keeps (0-1) [the LUT's stored one]."
 FORMATS: tuple[str, ...] = get_args(Format)
+__all__ = ["FORMATS", "Format", "QueryConfig", "UnknownScore", "Vote"]
 
 
 @stage_config
@@ -40,6 +47,8 @@ class QueryConfig:
         "--calibrate's guard: no class may lose more than this much val recall to rejection "
         "(0-1; 0.10 = 10 points; 1 = off).",
     )
+    unknown_score: UnknownScore | None = option(None, UNKNOWN_SCORE_HELP, metavar="SCORE")
+    unknown_recall: float | None = option(None, UNKNOWN_RECALL_HELP, gt=0.0, le=1.0, metavar="FLOAT")
     pruned: bool = option(False, "Search the pruned index instead of the full one.")
     checkpoint: str = option(
         "", "Checkpoint key to embed with [sweep/selection.json's]; must match the index.", metavar="KEY"

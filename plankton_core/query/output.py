@@ -140,6 +140,8 @@ QUERY_COLUMNS = [
     "objects",
     "neighbours",
     "error",
+    "ood_score",
+    "unknown",
 ]
 NEIGHBOUR_TYPE = pa.struct(
     [("rank", pa.int64()), ("class", pa.string()), ("similarity", pa.float64()), ("crop_key", pa.string())]
@@ -157,6 +159,8 @@ QUERY_SCHEMA = pa.schema(
         ("objects", pa.int64()),
         ("neighbours", pa.list_(NEIGHBOUR_TYPE)),
         ("error", pa.string()),
+        ("ood_score", pa.float64()),  # with an open-set fit in the LUT (plankton_core.openset); null otherwise
+        ("unknown", pa.bool_()),
     ]
 )
 
@@ -214,6 +218,8 @@ def ecotaxa_rows(
     """
     ours = ["img_file_name", "object_id", CATEGORY, HIERARCHY, STATUS]
     ours += [f"{PREDICTION_PREFIX}{c}" for c in ("score", "margin", "best_similarity", "threshold")]
+    if any(r.get("ood_score") is not None for r in rows):
+        ours.append(f"{PREDICTION_PREFIX}ood_score")
     ours += [f"{PREDICTION_PREFIX}nn{r}_{f}" for r in range(1, k + 1) for f in ("class", "similarity")]
     own = set(ours)
     carried: list[str] = []
@@ -256,6 +262,8 @@ def ecotaxa_rows(
         item[f"{PREDICTION_PREFIX}margin"] = margin(row)
         item[f"{PREDICTION_PREFIX}best_similarity"] = row.get("best_similarity")
         item[f"{PREDICTION_PREFIX}threshold"] = row.get("threshold")
+        if row.get("ood_score") is not None:
+            item[f"{PREDICTION_PREFIX}ood_score"] = row["ood_score"]
         for nb in row.get("neighbours") or []:
             item[f"{PREDICTION_PREFIX}nn{nb['rank']}_class"] = nb["class"]
             item[f"{PREDICTION_PREFIX}nn{nb['rank']}_similarity"] = nb["similarity"]

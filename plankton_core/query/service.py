@@ -1,4 +1,5 @@
-"""The query itself: crop, embed and classify new images against the LUT.
+"""The query itself: crop, embed and classify new images against the LUT, through `plankton_core.inference` (the
+code the classify stage runs too).
 
 Each image is cropped with the crop stage's own segmenter and recorded
 config (crop/run.json), so a query looks like the gallery did: the largest
@@ -17,98 +18,15 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .. import ecotaxa
-from ..crop.config import recorded_config, recorded_objects
-from ..crop.extract import extract_crops, make_segmenter
 from ..data import preprocess_crop
-from ..embedding import Embedder, check_compatible, load_embedder
 from ..errors import BadInputError
 from ..imageio import UnreadableImage, decode_image
-from ..lut.retrieval import search_excluding, vote
+from ..inference import UNKNOWN, Classifier, Cropper
 from ..store import Store, split_uri
 from .config import QueryConfig
 from .inputs import ImageRef, resolve_inputs
-from .lut import LoadedLut, load_lut
 
-UNKNOWN = "unknown"
-
-
-class Cropper:
-    """The crop stage's segmenter, built once; `__call__` gives the crop to embed and how it was found."""
-
-    def __init__(self, root: Store, enabled: bool = True):
-        self.enabled = enabled
-        if enabled:
-            self.cfg = recorded_config(root)
-            self.objects = recorded_objects(root) if self.cfg.objects == "auto" else None  # the gallery's reading
-            self.segmenter = make_segmenter(self.cfg)
-
-    def __call__(self, arr: np.ndarray, objects: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """`objects`: the mode this image calls for under the recorded --objects auto (single for an EcoTaxa row)."""
-        h, w = arr.shape[:2]
-        if not self.enabled:
-            return arr, {"crop": "as_given", "box": [0, 0, w, h], "objects": None}
-        mode = (objects or self.objects) if self.cfg.objects == "auto" else None
-        kept = [
-            (r, r.crop)
-            for r in extract_crops(arr, self.cfg, self.segmenter, mode)
-            if r.status == "kept" and r.crop is not None
-        ]
-        if not kept:
-            return arr, {"crop": "whole_frame (no whole object found)", "box": [0, 0, w, h], "objects": 0}
-        best, crop = max(kept, key=lambda rc: rc[0].area)
-        return crop, {"crop": "largest_object", "box": [int(v) for v in best.box], "objects": len(kept)}
-
-
-class Classifier:
-    """A loaded LUT with the checkpoint that must match it."""
-
-    def __init__(self, root: Store, cfg: QueryConfig):
-        self.cfg = cfg
-        self.lut: LoadedLut = load_lut(root, cfg.variant)
-        self.embedder: Embedder = load_embedder(root, cfg.checkpoint or None)
-        check_compatible(self.lut.info, self.embedder, f"{root.uri}/lut")
-        self.classes = self.lut.classes
-        self.gallery_labels = np.asarray(
-            self.lut.gallery.column("label").to_numpy(zero_copy_only=False), dtype=np.int64
-        )
-        self.gallery_keys = self.lut.gallery.column("crop_key").to_pylist()
-        self.threshold = self._threshold()
-
-    def _threshold(self) -> float | None:
-        """--reject-below, else the threshold calibrated for this index variant, else none."""
-        if self.cfg.reject_below is not None:
-            return float(self.cfg.reject_below)
-        calibrated = (self.lut.info.get("calibration") or {}).get(self.cfg.variant)
-        return float(calibrated["threshold"]) if calibrated else None
-
-    def classify(self, embeddings: np.ndarray) -> list[dict[str, Any]]:
-        nb = search_excluding(self.lut.index, embeddings, self.cfg.k)
-        labels = np.where(nb.ids >= 0, self.gallery_labels[np.maximum(nb.ids, 0)], -1)
-        pred, score, _ = vote(labels, nb.sims, len(self.classes), self.cfg.vote)
-        out = []
-        for i in range(len(embeddings)):
-            best = float(nb.sims[i, 0]) if nb.ids[i, 0] >= 0 else None
-            neighbours = [
-                {
-                    "rank": r + 1,
-                    "class": self.classes[labels[i, r]],
-                    "similarity": round(float(nb.sims[i, r]), 6),
-                    "crop_key": self.gallery_keys[nb.ids[i, r]],
-                }
-                for r in range(nb.ids.shape[1])
-                if nb.ids[i, r] >= 0
-            ]
-            rejected = best is None or (self.threshold is not None and best < self.threshold)
-            out.append(
-                {
-                    "status": UNKNOWN if rejected else "ok",
-                    "predicted": UNKNOWN if rejected else self.classes[pred[i]],
-                    "score": round(float(score[i]), 6) if best is not None else None,
-                    "best_similarity": round(best, 6) if best is not None else None,
-                    "neighbours": neighbours,
-                }
-            )
-        return out
+__all__ = ["UNKNOWN", "Classifier", "Cropper", "QueryConfig", "Querier", "run_query", "expand_inputs"]
 
 
 class Querier:

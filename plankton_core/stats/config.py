@@ -30,6 +30,20 @@ class StatsConfig:
         True, "Also fill the local decode cache of the train split, which supcon reuses.", digest=False
     )
     workers: int = option(0, "Decoding threads; 0 = automatic.", ge=0, digest=False)
+    unseen_classes: tuple[str, ...] = option(
+        (),
+        "Classes kept out of train, val and test. They form split `unseen`, the near-OOD set: a count drawn with "
+        "--seed, or comma-separated names; empty = none.",
+    )
+    unseen_min_images: int = option(20, "A drawn unseen class has at least this many crops.", ge=1)
+    label_noise: float = option(
+        0.0,
+        "Share of train/val labels to flip, for evaluating `plankton audit` (stats/label_noise.parquet).",
+        ge=0,
+        lt=1,
+    )
+    noise_seed: int = option(0, "Seed of the label flips.", ge=0)
+    noise: Literal["uniform", "pairs"] = option("uniform", "Flip to any other class, or to each class's partner.")
 
     def validate(self) -> None:
         fractions = self.split

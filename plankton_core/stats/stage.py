@@ -25,6 +25,7 @@ from ..splitting import SPLITS, assign_splits, min_frames_to_split
 from ..stage import StageContext
 from ..store import Store
 from ..tables import read_parquet, write_json, write_parquet
+from . import noise, unseen
 from .config import StatsConfig
 from .grouped import assign_grouped_splits
 from .moments import ChannelHistogram
@@ -107,13 +108,19 @@ def train_histogram(
 def body(cfg: StatsConfig, ctx: StageContext) -> dict:
     root = ctx.root
     kept = read_kept_crops(root)
+    held = unseen.choose_unseen(  # --unseen-classes: a bad name exits 2 before anything is written
+        cfg.unseen_classes, kept.column("class").to_numpy(zero_copy_only=False), cfg.seed, cfg.unseen_min_images
+    )
+    kept, unseen_rows = unseen.hold_out(kept, held)
     keys = kept.column("crop_key").to_numpy(zero_copy_only=False)
     classes = kept.column("class").to_numpy(zero_copy_only=False)
     sources = kept.column("source_key").to_numpy(zero_copy_only=False)
     ctx.metrics.count("kept_crops", len(keys))
 
     group_by, groups, assignment = assign(cfg, ctx, kept, classes)
+    kept, classes = noise.inject(cfg, ctx, kept, classes, assignment.names())  # --label-noise (off: unchanged)
     class_names = write_splits(root, kept, classes, groups, assignment)
+    unseen.append_unseen(root, unseen_rows, GROUP_COLUMNS[group_by])
     counts = _counts(class_names, classes, sources, assignment.split)
     train_keys = keys[assignment.split == 0].tolist()
     ctx.log.info(
@@ -138,6 +145,7 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
             "seed": cfg.seed,
             "group_by": group_by,
             "counts": counts,
+            "unseen": unseen.describe(unseen_rows, held),
         },
     )
     summary = {s: counts[s] for s in SPLITS}
@@ -148,6 +156,7 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
         unsplit_classes=len(assignment.unsplit_classes),
     )
     summary["group_by"] = group_by
+    summary["unseen"] = int(unseen_rows.num_rows)
     return summary
 
 

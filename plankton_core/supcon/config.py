@@ -57,11 +57,13 @@ class SupConConfig(ContrastiveOptions):
         "warm-up only for batches over 256).",
         trajectory=True,
     )
-    preprocess: Literal["letterbox", "resize-center-crop"] | None = option(
+    preprocess: Literal["letterbox", "resize-center-crop", "keep-scale"] | None = option(
         None,
         "How crops are made square for every feature extraction downstream (recorded in the checkpoint); "
         "default: letterbox for --recipe plankton, "
-        "resize-center-crop (Resize 256 + CenterCrop 224, scaled) for supcontrast.",
+        "resize-center-crop (Resize 256 + CenterCrop 224, scaled) for supcontrast. keep-scale: crops smaller than "
+        "the training size are padded, not enlarged (their size in pixels is kept), larger ones shrunk "
+        "(--recipe plankton --crop-mode random; train crops too).",
     )
     base_temperature: float | None = option(
         None,
@@ -103,6 +105,8 @@ class SupConConfig(ContrastiveOptions):
     def validate(self) -> None:
         self.check_device("supcon")
         self.check_resume("supcon")
+        if self.preprocess == "keep-scale" and (self.recipe != "plankton" or self.crop_mode != "random"):
+            raise BadInputError("supcon: --preprocess keep-scale trains with --recipe plankton --crop-mode random")
         if self.boxes == "attention" and not self.box_weights:
             raise BadInputError(
                 "supcon: --boxes attention needs --box-weights "

@@ -119,7 +119,9 @@ def body(cfg: SupConConfig, ctx: StageContext) -> dict[str, Any]:
     device, cuda = plan.device, plan.device.type == "cuda"
     with training_process(device, cfg.deterministic) as (dist, stop):
         spec = augment_spec(cfg)
-        cache = decode_cache(ctx.root, plan.keys, plan.size, dist, spec, cfg.context, crop_input(ctx))
+        cache = decode_cache(
+            ctx.root, plan.keys, plan.size, dist, spec, cfg.context, crop_input(ctx), cfg.effective_preprocess()
+        )
         ctx.notes.extend(cache.notes)
         geometry = cache.geometry
         if geometry is not None and cfg.boxes == "attention":
@@ -278,8 +280,10 @@ def decode_cache(
     spec: AugmentSpec | None = None,
     context: float = 0.5,
     source: Store | None = None,
+    preprocess: str = "letterbox",
 ) -> ImageCache:
     """The uint8 decode cache of the train crops: the first process of each node fills it, the others open it.
+    `preprocess` keep-scale trains on crops at their own scale (the other choices train on letterboxed crops).
 
     With a spec that needs geometry: tight crops with their pixel rectangles and boxes (supcontrast
     recipe), or context crops around the boxes (localized crop mode).
@@ -289,7 +293,13 @@ def decode_cache(
 
     def build() -> ImageCache:
         return ImageCache.build(
-            root, keys, size, geometry=geometry, context=ctx_grow, source=source if ctx_grow is not None else None
+            root,
+            keys,
+            size,
+            geometry=geometry,
+            context=ctx_grow,
+            source=source if ctx_grow is not None else None,
+            preprocess="keep-scale" if preprocess == "keep-scale" and not geometry else "letterbox",
         )
 
     return node_first(dist, build)

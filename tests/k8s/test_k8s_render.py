@@ -277,7 +277,7 @@ def test_render_cli_prints_the_same_documents(run_cli, tmp_path):
         ),
         (
             ["render", "stats", "--set", "shards=2"],
-            "stats: is not shardable (only crop and linear-sweep); set shards: 1",
+            "stats: is not shardable (only crop, linear-sweep and classify); set shards: 1",
         ),
         (["render", "synth", "--set", "shards=2"], "synth: is not shardable"),
         (["render", "supcon", "--set", "gpus=-1"], "supcon: setting gpus must be a whole number >= 0, got -1"),

@@ -98,7 +98,8 @@ def test_frames_are_cropped_and_bad_files_get_error_rows(lut_env, run_cli, tmp_p
     assert cross["crop"] == "largest_object" and cross["objects"] == 1 and cross["status"] == "ok"
     x0, y0, x1, y1 = cross["box"]
     assert 8 <= x0 < x1 <= 56 and 8 <= y0 < y1 <= 56  # the object, not the whole 64-px frame
-    assert blank["crop"].startswith("whole_frame") and blank["box"] == [0, 0, 64, 64] and blank["status"] == "ok"
+    assert blank["crop"].startswith("whole_frame") and blank["box"] == [0, 0, 64, 64]
+    assert blank["status"] == ("unknown" if blank["unknown"] else "ok")  # a blank frame may be flagged by the open set
     assert (
         broken["status"] == "error"
         and broken["error"].split(":")[0] in ("corrupt", "not_an_image")

@@ -1,0 +1,179 @@
+"""One way to classify an image against a finished LUT, for `plankton query` and the classify stage.
+
+- `Cropper`: the crop stage's segmenter with its recorded config (crop/run.json), built once: an image is cut
+  exactly as the gallery was (every kept object for classify, the largest for query);
+- `Classifier`: the LUT (index + gallery), the checkpoint that must match it, the rejection threshold and, when
+  the LUT has one, the open-set score (`plankton_core.openset`), all loaded once per process;
+  `classify(embeddings)` runs one batched FAISS search per batch, the vote, and gives one row per embedding.
+
+Rows carry the predicted class ("unknown" when rejected by the threshold or flagged by the open-set score), the
+vote's score, the best similarity, the k neighbours and, with an open set, `ood_score` and `unknown`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .crop.config import recorded_config, recorded_objects
+from .crop.extract import extract_crops, make_segmenter
+from .embedding import Embedder, check_compatible, load_embedder
+from .lut.retrieval import search_excluding, vote
+from .query.lut import LoadedLut, load_lut
+from .store import Store
+
+UNKNOWN = "unknown"
+OPEN_SET_SCORES = ("knn", "mahalanobis", "vim", "energy", "msp", "similarity")
+
+
+class InferenceConfig(Protocol):
+    """What `Classifier` reads of a config (QueryConfig and ClassifyConfig both have it)."""
+
+    k: int
+    vote: Any
+    reject_below: float | None
+    checkpoint: str
+    unknown_score: Any
+    unknown_recall: float | None
+
+    @property
+    def variant(self) -> str: ...
+
+
+def recorded_crop(root: Store | None) -> tuple[Any, str | None]:
+    """(the CropConfig the finished crop stage ran with, what its --objects auto chose)."""
+    assert root is not None
+    return recorded_config(root), recorded_objects(root)
+
+
+class Cropper:
+    """The crop stage's segmenter, built once; `__call__` gives the crop to embed and how it was found."""
+
+    def __init__(self, root: Store | None, enabled: bool = True, objects: str | None = None, recorded: Any = None):
+        """The crop config crop/run.json records under `root` (or `recorded`: (CropConfig, its auto choice));
+        `objects` frames or single overrides its --objects."""
+        self.enabled = enabled
+        if enabled:
+            self.cfg, chosen = recorded if recorded is not None else recorded_crop(root)
+            if objects and objects != "auto":
+                self.cfg = replace(self.cfg, objects=objects)
+            if getattr(self.cfg, "features", False):  # crop's morphometric columns: not needed to classify
+                self.cfg = replace(self.cfg, features=False)
+            self.objects = chosen if self.cfg.objects == "auto" else None  # the gallery's reading
+            self.segmenter = make_segmenter(self.cfg)
+
+    def _mode(self, objects: str | None) -> str | None:
+        return (objects or self.objects) if self.cfg.objects == "auto" else None
+
+    def __call__(self, arr: np.ndarray, objects: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """`objects`: the mode this image calls for under the recorded --objects auto (single for an EcoTaxa row)."""
+        h, w = arr.shape[:2]
+        if not self.enabled:
+            return arr, {"crop": "as_given", "box": [0, 0, w, h], "objects": None}
+        kept = list(self.objects_of(arr, objects))
+        if not kept:
+            return arr, {"crop": "whole_frame (no whole object found)", "box": [0, 0, w, h], "objects": 0}
+        crop, box, area = max(kept, key=lambda item: item[2])
+        return crop, {"crop": "largest_object", "box": box, "objects": len(kept)}
+
+    def objects_of(self, arr: np.ndarray, objects: str | None = None) -> Iterator[tuple[np.ndarray, list[int], int]]:
+        """(crop, box [x0, y0, x1, y1], area) of every kept object of `arr`, in reading order."""
+        if not self.enabled:
+            h, w = arr.shape[:2]
+            yield arr, [0, 0, w, h], h * w
+            return
+        for r in extract_crops(arr, self.cfg, self.segmenter, self._mode(objects)):
+            if r.status == "kept" and r.crop is not None:
+                yield r.crop, [int(v) for v in r.box], int(r.area)
+
+
+def load_open_set(root: Store, cfg: InferenceConfig) -> Any:
+    """The LUT's open-set scorer (plankton_core.openset) for `cfg`'s --unknown-score/--unknown-recall, or None
+    when the LUT has no open-set fit (or the module is not there)."""
+    try:
+        openset = importlib.import_module("plankton_core.openset")
+    except ModuleNotFoundError:
+        return None
+    return openset.load_open_set(root, cfg.variant, score=cfg.unknown_score, recall=cfg.unknown_recall)
+
+
+class Classifier:
+    """A loaded LUT with the checkpoint that must match it, its threshold and its open-set score."""
+
+    def __init__(self, root: Store, cfg: InferenceConfig):
+        self.cfg = cfg
+        self.lut: LoadedLut = load_lut(root, cfg.variant)
+        self.embedder: Embedder = load_embedder(root, cfg.checkpoint or None)
+        check_compatible(self.lut.info, self.embedder, f"{root.uri}/lut")
+        # NHWC convolutions: about 1.5× faster on CPU for the same features (bench/classify.py's note)
+        self.embedder.model = self.embedder.model.to(memory_format=torch.channels_last)
+        self.classes = self.lut.classes
+        self.gallery_labels = np.asarray(
+            self.lut.gallery.column("label").to_numpy(zero_copy_only=False), dtype=np.int64
+        )
+        self.gallery_keys = self.lut.gallery.column("crop_key").to_pylist()
+        self.threshold = self._threshold()
+        self.open_set = load_open_set(root, cfg)
+
+    def _threshold(self) -> float | None:
+        """--reject-below, else the threshold calibrated for this index variant, else none."""
+        if self.cfg.reject_below is not None:
+            return float(self.cfg.reject_below)
+        calibrated = (self.lut.info.get("calibration") or {}).get(self.cfg.variant)
+        return float(calibrated["threshold"]) if calibrated else None
+
+    def classify(self, embeddings: np.ndarray) -> list[dict[str, Any]]:
+        """One row per embedding: one FAISS search for the batch (k, or the open set's k when larger), the vote."""
+        k = self.cfg.k
+        search_k = max(k, int(getattr(self.open_set, "k", 0) or 0))
+        nb = search_excluding(self.lut.index, embeddings, search_k)
+        ood = unknown = None
+        if self.open_set is not None:
+            sims = np.where(nb.ids >= 0, nb.sims, -1.0).astype(np.float32)
+            ood = np.asarray(self.open_set.score(embeddings, sims), dtype=np.float64)
+            unknown = np.asarray(self.open_set.unknown(ood), dtype=bool)
+        ids, sims = nb.ids[:, :k], nb.sims[:, :k]
+        labels = np.where(ids >= 0, self.gallery_labels[np.maximum(ids, 0)], -1)
+        pred, score, _ = vote(labels, sims, len(self.classes), self.cfg.vote)
+        return [self._row(i, ids, sims, labels, pred, score, ood, unknown) for i in range(len(embeddings))]
+
+    def _row(
+        self,
+        i: int,
+        ids: np.ndarray,
+        sims: np.ndarray,
+        labels: np.ndarray,
+        pred: np.ndarray,
+        score: np.ndarray,
+        ood: np.ndarray | None,
+        unknown: np.ndarray | None,
+    ) -> dict[str, Any]:
+        best = float(sims[i, 0]) if ids[i, 0] >= 0 else None
+        neighbours = [
+            {
+                "rank": r + 1,
+                "class": self.classes[labels[i, r]],
+                "similarity": round(float(sims[i, r]), 6),
+                "crop_key": self.gallery_keys[ids[i, r]],
+            }
+            for r in range(ids.shape[1])
+            if ids[i, r] >= 0
+        ]
+        rejected = best is None or (self.threshold is not None and best < self.threshold)
+        flagged = bool(unknown[i]) if unknown is not None else False
+        row = {
+            "status": UNKNOWN if rejected or flagged else "ok",
+            "predicted": UNKNOWN if rejected or flagged else self.classes[pred[i]],
+            "score": round(float(score[i]), 6) if best is not None else None,
+            "best_similarity": round(best, 6) if best is not None else None,
+            "neighbours": neighbours,
+        }
+        if ood is not None:
+            row["ood_score"] = round(float(ood[i]), 6)
+            row["unknown"] = flagged
+        return row

@@ -1,0 +1,111 @@
+"""Morphometric features: against scikit-image's regionprops and scipy, and in the crop stage's outputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+from skimage.draw import disk, ellipse
+from skimage.measure import regionprops
+
+from plankton_core.morphometrics import ALL, COLUMNS, ecotaxa_name, feature_row, features, standardise
+
+
+def _ellipse(ry: int = 12, rx: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.zeros((70, 90), bool)
+    rr, cc = ellipse(35, 45, ry, rx)
+    mask[rr, cc] = True
+    rng = np.random.default_rng(0)
+    image = (rng.integers(0, 40, mask.shape) + mask * 120).astype(np.uint8)
+    return mask, image
+
+
+def test_shape_matches_regionprops():
+    mask, image = _ellipse()
+    got = features(mask, image)
+    (ref,) = regionprops(mask.astype(np.uint8))
+    assert got["area"] == ref.area
+    assert got["major"] == pytest.approx(ref.axis_major_length, rel=1e-6)
+    assert got["minor"] == pytest.approx(ref.axis_minor_length, rel=1e-6)
+    assert got["perim"] == pytest.approx(ref.perimeter, rel=1e-6)
+    assert got["feret"] == pytest.approx(ref.feret_diameter_max, abs=1.5)  # pixel corners vs contour
+    assert got["solidity"] == pytest.approx(ref.solidity, abs=0.03)
+    assert got["esd"] == pytest.approx(2 * math.sqrt(ref.area / math.pi))
+    assert got["elongation"] == pytest.approx(ref.axis_major_length / ref.axis_minor_length, rel=1e-6)
+
+
+def test_grey_levels_match_numpy_and_scipy():
+    mask, image = _ellipse()
+    got = features(mask, image)
+    values = image[mask].astype(np.float64)
+    assert got["mean"] == pytest.approx(values.mean(), rel=1e-5)
+    assert got["stddev"] == pytest.approx(values.std(), rel=1e-4)
+    assert (got["min"], got["max"], got["median"]) == (values.min(), values.max(), np.median(values))
+    assert got["skew"] == pytest.approx(stats.skew(values), abs=1e-4)
+    assert got["kurt"] == pytest.approx(stats.kurtosis(values), abs=1e-4)
+    assert got["histcum1"] == np.percentile(values, 25) and got["histcum3"] == np.percentile(values, 75)
+    assert got["entropy"] > 0 and got["gradmean"] > 0
+
+
+def test_size_separates_and_microns_scale():
+    small, big = np.zeros((60, 60), bool), np.zeros((60, 60), bool)
+    small[disk((30, 30), 8)] = True
+    big[disk((30, 30), 16)] = True
+    image = np.full((60, 60), 200, np.uint8)
+    f_small, f_big = features(small, image, 0.5), features(big, image, 0.5)
+    assert f_big["esd"] == pytest.approx(2 * f_small["esd"], rel=0.05)
+    assert f_small["esd_um"] == pytest.approx(0.5 * f_small["esd"]) and f_small["area_um2"] == small.sum() * 0.25
+    assert features(small, image)["esd_um"] is None  # unknown pixel size: no µm figures
+    assert f_small["circ"] > 0.85 and f_small["solidity"] > 0.9
+
+
+def test_rows_names_and_empty_mask():
+    mask, image = _ellipse()
+    row = feature_row(None, np.dstack([image] * 3))  # RGB, whole crop
+    assert len(row) == len(ALL) == len(COLUMNS) and row[0] == image.size
+    assert features(np.zeros_like(mask), image)["area"] == image.size
+    assert ecotaxa_name("perim") == "object_perim." and ecotaxa_name("esd") == "object_esd"
+    z, mean, std = standardise(np.array([[1.0, np.nan], [3.0, 2.0]]))
+    assert z.tolist() == [[-1.0, 0.0], [1.0, 0.0]] and mean.tolist() == [2.0, 2.0]
+
+
+def test_crop_writes_features(tmp_path):
+    from plankton_core.artifacts import CROP_FEATURES, CROP_MANIFEST
+    from plankton_core.crop import CropConfig
+    from plankton_core.stage import run_stage
+    from plankton_core.store import open_store
+    from plankton_core.synth import SynthConfig, generate
+
+    images = open_store(str(tmp_path / "images"))
+    generate(images, SynthConfig(classes=2, per_class=3, size=96, seed=0))
+    root = open_store(str(tmp_path / "art"))
+    run_stage("crop", CropConfig(input=images.uri, workers=1, pixel_size_um=2.0), root)
+    table = pq.read_table(root.path / CROP_FEATURES).to_pandas()
+    manifest = pq.read_table(root.path / CROP_MANIFEST).to_pandas()
+    kept = manifest[manifest.status == "kept"]
+    assert len(table) == len(kept) > 0 and set(COLUMNS) <= set(table.columns)
+    assert table["object_area"].notna().all() and (table["object_pixel_size_um"] == 2.0).all()
+    assert table["object_esd_um"].tolist() == pytest.approx((2 * table["object_esd"]).tolist())
+    assert manifest.loc[manifest.status != "kept", "object_area"].isna().all()
+
+
+def test_ecotaxa_columns_carry_the_features_as_floats():
+    import io
+    import zipfile
+
+    from plankton_core import ecotaxa
+
+    mask, image = _ellipse()
+    items, hints = ecotaxa.morphometric_items(features(mask, image))
+    assert items["object_perim."] > 0 and "object_circ." in items and items["object_esd_um"] is None
+    assert set(hints.values()) == {"f"} and len(items) == len(ALL)
+    manifest_row = {c: v for c, v in zip(COLUMNS, feature_row(mask, image, 1.5))}
+    assert ecotaxa.morphometric_items(manifest_row)[0]["object_esd_um"] == pytest.approx(1.5 * items["object_esd"])
+    row = {"img_file_name": "a.png", "object_id": "a", **items}
+    data = ecotaxa.archive_bytes("x", list(row), [row], [("a.png", b"png")], hints)
+    lines = zipfile.ZipFile(io.BytesIO(data)).read("ecotaxa_x.tsv").decode().splitlines()
+    types = dict(zip(lines[0].split("\t"), lines[1].split("\t")))
+    assert types["object_perim."] == "[f]" and types["object_area"] == "[f]" and types["object_esd_um"] == "[f]"
