@@ -84,8 +84,17 @@ def click_option(spec: OptionSpec) -> Callable[[Callable[..., Any]], Callable[..
     click_type: Any = {"int": int, "float": float}.get(spec.kind, str)
     if spec.kind == "choice":
         click_type = click.Choice(spec.choices)
+    if spec.kind == "list":  # comma-separated, and repeatable: `--ood a --ood b` is `--ood a,b`
+        help_text = spec.help + " Repeatable." + shown
     return click.option(
-        spec.flag, spec.name, type=click_type, default=None, help=help_text, hidden=spec.hidden, metavar=spec.metavar
+        spec.flag,
+        spec.name,
+        type=click_type,
+        default=None,
+        help=help_text,
+        hidden=spec.hidden,
+        metavar=spec.metavar,
+        multiple=spec.kind == "list",
     )
 
 
@@ -102,8 +111,17 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
 
 def resolve_config(cls: type, params: dict[str, Any]) -> Any:
     """Config from declared defaults < --config YAML < flags typed."""
-    names = {s.name for s in option_specs(cls)}
-    return load_config(cls, params.get("config"), {k: v for k, v in params.items() if k in names})
+    specs = {s.name: s for s in option_specs(cls)}
+    typed = {k: _joined(v) if specs[k].kind == "list" else v for k, v in params.items() if k in specs}
+    return load_config(cls, params.get("config"), typed)
+
+
+def _joined(values: tuple[str, ...] | str | None) -> str | None:
+    """A repeatable list flag's values as one comma-separated value; None when the flag was not typed (a string,
+    as `plankton submit` passes, is already one)."""
+    if isinstance(values, str) or values is None:
+        return values
+    return ",".join(values) if values else None
 
 
 def store_from(params: dict[str, Any]) -> Any:

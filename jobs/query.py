@@ -79,7 +79,10 @@ def command(images: tuple[str, ...], root: str, s3_endpoint: str | None, **param
     if fmt == "ecotaxa":
         assert out is not None  # pick_format checked
         name = out.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        data, written = render_ecotaxa(rows, metas, [ref.read for ref in refs], k, name)
+        from plankton_core.inference import Cropper  # torch: loaded on use, so `plankton --help` stays fast
+
+        cropper = Cropper(store, cfg.crop)  # measures the exported objects (object_area, object_esd, …)
+        data, written = render_ecotaxa(rows, metas, [ref.read for ref in refs], k, name, cropper.measure_bytes)
         where = write_output(data, out, s3_endpoint)
         click.echo(f"query: {written} object(s) and their images in an EcoTaxa archive → {where}", err=True)
     elif out:

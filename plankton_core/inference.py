@@ -23,7 +23,9 @@ import torch
 from .crop.config import recorded_config, recorded_objects
 from .crop.extract import extract_crops, make_segmenter
 from .embedding import Embedder, check_compatible, load_embedder
+from .imageio import UnreadableImage, decode_image
 from .lut.retrieval import search_excluding, vote
+from .morphometrics import ALL
 from .query.lut import LoadedLut, load_lut
 from .store import Store
 
@@ -80,6 +82,28 @@ class Cropper:
             return arr, {"crop": "whole_frame (no whole object found)", "box": [0, 0, w, h], "objects": 0}
         crop, box, area = max(kept, key=lambda item: item[2])
         return crop, {"crop": "largest_object", "box": box, "objects": len(kept)}
+
+    def measure(self, arr: np.ndarray, objects: str | None = None) -> dict[str, Any]:
+        """The morphometric features (morphometrics.features' names) of the object `arr` shows: its largest kept
+        object under crop's recorded segmenter, --pixel-size-um and all (for the EcoTaxa exports, which measure only
+        the objects they write; `objects` single for a vignette); {} with the crop off or no object standing out."""
+        if not self.enabled:
+            return {}
+        cfg = replace(self.cfg, features=True)
+        kept = [r for r in extract_crops(arr, cfg, self.segmenter, objects or self._mode(None)) if r.status == "kept"]
+        if not kept:
+            return {}
+        return dict(zip(ALL, max(kept, key=lambda r: r.area).features))
+
+    def measure_bytes(self, data: bytes, objects: str | None = None) -> dict[str, Any]:
+        """measure() of an encoded image (an archive's vignette); {} when it does not decode."""
+        if not self.enabled:
+            return {}
+        try:
+            arr = decode_image(data)
+        except UnreadableImage:
+            return {}
+        return self.measure(arr, objects)
 
     def objects_of(self, arr: np.ndarray, objects: str | None = None) -> Iterator[tuple[np.ndarray, list[int], int]]:
         """(crop, box [x0, y0, x1, y1], area) of every kept object of `arr`, in reading order."""

@@ -289,15 +289,16 @@ FINGERPRINT_CHUNK = 1 << 20  # bytes read at a time by `content_fingerprint`
 FINGERPRINT_THREADS = 16  # objects read at once (S3 answers each GET in tens of milliseconds)
 
 
-def listing_fingerprint(store: Any, how: str = "stat") -> dict[str, Any]:
+def listing_fingerprint(store: Any, how: str = "stat", entries: Iterable[Any] | None = None) -> dict[str, Any]:
     """What identifies an input outside the root for the up-to-date check: its URI, file count and a hash of its
     listing (keys, sizes, and mtime or ETag, so a same-size rewrite counts as a change). `how` content: each
-    file's bytes instead of its mtime or ETag. An archive (EcoTaxa zip) enters by its own `listing_digest()`."""
+    file's bytes instead of its mtime or ETag. `entries`: the (key, size, version, problem) rows to hash (default:
+    the store's whole safe listing). An archive (EcoTaxa zip) enters by its own `listing_digest()`."""
     if hasattr(store, "listing_digest"):
         return {"input": store.uri, "listing_sha256": store.listing_digest()}
     digest = hashlib.sha256()
     files, readable = 0, []
-    for key, size, version, problem in store.list_inputs(""):
+    for key, size, version, problem in store.list_inputs("") if entries is None else entries:
         digest.update(f"{key}\t{size}\t{'' if how == 'content' else version}\t{problem}\n".encode())
         files += 1
         readable += [key] if how == "content" and not problem else []

@@ -85,7 +85,7 @@ def test_help_lists_every_generated_option_with_its_default(demo, run_cli):
     text = help_text(run_cli, "demo-config")
     assert "--fast / --no-fast Take the short path. [True]" in text
     assert re.search(r"--mode \[plain\|fancy\] How to draw\. \[plain\]", text)
-    assert "--sizes TEXT Sizes to try. [32,64]" in text
+    assert "--sizes TEXT Sizes to try. Repeatable. [32,64]" in text
     assert "--level INTEGER Effort level. [3]" in text
     assert "--other-name TEXT An option with its own flag." in text
     assert "--secret" not in text
@@ -112,6 +112,7 @@ def test_literal_is_a_choice(demo, run_cli, tmp_path):
 
 def test_tuple_is_a_comma_list(demo, run_cli, tmp_path):
     assert run_demo(run_cli, tmp_path, "--sizes", "8, 16,24")[1].sizes == (8, 16, 24)
+    assert run_demo(run_cli, tmp_path, "--sizes", "8", "--sizes", "16,24")[1].sizes == (8, 16, 24)  # repeatable
     result, _ = run_demo(run_cli, tmp_path, "--sizes", "8,big")
     assert result.exit_code == 2 and result.stderr.startswith("plankton demo-config: error: option --sizes: ")
 

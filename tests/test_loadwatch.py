@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from loadwatch import LoadWatch, own_cpu_seconds  # noqa: E402
+def _load_bench_module(name: str):
+    """bench/<name>.py by its path: bench/ must not go on sys.path (its supcon.py would shadow tests/supcon)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_loadwatch = _load_bench_module("loadwatch")
+LoadWatch, own_cpu_seconds = _loadwatch.LoadWatch, _loadwatch.own_cpu_seconds
 
 
 class Fake:

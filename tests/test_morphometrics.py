@@ -109,3 +109,43 @@ def test_ecotaxa_columns_carry_the_features_as_floats():
     lines = zipfile.ZipFile(io.BytesIO(data)).read("ecotaxa_x.tsv").decode().splitlines()
     types = dict(zip(lines[0].split("\t"), lines[1].split("\t")))
     assert types["object_perim."] == "[f]" and types["object_area"] == "[f]" and types["object_esd_um"] == "[f]"
+
+
+def test_crop_reads_pixel_size_from_ecotaxa_columns(tmp_path):
+    """An EcoTaxa table's process_pixel (here the shared UVP5 table: 0.118 µm) gives the µm features without
+    --pixel-size-um; --pixel-size-um still wins."""
+    import csv
+    from pathlib import Path
+
+    from lut_fixtures import frame_png
+
+    from plankton_core.artifacts import CROP_FEATURES
+    from plankton_core.crop import CropConfig
+    from plankton_core.stage import run_stage
+    from plankton_core.store import open_store
+
+    table = Path("/work/shared/data/ecotaxa/ecotaxa_table_with_classification.tsv")
+    if not table.exists():
+        pytest.skip("the shared EcoTaxa table is not here")
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "ecotaxa_uvp.tsv").write_text(table.read_text())
+    with table.open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))[1:]
+    for i, row in enumerate(rows):
+        (export / row["img_file_name"]).write_bytes(frame_png(("disc", "bar")[i % 2], seed=i))
+    pixels = {float(r["process_pixel"]) for r in rows}
+    assert pixels == {0.118}
+    for given, want in ((0.0, 0.118), (2.0, 2.0)):
+        root = open_store(str(tmp_path / f"art{given}"))
+        cfg = CropConfig(
+            input=str(export),
+            workers=1,
+            min_per_class=1,
+            statuses="validated,predicted,dubious,unclassified",
+            pixel_size_um=given,
+        )
+        run_stage("crop", cfg, root)
+        feats = pq.read_table(root.path / CROP_FEATURES).to_pandas()
+        assert len(feats) > 0 and (feats["object_pixel_size_um"] == want).all()
+        assert feats["object_esd_um"].tolist() == pytest.approx((want * feats["object_esd"]).tolist())

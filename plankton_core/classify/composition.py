@@ -71,7 +71,7 @@ def cc_calibration(classes: list[str], vote: str, k: int) -> Q.Calibration:
 
 def quant_plan(root: Store, cfg: ClassifyConfig) -> Quant:
     """The Quant for this run, from the LUT's stored calibration when there is one that applies."""
-    method = cfg.quantify_method or None
+    method = None if cfg.quantify_method == "auto" else cfg.quantify_method
     classes = list(read_json(root, A.LUT_INDEX_JSON)["classes"])
     if not root.exists(A.LUT_QUANT_CALIBRATION):
         why = "no quantification calibration in lut/ (a LUT from before it, or lut --quantify-bags 0)"

@@ -48,8 +48,8 @@ class ClassifyConfig:
     quantify_draws: int = option(
         1000, "Bootstrap draws of each sample's composition intervals in samples.parquet; 0 = no intervals.", ge=0
     )
-    quantify_method: Literal["", "cc", "acc", "pcc", "pacc", "emq"] = option(
-        "", "Quantification correction of samples.parquet [the one lut chose on val bags]."
+    quantify_method: Literal["auto", "cc", "acc", "pcc", "pacc", "emq"] = option(
+        "auto", "Quantification correction of samples.parquet; auto: the one lut chose on val bags."
     )
     max_bad_fraction: float = option(0.05, "Fail when more of the input (files, bins) is unreadable.", ge=0.0, le=1.0)
     thumbnails: int = option(8, "Least certain objects shown per sample on the report page.", ge=0, le=100)

@@ -7,7 +7,6 @@ and segmentation, in the process that runs it (a DataLoader worker).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from ..data import preprocess_crop
 from ..errors import BadInputError, StoreError, TransientStoreError
 from ..imageio import UnreadableImage, decode_image, encode_png, is_image_key
 from ..inference import Cropper
-from ..stage import content_fingerprint
+from ..stage import listing_fingerprint
 from ..store import Store
 from .config import ClassifyConfig
 
@@ -119,21 +118,12 @@ def units_of(plan: ClassifyInput, name: str) -> Iterator[Unit]:
         yield from image_units(plan.source, name)
 
 
-def listing_fingerprint(source: Any, kind: str, how: str, extra: dict[str, int] | None = None) -> dict[str, Any]:
-    """The input's URI, kind and a hash of its listing (keys, sizes, mtimes or ETags); `how` content: the bytes."""
-    digest = hashlib.sha256()
-    keys = []
-    if isinstance(source, ecotaxa.ZipStore):
-        digest.update(source.listing_digest().encode())
-    else:
-        for key, size, version, problem in source.list_inputs(""):
-            digest.update(f"{key}\t{size}\t{'' if how == 'content' else version}\t{problem}\n".encode())
-            keys += [key] if not problem else []
-    out = {"input": source.uri, "kind": kind, "listing_sha256": digest.hexdigest()[:16]}
+def input_fingerprint(source: Any, kind: str, how: str, extra: dict[str, int] | None = None) -> dict[str, Any]:
+    """The input's kind and the listing fingerprint every stage uses (`how`: stat or content); `extra`: an EcoTaxa
+    folder's members."""
+    out = listing_fingerprint(source, how) | {"kind": kind}
     if extra is not None and not isinstance(source, ecotaxa.ZipStore):
         out["members"] = len(extra)
-    if how == "content" and not isinstance(source, ecotaxa.ZipStore):
-        out["content_sha256"] = content_fingerprint(source, keys)
     return out
 
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from .. import ecotaxa
 from ..errors import BadInputError
 from ..imageio import encode_png
-from ..inference import Classifier, recorded_crop
+from ..inference import Classifier, Cropper, recorded_crop
 from ..pages.classify import classify_page
 from ..query.output import ecotaxa_rows
 from ..shards import PartRecord, ShardOutput
@@ -32,8 +32,8 @@ from .inputs import (
     ECOTAXA,
     ClassifyInput,
     ecotaxa_units,
+    input_fingerprint,
     input_kind,
-    listing_fingerprint,
     units_of,
 )
 from .stream import Tally, Work, default_workers, run_stream
@@ -61,7 +61,7 @@ def check(cfg: ClassifyConfig, ctx: StageContext) -> ClassifyInput:
         raise BadInputError(
             f"no images under {source.uri}: expected image files, an EcoTaxa export or IFCB bins (.hdr/.adc/.roi)"
         )
-    plan.fingerprint = listing_fingerprint(source, kind, cfg.fingerprint, listing) | {"units": plan.units}
+    plan.fingerprint = input_fingerprint(source, kind, cfg.fingerprint, listing) | {"units": plan.units}
     return plan
 
 
@@ -240,6 +240,7 @@ def least_certain(con: Any, objects: Path, n: int, ctx: StageContext) -> dict[st
 def write_archives(con: Any, objects: Path, cfg: ClassifyConfig, ctx: StageContext) -> int:
     """ecotaxa/<sample>.zip per sample: its objects' predictions, carried metadata and images."""
     types = ctx.plan.ecotaxa_types
+    cropper = Cropper(None, recorded=recorded_crop(untouched(ctx)))  # measures the objects it writes, only those
     samples = [
         r[0]
         for r in con.execute(
@@ -258,11 +259,10 @@ def write_archives(con: Any, objects: Path, cfg: ClassifyConfig, ctx: StageConte
         )
         rows = [query_row(r) for r in table]
         metas = [{"values": json.loads(r["metadata"]), "types": types} if r["metadata"] else None for r in table]
-        columns, out, hints, taken = ecotaxa_rows(rows, metas, cfg.k)
-        images = (
-            (item["img_file_name"], ctx.root.read_bytes(ctx.key(IMAGES, safe(table[i]["object_id"]))))
-            for item, i in zip(out, taken)
-        )
+        keys = [ctx.key(IMAGES, safe(r["object_id"])) for r in table]
+        measures = [cropper.measure_bytes(ctx.root.read_bytes(key), "single") for key in keys]
+        columns, out, hints, taken = ecotaxa_rows(rows, metas, cfg.k, measures.__getitem__)
+        images = ((item["img_file_name"], ctx.root.read_bytes(keys[i])) for item, i in zip(out, taken))
         data = ecotaxa.archive_bytes(safe(sample), columns, out, images, hints)
         ctx.root.write_bytes(ctx.key(ARCHIVES, f"{safe(sample) or 'sample'}.zip"), data)
     return len(samples)

@@ -7,13 +7,20 @@ manifest, with the reason; smaller classes are named in the run's notes. Rows th
 used (an image the archive lacks, a repeated object_id, a line that is not UTF-8, a file with
 no usable label column) are `bad_row` rows, and the stage's check stops with exit 2 naming them,
 before any output is touched (the rows go to a side file, `crop/rejected/<run id>.parquet`).
+
+Without `--pixel-size-um`, each row's pixel size comes from its `process_pixel` (else `acq_pixel`) column, in µm
+per pixel as EcoTaxa records it, so the morphometric features have their µm copies.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import math
 import re
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +46,7 @@ class EcoTaxaInput:
     bad: list[str] = field(default_factory=list)  # reasons of bad rows and files, in input order
     notes: list[str] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    pixel_um: dict[str, float] = field(default_factory=dict)  # image key -> µm per pixel, from the TSVs' columns
 
 
 def is_ecotaxa(uri: str, store: Any) -> bool:
@@ -110,6 +118,9 @@ def read_input(archive: Any, cfg: CropConfig) -> EcoTaxaInput:
             f"(rows 'excluded'): {listed}{more}"
         )
     ecotaxa.check_members(archive, ((o.image, table.listing[o.image]) for o in out.objects), limits)
+    if not cfg.pixel_size_um:
+        out.pixel_um = pixel_sizes(archive, table.tsvs)
+        _note_pixel_sizes(out)
     out.objects.sort(key=lambda o: o.image)
     out.recorded.sort(key=lambda r: r[1])
     out.fingerprint = {
@@ -119,6 +130,50 @@ def read_input(archive: Any, cfg: CropConfig) -> EcoTaxaInput:
         "ecotaxa": {"tsv": len(table.tsvs), "rows": len(table.objects), "cropped": len(out.objects)},
     }
     return out
+
+
+PIXEL_COLUMNS = ("process_pixel", "acq_pixel")  # µm per pixel, the processing's before the acquisition's
+
+
+def pixel_sizes(archive: Any, tsvs: list[str]) -> dict[str, float]:
+    """Image key -> µm per pixel of every row whose `process_pixel` (else `acq_pixel`) holds a positive number."""
+    out: dict[str, float] = {}
+    for key in tsvs:
+        folder = key.rpartition("/")[0]
+        with closing(archive.open_read(key)) as stream:
+            rows = csv.reader(io.TextIOWrapper(stream, encoding="utf-8", errors="replace"), delimiter="\t")
+            header = [c.strip().lower() for c in next(rows, [])]
+            at = [header.index(c) for c in PIXEL_COLUMNS if c in header]
+            if "img_file_name" not in header or not at:
+                continue
+            name_at = header.index("img_file_name")
+            for cells in rows:
+                value = next((v for v in (_number(cells, i) for i in at) if v is not None), None)
+                if value is not None and len(cells) > name_at:
+                    name = cells[name_at].strip()
+                    out[f"{folder}/{name}" if folder else name] = value
+    return out
+
+
+def _number(cells: list[str], i: int) -> float | None:
+    """cells[i] as a positive finite number, else None (the `[f]` type row, empty cells, nan)."""
+    try:
+        value = float(cells[i])
+    except (IndexError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _note_pixel_sizes(inp: EcoTaxaInput) -> None:
+    """A note naming the pixel sizes read, and how many objects have none."""
+    sizes = [inp.pixel_um[o.image] for o in inp.objects if o.image in inp.pixel_um]
+    if sizes:
+        shown = ", ".join(f"{v:g}" for v in sorted(set(sizes))[:3]) + (" …" if len(set(sizes)) > 3 else "")
+        missing = len(inp.objects) - len(sizes)
+        inp.notes.append(
+            f"pixel size from the EcoTaxa columns ({'/'.join(PIXEL_COLUMNS)}): {shown} µm for {len(sizes)} object(s)"
+            + (f", none for {missing} (their features in pixels only)" if missing else "")
+        )
 
 
 def bad_input_error(inp: EcoTaxaInput, rows_at: str) -> BadInputError:

@@ -23,7 +23,6 @@ run's rows go to `crop/rejected/<run id>.parquet`, never over the manifest.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import multiprocessing
@@ -34,7 +33,7 @@ import weakref
 from collections import Counter, defaultdict, deque
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,7 +48,7 @@ from ..morphometrics import COLUMNS as FEATURE_COLUMNS
 from ..morphometrics import EMPTY_ROW
 from ..progress import progress
 from ..shards import SHARDS, ShardOutput, shard_of
-from ..stage import SUCCESS, InvalidatingStore, StageContext, content_fingerprint
+from ..stage import SUCCESS, InvalidatingStore, StageContext, content_fingerprint, listing_fingerprint
 from ..store import Listed, LocalStore, Store, StoreURI, join, open_store
 from . import ifcb_input
 from .config import CropConfig
@@ -103,6 +102,7 @@ class Task:
     objects: str | None = None  # the --objects mode for this file (None: the config's)
     ids: tuple[str | None, str | None, str | None] = (None, None, None)  # EcoTaxa object_id, sample_id, acq_id
     recorded: tuple[str, str] | None = None  # (status, reason) of a row decided without reading the file
+    pixel_size_um: float = 0.0  # an EcoTaxa row's process_pixel / acq_pixel (0: the config's --pixel-size-um)
 
 
 def input_files(store: Store) -> Iterator[Listed]:
@@ -135,17 +135,9 @@ def refuse_odd_class(store: Store, entry: Listed) -> None:
 
 
 def input_fingerprint(store: Store, how: str = "stat") -> dict[str, Any]:
-    """What identifies the input for the up-to-date check: its URI and a hash of its listing (keys, sizes,
-    and mtime or ETag, so a same-size rewrite counts as a change). `how` content: each file's bytes instead
-    of its mtime or ETag (`--fingerprint content`: an edit that keeps size and mtime counts too)."""
-    digest = hashlib.sha256()
-    files, readable = 0, []
-    for key, size, version, problem in input_files(store):
-        digest.update(f"{key}\t{size}\t{'' if how == 'content' else version}\t{problem}\n".encode())
-        files += 1
-        readable += [key] if how == "content" and not problem else []
-    out = {"input": store.uri, "files": files, "listing_sha256": digest.hexdigest()[:16]}
-    return out | ({"content_sha256": content_fingerprint(store, readable)} if how == "content" else {})
+    """What identifies the input for the up-to-date check: the listing of the class folders' files (`how`: stat
+    or content), as `listing_fingerprint` hashes it."""
+    return listing_fingerprint(store, how, input_files(store))
 
 
 def owned_files(store: Store, index: int, count: int) -> int:
@@ -184,7 +176,9 @@ def ecotaxa_plan(inp: EcoTaxaInput, prefix: str) -> Iterator[Task]:
     for obj in inp.objects:
         folder = obj.image.rpartition("/")[0]
         base = "/".join(p for p in (prefix, safe_part(obj.label or "_"), folder, safe_part(obj.object_id)) if p)
-        tasks.append(Task(obj.image, obj.label or "", base, "single", (obj.object_id, obj.sample_id, obj.acq_id)))
+        pixel = inp.pixel_um.get(obj.image, 0.0)
+        found = (obj.object_id, obj.sample_id, obj.acq_id)
+        tasks.append(Task(obj.image, obj.label or "", base, "single", found, pixel_size_um=pixel))
     for row, key, status, reason in inp.recorded:
         ids = (row.object_id or None, row.sample_id, row.acq_id) if row is not None else (None, None, None)
         label = (row.label or "") if row is not None else ""
@@ -203,6 +197,8 @@ def crop_file(task: Task, source: Store, root: Store, cfg: CropConfig, segmenter
     except UnreadableImage as exc:
         return [_row(task, UNREADABLE, str(exc))]
     height, width = arr.shape[:2]
+    if task.pixel_size_um and not cfg.pixel_size_um:
+        cfg = replace(cfg, pixel_size_um=task.pixel_size_um)  # type: ignore[type-var]  # a pydantic dataclass
     results = extract_crops(arr, cfg, segmenter, mode)
     if not results:
         return [

@@ -84,6 +84,12 @@ class LutConfig:
         ge=0,
     )
     quantify_draws: int = option(1000, "Bootstrap draws of each test bag's proportion intervals.", ge=50)
+    morpho_weight: str = option(
+        "auto",
+        "Weight w of crop's standardised morphometric features beside the embedding, chosen on val with the kNN "
+        "vote's k in 1, 5, 10 and measured on test against the plain LUT (lut/retrieval.json `morpho`): auto = "
+        "w in 0, 0.25, 0.5, 1, 2 when crop/features.parquet is there; a number = 0 or it; 0 = off.",
+    )
     batch_size: int = option(256, "Crops per forward pass.", ge=1, digest=False)
     device: str = option("auto", "auto, cpu, cuda, cuda:N.", digest=False)
     workers: int = option(0, "Decoding threads; 0 = automatic.", ge=0, digest=False)
@@ -101,5 +107,12 @@ class LutConfig:
                 "prune grid must satisfy -1 <= prune_min <= prune_max <= 1 and prune_step > 0, "
                 f"got {self.prune_min}..{self.prune_max} by {self.prune_step}"
             )
+        if self.morpho_weight != "auto":
+            try:
+                ok = float(self.morpho_weight) >= 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise BadInputError(f"--morpho-weight takes auto or a number >= 0, not {self.morpho_weight!r}")
         if self.prune_candidates < self.k:
             raise BadInputError(f"prune_candidates ({self.prune_candidates}) must be >= k ({self.k})")

@@ -33,6 +33,7 @@ from .config import LutConfig
 from .evaluation import Predictions, QuerySet, predict_index, score_predictions
 from .gallery_features import embed_rows
 from .index import build_index, save_index, save_npy, search_params, tune_recall
+from .morpho import morpho_step
 from .ood import check_ood_sets, list_ood_images, open_set_step
 from .prune import greedy_order, threshold_grid
 from .prune_pass import graph_and_lists
@@ -206,6 +207,9 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     retrieval = _evaluate_test(cfg, ctx, test, index, pruned, g_labels, g_groups, classes, len(x))
     if retrieval["rows"]:
         counts["test_top1_accuracy"] = round(retrieval["rows"][0]["metrics"]["accuracy"], 6)
+    morpho = morpho_step(cfg, ctx, rows, embedded, len(classes))  # [embedding ; w · features], chosen on val
+    if morpho is not None:
+        retrieval["morpho"] = morpho
     write_json(root, A.LUT_RETRIEVAL, retrieval)
     counts.update(quantification_step(cfg, ctx, index, val, test, g_labels, g_groups, classes))  # quantification
     info["open_set"] = open_set_step(cfg, ctx, embedder, rows, embedded, classes, pruned)  # lut/ood.json

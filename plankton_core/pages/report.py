@@ -45,6 +45,7 @@ from .audit import audit_blocks
 from .baseline import baseline_blocks
 from .blocks import Block, Gallery, Image, Table, ci, pct, pct_ci, render_capped, render_markdown
 from .detect import detect_blocks
+from .morpho import morpho_blocks
 from .ood import ood_blocks
 from .pictures import Thumb, class_examples, confusion_examples, gallery_neighbours, load_thumbnails
 from .quantification import quantification_blocks
@@ -285,6 +286,7 @@ def retrieval_blocks(store: Store) -> list[Block]:
     effect = data.get("prune_effect")
     if isinstance(effect, dict) and effect.get("metrics"):
         blocks += prune_effect_blocks(effect)
+    blocks += morpho_blocks(data.get("morpho"))  # [embedding ; w · morphometric features] vs the plain LUT
     prune = data.get("prune")
     if isinstance(prune, dict) and prune:
         blocks.append(("p", "Pruning:"))

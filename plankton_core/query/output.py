@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -209,12 +209,17 @@ PREDICTION_PREFIX = "object_plankton_"
 
 
 def ecotaxa_rows(
-    rows: Sequence[dict[str, Any]], metas: Sequence[dict[str, Any] | None], k: int
+    rows: Sequence[dict[str, Any]],
+    metas: Sequence[dict[str, Any] | None],
+    k: int,
+    measured: Callable[[int], dict[str, Any]] | None = None,
 ) -> tuple[list[str], list[dict[str, Any]], dict[str, str], list[int]]:
     """The query rows as EcoTaxa rows: (columns, rows, type hints of carried columns, index of each row's query row).
 
     Error rows (no image read) are left out. `metas[i]` is the EcoTaxa row query row i came from (its values and
     types), or None for a plain image; its object_id, image name and metadata are carried, its old annotation is not.
+    `measured(i)` gives query row i's morphometric features (`morphometrics.features`' names), written as EcoTaxa's
+    `object_area`, `object_esd`, … typed [f] (in place of carried columns of those names).
     """
     ours = ["img_file_name", "object_id", CATEGORY, HIERARCHY, STATUS]
     ours += [f"{PREDICTION_PREFIX}{c}" for c in ("score", "margin", "best_similarity", "threshold")]
@@ -267,12 +272,24 @@ def ecotaxa_rows(
         for nb in row.get("neighbours") or []:
             item[f"{PREDICTION_PREFIX}nn{nb['rank']}_class"] = nb["class"]
             item[f"{PREDICTION_PREFIX}nn{nb['rank']}_similarity"] = nb["similarity"]
+        if measured is not None:
+            _add_measures(item, measured(i), carried, hints)
         out.append(item)
         taken.append(i)
     if not any(r.get(HIERARCHY) for r in out):
         ours.remove(HIERARCHY)
     columns = ours + carried
     return columns, out, hints, taken
+
+
+def _add_measures(item: dict[str, Any], features: dict[str, Any], carried: list[str], hints: dict[str, str]) -> None:
+    """The object's morphometric features into `item` as EcoTaxa columns; new columns join `carried`, typed [f]."""
+    values, types = ecotaxa.morphometric_items(features)
+    for c, v in values.items():
+        if c not in carried:
+            carried.append(c)
+        hints[c] = types[c]
+        item[c] = v
 
 
 def margin(row: dict[str, Any]) -> float | None:
@@ -290,10 +307,19 @@ def margin(row: dict[str, Any]) -> float | None:
 
 
 def render_ecotaxa(
-    rows: Sequence[dict[str, Any]], metas: Sequence[dict[str, Any] | None], images: Sequence[Any], k: int, name: str
+    rows: Sequence[dict[str, Any]],
+    metas: Sequence[dict[str, Any] | None],
+    images: Sequence[Any],
+    k: int,
+    name: str,
+    measure: Callable[[bytes, str | None], dict[str, Any]] | None = None,
 ) -> tuple[bytes, int]:
     """(an EcoTaxa import archive of the predictions: ecotaxa_<name>.tsv with the images, the rows it holds).
-    `images[i]` reads query row i's image again (the original file goes into the archive)."""
-    columns, out, hints, taken = ecotaxa_rows(rows, metas, k)
+    `images[i]` reads query row i's image again (the original file goes into the archive); `measure(data, objects)`
+    gives the morphometric features of an image's object (objects single for an EcoTaxa row's vignette)."""
+    measured = None
+    if measure is not None:
+        measured = lambda i: measure(images[i](), "single" if metas[i] is not None else None)  # noqa: E731
+    columns, out, hints, taken = ecotaxa_rows(rows, metas, k, measured)
     files = ((item["img_file_name"], images[i]()) for item, i in zip(out, taken))
     return ecotaxa.archive_bytes(name, columns, out, files, hints), len(out)

@@ -149,6 +149,10 @@ def test_ecotaxa_archive_carries_ids_and_volume(lut_env, tmp_path):
         "o0",
         "o1",
     ]
+    types = dict(zip(header, tsv[1].split("\t")))
+    assert types["object_area"] == types["object_esd"] == types["object_perim."] == "[f]"  # measured for the export
+    areas = [float(line.split("\t")[header.index("object_area")]) for line in tsv[2:]]
+    assert all(0 < a < 64 * 64 for a in areas)  # the object, not the whole vignette
 
 
 def test_bad_bin_is_an_error_row_and_the_others_go_on(lut_env, tmp_path):

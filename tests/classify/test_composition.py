@@ -61,7 +61,7 @@ def objects_file(tmp_path) -> str:
 def table_of(tmp_path, **kw) -> list[dict]:
     root = calibrated_root(tmp_path, **{k: v for k, v in kw.items() if k in ("calibration",)})
     cfg = ClassifyConfig(input="x", name="n", k=kw.get("k", 3), vote=kw.get("vote", "top1"),
-                         quantify_draws=kw.get("draws", 200), quantify_method=kw.get("method", ""))  # fmt: skip
+                         quantify_draws=kw.get("draws", 200), quantify_method=kw.get("method", "auto"))  # fmt: skip
     t = samples_table(duckdb.connect(), objects_file(tmp_path), quant_plan(root, cfg))
     assert t.schema == SCHEMA
     return t.to_pylist()

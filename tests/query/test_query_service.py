@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 
 import boto3
 import numpy as np
@@ -298,3 +299,19 @@ def test_check_compatible_names_what_differs():
         check_compatible(
             {"backbone": "resnet50", "dimension": 2048, "weights_sha256": "def", "checkpoint": "x"}, emb, "s3://b/lut"
         )
+
+
+def test_ecotaxa_archive_carries_morphometrics(lut_env, run_cli, tmp_path):
+    """`--format ecotaxa`: each exported object measured (object_area, object_esd, … typed [f])."""
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(frame_png("disc", seed=3))
+    out = tmp_path / "pred.zip"
+    res = run_cli("query", "--root", lut_env.uri, "--format", "ecotaxa", "--out", str(out), str(frame))
+    assert res.exit_code == 0, res.output
+    with zipfile.ZipFile(out) as zf:
+        lines = zf.read("ecotaxa_pred.tsv").decode().splitlines()
+    header, types, row = (line.split("\t") for line in lines[:3])
+    typed = dict(zip(header, types))
+    assert typed["object_area"] == typed["object_esd"] == typed["object_circ."] == "[f]"
+    area = float(row[header.index("object_area")])
+    assert 100 < area < 32 * 32  # the disc in the 64² frame, not the frame

@@ -1,0 +1,180 @@
+"""Size and shape beside the embedding in the LUT: `[embedding ; w · standardised morphometric features]`.
+
+The embedding of a letterboxed crop has lost the object's absolute size, the first thing a taxonomist reads; crop's
+morphometric features (crop/features.parquet) keep it. Each crop becomes the L2-normalised concatenation of its
+embedding (unit length) and its features, z-scored on train (the heavy-tailed lengths and areas on a log scale) and
+divided by √(feature count) so that w = 1 gives both parts the same expected length. w = 0 is the plain embedding.
+The kNN vote takes k ∈ {1, 5, 10} (k = 1 the nearest neighbour; k > 1 each neighbour votes with its similarity).
+
+Every (w, k) of the grid is scored on val queried against train (val is never its own gallery), the best by
+--select-by chosen (ties to the smaller w, then the smaller k: today's LUT unless something beats it); test then
+gives the plain LUT (w = 0, k = 1) and the chosen setting side by side on the same items, with the paired
+bootstrap interval of the difference and McNemar's p. lut/retrieval.json holds it under `morpho`. A query never
+matches gallery items cut from its own source image. Only measured here: query and classify do not serve it yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+
+from .. import artifacts as A
+from ..morphometrics import AREAS, FEATURES, LENGTHS, standardise
+from ..scoring import classification_metrics, mcnemar, paired_difference, verdict
+from ..stage import StageContext
+from ..tables import read_parquet
+from .config import LutConfig
+from .retrieval import search_excluding, vote
+
+GRID = (0.0, 0.25, 0.5, 1.0, 2.0)  # --morpho-weight auto
+KS = (1, 5, 10)
+LOGGED = frozenset(LENGTHS + AREAS)  # sizes span orders of magnitude: log1p before the z-score
+MIN_COVERAGE = 0.5  # fewer embedded crops with features than this: not evaluated
+
+
+def weights(setting: str) -> tuple[float, ...]:
+    """The weights to try: GRID for auto, (0, w) for a number w > 0, () for 0 (off)."""
+    if setting == "auto":
+        return GRID
+    w = float(setting)
+    return (0.0, w) if w > 0 else ()
+
+
+def feature_matrix(ctx: StageContext, crop_keys: np.ndarray) -> np.ndarray | None:
+    """FEATURES of each crop key (NaN where crop measured none), log1p on the sizes; None without
+    crop/features.parquet or when under MIN_COVERAGE of the keys have features."""
+    if not ctx.root.exists(A.CROP_FEATURES):
+        return None
+    table = read_parquet(ctx.root, A.CROP_FEATURES)
+    if not {"crop_key", *(f"object_{n}" for n in FEATURES)} <= set(table.column_names):
+        return None
+    at = {k: i for i, k in enumerate(table.column("crop_key").to_pylist())}
+    values = np.column_stack(
+        [table.column(f"object_{n}").to_numpy(zero_copy_only=False).astype(np.float64) for n in FEATURES]
+    )
+    for j, name in enumerate(FEATURES):
+        if name in LOGGED:
+            values[:, j] = np.log1p(np.clip(values[:, j], 0.0, None))
+    rows = np.array([at.get(k, -1) for k in crop_keys], np.int64)
+    out = np.where((rows >= 0)[:, None], values[np.maximum(rows, 0)], np.nan)
+    found = ~np.isnan(out).all(axis=1)
+    return out if len(out) and found.mean() >= MIN_COVERAGE else None
+
+
+def joint(emb: np.ndarray, z: np.ndarray, w: float) -> np.ndarray:
+    """L2-normalised [emb ; w · z / √d] (float32); w = 0 gives emb itself, normalised."""
+    x = np.concatenate([emb.astype(np.float64), w * z / np.sqrt(max(z.shape[1], 1))], axis=1)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x.astype(np.float32)
+
+
+def predictions(
+    q: np.ndarray, q_groups: np.ndarray, g: np.ndarray, g_labels: np.ndarray, g_groups: np.ndarray, n_classes: int
+) -> dict[int, np.ndarray]:
+    """{k: predicted labels} for every k of KS from one exact search (the query's own source left out)."""
+    index = faiss.IndexFlatIP(g.shape[1])
+    index.add(np.ascontiguousarray(g))
+    nb = search_excluding(index, q, max(KS), g_groups, q_groups)
+    labels = np.where(nb.ids >= 0, g_labels[np.maximum(nb.ids, 0)], -1)
+    return {k: vote(labels[:, :k], nb.sims[:, :k], n_classes, "top1" if k == 1 else "weighted")[0] for k in KS}
+
+
+def _scores(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    m = classification_metrics(y, pred, n_classes)
+    return {key: float(m[key]) for key in ("accuracy", "balanced_accuracy", "macro_f1")}
+
+
+def morpho_step(cfg: LutConfig, ctx: StageContext, rows: Any, embedded: Any, n_classes: int) -> dict[str, Any] | None:
+    """lut/retrieval.json's `morpho`: the val grid, the chosen (w, k) and the test comparison with the plain LUT;
+    None with --morpho-weight 0, without crop's features, or without train and val crops (said in a note).
+    `rows`/`embedded`: the stage's LutRows and Embedded."""
+    grid = weights(cfg.morpho_weight)
+    if not grid:
+        return None
+    have = np.flatnonzero(embedded.position >= 0)
+    found = feature_matrix(ctx, rows.crop_keys[have])
+    if found is None:
+        ctx.notes.append("morphometric features: no crop/features.parquet for these crops, LUT with them not measured")
+        return None
+    feats = np.full((len(rows.split), found.shape[1]), np.nan)
+    feats[have] = found
+    labels = embedded.labels
+    known = (embedded.position >= 0) & (labels >= 0) & (labels < n_classes)
+    train, val, test = (np.flatnonzero(known & (rows.split == s)) for s in ("train", "val", "test"))
+    if not (len(train) and len(val)):
+        ctx.notes.append("morphometric features: no embedded train and val crops, LUT with them not measured")
+        return None
+    _, mean, std = standardise(feats[train])
+    z = standardise(feats, mean, std)[0]
+    space = _Space(embedded, z, labels)
+    table = [
+        {"weight": w, "k": k, **_scores(labels[val], pred, n_classes)}
+        for w in grid
+        for k, pred in space.predict(val, train, w, n_classes).items()
+    ]
+    best = table[0]
+    for row in table[1:]:  # strictly better only: ties keep the smaller w, then the smaller k
+        if row[cfg.select_by] > best[cfg.select_by]:
+            best = row
+    out: dict[str, Any] = {
+        "features": list(FEATURES),
+        "weights": list(grid),
+        "ks": list(KS),
+        "select_by": cfg.select_by,
+        "val": table,
+        "chosen": {"weight": best["weight"], "k": best["k"]},
+        "counts": {"train": len(train), "val": len(val), "test": len(test), "gallery": len(rows.gallery)},
+    }
+    if len(test):
+        gallery = rows.gallery[known[rows.gallery]]
+        out["test"] = _test(cfg, space, test, gallery, best, n_classes)
+        ctx.notes.append(_note(out))
+    return out
+
+
+class _Space:
+    """The crops' embeddings beside their standardised features, by row of the splits table."""
+
+    def __init__(self, embedded: Any, z: np.ndarray, labels: np.ndarray):
+        self.embedded, self.z, self.labels = embedded, z, labels
+
+    def x(self, which: np.ndarray, w: float) -> np.ndarray:
+        return joint(self.embedded.feats[self.embedded.position[which]], self.z[which], w)
+
+    def predict(self, queries: np.ndarray, gallery: np.ndarray, w: float, n_classes: int) -> dict[int, np.ndarray]:
+        groups = self.embedded.groups
+        g = self.x(gallery, w)
+        return predictions(self.x(queries, w), groups[queries], g, self.labels[gallery], groups[gallery], n_classes)
+
+
+def _test(
+    cfg: LutConfig, space: _Space, test: np.ndarray, gallery: np.ndarray, best: dict[str, Any], n_classes: int
+) -> dict[str, Any]:
+    """Test: the plain LUT (w = 0, k = 1) and the chosen setting on the same items, chosen − plain paired."""
+    y = space.labels[test]
+    plain = space.predict(test, gallery, 0.0, n_classes)
+    chosen = plain if best["weight"] == 0 else space.predict(test, gallery, best["weight"], n_classes)
+    a, b = chosen[best["k"]], plain[1]
+    diff = paired_difference(y, a, b, n_classes, cfg.bootstrap, cfg.seed, names=("accuracy", "macro_f1"))
+    test_mc = mcnemar(a == y, b == y)
+    return {
+        "plain": {"weight": 0.0, "k": 1, **_scores(y, b, n_classes)},
+        "chosen": {"weight": best["weight"], "k": best["k"], **_scores(y, a, n_classes)},
+        "difference": diff,
+        "mcnemar": test_mc,
+        "verdict": verdict(test_mc["p"], diff["accuracy"]["diff"]),
+    }
+
+
+def _note(out: dict[str, Any]) -> str:
+    """One line for the run's notes."""
+    t, c = out["test"], out["chosen"]
+    d = t["difference"]["accuracy"]
+    interval = f" [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]" if d["low"] is not None else ""
+    return (
+        f"morphometric features in the LUT: val chose w={c['weight']:g}, k={c['k']}; test accuracy "
+        f"{100 * t['chosen']['accuracy']:.1f}% vs {100 * t['plain']['accuracy']:.1f}% plain "
+        f"(difference {100 * d['diff']:+.1f} points{interval}): {t['verdict']}"
+    )
