@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from ..artifacts import BASELINE_METRICS, BASELINE_PREDICTIONS
 from ..pages.baseline import finished_baseline, verdict_line
@@ -31,15 +32,18 @@ def compare(
     """The comparison, or None without a finished baseline; {"note": …} when its test items are not these."""
     if finished_baseline(store) is None:
         return None
-    table = read_parquet(store, BASELINE_PREDICTIONS, ["crop_key", "split", "label", "pred"]).to_pandas()
-    test = table[table["split"] == "test"].set_index("crop_key")
-    if set(test.index) != set(keys):
+    table = read_parquet(store, BASELINE_PREDICTIONS, ["crop_key", "split", "label", "pred"])
+    test = table.filter(pc.equal(table.column("split"), "test"))  # pyarrow only: pandas is no runtime dependency
+    row_of = {key: i for i, key in enumerate(test.column("crop_key").to_pylist())}
+    if set(row_of) != set(keys) or len(row_of) != test.num_rows:
         return {
-            "note": f"the baseline's test items ({len(test)}) are not evaluate's ({len(keys)}): rerun "
+            "note": f"the baseline's test items ({test.num_rows}) are not evaluate's ({len(keys)}): rerun "
             "`plankton baseline` on this split, then `plankton evaluate`"
         }
-    other = test.loc[keys, "pred"].to_numpy(np.int64)
-    if not np.array_equal(test.loc[keys, "label"].to_numpy(np.int64), y):
+    rows = np.array([row_of[key] for key in keys], np.int64)
+    other = np.asarray(test.column("pred").to_numpy(zero_copy_only=False), np.int64)[rows]
+    labels = np.asarray(test.column("label").to_numpy(zero_copy_only=False), np.int64)[rows]
+    if not np.array_equal(labels, y):
         return {"note": "the baseline's test labels differ from evaluate's: rerun `plankton baseline`"}
     n_classes = len(classes)
     paired = paired_difference(y, pred, other, n_classes, reps, seed)
