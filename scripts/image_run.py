@@ -17,6 +17,7 @@ and the next pod resumes from it.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -285,8 +286,9 @@ def main() -> None:
             if v["name"] == "PLANKTON_ROOT"
         )
         prefix = root.removeprefix(f"s3://{BUCKET}/").strip("/")
-        success = [f"{prefix}/{s.prefix}/_SUCCESS" for s in stages()]
-        missing = [k for k in success if k not in keys]
+        # a stage with an instance (classify: one run per --name) finishes under <prefix>/<instance>/
+        success = [f"{prefix}/{s.prefix}/{'*/' if s.instance else ''}_SUCCESS" for s in stages()]
+        missing = [k for k in success if not fnmatch.filter(keys, k)]
         if missing:
             fail(f"pipeline Jobs exited 0 but these are missing: {', '.join(missing)}")
         say(f"pipeline: every Job exited 0 ({len(jobs)} Jobs); every stage's _SUCCESS is there: {', '.join(success)}")
