@@ -8,15 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import shared_data
 
 from plankton_core import ifcb
 from plankton_core.store import open_store
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ifcb"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data/ifcb")
+DATA = shared_data("ifcb")
 NEW, OLD = "D20130526T095207_IFCB013", "IFCB5_2012_028_081515"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="the shared IFCB bins are not here")
 
 
 def read(folder: Path, name: str) -> ifcb.IfcbBin:

@@ -115,18 +115,16 @@ def test_crop_reads_pixel_size_from_ecotaxa_columns(tmp_path):
     """An EcoTaxa table's process_pixel (here the shared UVP5 table: 0.118 µm) gives the µm features without
     --pixel-size-um; --pixel-size-um still wins."""
     import csv
-    from pathlib import Path
 
     from lut_fixtures import frame_png
+    from shared_data import shared_data
 
     from plankton_core.artifacts import CROP_FEATURES
     from plankton_core.crop import CropConfig
     from plankton_core.stage import run_stage
     from plankton_core.store import open_store
 
-    table = Path("/work/shared/data/ecotaxa/ecotaxa_table_with_classification.tsv")
-    if not table.exists():
-        pytest.skip("the shared EcoTaxa table is not here")
+    table = shared_data("ecotaxa", "ecotaxa_table_with_classification.tsv")
     export = tmp_path / "export"
     export.mkdir()
     (export / "ecotaxa_uvp.tsv").write_text(table.read_text())

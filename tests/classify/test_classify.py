@@ -13,6 +13,7 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 from lut_fixtures import blank_png, frame_png, make_lut_upstream
+from shared_data import shared_data
 
 from plankton_core import ifcb
 from plankton_core.classify import ClassifyConfig
@@ -22,7 +23,7 @@ from plankton_core.stage import run_stage
 from plankton_core.store import open_store
 from plankton_core.tables import read_parquet
 
-IFCB_DATA = Path("/work/shared/data/ifcb")
+IFCB_DATA = shared_data("ifcb")
 NEW, OLD = "D20130526T095207_IFCB013", "IFCB5_2012_028_081515"
 
 
@@ -34,6 +35,13 @@ def frames_folder(path: Path) -> Path:
     (path / "s2" / "blank.png").write_bytes(blank_png())
     (path / "s2" / "broken.png").write_bytes(b"not a png")
     return path
+
+
+def copied_bins(tmp_path: Path) -> Path:
+    """A writable copy of the shared bins (tmp_path/bins), for tests that break or add one."""
+    folder = tmp_path / "bins"
+    shutil.copytree(IFCB_DATA, folder)
+    return folder
 
 
 def ifcb_input(tmp_path: Path, env) -> str:
@@ -159,10 +167,7 @@ def test_bad_bin_is_an_error_row_and_the_others_go_on(lut_env, tmp_path):
     if lut_env.endpoint:
         pytest.skip("local input is enough here")
     store = open_store(lut_env.uri, lut_env.endpoint)
-    folder = tmp_path / "bins"
-    folder.mkdir()
-    for f in IFCB_DATA.iterdir():
-        shutil.copy(f, folder / f.name)
+    folder = copied_bins(tmp_path)
     roi = folder / f"{OLD}.roi"
     roi.write_bytes(roi.read_bytes()[:1000])
     cfg = ClassifyConfig(input=str(folder), name="badbin", workers=0, max_bad_fraction=0.5)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_classify import IFCB_DATA, NEW, OLD
+from test_classify import NEW, OLD, copied_bins
 
 from plankton_core import artifacts as A
 from plankton_core import quantify as Q
@@ -138,10 +138,7 @@ def test_stage_writes_the_lut_corrected_composition(lut_env, tmp_path):
     if lut_env.endpoint:
         pytest.skip("local input is enough here")
     store = open_store(lut_env.uri, lut_env.endpoint)
-    folder = tmp_path / "bins"
-    folder.mkdir()
-    for f in IFCB_DATA.iterdir():
-        shutil.copy(f, folder / f.name)
+    folder = copied_bins(tmp_path)
     empty = "D20130526T095208_IFCB013"
     shutil.copy(folder / f"{NEW}.hdr", folder / f"{empty}.hdr")
     (folder / f"{empty}.adc").write_bytes(b"")
