@@ -68,6 +68,9 @@ LUT_QUANT_CALIBRATION = "lut/quantification_calibration.npz"  # what plankton_co
 LUT_OPEN_SET = "lut/open_set.npz"  # open-set fit: linear head, Gaussians, ViM, val scores (plankton_core.openset)
 LUT_OOD = "lut/ood.json"  # open-set figures on test per score and OOD set, and how the score was chosen
 LUT_OOD_PLOT = "lut/ood.png"  # score histograms, known vs unknown
+LUT_ANSWER = "lut/answer.json"  # the answer query/classify give (LUT, head, features, both), chosen on val; test
+LUT_ANSWER_ARRAYS = "lut/answer.npz"  # the features' train mean/std and the chosen head
+LUT_INDEX_FEATURES = "lut/index_features.faiss"  # the gallery on [embedding ; w · features] when the answer uses it
 LUT_CHANGES = "lut/changes.parquet"  # `lut --add`: what each addition added, relabelled, removed
 LUT_ADDED = "lut/added"  # `lut --add`: the images of objects added to the gallery
 

@@ -13,6 +13,7 @@ vote's score, the best similarity, the k neighbours and, with an open set, `ood_
 from __future__ import annotations
 
 import importlib
+import io
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, Protocol
@@ -24,8 +25,11 @@ from .crop.config import recorded_config, recorded_objects
 from .crop.extract import extract_crops, make_segmenter
 from .embedding import Embedder, check_compatible, load_embedder
 from .imageio import UnreadableImage, decode_image
+from .lut.index import load_index, set_search_params
+from .lut.morpho import joint, vote_shares
 from .lut.retrieval import search_excluding, vote
 from .morphometrics import ALL
+from .openset import LinearHead, logsumexp
 from .query.lut import LoadedLut, load_lut
 from .store import Store
 
@@ -38,6 +42,7 @@ class InferenceConfig(Protocol):
 
     k: int
     vote: Any
+    answer: Any
     reject_below: float | None
     checkpoint: str
     unknown_score: Any
@@ -56,16 +61,23 @@ def recorded_crop(root: Store | None) -> tuple[Any, str | None]:
 class Cropper:
     """The crop stage's segmenter, built once; `__call__` gives the crop to embed and how it was found."""
 
-    def __init__(self, root: Store | None, enabled: bool = True, objects: str | None = None, recorded: Any = None):
+    def __init__(
+        self,
+        root: Store | None,
+        enabled: bool = True,
+        objects: str | None = None,
+        recorded: Any = None,
+        measure: bool = False,
+    ):
         """The crop config crop/run.json records under `root` (or `recorded`: (CropConfig, its auto choice));
-        `objects` frames or single overrides its --objects."""
+        `objects` frames or single overrides its --objects; `measure`: every object's morphometric features too
+        (an answer that uses them), else none (they cost time)."""
         self.enabled = enabled
         if enabled:
             self.cfg, chosen = recorded if recorded is not None else recorded_crop(root)
             if objects and objects != "auto":
                 self.cfg = replace(self.cfg, objects=objects)
-            if getattr(self.cfg, "features", False):  # crop's morphometric columns: not needed to classify
-                self.cfg = replace(self.cfg, features=False)
+            self.cfg = replace(self.cfg, features=measure)
             self.objects = chosen if self.cfg.objects == "auto" else None  # the gallery's reading
             self.segmenter = make_segmenter(self.cfg)
 
@@ -80,8 +92,8 @@ class Cropper:
         kept = list(self.objects_of(arr, objects))
         if not kept:
             return arr, {"crop": "whole_frame (no whole object found)", "box": [0, 0, w, h], "objects": 0}
-        crop, box, area = max(kept, key=lambda item: item[2])
-        return crop, {"crop": "largest_object", "box": box, "objects": len(kept)}
+        crop, box, area, features = max(kept, key=lambda item: item[2])
+        return crop, {"crop": "largest_object", "box": box, "objects": len(kept), "features": features}
 
     def measure(self, arr: np.ndarray, objects: str | None = None) -> dict[str, Any]:
         """The morphometric features (morphometrics.features' names) of the object `arr` shows: its largest kept
@@ -105,15 +117,74 @@ class Cropper:
             return {}
         return self.measure(arr, objects)
 
-    def objects_of(self, arr: np.ndarray, objects: str | None = None) -> Iterator[tuple[np.ndarray, list[int], int]]:
-        """(crop, box [x0, y0, x1, y1], area) of every kept object of `arr`, in reading order."""
+    def objects_of(
+        self, arr: np.ndarray, objects: str | None = None
+    ) -> Iterator[tuple[np.ndarray, list[int], int, dict[str, Any]]]:
+        """(crop, box [x0, y0, x1, y1], area, morphometric features ({} unless measuring)) of every kept object of
+        `arr`, in reading order."""
         if not self.enabled:
             h, w = arr.shape[:2]
-            yield arr, [0, 0, w, h], h * w
+            yield arr, [0, 0, w, h], h * w, {}
             return
         for r in extract_crops(arr, self.cfg, self.segmenter, self._mode(objects)):
             if r.status == "kept" and r.crop is not None:
-                yield r.crop, [int(v) for v in r.box], int(r.area)
+                measured = dict(zip(ALL, r.features)) if self.cfg.features else {}
+                yield r.crop, [int(v) for v in r.box], int(r.area), measured
+
+
+class Answer:
+    """The answer val chose when the LUT was built (index.json `answer`, lut/answer.npz, lut/index_features.faiss):
+    the LUT's vote at its (w, k) on [embedding ; w · features], a softmax head on the same, or their mean."""
+
+    def __init__(self, root: Store, record: dict[str, Any]):
+        self.name: str = record["name"]
+        self.lut: dict[str, Any] | None = record.get("lut")
+        self.head_w: float | None = (record.get("head") or {}).get("weight")
+        self.features: list[str] = list(record.get("features") or [])
+        self.logged = np.isin(self.features, list(record.get("logged") or []))
+        with np.load(io.BytesIO(root.read_bytes(record["files"]["arrays"])), allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+        self.mean, self.std = arrays["mean"], arrays["std"]
+        self.head = LinearHead(arrays["head_weight"], arrays["head_bias"]) if self.head_w is not None else None
+        self.index = None
+        if "index" in record["files"]:
+            self.index = load_index(root, record["files"]["index"])
+            set_search_params(self.index, record.get("search_params"))
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether any part of the answer reads the objects' morphometric features."""
+        return bool(self.features) and bool((self.lut or {}).get("weight") or self.head_w)
+
+    def standardised(self, measured: list[dict[str, Any]] | None, n: int) -> np.ndarray:
+        """(n, features) z-scores of the objects' features on the train scale; 0 (the train mean) where unmeasured."""
+        values = np.full((n, len(self.features)), np.nan)
+        for i, found in enumerate(measured or []):
+            values[i] = [np.nan if found.get(f) is None else float(found[f]) for f in self.features]
+        values[:, self.logged] = np.log1p(np.clip(values[:, self.logged], 0.0, None))
+        z = (values - self.mean) / np.where(self.std > 0, self.std, 1.0)
+        return np.nan_to_num(z, nan=0.0)
+
+    def head_probs(self, embeddings: np.ndarray, z: np.ndarray) -> np.ndarray | None:
+        """The head's class probabilities, or None when the answer has no head."""
+        if self.head is None or self.head_w is None:
+            return None
+        logits = self.head.logits(joint(embeddings, z, self.head_w))
+        return np.exp(logits - logsumexp(logits)[:, None])
+
+
+def answer_in_effect(info: dict[str, Any], cfg: InferenceConfig) -> str:
+    """The answer `cfg` gets from a LUT with index.json `info`: the recorded one under --answer auto on the full
+    index, else `lut` (the plain LUT's --k/--vote)."""
+    record = info.get("answer")
+    if getattr(cfg, "answer", "lut") != "auto" or not record or cfg.variant != "full":
+        return "lut"
+    return str(record["name"])
+
+
+def load_answer(root: Store, info: dict[str, Any], cfg: InferenceConfig) -> Answer | None:
+    """The recorded answer when it is in effect and not the plain LUT itself; None: the plain LUT's --k/--vote."""
+    return None if answer_in_effect(info, cfg) == "lut" else Answer(root, info["answer"])
 
 
 def load_open_set(root: Store, cfg: InferenceConfig) -> Any:
@@ -143,6 +214,12 @@ class Classifier:
         self.gallery_keys = self.lut.gallery.column("crop_key").to_pylist()
         self.threshold = self._threshold()
         self.open_set = load_open_set(root, cfg)
+        self.answer = load_answer(root, self.lut.info, cfg)
+
+    @property
+    def answer_name(self) -> str:
+        """The answer in effect: `lut` (the plain LUT's --k/--vote) or the recorded one (lut/answer.json's names)."""
+        return self.answer.name if self.answer is not None else "lut"
 
     def _threshold(self) -> float | None:
         """--reject-below, else the threshold calibrated for this index variant, else none."""
@@ -151,8 +228,10 @@ class Classifier:
         calibrated = (self.lut.info.get("calibration") or {}).get(self.cfg.variant)
         return float(calibrated["threshold"]) if calibrated else None
 
-    def classify(self, embeddings: np.ndarray) -> list[dict[str, Any]]:
-        """One row per embedding: one FAISS search for the batch (k, or the open set's k when larger), the vote."""
+    def classify(self, embeddings: np.ndarray, measured: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """One row per embedding: one FAISS search for the batch (k, or the open set's k when larger), the vote,
+        then the recorded answer when there is one (`measured`: each object's morphometric features, for an
+        answer that reads them)."""
         k = self.cfg.k
         search_k = max(k, int(getattr(self.open_set, "k", 0) or 0))
         nb = search_excluding(self.lut.index, embeddings, search_k)
@@ -161,10 +240,45 @@ class Classifier:
             sims = np.where(nb.ids >= 0, nb.sims, -1.0).astype(np.float32)
             ood = np.asarray(self.open_set.score(embeddings, sims), dtype=np.float64)
             unknown = np.asarray(self.open_set.unknown(ood), dtype=bool)
+        best = np.where(nb.ids[:, 0] >= 0, nb.sims[:, 0], np.nan)  # the threshold is the plain LUT's similarity
         ids, sims = nb.ids[:, :k], nb.sims[:, :k]
         labels = np.where(ids >= 0, self.gallery_labels[np.maximum(ids, 0)], -1)
         pred, score, _ = vote(labels, sims, len(self.classes), self.cfg.vote)
-        return [self._row(i, ids, sims, labels, pred, score, ood, unknown) for i in range(len(embeddings))]
+        if self.answer is not None:
+            ids, sims, labels, pred, score = self._answered(embeddings, measured, ids, sims, labels)
+        out = [self._row(i, ids, sims, labels, pred, score, ood, unknown, best) for i in range(len(embeddings))]
+        for row in out:
+            row["answer"] = self.answer_name
+        return out
+
+    def _answered(
+        self,
+        embeddings: np.ndarray,
+        measured: list[dict[str, Any]] | None,
+        ids: np.ndarray,
+        sims: np.ndarray,
+        labels: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, sims, labels, pred, score) as the recorded answer gives them: the LUT part on its own index when it
+        reads features (its neighbours then the ones shown), the head's probabilities, or the mean of both."""
+        answer = self.answer
+        assert answer is not None
+        z = answer.standardised(measured, len(embeddings))
+        n_classes = len(self.classes)
+        shares = None
+        if answer.lut is not None:
+            w, k = float(answer.lut["weight"]), int(answer.lut["k"])
+            if answer.index is not None and w > 0:
+                nb = search_excluding(answer.index, joint(embeddings, z, w), max(k, self.cfg.k))
+                ids, sims = nb.ids[:, : max(k, self.cfg.k)], nb.sims[:, : max(k, self.cfg.k)]
+                labels = np.where(ids >= 0, self.gallery_labels[np.maximum(ids, 0)], -1)
+            shares = vote_shares(labels[:, :k], sims[:, :k], n_classes)[1]
+        probs = answer.head_probs(embeddings, z)
+        if probs is not None and shares is not None:
+            probs = 0.5 * probs + 0.5 * shares
+        final = probs if probs is not None else shares
+        assert final is not None
+        return ids, sims, labels, final.argmax(axis=1), final.max(axis=1)
 
     def _row(
         self,
@@ -176,8 +290,9 @@ class Classifier:
         score: np.ndarray,
         ood: np.ndarray | None,
         unknown: np.ndarray | None,
+        plain_best: np.ndarray,
     ) -> dict[str, Any]:
-        best = float(sims[i, 0]) if ids[i, 0] >= 0 else None
+        best = None if np.isnan(plain_best[i]) else float(plain_best[i])
         neighbours = [
             {
                 "rank": r + 1,

@@ -69,14 +69,18 @@ def cc_calibration(classes: list[str], vote: str, k: int) -> Q.Calibration:
                          chosen="cc", ranking=("cc",))  # fmt: skip
 
 
-def quant_plan(root: Store, cfg: ClassifyConfig) -> Quant:
-    """The Quant for this run, from the LUT's stored calibration when there is one that applies."""
+def quant_plan(root: Store, cfg: ClassifyConfig, answer: str = "lut") -> Quant:
+    """The Quant for this run, from the LUT's stored calibration when there is one that applies (`answer`: the
+    answer in effect, Classifier.answer_name; the calibration is the plain LUT's)."""
     method = None if cfg.quantify_method == "auto" else cfg.quantify_method
     classes = list(read_json(root, A.LUT_INDEX_JSON)["classes"])
     if not root.exists(A.LUT_QUANT_CALIBRATION):
         why = "no quantification calibration in lut/ (a LUT from before it, or lut --quantify-bags 0)"
         return Quant(cc_calibration(classes, cfg.vote, cfg.k), "cc", f"{why}: counts only (CC)", cfg.quantify_draws)
     cal = Q.load_calibration(root)
+    if answer != "lut":
+        why = f"classify answers with {answer} (lut/answer.json); the corrections were calibrated on the plain LUT"
+        return Quant(cal, "cc", f"{why}: counts only (CC)", cfg.quantify_draws)
     if not applies(cal, cfg.vote, cfg.k):
         why = (
             f"classify's --vote {cfg.vote} --k {cfg.k} differ from the ones lut calibrated the corrections with "

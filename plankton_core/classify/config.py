@@ -7,7 +7,7 @@ from typing import Literal
 
 from ..config import Fingerprint, fingerprint_option, option, stage_config
 from ..errors import BadInputError
-from ..query.config import UNKNOWN_RECALL_HELP, UNKNOWN_SCORE_HELP, UnknownScore, Vote
+from ..query.config import ANSWER_HELP, UNKNOWN_RECALL_HELP, UNKNOWN_SCORE_HELP, Answer, UnknownScore, Vote
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -31,6 +31,7 @@ class ClassifyConfig:
     )
     k: int = option(5, "Neighbours to keep (and to vote with).", ge=1, le=100)
     vote: Vote = option("top1", "top1: the nearest neighbour's class; weighted: similarity-weighted vote of the k.")
+    answer: Answer = option("auto", ANSWER_HELP)
     reject_below: float | None = option(
         None, "Answer 'unknown' below this best similarity [the calibrated threshold, if any].", metavar="FLOAT"
     )

@@ -140,6 +140,7 @@ class Prepared:
     decode_s: float = 0.0
     segment_s: float = 0.0
     first: bool = True  # the first object of its unit (units are counted by it)
+    features: dict[str, Any] = field(default_factory=dict)  # morphometric features, when the answer reads them
 
 
 def base_row(unit: Unit, object_id: str, index: int = -1) -> dict[str, Any]:
@@ -215,15 +216,16 @@ def _image_objects(
     stem = unit.key.rsplit(".", 1)[0]
     if not found and mode == "single":  # a vignette is an object, even a faint one: embedded whole
         h, w = arr.shape[:2]
-        found = [(arr, [0, 0, w, h], h * w)]
+        found = [(arr, [0, 0, w, h], h * w, {})]
     if not found:
         row = base_row(unit, unit.ids[0] or f"{stem}_0")
         row.update(status="no_object", error="no whole object stands out of the background")
         yield Prepared(row, decode_s=decode_s, segment_s=seg)
         return
-    for i, (crop, box, _) in enumerate(found):
+    for i, (crop, box, _, measured) in enumerate(found):
         object_id = unit.ids[0] if unit.kind == ECOTAXA else f"{stem}_{i}"
         item = _prepared(unit, object_id or f"{stem}_{i}", i, crop, box, emb, keep and original is None)
+        item.features = measured
         item.image = original if original is not None else item.image
         item.decode_s, item.segment_s = (decode_s, seg) if i == 0 else (0.0, 0.0)
         yield item
@@ -249,5 +251,6 @@ def _bin_objects(unit: Unit, source: Any, cropper: Cropper, emb: tuple[int, str]
         seg = time.perf_counter() - t1
         item = _prepared(unit, b.object_id(roi), roi.number, np.ascontiguousarray(crop), box, emb, keep)
         item.row["volume_ml"] = volume
+        item.features = found[3] if found else {}
         item.decode_s, item.segment_s = decode_s / max(1, len(rois)), seg
         yield item

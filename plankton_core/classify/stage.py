@@ -12,24 +12,27 @@ import json
 import logging
 import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from .. import ecotaxa
+from .. import artifacts as A
+from .. import ecotaxa, ifcb
 from ..errors import BadInputError
 from ..imageio import encode_png
-from ..inference import Classifier, Cropper, recorded_crop
+from ..inference import Classifier, Cropper, answer_in_effect, recorded_crop
 from ..pages.classify import classify_page
 from ..query.output import ecotaxa_rows
 from ..shards import PartRecord, ShardOutput
 from ..stage import InvalidatingStore, StageContext
-from ..tables import write_parquet
+from ..tables import read_json, write_parquet
 from .composition import quant_plan, samples_table
 from .config import ClassifyConfig
 from .inputs import (
     ECOTAXA,
+    IFCB,
     ClassifyInput,
     ecotaxa_units,
     input_fingerprint,
@@ -98,6 +101,7 @@ def classify_into(cfg: ClassifyConfig, ctx: StageContext, local: Path, index: in
         keep,
         index,
         count,
+        measure=clf.answer is not None and clf.answer.needs_features,
     )
     root = ctx.root
 
@@ -195,7 +199,8 @@ def finish(cfg: ClassifyConfig, ctx: StageContext, parts: list[Path], tmp: Path)
         f"TO '{objects}' (FORMAT parquet, COMPRESSION zstd)"
     )
     ctx.root.put_file(objects, ctx.key(OBJECTS))
-    samples = samples_table(con, objects, quant_plan(untouched(ctx), cfg))
+    info = read_json(untouched(ctx), A.LUT_INDEX_JSON)
+    samples = samples_table(con, objects, quant_plan(untouched(ctx), cfg, answer_in_effect(info, cfg)))
     write_parquet(ctx.root, ctx.key(SAMPLES), samples)
     counts = object_counts(con, objects)
     doubtful = least_certain(con, objects, cfg.thumbnails, ctx)
@@ -241,6 +246,8 @@ def write_archives(con: Any, objects: Path, cfg: ClassifyConfig, ctx: StageConte
     """ecotaxa/<sample>.zip per sample: its objects' predictions, carried metadata and images."""
     types = ctx.plan.ecotaxa_types
     cropper = Cropper(None, recorded=recorded_crop(untouched(ctx)))  # measures the objects it writes, only those
+    if ctx.plan.kind == IFCB and not cropper.cfg.pixel_size_um:  # bins: the IFCB's calibration (headers hold none)
+        cropper.cfg = replace(cropper.cfg, pixel_size_um=ifcb.STANDARD_PIXEL.um)
     samples = [
         r[0]
         for r in con.execute(

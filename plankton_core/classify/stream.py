@@ -46,6 +46,7 @@ SCHEMA = pa.schema(
         ("threshold", pa.float64()),
         ("ood_score", pa.float64()),  # with the LUT's open-set fit; null otherwise
         ("unknown", pa.bool_()),
+        ("answer", pa.string()),  # lut (the plain LUT's vote) or the answer val chose (lut/answer.json)
         ("neighbour_classes", pa.list_(pa.string())),
         ("neighbour_similarities", pa.list_(pa.float64())),
         ("neighbour_keys", pa.list_(pa.string())),
@@ -69,6 +70,7 @@ class Work:
     keep_images: bool
     index: int = 0
     count: int = 1
+    measure: bool = False  # the objects' morphometric features, for an answer that reads them
 
 
 class ObjectStream(IterableDataset):
@@ -82,7 +84,7 @@ class ObjectStream(IterableDataset):
         wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
         w = self.work
         source = reopen(w.source_spec)
-        cropper = Cropper(None, objects=w.objects, recorded=w.crop)
+        cropper = Cropper(None, objects=w.objects, recorded=w.crop, measure=w.measure)
         mode = w.objects if w.objects in ("frames", "single") else cropper.objects
         mine = (u for u in w.units() if w.count == 1 or shard_of(u.key, w.count) == w.index)
         for j, unit in enumerate(mine):
@@ -170,7 +172,7 @@ def classify_batch(clf: Classifier, batch: list[Prepared], device: str, seconds:
     t0 = time.perf_counter()
     embeddings = clf.embedder.embed(np.stack([p.array for p in ok if p.array is not None]), device)
     t1 = time.perf_counter()
-    results = clf.classify(embeddings)
+    results = clf.classify(embeddings, [p.features for p in ok])
     seconds["embed"] += t1 - t0
     seconds["search"] += time.perf_counter() - t1
     for p, result in zip(ok, results):
@@ -183,6 +185,7 @@ def classify_batch(clf: Classifier, batch: list[Prepared], device: str, seconds:
             threshold=clf.threshold,
             ood_score=result.get("ood_score"),
             unknown=result.get("unknown"),
+            answer=result.get("answer"),
             neighbour_classes=[n["class"] for n in nbs],
             neighbour_similarities=[n["similarity"] for n in nbs],
             neighbour_keys=[n["crop_key"] for n in nbs],

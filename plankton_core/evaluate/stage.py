@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from .. import versus_baseline as baseline
 from ..artifacts import (
     EVAL_CONFUSION_PNG,
     EVAL_CONFUSIONS,
@@ -49,7 +50,6 @@ from ..scoring import SELECT_BY, classification_metrics, confusion_matrix, metri
 from ..stage import StageContext
 from ..store import Store
 from ..tables import read_json, write_json, write_parquet
-from . import baseline
 from .config import EvaluateConfig
 
 

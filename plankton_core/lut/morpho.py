@@ -15,6 +15,7 @@ matches gallery items cut from its own source image. Only measured here: query a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
@@ -72,66 +73,33 @@ def joint(emb: np.ndarray, z: np.ndarray, w: float) -> np.ndarray:
 
 def predictions(
     q: np.ndarray, q_groups: np.ndarray, g: np.ndarray, g_labels: np.ndarray, g_groups: np.ndarray, n_classes: int
-) -> dict[int, np.ndarray]:
-    """{k: predicted labels} for every k of KS from one exact search (the query's own source left out)."""
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{k: (predicted labels, class probabilities)} for every k of KS from one exact search (the query's own source
+    left out). The probabilities are the vote's shares: one-hot for k = 1, similarity-weighted shares for k > 1."""
     index = faiss.IndexFlatIP(g.shape[1])
     index.add(np.ascontiguousarray(g))
     nb = search_excluding(index, q, max(KS), g_groups, q_groups)
     labels = np.where(nb.ids >= 0, g_labels[np.maximum(nb.ids, 0)], -1)
-    return {k: vote(labels[:, :k], nb.sims[:, :k], n_classes, "top1" if k == 1 else "weighted")[0] for k in KS}
+    return {k: vote_shares(labels[:, :k], nb.sims[:, :k], n_classes) for k in KS}
 
 
-def _scores(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, float]:
+def vote_shares(labels: np.ndarray, sims: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted label, per-class share of the vote) of neighbours `labels`/`sims`: the nearest one's class for a
+    single neighbour, else the similarity-weighted vote (retrieval.vote) with its shares summing to 1."""
+    k = labels.shape[1]
+    pred, _, class_scores = vote(labels, sims, n_classes, "top1" if k == 1 else "weighted")
+    if k == 1:
+        shares = np.zeros((len(pred), n_classes))
+        shares[np.flatnonzero(pred >= 0), pred[pred >= 0]] = 1.0
+        return pred, shares
+    total = class_scores.sum(axis=1, keepdims=True)
+    return pred, np.where(total > 0, class_scores / np.where(total > 0, total, 1.0), 0.0)
+
+
+def scores(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Accuracy, balanced accuracy and macro F1 of `pred` against `y`."""
     m = classification_metrics(y, pred, n_classes)
     return {key: float(m[key]) for key in ("accuracy", "balanced_accuracy", "macro_f1")}
-
-
-def morpho_step(cfg: LutConfig, ctx: StageContext, rows: Any, embedded: Any, n_classes: int) -> dict[str, Any] | None:
-    """lut/retrieval.json's `morpho`: the val grid, the chosen (w, k) and the test comparison with the plain LUT;
-    None with --morpho-weight 0, without crop's features, or without train and val crops (said in a note).
-    `rows`/`embedded`: the stage's LutRows and Embedded."""
-    grid = weights(cfg.morpho_weight)
-    if not grid:
-        return None
-    have = np.flatnonzero(embedded.position >= 0)
-    found = feature_matrix(ctx, rows.crop_keys[have])
-    if found is None:
-        ctx.notes.append("morphometric features: no crop/features.parquet for these crops, LUT with them not measured")
-        return None
-    feats = np.full((len(rows.split), found.shape[1]), np.nan)
-    feats[have] = found
-    labels = embedded.labels
-    known = (embedded.position >= 0) & (labels >= 0) & (labels < n_classes)
-    train, val, test = (np.flatnonzero(known & (rows.split == s)) for s in ("train", "val", "test"))
-    if not (len(train) and len(val)):
-        ctx.notes.append("morphometric features: no embedded train and val crops, LUT with them not measured")
-        return None
-    _, mean, std = standardise(feats[train])
-    z = standardise(feats, mean, std)[0]
-    space = _Space(embedded, z, labels)
-    table = [
-        {"weight": w, "k": k, **_scores(labels[val], pred, n_classes)}
-        for w in grid
-        for k, pred in space.predict(val, train, w, n_classes).items()
-    ]
-    best = table[0]
-    for row in table[1:]:  # strictly better only: ties keep the smaller w, then the smaller k
-        if row[cfg.select_by] > best[cfg.select_by]:
-            best = row
-    out: dict[str, Any] = {
-        "features": list(FEATURES),
-        "weights": list(grid),
-        "ks": list(KS),
-        "select_by": cfg.select_by,
-        "val": table,
-        "chosen": {"weight": best["weight"], "k": best["k"]},
-        "counts": {"train": len(train), "val": len(val), "test": len(test), "gallery": len(rows.gallery)},
-    }
-    if len(test):
-        gallery = rows.gallery[known[rows.gallery]]
-        out["test"] = _test(cfg, space, test, gallery, best, n_classes)
-        ctx.notes.append(_note(out))
-    return out
 
 
 class _Space:
@@ -143,10 +111,90 @@ class _Space:
     def x(self, which: np.ndarray, w: float) -> np.ndarray:
         return joint(self.embedded.feats[self.embedded.position[which]], self.z[which], w)
 
-    def predict(self, queries: np.ndarray, gallery: np.ndarray, w: float, n_classes: int) -> dict[int, np.ndarray]:
+    def predict(
+        self, queries: np.ndarray, gallery: np.ndarray, w: float, n_classes: int
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         groups = self.embedded.groups
         g = self.x(gallery, w)
         return predictions(self.x(queries, w), groups[queries], g, self.labels[gallery], groups[gallery], n_classes)
+
+
+@dataclass
+class Prepared:
+    """What the LUT-with-features grid and the answer's choice share: the joint space, the splits' rows (the
+    gallery's known items among them), the train mean/std of the features (empty without features), the weights
+    to try and every (w, k)'s val (pred, shares) queried against train."""
+
+    space: _Space
+    crop_keys: np.ndarray  # by row of the splits table
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    gallery: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    grid: tuple[float, ...]
+    lut_val: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def has_features(self) -> bool:
+        return self.space.z.shape[1] > 0
+
+
+def prepare(cfg: LutConfig, ctx: StageContext, rows: Any, embedded: Any, n_classes: int) -> Prepared | None:
+    """The joint space and the val grid; None without embedded train and val crops (said in a note). Without crop's
+    features (or with --morpho-weight 0) the space holds the embeddings alone and the grid is w = 0."""
+    labels = embedded.labels
+    known = (embedded.position >= 0) & (labels >= 0) & (labels < n_classes)
+    train, val, test = (np.flatnonzero(known & (rows.split == s)) for s in ("train", "val", "test"))
+    if not (len(train) and len(val)):
+        ctx.notes.append("no embedded train and val crops: the LUT with features and the answer's choice skipped")
+        return None
+    grid = weights(cfg.morpho_weight)
+    have = np.flatnonzero(embedded.position >= 0)
+    found = feature_matrix(ctx, rows.crop_keys[have]) if grid else None
+    if grid and found is None:
+        ctx.notes.append("morphometric features: no crop/features.parquet for these crops, LUT with them not measured")
+    feats = np.full((len(rows.split), 0 if found is None else found.shape[1]), np.nan)
+    if found is not None:
+        feats[have] = found
+    _, mean, std = standardise(feats[train])
+    space = _Space(embedded, standardise(feats, mean, std)[0], labels)
+    grid = grid if found is not None else (0.0,)
+    lut_val = {(w, k): out for w in grid for k, out in space.predict(val, train, w, n_classes).items()}
+    gallery = rows.gallery[known[rows.gallery]]
+    return Prepared(space, rows.crop_keys, train, val, test, gallery, mean, std, grid, lut_val)
+
+
+def morpho_step(cfg: LutConfig, prep: Prepared | None, n_classes: int, notes: list[str]) -> dict[str, Any] | None:
+    """lut/retrieval.json's `morpho`: the val grid, the chosen (w, k) and the test comparison with the plain LUT;
+    None with --morpho-weight 0 or without crop's features or train and val crops."""
+    if prep is None or not prep.has_features:
+        return None
+    y_val = prep.space.labels[prep.val]
+    table = [{"weight": w, "k": k, **scores(y_val, pred, n_classes)} for (w, k), (pred, _) in prep.lut_val.items()]
+    best = table[0]
+    for row in table[1:]:  # strictly better only: ties keep the smaller w, then the smaller k
+        if row[cfg.select_by] > best[cfg.select_by]:
+            best = row
+    out: dict[str, Any] = {
+        "features": list(FEATURES),
+        "weights": list(prep.grid),
+        "ks": list(KS),
+        "select_by": cfg.select_by,
+        "val": table,
+        "chosen": {"weight": best["weight"], "k": best["k"]},
+        "counts": {
+            "train": len(prep.train),
+            "val": len(prep.val),
+            "test": len(prep.test),
+            "gallery": len(prep.gallery),
+        },
+    }
+    if len(prep.test):
+        out["test"] = _test(cfg, prep.space, prep.test, prep.gallery, best, n_classes)
+        notes.append(_note(out))
+    return out
 
 
 def _test(
@@ -156,12 +204,12 @@ def _test(
     y = space.labels[test]
     plain = space.predict(test, gallery, 0.0, n_classes)
     chosen = plain if best["weight"] == 0 else space.predict(test, gallery, best["weight"], n_classes)
-    a, b = chosen[best["k"]], plain[1]
+    a, b = chosen[best["k"]][0], plain[1][0]
     diff = paired_difference(y, a, b, n_classes, cfg.bootstrap, cfg.seed, names=("accuracy", "macro_f1"))
     test_mc = mcnemar(a == y, b == y)
     return {
-        "plain": {"weight": 0.0, "k": 1, **_scores(y, b, n_classes)},
-        "chosen": {"weight": best["weight"], "k": best["k"], **_scores(y, a, n_classes)},
+        "plain": {"weight": 0.0, "k": 1, **scores(y, b, n_classes)},
+        "chosen": {"weight": best["weight"], "k": best["k"], **scores(y, a, n_classes)},
         "difference": diff,
         "mcnemar": test_mc,
         "verdict": verdict(test_mc["p"], diff["accuracy"]["diff"]),

@@ -29,11 +29,12 @@ from ..stage import StageContext, listing_fingerprint
 from ..store import Store
 from ..tables import read_json, read_parquet, write_json, write_parquet
 from . import add
+from .answer import answer_step
 from .config import LutConfig
 from .evaluation import Predictions, QuerySet, predict_index, score_predictions
 from .gallery_features import embed_rows
 from .index import build_index, save_index, save_npy, search_params, tune_recall
-from .morpho import morpho_step
+from .morpho import morpho_step, prepare
 from .ood import check_ood_sets, list_ood_images, open_set_step
 from .prune import greedy_order, threshold_grid
 from .prune_pass import graph_and_lists
@@ -207,10 +208,16 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     retrieval = _evaluate_test(cfg, ctx, test, index, pruned, g_labels, g_groups, classes, len(x))
     if retrieval["rows"]:
         counts["test_top1_accuracy"] = round(retrieval["rows"][0]["metrics"]["accuracy"], 6)
-    morpho = morpho_step(cfg, ctx, rows, embedded, len(classes))  # [embedding ; w · features], chosen on val
+    prep = prepare(cfg, ctx, rows, embedded, len(classes))  # [embedding ; w · features] on val
+    morpho = morpho_step(cfg, prep, len(classes), ctx.notes)
     if morpho is not None:
         retrieval["morpho"] = morpho
     write_json(root, A.LUT_RETRIEVAL, retrieval)
+    info["answer"] = answer_step(cfg, ctx, prep, classes, rows.gallery, index)  # LUT, head or both: val's choice
+    if info["answer"] is None:
+        for key in (A.LUT_ANSWER, A.LUT_ANSWER_ARRAYS, A.LUT_INDEX_FEATURES):
+            if root.exists(key):
+                root.delete(key)
     counts.update(quantification_step(cfg, ctx, index, val, test, g_labels, g_groups, classes))  # quantification
     info["open_set"] = open_set_step(cfg, ctx, embedder, rows, embedded, classes, pruned)  # lut/ood.json
     write_json(root, A.LUT_INDEX_JSON, info)

@@ -2,7 +2,7 @@
 
 The baseline is boosted trees on the morphometric features (the `baseline` stage), the tool labs already run; the
 comparison (paired differences with intervals, McNemar's p, per-class recall, the verdict) is computed by evaluate on
-the same test items (`evaluate.baseline`), so the report and evaluate's own page show the same figures.
+the same test items (`plankton_core.versus_baseline`), so the report and evaluate's own page show the same figures.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .blocks import Block, Table, pct
+from .blocks import Block, Table, pct, pct_ci
 
 
 def _diff(d: dict[str, Any]) -> str:
@@ -44,3 +44,70 @@ def morpho_blocks(morpho: Any) -> list[Block]:
             + (f" (McNemar p = {float(p):.3g})." if p is not None else "."),
         ),
     ]
+
+
+def _setting(row: dict[str, Any]) -> str:
+    """A candidate's settings in words: "LUT w = 0.5, 5-NN weighted + head w = 1"."""
+    parts = []
+    if row.get("lut"):
+        w, k = float(row["lut"]["weight"]), int(row["lut"]["k"])
+        parts.append(f"LUT w = {w:g}, {k}-NN" + (" weighted" if k > 1 else ""))
+    if row.get("head"):
+        parts.append(f"head w = {float(row['head']['weight']):g}")
+    return " + ".join(parts)
+
+
+def answer_blocks(answer: Any) -> list[Block]:
+    """lut/answer.json: every candidate answer on test with its interval, which one val chose, and the chosen one
+    against the plain LUT and the baseline on the same items; [] without it."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("test"), dict):
+        return []
+    test, chosen = answer["test"], answer["chosen"]["name"]
+    val = {row["name"]: row for row in answer.get("val", [])}
+    select_by = answer.get("select_by", "accuracy")
+    rows = [
+        [
+            row["name"] + (" (chosen)" if row["name"] == chosen else ""),
+            _setting(row),
+            pct(val.get(row["name"], {}).get(select_by)),
+            pct_ci(row["accuracy"], _interval(row, "accuracy")),
+            pct_ci(row["macro_f1"], _interval(row, "macro_f1")),
+        ]
+        for row in test["rows"]
+    ]
+    plain = test["versus_plain_lut"]
+    blocks: list[Block] = [
+        ("p", "The answer query and classify give:"),
+        (
+            "p",
+            f"Candidates: the plain LUT (lut), the LUT with morphometric features (lut+), a softmax head on the "
+            f"embedding (head) or on embedding and features (head+), and the mean of head and LUT votes (head+lut). "
+            f"Val chose {chosen} by {select_by} (later candidates replace earlier ones only when strictly better); "
+            f"test, same {test['n']} items, 95% intervals in brackets.",
+        ),
+        ("table", Table(["Answer", "Settings", f"Val {select_by}", "Test accuracy", "Test macro F1"], rows)),
+        (
+            "p",
+            f"Chosen − plain LUT: {_diff(plain['difference']['accuracy'])} accuracy points, McNemar "
+            f"p = {float(plain['mcnemar']['p']):.3g}: {plain['verdict']}.",
+        ),
+    ]
+    cmp = test.get("baseline")
+    if isinstance(cmp, dict) and "paired" in cmp:
+        than = "" if cmp["verdict"] == "not distinguishable" else " than the baseline"
+        blocks.append(
+            (
+                "p",
+                f"Chosen answer − baseline (boosted trees on the features), same items: "
+                f"{_diff(cmp['paired']['accuracy'])} accuracy points, McNemar p = {float(cmp['mcnemar']['p']):.3g}: "
+                f"the answer is {cmp['verdict']}{than}.",
+            )
+        )
+    elif isinstance(cmp, dict) and cmp.get("note"):
+        blocks.append(("warning", cmp["note"]))
+    return blocks
+
+
+def _interval(row: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    pair = (row.get("intervals") or {}).get(metric)
+    return {"low": pair[0], "high": pair[1]} if pair else None

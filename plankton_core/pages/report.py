@@ -31,6 +31,7 @@ from ..artifacts import (
     EVAL_METRICS,
     EVAL_PER_CLASS,
     EVAL_PREDICTIONS,
+    LUT_ANSWER,
     LUT_PRUNE_PLOT,
     LUT_RETRIEVAL,
     SWEEP_PLOT,
@@ -45,7 +46,7 @@ from .audit import audit_blocks
 from .baseline import baseline_blocks
 from .blocks import Block, Gallery, Image, Table, ci, pct, pct_ci, render_capped, render_markdown
 from .detect import detect_blocks
-from .morpho import morpho_blocks
+from .morpho import answer_blocks, morpho_blocks
 from .ood import ood_blocks
 from .pictures import Thumb, class_examples, confusion_examples, gallery_neighbours, load_thumbnails
 from .quantification import quantification_blocks
@@ -287,6 +288,7 @@ def retrieval_blocks(store: Store) -> list[Block]:
     if isinstance(effect, dict) and effect.get("metrics"):
         blocks += prune_effect_blocks(effect)
     blocks += morpho_blocks(data.get("morpho"))  # [embedding ; w · morphometric features] vs the plain LUT
+    blocks += answer_blocks(_maybe_json(store, LUT_ANSWER))  # LUT, head or both: what val chose, all on test
     prune = data.get("prune")
     if isinstance(prune, dict) and prune:
         blocks.append(("p", "Pruning:"))

@@ -15,9 +15,15 @@ UNKNOWN_SCORE_HELP = (
     "Open-set score flagging objects of no known class (answered 'unknown'): knn, mahalanobis, vim, energy, msp "
     "or similarity [the LUT's chosen one; none when the LUT has no open-set fit]."
 )
+Answer = Literal["auto", "lut"]
+ANSWER_HELP = (
+    "auto: the answer val chose when the LUT was built (lut/answer.json: the LUT, the LUT with morphometric "
+    "features, a head on the embedding with or without them, or head and LUT together); lut: the plain LUT's vote "
+    "(--k, --vote). The pruned index always gives the plain LUT's."
+)
 UNKNOWN_RECALL_HELP = "Recall of known objects the open-set threshold keeps (0-1) [the LUT's stored one]."
 FORMATS: tuple[str, ...] = get_args(Format)
-__all__ = ["FORMATS", "Format", "QueryConfig", "UnknownScore", "Vote"]
+__all__ = ["ANSWER_HELP", "Answer", "FORMATS", "Format", "QueryConfig", "UnknownScore", "Vote"]
 
 
 @stage_config
@@ -26,6 +32,7 @@ class QueryConfig:
 
     k: int = option(5, "Neighbours to return (and to vote with).")
     vote: Vote = option("top1", "top1: the nearest neighbour's class; weighted: similarity-weighted vote of the k.")
+    answer: Answer = option("auto", ANSWER_HELP)
     reject_below: float | None = option(
         None,
         "Answer 'unknown' when the best similarity is below this [the calibrated threshold, if any].",

@@ -142,6 +142,7 @@ QUERY_COLUMNS = [
     "error",
     "ood_score",
     "unknown",
+    "answer",
 ]
 NEIGHBOUR_TYPE = pa.struct(
     [("rank", pa.int64()), ("class", pa.string()), ("similarity", pa.float64()), ("crop_key", pa.string())]
@@ -161,6 +162,7 @@ QUERY_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("ood_score", pa.float64()),  # with an open-set fit in the LUT (plankton_core.openset); null otherwise
         ("unknown", pa.bool_()),
+        ("answer", pa.string()),  # what answered: lut (the plain LUT) or the one val chose (lut/answer.json)
     ]
 )
 

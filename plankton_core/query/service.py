@@ -35,7 +35,8 @@ class Querier:
     def __init__(self, root: Store, cfg: QueryConfig):
         self.cfg = cfg
         self.classifier = Classifier(root, cfg)
-        self.cropper = Cropper(root, cfg.crop)
+        answer = self.classifier.answer
+        self.cropper = Cropper(root, cfg.crop, measure=answer is not None and answer.needs_features)
 
     def run(self, inputs: Sequence[ImageRef], modes: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
         """One row per input image, in input order; `modes[i]` is input i's --objects mode under auto
@@ -44,7 +45,7 @@ class Querier:
         rows: list[dict[str, Any]] = []
         modes = list(modes) if modes is not None else [None] * len(inputs)
         for start, batch in enumerate(_batches(inputs, cfg.batch_size)):
-            pending, crops = [], []
+            pending, crops, measured = [], [], []
             for offset, ref in enumerate(batch):
                 mode = modes[start * cfg.batch_size + offset]
                 row = _row(ref.name)
@@ -57,12 +58,13 @@ class Querier:
                 except (UnreadableImage, BadInputError) as exc:  # BadInputError: e.g. a store error reading this object
                     row.update(status="error", error=str(exc))
                     continue
+                measured.append(how.pop("features", None) or {})
                 row.update(how)
                 pending.append(row)
                 crops.append(preprocess_crop(crop, clf.embedder.size, clf.embedder.preprocess))
             if crops:
                 embeddings = clf.embedder.embed(np.stack(crops), cfg.device)
-                for row, result in zip(pending, clf.classify(embeddings)):
+                for row, result in zip(pending, clf.classify(embeddings, measured)):
                     row.update(result)
         for row in rows:
             row["threshold"] = clf.threshold

@@ -1,4 +1,4 @@
-"""The deep model against the baseline stage's boosted trees on the same test items, for metrics.json and the report.
+"""A deep model against the baseline stage's boosted trees on the same test items (evaluate's head, lut's answer).
 
 Read only when the baseline stage has finished; a baseline made on other test items (a stale run after stats was
 redone) is named, never compared. The pieces (paired bootstrap differences, McNemar's test, the verdict) are
@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from ..artifacts import BASELINE_METRICS, BASELINE_PREDICTIONS
-from ..pages.baseline import finished_baseline, verdict_line
-from ..scoring import confusion_matrix, mcnemar, paired_difference, per_class_table, verdict
-from ..store import Store
-from ..tables import read_json, read_parquet
+from .artifacts import BASELINE_METRICS, BASELINE_PREDICTIONS
+from .pages.baseline import finished_baseline, verdict_line
+from .scoring import confusion_matrix, mcnemar, paired_difference, per_class_table, verdict
+from .store import Store
+from .tables import read_json, read_parquet
 
 
 def fingerprint(store: Store) -> dict[str, Any]:
