@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ from .progress import progress
 from .stage import caches_bypassed
 from .store import Store
 from .tables import read_json, read_parquet
+
+log = logging.getLogger(__name__)
 
 _REBUILT: set[tuple[str, Path]] = set()  # (forced run id, cache file) rebuilt under --force
 
@@ -90,6 +93,12 @@ def keep_scale_factor(h: int, w: int, size: int) -> float:
     return min(1.0, size / max(h, w, 1))
 
 
+def border_fill(rgb: np.ndarray) -> np.ndarray:
+    """The colour keep_scale pads an RGB crop with: the median of its border, per channel (uint8)."""
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
+    return np.median(border, axis=0).astype(np.uint8)
+
+
 def keep_scale(arr: np.ndarray, size: int) -> np.ndarray:
     """A crop at its own scale: one that fits is centred on a size×size canvas of its own background (padded, never
     enlarged, so the object's absolute size in pixels survives); a larger one is shrunk to fit, as letterbox does,
@@ -98,9 +107,8 @@ def keep_scale(arr: np.ndarray, size: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     if max(h, w) >= size:
         return letterbox(rgb, size)
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
     canvas = np.empty((size, size, 3), dtype=np.uint8)
-    canvas[:] = np.median(border, axis=0).astype(np.uint8)
+    canvas[:] = border_fill(rgb)
     top, left = (size - h) // 2, (size - w) // 2
     canvas[top : top + h, left : left + w] = rgb
     return canvas
@@ -129,13 +137,27 @@ def load_classes(root: Store) -> list[str]:
     return list(read_json(root, STATS_CLASSES)["classes"])
 
 
-def load_normalisation(root: Store) -> tuple[list[float], list[float], int]:
-    """Mean, std (per channel, 0–1 scale) and training size from stats/stats.json."""
+def load_normalisation(root: Store, preprocess: str = "letterbox") -> tuple[list[float], list[float], int]:
+    """Mean, std (per channel, 0–1 scale) and training size from stats/stats.json: those of the train crops as
+    `preprocess` shows them (keep-scale: its `keep_scale` figures; an older stats.json without them gives the
+    letterbox ones, with a log line)."""
     stats = read_json(root, STATS_JSON)
     try:
-        return list(stats["mean"]), list(stats["std"]), int(stats["size"])
+        mean, std, size = list(stats["mean"]), list(stats["std"]), int(stats["size"])
     except KeyError as exc:
         raise BadInputError(f"{root.uri}/{STATS_JSON} lacks {exc}; rerun `plankton stats`") from None
+    if preprocess != "keep-scale":
+        return mean, std, size
+    kept = stats.get("keep_scale") or {}
+    if "mean" in kept and "std" in kept:
+        return list(kept["mean"]), list(kept["std"]), size
+    log.warning(
+        "%s/%s has no keep-scale mean/std (written before stats measured them): normalising keep-scale crops with "
+        "the letterboxed ones; rerun `plankton stats --force` for their own",
+        root.uri,
+        STATS_JSON,
+    )
+    return mean, std, size
 
 
 def load_crop(root: Store, key: str, size: int, preprocess: str = "letterbox") -> np.ndarray:

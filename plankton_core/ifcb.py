@@ -13,6 +13,11 @@ runTime − inhibitTime at 0.25 mL/min (the last `.adc` lines when the header gi
 frame-grab times at 5/48000 mL × 40 steps/s, less each trigger's processing time (at least 0.073 s).
 A bin that cannot be read whole (a missing file, an unparsable header or `.adc` line, an image past the end of the
 `.roi`) raises `BadBin`, naming the file and the reason, before any of its images is used.
+
+The pixel size: no IFCB acquisition software writes one in the header (neither the old format's quoted lines nor
+the `key: value` headers of version 2.0 or 2.5 name a calibration), so a bin's is the IFCB's standard one, WHOI
+ifcb-analysis' `micron_factor = 1/3.4; %microns per pixel` (its biovolume and size summaries; iRfcb and other
+ifcb-analysis users default to it too), i.e. 3.4 pixels per µm (`STANDARD_PIXEL`; `crop --pixel-size-um` wins).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ PARTS = ("hdr", "adc", "roi")
 FLOW_ML_PER_MIN = 0.25  # schema 2: the syringe pump's rate
 OLD_ML_PER_S = 5.0 / 48000.0 * 40.0  # schema 1: mL per step × steps per second
 OLD_MIN_PROC_S = 0.073
+PIXELS_PER_UM = 3.4  # ifcb-analysis' standard calibration: micron_factor = 1/3.4 µm per pixel
 # schema 1 columns (pyifcb SCHEMA_VERSION_1) and the default schema 2 ones (when the header names none)
 OLD_COLUMNS = {"trigger": 0, "trigger_open": 7, "frame_grab": 8, "x": 9, "y": 10, "w": 11, "h": 12, "offset": 13}
 NEW_COLUMNS = {"trigger": 0, "adc_time": 1, "x": 13, "y": 14, "w": 15, "h": 16, "offset": 17, "run": 22, "inhibit": 23}
@@ -98,6 +104,18 @@ class IfcbBin:
 
     def object_id(self, roi: Roi) -> str:
         return f"{self.ref.name}_{roi.number:05d}"
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """A bin's µm per pixel and where it comes from (for the run's notes)."""
+
+    um: float
+    source: str
+
+
+# every bin's pixel size: no IFCB software records one in the header (the module doc)
+STANDARD_PIXEL = PixelSize(1.0 / PIXELS_PER_UM, f"ifcb-analysis' {PIXELS_PER_UM:g} pixels/µm; the header has none")
 
 
 def is_bin_name(stem: str) -> bool:

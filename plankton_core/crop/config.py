@@ -76,7 +76,10 @@ class CropConfig:
         "crop/features.parquet.",
     )
     pixel_size_um: float = option(
-        0.0, "Micrometres per pixel, for the features in µm (and the baseline); 0 = unknown.", ge=0.0
+        0.0,
+        "Micrometres per pixel, for the features in µm (and the baseline); 0 = unknown, except IFCB bins: 1/3.4 "
+        "(ifcb-analysis' calibration; their headers hold none).",
+        ge=0.0,
     )
     max_bad_fraction: float = option(0.05, "Fail when more of the input is unreadable.", ge=0.0, le=1.0)
     max_pixels: int = option(

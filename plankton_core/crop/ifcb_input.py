@@ -6,6 +6,10 @@ seen), and reading such a key gives that image's pixels exactly as stored (as PN
 A bin that cannot be read whole is one entry with a problem (an unreadable manifest row naming the file and the
 reason). Every other key passes through untouched, so the crop stage lists, fingerprints, shards and crops bins
 as it does images.
+
+Each image also has a pixel size (`pixel_size_um`): the IFCB's standard calibration (`ifcb.STANDARD_PIXEL`,
+ifcb-analysis' 3.4 pixels per µm, since IFCB headers record none), so crop's morphometric features get their µm
+copies; `--pixel-size-um` wins over it, as over an EcoTaxa row's columns.
 """
 
 from __future__ import annotations
@@ -99,6 +103,21 @@ class IfcbSource:
             from ..imageio import UnreadableImage
 
             raise UnreadableImage("ifcb_bad_bin", str(exc)) from None
+
+    def pixel_size_um(self, key: str) -> float:
+        """µm per pixel of the image at `key`: the IFCB's standard one for a bin's image, 0 (unknown) otherwise."""
+        m = VIRTUAL.match(key)
+        return ifcb.STANDARD_PIXEL.um if m is not None and ifcb.is_bin_name(m["bin"]) else 0.0
+
+    def pixel_note(self, override_um: float) -> str | None:
+        """The run's note on the bins' pixel size (None without a bin listed): the standard one and its source, or
+        the `--pixel-size-um` given (`override_um`) that replaces it."""
+        if not self._bins:
+            return None
+        if override_um:
+            return f"IFCB pixel size {override_um:g} µm (--pixel-size-um)"
+        pixel = ifcb.STANDARD_PIXEL
+        return f"IFCB pixel size {pixel.um:.3f} µm ({pixel.source})"
 
     def exists(self, key: str) -> bool:
         m = VIRTUAL.match(key)

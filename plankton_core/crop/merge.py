@@ -45,7 +45,7 @@ def merge(cfg: CropConfig, ctx: StageContext, parts: list[PartRecord]) -> dict[s
     """Gather the parts into crop/manifest.parquet, delete crops no row names, and finish as an unsharded run; a
     merged set over --max-bad-fraction writes nothing but its rows to the rejected side file."""
     root, total = ctx.root, ctx.plan.fingerprint["files"]
-    note_input(ctx)
+    note_input(ctx, cfg)
     note_objects(ctx)
     owned = sum(int(p.extra.get("files", 0)) for p in parts)
     if owned != total:

@@ -102,7 +102,7 @@ class Task:
     objects: str | None = None  # the --objects mode for this file (None: the config's)
     ids: tuple[str | None, str | None, str | None] = (None, None, None)  # EcoTaxa object_id, sample_id, acq_id
     recorded: tuple[str, str] | None = None  # (status, reason) of a row decided without reading the file
-    pixel_size_um: float = 0.0  # an EcoTaxa row's process_pixel / acq_pixel (0: the config's --pixel-size-um)
+    pixel_size_um: float = 0.0  # an EcoTaxa row's process_pixel / acq_pixel, an IFCB image's (0: --pixel-size-um)
 
 
 def input_files(store: Store) -> Iterator[Listed]:
@@ -152,6 +152,7 @@ def plan(store: Store, prefix: str, inp: EcoTaxaInput | None = None, objects: st
         return
     recent: deque[str] = deque(maxlen=512)  # sorted listings put such siblings next to each other
     seen: set[str] = set()
+    pixel_of = getattr(store, "pixel_size_um", None)  # an IFCB bin's images: the instrument's pixel size
     for key, _, _, problem in input_files(store):
         cls, _, rest = key.partition("/")
         if problem:
@@ -166,7 +167,7 @@ def plan(store: Store, prefix: str, inp: EcoTaxaInput | None = None, objects: st
             seen.discard(recent[0])
         recent.append(base)
         seen.add(base)
-        yield Task(key, cls, base, objects)
+        yield Task(key, cls, base, objects, pixel_size_um=pixel_of(key) if pixel_of else 0.0)
 
 
 def ecotaxa_plan(inp: EcoTaxaInput, prefix: str) -> Iterator[Task]:
@@ -448,7 +449,7 @@ def body(cfg: CropConfig, ctx: StageContext) -> dict[str, Any]:
     input passed; without one, straight to their keys. Over the limit, the rows go to the rejected side file and
     the manifest, crops and `_SUCCESS` stay as they were."""
     root, source, total = ctx.root, ctx.plan.source, ctx.plan.fingerprint["files"]
-    note_input(ctx)
+    note_input(ctx, cfg)
     note_objects(ctx)
     side = untouched_root(ctx)
     side.delete_prefix(ctx.key(STAGING))  # what a run that died before its commit left
@@ -534,7 +535,7 @@ def shard(cfg: CropConfig, ctx: StageContext, index: int, count: int) -> ShardOu
     could take.
     """
     source, total = ctx.plan.source, ctx.plan.fingerprint["files"]
-    note_input(ctx)
+    note_input(ctx, cfg)
     note_objects(ctx)
     tasks = (
         t for t in plan(source, ctx.key(CROPS), ctx.plan.ecotaxa, chosen_mode(ctx)) if shard_of(t.key, count) == index
@@ -610,10 +611,13 @@ def note_objects(ctx: StageContext) -> None:
         log.info("%s", ctx.plan.objects[1])
 
 
-def note_input(ctx: StageContext) -> None:
-    """An EcoTaxa input's notes (classes left out) in the run's summary."""
+def note_input(ctx: StageContext, cfg: CropConfig | None = None) -> None:
+    """An EcoTaxa input's notes (classes left out) in the run's summary; IFCB bins' pixel size (given `cfg`)."""
     if ctx.plan.ecotaxa is not None:
         ctx.notes.extend(ctx.plan.ecotaxa.notes)
+    pixel_note = getattr(ctx.plan.source, "pixel_note", None)
+    if cfg is not None and pixel_note is not None and (line := pixel_note(cfg.pixel_size_um)):
+        ctx.notes.append(line)
 
 
 def reject_rows(inp: EcoTaxaInput, ctx: StageContext) -> BadInputError:

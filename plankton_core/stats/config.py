@@ -15,7 +15,9 @@ class StatsConfig:
 
     `split` holds the train, val and test fractions (they must sum to 1; val or
     test may be 0, train may not). `size` is the training resolution: the mean
-    and std are those of the letterboxed size×size crops the networks will see.
+    and std are those of the letterboxed size×size crops the networks will see
+    (and, under stats.json's `keep_scale`, of the same crops padded to size×size
+    without enlarging, as `supcon --preprocess keep-scale` sees them).
     """
 
     size: int = option(224, "Training resolution in pixels: crops are letterboxed to size×size before measuring.", ge=8)

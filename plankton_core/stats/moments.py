@@ -38,6 +38,11 @@ class ChannelHistogram:
             )  # contiguous first: ~1.5x faster
         return self
 
+    def add_fill(self, value: np.ndarray, count: int) -> ChannelHistogram:
+        """Add `count` pixels of one uint8 colour `value` (channels,): the padding of a canvas, never built."""
+        self.counts[np.arange(self.channels), np.asarray(value, dtype=np.uint8)] += count
+        return self
+
     def merge(self, other: ChannelHistogram) -> ChannelHistogram:
         self.counts += other.counts
         return self

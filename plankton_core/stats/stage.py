@@ -3,7 +3,9 @@
 Reads `crop/manifest.parquet` (rows with status "kept"); writes
 `stats/splits.parquet` (crop_key, class, label, split, source_key; sorted by
 crop_key), `stats/classes.json` and `stats/stats.json`. Later stages read
-their normalisation from stats.json only.
+their normalisation from stats.json only: `mean`/`std` of the letterboxed
+train crops, and under `keep_scale` those of the same crops as
+`--preprocess keep-scale` shows them (padded to `size`, never enlarged).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,8 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..artifacts import CROP_MANIFEST, STATS_CLASSES, STATS_JSON, STATS_SPLITS
-from ..data import ImageCache, load_crop
+from ..data import ImageCache, border_fill, letterbox
 from ..errors import BadInputError
+from ..imageio import UnreadableImage, decode_image, to_rgb
 from ..progress import progress
 from ..splitting import SPLITS, assign_splits, min_frames_to_split
 from ..stage import StageContext
@@ -74,35 +78,86 @@ def read_kept_crops(root: Store) -> pa.Table:
     return kept
 
 
-def train_histogram(
-    root: Store, keys: Sequence[str], size: int, cache: bool = True, workers: int = 0
-) -> ChannelHistogram:
-    """Pixel histogram of the letterboxed crops `keys` at `size`, decoded in parallel.
+@dataclass
+class TrainHistograms:
+    """The train crops' pixel histograms as the two square preprocessings show them: letterboxed (enlarged or
+    shrunk to `size`) and keep-scale (`data.keep_scale`: small crops padded, never enlarged: more background)."""
 
-    With `cache`, the crops go through `ImageCache.build` (the same file supcon
-    opens for these keys and size, so it decodes nothing again); without, each
-    thread decodes and counts CHUNK crops at a time and nothing is kept.
+    letterbox: ChannelHistogram = field(default_factory=ChannelHistogram)
+    keep_scale: ChannelHistogram = field(default_factory=ChannelHistogram)
+
+    def merge(self, other: TrainHistograms) -> TrainHistograms:
+        self.letterbox.merge(other.letterbox)
+        self.keep_scale.merge(other.keep_scale)
+        return self
+
+
+def _add_keep_scaled(hist: ChannelHistogram, rgb: np.ndarray, size: int, boxed: np.ndarray) -> None:
+    """Add keep_scale(rgb, size) to `hist` without building it: a crop that fits is its own pixels plus
+    size² − h·w of its border colour (`data.border_fill`, what keep_scale pads with); one that does not is shrunk
+    by keep_scale exactly as letterbox shrinks it, so its letterbox at `size` (`boxed`) is counted."""
+    h, w = rgb.shape[:2]
+    if max(h, w) >= size:
+        hist.add(boxed)
+        return
+    hist.add(rgb)
+    hist.add_fill(border_fill(rgb), size * size - h * w)
+
+
+def _decode(root: Store, key: str) -> np.ndarray:
+    try:
+        return to_rgb(decode_image(root.read_bytes(key)))
+    except UnreadableImage as exc:
+        raise BadInputError(f"crop {root.uri}/{key} is unreadable ({exc}); rerun `plankton crop --force`") from None
+
+
+def train_histograms(
+    root: Store, keys: Sequence[str], size: int, cache: bool = True, workers: int = 0
+) -> TrainHistograms:
+    """Pixel histograms of the crops `keys` at `size`, letterboxed and keep-scale, decoded in parallel.
+
+    Without `cache`, each thread decodes CHUNK crops at a time and each decoded crop feeds both histograms; nothing
+    is kept. With `cache`, the letterboxed crops go through `ImageCache.build` (the same file supcon opens for
+    these keys and size, so it decodes nothing again) and feed the letterbox histogram; the keep-scale one then
+    takes one more decoding pass (the cache holds no crop at its own scale), reusing the cached square of every
+    crop too large to fit. A keep-scale canvas is never built: its padding is counted, not drawn.
     """
     keys = list(keys)
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
-    hist = ChannelHistogram()
-    if cache:
-        images = ImageCache.build(root, keys, size, workers=workers).array
-        for start in range(0, len(keys), CHUNK):
-            hist.add(np.asarray(images[start : start + CHUNK]))
-        return hist
+    images = ImageCache.build(root, keys, size, workers=workers).array if cache else None
 
-    def count(chunk: Sequence[str]) -> ChannelHistogram:
-        part = ChannelHistogram()
-        for key in chunk:
-            part.add(load_crop(root, key, size))
+    def count(start: int) -> TrainHistograms:
+        part = TrainHistograms()
+        for i, key in enumerate(keys[start : start + CHUNK], start):
+            rgb = _decode(root, key)
+            boxed = np.asarray(images[i]) if images is not None else letterbox(rgb, size)
+            if images is None:
+                part.letterbox.add(boxed)
+            _add_keep_scaled(part.keep_scale, rgb, size, boxed)
         return part
 
-    chunks = [keys[i : i + CHUNK] for i in range(0, len(keys), CHUNK)]
+    hist = TrainHistograms()
+    if images is not None:
+        for start in range(0, len(keys), CHUNK):
+            hist.letterbox.add(np.asarray(images[start : start + CHUNK]))
+    starts = range(0, len(keys), CHUNK)
     with ThreadPoolExecutor(workers) as pool:
-        for part in progress(pool.map(count, chunks), total=len(chunks), desc=f"stats {size}px ({CHUNK} crops each)"):
+        for part in progress(pool.map(count, starts), total=len(starts), desc=f"stats {size}px ({CHUNK} crops each)"):
             hist.merge(part)
     return hist
+
+
+def train_histogram(
+    root: Store, keys: Sequence[str], size: int, cache: bool = True, workers: int = 0
+) -> ChannelHistogram:
+    """The letterbox histogram of `train_histograms` (bench/stats.py times the stage's measurement through it)."""
+    return train_histograms(root, keys, size, cache, workers).letterbox
+
+
+def normalisation(hist: ChannelHistogram) -> dict[str, list[float]]:
+    """{"mean", "std"} per channel on the 0–1 scale."""
+    mean, std = hist.mean_std()
+    return {"mean": mean, "std": std}
 
 
 def body(cfg: StatsConfig, ctx: StageContext) -> dict:
@@ -126,7 +181,8 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
     ctx.log.info(
         "splits: %s; measuring %d train crops at %dpx", {s: counts[s] for s in SPLITS}, len(train_keys), cfg.size
     )
-    hist = train_histogram(root, train_keys, cfg.size, cache=cfg.cache, workers=cfg.workers)
+    hists = train_histograms(root, train_keys, cfg.size, cache=cfg.cache, workers=cfg.workers)
+    hist = hists.letterbox
     ctx.metrics.count("train_crops_measured", len(train_keys))
     mean, std = hist.mean_std()
     for c, (m, s) in enumerate(zip(mean, std)):
@@ -141,6 +197,7 @@ def body(cfg: StatsConfig, ctx: StageContext) -> dict:
             "size": cfg.size,
             "scale": "0-1",
             "pixels_per_channel": hist.pixels,
+            "keep_scale": normalisation(hists.keep_scale),  # for supcon --preprocess keep-scale (padded, not enlarged)
             "split_fractions": list(cfg.split),
             "seed": cfg.seed,
             "group_by": group_by,

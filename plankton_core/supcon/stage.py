@@ -75,7 +75,7 @@ def check(cfg: SupConConfig, ctx: StageContext) -> SupConPlan:
     """Validate the config against the train split and choose the resume point; touches no output."""
     root = ctx.root
     world, device = process_device(cfg.device)
-    mean, std, stats_size = load_normalisation(root)
+    mean, std, stats_size = load_normalisation(root, cfg.effective_preprocess())  # keep-scale: its own figures
     size = cfg.size or stats_size
     train = load_splits(root, "train")
     keys = [str(k) for k in train.column("crop_key").to_pylist()]
