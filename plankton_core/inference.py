@@ -26,7 +26,7 @@ from .crop.extract import extract_crops, make_segmenter
 from .embedding import Embedder, check_compatible, load_embedder
 from .imageio import UnreadableImage, decode_image
 from .lut.index import load_index, set_search_params
-from .lut.morpho import joint, vote_shares
+from .lut.morpho import KEEP_SCALE, joint, keep_scale_feature, vote_shares
 from .lut.retrieval import search_excluding, vote
 from .morphometrics import ALL
 from .openset import LinearHead, logsumexp
@@ -129,6 +129,8 @@ class Cropper:
         for r in extract_crops(arr, self.cfg, self.segmenter, self._mode(objects)):
             if r.status == "kept" and r.crop is not None:
                 measured = dict(zip(ALL, r.features)) if self.cfg.features else {}
+                if measured:  # the object's box sides: keep-scale's scale factor is a feature of an answer
+                    measured.update(box_height=int(r.box[3] - r.box[1]), box_width=int(r.box[2] - r.box[0]))
                 yield r.crop, [int(v) for v in r.box], int(r.area), measured
 
 
@@ -141,6 +143,7 @@ class Answer:
         self.lut: dict[str, Any] | None = record.get("lut")
         self.head_w: float | None = (record.get("head") or {}).get("weight")
         self.features: list[str] = list(record.get("features") or [])
+        self.keep_scale_size: int | None = record.get("keep_scale_size")
         self.logged = np.isin(self.features, list(record.get("logged") or []))
         with np.load(io.BytesIO(root.read_bytes(record["files"]["arrays"])), allow_pickle=False) as z:
             arrays = {name: z[name] for name in z.files}
@@ -161,6 +164,9 @@ class Answer:
         values = np.full((n, len(self.features)), np.nan)
         for i, found in enumerate(measured or []):
             values[i] = [np.nan if found.get(f) is None else float(found[f]) for f in self.features]
+            if KEEP_SCALE in self.features and self.keep_scale_size and found.get("box_height") is not None:
+                scale = keep_scale_feature(found["box_height"], found["box_width"], self.keep_scale_size)
+                values[i, self.features.index(KEEP_SCALE)] = scale
         values[:, self.logged] = np.log1p(np.clip(values[:, self.logged], 0.0, None))
         z = (values - self.mean) / np.where(self.std > 0, self.std, 1.0)
         return np.nan_to_num(z, nan=0.0)

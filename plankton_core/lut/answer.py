@@ -35,7 +35,7 @@ from ..stage import StageContext
 from ..tables import write_json
 from .config import LutConfig
 from .index import build_index, save_index, search_params, set_search_params
-from .morpho import FEATURES, KS, LOGGED, Prepared, scores, vote_shares
+from .morpho import KS, LOGGED, Prepared, scores, vote_shares
 from .retrieval import search_excluding
 
 HEAD_TRAIN_CAP = 50_000
@@ -186,7 +186,7 @@ def answer_step(
         "select_by": cfg.select_by,
         "val": [val_table[name] for name in names],
         "chosen": describe(chosen, fitted),
-        "features": list(FEATURES) if prep.has_features else [],
+        "features": prep.names,
         "counts": {"train": len(prep.train), "val": len(prep.val), "test": len(prep.test)},
     }
     if len(prep.test):
@@ -230,8 +230,9 @@ def _serve(
         ctx.root.delete(A.LUT_INDEX_FEATURES)  # an earlier run's: not what this answer searches
     return {
         **setting,
-        "features": list(FEATURES) if prep.has_features else [],
+        "features": prep.names,
         "logged": sorted(LOGGED) if prep.has_features else [],
+        "keep_scale_size": prep.keep_scale_size,
         "files": files,
         "search_params": search_params(plain),
         "variant": "full",

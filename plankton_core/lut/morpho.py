@@ -33,6 +33,7 @@ GRID = (0.0, 0.25, 0.5, 1.0, 2.0)  # --morpho-weight auto
 KS = (1, 5, 10)
 LOGGED = frozenset(LENGTHS + AREAS)  # sizes span orders of magnitude: log1p before the z-score
 MIN_COVERAGE = 0.5  # fewer embedded crops with features than this: not evaluated
+KEEP_SCALE = "keep_scale"  # log of the scale keep-scale gives the object's box on the canvas (≤ 0: shrunk)
 
 
 def weights(setting: str) -> tuple[float, ...]:
@@ -43,9 +44,29 @@ def weights(setting: str) -> tuple[float, ...]:
     return (0.0, w) if w > 0 else ()
 
 
-def feature_matrix(ctx: StageContext, crop_keys: np.ndarray) -> np.ndarray | None:
-    """FEATURES of each crop key (NaN where crop measured none), log1p on the sizes; None without
-    crop/features.parquet or when under MIN_COVERAGE of the keys have features."""
+def keep_scale_feature(box_height: Any, box_width: Any, size: int) -> np.ndarray:
+    """KEEP_SCALE of objects with these box sides: log of `data.keep_scale_factor` on a size × size canvas (0 for an
+    object that fits, negative for one keep-scale shrinks: the network never sees its size, this feature does)."""
+    longest = np.maximum(np.maximum(np.asarray(box_height, np.float64), np.asarray(box_width, np.float64)), 1.0)
+    return np.log(np.minimum(1.0, size / longest))
+
+
+def box_sides(ctx: StageContext, crop_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(height, width) of each crop key's object box in crop's manifest (NaN where it has none)."""
+    table = read_parquet(ctx.root, A.CROP_MANIFEST, ["crop_key", "x0", "y0", "x1", "y1"])
+    col = {c: table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("x0", "y0", "x1", "y1")}
+    at = {k: i for i, k in enumerate(table.column("crop_key").to_pylist())}
+    rows = np.array([at.get(k, -1) for k in crop_keys], np.int64)
+    pick = np.maximum(rows, 0)
+    h = np.where(rows >= 0, col["y1"][pick] - col["y0"][pick], np.nan)
+    w = np.where(rows >= 0, col["x1"][pick] - col["x0"][pick], np.nan)
+    return h, w
+
+
+def feature_matrix(ctx: StageContext, crop_keys: np.ndarray, keep_scale_size: int | None = None) -> np.ndarray | None:
+    """FEATURES of each crop key (NaN where crop measured none), log1p on the sizes, then KEEP_SCALE when the
+    backbone sees keep-scale inputs of `keep_scale_size`; None without crop/features.parquet or when under
+    MIN_COVERAGE of the keys have features."""
     if not ctx.root.exists(A.CROP_FEATURES):
         return None
     table = read_parquet(ctx.root, A.CROP_FEATURES)
@@ -61,7 +82,11 @@ def feature_matrix(ctx: StageContext, crop_keys: np.ndarray) -> np.ndarray | Non
     rows = np.array([at.get(k, -1) for k in crop_keys], np.int64)
     out = np.where((rows >= 0)[:, None], values[np.maximum(rows, 0)], np.nan)
     found = ~np.isnan(out).all(axis=1)
-    return out if len(out) and found.mean() >= MIN_COVERAGE else None
+    if not (len(out) and found.mean() >= MIN_COVERAGE):
+        return None
+    if keep_scale_size and ctx.root.exists(A.CROP_MANIFEST):
+        out = np.column_stack([out, keep_scale_feature(*box_sides(ctx, crop_keys), keep_scale_size)])
+    return out
 
 
 def joint(emb: np.ndarray, z: np.ndarray, w: float) -> np.ndarray:
@@ -126,6 +151,7 @@ class Prepared:
     to try and every (w, k)'s val (pred, shares) queried against train."""
 
     space: _Space
+    names: list[str]  # the features' names, in the columns' order (FEATURES, then KEEP_SCALE with keep-scale)
     crop_keys: np.ndarray  # by row of the splits table
     train: np.ndarray
     val: np.ndarray
@@ -135,15 +161,19 @@ class Prepared:
     std: np.ndarray
     grid: tuple[float, ...]
     lut_val: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]]
+    keep_scale_size: int | None = None  # the canvas KEEP_SCALE was computed for, when it is among `names`
 
     @property
     def has_features(self) -> bool:
         return self.space.z.shape[1] > 0
 
 
-def prepare(cfg: LutConfig, ctx: StageContext, rows: Any, embedded: Any, n_classes: int) -> Prepared | None:
+def prepare(
+    cfg: LutConfig, ctx: StageContext, rows: Any, embedded: Any, n_classes: int, keep_scale_size: int | None = None
+) -> Prepared | None:
     """The joint space and the val grid; None without embedded train and val crops (said in a note). Without crop's
-    features (or with --morpho-weight 0) the space holds the embeddings alone and the grid is w = 0."""
+    features (or with --morpho-weight 0) the space holds the embeddings alone and the grid is w = 0.
+    `keep_scale_size`: the canvas of a keep-scale backbone (its scale factor joins the features), else None."""
     labels = embedded.labels
     known = (embedded.position >= 0) & (labels >= 0) & (labels < n_classes)
     train, val, test = (np.flatnonzero(known & (rows.split == s)) for s in ("train", "val", "test"))
@@ -152,7 +182,7 @@ def prepare(cfg: LutConfig, ctx: StageContext, rows: Any, embedded: Any, n_class
         return None
     grid = weights(cfg.morpho_weight)
     have = np.flatnonzero(embedded.position >= 0)
-    found = feature_matrix(ctx, rows.crop_keys[have]) if grid else None
+    found = feature_matrix(ctx, rows.crop_keys[have], keep_scale_size) if grid else None
     if grid and found is None:
         ctx.notes.append("morphometric features: no crop/features.parquet for these crops, LUT with them not measured")
     feats = np.full((len(rows.split), 0 if found is None else found.shape[1]), np.nan)
@@ -163,7 +193,21 @@ def prepare(cfg: LutConfig, ctx: StageContext, rows: Any, embedded: Any, n_class
     grid = grid if found is not None else (0.0,)
     lut_val = {(w, k): out for w in grid for k, out in space.predict(val, train, w, n_classes).items()}
     gallery = rows.gallery[known[rows.gallery]]
-    return Prepared(space, rows.crop_keys, train, val, test, gallery, mean, std, grid, lut_val)
+    names = [] if found is None else list(FEATURES) + ([KEEP_SCALE] if found.shape[1] > len(FEATURES) else [])
+    return Prepared(
+        space,
+        names,
+        rows.crop_keys,
+        train,
+        val,
+        test,
+        gallery,
+        mean,
+        std,
+        grid,
+        lut_val,
+        keep_scale_size if KEEP_SCALE in names else None,
+    )
 
 
 def morpho_step(cfg: LutConfig, prep: Prepared | None, n_classes: int, notes: list[str]) -> dict[str, Any] | None:
@@ -178,7 +222,7 @@ def morpho_step(cfg: LutConfig, prep: Prepared | None, n_classes: int, notes: li
         if row[cfg.select_by] > best[cfg.select_by]:
             best = row
     out: dict[str, Any] = {
-        "features": list(FEATURES),
+        "features": prep.names,
         "weights": list(prep.grid),
         "ks": list(KS),
         "select_by": cfg.select_by,

@@ -208,7 +208,8 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     retrieval = _evaluate_test(cfg, ctx, test, index, pruned, g_labels, g_groups, classes, len(x))
     if retrieval["rows"]:
         counts["test_top1_accuracy"] = round(retrieval["rows"][0]["metrics"]["accuracy"], 6)
-    prep = prepare(cfg, ctx, rows, embedded, len(classes))  # [embedding ; w · features] on val
+    keep_scale = embedder.size if embedder.preprocess == "keep-scale" else None  # its scale factor: a feature
+    prep = prepare(cfg, ctx, rows, embedded, len(classes), keep_scale)  # [embedding ; w · features] on val
     morpho = morpho_step(cfg, prep, len(classes), ctx.notes)
     if morpho is not None:
         retrieval["morpho"] = morpho

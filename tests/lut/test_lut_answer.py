@@ -157,3 +157,37 @@ def test_query_serves_the_answer_on_measured_objects(tmp_path):
     assert not plain.cropper.cfg.features and {
         r["answer"] for r in plain.run(resolve_inputs([str(folder)], store))
     } == {"lut"}
+
+
+def test_keep_scale_factor_joins_the_features(tmp_path):
+    """A keep-scale backbone never sees how much it shrank an object: its scale factor becomes a feature, from the
+    manifest's boxes in lut and from the measured object's box when served."""
+    from lut_fixtures import CKPT_KEY
+
+    from plankton_core.artifacts import CROP_MANIFEST, LUT_ANSWER_ARRAYS
+    from plankton_core.checkpoint import load_checkpoint, save_checkpoint
+    from plankton_core.inference import Answer
+    from plankton_core.lut.morpho import KEEP_SCALE, keep_scale_feature
+
+    store = make_lut_upstream(str(tmp_path / "art"), per_class=12)
+    _features(store)
+    manifest = read_parquet(store, CROP_MANIFEST)
+    sides = 16 + 8 * np.arange(manifest.num_rows) % 48  # boxes of 16 to 56 px on a 32 px canvas
+    x0 = manifest.column("x0").to_numpy()
+    manifest = manifest.set_column(manifest.schema.get_field_index("x1"), "x1", pa.array(x0 + sides))
+    write_parquet(store, CROP_MANIFEST, manifest)
+    ckpt = load_checkpoint(store, CKPT_KEY)
+    ckpt["config"]["preprocess"] = "keep-scale"
+    save_checkpoint(store, CKPT_KEY, ckpt)
+    _lut(store)
+    record = read_json(store, LUT_INDEX_JSON)["answer"]
+    assert record["features"][-1] == KEEP_SCALE and record["keep_scale_size"] == 32
+    splits = read_parquet(store, STATS_SPLITS)
+    train = np.asarray(splits.column("split").to_pylist()) == "train"
+    at = {k: i for i, k in enumerate(manifest.column("crop_key").to_pylist())}
+    rows = [at[k] for k in np.asarray(splits.column("crop_key").to_pylist())[train]]
+    expected = keep_scale_feature(np.full(len(rows), 32), sides[rows], 32)
+    with np.load(__import__("io").BytesIO(store.read_bytes(LUT_ANSWER_ARRAYS))) as z:
+        assert z["mean"][-1] == pytest.approx(expected.mean()) and z["std"][-1] == pytest.approx(expected.std())
+    served = Answer(store, {**record, "name": "lut+"}).standardised([{"box_height": 10, "box_width": 64}], 1)
+    assert served[0, -1] == pytest.approx((np.log(0.5) - expected.mean()) / expected.std())
