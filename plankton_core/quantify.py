@@ -176,6 +176,17 @@ def load_calibration(store: Store, key: str = LUT_QUANT_CALIBRATION) -> Calibrat
 # ---------------------------------------------------------------- posteriors
 
 
+ANSWER_VOTE = "answer:"  # a calibration's vote for an answer other than the LUT's (lut/answer.json): "answer:<name>"
+
+
+def one_hot(pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n, C) shares that put all of an item's weight on its predicted class (none for pred -1)."""
+    pred = np.asarray(pred, np.int64)
+    out = np.zeros((len(pred), n_classes))
+    out[np.flatnonzero(pred >= 0), pred[pred >= 0]] = 1.0
+    return out
+
+
 def vote_shares(neighbour_labels: np.ndarray, neighbour_sims: np.ndarray, n_classes: int) -> np.ndarray:
     """(n, C) class shares of the weighted kNN vote: each neighbour votes with its similarity (negatives count 0),
     as lut's weighted vote; rows with no vote are all zero. Labels -1 = no neighbour."""
@@ -539,7 +550,8 @@ def encode_objects(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pred, vote shares, unknown) for `sample_composition` from per-object class names, as classify's
     objects.parquet stores them (predicted, its unknown flag, the neighbours' classes and similarities; the first
-    `cal.k` neighbours vote). A class the calibration does not know counts as unknown (pred -1)."""
+    `cal.k` neighbours vote; one-hot shares of `predicted` for a calibration of an answer other than the LUT's).
+    A class the calibration does not know counts as unknown (pred -1)."""
     index = {c: i for i, c in enumerate(cal.classes)}
     pred = np.array([index.get(p, -1) if p is not None else -1 for p in predicted], np.int64)
     n, k = len(pred), cal.k
@@ -548,7 +560,10 @@ def encode_objects(
         row = [(index.get(c, -1), v) for c, v in zip(names or [], values or [])][:k]
         if row:
             labels[i, : len(row)], sims[i, : len(row)] = zip(*row)
-    return pred, vote_shares(labels, sims, cal.n_classes), np.asarray(unknown, bool) | (pred < 0)
+    shares = (
+        one_hot(pred, cal.n_classes) if cal.vote.startswith(ANSWER_VOTE) else vote_shares(labels, sims, cal.n_classes)
+    )
+    return pred, shares, np.asarray(unknown, bool) | (pred < 0)
 
 
 def composition(

@@ -74,6 +74,7 @@ Done. Results under $ABS:
   checkpoint sweep     $ABS/sweep/sweep.md
   test report          $ABS/report/report.html
   look-up table        $ABS/lut/index.json
+  the answer           $ABS/lut/answer.json (LUT, head, morphometric features or both: val's choice, all on test, vs the baseline)
   count corrections    $ABS/lut/quantification.json (CC, ACC, PCC, PACC, EMQ on test bags; the one val chose)
   new sample classified $ABS/classify/new-sample/ (objects.parquet, samples.parquet, report.html)
   EcoTaxa archive      $ABS/vignettes/predictions.zip (vignette predictions, ready for EcoTaxa's import)

@@ -238,3 +238,21 @@ def test_objects_as_classify_stores_them(setting):
     assert shares[3].tolist() == [0, 0, 0, 0]
     d = Q.sample_composition(pred, cal, shares, unknown=unknown, n_boot=100).to_pydict()
     assert d["count"] == [1, 0, 1, 0, 2]
+
+
+def test_an_answer_calibration_reads_the_answers_not_the_neighbours():
+    """A calibration of an answer other than the LUT's vote (a head, features) gives one-hot shares of each
+    object's answer: classify keeps the answer, not its class probabilities."""
+    cal = Q.make_calibration(
+        ["a", "b"], np.array([0, 1]), np.array([0, 1]), np.eye(2), np.array([0.5, 0.5]), vote="answer:head", k=1
+    )
+    pred, shares, unknown = Q.encode_objects(
+        cal, ["b", "a", None], [False, False, False], [["a"], ["a"], []], [[0.9], [0.8], []]
+    )
+    assert (
+        pred.tolist() == [1, 0, -1]
+        and shares.tolist() == [[0, 1], [1, 0], [0, 0]]
+        and unknown.tolist() == [False, False, True]
+    )
+    plain = Q.make_calibration(["a", "b"], np.array([0, 1]), np.array([0, 1]), np.eye(2), np.array([0.5, 0.5]), k=1)
+    assert Q.encode_objects(plain, ["b"], [False], [["a"]], [[0.9]])[1].tolist() == [[1, 0]]  # the neighbour's vote

@@ -78,10 +78,11 @@ def quant_plan(root: Store, cfg: ClassifyConfig, answer: str = "lut") -> Quant:
         why = "no quantification calibration in lut/ (a LUT from before it, or lut --quantify-bags 0)"
         return Quant(cc_calibration(classes, cfg.vote, cfg.k), "cc", f"{why}: counts only (CC)", cfg.quantify_draws)
     cal = Q.load_calibration(root)
-    if answer != "lut":
-        why = f"classify answers with {answer} (lut/answer.json); the corrections were calibrated on the plain LUT"
+    calibrated = cal.vote[len(Q.ANSWER_VOTE) :] if cal.vote.startswith(Q.ANSWER_VOTE) else "lut"
+    if answer != calibrated:
+        why = f"classify answers with {answer}, the corrections were calibrated on the answer {calibrated}"
         return Quant(cal, "cc", f"{why}: counts only (CC)", cfg.quantify_draws)
-    if not applies(cal, cfg.vote, cfg.k):
+    if answer == "lut" and not applies(cal, cfg.vote, cfg.k):
         why = (
             f"classify's --vote {cfg.vote} --k {cfg.k} differ from the ones lut calibrated the corrections with "
             f"(--vote {cal.vote} --k {cal.k})"

@@ -74,8 +74,21 @@ def _fit_heads(cfg: LutConfig, prep: Prepared, n_classes: int) -> dict[float, Li
     return {w: fit_head(prep.space.x(train, w), y, n_classes) for w in prep.grid}
 
 
-def _val_options(cfg: LutConfig, prep: Prepared, n_classes: int) -> tuple[Fitted, dict[str, dict[str, Any]]]:
-    """Every candidate's val scores, and what each family chose."""
+@dataclass
+class Answered:
+    """The chosen answer's predictions of val and test (prep.val's and prep.test's rows), for quantification."""
+
+    name: str
+    val_rows: np.ndarray
+    val_pred: np.ndarray
+    test_rows: np.ndarray
+    test_pred: np.ndarray | None
+
+
+def _val_options(
+    cfg: LutConfig, prep: Prepared, n_classes: int
+) -> tuple[Fitted, dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Every candidate's val scores and predictions, and what each family chose."""
     y = prep.space.labels[prep.val]
     metric = cfg.select_by
     lut_best = _best({key: scores(y, pred, n_classes)[metric] for key, (pred, _) in prep.lut_val.items()})
@@ -90,7 +103,8 @@ def _val_options(cfg: LutConfig, prep: Prepared, n_classes: int) -> tuple[Fitted
         "head+": head_probs[head_w].argmax(axis=1),
         "head+lut": (0.5 * head_probs[head_w] + 0.5 * prep.lut_val[lut_best][1]).argmax(axis=1),
     }
-    return fitted, {name: {**describe(name, fitted), **scores(y, preds[name], n_classes)} for name in present(fitted)}
+    table = {name: {**describe(name, fitted), **scores(y, preds[name], n_classes)} for name in present(fitted)}
+    return fitted, table, preds
 
 
 def present(fitted: Fitted) -> list[str]:
@@ -138,12 +152,18 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 def _test(
-    cfg: LutConfig, ctx: StageContext, prep: Prepared, fitted: Fitted, names: list[str], chosen: str, classes: list[str]
+    cfg: LutConfig,
+    ctx: StageContext,
+    prep: Prepared,
+    preds: dict[str, np.ndarray],
+    fitted: Fitted,
+    chosen: str,
+    classes: list[str],
 ) -> dict[str, Any]:
     """Every candidate on test with its intervals; the chosen one against the plain LUT and against the baseline."""
     n_classes = len(classes)
     y = prep.space.labels[prep.test]
-    preds = _test_predictions(prep, fitted, n_classes, names)
+    names = list(preds)
     rows = []
     for name in names:
         overall = metric_intervals(y, preds[name], n_classes, reps=cfg.bootstrap, seed=cfg.seed)["overall"]
@@ -172,14 +192,14 @@ def _test(
 
 def answer_step(
     cfg: LutConfig, ctx: StageContext, prep: Prepared | None, classes: list[str], gallery_rows: np.ndarray, plain: Any
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, Answered | None]:
     """Choose the answer on val, score every candidate on test (lut/answer.json), write what serving needs; the
-    record for index.json's `answer` (None without train and val: query and classify keep the plain LUT).
-    `gallery_rows`: the served gallery's rows of the splits table; `plain`: the full index (its type and search
-    parameters carry over to the index on [embedding ; w · features])."""
+    record for index.json's `answer` and the chosen one's predictions ((None, None) without train and val: query
+    and classify keep the plain LUT). `gallery_rows`: the served gallery's rows of the splits table; `plain`: the
+    full index (its type and search parameters carry over to the index on [embedding ; w · features])."""
     if prep is None:
-        return None
-    fitted, val_table = _val_options(cfg, prep, len(classes))
+        return None, None
+    fitted, val_table, val_preds = _val_options(cfg, prep, len(classes))
     names = list(val_table)
     chosen = _best({name: val_table[name][cfg.select_by] for name in names})
     out: dict[str, Any] = {
@@ -189,12 +209,14 @@ def answer_step(
         "features": prep.names,
         "counts": {"train": len(prep.train), "val": len(prep.val), "test": len(prep.test)},
     }
-    if len(prep.test):
-        out["test"] = _test(cfg, ctx, prep, fitted, names, chosen, classes)
+    test_preds = _test_predictions(prep, fitted, len(classes), names) if len(prep.test) else None
+    if test_preds is not None:
+        out["test"] = _test(cfg, ctx, prep, test_preds, fitted, chosen, classes)
     record = _serve(cfg, ctx, prep, fitted, chosen, gallery_rows, plain)
     write_json(ctx.root, A.LUT_ANSWER, out)
     ctx.notes.append(note(out))
-    return record
+    chosen_test = test_preds[chosen] if test_preds is not None else None
+    return record, Answered(chosen, prep.val, val_preds[chosen], prep.test, chosen_test)
 
 
 def _serve(

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import artifacts as A
-from .. import ecotaxa
+from .. import ecotaxa, versus_baseline
 from ..data import load_classes, load_splits
 from ..embedding import Embedder, l2_normalise, load_embedder, selected_checkpoint
 from ..errors import BadInputError
@@ -46,7 +46,7 @@ from .prune_sweep import (
     restrict_graph,
     sweep_thresholds,
 )
-from .quantification import quantification_step
+from .quantification import answer_predictions, quantification_step
 from .retrieval import source_keys
 from .selection import headline_intervals, pruning_effect
 
@@ -152,8 +152,9 @@ def check(cfg: LutConfig, ctx: StageContext) -> Any:
 
 def fingerprint(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     """The inputs outside the root: each --ood set's listing and the --add export's, so new images there make the
-    LUT stale (the URI alone would not)."""
+    LUT stale (the URI alone would not); and a finished baseline's run, which the answer is compared with."""
     out: dict[str, Any] = {"ood": [listing_fingerprint(list_ood_images(uri, ctx.s3_endpoint)[0]) for uri in cfg.ood]}
+    out.update(versus_baseline.fingerprint(ctx.root))
     if cfg.add:
         out["add"] = listing_fingerprint(ecotaxa.open_archive(cfg.add, ctx.s3_endpoint))
     return out
@@ -214,12 +215,13 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     if morpho is not None:
         retrieval["morpho"] = morpho
     write_json(root, A.LUT_RETRIEVAL, retrieval)
-    info["answer"] = answer_step(cfg, ctx, prep, classes, rows.gallery, index)  # LUT, head or both: val's choice
+    info["answer"], answered = answer_step(cfg, ctx, prep, classes, rows.gallery, index)  # LUT, head or both
+    answer = answer_predictions(answered, rows.of("val"), rows.of("test"), len(classes))
+    counts.update(quantification_step(cfg, ctx, index, val, test, g_labels, g_groups, classes, answer))
     if info["answer"] is None:
         for key in (A.LUT_ANSWER, A.LUT_ANSWER_ARRAYS, A.LUT_INDEX_FEATURES):
             if root.exists(key):
                 root.delete(key)
-    counts.update(quantification_step(cfg, ctx, index, val, test, g_labels, g_groups, classes))  # quantification
     info["open_set"] = open_set_step(cfg, ctx, embedder, rows, embedded, classes, pruned)  # lut/ood.json
     write_json(root, A.LUT_INDEX_JSON, info)
     ctx.metrics.gauge("lut_gallery_items", len(x), "Items in the LUT gallery.")

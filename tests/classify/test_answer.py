@@ -1,6 +1,6 @@
 """classify serves the answer lut recorded (plankton_core.lut.answer): objects say which answered, an answer on
-morphometric features gets every object's features measured, and the corrected composition falls back to counts
-(its calibration is the plain LUT's)."""
+morphometric features gets every object's features measured, and the corrected composition is calibrated on the
+answer (counts only when the calibration is another answer's)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pyarrow as pa
 from lut_fixtures import make_lut_upstream
 from test_classify import frames_folder, objects
 
-from plankton_core.artifacts import CROP_FEATURES, LUT_ANSWER, STATS_SPLITS
+from plankton_core.artifacts import CROP_FEATURES, LUT_ANSWER, LUT_QUANTIFICATION, STATS_SPLITS
 from plankton_core.classify import ClassifyConfig
 from plankton_core.inference import Classifier
 from plankton_core.lut import LutConfig
@@ -47,11 +47,16 @@ def test_classify_answers_as_val_chose_and_measures_what_it_reads(tmp_path, monk
     ok = [r for r in objects(store, "auto") if r["status"] in ("ok", "unknown")]
     assert len(ok) == 6 and {r["answer"] for r in ok} == {chosen}
     assert len(seen) == 6 and all(m.get("area", 0) > 0 and m.get("esd", 0) > 0 for m in seen)
+    # the corrections were calibrated on the chosen answer's val predictions: they apply, no fallback note
+    cal = read_json(store, LUT_QUANTIFICATION)["calibration"]
+    assert (cal["vote"], cal["k"]) == (f"answer:{chosen}", 1)
     samples = read_parquet(store, "classify/auto/samples.parquet").to_pylist()
-    assert all(s["method"] == "cc" and "plain LUT" in s["note"] for s in samples if s["count"])
+    assert samples and not any("calibrated on" in (s["note"] or "") for s in samples)
 
     seen.clear()
     cfg = ClassifyConfig(input=folder, name="plain", answer="lut", workers=0, max_bad_fraction=0.5)
     run_stage("classify", cfg, store)
     assert {r["answer"] for r in objects(store, "plain") if r["status"] in ("ok", "unknown")} == {"lut"}
     assert seen == [{}] * 6  # the plain LUT reads no features: none measured
+    samples = read_parquet(store, "classify/plain/samples.parquet").to_pylist()
+    assert all(s["method"] == "cc" and f"calibrated on the answer {chosen}" in s["note"] for s in samples if s["count"])

@@ -191,3 +191,22 @@ def test_keep_scale_factor_joins_the_features(tmp_path):
         assert z["mean"][-1] == pytest.approx(expected.mean()) and z["std"][-1] == pytest.approx(expected.std())
     served = Answer(store, {**record, "name": "lut+"}).standardised([{"box_height": 10, "box_width": 64}], 1)
     assert served[0, -1] == pytest.approx((np.log(0.5) - expected.mean()) / expected.std())
+
+
+def test_a_finished_baseline_reruns_lut_and_is_compared_with_the_answer(tmp_path):
+    from baseline.test_comparison import finish_baseline
+
+    store = make_lut_upstream(str(tmp_path / "art"), per_class=12)
+    _features(store)
+    cfg = LutConfig(prune=False, quantify_bags=0, bootstrap=100)
+    run_stage("lut", cfg, store)
+    assert read_json(store, LUT_ANSWER)["test"]["baseline"] is None  # no baseline yet
+    finish_baseline(store, right=0.0)  # a baseline wrong on every test item
+    run_stage("lut", cfg, store)  # not forced: the finished baseline makes the LUT stale
+    test = read_json(store, LUT_ANSWER)["test"]
+    cmp = test["baseline"]
+    chosen = read_json(store, LUT_ANSWER)["chosen"]["name"]
+    assert cmp["n"] == test["n"] and cmp["paired"]["accuracy"]["b"] == 0.0
+    assert cmp["paired"]["accuracy"]["a"] == pytest.approx(
+        next(r["accuracy"] for r in test["rows"] if r["name"] == chosen)
+    )
