@@ -204,6 +204,22 @@ def _refuse(cfg: LutConfig, ctx: StageContext, plan: AddPlan, errors: list[dict[
         )
 
 
+def _retire_answer(ctx: StageContext, info: dict[str, Any]) -> None:
+    """The answer val chose (lut/answer.json) was fitted for the gallery and classes before this addition (its
+    features index holds the old rows, its head the old classes): query and classify go back to the plain LUT,
+    which the addition keeps current, until `plankton lut --force` chooses again."""
+    answer = info.get("answer")
+    if not answer or answer.get("name") == "lut":
+        return
+    info["answer"], info["answer_before_add"] = None, answer
+    if ctx.root.exists(A.LUT_INDEX_FEATURES):
+        ctx.root.delete(A.LUT_INDEX_FEATURES)
+    ctx.notes.append(
+        f"the answer val chose ({answer['name']}) was made for the gallery before this addition: query and classify "
+        "answer with the plain LUT until `plankton lut --force` chooses again"
+    )
+
+
 def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     """Apply the plan: embed the new objects, then write the gallery, embeddings, index(es), changes and figures."""
     plan: AddPlan = ctx.plan
@@ -231,6 +247,7 @@ def body(cfg: LutConfig, ctx: StageContext) -> dict[str, Any]:
     if plan.relabel_heldout:
         _relabel_heldout(root, plan, classes)
     changes = _changes(ctx, plan, gallery, new_keys)
+    _retire_answer(ctx, info)
     info.update(classes=classes, count=int(index.ntotal), added_at=datetime.now(timezone.utc).isoformat())
     write_json(root, A.LUT_INDEX_JSON, info)
     counts: dict[str, Any] = {"added": len(plan.new), "relabelled": len(plan.relabel) + len(plan.relabel_heldout)}

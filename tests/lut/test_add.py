@@ -150,3 +150,19 @@ def test_audit_is_stale_after_an_addition(lut, tmp_path):
         require_upstream(lut, ["audit"])
     assert not run_stage("audit", AuditConfig(), lut).up_to_date
     assert np.isfinite(read_json(lut, A.AUDIT_SUMMARY)["audited"])
+
+
+def test_an_addition_retires_the_answer_val_chose(lut, tmp_path):
+    """The answer lut chose (a head, features) was fitted for the gallery and classes before the addition: query
+    and classify go back to the plain LUT, which the addition keeps current, and say so."""
+    info = read_json(lut, A.LUT_INDEX_JSON)
+    info["answer"] = {**(info.get("answer") or {}), "name": "head", "lut": None, "head": {"weight": 0.0}}
+    lut.write_bytes(A.LUT_INDEX_JSON, __import__("json").dumps(info).encode())
+    gallery = read_parquet(lut, A.LUT_GALLERY["full"]).to_pylist()
+    target = gallery[0]
+    other = next(c for c in ("disc", "bar", "cross") if c != target["class"])
+    uri = export(tmp_path / "exp", [(object_id_of(target["crop_key"]), other, "validated", "A. Expert")])
+    result = run_stage("lut", LutConfig(add=uri), lut)
+    after = read_json(lut, A.LUT_INDEX_JSON)
+    assert after["answer"] is None and after["answer_before_add"]["name"] == "head"
+    assert any("plain LUT until `plankton lut --force`" in n for n in result.notes)
