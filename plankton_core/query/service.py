@@ -9,6 +9,7 @@ the row says so. An image that cannot be read gets an error row; the rest go on.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,8 @@ from ..store import Store, split_uri
 from .config import QueryConfig
 from .inputs import ImageRef, resolve_inputs
 
+log = logging.getLogger("plankton.query")
+
 __all__ = ["UNKNOWN", "Classifier", "Cropper", "QueryConfig", "Querier", "run_query", "expand_inputs"]
 
 
@@ -36,7 +39,14 @@ class Querier:
         self.cfg = cfg
         self.classifier = Classifier(root, cfg)
         answer = self.classifier.answer
-        self.cropper = Cropper(root, cfg.crop, measure=answer is not None and answer.needs_features)
+        measure = answer is not None and answer.needs_features
+        self.cropper = Cropper(root, cfg.crop, measure=measure)
+        if measure and not cfg.crop:
+            log.warning(
+                "query: the answer %s reads the objects' morphometric features, which --no-crop does not measure: "
+                "they count as the train mean (--answer lut for the plain LUT)",
+                answer.name if answer else "",
+            )
 
     def run(self, inputs: Sequence[ImageRef], modes: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
         """One row per input image, in input order; `modes[i]` is input i's --objects mode under auto

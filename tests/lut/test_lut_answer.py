@@ -134,7 +134,7 @@ def test_report_block_lists_every_candidate(tmp_path):
     assert answer_blocks(None) == [] and answer_blocks({"val": []}) == []
 
 
-def test_query_serves_the_answer_on_measured_objects(tmp_path):
+def test_query_serves_the_answer_on_measured_objects(tmp_path, caplog):
     from lut_fixtures import frame_png
 
     from plankton_core.query.inputs import resolve_inputs
@@ -153,6 +153,9 @@ def test_query_serves_the_answer_on_measured_objects(tmp_path):
     rows = querier.run(resolve_inputs([str(folder)], store))
     assert len(rows) == 2 and {r["answer"] for r in rows} == {chosen}
     assert all("features" not in r and r["crop"] == "largest_object" for r in rows)
+    with caplog.at_level("WARNING", logger="plankton.query"):
+        Querier(store, QueryConfig(k=3, crop=False))
+    assert "--no-crop does not measure" in caplog.text
     plain = Querier(store, QueryConfig(k=3, answer="lut"))
     assert not plain.cropper.cfg.features and {
         r["answer"] for r in plain.run(resolve_inputs([str(folder)], store))
