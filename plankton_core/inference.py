@@ -239,7 +239,8 @@ class Classifier:
         then the recorded answer when there is one (`measured`: each object's morphometric features, for an
         answer that reads them)."""
         k = self.cfg.k
-        search_k = max(k, int(getattr(self.open_set, "k", 0) or 0))
+        answer_k = int(self.answer.lut["k"]) if self.answer is not None and self.answer.lut else 0
+        search_k = max(k, int(getattr(self.open_set, "k", 0) or 0), answer_k)
         nb = search_excluding(self.lut.index, embeddings, search_k)
         ood = unknown = None
         if self.open_set is not None:
@@ -251,7 +252,7 @@ class Classifier:
         labels = np.where(ids >= 0, self.gallery_labels[np.maximum(ids, 0)], -1)
         pred, score, _ = vote(labels, sims, len(self.classes), self.cfg.vote)
         if self.answer is not None:
-            ids, sims, labels, pred, score = self._answered(embeddings, measured, ids, sims, labels)
+            ids, sims, labels, pred, score = self._answered(embeddings, measured, nb.ids, nb.sims)
         out = [self._row(i, ids, sims, labels, pred, score, ood, unknown, best) for i in range(len(embeddings))]
         for row in out:
             row["answer"] = self.answer_name
@@ -263,10 +264,10 @@ class Classifier:
         measured: list[dict[str, Any]] | None,
         ids: np.ndarray,
         sims: np.ndarray,
-        labels: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, sims, labels, pred, score) as the recorded answer gives them: the LUT part on its own index when it
-        reads features (its neighbours then the ones shown), the head's probabilities, or the mean of both."""
+        """(ids, sims, labels, pred, score) as the recorded answer gives them: the LUT part at its k on its own
+        index when it reads features (its --k nearest then the neighbours shown), the head's probabilities, or the
+        mean of both. `ids`/`sims`: the plain search, at least the answer's k deep."""
         answer = self.answer
         assert answer is not None
         z = answer.standardised(measured, len(embeddings))
@@ -276,9 +277,11 @@ class Classifier:
             w, k = float(answer.lut["weight"]), int(answer.lut["k"])
             if answer.index is not None and w > 0:
                 nb = search_excluding(answer.index, joint(embeddings, z, w), max(k, self.cfg.k))
-                ids, sims = nb.ids[:, : max(k, self.cfg.k)], nb.sims[:, : max(k, self.cfg.k)]
-                labels = np.where(ids >= 0, self.gallery_labels[np.maximum(ids, 0)], -1)
+                ids, sims = nb.ids, nb.sims
+            labels = np.where(ids >= 0, self.gallery_labels[np.maximum(ids, 0)], -1)
             shares = vote_shares(labels[:, :k], sims[:, :k], n_classes)[1]
+        ids, sims = ids[:, : self.cfg.k], sims[:, : self.cfg.k]
+        labels = np.where(ids >= 0, self.gallery_labels[np.maximum(ids, 0)], -1)
         probs = answer.head_probs(embeddings, z)
         if probs is not None and shares is not None:
             probs = 0.5 * probs + 0.5 * shares

@@ -213,3 +213,26 @@ def test_a_finished_baseline_reruns_lut_and_is_compared_with_the_answer(tmp_path
     assert cmp["paired"]["accuracy"]["a"] == pytest.approx(
         next(r["accuracy"] for r in test["rows"] if r["name"] == chosen)
     )
+
+
+def test_served_lut_part_votes_at_its_own_k_whatever_k_shows(tmp_path):
+    """An answer whose LUT part votes with 10 neighbours does so under --k 1 too (--k is what rows show)."""
+    from plankton_core.inference import Classifier
+    from plankton_core.lut.retrieval import vote
+    from plankton_core.query.config import QueryConfig
+    from plankton_core.query.lut import load_lut
+
+    store = make_lut_upstream(str(tmp_path / "art"), per_class=12)
+    _lut(store)
+    info = read_json(store, LUT_INDEX_JSON)
+    info["answer"] = {**info["answer"], "name": "lut+", "lut": {"weight": 0.0, "k": 10}, "head": None}
+    store.write_bytes(LUT_INDEX_JSON, __import__("json").dumps(info).encode())
+    x = read_npy(store, LUT_HELDOUT_EMBEDDINGS)
+    lut = load_lut(store)
+    labels = np.asarray(lut.gallery.column("label").to_pylist())
+    sims, ids = lut.index.search(x, 10)
+    expected = vote(labels[ids], sims, len(lut.classes), "weighted")[0]
+    assert (expected != labels[ids[:, 0]]).any()  # 10 neighbours and the nearest one disagree somewhere
+    rows = Classifier(store, QueryConfig(k=1)).classify(x)
+    assert [r["predicted"] for r in rows] == [lut.classes[p] for p in expected]
+    assert all(len(r["neighbours"]) == 1 for r in rows)
