@@ -199,8 +199,10 @@ def finish(cfg: ClassifyConfig, ctx: StageContext, parts: list[Path], tmp: Path)
         f"TO '{objects}' (FORMAT parquet, COMPRESSION zstd)"
     )
     ctx.root.put_file(objects, ctx.key(OBJECTS))
-    info = read_json(untouched(ctx), A.LUT_INDEX_JSON)
-    samples = samples_table(con, objects, quant_plan(untouched(ctx), cfg, answer_in_effect(info, cfg)))
+    answer = answer_in_effect(read_json(untouched(ctx), A.LUT_INDEX_JSON), cfg)
+    if answer != "lut":
+        ctx.notes.append(f"answered by {answer}, the answer val chose when the LUT was built (lut/answer.json)")
+    samples = samples_table(con, objects, quant_plan(untouched(ctx), cfg, answer))
     write_parquet(ctx.root, ctx.key(SAMPLES), samples)
     counts = object_counts(con, objects)
     doubtful = least_certain(con, objects, cfg.thumbnails, ctx)

@@ -52,6 +52,8 @@ def test_classify_answers_as_val_chose_and_measures_what_it_reads(tmp_path, monk
     assert (cal["vote"], cal["k"]) == (f"answer:{chosen}", 1)
     samples = read_parquet(store, "classify/auto/samples.parquet").to_pylist()
     assert samples and not any("calibrated on" in (s["note"] or "") for s in samples)
+    page = store.read_bytes("classify/auto/report.html").decode()
+    assert f"answered by {chosen}" in page
 
     seen.clear()
     cfg = ClassifyConfig(input=folder, name="plain", answer="lut", workers=0, max_bad_fraction=0.5)
