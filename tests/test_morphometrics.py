@@ -147,3 +147,93 @@ def test_crop_reads_pixel_size_from_ecotaxa_columns(tmp_path):
         feats = pq.read_table(root.path / CROP_FEATURES).to_pandas()
         assert len(feats) > 0 and (feats["object_pixel_size_um"] == want).all()
         assert feats["object_esd_um"].tolist() == pytest.approx((want * feats["object_esd"]).tolist())
+
+
+def _random_objects(seed: int, count: int = 40):
+    """(mask, uint8 image) pairs: unions of rotated ellipses, some cut by the image border, some speckled (holes,
+    several pieces), in images of 1 to 60 pixels a side."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        h, w = (int(v) for v in rng.integers(1, 61, 2))
+        mask = np.zeros((h, w), bool)
+        for _ in range(int(rng.integers(1, 4))):
+            radii = rng.uniform(0.5, h / 2 + 1), rng.uniform(0.5, w / 2 + 1)
+            rr, cc = ellipse(rng.uniform(0, h), rng.uniform(0, w), *radii, shape=(h, w), rotation=rng.uniform(0, 3))
+            mask[rr, cc] = True
+        if rng.random() < 0.3:
+            mask &= rng.random((h, w)) > 0.2
+        mask[int(rng.integers(0, h)), int(rng.integers(0, w))] = True  # never empty
+        yield mask, rng.integers(0, 256, (h, w)).astype(np.uint8)
+
+
+def _corner_hull(mask: np.ndarray) -> tuple[float, float]:
+    """The former definition: scipy's Qhull over all four outer corners of each row's end pixels."""
+    from scipy.spatial import ConvexHull
+
+    rows = np.flatnonzero(mask.any(axis=1))
+    left = np.argmax(mask[rows], axis=1)
+    right = mask.shape[1] - 1 - np.argmax(mask[rows, ::-1], axis=1)
+    ys = np.concatenate([rows, rows + 1, rows, rows + 1])
+    xs = np.concatenate([left, left, right + 1, right + 1])
+    corners = np.stack([ys, xs], axis=1).astype(np.float64)
+    hull = ConvexHull(corners)
+    vertices = corners[hull.vertices]
+    return hull.volume, float(np.sqrt(((vertices[:, None] - vertices[None]) ** 2).sum(-1)).max())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bounding_box_shape_equals_the_full_image_definitions(seed):
+    """The bounding-box computations give scikit-image's perimeter to the bit, Qhull's hull over the same corners,
+    regionprops' axes, and scipy's Sobel gradient mean to the bit, also for objects cut by the image border."""
+    from scipy import ndimage
+    from skimage.measure import perimeter
+
+    for mask, image in _random_objects(seed):
+        got = features(mask, image)
+        (ref,) = regionprops(mask.astype(np.uint8))
+        assert got["area"] == mask.sum()
+        assert got["perim"] == (perimeter(mask) or 4.0)
+        convarea, feret = _corner_hull(mask)
+        assert got["convarea"] == pytest.approx(convarea, rel=1e-9) and got["feret"] == pytest.approx(feret, rel=1e-9)
+        assert got["major"] == pytest.approx(ref.axis_major_length, rel=1e-9, abs=1e-9)
+        assert got["minor"] == pytest.approx(ref.axis_minor_length, rel=1e-9, abs=1e-6)
+        gray = image.astype(np.float32)
+        assert got["gradmean"] == float(np.hypot(ndimage.sobel(gray, 0), ndimage.sobel(gray, 1))[mask].mean())
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_grey_levels_are_exact(seed):
+    """From the grey histogram in float64: the moments to 1e-12 of float64 numpy/scipy (summing float32 pixels was
+    only good to ~1e-7), quartiles, extremes, mode and entropy exactly."""
+    for mask, image in _random_objects(seed):
+        got = features(mask, image)
+        values = image[mask].astype(np.float64)
+        assert got["mean"] == pytest.approx(values.mean(), rel=1e-12)
+        assert got["stddev"] == pytest.approx(values.std(), rel=1e-12, abs=1e-12)
+        assert got["intden"] == pytest.approx(values.sum(), rel=1e-12)
+        if values.std() > 0:
+            assert got["skew"] == pytest.approx(stats.skew(values), rel=1e-9, abs=1e-12)
+            assert got["kurt"] == pytest.approx(stats.kurtosis(values), rel=1e-9, abs=1e-12)
+        assert [got[k] for k in ("histcum1", "median", "histcum3")] == np.percentile(values, [25, 50, 75]).tolist()
+        assert (got["min"], got["max"]) == (values.min(), values.max())
+        hist = np.bincount(image[mask], minlength=256)
+        p = hist[hist > 0] / hist.sum()
+        assert got["mode"] == np.argmax(hist) and got["entropy"] == pytest.approx(-(p * np.log2(p)).sum(), rel=1e-12)
+
+
+def test_rgb_and_offset_objects():
+    """An RGB image's grey levels (float luminance) go the sorted way; the same object placed elsewhere in a larger
+    image has the same features."""
+    from plankton_core.imageio import to_gray
+
+    mask, image = _ellipse()
+    rgb = np.dstack([image, 255 - image, image // 2])
+    got = features(mask, rgb)
+    gray = to_gray(rgb)
+    assert got["mean"] == pytest.approx(float(gray[mask].astype(np.float64).mean()), rel=1e-6)
+    assert got["median"] == pytest.approx(float(np.median(gray[mask])), rel=1e-6)
+    big_mask, big_image = np.zeros((120, 150), bool), np.zeros((120, 150), np.uint8)
+    big_mask[30:100, 40:130], big_image[30:100, 40:130] = mask, image
+    moved, here = features(big_mask, big_image), features(mask, image)
+    inside = {k for k in here if here[k] is not None and k != "gradmean"}  # gradmean: the small frame's edge reflects
+    assert {k: moved[k] for k in inside} == pytest.approx({k: here[k] for k in inside}, rel=1e-12)
