@@ -81,6 +81,27 @@ def ring(gray: np.ndarray, width: int = RING) -> np.ndarray:
     )
 
 
+def median_mad(values: np.ndarray) -> tuple[float, float]:
+    """(median, median absolute deviation from it) of flat values, as np.median gives both; for uint8 from one
+    256-bin histogram (4× faster on a crop's ring than two sorts), else by np.median."""
+    if values.dtype != np.uint8:
+        values = values.astype(np.float32)
+        median = float(np.median(values))
+        return median, float(np.median(np.abs(values - median)))
+    n = values.size
+    counts = np.bincount(values, minlength=256)
+    middle = ((n - 1) // 2, n // 2)  # the order statistics np.median averages
+    cum = np.cumsum(counts)
+    median = sum(int(np.searchsorted(cum, i, side="right")) for i in middle) / 2
+    deviation = np.abs(_LEVELS - median)
+    order = np.argsort(deviation, kind="stable")
+    cum = np.cumsum(counts[order])
+    return median, float(sum(deviation[order[np.searchsorted(cum, i, side="right")]] for i in middle) / 2)
+
+
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
 def only_at_border(mask: np.ndarray) -> bool:
     """Every sizeable component of `mask` (at least MERGE_SHARE of the largest) touches the image border."""
     labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
@@ -210,12 +231,12 @@ class SingleObject:
         level (max(min_contrast, noise_k × the ring's robust sigma)) and more than `edge_fraction` of the object's
         peak deviation; the largest 8-connected group. None when nothing stands out (the features then take the
         whole crop)."""
-        full = (crop if crop.ndim == 2 else to_gray(crop)).astype(np.float32)
+        gray = crop if crop.ndim == 2 else to_gray(crop)
+        full = gray.astype(np.float32)
         if min(full.shape) <= 2 * RING:
             return None
-        border = ring(full)
-        median = float(np.median(border))
-        sigma = 1.4826 * float(np.median(np.abs(border - median)))
+        median, mad = median_mad(ring(gray))
+        sigma = 1.4826 * mad
         deviation = np.abs(ndimage.uniform_filter(full, 3, mode="nearest") - median)
         peak = float(deviation.max())
         seed = max(self.min_contrast, self.noise_k * sigma)

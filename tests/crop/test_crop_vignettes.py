@@ -190,3 +190,15 @@ if __name__ == "__main__":  # python test_crop_vignettes.py [single|auto|frames]
             tuple(args[4].split(",")) if len(args) > 4 else VIGNETTE_CASES,
         )
     )
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 40, 41, 400])
+def test_median_mad_of_a_ring_equals_numpys(n):
+    """crop_mask's background level and spread from one uint8 histogram: np.median's figures exactly."""
+    from plankton_core.crop.single import median_mad
+
+    values = np.random.default_rng(n).integers(0, 256, n).astype(np.uint8)
+    as_float = values.astype(np.float32)
+    median = float(np.median(as_float))
+    assert median_mad(values) == (median, float(np.median(np.abs(as_float - median))))
+    assert median_mad(as_float) == median_mad(values)
