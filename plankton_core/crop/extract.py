@@ -7,7 +7,7 @@ image is cropped exactly as the gallery was.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -101,10 +101,22 @@ def extract_crops(
         if status == KEPT:
             x0, y0, x1, y1 = padded_box(det.box, cfg.pad, width, height)
             crop = np.ascontiguousarray(arr[y0:y1, x0:x1])
-            feats = measure(cfg, crop, finder.crop_mask(crop, cfg.edge_fraction) if cfg.features else None)
+            feats = measure(cfg, crop, object_mask(det, (x0, y0), crop, finder, cfg) if cfg.features else None)
         reason = "; ".join(p for p in (reason, why) if p)
         results.append(CropResult(status, reason, det.box, det.area, crop, features=feats))
     return results
+
+
+def object_mask(det: Any, origin: tuple[int, int], crop: np.ndarray, finder: SingleObject, cfg: CropConfig) -> Any:
+    """The detection's mask placed in its padded crop (`origin`: the crop's top-left in the frame): the pixels the
+    segmenter counted, neighbours in the padding left out; re-outlined inside the crop (`crop_mask`) when the
+    segmenter gives boxes only (SAM2 boxes, a detector)."""
+    if getattr(det, "mask", None) is None:
+        return finder.crop_mask(crop, cfg.edge_fraction)
+    mask = np.zeros(crop.shape[:2], bool)
+    bx0, by0, bx1, by1 = det.box
+    mask[by0 - origin[1] : by1 - origin[1], bx0 - origin[0] : bx1 - origin[0]] = det.mask
+    return mask
 
 
 def single_crop(arr: np.ndarray, cfg: CropConfig, finder: SingleObject, why: str = "") -> list[CropResult]:

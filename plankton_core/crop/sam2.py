@@ -63,7 +63,8 @@ class Sam2Segmenter:
                 continue  # a part of an object already kept
             claimed |= seg
             rows, cols = np.flatnonzero(seg.any(axis=1)), np.flatnonzero(seg.any(axis=0))
-            found.append(Detection((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1), area))
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            found.append(Detection((c0, r0, c1, r1), area, seg[r0:r1, c0:c1]))
         return found
 
 

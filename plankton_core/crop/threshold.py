@@ -22,7 +22,7 @@ nearly with the square of the factor while boxes stay pixel-exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -40,10 +40,12 @@ BAND_PIXELS = 1 << 20  # block means are taken over bands of about this many pix
 
 @dataclass(frozen=True)
 class Detection:
-    """One object a segmenter found: its box (x0, y0, x1, y1; ends exclusive) and its area in pixels."""
+    """One object a segmenter found: its box (x0, y0, x1, y1; ends exclusive), its area in pixels and, when the
+    segmenter outlines it, its mask over the box (the pixels the area counts: what the features measure)."""
 
     box: tuple[int, int, int, int]
     area: int
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def _median(values: np.ndarray) -> float:
@@ -197,7 +199,8 @@ class ThresholdSegmenter:
             if sl is None or areas[index] < self.speck_area:
                 continue
             ys, xs = sl
-            found.append(Detection((int(xs.start), int(ys.start), int(xs.stop), int(ys.stop)), int(areas[index])))
+            box = (int(xs.start), int(ys.start), int(xs.stop), int(ys.stop))
+            found.append(Detection(box, int(areas[index]), labels[sl] == index))
         return found
 
     def _refine(
@@ -225,7 +228,6 @@ class ThresholdSegmenter:
             if area < self.speck_area:
                 continue
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-            found.append(
-                Detection((x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1), area)
-            )
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            found.append(Detection((x0 + c0, y0 + r0, x0 + c1, y0 + r1), area, mask[r0:r1, c0:c1]))
         return found

@@ -169,3 +169,20 @@ def test_binned_search_gives_full_resolution_boxes(factor):
     binned = ThresholdSegmenter(smooth=0.0, edge_fraction=0.5, binning=factor).find_objects(img)
     assert sorted(binned, key=lambda d: d.box) == sorted(exact, key=lambda d: d.box)
     assert sorted(d.box for d in exact) == [(17, 31, 40, 57), (37, 137, 64, 164), (101, 120, 150, 127)]
+
+
+def test_frame_features_measure_the_segmenters_own_object():
+    """On a frame, the features measure the pixels the segmenter counted (their area is the manifest's), not
+    whatever stands out of the padded crop: a close neighbour inside the padding is left out."""
+    from plankton_core.morphometrics import ALL
+
+    frame = np.full((120, 160), 10, np.uint8)
+    frame[40:60, 40:70] = 200  # a 20 × 30 object
+    frame[62:66, 40:70] = 120  # a fainter bar 2 px below it, inside its padding
+    frame[30:90, 110:130] = 180  # another object, far away
+    cfg = CropConfig(input="x", objects="frames", pad=8, min_area=20)
+    kept = [r for r in extract_crops(frame, cfg, None, "frames") if r.status == "kept"]
+    assert len(kept) >= 2
+    for r in kept:
+        features = dict(zip(ALL, r.features))
+        assert features["area"] == r.area
