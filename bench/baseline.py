@@ -3,7 +3,7 @@
     .venv/bin/python bench/baseline.py [--objects 100000] [--classes 20] [--features 26]
 
 Features are drawn per class (a Gaussian per class around class-specific means, heavy-tailed size columns, as
-crop's features are), split 70/15/15 as stats splits; the timed part is `baseline.trees.fit_early` (trees
+crop's features are), split 70/15/15 as stats splits; the timed part is `baseline.trees.fit_configured` (trees
 stopped on the val loss) with the stage's default options and the val/test predictions, the work of the stage's
 body. The aim is under a minute on two cores; the accuracy and class-weighted log-loss on val and test are printed so
 that a faster fit can be checked to lose nothing.
@@ -18,7 +18,7 @@ import numpy as np
 from loadwatch import LoadWatch
 
 from plankton_core.baseline.config import BaselineConfig
-from plankton_core.baseline.trees import balanced_weights, fit_early
+from plankton_core.baseline.trees import balanced_weights, fit_configured
 
 AIM_S = 60.0
 
@@ -50,19 +50,7 @@ def timed(x: np.ndarray, y: np.ndarray, classes: int, threads: int) -> tuple[flo
     test = slice(int(0.85 * n), n)
     t0, c0 = time.perf_counter(), time.process_time()
     with threadpool_limits(threads):
-        fitted = fit_early(
-            x[train],
-            y[train],
-            x[val],
-            y[val],
-            classes,
-            cfg.max_iter,
-            cfg.learning_rate,
-            cfg.max_leaf_nodes,
-            cfg.patience,
-            cfg.seed,
-            cfg.min_leaf,
-        )
+        fitted = fit_configured(cfg, x[train], y[train], x[val], y[val], classes)
         p_val, p_test = fitted.proba(x[val]), fitted.proba(x[test])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     scores = {

@@ -21,7 +21,7 @@ from ..scoring import classification_metrics, metric_intervals
 from ..stage import StageContext
 from ..tables import read_json, read_parquet, write_json, write_parquet
 from .config import BaselineConfig
-from .trees import fit_early
+from .trees import fit_configured
 
 log = logging.getLogger("plankton.baseline")
 COLUMNS = [f"object_{name}" for name in FEATURES]  # the features in pixels: what every crop has
@@ -75,19 +75,8 @@ def body(cfg: BaselineConfig, ctx: StageContext) -> dict[str, Any]:
     n_classes = len(plan.classes)
     part = {name: plan.split == name for name in ("train", "val", "test")}
     with threadpool_limits(cfg.threads):
-        fitted = fit_early(
-            plan.x[part["train"]],
-            plan.y[part["train"]],
-            plan.x[part["val"]],
-            plan.y[part["val"]],
-            n_classes,
-            cfg.max_iter,
-            cfg.learning_rate,
-            cfg.max_leaf_nodes,
-            cfg.patience,
-            cfg.seed,
-            cfg.min_leaf,
-        )
+        train, val = part["train"], part["val"]
+        fitted = fit_configured(cfg, plan.x[train], plan.y[train], plan.x[val], plan.y[val], n_classes)
         held = part["val"] | part["test"]
         proba = fitted.proba(plan.x[held])
     pred = proba.argmax(axis=1)

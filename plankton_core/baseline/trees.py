@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -130,3 +131,22 @@ def fit_early(
     history = [(i, float(loss)) for i, loss in enumerate(losses) if i and (i % STEP == 0 or i == len(losses) - 1)]
     best = int(np.argmin(losses[1:])) + 1 if len(losses) > 1 else 1
     return Fitted(model, best, n_classes, history, time.perf_counter() - t0, edges)
+
+
+def fit_configured(
+    cfg: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int
+) -> Fitted:
+    """fit_early with a BaselineConfig's settings: the stage's fit, and its bench's."""
+    return fit_early(
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        n_classes,
+        cfg.max_iter,
+        cfg.learning_rate,
+        cfg.max_leaf_nodes,
+        cfg.patience,
+        cfg.seed,
+        cfg.min_leaf,
+    )
