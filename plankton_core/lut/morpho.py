@@ -10,7 +10,8 @@ Every (w, k) of the grid is scored on val queried against train (val is never it
 --select-by chosen (ties to the smaller w, then the smaller k: today's LUT unless something beats it); test then
 gives the plain LUT (w = 0, k = 1) and the chosen setting side by side on the same items, with the paired
 bootstrap interval of the difference and McNemar's p. lut/retrieval.json holds it under `morpho`. A query never
-matches gallery items cut from its own source image. Only measured here: query and classify do not serve it yet.
+matches gallery items cut from its own source image. The same val grid feeds the answer's choice
+(plankton_core.lut.answer), which query and classify serve.
 """
 
 from __future__ import annotations
