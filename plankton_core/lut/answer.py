@@ -278,7 +278,7 @@ def note(out: dict[str, Any]) -> str:
 
 LABELS = {
     "lut": "the nearest gallery item",
-    "lut+": "the LUT on embedding and morphometric features",
+    "lut+": "the LUT at the best feature weight and k of val's grid",
     "head": "a softmax head on the embedding",
     "head+": "a softmax head on embedding and morphometric features",
     "head+lut": "the mean of the head's and the LUT's votes",
