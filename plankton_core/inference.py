@@ -29,7 +29,7 @@ from .lut.index import load_index, set_search_params
 from .lut.morpho import KEEP_SCALE, joint, keep_scale_feature, vote_shares
 from .lut.retrieval import search_excluding, vote
 from .morphometrics import ALL
-from .openset import LinearHead, logsumexp
+from .openset import LinearHead, softmax
 from .query.lut import LoadedLut, load_lut
 from .store import Store
 
@@ -175,8 +175,7 @@ class Answer:
         """The head's class probabilities, or None when the answer has no head."""
         if self.head is None or self.head_w is None:
             return None
-        logits = self.head.logits(joint(embeddings, z, self.head_w))
-        return np.exp(logits - logsumexp(logits)[:, None])
+        return softmax(self.head.logits(joint(embeddings, z, self.head_w)))
 
 
 def answer_in_effect(info: dict[str, Any], cfg: InferenceConfig) -> str:
@@ -249,7 +248,7 @@ class Classifier:
             unknown = np.asarray(self.open_set.unknown(ood), dtype=bool)
         best = np.where(nb.ids[:, 0] >= 0, nb.sims[:, 0], np.nan)  # the threshold is the plain LUT's similarity
         ids, sims = nb.ids[:, :k], nb.sims[:, :k]
-        labels = np.where(ids >= 0, self.gallery_labels[np.maximum(ids, 0)], -1)
+        labels = self._labels(ids)
         pred, score, _ = vote(labels, sims, len(self.classes), self.cfg.vote)
         if self.answer is not None:
             ids, sims, labels, pred, score = self._answered(embeddings, measured, nb.ids, nb.sims)
@@ -257,6 +256,10 @@ class Classifier:
         for row in out:
             row["answer"] = self.answer_name
         return out
+
+    def _labels(self, ids: np.ndarray) -> np.ndarray:
+        """The gallery class of each neighbour id (-1 where the search found none)."""
+        return np.where(ids >= 0, self.gallery_labels[np.maximum(ids, 0)], -1)
 
     def _answered(
         self,
@@ -278,10 +281,9 @@ class Classifier:
             if answer.index is not None and w > 0:
                 nb = search_excluding(answer.index, joint(embeddings, z, w), max(k, self.cfg.k))
                 ids, sims = nb.ids, nb.sims
-            labels = np.where(ids >= 0, self.gallery_labels[np.maximum(ids, 0)], -1)
-            shares = vote_shares(labels[:, :k], sims[:, :k], n_classes)[1]
+            shares = vote_shares(self._labels(ids[:, :k]), sims[:, :k], n_classes)[1]
         ids, sims = ids[:, : self.cfg.k], sims[:, : self.cfg.k]
-        labels = np.where(ids >= 0, self.gallery_labels[np.maximum(ids, 0)], -1)
+        labels = self._labels(ids)
         probs = answer.head_probs(embeddings, z)
         if probs is not None and shares is not None:
             probs = 0.5 * probs + 0.5 * shares

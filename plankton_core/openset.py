@@ -59,6 +59,11 @@ def logsumexp(logits: np.ndarray) -> np.ndarray:
     return (top + np.log(np.exp(z - top).sum(axis=1, keepdims=True)))[:, 0]
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (float64), by logsumexp."""
+    return np.exp(logits - logsumexp(logits)[:, None])
+
+
 def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """The free energy −T·log Σ exp(logit/T)."""
     return -temperature * logsumexp(np.asarray(logits, dtype=np.float64) / temperature)
@@ -338,6 +343,7 @@ __all__ = [
     "msp_score",
     "shared_precision",
     "similarity_score",
+    "softmax",
     "threshold_for_recall",
     "vim_score",
 ]

@@ -24,19 +24,17 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-import faiss
 import numpy as np
 
 from .. import artifacts as A
 from .. import versus_baseline
-from ..openset import LinearHead, fit_head, logsumexp
+from ..openset import LinearHead, fit_head, softmax
 from ..scoring import mcnemar, metric_intervals, paired_difference, verdict
 from ..stage import StageContext
 from ..tables import write_json
 from .config import LutConfig
 from .index import build_index, save_index, search_params, set_search_params
-from .morpho import KS, LOGGED, Prepared, scores, vote_shares
-from .retrieval import search_excluding
+from .morpho import LOGGED, Prepared, scores
 
 HEAD_TRAIN_CAP = 50_000
 NAMES = ("lut", "lut+", "head", "head+", "head+lut")
@@ -49,11 +47,6 @@ class Fitted:
     lut: tuple[float, int]
     heads: dict[float, LinearHead]
     head_w: float
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax (float64)."""
-    return np.exp(logits - logsumexp(logits)[:, None])
 
 
 def _best(table: dict[Any, float]) -> Any:
@@ -129,14 +122,7 @@ def describe(name: str, fitted: Fitted) -> dict[str, Any]:
 def _test_predictions(prep: Prepared, fitted: Fitted, n_classes: int, names: list[str]) -> dict[str, np.ndarray]:
     """Every candidate's test predictions: the LUT parts against the served gallery's known items."""
     space, test, gallery = prep.space, prep.test, prep.gallery
-    groups = space.embedded.groups
-    luts: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
-    for w in {0.0, fitted.lut[0]}:
-        index = faiss.IndexFlatIP(space.x(gallery[:1], w).shape[1])
-        index.add(np.ascontiguousarray(space.x(gallery, w)))
-        nb = search_excluding(index, space.x(test, w), max(KS), groups[gallery], groups[test])
-        labels = np.where(nb.ids >= 0, space.labels[gallery][np.maximum(nb.ids, 0)], -1)
-        luts.update({(w, k): vote_shares(labels[:, :k], nb.sims[:, :k], n_classes) for k in KS})
+    luts = {(w, k): out for w in {0.0, fitted.lut[0]} for k, out in space.predict(test, gallery, w, n_classes).items()}
     probs = {w: softmax(fitted.heads[w].logits(space.x(test, w))) for w in {0.0, fitted.head_w}}
     out = {
         "lut": luts[(0.0, 1)][0],
