@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,11 +38,20 @@ def classify_queries(
     return pred, Q.vote_shares(labels, sims, n_classes)
 
 
-def answer_predictions(answered: Any, val_rows: np.ndarray, test_rows: np.ndarray, n_classes: int) -> Any:
-    """(vote name, k, val (pred, shares), test (pred, shares) or None) of the answer val chose (lut.answer.Answered)
-    when it is not the plain LUT and covers exactly these val and test rows; None otherwise (the LUT's vote).
-    Its shares are one-hot: classify keeps each object's answer, not its class probabilities, so PCC equals CC
-    and PACC equals ACC for such an answer."""
+class AnswerPredictions(NamedTuple):
+    """What the calibration is made on when val chose an answer other than the LUT's vote."""
+
+    vote: str  # the calibration's vote: "answer:<name>"
+    val: tuple[np.ndarray, np.ndarray]  # (pred, shares)
+    test: tuple[np.ndarray, np.ndarray] | None
+
+
+def answer_predictions(
+    answered: Any, val_rows: np.ndarray, test_rows: np.ndarray, n_classes: int
+) -> AnswerPredictions | None:
+    """The answer val chose (lut.answer.Answered) when it is not the plain LUT and covers exactly these val and
+    test rows; None otherwise (the LUT's vote). Its shares are one-hot: classify keeps each object's answer, not its
+    class probabilities, so PCC equals CC and PACC equals ACC for such an answer."""
     if answered is None or answered.name == "lut" or not np.array_equal(answered.val_rows, val_rows):
         return None
     if len(test_rows) and not np.array_equal(answered.test_rows, test_rows):
@@ -50,7 +59,8 @@ def answer_predictions(answered: Any, val_rows: np.ndarray, test_rows: np.ndarra
     test = None
     if answered.test_pred is not None and len(test_rows):
         test = (answered.test_pred, Q.one_hot(answered.test_pred, n_classes))
-    return f"{Q.ANSWER_VOTE}{answered.name}", 1, (answered.val_pred, Q.one_hot(answered.val_pred, n_classes)), test
+    val = (answered.val_pred, Q.one_hot(answered.val_pred, n_classes))
+    return AnswerPredictions(f"{Q.ANSWER_VOTE}{answered.name}", val, test)
 
 
 def quantification_step(
@@ -62,7 +72,7 @@ def quantification_step(
     g_labels: np.ndarray,
     g_groups: np.ndarray,
     classes: list[str],
-    answer: Any = None,
+    answer: AnswerPredictions | None = None,
 ) -> dict[str, Any]:
     """Choose the method on val, store the calibration, report on test; the counts run.json records. `answer`:
     `answer_predictions`' result when val chose an answer other than the LUT's vote (calibrated on it instead)."""
@@ -74,8 +84,8 @@ def quantification_step(
             ctx.notes.append("no val split (or an empty gallery): quantification not calibrated")
         return {}
     t0, n = time.perf_counter(), len(classes)
-    vote_name, k = (answer[0], answer[1]) if answer else (cfg.vote, cfg.k)
-    pred, shares = answer[2] if answer else classify_queries(cfg, index, val, g_labels, g_groups, n)
+    vote_name, k = (answer.vote, 1) if answer else (cfg.vote, cfg.k)
+    pred, shares = answer.val if answer else classify_queries(cfg, index, val, g_labels, g_groups, n)
     prior = np.bincount(g_labels, minlength=n) / len(g_labels)
     val_run = Q.cross_fit(classes, val.labels, pred, shares, prior, cfg.quantify_bags, cfg.seed)
     val_summary = Q.summarize(val_run, draws=cfg.bootstrap, seed=cfg.seed)
@@ -88,7 +98,7 @@ def quantification_step(
     report = _report_head(cfg, cal, val_summary)
     if len(test):
         test_pred, test_shares = (
-            answer[3] if answer and answer[3] else classify_queries(cfg, index, test, g_labels, g_groups, n)
+            answer.test if answer and answer.test else classify_queries(cfg, index, test, g_labels, g_groups, n)
         )
         bags = Q.draw_bags(test.labels, n, cfg.quantify_bags, cfg.seed + 1)
         run = Q.run_bags(bags, test_pred, test_shares, cal, Q.METHODS, n_boot=cfg.quantify_draws, seed=cfg.seed)
